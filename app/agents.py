@@ -1,0 +1,72 @@
+"""Agent configs: which model, temperature and prompt each agent (chat, coach) uses.
+
+They are read once at start-up from a TOML file (`AGENTS_FILE`); a bad file stops the server
+with a message naming the agent and the field, rather than failing on the first request.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.settings import MODEL_ID, ConfigError
+
+REQUIRED_AGENTS = ("chat", "coach")
+
+
+def _check_model_id(value: str) -> str:
+    value = value.strip()
+    if value and not MODEL_ID.match(value):
+        raise ValueError(f"must look like provider/model, e.g. openai/gpt-4o (got {value!r})")
+    return value
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = ""
+    fallback_models: tuple[str, ...] = ()
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1024, ge=1)
+    history_messages: int = Field(20, ge=0)
+    system_prompt: str = Field(min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return _check_model_id(value)
+
+    @field_validator("fallback_models")
+    @classmethod
+    def _fallbacks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_model_id(v) for v in value)
+
+    def effective_model(self, default_model: str) -> str:
+        return self.model or default_model
+
+
+def load_agents(path: Path) -> dict[str, AgentConfig]:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"AGENTS_FILE {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"AGENTS_FILE {path} is not valid TOML: {exc}") from exc
+    agents: dict[str, AgentConfig] = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"AGENTS_FILE {path}: [{name}] must be a table of settings")
+        try:
+            agents[name] = AgentConfig.model_validate(table)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "?"
+            raise ConfigError(
+                f"AGENTS_FILE {path}: agent {name!r}, field {field!r}: {first['msg']}"
+            ) from exc
+    missing = [name for name in REQUIRED_AGENTS if name not in agents]
+    if missing:
+        raise ConfigError(f"AGENTS_FILE {path}: missing agent(s) {', '.join(missing)}")
+    return agents

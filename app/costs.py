@@ -1,0 +1,61 @@
+"""Cost reconciliation: the price of a generation whose stream never delivered its usage chunk.
+
+A stopped, cancelled or cut stream has no usage chunk; OpenRouter's generation record has the
+cost, but answers 404 for a while after the stream ends, so it is polled with backoff. Whatever
+the outcome, the row ends with a source an operator can see: `generation`, or `none`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from app.openrouter import OpenRouterClient, UpstreamError, parse_cost
+from app.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_cost(
+    store: Store,
+    client: OpenRouterClient,
+    *,
+    record_id: str,
+    generation_id: str | None,
+    timeout: float,  # noqa: ASYNC109 -- a deadline across many requests, not one await
+    first_delay: float = 0.5,
+    max_delay: float = 8.0,
+) -> None:
+    if generation_id is None:
+        await store.settle_cost(record_id=record_id, cost=None, source="none")
+        return
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    while True:
+        try:
+            record = await client.get_generation(generation_id)
+        except UpstreamError as exc:
+            log.info("generation %s lookup failed: %s", generation_id, exc.code)
+            record = None
+        cost = parse_cost(record.get("total_cost")) if record else None
+        if record is not None and cost is not None:
+            await store.settle_cost(
+                record_id=record_id,
+                cost=cost,
+                source="generation",
+                prompt_tokens=_tokens(record.get("tokens_prompt")),
+                completion_tokens=_tokens(record.get("tokens_completion")),
+                model=record.get("model") if isinstance(record.get("model"), str) else None,
+            )
+            return
+        if time.monotonic() + delay > deadline:
+            log.warning("no cost found for generation %s within %.0fs", generation_id, timeout)
+            await store.settle_cost(record_id=record_id, cost=None, source="none")
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
+def _tokens(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

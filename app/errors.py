@@ -1,0 +1,49 @@
+"""Errors a caller gets before any streaming starts: JSON `{"error": {"code", "message"}}`, 4xx.
+
+Every route raises `ApiError` for bad input; the handlers below turn Starlette's own HTTP errors
+(unknown path, wrong method) into the same shape, and an unexpected exception into a 500 whose
+body says nothing about the internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error_response(
+        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), exc.detail
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "the server failed to handle this request")
+
+
+EXCEPTION_HANDLERS = {ApiError: api_error, HTTPException: http_error, Exception: server_error}

@@ -1,0 +1,118 @@
+"""The app factory. The lifespan owns the HTTP client, the database and the live runs.
+
+`create_app(settings)` builds everything from the settings it is given, so tests run many apps
+side by side, and nothing is built at import time: uvicorn calls it as a factory
+(`uvicorn --factory app.main:create_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+
+from app.agents import load_agents
+from app.costs import reconcile_cost
+from app.db import is_sqlite, open_database
+from app.errors import EXCEPTION_HANDLERS
+from app.migrations import migrate
+from app.openrouter import OpenRouterClient
+from app.routes import catalog, conversations, health, replies
+from app.runs import Runs
+from app.settings import Settings
+from app.simulator import Behaviour, FakeOpenRouter
+from app.state import AppState
+from app.store import Store
+from app.threaded_server import ThreadedServer
+
+log = logging.getLogger("app")
+
+SIMULATOR_BANNER = """
+************************************************************************************
+  No OPENROUTER_API_KEY: replies come from the LOCAL OPENROUTER SIMULATOR, not a model.
+  Set OPENROUTER_API_KEY (and OPENROUTER_MODEL) in .env to talk to OpenRouter.
+************************************************************************************"""
+
+
+def _http_client(settings: Settings) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=settings.upstream_connect_timeout,
+        read=settings.upstream_read_timeout,
+        write=settings.upstream_connect_timeout,
+        pool=settings.upstream_connect_timeout,
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None))
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    agents = load_agents(settings.agents_file)  # a bad file fails here, before serving
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
+        async with AsyncExitStack() as stack:
+            base_url = settings.base_url
+            if settings.use_simulator:
+                simulator = FakeOpenRouter(default=Behaviour(delay=0.03))
+                server = stack.enter_context(ThreadedServer(simulator.app))
+                base_url = f"{server.url}/api/v1"
+                log.warning(SIMULATOR_BANNER)
+            database = await open_database(settings.database_url)
+            stack.push_async_callback(database.disconnect)
+            if settings.migrate_at_start:
+                await migrate(database, url=settings.database_url)
+            store = Store(database, sqlite_db=is_sqlite(settings.database_url))
+            http = _http_client(settings)
+            stack.push_async_callback(http.aclose)
+            client = OpenRouterClient(
+                http,
+                base_url=base_url,
+                api_key=settings.openrouter_api_key.get_secret_value()
+                if settings.openrouter_api_key
+                else None,
+                app_url=settings.app_url,
+                app_title=settings.app_title,
+            )
+            runs = Runs(store=store, client=client, settings=settings)
+            stack.push_async_callback(runs.shutdown)
+            await _recover(store, client, runs, settings)
+            yield {
+                "app": AppState(
+                    settings=settings,
+                    agents=agents,
+                    database=database,
+                    store=store,
+                    http=http,
+                    client=client,
+                    runs=runs,
+                )
+            }
+
+    return Starlette(
+        routes=[*replies.routes, *conversations.routes, *catalog.routes, *health.routes],
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+
+async def _recover(store: Store, client: OpenRouterClient, runs: Runs, settings: Settings) -> None:
+    """Replies a dead process left `streaming` become interrupted; unknown costs get looked up."""
+    interrupted = await store.interrupt_streaming()
+    if interrupted:
+        log.warning(
+            "marked %d replies left streaming by a previous process as interrupted",
+            len(interrupted),
+        )
+    for row in await store.pending_generations():
+        runs.spawn(
+            reconcile_cost(
+                store,
+                client,
+                record_id=row["id"],
+                generation_id=row["generation_id"],
+                timeout=settings.generation_lookup_timeout,
+            )
+        )

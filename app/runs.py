@@ -1,0 +1,424 @@
+"""A Run is one assistant reply being generated; `Runs` is the registry of live ones.
+
+A run owns the upstream stream, not the client connection: it appends numbered events to its
+log, any number of subscribers (SSE responses) read the log from any event id, and it persists
+the reply and its cost rows however it ends:
+
+    complete     the upstream finished (done)
+    stopped      POST /api/messages/{id}/stop (done, finish_reason "stopped")
+    error        an upstream fault, before or after the first token (error)
+    interrupted  cancelled by shutdown or by DISCONNECT_POLICY=cancel (error)
+
+Persistence never sits on the relay path: the turn's rows are written before the run starts,
+content is checkpointed every CHECKPOINT_INTERVAL seconds from a background task, and the final
+rows are written once at the end, shielded from the cancellation that may have ended the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from app.costs import reconcile_cost
+from app.events import LogEvent, final_event, meta_payload
+from app.openrouter import (
+    Delta,
+    Finish,
+    Opened,
+    OpenRouterClient,
+    UpstreamError,
+    UpstreamStatusError,
+    Usage,
+    parse_usage,
+)
+from app.settings import Settings
+from app.store import GenerationRecord, Store, new_id, now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a run needs to call upstream, resolved before the run starts."""
+
+    message_id: str
+    conversation_id: str
+    user_message_id: str
+    user_id: str
+    agent: str
+    model: str
+    fallback_models: tuple[str, ...]
+    temperature: float
+    max_tokens: int
+    messages: list[dict[str, str]]
+    stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
+
+    def upstream_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "user": self.user_id,
+        }
+        if self.fallback_models:
+            body["models"] = [self.model, *self.fallback_models]
+        return body
+
+
+class Run:
+    def __init__(self, request: RunRequest, *, runs: Runs) -> None:
+        self.request = request
+        self.message_id = request.message_id
+        self._runs = runs
+        self.events: list[LogEvent] = []
+        self.parts: list[str] = []
+        self.records: list[GenerationRecord] = []
+        self.finished = False
+        self.status = "streaming"
+        self.subscribers = 0
+        self._had_subscriber = False
+        self._wake = asyncio.Event()
+        self._end_status: str | None = None  # set by stop()/cancel() before cancelling the task
+        self._answering_model: str | None = None
+        self._finish_reason: str | None = None
+        self._last_checkpoint = time.monotonic()
+        self._checkpointing = False
+        self._saving: asyncio.Task[None] | None = None
+        self._append(
+            "meta",
+            meta_payload(
+                conversation_id=request.conversation_id,
+                message_id=request.message_id,
+                user_message_id=request.user_message_id,
+                agent=request.agent,
+                model=request.model,
+            ),
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    # -- the event log ----------------------------------------------------------------------------
+
+    def _append(self, event: str, payload: dict[str, Any]) -> None:
+        self.events.append(LogEvent.make(len(self.events) + 1, event, payload))
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def follow(self, after: int = 0) -> AsyncIterator[LogEvent]:
+        """Events with id > `after`, live, until the final one."""
+        self.subscribers += 1
+        self._had_subscriber = True
+        try:
+            position = max(0, after)
+            while True:
+                while position < len(self.events):
+                    position += 1
+                    yield self.events[position - 1]
+                if self.finished:
+                    return
+                await self._wake.wait()
+        finally:
+            self.subscribers -= 1
+            if self.subscribers == 0 and not self.finished:
+                self._runs.on_abandoned(self)
+
+    async def wait(self) -> None:
+        """Until the reply is persisted and its final event appended."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+    def event_lengths(self) -> list[int]:
+        return [len(part) for part in self.parts]
+
+    # -- ending it from outside -------------------------------------------------------------------
+
+    def cancel(self, status: str) -> bool:
+        """End the run early with `status` (stopped or interrupted); False if already ending."""
+        if self.finished or self._end_status is not None or self.task is None:
+            return False
+        self._end_status = status
+        self.task.cancel()
+        return True
+
+    # -- generating -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        status, error = "complete", None
+        try:
+            await self._generate()
+        except asyncio.CancelledError:
+            status = self._end_status or "interrupted"
+            for record in self.records:
+                if record.status == "streaming":
+                    record.status, record.ended_at = "cancelled", now()
+        except UpstreamError as exc:
+            status, error = "error", exc
+        except Exception as exc:  # a bug of ours must still end the reply and save it
+            log.exception("run %s failed", self.message_id)
+            status = "error"
+            error = UpstreamError(
+                "the server failed while generating the reply", code="internal_error"
+            )
+            for record in self.records:
+                if record.status == "streaming":
+                    record.status, record.error_code, record.ended_at = (
+                        "error",
+                        "internal_error",
+                        now(),
+                    )
+            del exc
+        # A second cancellation (shutdown after stop) must not cut the final write short.
+        await asyncio.shield(self._runs.spawn(self._finish(status, error)))
+
+    async def _generate(self) -> None:
+        settings = self._runs.settings
+        body = self.request.upstream_body()
+        waited = 0.0
+        for attempt in range(1, settings.upstream_max_retries + 2):
+            record = GenerationRecord(
+                id=new_id(), attempt=attempt, requested_model=self.request.model, started_at=now()
+            )
+            self.records.append(record)
+            try:
+                if self.request.stream:
+                    await self._stream_attempt(record, body)
+                else:
+                    await self._complete_attempt(record, body)
+                return
+            except UpstreamError as exc:
+                record.status, record.error_code, record.ended_at = "error", exc.code, now()
+                if isinstance(exc, UpstreamStatusError):
+                    # Refused before any generation existed: OpenRouter bills nothing.
+                    record.cost, record.cost_source = Decimal(0), "not_billed"
+                delay = self._retry_delay(exc, attempt)
+                if self.parts or delay is None or waited + delay > settings.upstream_retry_budget:
+                    raise
+                log.info(
+                    "retrying upstream in %.2fs after %s (attempt %d)", delay, exc.code, attempt
+                )
+                waited += delay
+                await asyncio.sleep(delay)
+
+    def _retry_delay(self, exc: UpstreamError, attempt: int) -> float | None:
+        if not exc.retryable or attempt > self._runs.settings.upstream_max_retries:
+            return None
+        if exc.retry_after is not None:
+            return exc.retry_after
+        base = self._runs.settings.upstream_retry_base_delay * 2 ** (attempt - 1)
+        return base * (0.5 + random.random() / 2)
+
+    async def _stream_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
+        finished = False
+        try:
+            async for event in self._runs.client.stream_chat(body):
+                if type(event) is Delta:  # the hot path: keep it short
+                    if not self.parts:
+                        record.first_token_at = now()
+                    self.parts.append(event.content)
+                    self._append("delta", {"content": event.content})
+                    if (
+                        time.monotonic() - self._last_checkpoint
+                        >= self._runs.settings.checkpoint_interval
+                    ):
+                        self._checkpoint_soon()
+                elif isinstance(event, Opened):
+                    record.generation_id = event.generation_id
+                    # The id recovers the cost after a crash: save it now, off the relay path.
+                    self._saving = self._runs.spawn(self._runs.save_generation(self, record))
+                elif isinstance(event, Finish):
+                    finished = True
+                    self._finish_reason = event.reason
+                    self._answering_model = event.model or self._answering_model
+                    record.model = event.model
+                    record.generation_id = record.generation_id or event.generation_id
+                elif isinstance(event, Usage):
+                    self._apply_usage(record, event)
+        except UpstreamError:
+            # Cut after finish_reason: the reply is whole, only its usage chunk is missing,
+            # and the generation record will give the cost.
+            if not finished:
+                raise
+            log.warning(
+                "upstream stream for %s ended after finish_reason without usage", self.message_id
+            )
+        record.status, record.ended_at = "complete", now()
+
+    async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
+        payload = await self._runs.client.complete(body)
+        record.generation_id = payload.get("id")
+        choices = payload.get("choices") or [{}]
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        content = (choice.get("message") or {}).get("content") or ""
+        if content:
+            record.first_token_at = now()
+            self.parts.append(content)
+            self._append("delta", {"content": content})
+        self._finish_reason = choice.get("finish_reason") or "stop"
+        self._answering_model = record.model = payload.get("model")
+        if isinstance(payload.get("usage"), dict):
+            self._apply_usage(
+                record,
+                parse_usage(
+                    payload["usage"], model=record.model, generation_id=record.generation_id
+                ),
+            )
+        record.status, record.ended_at = "complete", now()
+
+    def _apply_usage(self, record: GenerationRecord, usage: Usage) -> None:
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.cached_tokens = usage.cached_tokens
+        record.model = usage.model or record.model
+        self._answering_model = usage.model or self._answering_model
+        record.generation_id = record.generation_id or usage.generation_id
+        if usage.cost is not None:
+            record.cost, record.cost_source = usage.cost, "usage"
+
+    def _checkpoint_soon(self) -> None:
+        self._last_checkpoint = time.monotonic()
+        if not self._checkpointing:
+            self._checkpointing = True
+            self._runs.spawn(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._runs.store.checkpoint(
+                message_id=self.message_id, content=self.content, event_lengths=self.event_lengths()
+            )
+        finally:
+            self._checkpointing = False
+
+    async def _finish(self, status: str, error: UpstreamError | None) -> None:
+        if self._saving is not None:
+            # The early write of a generation row must land before the final one, never after.
+            await asyncio.gather(self._saving, return_exceptions=True)
+        for record in self.records:
+            if record.cost_source == "pending" and record.generation_id is None:
+                record.cost_source = "none"  # nothing upstream to ask about it
+        finish_reason = "stopped" if status == "stopped" else self._finish_reason
+        if status == "interrupted" and error is None:
+            error = UpstreamError(
+                "the reply was interrupted before it finished", code="interrupted", retryable=True
+            )
+        content = self.content
+        try:
+            await self._runs.store.finish_reply(
+                message_id=self.message_id,
+                conversation_id=self.request.conversation_id,
+                agent=self.request.agent,
+                status=status,
+                content=content,
+                event_lengths=self.event_lengths(),
+                model=self._answering_model,
+                finish_reason=finish_reason,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+                records=self.records,
+            )
+        except Exception:
+            # Left `streaming` in the database, it is marked interrupted at the next start-up.
+            log.exception("could not save reply %s", self.message_id)
+        known = [r.cost for r in self.records if r.cost is not None]
+        name, payload = final_event(
+            status=status,
+            message_id=self.message_id,
+            finish_reason=finish_reason,
+            model=self._answering_model,
+            prompt_tokens=sum(r.prompt_tokens for r in self.records),
+            completion_tokens=sum(r.completion_tokens for r in self.records),
+            cost=sum(known, Decimal(0)) if known else None,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+        )
+        self.status = status
+        self.finished = True
+        self._append(name, payload)
+        self._runs.on_finished(self)
+        for record in self.records:
+            if record.cost_source == "pending":
+                self._runs.spawn(
+                    reconcile_cost(
+                        self._runs.store,
+                        self._runs.client,
+                        record_id=record.id,
+                        generation_id=record.generation_id,
+                        timeout=self._runs.settings.generation_lookup_timeout,
+                    )
+                )
+
+
+class Runs:
+    """The live runs of this process, and the background work they leave behind."""
+
+    def __init__(self, *, store: Store, client: OpenRouterClient, settings: Settings) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.live: dict[str, Run] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def start(self, request: RunRequest) -> Run:
+        run = Run(request, runs=self)
+        self.live[run.message_id] = run
+        run.task = asyncio.create_task(run.run(), name=f"run:{run.message_id}")
+        return run
+
+    def get(self, message_id: str) -> Run | None:
+        return self.live.get(message_id)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def save_generation(self, run: Run, record: GenerationRecord) -> None:
+        await self.store.save_generation(
+            record,
+            message_id=run.message_id,
+            conversation_id=run.request.conversation_id,
+            agent=run.request.agent,
+        )
+
+    def on_abandoned(self, run: Run) -> None:
+        if self.settings.disconnect_policy == "cancel" and not self.closing:
+            run.cancel("interrupted")
+
+    def on_finished(self, run: Run) -> None:
+        self.live.pop(run.message_id, None)
+
+    async def shutdown(self) -> None:
+        """Give live runs the grace period to finish, then interrupt and save the rest."""
+        self.closing = True
+        runs = list(self.live.values())
+        if runs:
+            log.info(
+                "waiting up to %.0fs for %d live replies", self.settings.shutdown_grace, len(runs)
+            )
+            _, pending = await asyncio.wait(
+                [r.task for r in runs if r.task], timeout=self.settings.shutdown_grace
+            )
+            for run in runs:
+                run.cancel("interrupted")
+            if pending:
+                await asyncio.wait(pending)
+        while self._background:
+            await asyncio.wait(list(self._background))
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
