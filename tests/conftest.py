@@ -1,0 +1,95 @@
+"""Shared fixtures: a fake OpenRouter and our app, each under a real uvicorn server in a thread.
+
+Streaming, pings, disconnects and resumption only behave as in production over a real socket,
+so nothing here uses an in-process transport. Every test gets its own database: a SQLite file
+by default, or a fresh PostgreSQL database when TEST_POSTGRES_URL is set (see `databases.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+from app.simulator import FakeOpenRouter
+from app.threaded_server import ThreadedServer
+from tests.support import AppServer, DatabaseHandle, make_database
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[tuple[FakeOpenRouter, ThreadedServer]]:
+    fake = FakeOpenRouter()
+    with ThreadedServer(fake.app, log_level="critical") as server:
+        yield fake, server
+
+
+@pytest.fixture
+def fake(fake_server) -> FakeOpenRouter:
+    fake, _ = fake_server
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def fake_url(fake_server) -> str:
+    return f"{fake_server[1].url}/api/v1"
+
+
+@pytest.fixture
+def database(tmp_path) -> Iterator[DatabaseHandle]:
+    with make_database(tmp_path) as handle:
+        yield handle
+
+
+@pytest.fixture
+def make_settings(fake, fake_url, database) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "app_env": "test",
+            "openrouter_api_key": "sk-or-test-secret-key",
+            "openrouter_model": "openai/gpt-4o",
+            "openrouter_base_url": fake_url,
+            "database_url": database.url,
+            "upstream_read_timeout": 5.0,
+            "upstream_retry_base_delay": 0.01,
+            "generation_lookup_timeout": 3.0,
+            "checkpoint_interval": 0.2,
+            "shutdown_grace": 5.0,
+            **overrides,
+        }
+        return Settings(_env_file=None, **values)
+
+    return build
+
+
+@pytest.fixture
+def start_server(make_settings) -> Iterator[Callable[..., AppServer]]:
+    """Start our app under uvicorn; stopped (lifespan shutdown included) after the test."""
+    started: list[AppServer] = []
+
+    def start(settings: Settings | None = None, **overrides: Any) -> AppServer:
+        settings = settings or make_settings(**overrides)
+        server = ThreadedServer(create_app(settings), timeout_graceful_shutdown=10)
+        server.start()
+        app_server = AppServer(server, settings)
+        started.append(app_server)
+        return app_server
+
+    yield start
+    for app_server in reversed(started):
+        app_server.stop()
+
+
+@pytest.fixture
+def server(start_server) -> AppServer:
+    return start_server()
+
+
+@pytest.fixture
+def client(server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        yield http
