@@ -15,7 +15,6 @@ import httpx
 from starlette.applications import Starlette
 
 from app.agents import load_agents
-from app.costs import reconcile_cost
 from app.db import is_sqlite, open_database
 from app.errors import EXCEPTION_HANDLERS
 from app.migrations import migrate
@@ -78,7 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
             runs = Runs(store=store, client=client, settings=settings)
             stack.push_async_callback(runs.shutdown)
-            await _recover(store, client, runs, settings)
+            await _recover(store, runs)
             yield {
                 "app": AppState(
                     settings=settings,
@@ -98,7 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
-async def _recover(store: Store, client: OpenRouterClient, runs: Runs, settings: Settings) -> None:
+async def _recover(store: Store, runs: Runs) -> None:
     """Replies a dead process left `streaming` become interrupted; unknown costs get looked up."""
     interrupted = await store.interrupt_streaming()
     if interrupted:
@@ -107,12 +106,4 @@ async def _recover(store: Store, client: OpenRouterClient, runs: Runs, settings:
             len(interrupted),
         )
     for row in await store.pending_generations():
-        runs.spawn(
-            reconcile_cost(
-                store,
-                client,
-                record_id=row["id"],
-                generation_id=row["generation_id"],
-                timeout=settings.generation_lookup_timeout,
-            )
-        )
+        runs.reconcile(record_id=row["id"], generation_id=row["generation_id"])

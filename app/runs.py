@@ -83,7 +83,7 @@ class Run:
         self.finished = False
         self.status = "streaming"
         self.subscribers = 0
-        self._had_subscriber = False
+        self._abandoned: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._end_status: str | None = None  # set by stop()/cancel() before cancelling the task
         self._answering_model: str | None = None
@@ -113,7 +113,9 @@ class Run:
     async def follow(self, after: int = 0) -> AsyncIterator[LogEvent]:
         """Events with id > `after`, live, until the final one."""
         self.subscribers += 1
-        self._had_subscriber = True
+        if self._abandoned is not None:  # a browser reconnecting in time keeps the run alive
+            self._abandoned.cancel()
+            self._abandoned = None
         try:
             position = max(0, after)
             while True:
@@ -347,15 +349,7 @@ class Run:
         self._runs.on_finished(self)
         for record in self.records:
             if record.cost_source == "pending":
-                self._runs.spawn(
-                    reconcile_cost(
-                        self._runs.store,
-                        self._runs.client,
-                        record_id=record.id,
-                        generation_id=record.generation_id,
-                        timeout=self._runs.settings.generation_lookup_timeout,
-                    )
-                )
+                self._runs.reconcile(record_id=record.id, generation_id=record.generation_id)
 
 
 class Runs:
@@ -367,7 +361,8 @@ class Runs:
         self.settings = settings
         self.live: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self.closing = False
+        self._lookups: set[asyncio.Task[Any]] = set()
+        self._drain: asyncio.Task[None] | None = None
 
     def start(self, request: RunRequest) -> Run:
         run = Run(request, runs=self)
@@ -379,11 +374,26 @@ class Runs:
         return self.live.get(message_id)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Background work that shutdown waits for (database writes)."""
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
         return task
+
+    def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
+        """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
+        task = self.spawn(
+            reconcile_cost(
+                self.store,
+                self.client,
+                record_id=record_id,
+                generation_id=generation_id,
+                timeout=self.settings.generation_lookup_timeout,
+            )
+        )
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     async def save_generation(self, run: Run, record: GenerationRecord) -> None:
         await self.store.save_generation(
@@ -394,27 +404,46 @@ class Runs:
         )
 
     def on_abandoned(self, run: Run) -> None:
-        if self.settings.disconnect_policy == "cancel" and not self.closing:
-            run.cancel("interrupted")
+        """The last subscriber left: under DISCONNECT_POLICY=cancel, cancel unless one returns."""
+        if self.settings.disconnect_policy != "cancel" or self._drain is not None:
+            return
+        run._abandoned = asyncio.get_running_loop().call_later(
+            self.settings.disconnect_cancel_delay, run.cancel, "interrupted"
+        )
 
     def on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
 
-    async def shutdown(self) -> None:
-        """Give live runs the grace period to finish, then interrupt and save the rest."""
-        self.closing = True
-        runs = list(self.live.values())
-        if runs:
+    def begin_drain(self) -> None:
+        """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.
+
+        Called as soon as the signal is seen, not at lifespan shutdown: uvicorn only gets there
+        after open connections close, and subscribers should receive each run's final event.
+        """
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drain_runs(), name="drain-runs")
+
+    async def _drain_runs(self) -> None:
+        tasks = [run.task for run in self.live.values() if run.task]
+        if tasks:
             log.info(
-                "waiting up to %.0fs for %d live replies", self.settings.shutdown_grace, len(runs)
+                "waiting up to %.0fs for %d live replies", self.settings.shutdown_grace, len(tasks)
             )
-            _, pending = await asyncio.wait(
-                [r.task for r in runs if r.task], timeout=self.settings.shutdown_grace
-            )
-            for run in runs:
-                run.cancel("interrupted")
-            if pending:
-                await asyncio.wait(pending)
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        remaining = [run for run in self.live.values() if run.task]
+        for run in remaining:
+            run.cancel("interrupted")
+        if remaining:
+            log.warning("interrupted %d replies still streaming at shutdown", len(remaining))
+            await asyncio.wait([run.task for run in remaining if run.task])
+
+    async def shutdown(self) -> None:
+        """Drain the runs, finish every write; unfinished cost lookups wait for the next start."""
+        self.begin_drain()
+        assert self._drain is not None
+        await self._drain
+        for task in self._lookups:
+            task.cancel()  # their rows stay `pending`; start-up recovery looks them up again
         while self._background:
             await asyncio.wait(list(self._background))
 

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
 
     # Runs: what happens to a reply whatever way its stream ends.
     disconnect_policy: Literal["continue", "cancel"] = "continue"
+    # Under "cancel": how long a reply waits for a subscriber to come back (EventSource retries).
+    disconnect_cancel_delay: float = Field(5.0, ge=0)
     checkpoint_interval: float = Field(3.0, gt=0)
     shutdown_grace: float = Field(20.0, ge=0)
     upstream_max_retries: int = Field(2, ge=0, le=10)

@@ -16,6 +16,7 @@ import collections
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -135,7 +136,9 @@ class FakeOpenRouter:
                 {"error": {"code": 400, "message": "invalid JSON"}}, status_code=400
             )
         with self._lock:
-            self.requests.append({"body": body, "headers": dict(request.headers)})
+            self.requests.append(
+                {"body": body, "headers": dict(request.headers), "at": time.monotonic()}
+            )
         behaviour = self._next()
         if behaviour.headers_delay:
             await asyncio.sleep(behaviour.headers_delay)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
 from app.errors import ApiError
 from app.events import LogEvent
+from app.state import AppState
 
 # What keeps Heroku-like routers and nginx from holding the stream back.
 STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+# Seconds past SHUTDOWN_GRACE for a cancelled run's final write and event to get out.
+SHUTDOWN_MARGIN = 3.0
 
 
 def last_event_id(request: Request) -> int:
@@ -32,5 +36,20 @@ async def _frames(events: AsyncIterator[LogEvent]) -> AsyncIterator[bytes]:
         yield event.frame
 
 
-def sse_response(events: AsyncIterator[LogEvent], *, ping_interval: float) -> EventSourceResponse:
-    return EventSourceResponse(_frames(events), ping=ping_interval, headers=STREAM_HEADERS)
+def sse_response(events: AsyncIterator[LogEvent], *, state: AppState) -> EventSourceResponse:
+    shutdown = anyio.Event()
+
+    async def start_drain_on_shutdown() -> None:
+        await shutdown.wait()
+        state.runs.begin_drain()
+
+    return EventSourceResponse(
+        _frames(events),
+        ping=state.settings.ping_interval,
+        headers=STREAM_HEADERS,
+        # On SIGTERM sse-starlette sets `shutdown` and keeps the stream open for the grace
+        # period, so each run's final event (done, or interrupted) still reaches this client.
+        shutdown_event=shutdown,
+        shutdown_grace_period=state.settings.shutdown_grace + SHUTDOWN_MARGIN,
+        data_sender_callable=start_drain_on_shutdown,
+    )

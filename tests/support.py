@@ -58,7 +58,7 @@ class DatabaseHandle:
 
 @contextmanager
 def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
-    """A fresh database: a SQLite file, or a new PostgreSQL database when TEST_POSTGRES_URL is set."""
+    """A fresh database: a SQLite file, or a new PostgreSQL one when TEST_POSTGRES_URL is set."""
     admin_url = os.environ.get("TEST_POSTGRES_URL")
     if not admin_url:
         yield DatabaseHandle(normalize_database_url(f"sqlite:///{tmp_path / 'test.db'}"))
@@ -93,3 +93,32 @@ class AppServer:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll until `predicate()` returns something truthy; fail with `what` after `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_some(client: httpx.Client, url: str, count: int, **kwargs: Any) -> list[SSE]:
+    """The first `count` events of a GET SSE stream, then hang up (a client that leaves)."""
+    from httpx_sse import EventSource
+
+    events: list[SSE] = []
+    method = kwargs.pop("method", "GET")
+    with client.stream(method, url, **kwargs) as response:
+        assert response.status_code == 200, response.read()
+        for sse in EventSource(response).iter_sse():
+            events.append(SSE(sse.id, sse.event, json.loads(sse.data)))
+            if len(events) >= count:
+                break
+    return events
