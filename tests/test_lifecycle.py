@@ -1,0 +1,195 @@
+"""Shutdown and crashes, with the server in its own process: SIGTERM drains live replies,
+SIGKILL loses at most a checkpoint interval, and the next start-up recovers the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import EventSource
+
+from app.simulator import Behaviour
+from app.threaded_server import free_port
+from tests.support import SSE, content_of, wait_for
+
+TOKENS = [f" w{i}" for i in range(400)]
+
+
+class ServerProcess:
+    def __init__(self, *, fake_url: str, database_url: str, cwd: Path, **settings: str) -> None:
+        self.port = free_port()
+        env = {
+            "PATH": os.environ["PATH"],
+            "APP_ENV": "test",
+            "OPENROUTER_API_KEY": "sk-or-test-secret-key",
+            "OPENROUTER_MODEL": "openai/gpt-4o",
+            "OPENROUTER_BASE_URL": fake_url,
+            "DATABASE_URL": database_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "CHECKPOINT_INTERVAL": "0.2",
+            "GENERATION_LOOKUP_TIMEOUT": "3",
+            **settings,
+        }
+        # cwd has no .env: the process sees exactly these settings.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(self._ready, timeout=20, what="the server process to start")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def server_process(fake_url, database, tmp_path) -> Iterator:
+    started: list[ServerProcess] = []
+
+    def start(**settings: str) -> ServerProcess:
+        server = ServerProcess(
+            fake_url=fake_url, database_url=database.url, cwd=tmp_path, **settings
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+class Reader(threading.Thread):
+    """Reads one SSE stream to its end in the background, keeping every event."""
+
+    def __init__(self, url: str, body: dict) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body = url, body
+        self.events: list[SSE] = []
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            with (
+                httpx.Client(timeout=30) as http,
+                http.stream("POST", self.url, json=self.body) as response,
+            ):
+                for sse in EventSource(response).iter_sse():
+                    self.events.append(SSE(sse.id, sse.event, json.loads(sse.data)))
+        except Exception as exc:  # the test asserts on it
+            self.error = exc
+
+    def deltas(self) -> int:
+        return sum(e.event == "delta" for e in self.events)
+
+
+def reply(database, message_id: str) -> dict:
+    [row] = database.query("SELECT * FROM messages WHERE id = :id", id=message_id)
+    return row
+
+
+def costs_settled(database, message_id: str) -> list[dict] | None:
+    rows = database.query("SELECT * FROM generations WHERE message_id = :id", id=message_id)
+    return rows if rows and all(r["cost_source"] not in ("pending",) for r in rows) else None
+
+
+def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
+    server_process, start_server, fake, database
+):
+    # Queue order = request order: the short reply is started first.
+    fake.enqueue(Behaviour(tokens=TOKENS[:12], delay=0.1), Behaviour(tokens=TOKENS, delay=0.05))
+    server = server_process(SHUTDOWN_GRACE="2")
+    short = Reader(f"{server.url}/api/chat", {"message": "short"})
+    short.start()
+    wait_for(lambda: short.deltas() >= 1, what="the short reply to start")
+    long = Reader(f"{server.url}/api/chat", {"message": "long"})
+    long.start()
+    wait_for(lambda: long.deltas() >= 2, what="the long reply to start")
+
+    server.process.send_signal(signal.SIGTERM)
+    # uvicorn exits by re-raising the signal once its graceful shutdown is complete
+    assert server.process.wait(timeout=20) == -signal.SIGTERM
+    log = server.process.stdout.read()
+    assert "Application shutdown complete" in log, log
+    short.join(5)
+    long.join(5)
+
+    assert short.error is None and long.error is None
+    assert short.events[-1].event == "done" and short.events[-1].data["status"] == "complete"
+    assert long.events[-1].event == "error"
+    assert long.events[-1].data["code"] == "interrupted" and long.events[-1].data["retryable"]
+
+    short_id, long_id = short.events[0].data["message_id"], long.events[0].data["message_id"]
+    assert reply(database, short_id)["status"] == "complete"
+    assert reply(database, short_id)["content"] == "".join(TOKENS[:12])
+    interrupted = reply(database, long_id)
+    assert interrupted["status"] == "interrupted"
+    assert interrupted["content"] == content_of(long.events)
+    assert 0 < len(interrupted["content"]) < len("".join(TOKENS))
+
+    # A cost lookup cut short by the shutdown is finished by the next start-up.
+    start_server()
+    [row] = wait_for(lambda: costs_settled(database, long_id), what="the long reply's cost")
+    assert row["cost_source"] == "generation"
+    assert row["cost_nanousd"] == int(fake.generations[row["generation_id"]].cost * 10**9)
+    [row] = costs_settled(database, short_id)
+    assert row["cost_source"] == "usage"
+
+
+def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
+    server_process, start_server, fake, database
+):
+    fake.enqueue(Behaviour(tokens=TOKENS, delay=0.05))
+    server = server_process()
+    started = httpx.post(f"{server.url}/api/chat/messages", json={"message": "long"}).json()
+    message_id = started["message_id"]
+    # Wait for a checkpoint with content and for the generation row (saved when the stream opened).
+    wait_for(lambda: len(reply(database, message_id)["content"]) > 10, what="a checkpoint")
+    wait_for(
+        lambda: database.query(
+            "SELECT generation_id FROM generations WHERE message_id = :id", id=message_id
+        ),
+        what="the generation row",
+    )
+
+    server.process.kill()
+    server.process.wait()
+    checkpointed = reply(database, message_id)
+    assert checkpointed["status"] == "streaming"
+
+    restarted = start_server()
+    row = reply(database, message_id)
+    assert row["status"] == "interrupted" and row["content"] == checkpointed["content"]
+    assert "".join(TOKENS).startswith(row["content"])
+    [generation] = wait_for(lambda: costs_settled(database, message_id), what="the cost")
+    assert generation["cost_source"] == "generation" and generation["status"] == "cancelled"
+
+    with (
+        httpx.Client(base_url=restarted.url, timeout=10) as http,
+        http.stream("GET", started["stream_url"]) as response,
+    ):
+        events = [SSE(e.id, e.event, json.loads(e.data)) for e in EventSource(response).iter_sse()]
+    assert events[0].event == "meta" and content_of(events) == row["content"]
+    assert events[-1].event == "error" and events[-1].data["code"] == "interrupted"
