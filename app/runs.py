@@ -85,7 +85,9 @@ class Run:
         self.subscribers = 0
         self._abandoned: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
-        self._end_status: str | None = None  # set by stop()/cancel() before cancelling the task
+        self._end_status: str | None = None  # set by cancel() before cancelling the task
+        self._ending = False  # generation is over; only the final write remains
+        self._done = asyncio.Event()
         self._answering_model: str | None = None
         self._finish_reason: str | None = None
         self._last_checkpoint = time.monotonic()
@@ -132,8 +134,7 @@ class Run:
 
     async def wait(self) -> None:
         """Until the reply is persisted and its final event appended."""
-        if self.task is not None:
-            await asyncio.shield(self.task)
+        await self._done.wait()
 
     @property
     def content(self) -> str:
@@ -146,7 +147,7 @@ class Run:
 
     def cancel(self, status: str) -> bool:
         """End the run early with `status` (stopped or interrupted); False if already ending."""
-        if self.finished or self._end_status is not None or self.task is None:
+        if self._ending or self._end_status is not None or self.task is None:
             return False
         self._end_status = status
         self.task.cancel()
@@ -165,7 +166,7 @@ class Run:
                     record.status, record.ended_at = "cancelled", now()
         except UpstreamError as exc:
             status, error = "error", exc
-        except Exception as exc:  # a bug of ours must still end the reply and save it
+        except Exception:  # a bug of ours must still end the reply and save it
             log.exception("run %s failed", self.message_id)
             status = "error"
             error = UpstreamError(
@@ -178,8 +179,8 @@ class Run:
                         "internal_error",
                         now(),
                     )
-            del exc
-        # A second cancellation (shutdown after stop) must not cut the final write short.
+        self._ending = True
+        # A cancellation arriving now (shutdown after stop) must not cut the final write short.
         await asyncio.shield(self._runs.spawn(self._finish(status, error)))
 
     async def _generate(self) -> None:
@@ -346,6 +347,7 @@ class Run:
         self.status = status
         self.finished = True
         self._append(name, payload)
+        self._done.set()
         self._runs.on_finished(self)
         for record in self.records:
             if record.cost_source == "pending":
