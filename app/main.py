@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             runs = Runs(store=store, client=client, settings=settings)
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
+            runs.start_tending()
             yield {
                 "app": AppState(
                     settings=settings,
@@ -98,12 +99,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _recover(store: Store, runs: Runs) -> None:
-    """Replies a dead process left `streaming` become interrupted; unknown costs get looked up."""
-    interrupted = await store.interrupt_streaming()
-    if interrupted:
-        log.warning(
-            "marked %d replies left streaming by a previous process as interrupted",
-            len(interrupted),
-        )
+    """Costs a previous process left unknown get looked up; orphans are swept by `Runs.tend`."""
     for row in await store.pending_generations():
         runs.reconcile(record_id=row["id"], generation_id=row["generation_id"])

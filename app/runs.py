@@ -17,11 +17,13 @@ rows are written once at the end, shielded from the cancellation that may have e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -365,6 +367,8 @@ class Runs:
         self._background: set[asyncio.Task[Any]] = set()
         self._lookups: set[asyncio.Task[Any]] = set()
         self._drain: asyncio.Task[None] | None = None
+        self._tending: asyncio.Task[None] | None = None
+        self._stop_tending = asyncio.Event()
 
     def start(self, request: RunRequest) -> Run:
         run = Run(request, runs=self)
@@ -416,6 +420,34 @@ class Runs:
     def on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
 
+    def start_tending(self) -> None:
+        self._tending = asyncio.create_task(self._tend(), name="tend-runs")
+
+    async def _tend(self) -> None:
+        """Heartbeat our live replies and sweep up the orphans of dead processes, forever.
+
+        The first sweep runs at start-up: replies a crashed process left `streaming` become
+        `interrupted` (once STALE_REPLY_AFTER has passed since it last touched them), and their
+        cost is looked up in the generation record.
+        """
+        interval = min(self.settings.checkpoint_interval, self.settings.stale_reply_after / 3)
+        while True:
+            try:
+                if self.live:
+                    await self.store.touch_replies(message_ids=list(self.live))
+                idle_since = now() - timedelta(seconds=self.settings.stale_reply_after)
+                orphans = await self.store.interrupt_orphans(idle_since=idle_since)
+                if orphans:
+                    log.warning("marked %d orphaned replies as interrupted", len(orphans))
+                    for row in await self.store.pending_generations(message_ids=orphans):
+                        self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+            except Exception:  # a database hiccup must not end the heartbeat
+                log.exception("tending live replies failed")
+            # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_tending.wait(), interval)
+                return
+
     def begin_drain(self) -> None:
         """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.
 
@@ -444,6 +476,9 @@ class Runs:
         self.begin_drain()
         assert self._drain is not None
         await self._drain
+        if self._tending is not None:
+            self._stop_tending.set()
+            await self._tending
         for task in self._lookups:
             task.cancel()  # their rows stay `pending`; start-up recovery looks them up again
         while self._background:

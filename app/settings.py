@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # Under "cancel": how long a reply waits for a subscriber to come back (EventSource retries).
     disconnect_cancel_delay: float = Field(5.0, ge=0)
     checkpoint_interval: float = Field(3.0, gt=0)
+    # A `streaming` reply no process has touched for this long was left by a dead process.
+    stale_reply_after: float = Field(30.0, gt=0)
     shutdown_grace: float = Field(20.0, ge=0)
     upstream_max_retries: int = Field(2, ge=0, le=10)
     upstream_retry_base_delay: float = Field(0.5, ge=0)

@@ -469,11 +469,26 @@ class Store:
 
     # -- recovery and cost reconciliation --------------------------------------------------------
 
-    async def interrupt_streaming(self) -> list[str]:
-        """Mark replies left `streaming` by a dead process as interrupted; return their ids."""
+    async def touch_replies(self, *, message_ids: list[str]) -> None:
+        """The heartbeat of live replies: a reply no process touches is an orphan."""
+        async with self._write():
+            await self.database.execute(
+                messages.update()
+                .where(messages.c.id.in_(message_ids), messages.c.status == "streaming")
+                .values(updated_at=now())
+            )
+
+    async def interrupt_orphans(self, *, idle_since: datetime) -> list[str]:
+        """Mark replies left `streaming` by a dead process as interrupted; return their ids.
+
+        A reply is an orphan when no process has touched it since `idle_since`: live runs
+        heartbeat, so the replies other processes (other dynos) are streaming are left alone.
+        """
         async with self._write():
             rows = await self.database.fetch_all(
-                sa.select(messages.c.id).where(messages.c.status == "streaming")
+                sa.select(messages.c.id).where(
+                    messages.c.status == "streaming", messages.c.updated_at < idle_since
+                )
             )
             ids = [row[0] for row in rows]
             if ids:
@@ -494,13 +509,16 @@ class Store:
                 )
         return ids
 
-    async def pending_generations(self) -> list[dict[str, Any]]:
-        rows = await self.database.fetch_all(
-            generations.select().where(
-                generations.c.cost_source == "pending", generations.c.status != "streaming"
-            )
+    async def pending_generations(
+        self, *, message_ids: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Generations whose cost is still unknown (of these messages, or of any ended one)."""
+        query = generations.select().where(
+            generations.c.cost_source == "pending", generations.c.status != "streaming"
         )
-        return [dict(row._mapping) for row in rows]
+        if message_ids is not None:
+            query = query.where(generations.c.message_id.in_(message_ids))
+        return [dict(row._mapping) for row in await self.database.fetch_all(query)]
 
     async def settle_cost(
         self,

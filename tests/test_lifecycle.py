@@ -179,7 +179,8 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     checkpointed = reply(database, message_id)
     assert checkpointed["status"] == "streaming"
 
-    restarted = start_server()
+    restarted = start_server(stale_reply_after=0.5)
+    wait_for(lambda: reply(database, message_id)["status"] != "streaming", what="the sweep")
     row = reply(database, message_id)
     assert row["status"] == "interrupted" and row["content"] == checkpointed["content"]
     assert "".join(TOKENS).startswith(row["content"])
@@ -193,3 +194,24 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
         events = [SSE(e.id, e.event, json.loads(e.data)) for e in EventSource(response).iter_sse()]
     assert events[0].event == "meta" and content_of(events) == row["content"]
     assert events[-1].event == "error" and events[-1].data["code"] == "interrupted"
+
+
+def test_another_process_follows_a_live_reply_and_leaves_it_alone(
+    server_process, start_server, fake, database
+):
+    """Two dynos on one database: the second serves the first's live reply from checkpoints,
+    and its orphan sweep does not take a reply that is being heartbeaten for a dead one's."""
+    fake.enqueue(Behaviour(tokens=TOKENS[:60], delay=0.05))  # 3 s, longer than STALE_REPLY_AFTER
+    first = server_process()
+    second = start_server(stale_reply_after=1.0, checkpoint_interval=0.1)
+    started = httpx.post(f"{first.url}/api/chat/messages", json={"message": "hi"}).json()
+
+    with (
+        httpx.Client(base_url=second.url, timeout=10) as http,
+        http.stream("GET", started["stream_url"]) as response,
+    ):
+        events = [SSE(e.id, e.event, json.loads(e.data)) for e in EventSource(response).iter_sse()]
+    assert events[-1].event == "done" and events[-1].data["status"] == "complete"
+    assert content_of(events) == "".join(TOKENS[:60])
+    assert [e.id for e in events] == [str(i) for i in range(1, 63)]
+    assert reply(database, started["message_id"])["status"] == "complete"
