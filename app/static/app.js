@@ -237,11 +237,14 @@ function startStream(url, v, { focusStop = false } = {}) {
       if (stick) scrollToEnd();
     },
     done: (d) => {
+      const costKnown = d.cost_usd != null;
       updateView(v, {
         status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
-        model: d.model, usage: d.usage ?? null, cost_usd: d.cost_usd ?? null,
+        // Without a cost the run saw no usage chunk either, so its token counts are not real.
+        model: d.model, usage: costKnown ? d.usage ?? null : null, cost_usd: d.cost_usd ?? null,
       });
       finish();
+      if (!costKnown) refreshCost(v, state.openId);
     },
     failed: (d) => {
       updateView(v, { status: d.status || 'error', error: { code: d.code, message: d.message } });
@@ -258,6 +261,23 @@ function startStream(url, v, { focusStop = false } = {}) {
       }
     },
   });
+}
+
+// A reply cut short (stopped, say) ends before the usage chunk; the server then looks its usage
+// and cost up from the generation record, so ask for them again a few times.
+async function refreshCost(v, conversationId, delays = [300, 1500, 5000]) {
+  for (const ms of delays) {
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    if (state.openId !== conversationId || state.views.get(v.id) !== v) return;
+    const conv = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}`).catch(() => null);
+    const m = conv?.messages?.find((x) => x.id === v.id);
+    if (m?.cost_usd != null) {
+      updateView(v, { model: m.model, usage: m.usage, cost_usd: m.cost_usd });
+      setHeader(conv.title, conv.total_cost_usd);
+      loadConversations();
+      return;
+    }
+  }
 }
 
 async function stopReply() {
