@@ -252,6 +252,52 @@ def test_the_coach_widget_advises_on_the_open_conversation(page, app_url, fake):
     expect(page.get_by_test_id("conversation-item")).to_have_count(1)
 
 
+EMBEDDING_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Someone's page</title></head><body>
+<article id="draft">Our product ships on Mondays.</article>
+<div id="coach"></div>
+<script src="/static/coach.js" data-target="#coach" data-context-selector="#draft"></script>
+</body></html>"""
+
+
+def test_the_coach_widget_dropped_into_another_page_sends_its_context(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=["Say which Monday."]))
+    # Another page on the same origin, with nothing but the script tag and a target element.
+    page.route(
+        f"{app_url}/embedded",
+        lambda route: route.fulfill(body=EMBEDDING_PAGE, content_type="text/html"),
+    )
+    page.goto(f"{app_url}/embedded")
+
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").press("Enter")  # keyboard only, no question
+    expect(panel).to_have_attribute("data-status", "complete")
+    expect(panel.get_by_test_id("coach-output")).to_have_text("Say which Monday.")
+    sent = fake.requests[-1]["body"]["messages"][-1]["content"]
+    assert "Context:\nOur product ships on Mondays." in sent
+    screenshot(page, "coach-embedded")
+
+
+def test_the_coach_can_be_stopped_and_keeps_what_it_said(page, app_url, fake):
+    advice = words(60, "advice")
+    fake.enqueue(Behaviour(tokens=advice, delay=0.1))
+    page.goto(app_url)
+
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("How do I write clearly?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-output")).to_contain_text("advice2 ")
+    panel.get_by_test_id("coach-stop").click()
+
+    expect(panel).to_have_attribute("data-status", "stopped", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-status")).to_have_text("stopped")
+    expect(panel.get_by_test_id("coach-tokens")).to_be_hidden()
+    shown = panel.get_by_test_id("coach-output").text_content()
+    assert shown and "".join(advice).startswith(shown) and shown != "".join(advice)
+    assert open_event_sources(page) == 0
+    screenshot(page, "coach-stopped")
+
+
 def test_an_upstream_error_mid_reply_shows_the_error_and_what_was_received(page, app_url, fake):
     fake.enqueue(Behaviour(tokens=words(10), error_after=4))
     page.goto(app_url)

@@ -216,6 +216,8 @@
         delta: (chunk) => text.appendData(chunk),
         done: (d) => finish({
           ...d, status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
+          // No cost means no usage chunk came (a stopped reply): its token counts are not real.
+          usage: d.cost_usd == null ? null : d.usage,
         }),
         failed: (d) => finish({ status: d.status || 'error', message: d.message || d.code || 'The coach failed.' }),
         // Ended without a terminal event: ask the server for the stored final state.
