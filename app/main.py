@@ -19,7 +19,7 @@ from app.db import is_sqlite, open_database
 from app.errors import EXCEPTION_HANDLERS
 from app.migrations import migrate
 from app.openrouter import OpenRouterClient
-from app.routes import catalog, conversations, health, replies
+from app.routes import catalog, conversations, health, pages, replies
 from app.runs import Runs
 from app.settings import Settings
 from app.simulator import Behaviour, FakeOpenRouter
@@ -92,7 +92,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             }
 
     return Starlette(
-        routes=[*replies.routes, *conversations.routes, *catalog.routes, *health.routes],
+        routes=[
+            *replies.routes,
+            *conversations.routes,
+            *catalog.routes,
+            *health.routes,
+            *pages.routes,
+        ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )
