@@ -16,6 +16,7 @@ from app.state import AppState
 STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 # Seconds past SHUTDOWN_GRACE for a cancelled run's final write and event to get out.
 SHUTDOWN_MARGIN = 3.0
+RETRY_FIELD = b"retry: 1000\n"
 
 
 def last_event_id(request: Request) -> int:
@@ -33,7 +34,9 @@ def last_event_id(request: Request) -> int:
 
 async def _frames(events: AsyncIterator[LogEvent]) -> AsyncIterator[bytes]:
     async for event in events:
-        yield event.frame
+        # A browser's EventSource waits ~3 s by default before reconnecting; a dropped reply
+        # should resume sooner. It keeps the `retry:` it was given across reconnections.
+        yield RETRY_FIELD + event.frame if event.id == 1 else event.frame
 
 
 def sse_response(events: AsyncIterator[LogEvent], *, state: AppState) -> EventSourceResponse:

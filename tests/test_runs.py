@@ -244,3 +244,10 @@ def test_a_bad_last_event_id_is_a_clear_400(client, fake, last_event_id):
     response = client.get(reply["stream_url"], headers={"Last-Event-ID": last_event_id})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_last_event_id"
+
+
+def test_the_first_event_sets_a_short_reconnection_time(client, fake):
+    fake.enqueue(Behaviour(tokens=["a"]))
+    with client.stream("POST", "/api/chat", json={"message": "hi"}) as response:
+        retries = [sse.retry for sse in EventSource(response).iter_sse()]
+    assert retries[0] == 1000 and set(retries[1:]) == {None}
