@@ -93,3 +93,17 @@ class AppServer:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def wait_until(condition, *, timeout: float = 5.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
