@@ -95,6 +95,7 @@ class FakeOpenRouter:
         self.models_payload: dict[str, Any] = simulated_models()
         self.models_status = 200  # non-200: `/models` fails with this status
         self.models_delay = 0.0  # seconds before `/models` answers
+        self.models_gate: threading.Event | None = None  # if set: `/models` waits until it opens
         self.models_calls = 0
         self.requests: list[dict[str, Any]] = []
         self.generations: dict[str, Generation] = {}
@@ -129,6 +130,7 @@ class FakeOpenRouter:
         self.models_payload = simulated_models()
         self.models_status = 200
         self.models_delay = 0.0
+        self.models_gate = None
 
     def _next(self) -> Behaviour:
         with self._lock:
@@ -331,6 +333,8 @@ class FakeOpenRouter:
             self.models_calls += 1
         if self.models_delay:
             await asyncio.sleep(self.models_delay)
+        if self.models_gate is not None:
+            await asyncio.to_thread(self.models_gate.wait, 30)
         if self.models_status != 200:
             return JSONResponse(
                 {"error": {"code": self.models_status, "message": "simulated /models failure"}},
