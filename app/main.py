@@ -14,12 +14,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 from starlette.applications import Starlette
 
+from app.agent_overrides import Agents
 from app.agents import load_agents
 from app.db import is_sqlite, open_database
 from app.errors import EXCEPTION_HANDLERS
 from app.migrations import migrate
+from app.models_catalog import ModelCatalog
 from app.openrouter import OpenRouterClient
-from app.routes import catalog, conversations, health, pages, replies
+from app.routes import catalog, conversations, health, models, pages, replies
 from app.runs import Runs
 from app.settings import Settings
 from app.simulator import Behaviour, FakeOpenRouter
@@ -48,7 +50,7 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    agents = load_agents(settings.agents_file)  # a bad file fails here, before serving
+    defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
@@ -79,6 +81,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
             runs.start_tending()
+            agents = Agents(defaults)
+            await agents.load(store)
+            # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
+            model_catalog = ModelCatalog(
+                client=client,
+                store=store,
+                ttl=settings.models_cache_ttl,
+                recommended=settings.recommended_models,
+            )
+            stack.push_async_callback(model_catalog.aclose)
             yield {
                 "app": AppState(
                     settings=settings,
@@ -88,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     http=http,
                     client=client,
                     runs=runs,
+                    models=model_catalog,
                 )
             }
 
@@ -96,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *replies.routes,
             *conversations.routes,
             *catalog.routes,
+            *models.routes,
             *health.routes,
             *pages.routes,
         ],

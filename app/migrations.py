@@ -113,8 +113,34 @@ def _initial_schema(dialect: sa.engine.Dialect) -> list[str]:
     return _ddl(md, dialect)
 
 
+def _catalog_tables(dialect: sa.engine.Dialect) -> list[str]:
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "model_catalog",
+        md,
+        # One row per catalog source ("openrouter"): the last good `GET /models` answer, raw.
+        sa.Column("source", sa.String(32), primary_key=True),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("fetched_at", ts, nullable=False),
+    )
+    sa.Table(
+        "agent_overrides",
+        md,
+        sa.Column("agent", sa.String(32), primary_key=True),
+        # NULL means "as in the agents file".
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Column("fallback_models", sa.Text, nullable=True),  # JSON list
+        sa.Column("temperature", sa.Float, nullable=True),
+        sa.Column("max_tokens", sa.Integer, nullable=True),
+        sa.Column("updated_at", ts, nullable=False),
+    )
+    return _ddl(md, dialect)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
+    Migration(2, "model catalog copy and agent overrides", _catalog_tables),
 ]
 
 _schema_migrations = sa.Table(

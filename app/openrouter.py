@@ -337,3 +337,26 @@ class OpenRouterClient:
             raise await _status_error(response)
         data = response.json().get("data")
         return data if isinstance(data, dict) else None
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The raw model list of `GET /models` (`data`); entries are not checked here."""
+        try:
+            response = await self._http.get(f"{self.base_url}/models", headers=self._headers)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(
+                f"OpenRouter did not answer in time ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamConnectionError(
+                f"could not reach OpenRouter ({type(exc).__name__})"
+            ) from exc
+        if response.status_code != 200:
+            raise await _status_error(response)
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UpstreamProtocolError("OpenRouter answered with a body that is not JSON") from exc
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise UpstreamProtocolError("OpenRouter's model list has no `data` array")
+        return data

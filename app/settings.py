@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
+DEFAULT_RECOMMENDED_MODELS = (
+    "anthropic/claude-3.5-sonnet",
+    "openai/gpt-4o",
+    "meta-llama/llama-3.1-70b-instruct",
+    "mistralai/mixtral-8x7b-instruct",
+)
 
 
 class ConfigError(Exception):
@@ -81,6 +87,13 @@ class Settings(BaseSettings):
     upstream_retry_budget: float = Field(20.0, ge=0)
     generation_lookup_timeout: float = Field(60.0, ge=0)
 
+    # The model catalog (GET /api/models) and run-time agent changes.
+    models_cache_ttl: float = Field(3600.0, ge=0)
+    # Comma-separated in the environment (NoDecode: not parsed as JSON).
+    recommended_models: Annotated[tuple[str, ...], NoDecode] = DEFAULT_RECOMMENDED_MODELS
+    # Guards PUT/DELETE /api/catalog/agents/*; unset means those writes are refused.
+    admin_token: SecretStr | None = None
+
     @field_validator("openrouter_model")
     @classmethod
     def _model_id(cls, value: str | None) -> str | None:
@@ -91,12 +104,23 @@ class Settings(BaseSettings):
             raise ValueError(f"must look like provider/model, e.g. openai/gpt-4o (got {value!r})")
         return value
 
+    @field_validator("recommended_models", mode="before")
+    @classmethod
+    def _recommended(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if isinstance(value, list | tuple):
+            for model_id in value:
+                if not isinstance(model_id, str) or not MODEL_ID.match(model_id):
+                    raise ValueError(f"{model_id!r} does not look like provider/model")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
         return normalize_database_url(value)
 
-    @field_validator("openrouter_api_key")
+    @field_validator("openrouter_api_key", "admin_token")
     @classmethod
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None

@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.simulator_models import simulated_models
+
 # Per-token prices the simulator bills at (USD), so costs look like real ones.
 PROMPT_PRICE = Decimal("0.00000015")
 COMPLETION_PRICE = Decimal("0.0000006")
@@ -91,7 +93,11 @@ class FakeOpenRouter:
     def __init__(self, *, default: Behaviour | None = None, generation_404s: int = 0) -> None:
         self.default = default or Behaviour()
         self.generation_404s = generation_404s
-        self.models_payload: dict[str, Any] = {"data": []}
+        self.models_payload: dict[str, Any] = simulated_models()
+        self.models_status = 200  # non-200: `/models` fails with this status
+        self.models_delay = 0.0  # seconds before `/models` answers
+        self.models_gate: threading.Event | None = None  # if set: `/models` waits until it opens
+        self.models_calls = 0
         self.requests: list[dict[str, Any]] = []
         self.generations: dict[str, Generation] = {}
         self.generation_lookups: collections.Counter[str] = collections.Counter()
@@ -119,8 +125,13 @@ class FakeOpenRouter:
             self.requests.clear()
             self.generations.clear()
             self.generation_lookups.clear()
+            self.models_calls = 0
         self.default = Behaviour()
         self.generation_404s = 0
+        self.models_payload = simulated_models()
+        self.models_status = 200
+        self.models_delay = 0.0
+        self.models_gate = None
 
     def _next(self) -> Behaviour:
         with self._lock:
@@ -321,6 +332,17 @@ class FakeOpenRouter:
         )
 
     async def _models(self, request: Request) -> Response:
+        with self._lock:
+            self.models_calls += 1
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
+        if self.models_gate is not None:
+            await asyncio.to_thread(self.models_gate.wait, 30)
+        if self.models_status != 200:
+            return JSONResponse(
+                {"error": {"code": self.models_status, "message": "simulated /models failure"}},
+                status_code=self.models_status,
+            )
         return JSONResponse(self.models_payload)
 
     async def _key(self, request: Request) -> Response:

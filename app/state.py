@@ -8,7 +8,8 @@ import httpx
 from databases import Database
 from starlette.requests import Request
 
-from app.agents import AgentConfig
+from app.agent_overrides import Agents
+from app.models_catalog import ModelCatalog
 from app.openrouter import OpenRouterClient
 from app.runs import Runs
 from app.settings import Settings
@@ -18,12 +19,13 @@ from app.store import Store
 @dataclass
 class AppState:
     settings: Settings
-    agents: dict[str, AgentConfig]
+    agents: Agents  # the file's configs merged with run-time overrides
     database: Database
     store: Store
     http: httpx.AsyncClient
     client: OpenRouterClient
     runs: Runs
+    models: ModelCatalog
 
 
 def app_state(request: Request) -> AppState:

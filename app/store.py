@@ -107,6 +107,25 @@ generations = sa.Table(
     sa.Column("ended_at", UTCDateTime),
 )
 
+model_catalog = sa.Table(
+    "model_catalog",
+    metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+agent_overrides = sa.Table(
+    "agent_overrides",
+    metadata,
+    sa.Column("agent", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200)),
+    sa.Column("fallback_models", sa.Text),
+    sa.Column("temperature", sa.Float),
+    sa.Column("max_tokens", sa.Integer),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -552,3 +571,73 @@ class Store:
             .order_by(generations.c.attempt)
         )
         return [dict(row._mapping) for row in rows]
+
+    # -- the model catalog's last good copy and agent overrides ---------------------------------
+
+    async def load_model_catalog(self, *, source: str) -> tuple[list[Any], datetime] | None:
+        row = await self.database.fetch_one(
+            sa.select(model_catalog.c.payload, model_catalog.c.fetched_at).where(
+                model_catalog.c.source == source
+            )
+        )
+        return (json.loads(row[0]), row[1]) if row else None
+
+    async def save_model_catalog(
+        self, *, source: str, models: list[Any], fetched_at: datetime
+    ) -> None:
+        values = {"payload": json.dumps(models), "fetched_at": fetched_at}
+        async with self._write():
+            await self.database.execute(
+                self._insert(model_catalog)
+                .values(source=source, **values)
+                .on_conflict_do_update(index_elements=[model_catalog.c.source], set_=values)
+            )
+
+    async def agent_overrides(self) -> list[dict[str, Any]]:
+        rows = await self.database.fetch_all(agent_overrides.select())
+        return [
+            {
+                **row._mapping,
+                "fallback_models": None
+                if row.fallback_models is None
+                else json.loads(row.fallback_models),
+            }
+            for row in rows
+        ]
+
+    async def save_agent_override(
+        self,
+        *,
+        agent: str,
+        model: str | None,
+        fallback_models: list[str] | None,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> datetime:
+        """Replace the agent's override (None fields follow the agents file); return its time."""
+        stamp = now()
+        values = {
+            "model": model,
+            "fallback_models": None if fallback_models is None else json.dumps(fallback_models),
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "updated_at": stamp,
+        }
+        async with self._write():
+            await self.database.execute(
+                self._insert(agent_overrides)
+                .values(agent=agent, **values)
+                .on_conflict_do_update(index_elements=[agent_overrides.c.agent], set_=values)
+            )
+        return stamp
+
+    async def delete_agent_override(self, *, agent: str) -> bool:
+        async with self._write():
+            found = await self.database.fetch_val(
+                sa.select(agent_overrides.c.agent).where(agent_overrides.c.agent == agent)
+            )
+            if found:
+                await self.database.execute(
+                    agent_overrides.delete().where(agent_overrides.c.agent == agent)
+                )
+        return found is not None

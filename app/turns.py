@@ -77,7 +77,7 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
     message = optional_text(body, "message", limit=limit)
     if message is None:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
-    agent = state.agents["chat"]
+    agent = state.agents.effective("chat")
     conversation_id = None
     history: list[dict[str, str]] = []
     if body.get("conversation_id") is not None:
@@ -100,7 +100,7 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     question = optional_text(body, "question", limit=limit)
     subject = None
     transcript: list[dict[str, str]] = []
-    agent = state.agents["coach"]
+    agent = state.agents.effective("coach")
     if body.get("conversation_id") is not None:
         subject = await _existing_conversation(state, body["conversation_id"], agent="chat")
         transcript = await state.store.history(
@@ -131,7 +131,8 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
 
 async def start_run(state: AppState, turn: Turn) -> Run:
     """Save the user message (before any upstream call) and start the reply's run."""
-    agent = state.agents[turn.agent]
+    # Resolved once here and copied into the run: a later change never reaches a reply in flight.
+    agent = state.agents.effective(turn.agent)
     model = agent.effective_model(state.settings.default_model)
     conversation_id, user_message_id, message_id = await state.store.start_turn(
         user_id=state.settings.dev_user_id,
