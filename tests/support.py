@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from databases import Database
+from databases import DatabaseURL
 from httpx_sse import connect_sse
 
+from app.db import open_database
 from app.settings import Settings, normalize_database_url
 from app.threaded_server import ThreadedServer
 
@@ -46,8 +47,7 @@ class DatabaseHandle:
         """Rows of a query, read with a connection of its own (not the app's)."""
 
         async def run() -> list[dict[str, Any]]:
-            database = Database(self.url)
-            await database.connect()
+            database = await open_database(self.url, max_size=1)
             try:
                 return [dict(row._mapping) for row in await database.fetch_all(sql, params)]
             finally:
@@ -58,26 +58,24 @@ class DatabaseHandle:
 
 @contextmanager
 def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
-    """A fresh database: a SQLite file, or a new PostgreSQL database when TEST_POSTGRES_URL is set."""
+    """A fresh database: a SQLite file, or a new PostgreSQL database if TEST_POSTGRES_URL is set."""
     admin_url = os.environ.get("TEST_POSTGRES_URL")
     if not admin_url:
         yield DatabaseHandle(normalize_database_url(f"sqlite:///{tmp_path / 'test.db'}"))
         return
-    import asyncpg
-
     admin_url = normalize_database_url(admin_url)
     name = f"test_{uuid.uuid4().hex[:12]}"
 
     async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(admin_url)
+        database = await open_database(admin_url, max_size=1)
         try:
-            await connection.execute(statement)
+            await database.execute(statement)
         finally:
-            await connection.close()
+            await database.disconnect()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield DatabaseHandle(admin_url.rsplit("/", 1)[0] + f"/{name}")
+        yield DatabaseHandle(str(DatabaseURL(admin_url).replace(database=name)))
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

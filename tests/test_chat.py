@@ -51,7 +51,11 @@ def test_chat_turn_streams_events_in_order_and_persists_everything(client, fake,
     [conversation] = database.query("SELECT * FROM conversations")
     assert conversation["id"] == meta["conversation_id"] and conversation["user_id"] == "dev"
     user, assistant = database.query("SELECT * FROM messages ORDER BY seq")
-    assert (user["id"], user["role"], user["content"]) == (meta["user_message_id"], "user", "Say hello")
+    assert (user["id"], user["role"], user["content"]) == (
+        meta["user_message_id"],
+        "user",
+        "Say hello",
+    )
     assert assistant["id"] == meta["message_id"] and assistant["content"] == "Hello, world!"
     assert (assistant["status"], assistant["finish_reason"]) == ("complete", "stop")
     assert (assistant["model"], assistant["temperature"]) == ("openai/gpt-4o", 0.7)
@@ -208,7 +212,9 @@ def test_many_streams_ending_at_the_same_moment_lose_no_row(server, fake, databa
         " (SELECT COUNT(*) FROM messages WHERE status = 'complete' AND content = 'abc') AS replies,"
         " (SELECT COUNT(*) FROM generations WHERE cost_source = 'usage') AS costs"
     )
-    assert counts == [{"conversations": streams, "messages": 2 * streams, "replies": streams, "costs": streams}]
+    assert counts == [
+        {"conversations": streams, "messages": 2 * streams, "replies": streams, "costs": streams}
+    ]
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/coach"])
