@@ -37,7 +37,11 @@ async def _migrate(settings: Settings) -> None:
     from app.db import open_database
     from app.migrations import migrate
 
-    database = await open_database(settings.database_url)
+    # One connection is all migrating needs, and no statement timeout: DDL on a big table, or
+    # waiting for another process's migration to finish, may take longer than a query should.
+    database = await open_database(
+        settings.database_url, max_size=1, connect_timeout=settings.database_connect_timeout
+    )
     try:
         applied = await migrate(database, url=settings.database_url)
     finally:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from databases import Database
 
+from app.settings import Settings
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -19,7 +21,16 @@ def sqlite_path(url: str) -> Path:
     return Path(url.split(":///", 1)[1].split("?", 1)[0])
 
 
-async def open_database(url: str, *, busy_timeout: float = 30.0) -> Database:
+async def open_database(
+    url: str,
+    *,
+    busy_timeout: float = 30.0,
+    min_size: int = 1,
+    max_size: int = 5,
+    connect_timeout: float = 10.0,
+    command_timeout: float | None = None,
+) -> Database:
+    """Connect; on PostgreSQL through an asyncpg pool of `min_size`..`max_size` connections."""
     if is_sqlite(url):
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +40,23 @@ async def open_database(url: str, *, busy_timeout: float = 30.0) -> Database:
         # WAL is a property of the file: set once, every later connection gets it.
         await database.execute("PRAGMA journal_mode=WAL")
         return database
-    database = Database(url)
+    database = Database(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        command_timeout=command_timeout or None,
+    )
     await database.connect()
     return database
+
+
+async def connect_database(settings: Settings) -> Database:
+    """The app's database, with the pool size and timeouts the settings give."""
+    return await open_database(
+        settings.database_url,
+        min_size=settings.database_pool_min,
+        max_size=settings.database_pool_max,
+        connect_timeout=settings.database_connect_timeout,
+        command_timeout=settings.database_command_timeout,
+    )

@@ -16,9 +16,9 @@ from starlette.applications import Starlette
 
 from app.agent_overrides import Agents
 from app.agents import load_agents
-from app.db import is_sqlite, open_database
+from app.db import connect_database, is_sqlite
 from app.errors import EXCEPTION_HANDLERS
-from app.migrations import migrate
+from app.migrations import MigrationsPending, migrate, require_migrated
 from app.models_catalog import ModelCatalog
 from app.openrouter import OpenRouterClient
 from app.routes import catalog, conversations, health, models, pages, replies
@@ -61,10 +61,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 server = stack.enter_context(ThreadedServer(simulator.app))
                 base_url = f"{server.url}/api/v1"
                 log.warning(SIMULATOR_BANNER)
-            database = await open_database(settings.database_url)
+            database = await connect_database(settings)
             stack.push_async_callback(database.disconnect)
             if settings.migrate_at_start:
                 await migrate(database, url=settings.database_url)
+            else:
+                try:
+                    await require_migrated(database, url=settings.database_url)
+                except MigrationsPending as exc:
+                    log.error("refusing to start: %s", exc)
+                    raise
             store = Store(database, sqlite_db=is_sqlite(settings.database_url))
             http = _http_client(settings)
             stack.push_async_callback(http.aclose)

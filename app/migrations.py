@@ -24,6 +24,11 @@ from app.db import is_sqlite
 
 log = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY = 0x5C0A7  # any constant; the same in every process of this app
+MIGRATE_COMMAND = "python -m app migrate"
+
+
+class MigrationsPending(RuntimeError):
+    """The database lacks migrations and this process was told not to apply them."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,8 @@ async def migrate(database: Database, *, url: str) -> list[int]:
     dialect = sqlite.dialect() if sqlite_db else postgresql.dialect()
     create = str(CreateTable(_schema_migrations, if_not_exists=True).compile(dialect=dialect))
     applied_now: list[int] = []
+    # Said before waiting, so a release phase stuck behind another process's migration shows why.
+    log.info("taking the migration lock")
     async with database.connection() as connection, _locked(connection, sqlite_db):
         await connection.execute(create)
         done = {
@@ -192,3 +199,28 @@ async def migrate(database: Database, *, url: str) -> list[int]:
             applied_now.append(migration.version)
             log.info("applied migration %d: %s", migration.version, migration.name)
     return applied_now
+
+
+async def pending_migrations(database: Database, *, url: str) -> list[Migration]:
+    """The migrations this database lacks, in order; reads only, takes no lock."""
+    exists = (
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        if is_sqlite(url)
+        else "SELECT to_regclass('schema_migrations') IS NOT NULL"
+    )
+    done: set[int] = set()
+    if await database.fetch_val(exists):
+        done = {row[0] for row in await database.fetch_all(sa.select(_schema_migrations.c.version))}
+    return [migration for migration in MIGRATIONS if migration.version not in done]
+
+
+async def require_migrated(database: Database, *, url: str) -> None:
+    """Refuse to serve a schema older than this code: every query would fail on it later."""
+    pending = await pending_migrations(database, url=url)
+    if pending:
+        missing = ", ".join(f"{m.version} ({m.name})" for m in pending)
+        raise MigrationsPending(
+            f"the database lacks migration(s) {missing}: run `{MIGRATE_COMMAND}` first "
+            "(on Heroku the Procfile's release phase runs it on every deploy), "
+            "or set MIGRATE_ON_START=true"
+        )

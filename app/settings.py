@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,7 +31,11 @@ class ConfigError(Exception):
 
 
 def normalize_database_url(url: str) -> str:
-    """Map the URL forms users paste (Heroku's `postgres://`, `sqlite://`) to our drivers."""
+    """Map the URL forms users paste (Heroku's `postgres://`, `sqlite://`) to our drivers.
+
+    libpq's `?sslmode=require` becomes `?ssl=require`: `databases` hands asyncpg only `ssl`, and
+    would silently drop `sslmode`, connecting without the encryption the URL asked for.
+    """
     url = url.strip()
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
@@ -43,6 +48,13 @@ def normalize_database_url(url: str) -> str:
         raise ValueError(
             "DATABASE_URL must start with sqlite://, sqlite+aiosqlite://, postgres:// or postgresql://"
         )
+    if url.startswith("postgresql://") and "?" in url:
+        base, query = url.split("?", 1)
+        params = [
+            ("ssl" if key == "sslmode" else key, value)
+            for key, value in parse_qsl(query, keep_blank_values=True)
+        ]
+        url = f"{base}?{urlencode(params)}"
     return url
 
 
@@ -66,6 +78,13 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./data/streamchat.db"
     # None: migrate at start-up in development and tests; production runs `python -m app migrate`.
     migrate_on_start: bool | None = None
+    # PostgreSQL only. Per process: Heroku's Essential plans allow 20 connections in all, and a
+    # deploy briefly runs old and new web dynos plus the release phase side by side.
+    database_pool_min: int = Field(1, ge=1)
+    database_pool_max: int = Field(5, ge=1)
+    database_connect_timeout: float = Field(10.0, gt=0)
+    # Longest one statement may run before it is cancelled (0 = no limit).
+    database_command_timeout: float = Field(30.0, ge=0)
     agents_file: Path = DEFAULT_AGENTS_FILE
 
     host: str = "127.0.0.1"
@@ -124,6 +143,12 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.database_pool_min > self.database_pool_max:
+            raise ValueError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_upstream(self) -> Settings:

@@ -2,22 +2,32 @@
 
 Streaming, pings, disconnects and resumption only behave as in production over a real socket,
 so nothing here uses an in-process transport. Every test gets its own database: a SQLite file
-by default, or a fresh PostgreSQL database when TEST_POSTGRES_URL is set (see `databases.py`).
+by default, or a fresh PostgreSQL database when TEST_POSTGRES_URL is set (see `support.py`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from databases import DatabaseURL
 
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, normalize_database_url
 from app.simulator import FakeOpenRouter
 from app.threaded_server import ThreadedServer
 from tests.support import AppServer, DatabaseHandle, make_database
+
+
+def pytest_report_header(config) -> str:
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if not admin_url:
+        return "database: SQLite (a file per test; set TEST_POSTGRES_URL to run on PostgreSQL)"
+    url = DatabaseURL(normalize_database_url(admin_url)).obscure_password
+    return f"database: PostgreSQL (a new database per test, created through {url})"
 
 
 @pytest.fixture(scope="session")

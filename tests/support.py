@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from databases import Database
+from databases import DatabaseURL
 from httpx_sse import connect_sse
 
+from app.db import open_database
 from app.settings import Settings, normalize_database_url
 from app.threaded_server import ThreadedServer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,6 +42,13 @@ def content_of(events: list[SSE]) -> str:
     return "".join(e.data["content"] for e in events if e.event == "delta")
 
 
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from sync test code, even where a loop is already running
+    in this thread (Playwright's sync API keeps one): in a thread of its own."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 @dataclass
 class DatabaseHandle:
     url: str
@@ -46,14 +57,13 @@ class DatabaseHandle:
         """Rows of a query, read with a connection of its own (not the app's)."""
 
         async def run() -> list[dict[str, Any]]:
-            database = Database(self.url)
-            await database.connect()
+            database = await open_database(self.url, max_size=1)
             try:
                 return [dict(row._mapping) for row in await database.fetch_all(sql, params)]
             finally:
                 await database.disconnect()
 
-        return asyncio.run(run())
+        return run_async(run())
 
 
 @contextmanager
@@ -63,23 +73,21 @@ def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
     if not admin_url:
         yield DatabaseHandle(normalize_database_url(f"sqlite:///{tmp_path / 'test.db'}"))
         return
-    import asyncpg
-
     admin_url = normalize_database_url(admin_url)
     name = f"test_{uuid.uuid4().hex[:12]}"
 
     async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(admin_url)
+        database = await open_database(admin_url, max_size=1)
         try:
-            await connection.execute(statement)
+            await database.execute(statement)
         finally:
-            await connection.close()
+            await database.disconnect()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    run_async(admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield DatabaseHandle(admin_url.rsplit("/", 1)[0] + f"/{name}")
+        yield DatabaseHandle(str(DatabaseURL(admin_url).replace(database=name)))
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_async(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass
