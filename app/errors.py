@@ -8,6 +8,7 @@ body says nothing about the internals.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,8 +23,12 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 async def api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -36,8 +41,9 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    # The headers carry what the status needs, e.g. `Allow` for a 405.
     return error_response(
-        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), exc.detail
+        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), exc.detail, exc.headers
     )
 
 

@@ -160,6 +160,16 @@ async def _status_error(response: httpx.Response) -> UpstreamStatusError:
     return UpstreamStatusError(response.status_code, message, retry_after=_retry_after(response))
 
 
+def _in_band_error(payload: dict[str, Any], fallback: str) -> UpstreamStreamError:
+    code, message = _error_message(payload, fallback)
+    # A numeric code is an HTTP status and says whether asking again may work, as it does
+    # before the stream; a string code ("server_error") does not say.
+    retryable = code is not None and code.isdigit() and int(code) in RETRYABLE_STATUSES
+    return UpstreamStreamError(
+        message, code="upstream_" + code if code else None, retryable=retryable
+    )
+
+
 def parse_cost(value: Any) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
@@ -196,8 +206,7 @@ def parse_chunk(chunk: Any) -> list[Event]:
         raise UpstreamProtocolError("OpenRouter sent a chunk that is not a JSON object")
     model, generation_id = chunk.get("model"), chunk.get("id")
     if chunk.get("error") is not None:
-        code, message = _error_message(chunk, "OpenRouter reported an error mid-stream")
-        raise UpstreamStreamError(message, code="upstream_" + code if code else None)
+        raise _in_band_error(chunk, "OpenRouter reported an error mid-stream")
     events: list[Event] = []
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -264,7 +273,7 @@ class OpenRouterClient:
                 async for sse in source.aiter_sse():
                     data = sse.data
                     if data == "[DONE]":
-                        return
+                        break
                     if not data:
                         continue
                     try:
@@ -275,9 +284,13 @@ class OpenRouterClient:
                         ) from exc
                     for event in parse_chunk(chunk):
                         if isinstance(event, Finish):
+                            if finished:
+                                continue  # repeated in the usage chunk: the reply ended once
                             finished = True
                         yield event
                 if not finished:
+                    # With or without [DONE]: a stream that never said how the reply ended
+                    # must not pass for a short answer.
                     raise UpstreamConnectionError(
                         "OpenRouter closed the stream before the reply finished"
                     )
@@ -314,9 +327,10 @@ class OpenRouterClient:
             payload = response.json()
         except json.JSONDecodeError as exc:
             raise UpstreamProtocolError("OpenRouter answered with a body that is not JSON") from exc
-        if isinstance(payload, dict) and payload.get("error") is not None:
-            code, message = _error_message(payload, "OpenRouter reported an error")
-            raise UpstreamStreamError(message, code="upstream_" + code if code else None)
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError("OpenRouter answered with a body that is not an object")
+        if payload.get("error") is not None:
+            raise _in_band_error(payload, "OpenRouter reported an error")
         return payload
 
     async def get_generation(self, generation_id: str) -> dict[str, Any] | None:
@@ -335,7 +349,15 @@ class OpenRouterClient:
             return None
         if response.status_code != 200:
             raise await _status_error(response)
-        data = response.json().get("data")
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UpstreamProtocolError(
+                "OpenRouter sent a generation record that is not JSON"
+            ) from exc
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError("OpenRouter sent a generation record that is not an object")
+        data = payload.get("data")
         return data if isinstance(data, dict) else None
 
     async def list_models(self) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ TITLE_CHARS = 80
 async def json_body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the decoder's stack, still just bad input.
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
@@ -37,6 +38,8 @@ def optional_text(body: dict[str, Any], field: str, *, limit: int) -> str | None
         raise ApiError(422, "invalid_field", f"`{field}` must be a string")
     if len(value) > limit:
         raise ApiError(413, f"{field}_too_long", f"`{field}` is longer than {limit} characters")
+    if "\x00" in value:  # PostgreSQL cannot store it: refuse it here, not with a 500 later
+        raise ApiError(422, "invalid_field", f"`{field}` must not contain NUL characters")
     return value.strip() or None
 
 
@@ -60,7 +63,7 @@ class Turn:
 
 
 async def _existing_conversation(state: AppState, conversation_id: Any, *, agent: str) -> str:
-    if not isinstance(conversation_id, str) or not conversation_id:
+    if not isinstance(conversation_id, str) or not conversation_id or "\x00" in conversation_id:
         raise ApiError(422, "invalid_field", "`conversation_id` must be a string")
     conversation = await state.store.get_conversation(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
