@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
 from databases import Database
 from starlette.requests import Request
 
@@ -13,6 +12,7 @@ from app.openrouter import OpenRouterClient
 from app.runs import Runs
 from app.settings import Settings
 from app.store import Store
+from app.upstream_http import ClientPool
 
 
 @dataclass
@@ -21,7 +21,7 @@ class AppState:
     agents: dict[str, AgentConfig]
     database: Database
     store: Store
-    http: httpx.AsyncClient
+    http: ClientPool
     client: OpenRouterClient
     runs: Runs
 

@@ -1,6 +1,6 @@
 """Serve the OpenRouter simulator in its own process: the upstream every benchmark target calls.
 
-    python -m bench.fake_upstream --port 9001 --tokens 50 --delay 0.01
+python -m bench.fake_upstream --port 9001 --tokens 50 --delay 0.01
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ def main() -> None:
     tokens = [f" tok{i}" for i in range(args.tokens)]
     fake = FakeOpenRouter(default=Behaviour(tokens=tokens, delay=args.delay))
     uvicorn.run(
-        fake.app, host=args.host, port=args.port, log_level="warning", backlog=4096, access_log=False
+        fake.app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        backlog=4096,
+        access_log=False,
     )
 
 

@@ -27,7 +27,11 @@ def build(upstream: str, clients: int) -> Starlette:
 
     async def chat(request: Request) -> StreamingResponse:
         message = (await request.json())["message"]
-        body = {"model": "openai/gpt-4o", "stream": True, "messages": [{"role": "user", "content": message}]}
+        body = {
+            "model": "openai/gpt-4o",
+            "stream": True,
+            "messages": [{"role": "user", "content": message}],
+        }
         client = pool.next()
         response = await client.send(client.build_request("POST", url, json=body), stream=True)
         return StreamingResponse(

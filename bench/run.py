@@ -20,13 +20,12 @@ import os
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.threaded_server import free_port
@@ -172,7 +171,9 @@ OPENROUTER = Protocol(
     re.compile(rb'"content": "[^"]'),
     b"data: [DONE]",
 )
-PASSTHROUGH = Protocol("/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end)
+PASSTHROUGH = Protocol(
+    "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
+)
 OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
 TAIL = 64  # bytes kept between reads, so a marker split across two reads is still seen
 
@@ -184,12 +185,12 @@ class Sample:
     total: float | None = None
 
 
-async def one_stream(port: int, protocol: Protocol, timeout: float) -> Sample:
+async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample:
     start = time.perf_counter()
     first = None
     writer = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(time_limit):
             reader, writer = await asyncio.open_connection(HOST, port)
             writer.write(protocol.request(port))
             window = await reader.read(65536)
@@ -199,7 +200,9 @@ async def one_stream(port: int, protocol: Protocol, timeout: float) -> Sample:
                 if first is None and protocol.first_token.search(window):
                     first = time.perf_counter()
                 if protocol.end in window:
-                    return Sample(first is not None, first and first - start, time.perf_counter() - start)
+                    return Sample(
+                        first is not None, first and first - start, time.perf_counter() - start
+                    )
                 window = window[-TAIL:] + await reader.read(65536)
             return Sample(False)
     except (OSError, TimeoutError):
@@ -209,14 +212,16 @@ async def one_stream(port: int, protocol: Protocol, timeout: float) -> Sample:
             writer.close()
 
 
-async def drive(port: int, protocol: Protocol, *, concurrency: int, duration: float, timeout: float) -> tuple[list[Sample], float]:
+async def drive(
+    port: int, protocol: Protocol, *, concurrency: int, duration: float, time_limit: float
+) -> tuple[list[Sample], float]:
     """`concurrency` workers each start streams back to back until `duration` has passed."""
     samples: list[Sample] = []
     deadline = time.perf_counter() + duration
 
     async def worker() -> None:
         while True:  # at least one stream each, so a warm-up is `duration=0`
-            samples.append(await one_stream(port, protocol, timeout))
+            samples.append(await one_stream(port, protocol, time_limit))
             if time.perf_counter() >= deadline:
                 return
 
@@ -265,11 +270,15 @@ def _driver_cpu() -> float:
     return times.user + times.system
 
 
-async def measure(server: Server, protocol: Protocol, *, level: int, duration: float, timeout: float) -> Result:
+async def measure(
+    server: Server, protocol: Protocol, *, level: int, duration: float, time_limit: float
+) -> Result:
     # Warm-up: fill connection pools and caches the same way for every target.
-    await drive(server.port, protocol, concurrency=level, duration=0.0, timeout=timeout)
+    await drive(server.port, protocol, concurrency=level, duration=0.0, time_limit=time_limit)
     cpu, driver = server.cpu_seconds(), _driver_cpu()
-    samples, elapsed = await drive(server.port, protocol, concurrency=level, duration=duration, timeout=timeout)
+    samples, elapsed = await drive(
+        server.port, protocol, concurrency=level, duration=duration, time_limit=time_limit
+    )
     cpu, driver = server.cpu_seconds() - cpu, _driver_cpu() - driver
     good = [s for s in samples if s.ok]
     return Result(
@@ -286,15 +295,20 @@ async def measure(server: Server, protocol: Protocol, *, level: int, duration: f
     )
 
 
-async def idle_memory(server: Server, protocol: Protocol, *, streams: int, timeout: float) -> float:
+async def idle_memory(
+    server: Server, protocol: Protocol, *, streams: int, time_limit: float
+) -> float:
     """KB of server RSS per open stream whose upstream sends nothing after its headers."""
     before = server.memory_kb("VmRSS")
     opened: list[asyncio.StreamWriter] = []
     ready = 0
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(time_limit):
             for start in range(0, streams, 100):  # in batches, so no listen backlog overflows
-                batch = [asyncio.open_connection(HOST, server.port) for _ in range(start, min(streams, start + 100))]
+                batch = [
+                    asyncio.open_connection(HOST, server.port)
+                    for _ in range(start, min(streams, start + 100))
+                ]
                 for reader, writer in await asyncio.gather(*batch):
                     writer.write(protocol.request(server.port))
                     opened.append(writer)
@@ -428,17 +442,22 @@ def processes() -> Iterator[Processes]:
 
 
 async def main_async(args: argparse.Namespace) -> list[str]:
-    timeout = 60.0 + args.tokens * args.delay
+    time_limit = 60.0 + args.tokens * args.delay
     results: list[Result] = []
     with processes() as procs:
         upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
-        targets = [(upstream, OPENROUTER), (procs.passthrough("passthrough", upstream, clients=args.clients), PASSTHROUGH)]
+        targets = [
+            (upstream, OPENROUTER),
+            (procs.passthrough("passthrough", upstream, clients=args.clients), PASSTHROUGH),
+        ]
         if not args.no_shared:
             targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
         targets.append((procs.ours("ours", upstream), OURS))
         for level in args.levels:
             for server, protocol in targets:
-                result = await measure(server, protocol, level=level, duration=args.duration, timeout=timeout)
+                result = await measure(
+                    server, protocol, level=level, duration=args.duration, time_limit=time_limit
+                )
                 results.append(result)
                 print(f"  measured {result.target} at {level} streams", file=sys.stderr, flush=True)
     print(table(results))
@@ -455,7 +474,9 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                 (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
                 (procs.ours("ours", slow), OURS),
             ]:
-                per_stream[server.name] = await idle_memory(server, protocol, streams=args.idle, timeout=120.0)
+                per_stream[server.name] = await idle_memory(
+                    server, protocol, streams=args.idle, time_limit=120.0
+                )
                 print(f"  {server.name:<13} {per_stream[server.name]:.1f} KB RSS per open stream")
             verdicts.append(
                 _verdict(
