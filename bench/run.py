@@ -489,6 +489,8 @@ async def main_async(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A plain SIGTERM would skip the `finally` that stops the servers this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.suppress(ImportError):
         import uvloop
 
