@@ -28,6 +28,7 @@ from app.simulator import Behaviour, FakeOpenRouter
 from app.state import AppState
 from app.store import Store
 from app.threaded_server import ThreadedServer
+from app.upstream_http import ClientPool
 
 log = logging.getLogger("app")
 
@@ -38,14 +39,14 @@ SIMULATOR_BANNER = """
 ************************************************************************************"""
 
 
-def _http_client(settings: Settings) -> httpx.AsyncClient:
+def _http_client(settings: Settings) -> ClientPool:
     timeout = httpx.Timeout(
         connect=settings.upstream_connect_timeout,
         read=settings.upstream_read_timeout,
         write=settings.upstream_connect_timeout,
         pool=settings.upstream_connect_timeout,
     )
-    return httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None))
+    return ClientPool(timeout=timeout)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

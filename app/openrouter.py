@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from app.upstream_http import ClientPool
+
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -234,11 +236,14 @@ def parse_chunk(chunk: Any) -> list[Event]:
 
 
 class OpenRouterClient:
-    """Calls OpenRouter with one shared `httpx.AsyncClient` (owned by the app's lifespan)."""
+    """Calls OpenRouter through the app's `ClientPool` (owned by the lifespan).
+
+    A plain `httpx.AsyncClient` works too: only `stream`, `post` and `get` are used.
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | ClientPool,
         *,
         base_url: str,
         api_key: str | None,

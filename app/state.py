@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
 from databases import Database
 from starlette.requests import Request
 
@@ -14,6 +13,7 @@ from app.openrouter import OpenRouterClient
 from app.runs import Runs
 from app.settings import Settings
 from app.store import Store
+from app.upstream_http import ClientPool
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AppState:
     agents: Agents  # the file's configs merged with run-time overrides
     database: Database
     store: Store
-    http: httpx.AsyncClient
+    http: ClientPool
     client: OpenRouterClient
     runs: Runs
     models: ModelCatalog

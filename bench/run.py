@@ -1,0 +1,517 @@
+"""Benchmark our server against a raw pass-through proxy, both in front of the same fake upstream.
+
+    .venv/bin/python -m bench                      # levels 1, 50, 200 and the idle-memory test
+    .venv/bin/python -m bench --quick              # a short run, for a quick look
+
+Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
+with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
+the httpcore pool trap), and ours (`python -m app serve`, SQLite, APP_ENV=production). The load
+driver is this process: raw asyncio sockets speaking HTTP/1.1, one connection per stream, so it
+stays lean; it still shares the machine's cores with the servers, which is why results are
+given as ratios to the pass-through. Targets run one after another, never at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.threaded_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+TICKS = os.sysconf("SC_CLK_TCK")
+MESSAGE = "Tell me about benchmarks"
+
+
+# --- the processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime, all threads
+
+    def memory_kb(self, key: str) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no {key} for {self.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _wait_for_port(server: Server, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            break
+        with contextlib.suppress(OSError), socket.create_connection((HOST, server.port), 0.2):
+            return
+        time.sleep(0.05)
+    tail = server.log.read_text()[-2000:] if server.log.exists() else ""
+    server.stop()
+    raise RuntimeError(f"{server.name} did not start on port {server.port}:\n{tail}")
+
+
+class Processes:
+    """Starts servers in a scratch directory and stops every one of them on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: list[Server] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Server:
+        port = free_port(HOST)
+        log = self.workdir / f"{name}.log"
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {}), "PORT": str(port)}
+        command = [sys.executable, *[a.replace("{port}", str(port)) for a in args]]
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, cwd=self.workdir, env=full_env, stdout=out, stderr=subprocess.STDOUT
+            )
+        server = Server(name, port, process, log)
+        self.servers.append(server)
+        _wait_for_port(server)
+        return server
+
+    def fake_upstream(self, name: str, *, tokens: int, delay: float) -> Server:
+        args = ["-m", "bench.fake_upstream", "--port", "{port}"]
+        return self.start(name, [*args, "--tokens", str(tokens), "--delay", str(delay)])
+
+    def passthrough(self, name: str, upstream: Server, *, clients: int | None = None) -> Server:
+        args = ["-m", "bench.passthrough", "--port", "{port}", "--upstream", _api(upstream)]
+        return self.start(name, args + (["--clients", str(clients)] if clients else []))
+
+    def ours(self, name: str, upstream: Server) -> Server:
+        env = {
+            "APP_ENV": "production",
+            "OPENROUTER_API_KEY": "bench-not-a-real-key",
+            "OPENROUTER_MODEL": "openai/gpt-4o",
+            "OPENROUTER_BASE_URL": _api(upstream),
+            "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
+            "HOST": HOST,
+        }
+        migrate = subprocess.run(
+            [sys.executable, "-m", "app", "migrate"],
+            cwd=self.workdir,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if migrate.returncode != 0:
+            raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        return self.start(name, ["-m", "app", "serve"], env)
+
+    def stop_all(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+
+def _api(server: Server) -> str:
+    return f"http://{HOST}:{server.port}/api/v1"
+
+
+# --- the load driver ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How to ask a target for one reply and how to see its first token and its end."""
+
+    path: str
+    body: bytes
+    first_token: re.Pattern[bytes]
+    end: bytes
+
+    def request(self, port: int) -> bytes:
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
+        )
+        return head.encode() + self.body
+
+
+# OpenRouter's wire format: the role chunk has empty content, so the first token is the first
+# non-empty content; what the pass-through relays is byte for byte the same.
+OPENROUTER = Protocol(
+    "/api/v1/chat/completions",
+    (
+        '{"model":"openai/gpt-4o","stream":true,'
+        f'"messages":[{{"role":"user","content":"{MESSAGE}"}}]}}'
+    ).encode(),
+    re.compile(rb'"content": "[^"]'),
+    b"data: [DONE]",
+)
+PASSTHROUGH = Protocol(
+    "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
+)
+OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
+TAIL = 64  # bytes kept between reads, so a marker split across two reads is still seen
+
+
+@dataclass
+class Sample:
+    ok: bool
+    ttft: float | None = None
+    total: float | None = None
+
+
+async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample:
+    start = time.perf_counter()
+    first = None
+    writer = None
+    try:
+        async with asyncio.timeout(time_limit):
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(protocol.request(port))
+            window = await reader.read(65536)
+            if not window.startswith(b"HTTP/1.1 200"):
+                return Sample(False)
+            while window:
+                if first is None and protocol.first_token.search(window):
+                    first = time.perf_counter()
+                if protocol.end in window:
+                    return Sample(
+                        first is not None, first and first - start, time.perf_counter() - start
+                    )
+                window = window[-TAIL:] + await reader.read(65536)
+            return Sample(False)
+    except (OSError, TimeoutError):
+        return Sample(False)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def drive(
+    port: int, protocol: Protocol, *, concurrency: int, duration: float, time_limit: float
+) -> tuple[list[Sample], float]:
+    """`concurrency` workers each start streams back to back until `duration` has passed."""
+    samples: list[Sample] = []
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        while True:  # at least one stream each, so a warm-up is `duration=0`
+            samples.append(await one_stream(port, protocol, time_limit))
+            if time.perf_counter() >= deadline:
+                return
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.perf_counter() - start
+
+
+# --- one measurement ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    target: str
+    level: int
+    streams: int
+    errors: int
+    elapsed: float
+    ttft: list[float]
+    totals: list[float]
+    cpu: float
+    peak_rss_kb: int
+    driver_cpu: float
+
+    @property
+    def replies_per_s(self) -> float:
+        return (self.streams - self.errors) / self.elapsed
+
+    @property
+    def cpu_ms_per_reply(self) -> float:
+        return 1000 * self.cpu / max(1, self.streams - self.errors)
+
+    def ttft_ms(self, q: float) -> float:
+        return 1000 * quantile(self.ttft, q)
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _driver_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def measure(
+    server: Server, protocol: Protocol, *, level: int, duration: float, time_limit: float
+) -> Result:
+    # Warm-up: fill connection pools and caches the same way for every target.
+    await drive(server.port, protocol, concurrency=level, duration=0.0, time_limit=time_limit)
+    cpu, driver = server.cpu_seconds(), _driver_cpu()
+    samples, elapsed = await drive(
+        server.port, protocol, concurrency=level, duration=duration, time_limit=time_limit
+    )
+    cpu, driver = server.cpu_seconds() - cpu, _driver_cpu() - driver
+    good = [s for s in samples if s.ok]
+    return Result(
+        target=server.name,
+        level=level,
+        streams=len(samples),
+        errors=len(samples) - len(good),
+        elapsed=elapsed,
+        ttft=[s.ttft for s in good if s.ttft is not None],
+        totals=[s.total for s in good if s.total is not None],
+        cpu=cpu,
+        peak_rss_kb=server.memory_kb("VmHWM"),
+        driver_cpu=driver,
+    )
+
+
+async def idle_memory(
+    server: Server, protocol: Protocol, *, streams: int, time_limit: float
+) -> float:
+    """KB of server RSS per open stream whose upstream sends nothing after its headers."""
+    before = server.memory_kb("VmRSS")
+    opened: list[asyncio.StreamWriter] = []
+    ready = 0
+    try:
+        async with asyncio.timeout(time_limit):
+            for start in range(0, streams, 100):  # in batches, so no listen backlog overflows
+                batch = [
+                    asyncio.open_connection(HOST, server.port)
+                    for _ in range(start, min(streams, start + 100))
+                ]
+                for reader, writer in await asyncio.gather(*batch):
+                    writer.write(protocol.request(server.port))
+                    opened.append(writer)
+                    ready += await _first_bytes(reader)
+        after = server.memory_kb("VmRSS")
+    finally:
+        for writer in opened:
+            writer.close()
+    if ready != streams:
+        raise RuntimeError(f"{server.name}: only {ready} of {streams} idle streams answered")
+    return (after - before) / streams
+
+
+async def _first_bytes(reader: asyncio.StreamReader) -> int:
+    """1 once the stream has started (status 200 and its first event), else 0."""
+    data = await reader.read(65536)
+    while data and b"data:" not in data:
+        data += await reader.read(65536)
+    return int(data.startswith(b"HTTP/1.1 200"))
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def table(results: list[Result]) -> str:
+    header = (
+        f"{'target':<15}{'level':>6}{'streams':>8}{'errors':>7}{'reply/s':>9}"
+        f"{'ttft p50':>10}{'p95':>8}{'p99':>8}{'total p50':>11}{'cpu ms/reply':>14}"
+        f"{'peak MB':>9}{'driver cpu%':>12}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(
+            f"{r.target:<15}{r.level:>6}{r.streams:>8}{r.errors:>7}{r.replies_per_s:>9.1f}"
+            f"{r.ttft_ms(0.5):>10.1f}{r.ttft_ms(0.95):>8.1f}{r.ttft_ms(0.99):>8.1f}"
+            f"{1000 * quantile(r.totals, 0.5):>11.1f}{r.cpu_ms_per_reply:>14.2f}"
+            f"{r.peak_rss_kb / 1024:>9.1f}{100 * r.driver_cpu / r.elapsed:>12.0f}"
+        )
+    return "\n".join(lines)
+
+
+# Below this, what the pass-through adds is noise; comparing against it would only measure noise.
+MIN_ADDED_MS = 0.5
+
+
+def added_ttft_ms(result: Result, upstream: Result) -> float:
+    return result.ttft_ms(0.5) - upstream.ttft_ms(0.5)
+
+
+def ratios(by: dict[tuple[str, int], Result], levels: list[int]) -> tuple[str, list[str]]:
+    lines, verdicts = [], []
+    for level in levels:
+        ours, floor, up = by[("ours", level)], by[("passthrough", level)], by[("upstream", level)]
+        ours_added, floor_added = added_ttft_ms(ours, up), added_ttft_ms(floor, up)
+        lines.append(
+            f"level {level:>4}: ttft added over upstream: ours {ours_added:.1f} ms, pass-through "
+            f"{floor_added:.1f} ms (x{ours_added / max(MIN_ADDED_MS, floor_added):.2f}); "
+            f"cpu/reply x{ours.cpu_ms_per_reply / floor.cpu_ms_per_reply:.2f}; "
+            f"replies/s x{ours.replies_per_s / floor.replies_per_s:.2f}; "
+            f"peak RSS x{ours.peak_rss_kb / floor.peak_rss_kb:.2f}"
+        )
+        if ("passthrough-1", level) in by:
+            one = by[("passthrough-1", level)]
+            lines.append(
+                f"            one shared client vs pool (pass-through): replies/s "
+                f"x{one.replies_per_s / floor.replies_per_s:.2f}, cpu/reply "
+                f"x{one.cpu_ms_per_reply / floor.cpu_ms_per_reply:.2f}"
+            )
+        if level == 50:
+            verdicts.append(
+                _verdict(
+                    ours_added <= 2 * max(MIN_ADDED_MS, floor_added),
+                    f"50 streams: ttft added {ours_added:.1f} ms <= 2 x pass-through's "
+                    f"{floor_added:.1f} ms",
+                )
+            )
+            verdicts.append(
+                _verdict(
+                    ours.cpu_ms_per_reply <= 2 * floor.cpu_ms_per_reply,
+                    f"50 streams: cpu/reply {ours.cpu_ms_per_reply:.2f} ms <= 2 x pass-through's "
+                    f"{floor.cpu_ms_per_reply:.2f} ms",
+                )
+            )
+        if level == 200:
+            verdicts.append(_verdict(ours.errors == 0, f"200 streams: {ours.errors} errors == 0"))
+            verdicts.append(
+                _verdict(
+                    ours.replies_per_s >= 0.75 * floor.replies_per_s,
+                    f"200 streams: replies/s {ours.replies_per_s:.1f} within 25% of "
+                    f"pass-through's {floor.replies_per_s:.1f}",
+                )
+            )
+    return "\n".join(lines), verdicts
+
+
+def _verdict(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'}  {text}"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default=None, help="concurrent streams, e.g. 1,50,200")
+    parser.add_argument("--tokens", type=int, default=None, help="upstream chunks per reply (50)")
+    parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per measurement (8)")
+    parser.add_argument("--idle", type=int, default=None, help="idle streams for memory (1000)")
+    parser.add_argument("--clients", type=int, default=None, help="pass-through pool size")
+    parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
+    parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
+    args.tokens = args.tokens if args.tokens is not None else (20 if quick else 50)
+    args.duration = args.duration if args.duration is not None else (2.0 if quick else 8.0)
+    args.idle = args.idle if args.idle is not None else (200 if quick else 1000)
+    return args
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Processes]:
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        procs = Processes(Path(workdir))
+        try:
+            yield procs
+        finally:
+            procs.stop_all()
+
+
+async def main_async(args: argparse.Namespace) -> list[str]:
+    time_limit = 60.0 + args.tokens * args.delay
+    results: list[Result] = []
+    with processes() as procs:
+        upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
+        targets = [
+            (upstream, OPENROUTER),
+            (procs.passthrough("passthrough", upstream, clients=args.clients), PASSTHROUGH),
+        ]
+        if not args.no_shared:
+            targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
+        targets.append((procs.ours("ours", upstream), OURS))
+        for level in args.levels:
+            for server, protocol in targets:
+                result = await measure(
+                    server, protocol, level=level, duration=args.duration, time_limit=time_limit
+                )
+                results.append(result)
+                print(f"  measured {result.target} at {level} streams", file=sys.stderr, flush=True)
+    print(table(results))
+    by = {(r.target, r.level): r for r in results}
+    summary, verdicts = ratios(by, args.levels)
+    print("\nratios to the pass-through (pool), ttft at p50:")
+    print(summary)
+    if args.idle:
+        print(f"\nidle streams ({args.idle}, upstream silent after its first chunk):")
+        with processes() as procs:
+            slow = procs.fake_upstream("slow-upstream", tokens=1, delay=3600.0)
+            per_stream = {}
+            for server, protocol in [
+                (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
+                (procs.ours("ours", slow), OURS),
+            ]:
+                per_stream[server.name] = await idle_memory(
+                    server, protocol, streams=args.idle, time_limit=120.0
+                )
+                print(f"  {server.name:<13} {per_stream[server.name]:.1f} KB RSS per open stream")
+            verdicts.append(
+                _verdict(
+                    per_stream["ours"] < 50,
+                    f"{args.idle} idle streams: {per_stream['ours']:.1f} KB each < 50 KB",
+                )
+            )
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A plain SIGTERM would skip the `finally` that stops the servers this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    print(
+        f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
+        f"{args.duration:.0f} s per measurement; machine: {os.cpu_count()} cores, "
+        f"{_cpu_model()}, Python {sys.version.split()[0]}",
+        flush=True,
+    )
+    verdicts = asyncio.run(main_async(args))
+    print("\nbudget:")
+    for line in verdicts:
+        print(line)
+    failed = any(line.startswith("FAIL") for line in verdicts)
+    return 1 if failed and args.strict else 0
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"

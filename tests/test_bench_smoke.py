@@ -1,0 +1,37 @@
+"""The benchmark at a tiny size, so it cannot rot: every target answers and nothing errors.
+
+Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
+
+
+def test_benchmark_runs_every_target_without_errors():
+    args = ["--levels", "1,3", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--idle", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    lines = finished.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("target"))
+    rows = [line.split() for line in lines[header + 2 : header + 2 + 2 * len(TARGETS)]]
+    assert [(row[0], int(row[1])) for row in rows] == [
+        (target, level) for level in (1, 3) for target in TARGETS
+    ]
+    for row in rows:
+        streams, errors = int(row[2]), int(row[3])
+        assert streams >= 1 and errors == 0, row
+    assert "KB RSS per open stream" in finished.stdout
+    budget = lines[lines.index("budget:") + 1 :]
+    assert budget and all(line.startswith(("PASS", "FAIL")) for line in budget)
