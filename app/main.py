@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     log.error("refusing to start: %s", exc)
                     raise
             store = Store(database, sqlite_db=is_sqlite(settings.database_url))
+            stack.push_async_callback(store.close)
             http = _http_client(settings)
             stack.push_async_callback(http.aclose)
             client = OpenRouterClient(

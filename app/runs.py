@@ -93,8 +93,7 @@ class Run:
         self._answering_model: str | None = None
         self._finish_reason: str | None = None
         self._last_checkpoint = time.monotonic()
-        self._checkpointing = False
-        self._saving: asyncio.Task[None] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
         self._append(
             "meta",
             meta_payload(
@@ -238,8 +237,6 @@ class Run:
                         self._checkpoint_soon()
                 elif isinstance(event, Opened):
                     record.generation_id = event.generation_id
-                    # The id recovers the cost after a crash: save it now, off the relay path.
-                    self._saving = self._runs.spawn(self._runs.save_generation(self, record))
                 elif isinstance(event, Finish):
                     finished = True
                     self._finish_reason = event.reason
@@ -292,22 +289,24 @@ class Run:
 
     def _checkpoint_soon(self) -> None:
         self._last_checkpoint = time.monotonic()
-        if not self._checkpointing:
-            self._checkpointing = True
-            self._runs.spawn(self._checkpoint())
+        if self._checkpointing is None or self._checkpointing.done():
+            self._checkpointing = self._runs.spawn(self._checkpoint())
 
     async def _checkpoint(self) -> None:
-        try:
-            await self._runs.store.checkpoint(
-                message_id=self.message_id, content=self.content, event_lengths=self.event_lengths()
-            )
-        finally:
-            self._checkpointing = False
+        """Partial content, and the generation rows: their ids recover the cost after a crash."""
+        await self._runs.store.checkpoint(
+            message_id=self.message_id,
+            conversation_id=self.request.conversation_id,
+            agent=self.request.agent,
+            content=self.content,
+            event_lengths=self.event_lengths(),
+            records=[record for record in self.records if record.generation_id],
+        )
 
     async def _finish(self, status: str, error: UpstreamError | None) -> None:
-        if self._saving is not None:
-            # The early write of a generation row must land before the final one, never after.
-            await asyncio.gather(self._saving, return_exceptions=True)
+        if self._checkpointing is not None:
+            # A checkpoint must land before the final write, never after it.
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         for record in self.records:
             if record.cost_source == "pending" and record.generation_id is None:
                 record.cost_source = "none"  # nothing upstream to ask about it
@@ -400,14 +399,6 @@ class Runs:
         )
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
-
-    async def save_generation(self, run: Run, record: GenerationRecord) -> None:
-        await self.store.save_generation(
-            record,
-            message_id=run.message_id,
-            conversation_id=run.request.conversation_id,
-            agent=run.request.agent,
-        )
 
     def on_abandoned(self, run: Run) -> None:
         """The last subscriber left: under DISCONNECT_POLICY=cancel, cancel unless one returns."""

@@ -14,7 +14,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
+from databases.core import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
 NANOS = Decimal(1_000_000_000)
@@ -174,13 +175,33 @@ class Store:
         self.database = database
         self.dialect = sqlite.dialect() if sqlite_db else postgresql.dialect()
         self._insert = sqlite.insert if sqlite_db else postgresql.insert
-        # SQLite allows one writer: queue ours in-process rather than spin on the busy timeout.
-        self._write_lock = asyncio.Lock() if sqlite_db else None
+        # SQLite allows one writer: ours queue in-process on one long-lived connection, rather
+        # than open a connection (a thread, with `databases`' aiosqlite backend) per write and
+        # spin on the busy timeout. PostgreSQL writes use the pool.
+        self._sqlite = sqlite_db
+        self._write_lock = asyncio.Lock()
+        self._writer: Connection | None = None
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[None]:
-        async with self._write_lock or nullcontext(), self.database.transaction():
-            yield
+    async def _write(self) -> AsyncIterator[Database | Connection]:
+        """A transaction to write in; yields what to execute statements on."""
+        if not self._sqlite:
+            async with self.database.transaction():
+                yield self.database
+            return
+        async with self._write_lock:
+            if self._writer is None:
+                # Not `database.connection()`: that one belongs to the current task.
+                self._writer = Connection(self.database, self.database._backend)
+                await self._writer.__aenter__()
+            async with self._writer.transaction():
+                yield self._writer
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            if self._writer is not None:
+                await self._writer.__aexit__(None, None, None)
+                self._writer = None
 
     # -- conversations ------------------------------------------------------------------------
 
@@ -230,20 +251,16 @@ class Store:
         return [dict(row._mapping) for row in await self.database.fetch_all(query)]
 
     async def delete_conversation(self, *, conversation_id: str, user_id: str) -> bool:
-        async with self._write():
-            found = await self.database.fetch_val(
+        async with self._write() as db:
+            found = await db.fetch_val(
                 sa.select(conversations.c.id).where(
                     conversations.c.id == conversation_id, conversations.c.user_id == user_id
                 )
             )
             if not found:
                 return False
-            await self.database.execute(
-                messages.delete().where(messages.c.conversation_id == conversation_id)
-            )
-            await self.database.execute(
-                conversations.delete().where(conversations.c.id == conversation_id)
-            )
+            await db.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
+            await db.execute(conversations.delete().where(conversations.c.id == conversation_id))
         return True
 
     # -- messages ------------------------------------------------------------------------------
@@ -340,10 +357,10 @@ class Store:
         """
         stamp = now()
         user_message_id, assistant_id = new_id(), new_id()
-        async with self._write():
+        async with self._write() as db:
             if conversation_id is None:
                 conversation_id = new_id()
-                await self.database.execute(
+                await db.execute(
                     conversations.insert().values(
                         id=conversation_id,
                         user_id=user_id,
@@ -356,12 +373,12 @@ class Store:
                 )
                 seq = 0
             else:
-                seq = await self.database.fetch_val(
+                seq = await db.fetch_val(
                     sa.select(sa.func.coalesce(sa.func.max(messages.c.seq), -1)).where(
                         messages.c.conversation_id == conversation_id
                     )
                 )
-                await self.database.execute(
+                await db.execute(
                     conversations.update()
                     .where(conversations.c.id == conversation_id)
                     .values(updated_at=stamp)
@@ -372,7 +389,7 @@ class Store:
                 "created_at": stamp,
                 "updated_at": stamp,
             }
-            await self.database.execute(
+            await db.execute(
                 messages.insert().values(
                     id=user_message_id,
                     seq=seq + 1,
@@ -382,7 +399,7 @@ class Store:
                     **common,
                 )
             )
-            await self.database.execute(
+            await db.execute(
                 messages.insert().values(
                     id=assistant_id,
                     seq=seq + 2,
@@ -397,13 +414,27 @@ class Store:
             )
         return conversation_id, user_message_id, assistant_id
 
-    async def checkpoint(self, *, message_id: str, content: str, event_lengths: list[int]) -> None:
-        async with self._write():
-            await self.database.execute(
+    async def checkpoint(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str,
+        agent: str,
+        content: str,
+        event_lengths: list[int],
+        records: list[GenerationRecord],
+    ) -> None:
+        """A streaming reply's progress so far, with its generation rows."""
+        async with self._write() as db:
+            await db.execute(
                 messages.update()
                 .where(messages.c.id == message_id, messages.c.status == "streaming")
                 .values(content=content, event_lengths=json.dumps(event_lengths), updated_at=now())
             )
+            for record in records:
+                await self._upsert_generation(
+                    db, record, message_id=message_id, conversation_id=conversation_id, agent=agent
+                )
 
     async def finish_reply(
         self,
@@ -422,8 +453,8 @@ class Store:
     ) -> None:
         """The reply's final state and all its generation rows, in one transaction."""
         stamp = now()
-        async with self._write():
-            await self.database.execute(
+        async with self._write() as db:
+            await db.execute(
                 messages.update()
                 .where(messages.c.id == message_id)
                 .values(
@@ -437,26 +468,24 @@ class Store:
                     updated_at=stamp,
                 )
             )
-            await self.database.execute(
+            await db.execute(
                 conversations.update()
                 .where(conversations.c.id == conversation_id)
                 .values(updated_at=stamp)
             )
             for record in records:
                 await self._upsert_generation(
-                    record, message_id=message_id, conversation_id=conversation_id, agent=agent
+                    db, record, message_id=message_id, conversation_id=conversation_id, agent=agent
                 )
 
-    async def save_generation(
-        self, record: GenerationRecord, *, message_id: str, conversation_id: str, agent: str
-    ) -> None:
-        async with self._write():
-            await self._upsert_generation(
-                record, message_id=message_id, conversation_id=conversation_id, agent=agent
-            )
-
     async def _upsert_generation(
-        self, record: GenerationRecord, *, message_id: str, conversation_id: str, agent: str
+        self,
+        db: Database | Connection,
+        record: GenerationRecord,
+        *,
+        message_id: str,
+        conversation_id: str,
+        agent: str,
     ) -> None:
         values = {
             "generation_id": record.generation_id,
@@ -482,7 +511,7 @@ class Store:
             started_at=record.started_at,
             **values,
         )
-        await self.database.execute(
+        await db.execute(
             statement.on_conflict_do_update(index_elements=[generations.c.id], set_=values)
         )
 
@@ -490,8 +519,8 @@ class Store:
 
     async def touch_replies(self, *, message_ids: list[str]) -> None:
         """The heartbeat of live replies: a reply no process touches is an orphan."""
-        async with self._write():
-            await self.database.execute(
+        async with self._write() as db:
+            await db.execute(
                 messages.update()
                 .where(messages.c.id.in_(message_ids), messages.c.status == "streaming")
                 .values(updated_at=now())
@@ -503,15 +532,15 @@ class Store:
         A reply is an orphan when no process has touched it since `idle_since`: live runs
         heartbeat, so the replies other processes (other dynos) are streaming are left alone.
         """
-        async with self._write():
-            rows = await self.database.fetch_all(
+        async with self._write() as db:
+            rows = await db.fetch_all(
                 sa.select(messages.c.id).where(
                     messages.c.status == "streaming", messages.c.updated_at < idle_since
                 )
             )
             ids = [row[0] for row in rows]
             if ids:
-                await self.database.execute(
+                await db.execute(
                     messages.update()
                     .where(messages.c.id.in_(ids))
                     .values(
@@ -521,7 +550,7 @@ class Store:
                         updated_at=now(),
                     )
                 )
-                await self.database.execute(
+                await db.execute(
                     generations.update()
                     .where(generations.c.message_id.in_(ids), generations.c.status == "streaming")
                     .values(status="cancelled", ended_at=now())
@@ -557,8 +586,8 @@ class Store:
             values["completion_tokens"] = completion_tokens
         if model is not None:
             values["model"] = model
-        async with self._write():
-            await self.database.execute(
+        async with self._write() as db:
+            await db.execute(
                 generations.update()
                 .where(generations.c.id == record_id, generations.c.cost_source == "pending")
                 .values(**values)
@@ -586,8 +615,8 @@ class Store:
         self, *, source: str, models: list[Any], fetched_at: datetime
     ) -> None:
         values = {"payload": json.dumps(models), "fetched_at": fetched_at}
-        async with self._write():
-            await self.database.execute(
+        async with self._write() as db:
+            await db.execute(
                 self._insert(model_catalog)
                 .values(source=source, **values)
                 .on_conflict_do_update(index_elements=[model_catalog.c.source], set_=values)
@@ -623,8 +652,8 @@ class Store:
             "max_tokens": max_tokens,
             "updated_at": stamp,
         }
-        async with self._write():
-            await self.database.execute(
+        async with self._write() as db:
+            await db.execute(
                 self._insert(agent_overrides)
                 .values(agent=agent, **values)
                 .on_conflict_do_update(index_elements=[agent_overrides.c.agent], set_=values)
@@ -632,12 +661,10 @@ class Store:
         return stamp
 
     async def delete_agent_override(self, *, agent: str) -> bool:
-        async with self._write():
-            found = await self.database.fetch_val(
+        async with self._write() as db:
+            found = await db.fetch_val(
                 sa.select(agent_overrides.c.agent).where(agent_overrides.c.agent == agent)
             )
             if found:
-                await self.database.execute(
-                    agent_overrides.delete().where(agent_overrides.c.agent == agent)
-                )
+                await db.execute(agent_overrides.delete().where(agent_overrides.c.agent == agent))
         return found is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,9 +27,11 @@ def _decimal_json(response: httpx.Response) -> dict:
 def test_thousands_of_small_costs_sum_exactly(database, start_server):
     async def record_costs() -> str:
         db = await open_database(database.url, max_size=2)
+        closing = contextlib.AsyncExitStack()
         try:
             await migrate(db, url=database.url)
             store = Store(db, sqlite_db=is_sqlite(database.url))
+            closing.push_async_callback(store.close)
             conversation_id = None
             for _ in range(TURNS):
                 conversation_id, _, message_id = await store.start_turn(
@@ -68,6 +71,7 @@ def test_thousands_of_small_costs_sum_exactly(database, start_server):
                 )
             return conversation_id
         finally:
+            await closing.aclose()
             await db.disconnect()
 
     conversation_id = asyncio.run(record_costs())
