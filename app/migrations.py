@@ -105,8 +105,8 @@ def _initial_schema(dialect: sa.engine.Dialect) -> list[str]:
         sa.Column("completion_tokens", sa.Integer, nullable=False),
         sa.Column("reasoning_tokens", sa.Integer, nullable=False),
         sa.Column("cached_tokens", sa.Integer, nullable=False),
-        # Integer nano-dollars: exact sums, and OpenRouter's costs go below a micro-dollar.
-        sa.Column("cost_nanousd", sa.BigInteger, nullable=True),
+        # Integer pico-dollars: exact sums; OpenRouter prices tokens in fractions of a nano-dollar.
+        sa.Column("cost_picousd", sa.BigInteger, nullable=True),
         sa.Column("cost_source", sa.String(16), nullable=False),
         sa.Column("started_at", ts, nullable=False),
         sa.Column("first_token_at", ts, nullable=True),

@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 
 from app.events import LogEvent, final_event, meta_payload
-from app.store import Store, from_nanos
+from app.store import Store, from_picos
 
 
 async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], bool] | None:
@@ -48,7 +48,7 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
         model=row["model"],
         prompt_tokens=row["prompt_tokens"] or 0,
         completion_tokens=row["completion_tokens"] or 0,
-        cost=from_nanos(row["cost_nanousd"]),
+        cost=from_picos(row["cost_picousd"]),
         error_code=row["error_code"],
         error_message=row["error_message"],
     )

@@ -4,7 +4,7 @@ Write pattern, chosen so no token ever waits for the database:
 - a turn starts with one transaction: the user message and a `streaming` assistant row;
 - while a reply streams, its content is checkpointed every few seconds (not per token);
 - it ends with one transaction: the final message row and all its generation (cost) rows.
-Costs live only in `generations` (integer nano-dollars); message and conversation totals are
+Costs live only in `generations` (integer pico-dollars); message and conversation totals are
 sums over it, so a cost can never be counted twice.
 """
 
@@ -25,7 +25,7 @@ from databases import Database
 from databases.core import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
-NANOS = Decimal(1_000_000_000)
+PICOS = Decimal(10**12)
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -101,7 +101,7 @@ generations = sa.Table(
     sa.Column("completion_tokens", sa.Integer, nullable=False),
     sa.Column("reasoning_tokens", sa.Integer, nullable=False),
     sa.Column("cached_tokens", sa.Integer, nullable=False),
-    sa.Column("cost_nanousd", sa.BigInteger),
+    sa.Column("cost_picousd", sa.BigInteger),
     sa.Column("cost_source", sa.String(16), nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("first_token_at", UTCDateTime),
@@ -136,14 +136,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def to_nanos(cost: Decimal | None) -> int | None:
+def to_picos(cost: Decimal | None) -> int | None:
     if cost is None:
         return None
-    return int((cost * NANOS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    return int((cost * PICOS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def from_nanos(nanos: int | None) -> Decimal | None:
-    return None if nanos is None else Decimal(int(nanos)) / NANOS
+def from_picos(picos: int | None) -> Decimal | None:
+    return None if picos is None else Decimal(int(picos)) / PICOS
 
 
 @dataclass
@@ -170,6 +170,33 @@ class GenerationRecord:
     ended_at: datetime | None = None
 
 
+class WriteLock:
+    """A mutex whose urgent holders go before the ordinary ones waiting."""
+
+    def __init__(self) -> None:
+        self._condition = asyncio.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+
+    @asynccontextmanager
+    async def hold(self, *, urgent: bool) -> AsyncIterator[None]:
+        async with self._condition:
+            self._urgent_waiting += urgent
+            try:
+                await self._condition.wait_for(
+                    lambda: not self._held and (urgent or not self._urgent_waiting)
+                )
+            finally:
+                self._urgent_waiting -= urgent
+            self._held = True
+        try:
+            yield
+        finally:
+            async with self._condition:
+                self._held = False
+                self._condition.notify_all()
+
+
 class Store:
     def __init__(self, database: Database, *, sqlite_db: bool) -> None:
         self.database = database
@@ -179,17 +206,21 @@ class Store:
         # than open a connection (a thread, with `databases`' aiosqlite backend) per write and
         # spin on the busy timeout. PostgreSQL writes use the pool.
         self._sqlite = sqlite_db
-        self._write_lock = asyncio.Lock()
+        self._write_lock = WriteLock()
         self._writer: Connection | None = None
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[Database | Connection]:
-        """A transaction to write in; yields what to execute statements on."""
+    async def _write(self, *, urgent: bool = False) -> AsyncIterator[Database | Connection]:
+        """A transaction to write in; yields what to execute statements on.
+
+        `urgent` writes (a turn's start, on the path to the first token) go before the others
+        waiting for SQLite's one writer (replies ending, checkpoints).
+        """
         if not self._sqlite:
             async with self.database.transaction():
                 yield self.database
             return
-        async with self._write_lock:
+        async with self._write_lock.hold(urgent=urgent):
             if self._writer is None:
                 # Not `database.connection()`: that one belongs to the current task.
                 self._writer = Connection(self.database, self.database._backend)
@@ -198,7 +229,7 @@ class Store:
                 yield self._writer
 
     async def close(self) -> None:
-        async with self._write_lock:
+        async with self._write_lock.hold(urgent=False):
             if self._writer is not None:
                 await self._writer.__aexit__(None, None, None)
                 self._writer = None
@@ -226,7 +257,7 @@ class Store:
         costs = (
             sa.select(
                 generations.c.conversation_id,
-                sa.func.sum(generations.c.cost_nanousd).label("cost_nanousd"),
+                sa.func.sum(generations.c.cost_picousd).label("cost_picousd"),
             )
             .group_by(generations.c.conversation_id)
             .subquery()
@@ -235,7 +266,7 @@ class Store:
             sa.select(
                 conversations,
                 sa.func.coalesce(counts.c.message_count, 0).label("message_count"),
-                costs.c.cost_nanousd,
+                costs.c.cost_picousd,
             )
             .select_from(
                 conversations.outerjoin(
@@ -272,7 +303,7 @@ class Store:
                 generations.c.message_id,
                 sa.func.sum(generations.c.prompt_tokens).label("prompt_tokens"),
                 sa.func.sum(generations.c.completion_tokens).label("completion_tokens"),
-                sa.func.sum(generations.c.cost_nanousd).label("cost_nanousd"),
+                sa.func.sum(generations.c.cost_picousd).label("cost_picousd"),
                 sa.func.count().label("generation_count"),
             )
             .group_by(generations.c.message_id)
@@ -283,7 +314,7 @@ class Store:
                 messages,
                 usage.c.prompt_tokens,
                 usage.c.completion_tokens,
-                usage.c.cost_nanousd,
+                usage.c.cost_picousd,
                 usage.c.generation_count,
             )
             .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
@@ -319,10 +350,10 @@ class Store:
                 .where(generations.c.message_id == message_id)
                 .scalar_subquery()
                 .label("completion_tokens"),
-                sa.select(sa.func.sum(generations.c.cost_nanousd))
+                sa.select(sa.func.sum(generations.c.cost_picousd))
                 .where(generations.c.message_id == message_id)
                 .scalar_subquery()
-                .label("cost_nanousd"),
+                .label("cost_picousd"),
             )
             .select_from(
                 messages.outerjoin(
@@ -357,7 +388,7 @@ class Store:
         """
         stamp = now()
         user_message_id, assistant_id = new_id(), new_id()
-        async with self._write() as db:
+        async with self._write(urgent=True) as db:
             if conversation_id is None:
                 conversation_id = new_id()
                 await db.execute(
@@ -496,7 +527,7 @@ class Store:
             "completion_tokens": record.completion_tokens,
             "reasoning_tokens": record.reasoning_tokens,
             "cached_tokens": record.cached_tokens,
-            "cost_nanousd": to_nanos(record.cost),
+            "cost_picousd": to_picos(record.cost),
             "cost_source": record.cost_source,
             "first_token_at": record.first_token_at,
             "ended_at": record.ended_at,
@@ -579,7 +610,7 @@ class Store:
         model: str | None = None,
     ) -> None:
         """Set a pending generation's cost once; a settled one is never overwritten."""
-        values: dict[str, Any] = {"cost_nanousd": to_nanos(cost), "cost_source": source}
+        values: dict[str, Any] = {"cost_picousd": to_picos(cost), "cost_source": source}
         if prompt_tokens is not None:
             values["prompt_tokens"] = prompt_tokens
         if completion_tokens is not None:

@@ -67,7 +67,7 @@ def test_chat_turn_streams_events_in_order_and_persists_everything(client, fake,
         "chat",
     )
     assert (row["requested_model"], row["model"]) == ("openai/gpt-4o", "openai/gpt-4o")
-    assert (row["cost_nanousd"], row["cost_source"]) == (460_000, "usage")
+    assert (row["cost_picousd"], row["cost_source"]) == (460_000_000, "usage")
     assert row["completion_tokens"] == len(TOKENS)
     assert row["prompt_tokens"] == generation.prompt_tokens
     assert row["started_at"] <= row["first_token_at"] <= row["ended_at"]
@@ -132,8 +132,8 @@ def test_stream_false_answers_once_with_json(client, fake, database):
     assert body["finish_reason"] == "stop" and body["model"] == "openai/gpt-4o"
     assert {"conversation_id", "message_id", "user_message_id", "agent", "usage"} <= body.keys()
     assert fake.requests[0]["body"]["stream"] is False
-    [row] = database.query("SELECT cost_source, cost_nanousd FROM generations")
-    assert row == {"cost_source": "usage", "cost_nanousd": 100_000}
+    [row] = database.query("SELECT cost_source, cost_picousd FROM generations")
+    assert row == {"cost_source": "usage", "cost_picousd": 100_000_000}
 
 
 def test_coach_reviews_a_chat_conversation_and_is_stored_apart(client, fake, database):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from app.simulator import Behaviour
-from app.store import to_nanos
+from app.store import to_picos
 from tests.support import SSE, DatabaseHandle, content_of, read_sse
 
 TOKENS = ["Hel", "lo", " there", "!"]
@@ -87,7 +87,7 @@ def test_refused_before_the_stream_is_an_error_not_retried_and_not_billed(
         f"upstream_{status}",
         None,
     )
-    assert (row["cost_nanousd"], row["cost_source"]) == (0, "not_billed")
+    assert (row["cost_picousd"], row["cost_source"]) == (0, "not_billed")
     assert fake.generation_lookups == {}
 
 
@@ -124,7 +124,7 @@ def test_an_error_chunk_mid_stream_ends_the_reply_in_error(
     [row] = settled_generations(database, message_id)
     assert (row["status"], row["generation_id"]) == ("error", generation.id)
     # No inference charge for a generation that ended in error: the record says 0.
-    assert (row["cost_source"], row["cost_nanousd"]) == ("generation", 0)
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", 0)
     # Replayed later, the reply ends the same way it did live.
     replayed = read_sse(client, "GET", f"/api/messages/{message_id}/stream")
     assert replayed[-1].event == "error" and replayed[-1].data == error
@@ -158,7 +158,7 @@ def test_a_broken_stream_ends_in_error_and_its_cost_comes_from_the_generation_re
         code,
         generation.id,
     )
-    assert (row["cost_source"], row["cost_nanousd"]) == ("generation", to_nanos(generation.cost))
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", to_picos(generation.cost))
     assert len(fake.requests) == 1  # tokens had gone out: a retry would repeat them
 
 
@@ -187,7 +187,7 @@ def test_a_stall_past_the_read_timeout_is_a_timeout_error(start_server, fake, da
     [row] = settled_generations(database, message_id)
     [generation] = fake.generations.values()
     assert generation.cancelled and fake.generation_lookups[generation.id] == 2
-    assert (row["cost_source"], row["cost_nanousd"]) == ("generation", to_nanos(generation.cost))
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", to_picos(generation.cost))
 
 
 def test_a_stream_ending_after_finish_without_usage_completes_and_reconciles(
@@ -211,7 +211,7 @@ def test_a_stream_ending_after_finish_without_usage_completes_and_reconciles(
     [row] = settled_generations(database, message_id)
     [generation] = fake.generations.values()
     assert (row["status"], row["generation_id"]) == ("complete", generation.id)
-    assert (row["cost_source"], row["cost_nanousd"]) == ("generation", 420_000)
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", 420_000_000)
     assert row["completion_tokens"] == len(TOKENS)
     assert fake.generation_lookups[generation.id] == 2
 
@@ -223,7 +223,7 @@ def test_usage_inside_a_chunk_that_still_has_a_choice_is_counted_once(client, fa
 
     assert events[-1].event == "done" and events[-1].data["cost_usd"] == 0.0003
     [row] = settled_generations(database, events[0].data["message_id"])
-    assert (row["cost_source"], row["cost_nanousd"]) == ("usage", 300_000)
+    assert (row["cost_source"], row["cost_picousd"]) == ("usage", 300_000_000)
     assert row["completion_tokens"] == len(TOKENS)
     assert fake.generation_lookups == {}
 

@@ -153,7 +153,7 @@ def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
     start_server()
     [row] = wait_for(lambda: costs_settled(database, long_id), what="the long reply's cost")
     assert row["cost_source"] == "generation"
-    assert row["cost_nanousd"] == int(fake.generations[row["generation_id"]].cost * 10**9)
+    assert row["cost_picousd"] == int(fake.generations[row["generation_id"]].cost * 10**12)
     [row] = costs_settled(database, short_id)
     assert row["cost_source"] == "usage"
 

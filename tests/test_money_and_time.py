@@ -15,7 +15,7 @@ from app.migrations import migrate
 from app.store import GenerationRecord, Store, new_id, now
 from tests.support import read_sse
 
-COST = Decimal("0.000001234")  # a realistic price for a short reply, below a thousandth of a cent
+COST = Decimal("0.0000001234")  # a few tokens of a cheap model: a fraction of a nano-dollar matters
 TURNS, GENERATIONS_PER_TURN = 4, 500
 
 
@@ -82,13 +82,13 @@ def test_thousands_of_small_costs_sum_exactly(database, start_server):
         listed = _decimal_json(http.get("/api/conversations"))["conversations"]
 
     total = COST * TURNS * GENERATIONS_PER_TURN
-    assert total == Decimal("0.002468")
+    assert total == Decimal("0.0002468")
     assert conversation["total_cost_usd"] == total
     assert listed[0]["id"] == conversation_id and listed[0]["total_cost_usd"] == total
     replies = [m for m in conversation["messages"] if m["role"] == "assistant"]
     assert [m["cost_usd"] for m in replies] == [COST * GENERATIONS_PER_TURN] * TURNS
-    stored = database.query("SELECT SUM(cost_nanousd) AS nanos FROM generations")
-    assert stored == [{"nanos": 1234 * TURNS * GENERATIONS_PER_TURN}]
+    stored = database.query("SELECT SUM(cost_picousd) AS picos FROM generations")
+    assert stored == [{"picos": 123_400 * TURNS * GENERATIONS_PER_TURN}]
 
 
 def _utc(text: str) -> datetime:

@@ -109,7 +109,7 @@ def test_stop_ends_the_run_saves_the_partial_reply_and_settles_its_cost(client, 
     upstream = fake.generations[generation["generation_id"]]
     assert upstream.cancelled
     assert generation["cost_source"] == "generation"
-    assert generation["cost_nanousd"] == int(upstream.cost * 10**9)
+    assert generation["cost_picousd"] == int(upstream.cost * 10**12)
     # stopping again changes nothing
     again = client.post(f"/api/messages/{reply['message_id']}/stop")
     assert again.status_code == 200 and again.json()["status"] == "stopped"
@@ -126,7 +126,7 @@ def test_a_client_that_leaves_does_not_lose_the_reply_or_its_cost(client, fake, 
     [generation] = generation_rows(database, message_id)
     upstream = fake.generations[generation["generation_id"]]
     assert not upstream.cancelled and generation["cost_source"] == "usage"
-    assert generation["cost_nanousd"] == int(upstream.cost * 10**9)
+    assert generation["cost_picousd"] == int(upstream.cost * 10**12)
 
 
 def test_disconnect_policy_cancel_interrupts_and_still_settles_the_cost(
@@ -179,8 +179,8 @@ def test_retryable_errors_before_the_first_token_are_retried_and_each_try_is_a_r
         (2, "error", "upstream_429", "not_billed"),
         (3, "complete", None, "usage"),
     ]
-    assert [r["cost_nanousd"] for r in rows[:2]] == [0, 0]
-    assert events[-1].data["cost_usd"] == rows[2]["cost_nanousd"] / 10**9
+    assert [r["cost_picousd"] for r in rows[:2]] == [0, 0]
+    assert events[-1].data["cost_usd"] == rows[2]["cost_picousd"] / 10**12
 
 
 def test_retries_stop_at_the_bound_and_the_client_gets_the_last_error(client, fake, database):

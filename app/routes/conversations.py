@@ -11,7 +11,7 @@ from starlette.routing import Route
 from app.errors import ApiError
 from app.events import usd
 from app.state import app_state
-from app.store import from_nanos
+from app.store import from_picos
 
 
 def _conversation(row: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
         }
         if assistant
         else None,
-        "cost_usd": usd(from_nanos(row["cost_nanousd"])),
+        "cost_usd": usd(from_picos(row["cost_picousd"])),
         "error": {"code": row["error_code"], "message": row["error_message"]}
         if row["error_code"]
         else None,
@@ -65,7 +65,7 @@ async def list_conversations(request: Request) -> Response:
                 {
                     **_conversation(row),
                     "message_count": row["message_count"],
-                    "total_cost_usd": usd(from_nanos(row["cost_nanousd"])),
+                    "total_cost_usd": usd(from_picos(row["cost_picousd"])),
                 }
                 for row in rows
             ]
@@ -82,11 +82,11 @@ async def get_conversation(request: Request) -> Response:
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
     messages = await state.store.conversation_messages(conversation_id=conversation_id)
-    costs = [m["cost_nanousd"] for m in messages if m["cost_nanousd"] is not None]
+    costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
     return JSONResponse(
         {
             **_conversation(row),
-            "total_cost_usd": usd(from_nanos(sum(costs))) if costs else None,
+            "total_cost_usd": usd(from_picos(sum(costs))) if costs else None,
             "messages": [_message(m) for m in messages],
         }
     )
