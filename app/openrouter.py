@@ -310,13 +310,13 @@ class OpenRouterClient:
                 f"lost the connection to OpenRouter ({type(exc).__name__})"
             ) from exc
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming completion; returns OpenRouter's JSON body."""
+    async def _json(
+        self, method: str, path: str, *, none_if_404: bool = False, **kwargs: Any
+    ) -> dict[str, Any] | None:
+        """One non-streaming call: errors mapped into the tree, the body a JSON object."""
         try:
-            response = await self._http.post(
-                f"{self.base_url}/chat/completions",
-                json={**body, "stream": False},
-                headers=self._headers,
+            response = await self._http.request(
+                method, f"{self.base_url}{path}", headers=self._headers, **kwargs
             )
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(
@@ -326,64 +326,39 @@ class OpenRouterClient:
             raise UpstreamConnectionError(
                 f"could not reach OpenRouter ({type(exc).__name__})"
             ) from exc
-        if response.status_code != 200:
-            raise await _status_error(response)
-        try:
-            payload = response.json()
-        except json.JSONDecodeError as exc:
-            raise UpstreamProtocolError("OpenRouter answered with a body that is not JSON") from exc
-        if not isinstance(payload, dict):
-            raise UpstreamProtocolError("OpenRouter answered with a body that is not an object")
-        if payload.get("error") is not None:
-            raise _in_band_error(payload, "OpenRouter reported an error")
-        return payload
-
-    async def get_generation(self, generation_id: str) -> dict[str, Any] | None:
-        """The generation record, or None while OpenRouter does not know it yet (404)."""
-        try:
-            response = await self._http.get(
-                f"{self.base_url}/generation", params={"id": generation_id}, headers=self._headers
-            )
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("OpenRouter did not answer in time") from exc
-        except httpx.TransportError as exc:
-            raise UpstreamConnectionError(
-                f"could not reach OpenRouter ({type(exc).__name__})"
-            ) from exc
-        if response.status_code == 404:
+        if none_if_404 and response.status_code == 404:
             return None
         if response.status_code != 200:
             raise await _status_error(response)
         try:
             payload = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UpstreamProtocolError(
-                "OpenRouter sent a generation record that is not JSON"
-            ) from exc
+            raise UpstreamProtocolError("OpenRouter answered with a body that is not JSON") from exc
         if not isinstance(payload, dict):
-            raise UpstreamProtocolError("OpenRouter sent a generation record that is not an object")
-        data = payload.get("data")
+            raise UpstreamProtocolError("OpenRouter answered with a body that is not an object")
+        return payload
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streaming completion; returns OpenRouter's JSON body."""
+        payload = await self._json("POST", "/chat/completions", json={**body, "stream": False})
+        assert payload is not None
+        if payload.get("error") is not None:
+            raise _in_band_error(payload, "OpenRouter reported an error")
+        return payload
+
+    async def get_generation(self, generation_id: str) -> dict[str, Any] | None:
+        """The generation record, or None while OpenRouter does not know it yet (404)."""
+        payload = await self._json(
+            "GET", "/generation", params={"id": generation_id}, none_if_404=True
+        )
+        data = payload.get("data") if payload is not None else None
         return data if isinstance(data, dict) else None
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The raw model list of `GET /models` (`data`); entries are not checked here."""
-        try:
-            response = await self._http.get(f"{self.base_url}/models", headers=self._headers)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(
-                f"OpenRouter did not answer in time ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamConnectionError(
-                f"could not reach OpenRouter ({type(exc).__name__})"
-            ) from exc
-        if response.status_code != 200:
-            raise await _status_error(response)
-        try:
-            payload = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UpstreamProtocolError("OpenRouter answered with a body that is not JSON") from exc
-        data = payload.get("data") if isinstance(payload, dict) else None
+        payload = await self._json("GET", "/models")
+        assert payload is not None
+        data = payload.get("data")
         if not isinstance(data, list):
             raise UpstreamProtocolError("OpenRouter's model list has no `data` array")
         return data

@@ -6,8 +6,8 @@ most of its CPU on that bookkeeping (measured in `bench/`: at 200 concurrent str
 pass-through on one client fell from about 200 to under 40 replies/s). Spreading the requests
 over several clients keeps each pool, and each walk, short.
 
-`ClientPool` offers the three calls `OpenRouterClient` makes (`stream`, `post`, `get`), each
-on the next client, so callers treat it like one client.
+`ClientPool` offers the two calls `OpenRouterClient` makes (`stream`, `request`), each on the
+next client, so callers treat it like one client.
 """
 
 from __future__ import annotations
@@ -41,11 +41,8 @@ class ClientPool:
     def stream(self, method: str, url: str, **kwargs: Any):
         return self.next().stream(method, url, **kwargs)
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.next().post(url, **kwargs)
-
-    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.next().get(url, **kwargs)
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.next().request(method, url, **kwargs)
 
     async def aclose(self) -> None:
         for client in self.clients:
