@@ -200,7 +200,6 @@ class WriteLock:
 class Store:
     def __init__(self, database: Database, *, sqlite_db: bool) -> None:
         self.database = database
-        self.dialect = sqlite.dialect() if sqlite_db else postgresql.dialect()
         self._insert = sqlite.insert if sqlite_db else postgresql.insert
         # SQLite allows one writer: ours queue in-process on one long-lived connection, rather
         # than open a connection (a thread, with `databases`' aiosqlite backend) per write and
@@ -623,14 +622,6 @@ class Store:
                 .where(generations.c.id == record_id, generations.c.cost_source == "pending")
                 .values(**values)
             )
-
-    async def generation_rows(self, *, message_id: str) -> list[dict[str, Any]]:
-        rows = await self.database.fetch_all(
-            generations.select()
-            .where(generations.c.message_id == message_id)
-            .order_by(generations.c.attempt)
-        )
-        return [dict(row._mapping) for row in rows]
 
     # -- the model catalog's last good copy and agent overrides ---------------------------------
 
