@@ -10,11 +10,8 @@ sums over it, so a cost can never be counted twice.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -22,8 +19,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
-from databases.core import Connection
 from sqlalchemy.dialects import postgresql, sqlite
+
+from app.db import sqlite_path
+from app.sqlite_writer import Outcome, SQLiteWriter
 
 PICOS = Decimal(10**12)
 
@@ -170,68 +169,36 @@ class GenerationRecord:
     ended_at: datetime | None = None
 
 
-class WriteLock:
-    """A mutex whose urgent holders go before the ordinary ones waiting."""
-
-    def __init__(self) -> None:
-        self._condition = asyncio.Condition()
-        self._held = False
-        self._urgent_waiting = 0
-
-    @asynccontextmanager
-    async def hold(self, *, urgent: bool) -> AsyncIterator[None]:
-        async with self._condition:
-            self._urgent_waiting += urgent
-            try:
-                await self._condition.wait_for(
-                    lambda: not self._held and (urgent or not self._urgent_waiting)
-                )
-            finally:
-                self._urgent_waiting -= urgent
-            self._held = True
-        try:
-            yield
-        finally:
-            async with self._condition:
-                self._held = False
-                self._condition.notify_all()
-
-
 class Store:
-    def __init__(self, database: Database, *, sqlite_db: bool) -> None:
+    def __init__(self, database: Database, *, sqlite_db: bool, busy_timeout: float = 30.0) -> None:
         self.database = database
         self._insert = sqlite.insert if sqlite_db else postgresql.insert
-        # SQLite allows one writer: ours queue in-process on one long-lived connection, rather
-        # than open a connection (a thread, with `databases`' aiosqlite backend) per write and
-        # spin on the busy timeout. PostgreSQL writes use the pool.
-        self._sqlite = sqlite_db
-        self._write_lock = WriteLock()
-        self._writer: Connection | None = None
+        # SQLite allows one writer: ours go through one thread and one connection, grouped into
+        # as few transactions as they can be (see `sqlite_writer`). PostgreSQL writes use the
+        # pool, a transaction each.
+        self._writer = (
+            SQLiteWriter(sqlite_path(str(database.url)), busy_timeout=busy_timeout)
+            if sqlite_db
+            else None
+        )
 
-    @asynccontextmanager
-    async def _write(self, *, urgent: bool = False) -> AsyncIterator[Database | Connection]:
-        """A transaction to write in; yields what to execute statements on.
-
-        `urgent` writes (a turn's start, on the path to the first token) go before the others
-        waiting for SQLite's one writer (replies ending, checkpoints).
-        """
-        if not self._sqlite:
-            async with self.database.transaction():
-                yield self.database
-            return
-        async with self._write_lock.hold(urgent=urgent):
-            if self._writer is None:
-                # Not `database.connection()`: that one belongs to the current task.
-                self._writer = Connection(self.database, self.database._backend)
-                await self._writer.__aenter__()
-            async with self._writer.transaction():
-                yield self._writer
+    async def _write(self, *statements: sa.Executable) -> Outcome:
+        """Apply `statements` in one transaction; the rows of each one's RETURNING clause."""
+        if self._writer is not None:
+            return await self._writer.write(statements)
+        outcome: Outcome = []
+        async with self.database.transaction():
+            for statement in statements:
+                if statement.exported_columns:
+                    outcome.append(await self.database.fetch_all(statement))
+                else:
+                    await self.database.execute(statement)
+                    outcome.append([])
+        return outcome
 
     async def close(self) -> None:
-        async with self._write_lock.hold(urgent=False):
-            if self._writer is not None:
-                await self._writer.__aexit__(None, None, None)
-                self._writer = None
+        if self._writer is not None:
+            await self._writer.close()
 
     # -- conversations ------------------------------------------------------------------------
 
@@ -281,17 +248,14 @@ class Store:
         return [dict(row._mapping) for row in await self.database.fetch_all(query)]
 
     async def delete_conversation(self, *, conversation_id: str, user_id: str) -> bool:
-        async with self._write() as db:
-            found = await db.fetch_val(
-                sa.select(conversations.c.id).where(
-                    conversations.c.id == conversation_id, conversations.c.user_id == user_id
-                )
-            )
-            if not found:
-                return False
-            await db.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
-            await db.execute(conversations.delete().where(conversations.c.id == conversation_id))
-        return True
+        owned = sa.and_(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
+        _, deleted = await self._write(
+            messages.delete().where(
+                messages.c.conversation_id.in_(sa.select(conversations.c.id).where(owned))
+            ),
+            conversations.delete().where(owned).returning(conversations.c.id),
+        )
+        return bool(deleted)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -387,61 +351,52 @@ class Store:
         """
         stamp = now()
         user_message_id, assistant_id = new_id(), new_id()
-        async with self._write(urgent=True) as db:
-            if conversation_id is None:
-                conversation_id = new_id()
-                await db.execute(
-                    conversations.insert().values(
-                        id=conversation_id,
-                        user_id=user_id,
-                        agent=agent,
-                        title=title,
-                        subject_conversation_id=subject_conversation_id,
-                        created_at=stamp,
-                        updated_at=stamp,
-                    )
-                )
-                seq = 0
-            else:
-                seq = await db.fetch_val(
-                    sa.select(sa.func.coalesce(sa.func.max(messages.c.seq), -1)).where(
-                        messages.c.conversation_id == conversation_id
-                    )
-                )
-                await db.execute(
-                    conversations.update()
-                    .where(conversations.c.id == conversation_id)
-                    .values(updated_at=stamp)
-                )
-            common = {
-                "conversation_id": conversation_id,
-                "agent": agent,
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-            await db.execute(
-                messages.insert().values(
-                    id=user_message_id,
-                    seq=seq + 1,
-                    role="user",
-                    content=user_content,
-                    status="complete",
-                    **common,
-                )
+        if conversation_id is None:
+            conversation_id = new_id()
+            opening = conversations.insert().values(
+                id=conversation_id,
+                user_id=user_id,
+                agent=agent,
+                title=title,
+                subject_conversation_id=subject_conversation_id,
+                created_at=stamp,
+                updated_at=stamp,
             )
-            await db.execute(
-                messages.insert().values(
-                    id=assistant_id,
-                    seq=seq + 2,
-                    role="assistant",
-                    content="",
-                    status="streaming",
-                    requested_model=requested_model,
-                    temperature=temperature,
-                    event_lengths="[]",
-                    **common,
-                )
+        else:
+            opening = (
+                conversations.update()
+                .where(conversations.c.id == conversation_id)
+                .values(updated_at=stamp)
             )
+        # Each message takes the next `seq` of its conversation, computed by the insert itself.
+        next_seq = (
+            sa.select(sa.func.coalesce(sa.func.max(messages.c.seq), 0) + 1)
+            .where(messages.c.conversation_id == conversation_id)
+            .scalar_subquery()
+        )
+        common = {
+            "conversation_id": conversation_id,
+            "seq": next_seq,
+            "agent": agent,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        await self._write(
+            opening,
+            messages.insert().values(
+                id=user_message_id, role="user", content=user_content, status="complete", **common
+            ),
+            messages.insert().values(
+                id=assistant_id,
+                role="assistant",
+                content="",
+                status="streaming",
+                requested_model=requested_model,
+                temperature=temperature,
+                event_lengths="[]",
+                **common,
+            ),
+        )
         return conversation_id, user_message_id, assistant_id
 
     async def checkpoint(
@@ -455,16 +410,17 @@ class Store:
         records: list[GenerationRecord],
     ) -> None:
         """A streaming reply's progress so far, with its generation rows."""
-        async with self._write() as db:
-            await db.execute(
-                messages.update()
-                .where(messages.c.id == message_id, messages.c.status == "streaming")
-                .values(content=content, event_lengths=json.dumps(event_lengths), updated_at=now())
-            )
-            for record in records:
-                await self._upsert_generation(
-                    db, record, message_id=message_id, conversation_id=conversation_id, agent=agent
+        await self._write(
+            messages.update()
+            .where(messages.c.id == message_id, messages.c.status == "streaming")
+            .values(content=content, event_lengths=json.dumps(event_lengths), updated_at=now()),
+            *(
+                self._upsert_generation(
+                    record, message_id=message_id, conversation_id=conversation_id, agent=agent
                 )
+                for record in records
+            ),
+        )
 
     async def finish_reply(
         self,
@@ -483,40 +439,38 @@ class Store:
     ) -> None:
         """The reply's final state and all its generation rows, in one transaction."""
         stamp = now()
-        async with self._write() as db:
-            await db.execute(
-                messages.update()
-                .where(messages.c.id == message_id)
-                .values(
-                    status=status,
-                    content=content,
-                    event_lengths=json.dumps(event_lengths),
-                    model=model,
-                    finish_reason=finish_reason,
-                    error_code=error_code,
-                    error_message=error_message,
-                    updated_at=stamp,
+        await self._write(
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(
+                status=status,
+                content=content,
+                event_lengths=json.dumps(event_lengths),
+                model=model,
+                finish_reason=finish_reason,
+                error_code=error_code,
+                error_message=error_message,
+                updated_at=stamp,
+            ),
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(updated_at=stamp),
+            *(
+                self._upsert_generation(
+                    record, message_id=message_id, conversation_id=conversation_id, agent=agent
                 )
-            )
-            await db.execute(
-                conversations.update()
-                .where(conversations.c.id == conversation_id)
-                .values(updated_at=stamp)
-            )
-            for record in records:
-                await self._upsert_generation(
-                    db, record, message_id=message_id, conversation_id=conversation_id, agent=agent
-                )
+                for record in records
+            ),
+        )
 
-    async def _upsert_generation(
+    def _upsert_generation(
         self,
-        db: Database | Connection,
         record: GenerationRecord,
         *,
         message_id: str,
         conversation_id: str,
         agent: str,
-    ) -> None:
+    ) -> sa.Executable:
         values = {
             "generation_id": record.generation_id,
             "model": record.model,
@@ -541,20 +495,17 @@ class Store:
             started_at=record.started_at,
             **values,
         )
-        await db.execute(
-            statement.on_conflict_do_update(index_elements=[generations.c.id], set_=values)
-        )
+        return statement.on_conflict_do_update(index_elements=[generations.c.id], set_=values)
 
     # -- recovery and cost reconciliation --------------------------------------------------------
 
     async def touch_replies(self, *, message_ids: list[str]) -> None:
         """The heartbeat of live replies: a reply no process touches is an orphan."""
-        async with self._write() as db:
-            await db.execute(
-                messages.update()
-                .where(messages.c.id.in_(message_ids), messages.c.status == "streaming")
-                .values(updated_at=now())
-            )
+        await self._write(
+            messages.update()
+            .where(messages.c.id.in_(message_ids), messages.c.status == "streaming")
+            .values(updated_at=now())
+        )
 
     async def interrupt_orphans(self, *, idle_since: datetime) -> list[str]:
         """Mark replies left `streaming` by a dead process as interrupted; return their ids.
@@ -562,29 +513,26 @@ class Store:
         A reply is an orphan when no process has touched it since `idle_since`: live runs
         heartbeat, so the replies other processes (other dynos) are streaming are left alone.
         """
-        async with self._write() as db:
-            rows = await db.fetch_all(
-                sa.select(messages.c.id).where(
-                    messages.c.status == "streaming", messages.c.updated_at < idle_since
-                )
+        stamp = now()
+        orphaned = sa.and_(messages.c.status == "streaming", messages.c.updated_at < idle_since)
+        _, interrupted = await self._write(
+            generations.update()
+            .where(
+                generations.c.message_id.in_(sa.select(messages.c.id).where(orphaned)),
+                generations.c.status == "streaming",
             )
-            ids = [row[0] for row in rows]
-            if ids:
-                await db.execute(
-                    messages.update()
-                    .where(messages.c.id.in_(ids))
-                    .values(
-                        status="interrupted",
-                        error_code="interrupted",
-                        error_message="the server stopped before the reply finished",
-                        updated_at=now(),
-                    )
-                )
-                await db.execute(
-                    generations.update()
-                    .where(generations.c.message_id.in_(ids), generations.c.status == "streaming")
-                    .values(status="cancelled", ended_at=now())
-                )
+            .values(status="cancelled", ended_at=stamp),
+            messages.update()
+            .where(orphaned)
+            .values(
+                status="interrupted",
+                error_code="interrupted",
+                error_message="the server stopped before the reply finished",
+                updated_at=stamp,
+            )
+            .returning(messages.c.id),
+        )
+        ids = [row[0] for row in interrupted]
         return ids
 
     async def pending_generations(
@@ -616,12 +564,11 @@ class Store:
             values["completion_tokens"] = completion_tokens
         if model is not None:
             values["model"] = model
-        async with self._write() as db:
-            await db.execute(
-                generations.update()
-                .where(generations.c.id == record_id, generations.c.cost_source == "pending")
-                .values(**values)
-            )
+        await self._write(
+            generations.update()
+            .where(generations.c.id == record_id, generations.c.cost_source == "pending")
+            .values(**values)
+        )
 
     # -- the model catalog's last good copy and agent overrides ---------------------------------
 
@@ -637,12 +584,11 @@ class Store:
         self, *, source: str, models: list[Any], fetched_at: datetime
     ) -> None:
         values = {"payload": json.dumps(models), "fetched_at": fetched_at}
-        async with self._write() as db:
-            await db.execute(
-                self._insert(model_catalog)
-                .values(source=source, **values)
-                .on_conflict_do_update(index_elements=[model_catalog.c.source], set_=values)
-            )
+        await self._write(
+            self._insert(model_catalog)
+            .values(source=source, **values)
+            .on_conflict_do_update(index_elements=[model_catalog.c.source], set_=values)
+        )
 
     async def agent_overrides(self) -> list[dict[str, Any]]:
         rows = await self.database.fetch_all(agent_overrides.select())
@@ -674,19 +620,17 @@ class Store:
             "max_tokens": max_tokens,
             "updated_at": stamp,
         }
-        async with self._write() as db:
-            await db.execute(
-                self._insert(agent_overrides)
-                .values(agent=agent, **values)
-                .on_conflict_do_update(index_elements=[agent_overrides.c.agent], set_=values)
-            )
+        await self._write(
+            self._insert(agent_overrides)
+            .values(agent=agent, **values)
+            .on_conflict_do_update(index_elements=[agent_overrides.c.agent], set_=values)
+        )
         return stamp
 
     async def delete_agent_override(self, *, agent: str) -> bool:
-        async with self._write() as db:
-            found = await db.fetch_val(
-                sa.select(agent_overrides.c.agent).where(agent_overrides.c.agent == agent)
-            )
-            if found:
-                await db.execute(agent_overrides.delete().where(agent_overrides.c.agent == agent))
-        return found is not None
+        (deleted,) = await self._write(
+            agent_overrides.delete()
+            .where(agent_overrides.c.agent == agent)
+            .returning(agent_overrides.c.agent)
+        )
+        return bool(deleted)

@@ -1,0 +1,145 @@
+"""SQLite's one writer: one connection, the writes committed in groups, right on the event loop.
+
+SQLite runs one write transaction at a time. Through `databases`' aiosqlite backend, each
+statement, BEGIN and COMMIT of a write was a round trip between the event loop and a
+connection thread, and each statement was compiled by SQLAlchemy anew. Measured in `bench/`,
+that was over a third of the server's CPU per reply, and moving the whole transaction to a
+thread did not help: the thread waits for the GIL (up to the 5 ms switch interval) each time
+SQLite hands control back, so a three-statement write took 30 ms under load. So here:
+
+- a write is a list of statements, applied in one transaction, with no reads in between (what
+  a write needs to know, like the next `seq`, is computed by its statements);
+- the writes queued since the last commit go into one transaction (group commit): one BEGIN,
+  one COMMIT and one fsync for them all;
+- they run on the event loop itself, through SQLAlchemy's compiled-statement cache: a reply's
+  writes are a few hundred microseconds of CPU, which a thread would not save, only delay;
+- the loop never waits on another process's lock: BEGIN IMMEDIATE is tried with no busy
+  timeout, and while another writer holds the lock the group waits in `asyncio.sleep`, up to
+  the busy timeout, instead of in SQLite's busy handler;
+- if a group fails, its writes are tried again one per transaction, so a bad write fails alone.
+
+A write handed over is carried out even if its caller stops waiting (a cancelled request, a
+shutdown): what a reply saves is never dropped halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+Write = Sequence[sa.Executable]
+# One list of rows per statement: the rows of its RETURNING clause, else empty.
+Outcome = list[list[Any]]
+FIRST_RETRY_DELAY = 0.001
+MAX_RETRY_DELAY = 0.05
+
+
+class SQLiteWriter:
+    def __init__(self, path: Path, *, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._connection: sa.Connection | None = None
+        self._queue: list[tuple[Write, asyncio.Future[Outcome]]] = []
+        self._committing: asyncio.Task[None] | None = None
+
+    async def write(self, statements: Write) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((statements, future))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_queued(), name="sqlite-writer")
+        # Shielded: the write goes on if the caller is cancelled; it just stops waiting for it.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Let the queued writes commit, then close the connection."""
+        while self._committing is not None:
+            await asyncio.shield(self._committing)
+        if self._connection is not None:
+            engine = self._connection.engine
+            self._connection.close()
+            engine.dispose()
+            self._connection = None
+
+    async def _commit_queued(self) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                outcomes = await self._apply([statements for statements, _ in group])
+                for (_, future), outcome in zip(group, outcomes, strict=True):
+                    if future.cancelled():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._committing = None
+
+    async def _apply(self, writes: list[Write]) -> list[Outcome | Exception]:
+        try:
+            return await self._transaction(writes)
+        except _Locked as locked:  # waited the whole busy timeout: the others would too
+            return [locked.error] * len(writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [exc]
+        outcomes: list[Outcome | Exception] = []
+        for write in writes:
+            outcomes.extend(await self._apply([write]))
+        return outcomes
+
+    async def _transaction(self, writes: list[Write]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._busy_timeout
+        delay = FIRST_RETRY_DELAY
+        while True:
+            connection = self._connect()
+            try:
+                transaction = connection.begin()
+            except sa.exc.OperationalError as exc:
+                if not _is_busy(exc) or loop.time() + delay > deadline:
+                    raise _Locked(exc) from exc
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, MAX_RETRY_DELAY)
+                continue
+            with transaction:
+                return [
+                    [
+                        result.all() if result.returns_rows else []
+                        for result in map(connection.execute, statements)
+                    ]
+                    for statements in writes
+                ]
+
+    def _connect(self) -> sa.Connection:
+        if self._connection is None:
+            engine = sa.create_engine(
+                "sqlite://",
+                # Autocommit at the driver level, so the BEGIN below is the only one (the
+                # pysqlite recipe of SQLAlchemy's SQLite docs); no busy timeout (see above).
+                creator=lambda: sqlite3.connect(self._path, timeout=0, isolation_level=None),
+                poolclass=sa.pool.StaticPool,
+            )
+            # IMMEDIATE: the write lock is taken at BEGIN, so a busy database shows there,
+            # before any statement ran, and a transaction never fails halfway for want of it.
+            sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            self._connection = engine.connect()
+        return self._connection
+
+
+class _Locked(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_busy(exc: sa.exc.OperationalError) -> bool:
+    return getattr(exc.orig, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
