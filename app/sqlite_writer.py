@@ -7,8 +7,9 @@ that was over a third of the server's CPU per reply, and moving the whole transa
 thread did not help: the thread waits for the GIL (up to the 5 ms switch interval) each time
 SQLite hands control back, so a three-statement write took 30 ms under load. So here:
 
-- a write is a list of statements, applied in one transaction, with no reads in between (what
-  a write needs to know, like the next `seq`, is computed by its statements);
+- a write is a list of statements (each with its values, or none), applied in one
+  transaction, with no reads in between (what a write needs to know, like the next `seq`, is
+  computed by its statements);
 - the writes queued since the last commit go into one transaction (group commit): one BEGIN,
   one COMMIT and one fsync for them all;
 - they run on the event loop itself, through SQLAlchemy's compiled-statement cache: a reply's
@@ -32,7 +33,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-Write = Sequence[sa.Executable]
+# A statement, or one with the values of its bind parameters.
+Step = sa.Executable | tuple[sa.Executable, dict[str, Any]]
+Write = Sequence[Step]
 # One list of rows per statement: the rows of its RETURNING clause, else empty.
 Outcome = list[list[Any]]
 FIRST_RETRY_DELAY = 0.001
@@ -108,13 +111,7 @@ class SQLiteWriter:
                 delay = min(2 * delay, MAX_RETRY_DELAY)
                 continue
             with transaction:
-                return [
-                    [
-                        result.all() if result.returns_rows else []
-                        for result in map(connection.execute, statements)
-                    ]
-                    for statements in writes
-                ]
+                return [[_run(connection, step) for step in steps] for steps in writes]
 
     def _connect(self) -> sa.Connection:
         if self._connection is None:
@@ -130,6 +127,11 @@ class SQLiteWriter:
             sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
             self._connection = engine.connect()
         return self._connection
+
+
+def _run(connection: sa.Connection, step: Step) -> list[Any]:
+    result = connection.execute(*step) if isinstance(step, tuple) else connection.execute(step)
+    return result.all() if result.returns_rows else []
 
 
 class _Locked(Exception):
