@@ -7,6 +7,7 @@ side by side, and nothing is built at import time: uvicorn calls it as a factory
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +26,7 @@ from app.routes import catalog, conversations, health, models, pages, replies
 from app.runs import Runs
 from app.settings import Settings
 from app.simulator import Behaviour, FakeOpenRouter
+from app.sse import drain_on_shutdown
 from app.state import AppState
 from app.store import Store
 from app.threaded_server import ThreadedServer
@@ -89,6 +91,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
             runs.start_tending()
+            watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
+            stack.callback(watcher.cancel)
             agents = Agents(defaults)
             await agents.load(store)
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.

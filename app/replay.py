@@ -58,16 +58,17 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
 
 async def follow_stored(
     store: Store, *, message_id: str, after: int, poll_interval: float
-) -> AsyncIterator[LogEvent]:
-    """Events with id > `after` from the database, polling while the reply is still streaming."""
+) -> AsyncIterator[list[LogEvent]]:
+    """Events with id > `after` from the database, in batches, polling while the reply is
+    still streaming."""
     position = after
     while True:
         found = await replay_log(store, message_id=message_id)
         if found is None:
             return
         events, finished = found
-        for event in events[position:]:
-            yield event
+        if events[position:]:
+            yield events[position:]
         position = max(position, len(events))
         if finished:
             return

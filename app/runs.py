@@ -9,9 +9,10 @@ the reply and its cost rows however it ends:
     error        an upstream fault, before or after the first token (error)
     interrupted  cancelled by shutdown or by DISCONNECT_POLICY=cancel (error)
 
-Persistence never sits on the relay path: the turn's rows are written before the run starts,
-content is checkpointed every CHECKPOINT_INTERVAL seconds from a background task, and the final
-rows are written once at the end, shielded from the cancellation that may have ended the run.
+Persistence never sits on the relay path: the turn's rows are written while the upstream
+request starts (a run whose rows cannot be saved ends with `storage_error`), content is
+checkpointed every CHECKPOINT_INTERVAL seconds from a background task, and the final rows are
+written once at the end, shielded from the cancellation that may have ended the run.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Run:
         self._finish_reason: str | None = None
         self._last_checkpoint = time.monotonic()
         self._checkpointing: asyncio.Task[None] | None = None
+        self.saving: asyncio.Task[None] | None = None  # the turn's rows, written alongside
         self._append(
             "meta",
             meta_payload(
@@ -113,18 +115,26 @@ class Run:
         wake, self._wake = self._wake, asyncio.Event()
         wake.set()
 
-    async def follow(self, after: int = 0) -> AsyncIterator[LogEvent]:
-        """Events with id > `after`, live, until the final one."""
+    async def follow(self, after: int = 0) -> AsyncIterator[list[LogEvent]]:
+        """Events with id > `after`, live, until the final one: each time, all there are.
+
+        A subscriber that fell behind (a busy event loop, a slow client) gets what piled up in
+        one batch, so one send instead of one per event: the busier the server, the fewer
+        sends per reply.
+        """
         self.subscribers += 1
         if self._abandoned is not None:  # a browser reconnecting in time keeps the run alive
             self._abandoned.cancel()
             self._abandoned = None
         try:
+            # `meta` says the conversation and its messages exist: not before they do.
+            await self.turn_saved()
             position = max(0, after)
             while True:
-                while position < len(self.events):
-                    position += 1
-                    yield self.events[position - 1]
+                if position < len(self.events):
+                    batch = self.events[position:]
+                    position += len(batch)
+                    yield batch
                 if self.finished:
                     return
                 await self._wake.wait()
@@ -292,8 +302,23 @@ class Run:
         if self._checkpointing is None or self._checkpointing.done():
             self._checkpointing = self._runs.spawn(self._checkpoint())
 
+    def on_saved(self, saving: asyncio.Task[None]) -> None:
+        if not saving.cancelled() and saving.exception() is not None:
+            log.error("could not save the turn of %s", self.message_id, exc_info=saving.exception())
+            self.cancel("error")  # streaming on would give a reply nobody can find again
+
+    async def turn_saved(self) -> bool:
+        """Whether the turn's rows are written, once they are (or could not be)."""
+        if self.saving is None:
+            return True
+        if not self.saving.done():
+            await asyncio.wait([self.saving])
+        return not self.saving.cancelled() and self.saving.exception() is None
+
     async def _checkpoint(self) -> None:
         """Partial content, and the generation rows: their ids recover the cost after a crash."""
+        if not await self.turn_saved():
+            return
         await self._runs.store.checkpoint(
             message_id=self.message_id,
             conversation_id=self.request.conversation_id,
@@ -310,6 +335,11 @@ class Run:
         for record in self.records:
             if record.cost_source == "pending" and record.generation_id is None:
                 record.cost_source = "none"  # nothing upstream to ask about it
+        if not await self.turn_saved():
+            status, error = (
+                "error",
+                UpstreamError("the conversation could not be saved", code="storage_error"),
+            )
         finish_reason = "stopped" if status == "stopped" else self._finish_reason
         if status == "interrupted" and error is None:
             error = UpstreamError(
@@ -369,9 +399,12 @@ class Runs:
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
 
-    def start(self, request: RunRequest) -> Run:
+    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None]) -> Run:
+        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way."""
         run = Run(request, runs=self)
         self.live[run.message_id] = run
+        run.saving = self.spawn(save_turn)
+        run.saving.add_done_callback(run.on_saved)
         run.task = asyncio.create_task(run.run(), name=f"run:{run.message_id}")
         return run
 

@@ -11,7 +11,7 @@ SQLite hands control back, so a three-statement write took 30 ms under load. So 
   transaction, with no reads in between (what a write needs to know, like the next `seq`, is
   computed by its statements);
 - the writes queued since the last commit go into one transaction (group commit): one BEGIN,
-  one COMMIT and one fsync for them all;
+  one COMMIT for them all;
 - they run on the event loop itself, through SQLAlchemy's compiled-statement cache: a reply's
   writes are a few hundred microseconds of CPU, which a thread would not save, only delay;
 - the loop never waits on another process's lock: BEGIN IMMEDIATE is tried with no busy
@@ -113,13 +113,22 @@ class SQLiteWriter:
             with transaction:
                 return [[_run(connection, step) for step in steps] for steps in writes]
 
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+        # In WAL mode, NORMAL syncs at checkpoints rather than at every commit: a commit
+        # survives the process being killed, though not a power cut. A commit's fsync would
+        # otherwise block the event loop each time (measured: 175 us at best, 16 ms at p95
+        # with the disk busy).
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
     def _connect(self) -> sa.Connection:
         if self._connection is None:
             engine = sa.create_engine(
                 "sqlite://",
                 # Autocommit at the driver level, so the BEGIN below is the only one (the
                 # pysqlite recipe of SQLAlchemy's SQLite docs); no busy timeout (see above).
-                creator=lambda: sqlite3.connect(self._path, timeout=0, isolation_level=None),
+                creator=self._open,
                 poolclass=sa.pool.StaticPool,
             )
             # IMMEDIATE: the write lock is taken at BEGIN, so a busy database shows there,

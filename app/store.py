@@ -237,6 +237,21 @@ def _with_values(statement: sa.Executable, values: dict[str, Any]) -> sa.Executa
     return sa.sql.visitors.cloned_traverse(statement, {}, {"bindparam": set_value})
 
 
+@dataclass(frozen=True)
+class TurnIds:
+    """The ids of a turn's rows, chosen before they are written: the reply streams meanwhile."""
+
+    conversation_id: str
+    user_message_id: str
+    message_id: str  # the assistant's reply
+    new_conversation: bool
+
+    @classmethod
+    def allocate(cls, conversation_id: str | None) -> TurnIds:
+        """Ids for a turn in `conversation_id`, or in a new conversation when it is None."""
+        return cls(conversation_id or new_id(), new_id(), new_id(), conversation_id is None)
+
+
 @dataclass
 class GenerationRecord:
     """One upstream request of a reply; `id` is ours, `generation_id` OpenRouter's."""
@@ -429,24 +444,20 @@ class Store:
     async def start_turn(
         self,
         *,
+        ids: TurnIds,
         user_id: str,
         agent: str,
-        conversation_id: str | None,
         title: str,
         user_content: str,
         requested_model: str,
         temperature: float,
         subject_conversation_id: str | None = None,
-    ) -> tuple[str, str, str]:
-        """Save the user message and a `streaming` assistant row in one transaction.
-
-        Returns (conversation_id, user_message_id, assistant_message_id). A conversation_id of
-        None starts a new conversation.
-        """
+    ) -> None:
+        """Save the user message and a `streaming` assistant row (and a new conversation's
+        row) in one transaction."""
         stamp = now()
-        user_message_id, assistant_id = new_id(), new_id()
-        if conversation_id is None:
-            conversation_id = new_id()
+        conversation_id = ids.conversation_id
+        if ids.new_conversation:
             opening: Step = (
                 NEW_CONVERSATION,
                 {
@@ -476,7 +487,7 @@ class Store:
                 NEW_MESSAGE,
                 {
                     **common,
-                    "id": user_message_id,
+                    "id": ids.user_message_id,
                     "role": "user",
                     "content": user_content,
                     "status": "complete",
@@ -489,7 +500,7 @@ class Store:
                 NEW_MESSAGE,
                 {
                     **common,
-                    "id": assistant_id,
+                    "id": ids.message_id,
                     "role": "assistant",
                     "content": "",
                     "status": "streaming",
@@ -499,7 +510,6 @@ class Store:
                 },
             ),
         )
-        return conversation_id, user_message_id, assistant_id
 
     async def checkpoint(
         self,

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from app.errors import ApiError
 from app.runs import Run, RunRequest
 from app.state import AppState
+from app.store import TurnIds
 
 TITLE_CHARS = 80
 
@@ -132,15 +133,16 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     )
 
 
-async def start_run(state: AppState, turn: Turn) -> Run:
-    """Save the user message (before any upstream call) and start the reply's run."""
+def start_run(state: AppState, turn: Turn) -> Run:
+    """Start the reply's run; the user message is saved while the upstream call starts."""
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
     model = agent.effective_model(state.settings.default_model)
-    conversation_id, user_message_id, message_id = await state.store.start_turn(
+    ids = TurnIds.allocate(turn.conversation_id)
+    save_turn = state.store.start_turn(
+        ids=ids,
         user_id=state.settings.dev_user_id,
         agent=turn.agent,
-        conversation_id=turn.conversation_id,
         title=" ".join(turn.user_content.split())[:TITLE_CHARS],
         user_content=turn.user_content,
         requested_model=model,
@@ -149,9 +151,9 @@ async def start_run(state: AppState, turn: Turn) -> Run:
     )
     return state.runs.start(
         RunRequest(
-            message_id=message_id,
-            conversation_id=conversation_id,
-            user_message_id=user_message_id,
+            message_id=ids.message_id,
+            conversation_id=ids.conversation_id,
+            user_message_id=ids.user_message_id,
             user_id=state.settings.dev_user_id,
             agent=turn.agent,
             model=model,
@@ -160,5 +162,6 @@ async def start_run(state: AppState, turn: Turn) -> Run:
             max_tokens=agent.max_tokens,
             messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
             stream=turn.stream,
-        )
+        ),
+        save_turn=save_turn,
     )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
@@ -25,6 +25,11 @@ def build(upstream: str, clients: int) -> Starlette:
     pool = ClientPool(size=clients, timeout=60.0)
     url = f"{upstream.rstrip('/')}/chat/completions"
 
+    async def relay(body: dict) -> AsyncIterator[bytes]:
+        async with pool.stream("POST", url, json=body) as response:
+            async for chunk in response.aiter_raw():
+                yield chunk
+
     async def chat(request: Request) -> StreamingResponse:
         message = (await request.json())["message"]
         body = {
@@ -32,14 +37,7 @@ def build(upstream: str, clients: int) -> Starlette:
             "stream": True,
             "messages": [{"role": "user", "content": message}],
         }
-        client = pool.next()
-        response = await client.send(client.build_request("POST", url, json=body), stream=True)
-        return StreamingResponse(
-            response.aiter_raw(),
-            status_code=response.status_code,
-            media_type="text/event-stream",
-            background=BackgroundTask(response.aclose),
-        )
+        return StreamingResponse(relay(body), media_type="text/event-stream")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

@@ -65,6 +65,18 @@ class DatabaseHandle:
 
         return run_async(run())
 
+    def execute(self, sql: str) -> None:
+        """Run one statement (DDL too) on a connection of its own."""
+
+        async def run() -> None:
+            database = await open_database(self.url, max_size=1)
+            try:
+                await database.execute(sql)
+            finally:
+                await database.disconnect()
+
+        run_async(run())
+
 
 @contextmanager
 def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:

@@ -12,7 +12,7 @@ import httpx
 
 from app.db import is_sqlite, open_database
 from app.migrations import migrate
-from app.store import GenerationRecord, Store, new_id, now
+from app.store import GenerationRecord, Store, TurnIds, new_id, now
 from tests.support import read_sse
 
 COST = Decimal("0.0000001234")  # a few tokens of a cheap model: a fraction of a nano-dollar matters
@@ -34,10 +34,12 @@ def test_thousands_of_small_costs_sum_exactly(database, start_server):
             closing.push_async_callback(store.close)
             conversation_id = None
             for _ in range(TURNS):
-                conversation_id, _, message_id = await store.start_turn(
+                ids = TurnIds.allocate(conversation_id)
+                conversation_id, message_id = ids.conversation_id, ids.message_id
+                await store.start_turn(
+                    ids=ids,
                     user_id="dev",
                     agent="chat",
-                    conversation_id=conversation_id,
                     title="costs",
                     user_content="q",
                     requested_model="openai/gpt-4o",

@@ -38,7 +38,7 @@ def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awa
         state = app_state(request)
         body = dict(request.query_params) if from_query else await json_body(request)
         turn = await build(state, body)
-        run = await start_run(state, turn)
+        run = start_run(state, turn)
         return await _answer(state, run, stream=turn.stream)
 
     return endpoint
@@ -47,7 +47,11 @@ def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awa
 def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        run = await start_run(state, await build(state, await json_body(request)))
+        run = start_run(state, await build(state, await json_body(request)))
+        # The ids given out must be there to find (the stream's own answer would say
+        # storage_error; this one says so at once).
+        if not await run.turn_saved():
+            raise ApiError(503, "storage_error", "the conversation could not be saved")
         meta = run.events[0].payload
         return JSONResponse(
             {
