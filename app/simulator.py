@@ -68,6 +68,9 @@ class Generation:
     finish_reason: str | None = None
     cancelled: bool = False
     streamed_usage: bool = False
+    # Like OpenRouter's, the record is only served (else 404) once the generation is over: a
+    # lookup never sees a cost still growing.
+    ended: bool = False
 
 
 def _words(text: str) -> list[str]:
@@ -212,6 +215,7 @@ class FakeOpenRouter:
         generation.completion_tokens = len(tokens)
         generation.cost = self._price(generation, behaviour)
         generation.finish_reason = behaviour.finish_reason
+        generation.ended = True
         return JSONResponse(
             {
                 "id": generation.id,
@@ -301,6 +305,7 @@ class FakeOpenRouter:
                 # at what was generated, and only the generation record will tell.
                 generation.cancelled = True
                 generation.cost = self._price(generation, behaviour)
+            generation.ended = True
 
     async def _generation(self, request: Request) -> Response:
         generation_id = request.query_params.get("id", "")
@@ -308,7 +313,7 @@ class FakeOpenRouter:
             self.generation_lookups[generation_id] += 1
             lookups = self.generation_lookups[generation_id]
             generation = self.generations.get(generation_id)
-        if generation is None or lookups <= self.generation_404s:
+        if generation is None or not generation.ended or lookups <= self.generation_404s:
             return JSONResponse(
                 {"error": {"code": 404, "message": "Generation not found"}}, status_code=404
             )

@@ -50,9 +50,9 @@ class SQLiteWriter:
         self._queue: list[tuple[Write, asyncio.Future[Outcome]]] = []
         self._committing: asyncio.Task[None] | None = None
 
-    async def write(self, statements: Write) -> Outcome:
+    async def write(self, steps: Write) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((statements, future))
+        self._queue.append((steps, future))
         if self._committing is None:
             self._committing = asyncio.create_task(self._commit_queued(), name="sqlite-writer")
         # Shielded: the write goes on if the caller is cancelled; it just stops waiting for it.
@@ -72,7 +72,7 @@ class SQLiteWriter:
         try:
             while self._queue:
                 group, self._queue = self._queue, []
-                outcomes = await self._apply([statements for statements, _ in group])
+                outcomes = await self._apply([steps for steps, _ in group])
                 for (_, future), outcome in zip(group, outcomes, strict=True):
                     if future.cancelled():
                         continue

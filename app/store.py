@@ -164,7 +164,9 @@ TOUCH_CONVERSATION = (
 # A message takes the next `seq` of its conversation, computed by the insert itself.
 NEW_MESSAGE = messages.insert().values(
     seq=sa.select(sa.func.coalesce(sa.func.max(messages.c.seq), 0) + 1)
-    .where(messages.c.conversation_id == sa.bindparam("conversation_id"))
+    # Not the `conversation_id` of the values: one parameter in two places gets two types
+    # deduced on PostgreSQL, which asyncpg refuses.
+    .where(messages.c.conversation_id == sa.bindparam("seq_of"))
     .scalar_subquery(),
     **_binds(
         "id",
@@ -477,6 +479,7 @@ class Store:
             )
         common = {
             "conversation_id": conversation_id,
+            "seq_of": conversation_id,
             "agent": agent,
             "created_at": stamp,
             "updated_at": stamp,

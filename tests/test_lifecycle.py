@@ -130,7 +130,14 @@ def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
 
     server.process.send_signal(signal.SIGTERM)
     # uvicorn exits by re-raising the signal once its graceful shutdown is complete
-    assert server.process.wait(timeout=20) == -signal.SIGTERM
+    try:
+        exit_code = server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()  # and show what it was doing instead of exiting
+        raise AssertionError(
+            "no exit 20 s after SIGTERM:\n" + server.process.stdout.read()
+        ) from None
+    assert exit_code == -signal.SIGTERM
     log = server.process.stdout.read()
     assert "Application shutdown complete" in log, log
     short.join(5)
