@@ -7,14 +7,14 @@ import concurrent.futures
 import json
 import os
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from databases import DatabaseURL
+from databases import Database, DatabaseURL
 from httpx_sse import connect_sse
 
 from app.db import open_database
@@ -55,27 +55,20 @@ class DatabaseHandle:
 
     def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         """Rows of a query, read with a connection of its own (not the app's)."""
-
-        async def run() -> list[dict[str, Any]]:
-            database = await open_database(self.url, max_size=1)
-            try:
-                return [dict(row._mapping) for row in await database.fetch_all(sql, params)]
-            finally:
-                await database.disconnect()
-
-        return run_async(run())
+        rows = run_async(_on_own_connection(self.url, lambda db: db.fetch_all(sql, params)))
+        return [dict(row._mapping) for row in rows]
 
     def execute(self, sql: str) -> None:
         """Run one statement (DDL too) on a connection of its own."""
+        run_async(_on_own_connection(self.url, lambda db: db.execute(sql)))
 
-        async def run() -> None:
-            database = await open_database(self.url, max_size=1)
-            try:
-                await database.execute(sql)
-            finally:
-                await database.disconnect()
 
-        run_async(run())
+async def _on_own_connection(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    database = await open_database(url, max_size=1)
+    try:
+        return await work(database)
+    finally:
+        await database.disconnect()
 
 
 @contextmanager
@@ -88,12 +81,8 @@ def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
     admin_url = normalize_database_url(admin_url)
     name = f"test_{uuid.uuid4().hex[:12]}"
 
-    async def admin(statement: str) -> None:
-        database = await open_database(admin_url, max_size=1)
-        try:
-            await database.execute(statement)
-        finally:
-            await database.disconnect()
+    def admin(statement: str) -> Coroutine[Any, Any, Any]:
+        return _on_own_connection(admin_url, lambda db: db.execute(statement))
 
     run_async(admin(f'CREATE DATABASE "{name}"'))
     try:
