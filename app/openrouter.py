@@ -19,6 +19,8 @@ Failures are raised, never yielded, so no caller can mistake one for a short ans
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ from httpx_sse import SSEError, aconnect_sse
 from app.upstream_http import ClientPool
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Seconds a stream may take to end after [DONE] before its connection is given up instead.
+AFTER_DONE_GRACE = 1.0
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -235,6 +239,20 @@ def parse_chunk(chunk: Any) -> list[Event]:
 # --- the client ---------------------------------------------------------------------------------
 
 
+async def _read_to_the_end(events: AsyncIterator[Any]) -> None:
+    """Read what follows [DONE], so the connection goes back to the pool for the next reply.
+
+    httpx reuses a connection only once its response was read to the end; one closed after
+    [DONE] but before the body's last bytes is discarded, and the next reply pays a new TCP
+    and TLS handshake on its way to the first token. The reply is complete by then: a stall or
+    a drop here costs the connection, never the reply.
+    """
+    with contextlib.suppress(TimeoutError, httpx.TransportError):
+        async with asyncio.timeout(AFTER_DONE_GRACE):
+            async for _ in events:
+                pass
+
+
 class OpenRouterClient:
     """Calls OpenRouter through the app's `ClientPool` (owned by the lifespan).
 
@@ -275,9 +293,11 @@ class OpenRouterClient:
                 if response.status_code != 200:
                     raise await _status_error(response)
                 yield Opened(response.headers.get("x-generation-id"))
-                async for sse in source.aiter_sse():
+                events = source.aiter_sse()
+                async for sse in events:
                     data = sse.data
                     if data == "[DONE]":
+                        await _read_to_the_end(events)
                         break
                     if not data:
                         continue

@@ -151,7 +151,13 @@ class FakeOpenRouter:
             )
         with self._lock:
             self.requests.append(
-                {"body": body, "headers": dict(request.headers), "at": time.monotonic()}
+                {
+                    "body": body,
+                    "headers": dict(request.headers),
+                    "at": time.monotonic(),
+                    # Which connection it came on: tests check that connections are reused.
+                    "client": request.client and (request.client.host, request.client.port),
+                }
             )
         behaviour = self._next()
         if behaviour.headers_delay:

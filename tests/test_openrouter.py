@@ -303,6 +303,13 @@ def test_a_malformed_data_line_raises_protocol_error(raw, raw_url, line):
     assert type(exc) is UpstreamProtocolError and exc.retryable is False
 
 
+@pytest.mark.parametrize("ending", ["stall", "drop"])
+def test_a_stall_or_drop_after_done_does_not_spoil_a_finished_reply(raw, raw_url, ending):
+    # What follows [DONE] is read only to give the connection back to the pool.
+    script = Script(parts=[frames(*REPRESENTATIVE)], ending=ending)
+    assert run_raw(raw, raw_url, script) == (REPRESENTATIVE_EVENTS, None)
+
+
 def test_done_before_any_finish_reason_is_not_a_short_answer(raw, raw_url):
     data = frames(chunk([choice("Hi")]), "", "data: [DONE]", "")
     events, exc = run_raw(raw, raw_url, Script(parts=[data]))
@@ -411,6 +418,20 @@ def test_a_whole_stream_from_the_fake(fake, fake_url):
     assert sent["body"]["stream"] is True and sent["body"]["model"] == MODEL
     assert sent["headers"]["authorization"] == "Bearer sk-or-test"
     assert sent["headers"]["x-openrouter-title"] == "test"
+
+
+def test_replies_one_after_another_reuse_the_upstream_connection(fake, fake_url):
+    # A connection closed before its response's last bytes is not reused: each reply would
+    # pay a new TCP and TLS handshake on its way to the first token.
+    async def three_replies() -> None:
+        async with http_client() as http:
+            client = client_for(http, fake_url)
+            for _ in range(3):
+                assert [e async for e in client.stream_chat(BODY)][-1].cost is not None
+
+    asyncio.run(three_replies())
+    assert len({request["client"] for request in fake.requests}) == 1
+    assert len(fake.requests) == 3
 
 
 def test_complete_returns_the_json_body(fake, fake_url):
