@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, e.g. http://host:port/api/v1")
-    parser.add_argument("--clients", type=int, default=16, help="httpx clients used in turn")
+    parser.add_argument("--clients", type=int, default=16, help="httpx clients in the pool (16)")
     args = parser.parse_args()
     app = build(args.upstream, args.clients)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", backlog=4096)

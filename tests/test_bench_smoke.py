@@ -1,4 +1,4 @@
-"""The benchmark at a tiny size, so it cannot rot: every target answers and nothing errors.
+"""The benchmarks at a tiny size, so they cannot rot: every target answers and nothing errors.
 
 Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks.md).
 """
@@ -35,3 +35,18 @@ def test_benchmark_runs_every_target_without_errors():
     assert "KB RSS per open stream" in finished.stdout
     budget = lines[lines.index("budget:") + 1 :]
     assert budget and all(line.startswith(("PASS", "FAIL")) for line in budget)
+
+
+def test_the_upstream_side_benchmark_runs_both_readers():
+    args = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.client", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    readers = [line.split()[0] for line in finished.stdout.splitlines()]
+    assert readers == ["raw", "openrouter"]
+    assert all("cpu ms/reply" in line for line in finished.stdout.splitlines())
