@@ -247,6 +247,10 @@ class Run:
                         self._checkpoint_soon()
                 elif isinstance(event, Opened):
                     record.generation_id = event.generation_id
+                    if record.generation_id:
+                        # Saved at once, not at the first checkpoint: after a crash this id is
+                        # what the generation's cost is looked up by.
+                        self._checkpoint_soon()
                 elif isinstance(event, Finish):
                     finished = True
                     self._finish_reason = event.reason

@@ -165,6 +165,32 @@ def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
     assert row["cost_source"] == "usage"
 
 
+def test_a_crash_before_the_first_checkpoint_still_recovers_the_cost(
+    server_process, start_server, fake, database
+):
+    fake.enqueue(Behaviour(tokens=TOKENS, delay=0.05))
+    server = server_process(CHECKPOINT_INTERVAL="60")  # no content checkpoint during this test
+    started = httpx.post(f"{server.url}/api/chat/messages", json={"message": "long"}).json()
+    message_id = started["message_id"]
+    # The generation's id is saved as soon as OpenRouter answers, not at the first checkpoint.
+    wait_for(
+        lambda: database.query(
+            "SELECT generation_id FROM generations WHERE message_id = :id", id=message_id
+        ),
+        what="the generation row",
+    )
+
+    server.process.kill()
+    server.process.wait()
+    assert reply(database, message_id)["content"] == ""
+
+    start_server(stale_reply_after=0.5)
+    [generation] = wait_for(lambda: costs_settled(database, message_id), what="the cost")
+    assert generation["cost_source"] == "generation" and generation["status"] == "cancelled"
+    billed = fake.generations[generation["generation_id"]].cost
+    assert billed > 0 and generation["cost_picousd"] == int(billed * 10**12)
+
+
 def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     server_process, start_server, fake, database
 ):
