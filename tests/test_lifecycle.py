@@ -105,6 +105,12 @@ class Reader(threading.Thread):
         return sum(e.event == "delta" for e in self.events)
 
 
+def generation_ids(database, message_id: str) -> list[dict]:
+    return database.query(
+        "SELECT generation_id FROM generations WHERE message_id = :id", id=message_id
+    )
+
+
 def reply(database, message_id: str) -> dict:
     [row] = database.query("SELECT * FROM messages WHERE id = :id", id=message_id)
     return row
@@ -173,12 +179,7 @@ def test_a_crash_before_the_first_checkpoint_still_recovers_the_cost(
     started = httpx.post(f"{server.url}/api/chat/messages", json={"message": "long"}).json()
     message_id = started["message_id"]
     # The generation's id is saved as soon as OpenRouter answers, not at the first checkpoint.
-    wait_for(
-        lambda: database.query(
-            "SELECT generation_id FROM generations WHERE message_id = :id", id=message_id
-        ),
-        what="the generation row",
-    )
+    wait_for(lambda: generation_ids(database, message_id), what="the generation row")
 
     server.process.kill()
     server.process.wait()
@@ -200,12 +201,7 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     message_id = started["message_id"]
     # Wait for a checkpoint with content and for the generation row (saved when the stream opened).
     wait_for(lambda: len(reply(database, message_id)["content"]) > 10, what="a checkpoint")
-    wait_for(
-        lambda: database.query(
-            "SELECT generation_id FROM generations WHERE message_id = :id", id=message_id
-        ),
-        what="the generation row",
-    )
+    wait_for(lambda: generation_ids(database, message_id), what="the generation row")
 
     server.process.kill()
     server.process.wait()
