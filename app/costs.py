@@ -10,26 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from app.openrouter import OpenRouterClient, UpstreamError, parse_cost
-from app.store import Store
 
 log = logging.getLogger(__name__)
 
 
-async def reconcile_cost(
-    store: Store,
+async def find_cost(
     client: OpenRouterClient,
     *,
-    record_id: str,
     generation_id: str | None,
     timeout: float,  # noqa: ASYNC109 -- a deadline across many requests, not one await
     first_delay: float = 0.5,
     max_delay: float = 8.0,
-) -> None:
+) -> dict[str, Any]:
+    """What `Store.settle_cost` should record for a generation: its cost, or source `none`.
+
+    Only reads: the caller writes, so that a lookup cancelled by shutdown never cuts a write.
+    """
     if generation_id is None:
-        await store.settle_cost(record_id=record_id, cost=None, source="none")
-        return
+        return {"cost": None, "source": "none"}
     deadline = time.monotonic() + timeout
     delay = first_delay
     while True:
@@ -40,19 +41,16 @@ async def reconcile_cost(
             record = None
         cost = parse_cost(record.get("total_cost")) if record else None
         if record is not None and cost is not None:
-            await store.settle_cost(
-                record_id=record_id,
-                cost=cost,
-                source="generation",
-                prompt_tokens=_tokens(record.get("tokens_prompt")),
-                completion_tokens=_tokens(record.get("tokens_completion")),
-                model=record.get("model") if isinstance(record.get("model"), str) else None,
-            )
-            return
+            return {
+                "cost": cost,
+                "source": "generation",
+                "prompt_tokens": _tokens(record.get("tokens_prompt")),
+                "completion_tokens": _tokens(record.get("tokens_completion")),
+                "model": record.get("model") if isinstance(record.get("model"), str) else None,
+            }
         if time.monotonic() + delay > deadline:
             log.warning("no cost found for generation %s within %.0fs", generation_id, timeout)
-            await store.settle_cost(record_id=record_id, cost=None, source="none")
-            return
+            return {"cost": None, "source": "none"}
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
 

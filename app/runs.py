@@ -28,7 +28,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from app.costs import reconcile_cost
+from app.costs import find_cost
 from app.events import LogEvent, final_event, meta_payload
 from app.openrouter import (
     Delta,
@@ -425,17 +425,19 @@ class Runs:
 
     def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
         """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
-        task = self.spawn(
-            reconcile_cost(
-                self.store,
-                self.client,
-                record_id=record_id,
-                generation_id=generation_id,
-                timeout=self.settings.generation_lookup_timeout,
-            )
-        )
+        task = self.spawn(self._reconcile(record_id, generation_id))
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
+
+    async def _reconcile(self, record_id: str, generation_id: str | None) -> None:
+        found = await find_cost(
+            self.client,
+            generation_id=generation_id,
+            timeout=self.settings.generation_lookup_timeout,
+        )
+        # Shutdown cancels the lookup, never the write it led to: the write lands, and the
+        # database is closed only after it (shutdown waits for spawned writes).
+        await asyncio.shield(self.spawn(self.store.settle_cost(record_id=record_id, **found)))
 
     def on_abandoned(self, run: Run) -> None:
         """The last subscriber left: under DISCONNECT_POLICY=cancel, cancel unless one returns."""

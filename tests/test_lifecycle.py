@@ -3,6 +3,7 @@ SIGKILL loses at most a checkpoint interval, and the next start-up recovers the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,13 +11,19 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 from httpx_sse import EventSource
 
-from app.simulator import Behaviour
+from app.db import is_sqlite, open_database
+from app.migrations import migrate
+from app.openrouter import OpenRouterClient
+from app.runs import Runs
+from app.simulator import Behaviour, Generation
+from app.store import GenerationRecord, Store, TurnIds, new_id, now
 from app.threaded_server import free_port
 from tests.support import SSE, content_of, wait_for
 
@@ -244,3 +251,86 @@ def test_another_process_follows_a_live_reply_and_leaves_it_alone(
     assert content_of(events) == "".join(TOKENS[:60])
     assert [e.id for e in events] == [str(i) for i in range(1, 63)]
     assert reply(database, started["message_id"])["status"] == "complete"
+
+
+def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settings, fake, database):
+    # A lookup that got its answer just as shutdown began: its write must land whole, and
+    # shutdown must wait for it (a write cut halfway hung a PostgreSQL shutdown in CI).
+    generation_id = "gen-ready"
+    fake.generations[generation_id] = Generation(
+        id=generation_id,
+        model="openai/gpt-4o",
+        prompt_tokens=3,
+        cost=Decimal("0.00042"),
+        ended=True,
+    )
+
+    class StoreShutDownMidWrite(Store):
+        runs: Runs
+        shutdown: asyncio.Future[asyncio.Task[None]]
+
+        async def settle_cost(self, **values) -> None:
+            self.shutdown.set_result(asyncio.create_task(self.runs.shutdown()))
+            # Until shutdown has cancelled the lookup: if this write ran in the lookup's own
+            # task, the cancellation would land here and the write would never happen.
+            await asyncio.wait(set(self.runs._lookups))
+            await super().settle_cost(**values)
+
+    async def scenario() -> list[dict]:
+        db = await open_database(database.url, max_size=2)
+        store = StoreShutDownMidWrite(db, sqlite_db=is_sqlite(database.url))
+        store.shutdown = asyncio.get_running_loop().create_future()
+        try:
+            await migrate(db, url=database.url)
+            record_id = await a_reply_with_a_pending_cost(store, generation_id)
+            async with httpx.AsyncClient() as http:
+                settings = make_settings()
+                client = OpenRouterClient(
+                    http, base_url=settings.base_url, api_key=None, app_url="x", app_title="t"
+                )
+                store.runs = Runs(store=store, client=client, settings=settings)
+                store.runs.reconcile(record_id=record_id, generation_id=generation_id)
+                await asyncio.wait_for(await store.shutdown, 10)
+        finally:
+            await store.close()
+            await db.disconnect()
+        return database.query("SELECT * FROM generations WHERE id = :id", id=record_id)
+
+    [row] = asyncio.run(scenario())
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", 420_000_000)
+
+
+async def a_reply_with_a_pending_cost(store: Store, generation_id: str) -> str:
+    ids = TurnIds.allocate(None)
+    await store.start_turn(
+        ids=ids,
+        user_id="dev",
+        agent="chat",
+        title="t",
+        user_content="q",
+        requested_model="openai/gpt-4o",
+        temperature=0.7,
+    )
+    record = GenerationRecord(
+        id=new_id(),
+        attempt=1,
+        requested_model="openai/gpt-4o",
+        started_at=now(),
+        generation_id=generation_id,
+        status="cancelled",
+        ended_at=now(),
+    )
+    await store.finish_reply(
+        message_id=ids.message_id,
+        conversation_id=ids.conversation_id,
+        agent="chat",
+        status="stopped",
+        content="a",
+        event_lengths=[1],
+        model="openai/gpt-4o",
+        finish_reason="stopped",
+        error_code=None,
+        error_message=None,
+        records=[record],
+    )
+    return record.id
