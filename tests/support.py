@@ -7,8 +7,8 @@ import concurrent.futures
 import json
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,11 +17,14 @@ import httpx
 from databases import Database, DatabaseURL
 from httpx_sse import connect_sse
 
-from app.db import open_database
+from app.db import is_sqlite, open_database
+from app.migrations import migrate
 from app.settings import Settings, normalize_database_url
+from app.store import GenerationRecord, Store, TurnIds
 from app.threaded_server import ThreadedServer
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Store)
 
 
 @dataclass
@@ -89,6 +92,56 @@ def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
         yield DatabaseHandle(str(DatabaseURL(admin_url).replace(database=name)))
     finally:
         run_async(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@asynccontextmanager
+async def migrated_store(url: str, store_class: type[S] = Store) -> AsyncIterator[S]:
+    """A store of our own on the test database, outside any server; closed on exit."""
+    db = await open_database(url, max_size=2)
+    try:
+        await migrate(db, url=url)
+        store = store_class(db, sqlite_db=is_sqlite(url))
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        await db.disconnect()
+
+
+async def save_reply(
+    store: Store,
+    *,
+    records: list[GenerationRecord],
+    conversation_id: str | None = None,
+    status: str = "complete",
+    finish_reason: str = "stop",
+) -> TurnIds:
+    """A whole turn written through the store, as a run would: a one-letter reply."""
+    ids = TurnIds.allocate(conversation_id)
+    await store.start_turn(
+        ids=ids,
+        user_id="dev",
+        agent="chat",
+        title="saved",
+        user_content="q",
+        requested_model="openai/gpt-4o",
+        temperature=0.7,
+    )
+    await store.finish_reply(
+        message_id=ids.message_id,
+        conversation_id=ids.conversation_id,
+        agent="chat",
+        status=status,
+        content="a",
+        event_lengths=[1],
+        model="openai/gpt-4o",
+        finish_reason=finish_reason,
+        error_code=None,
+        error_message=None,
+        records=records,
+    )
+    return ids
 
 
 @dataclass

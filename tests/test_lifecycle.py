@@ -18,14 +18,12 @@ import httpx
 import pytest
 from httpx_sse import EventSource
 
-from app.db import is_sqlite, open_database
-from app.migrations import migrate
 from app.openrouter import OpenRouterClient
 from app.runs import Runs
 from app.simulator import Behaviour, Generation
-from app.store import GenerationRecord, Store, TurnIds, new_id, now
+from app.store import GenerationRecord, Store, new_id, now
 from app.threaded_server import free_port
-from tests.support import SSE, content_of, wait_for
+from tests.support import SSE, content_of, migrated_store, save_reply, wait_for
 
 TOKENS = [f" w{i}" for i in range(400)]
 
@@ -277,60 +275,27 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
             await super().settle_cost(**values)
 
     async def scenario() -> list[dict]:
-        db = await open_database(database.url, max_size=2)
-        store = StoreShutDownMidWrite(db, sqlite_db=is_sqlite(database.url))
-        store.shutdown = asyncio.get_running_loop().create_future()
-        try:
-            await migrate(db, url=database.url)
-            record_id = await a_reply_with_a_pending_cost(store, generation_id)
+        async with migrated_store(database.url, StoreShutDownMidWrite) as store:
+            store.shutdown = asyncio.get_running_loop().create_future()
+            record = GenerationRecord(
+                id=new_id(),
+                attempt=1,
+                requested_model="openai/gpt-4o",
+                started_at=now(),
+                generation_id=generation_id,
+                status="cancelled",
+                ended_at=now(),
+            )
+            await save_reply(store, records=[record], status="stopped", finish_reason="stopped")
             async with httpx.AsyncClient() as http:
                 settings = make_settings()
                 client = OpenRouterClient(
                     http, base_url=settings.base_url, api_key=None, app_url="x", app_title="t"
                 )
                 store.runs = Runs(store=store, client=client, settings=settings)
-                store.runs.reconcile(record_id=record_id, generation_id=generation_id)
+                store.runs.reconcile(record_id=record.id, generation_id=generation_id)
                 await asyncio.wait_for(await store.shutdown, 10)
-        finally:
-            await store.close()
-            await db.disconnect()
-        return database.query("SELECT * FROM generations WHERE id = :id", id=record_id)
+        return database.query("SELECT * FROM generations WHERE id = :id", id=record.id)
 
     [row] = asyncio.run(scenario())
     assert (row["cost_source"], row["cost_picousd"]) == ("generation", 420_000_000)
-
-
-async def a_reply_with_a_pending_cost(store: Store, generation_id: str) -> str:
-    ids = TurnIds.allocate(None)
-    await store.start_turn(
-        ids=ids,
-        user_id="dev",
-        agent="chat",
-        title="t",
-        user_content="q",
-        requested_model="openai/gpt-4o",
-        temperature=0.7,
-    )
-    record = GenerationRecord(
-        id=new_id(),
-        attempt=1,
-        requested_model="openai/gpt-4o",
-        started_at=now(),
-        generation_id=generation_id,
-        status="cancelled",
-        ended_at=now(),
-    )
-    await store.finish_reply(
-        message_id=ids.message_id,
-        conversation_id=ids.conversation_id,
-        agent="chat",
-        status="stopped",
-        content="a",
-        event_lengths=[1],
-        model="openai/gpt-4o",
-        finish_reason="stopped",
-        error_code=None,
-        error_message=None,
-        records=[record],
-    )
-    return record.id

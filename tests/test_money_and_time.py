@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import httpx
 
-from app.db import is_sqlite, open_database
-from app.migrations import migrate
-from app.store import GenerationRecord, Store, TurnIds, new_id, now
-from tests.support import read_sse
+from app.db import is_sqlite
+from app.store import GenerationRecord, new_id, now
+from tests.support import migrated_store, read_sse, save_reply
 
 COST = Decimal("0.0000001234")  # a few tokens of a cheap model: a fraction of a nano-dollar matters
 TURNS, GENERATIONS_PER_TURN = 4, 500
@@ -26,25 +24,9 @@ def _decimal_json(response: httpx.Response) -> dict:
 
 def test_thousands_of_small_costs_sum_exactly(database, start_server):
     async def record_costs() -> str:
-        db = await open_database(database.url, max_size=2)
-        closing = contextlib.AsyncExitStack()
-        try:
-            await migrate(db, url=database.url)
-            store = Store(db, sqlite_db=is_sqlite(database.url))
-            closing.push_async_callback(store.close)
-            conversation_id = None
+        conversation_id = None
+        async with migrated_store(database.url) as store:
             for _ in range(TURNS):
-                ids = TurnIds.allocate(conversation_id)
-                conversation_id, message_id = ids.conversation_id, ids.message_id
-                await store.start_turn(
-                    ids=ids,
-                    user_id="dev",
-                    agent="chat",
-                    title="costs",
-                    user_content="q",
-                    requested_model="openai/gpt-4o",
-                    temperature=0.7,
-                )
                 records = [
                     GenerationRecord(
                         id=new_id(),
@@ -58,23 +40,9 @@ def test_thousands_of_small_costs_sum_exactly(database, start_server):
                     )
                     for attempt in range(GENERATIONS_PER_TURN)
                 ]
-                await store.finish_reply(
-                    message_id=message_id,
-                    conversation_id=conversation_id,
-                    agent="chat",
-                    status="complete",
-                    content="a",
-                    event_lengths=[1],
-                    model="openai/gpt-4o",
-                    finish_reason="stop",
-                    error_code=None,
-                    error_message=None,
-                    records=records,
-                )
-            return conversation_id
-        finally:
-            await closing.aclose()
-            await db.disconnect()
+                ids = await save_reply(store, records=records, conversation_id=conversation_id)
+                conversation_id = ids.conversation_id
+        return conversation_id
 
     conversation_id = asyncio.run(record_costs())
     server = start_server()
