@@ -95,6 +95,7 @@ class Run:
         self._finish_reason: str | None = None
         self._last_checkpoint = time.monotonic()
         self._checkpointing: asyncio.Task[None] | None = None
+        self._checkpoint_again = False  # something to save arrived while a checkpoint was written
         self.saving: asyncio.Task[None] | None = None  # the turn's rows, written alongside
         self._append(
             "meta",
@@ -305,6 +306,10 @@ class Run:
         self._last_checkpoint = time.monotonic()
         if self._checkpointing is None or self._checkpointing.done():
             self._checkpointing = self._runs.spawn(self._checkpoint())
+        else:
+            # A retry's generation id can arrive while the first attempt's is still being
+            # written; waiting for the next content checkpoint would leave a crash without it.
+            self._checkpoint_again = True
 
     def on_saved(self, saving: asyncio.Task[None]) -> None:
         if not saving.cancelled() and saving.exception() is not None:
@@ -323,14 +328,17 @@ class Run:
         """Partial content, and the generation rows: their ids recover the cost after a crash."""
         if not await self.turn_saved():
             return
-        await self._runs.store.checkpoint(
-            message_id=self.message_id,
-            conversation_id=self.request.conversation_id,
-            agent=self.request.agent,
-            content=self.content,
-            event_lengths=self.event_lengths(),
-            records=[record for record in self.records if record.generation_id],
-        )
+        self._checkpoint_again = True
+        while self._checkpoint_again:
+            self._checkpoint_again = False
+            await self._runs.store.checkpoint(
+                message_id=self.message_id,
+                conversation_id=self.request.conversation_id,
+                agent=self.request.agent,
+                content=self.content,
+                event_lengths=self.event_lengths(),
+                records=[record for record in self.records if record.generation_id],
+            )
 
     async def _finish(self, status: str, error: UpstreamError | None) -> None:
         if self._checkpointing is not None:

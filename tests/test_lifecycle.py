@@ -19,9 +19,9 @@ import pytest
 from httpx_sse import EventSource
 
 from app.openrouter import OpenRouterClient
-from app.runs import Runs
+from app.runs import RunRequest, Runs
 from app.simulator import Behaviour, Generation
-from app.store import GenerationRecord, Store, new_id, now
+from app.store import GenerationRecord, Store, TurnIds, new_id, now
 from app.threaded_server import free_port
 from tests.support import SSE, content_of, migrated_store, save_reply, wait_for
 
@@ -299,3 +299,79 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
 
     [row] = asyncio.run(scenario())
     assert (row["cost_source"], row["cost_picousd"]) == ("generation", 420_000_000)
+
+
+def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_written(
+    make_settings, fake, database
+):
+    # The first attempt fails in-band after OpenRouter named its generation; the retry names a
+    # second one while the first id's checkpoint is still being written. A crash from then on
+    # must still find both generations, so the second id may not wait for a content checkpoint
+    # (this retry never sends content: it stalls).
+    fake.enqueue(Behaviour(error_after=0, error_code=502), Behaviour(tokens=["x"], stall_after=0))
+
+    class StoreWithSlowFirstCheckpoint(Store):
+        gate: asyncio.Event
+        holding: asyncio.Event
+
+        async def checkpoint(self, **values) -> None:
+            if not self.holding.is_set():
+                self.holding.set()
+                await self.gate.wait()
+            await super().checkpoint(**values)
+
+    async def scenario() -> tuple[list[str | None], list[dict]]:
+        async with migrated_store(database.url, StoreWithSlowFirstCheckpoint) as store:
+            store.gate, store.holding = asyncio.Event(), asyncio.Event()
+            async with httpx.AsyncClient() as http:
+                settings = make_settings(checkpoint_interval=60)
+                client = OpenRouterClient(
+                    http, base_url=settings.base_url, api_key=None, app_url="x", app_title="t"
+                )
+                runs = Runs(store=store, client=client, settings=settings)
+                ids = TurnIds.allocate(None)
+                run = runs.start(
+                    RunRequest(
+                        message_id=ids.message_id,
+                        conversation_id=ids.conversation_id,
+                        user_message_id=ids.user_message_id,
+                        user_id="dev",
+                        agent="chat",
+                        model="openai/gpt-4o",
+                        fallback_models=(),
+                        temperature=0.7,
+                        max_tokens=100,
+                        messages=[{"role": "user", "content": "hi"}],
+                    ),
+                    save_turn=store.start_turn(
+                        ids=ids,
+                        user_id="dev",
+                        agent="chat",
+                        title="hi",
+                        user_content="hi",
+                        requested_model="openai/gpt-4o",
+                        temperature=0.7,
+                    ),
+                )
+
+                def retry_named() -> bool:
+                    return len(run.records) == 2 and run.records[1].generation_id is not None
+
+                def both_saved() -> list[dict]:
+                    saved = generation_ids(database, ids.message_id)
+                    return saved if len(saved) == 2 else []
+
+                await asyncio.wait_for(store.holding.wait(), 10)
+                await asyncio.to_thread(wait_for, retry_named, what="the retry's generation id")
+                store.gate.set()
+                # While the retry still streams: what a crash from now on would leave behind.
+                saved = await asyncio.to_thread(wait_for, both_saved, what="both generation rows")
+                named = [record.generation_id for record in run.records]
+                run.cancel("stopped")
+                await run.wait()
+                await runs.shutdown()
+        return named, saved
+
+    named, saved = asyncio.run(scenario())
+    assert len(named) == 2 and None not in named
+    assert sorted(row["generation_id"] for row in saved) == sorted(named)
