@@ -136,6 +136,9 @@ class Run:
                     batch = self.events[position:]
                     position += len(batch)
                     yield batch
+                    # A send to a slow client can take a while, and the run goes on meanwhile:
+                    # look again before waiting, or before taking the run's end for ours.
+                    continue
                 if self.finished:
                     return
                 await self._wake.wait()

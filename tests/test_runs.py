@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from pathlib import Path
 
 import httpx
@@ -251,3 +252,29 @@ def test_the_first_event_sets_a_short_reconnection_time(client, fake):
     with client.stream("POST", "/api/chat", json={"message": "hi"}) as response:
         retries = [sse.retry for sse in EventSource(response).iter_sse()]
     assert retries[0] == 1000 and set(retries[1:]) == {None}
+
+
+def test_a_reader_that_falls_behind_still_gets_every_event_and_the_final_one(
+    server, fake, database
+):
+    # A client that stops reading fills the socket buffers, and the server's send waits. The
+    # run goes on meanwhile and finishes: what it appended during that wait must still go out.
+    tokens = ["x" * 65536] * 128  # 8 MB: more than the socket buffers between us hold
+    fake.enqueue(Behaviour(tokens=tokens))
+    small_buffer = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)]
+    with (
+        httpx.Client(
+            base_url=server.url,
+            timeout=30,
+            transport=httpx.HTTPTransport(socket_options=small_buffer),
+        ) as http,
+        http.stream("POST", "/api/chat", json={"message": "hi"}) as response,
+    ):
+        received = EventSource(response).iter_sse()
+        meta = next(received)
+        message_id = json.loads(meta.data)["message_id"]
+        wait_for(lambda: reply_row(database, message_id)["status"] != "streaming", what="the end")
+        events = [SSE(sse.id, sse.event, json.loads(sse.data)) for sse in received]
+    assert events[-1].event == "done" and events[-1].data["status"] == "complete"
+    assert [e.id for e in events] == [str(i) for i in range(2, len(tokens) + 3)]
+    assert content_of(events) == "".join(tokens)
