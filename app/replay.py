@@ -57,11 +57,12 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
 
 
 async def follow_stored(
-    store: Store, *, message_id: str, after: int, poll_interval: float
+    store: Store, *, message_id: str, after: int, poll_interval: float, ping_interval: float
 ) -> AsyncIterator[list[LogEvent]]:
     """Events with id > `after` from the database, in batches, polling while the reply is
-    still streaming."""
-    position = after
+    still streaming; an empty batch when nothing went out for `ping_interval` seconds."""
+    loop = asyncio.get_running_loop()
+    position, sent_at = after, loop.time()
     while True:
         found = await replay_log(store, message_id=message_id)
         if found is None:
@@ -69,7 +70,11 @@ async def follow_stored(
         events, finished = found
         if events[position:]:
             yield events[position:]
+            sent_at = loop.time()
         position = max(position, len(events))
         if finished:
             return
-        await asyncio.sleep(poll_interval)
+        if loop.time() - sent_at >= ping_interval:
+            yield []
+            sent_at = loop.time()
+        await asyncio.sleep(min(poll_interval, sent_at + ping_interval - loop.time()))

@@ -87,10 +87,11 @@ class Run:
         self.status = "streaming"
         self.subscribers = 0
         self._abandoned: asyncio.TimerHandle | None = None
-        self._wake = asyncio.Event()
+        # Subscribers and `wait` callers asleep until the log grows: a future each while they
+        # wait, rather than an Event per run (an Event's deque is ~0.7 KB of an idle stream).
+        self._waiters: list[asyncio.Future[None]] = []
         self._end_status: str | None = None  # set by cancel() before cancelling the task
         self._ending = False  # generation is over; only the final write remains
-        self._done = asyncio.Event()
         self._answering_model: str | None = None
         self._finish_reason: str | None = None
         self._last_checkpoint = time.monotonic()
@@ -113,20 +114,46 @@ class Run:
 
     def _append(self, event: str, payload: dict[str, Any]) -> None:
         self.events.append(LogEvent.make(len(self.events) + 1, event, payload))
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def follow(self, after: int = 0) -> AsyncIterator[list[LogEvent]]:
+    def _next_append(self) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    async def follow(
+        self, after: int = 0, *, ping_interval: float
+    ) -> AsyncIterator[list[LogEvent]]:
         """Events with id > `after`, live, until the final one: each time, all there are.
 
         A subscriber that fell behind (a busy event loop, a slow client) gets what piled up in
         one batch, so one send instead of one per event: the busier the server, the fewer
         sends per reply.
+
+        An empty batch says nothing went out for `ping_interval` seconds: the response sends a
+        keep-alive comment. It comes from a timer handle, not from a task of the response (as
+        sse-starlette's pings do): an idle stream's memory is mostly its tasks.
         """
         self.subscribers += 1
         if self._abandoned is not None:  # a browser reconnecting in time keeps the run alive
             self._abandoned.cancel()
             self._abandoned = None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] | None = None
+        ping_due = False
+
+        def ping() -> None:
+            nonlocal ping_due, pinger
+            ping_due = True
+            if waiter is not None and not waiter.done():
+                self._waiters.remove(waiter)
+                waiter.set_result(None)
+            pinger = loop.call_later(ping_interval, ping)
+
+        pinger = loop.call_later(ping_interval, ping)
         try:
             # `meta` says the conversation and its messages exist: not before they do.
             await self.turn_saved()
@@ -135,21 +162,31 @@ class Run:
                 if position < len(self.events):
                     batch = self.events[position:]
                     position += len(batch)
+                    ping_due = False
                     yield batch
                     # A send to a slow client can take a while, and the run goes on meanwhile:
                     # look again before waiting, or before taking the run's end for ours.
                     continue
                 if self.finished:
                     return
-                await self._wake.wait()
+                if ping_due:
+                    ping_due = False
+                    yield []
+                    continue
+                waiter = self._next_append()
+                await waiter
         finally:
+            pinger.cancel()
+            if waiter is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)  # left while waiting (a client gone)
             self.subscribers -= 1
             if self.subscribers == 0 and not self.finished:
                 self._runs.on_abandoned(self)
 
     async def wait(self) -> None:
         """Until the reply is persisted and its final event appended."""
-        await self._done.wait()
+        while not self.finished:
+            await self._next_append()
 
     @property
     def content(self) -> str:
@@ -393,7 +430,6 @@ class Run:
         self.status = status
         self.finished = True
         self._append(name, payload)
-        self._done.set()
         self._runs.on_finished(self)
         for record in self.records:
             if record.cost_source == "pending":

@@ -17,6 +17,8 @@ STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering"
 # Seconds past SHUTDOWN_GRACE for a cancelled run's final write and event to get out.
 SHUTDOWN_MARGIN = 3.0
 RETRY_FIELD = b"retry: 1000\n"
+# Proxies (Heroku's router: 55 s) close a connection that stays silent; browsers ignore comments.
+PING = b": ping\n\n"
 
 
 def last_event_id(request: Request) -> int:
@@ -33,7 +35,11 @@ def last_event_id(request: Request) -> int:
 
 
 async def _frames(batches: AsyncIterator[list[LogEvent]]) -> AsyncIterator[bytes]:
+    """The wire bytes of each batch; an empty batch is a keep-alive ping."""
     async for batch in batches:
+        if not batch:
+            yield PING
+            continue
         frames = b"".join(event.frame for event in batch)
         # A browser's EventSource waits ~3 s by default before reconnecting; a dropped reply
         # should resume sooner. It keeps the `retry:` it was given across reconnections.
@@ -55,7 +61,8 @@ async def drain_on_shutdown(runs: Runs) -> None:
 def sse_response(batches: AsyncIterator[list[LogEvent]], *, state: AppState) -> EventSourceResponse:
     return EventSourceResponse(
         _frames(batches),
-        ping=state.settings.ping_interval,
+        # Our batch sources send the pings (an empty batch): no ping task per response.
+        ping=0,
         headers=STREAM_HEADERS,
         # On SIGTERM sse-starlette keeps the stream open for the grace period, and
         # `drain_on_shutdown` starts the drain, so each run's final event (done, or

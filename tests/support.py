@@ -109,6 +109,19 @@ async def migrated_store(url: str, store_class: type[S] = Store) -> AsyncIterato
         await db.disconnect()
 
 
+def turn_rows(store: Store, ids: TurnIds) -> Coroutine[Any, Any, None]:
+    """The rows a run's start writes for a chat turn: the question, and its reply `streaming`."""
+    return store.start_turn(
+        ids=ids,
+        user_id="dev",
+        agent="chat",
+        title="q",
+        user_content="q",
+        requested_model="openai/gpt-4o",
+        temperature=0.7,
+    )
+
+
 async def save_reply(
     store: Store,
     *,
@@ -119,15 +132,7 @@ async def save_reply(
 ) -> TurnIds:
     """A whole turn written through the store, as a run would: a one-letter reply."""
     ids = TurnIds.allocate(conversation_id)
-    await store.start_turn(
-        ids=ids,
-        user_id="dev",
-        agent="chat",
-        title="saved",
-        user_content="q",
-        requested_model="openai/gpt-4o",
-        temperature=0.7,
-    )
+    await turn_rows(store, ids)
     await store.finish_reply(
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,

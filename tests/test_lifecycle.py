@@ -19,11 +19,12 @@ import pytest
 from httpx_sse import EventSource
 
 from app.openrouter import OpenRouterClient
+from app.replay import follow_stored
 from app.runs import RunRequest, Runs
 from app.simulator import Behaviour, Generation
 from app.store import GenerationRecord, Store, TurnIds, new_id, now
 from app.threaded_server import free_port
-from tests.support import SSE, content_of, migrated_store, save_reply, wait_for
+from tests.support import SSE, content_of, migrated_store, save_reply, turn_rows, wait_for
 
 TOKENS = [f" w{i}" for i in range(400)]
 
@@ -251,6 +252,32 @@ def test_another_process_follows_a_live_reply_and_leaves_it_alone(
     assert reply(database, started["message_id"])["status"] == "complete"
 
 
+def test_a_reply_followed_through_the_database_is_pinged_while_nothing_changes(database):
+    # Another process's reply, followed from its checkpoints: silent proxies must not close
+    # the stream between two checkpoints of a slow upstream.
+    async def scenario() -> list[list[str]]:
+        async with migrated_store(database.url) as store:
+            ids = TurnIds.allocate(None)
+            await turn_rows(store, ids)
+            batches = follow_stored(
+                store, message_id=ids.message_id, after=0, poll_interval=0.02, ping_interval=0.1
+            )
+            seen = [await anext(batches), await anext(batches), await anext(batches)]
+            await store.checkpoint(
+                message_id=ids.message_id,
+                conversation_id=ids.conversation_id,
+                agent="chat",
+                content="hello",
+                event_lengths=[5],
+                records=[],
+            )
+            seen.append(await anext(batches))
+            await batches.aclose()
+        return [[event.event for event in batch] for batch in seen]
+
+    assert asyncio.run(scenario()) == [["meta"], [], [], ["delta"]]
+
+
 def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settings, fake, database):
     # A lookup that got its answer just as shutdown began: its write must land whole, and
     # shutdown must wait for it (a write cut halfway hung a PostgreSQL shutdown in CI).
@@ -343,15 +370,7 @@ def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_writt
                         max_tokens=100,
                         messages=[{"role": "user", "content": "hi"}],
                     ),
-                    save_turn=store.start_turn(
-                        ids=ids,
-                        user_id="dev",
-                        agent="chat",
-                        title="hi",
-                        user_content="hi",
-                        requested_model="openai/gpt-4o",
-                        temperature=0.7,
-                    ),
+                    save_turn=turn_rows(store, ids),
                 )
 
                 def retry_named() -> bool:

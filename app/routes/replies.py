@@ -26,7 +26,7 @@ def stream_url(message_id: str) -> str:
 
 async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
     if stream:
-        return sse_response(run.follow(0), state=state)
+        return sse_response(run.follow(0, ping_interval=state.settings.ping_interval), state=state)
     await run.wait()
     meta, final = run.events[0].payload, run.events[-1].payload
     body = {**meta, **final, "content": run.content}
@@ -74,7 +74,9 @@ async def reply_stream(request: Request) -> Response:
     if run is not None:
         if run.finished and after >= len(run.events):
             return Response(status_code=204)
-        return sse_response(run.follow(after), state=state)
+        return sse_response(
+            run.follow(after, ping_interval=state.settings.ping_interval), state=state
+        )
     found = await replay_log(state.store, message_id=message_id)
     if found is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
@@ -88,6 +90,7 @@ async def reply_stream(request: Request) -> Response:
             message_id=message_id,
             after=after,
             poll_interval=state.settings.checkpoint_interval,
+            ping_interval=state.settings.ping_interval,
         ),
         state=state,
     )
