@@ -141,19 +141,7 @@ class Run:
         if self._abandoned is not None:  # a browser reconnecting in time keeps the run alive
             self._abandoned.cancel()
             self._abandoned = None
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] | None = None
-        ping_due = False
-
-        def ping() -> None:
-            nonlocal ping_due, pinger
-            ping_due = True
-            if waiter is not None and not waiter.done():
-                self._waiters.remove(waiter)
-                waiter.set_result(None)
-            pinger = loop.call_later(ping_interval, ping)
-
-        pinger = loop.call_later(ping_interval, ping)
+        pings = _Pings(ping_interval)
         try:
             # `meta` says the conversation and its messages exist: not before they do.
             await self.turn_saved()
@@ -162,23 +150,23 @@ class Run:
                 if position < len(self.events):
                     batch = self.events[position:]
                     position += len(batch)
-                    ping_due = False
+                    pings.due = False
                     yield batch
                     # A send to a slow client can take a while, and the run goes on meanwhile:
                     # look again before waiting, or before taking the run's end for ours.
                     continue
                 if self.finished:
                     return
-                if ping_due:
-                    ping_due = False
+                if pings.due:
+                    pings.due = False
                     yield []
                     continue
-                waiter = self._next_append()
-                await waiter
+                pings.waiter = self._next_append()
+                await pings.waiter
         finally:
-            pinger.cancel()
-            if waiter is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)  # left while waiting (a client gone)
+            pings.stop()
+            if pings.waiter in self._waiters:
+                self._waiters.remove(pings.waiter)  # left while waiting (a client gone)
             self.subscribers -= 1
             if self.subscribers == 0 and not self.finished:
                 self._runs.on_abandoned(self)
@@ -434,6 +422,35 @@ class Run:
         for record in self.records:
             if record.cost_source == "pending":
                 self._runs.reconcile(record_id=record.id, generation_id=record.generation_id)
+
+
+class _Pings:
+    """When a subscriber is due a keep-alive ping: a timer that fires every interval and
+    wakes the subscriber if it is waiting.
+
+    An object and a bound method, not a closure over `follow`'s frame: a closure that re-arms
+    itself refers to itself, so each finished run waited for the cyclic garbage collector
+    (measured: ~300 dead runs held at 50 streams, +8 MB of peak memory).
+    """
+
+    __slots__ = ("_interval", "_timer", "due", "waiter")
+
+    def __init__(self, interval: float) -> None:
+        self.due = False
+        self.waiter: asyncio.Future[None] | None = None
+        self._interval = interval
+        self._timer = asyncio.get_running_loop().call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        self.due = True
+        if self.waiter is not None and not self.waiter.done():
+            # Left in the run's list of waiters: done ones are skipped, and dropped at its
+            # next event.
+            self.waiter.set_result(None)
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._fire)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 class Runs:
