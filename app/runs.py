@@ -88,7 +88,7 @@ class Run:
         self.subscribers = 0
         self._abandoned: asyncio.TimerHandle | None = None
         # Subscribers and `wait` callers asleep until the log grows: a future each while they
-        # wait, rather than an Event per run (an Event's deque is ~0.7 KB of an idle stream).
+        # wait, rather than a new Event per event appended (an Event's deque is ~0.7 KB).
         self._waiters: list[asyncio.Future[None]] = []
         self._end_status: str | None = None  # set by cancel() before cancelling the task
         self._ending = False  # generation is over; only the final write remains
