@@ -20,6 +20,10 @@ def configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request it makes at INFO: a second line per reply beside the access
+    # log, saying only that OpenRouter answered (our own lines say when it did not), and ~2%
+    # of the server's CPU under load (py-spy, bench/).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def load_settings() -> Settings:

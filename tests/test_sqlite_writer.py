@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from app.sqlite_writer import SQLiteWriter
-from tests.support import run_async
+from app import store
+from app.sqlite_writer import SQLiteWriter, _Plan
+from tests.support import migrated_store, run_async
 
 notes = sa.table("notes", sa.column("id"), sa.column("text"))
 
@@ -94,3 +97,67 @@ def test_a_write_whose_caller_is_cancelled_still_lands(path):
 
     run_async(scenario())
     assert texts(path) == ["kept"]
+
+
+def _sample(bind: sa.BindParameter) -> object:
+    kind_of = bind.type.impl_instance if isinstance(bind.type, sa.TypeDecorator) else bind.type
+    try:
+        kind = kind_of.python_type
+    except NotImplementedError:  # an untyped parameter, like the subquery's `seq_of`
+        kind = str
+    # Not UTC, so a timestamp sent without the store's conversion would not match.
+    stamp = datetime(2026, 11, 22, 10, 30, 1, 250, tzinfo=timezone(timedelta(hours=2)))
+    return {str: f"v-{bind.key}", int: 7, float: 0.25, datetime: stamp}[kind]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        store.NEW_CONVERSATION,
+        store.TOUCH_CONVERSATION,
+        store.NEW_MESSAGE,
+        store.CHECKPOINT_MESSAGE,
+        store.FINISH_MESSAGE,
+        store._upsert_generation_statement(sqlite_dialect.insert),
+    ],
+    ids=["new_conversation", "touch", "new_message", "checkpoint", "finish", "upsert_generation"],
+)
+def test_a_reply_s_statements_reach_sqlite_as_sqlalchemy_would_send_them(tmp_path, statement):
+    """The writer executes a built-once statement itself, skipping SQLAlchemy's execution but
+    not its conversions: the same SQL, the same parameters (timestamps in UTC, as text)."""
+    path = tmp_path / "store.db"
+
+    async def create_schema() -> None:
+        async with migrated_store(f"sqlite:///{path}"):
+            pass
+
+    run_async(create_schema())
+    engine = sa.create_engine(f"sqlite:///{path}")
+    sent: list[tuple[str, tuple]] = []
+    sa.event.listen(
+        engine, "before_cursor_execute", lambda *args: sent.append((args[2], tuple(args[3])))
+    )
+    compiled = statement.compile(dialect=engine.dialect)
+    values = {bind.key: _sample(bind) for bind in compiled.binds.values() if bind.value is None}
+    with engine.connect() as connection, connection.begin():
+        connection.execute(statement, values)
+    plan = _Plan.of(statement, engine.dialect)
+    assert plan is not None
+    assert sent == [(plan.sql, tuple(plan.parameters(values)))]
+    assert any(isinstance(value, str) and "08:30:01.000250" in value for value in sent[0][1])
+
+
+def test_a_built_once_statement_missing_a_value_fails_as_in_sqlalchemy(path):
+    statement = notes.insert().values(text=sa.bindparam("t"))
+
+    async def scenario():
+        writer = SQLiteWriter(path, busy_timeout=1.0)
+        try:
+            with pytest.raises(sa.exc.ArgumentError, match="'t'"):
+                await writer.write([(statement, {"t": "kept"}), (statement, {})])
+            await writer.write([(statement, {"t": "next"})])
+        finally:
+            await writer.close()
+
+    run_async(scenario())
+    assert texts(path) == ["next"]  # all or nothing: the first insert went with the second
