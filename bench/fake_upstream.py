@@ -1,6 +1,7 @@
 """Serve the OpenRouter simulator in its own process: the upstream every benchmark target calls.
 
 python -m bench.fake_upstream --port 9001 --tokens 50 --delay 0.01
+python -m bench.fake_upstream --port 9001 --server hypercorn   # also HTTP/2 (bench.http2)
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=int, default=50, help="content chunks per reply")
     parser.add_argument("--delay", type=float, default=0.01, help="seconds before each chunk")
+    parser.add_argument(
+        "--server",
+        choices=["uvicorn", "hypercorn"],
+        default="uvicorn",
+        help="hypercorn serves HTTP/2 too (cleartext, prior knowledge); uvicorn does not",
+    )
     args = parser.parse_args()
     tokens = [f" tok{i}" for i in range(args.tokens)]
     fake = FakeOpenRouter(default=Behaviour(tokens=tokens, delay=args.delay))
+    if args.server == "hypercorn":
+        _serve_hypercorn(fake, args.host, args.port)
+        return
     uvicorn.run(
         fake.app,
         host=args.host,
@@ -29,6 +39,21 @@ def main() -> None:
         backlog=4096,
         access_log=False,
     )
+
+
+def _serve_hypercorn(fake: FakeOpenRouter, host: str, port: int) -> None:
+    import asyncio
+
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.backlog = 4096
+    # More than httpcore opens on one connection (100), so the client's limit is the one met.
+    config.h2_max_concurrent_streams = 1000
+    config.keep_alive_timeout = 3600
+    asyncio.run(serve(fake.app, config))
 
 
 if __name__ == "__main__":

@@ -100,8 +100,10 @@ class Processes:
         _wait_for_port(server)
         return server
 
-    def fake_upstream(self, name: str, *, tokens: int, delay: float) -> Server:
-        args = ["-m", "bench.fake_upstream", "--port", "{port}"]
+    def fake_upstream(
+        self, name: str, *, tokens: int, delay: float, server: str = "uvicorn"
+    ) -> Server:
+        args = ["-m", "bench.fake_upstream", "--port", "{port}", "--server", server]
         return self.start(name, [*args, "--tokens", str(tokens), "--delay", str(delay)])
 
     def passthrough(self, name: str, upstream: Server, *, clients: int | None = None) -> Server:

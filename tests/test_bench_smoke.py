@@ -50,3 +50,19 @@ def test_the_upstream_side_benchmark_runs_both_readers():
     readers = [line.split()[0] for line in finished.stdout.splitlines()]
     assert readers == ["raw", "openrouter"]
     assert all("cpu ms/reply" in line for line in finished.stdout.splitlines())
+
+
+def test_the_http2_benchmark_measures_both_protocols():
+    args = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = subprocess.run(
+        [sys.executable, "-m", "bench.http2", *args, "--idle", "5", "--stop-tokens", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = [line.split(maxsplit=2)[:2] for line in finished.stdout.splitlines()]
+    assert rows == [[p, m] for p in ("HTTP/1.1", "HTTP/2") for m in ("cpu", "idle", "stop")]
+    # What the server relies on, over HTTP/1.1: leaving a stream tells the upstream to stop.
+    assert "upstream learnt of it: yes" in finished.stdout.splitlines()[2]
