@@ -205,7 +205,10 @@ async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample
                     return Sample(
                         first is not None, first and first - start, time.perf_counter() - start
                     )
-                window = window[-TAIL:] + await reader.read(65536)
+                more = await reader.read(65536)
+                if not more:  # closed before its end: at EOF, read() returns without waiting
+                    return Sample(False)
+                window = window[-TAIL:] + more
             return Sample(False)
     except (OSError, TimeoutError):
         return Sample(False)

@@ -5,9 +5,13 @@ Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+from bench.run import HOST, OURS, Sample, one_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
@@ -66,3 +70,26 @@ def test_the_http2_benchmark_measures_both_protocols():
     assert rows == [[p, m] for p in ("HTTP/1.1", "HTTP/2") for m in ("cpu", "idle", "stop")]
     # What the server relies on, over HTTP/1.1: leaving a stream tells the upstream to stop.
     assert "upstream learnt of it: yes" in finished.stdout.splitlines()[2]
+
+
+def test_the_driver_counts_a_stream_cut_short_as_an_error_and_goes_on():
+    """A target that closes a stream before its end: one failed sample, not a driver spinning
+    on the closed connection (which never waits, so its time limit could never fire)."""
+
+    async def scenario() -> Sample:
+        async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\nevent: delta\ndata: {}\n\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(cut_short, HOST, 0)
+        async with server:
+            return await one_stream(server.sockets[0].getsockname()[1], OURS, time_limit=5.0)
+
+    outcome: list[Sample] = []
+    thread = threading.Thread(target=lambda: outcome.append(asyncio.run(scenario())), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the driver is stuck on a closed connection"
+    assert outcome == [Sample(False)]
