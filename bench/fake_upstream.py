@@ -7,6 +7,7 @@ python -m bench.fake_upstream --port 9001 --server hypercorn   # also HTTP/2 (be
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import uvicorn
 
@@ -42,8 +43,6 @@ def main() -> None:
 
 
 def _serve_hypercorn(fake: FakeOpenRouter, host: str, port: int) -> None:
-    import asyncio
-
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -52,7 +51,6 @@ def _serve_hypercorn(fake: FakeOpenRouter, host: str, port: int) -> None:
     config.backlog = 4096
     # More than httpcore opens on one connection (100), so the client's limit is the one met.
     config.h2_max_concurrent_streams = 1000
-    config.keep_alive_timeout = 3600
     asyncio.run(serve(fake.app, config))
 
 

@@ -78,16 +78,18 @@ async def idle_kb_per_stream(client: OpenRouterClient, streams: int) -> float:
     return per_stream
 
 
-async def stop_after_first_event(client: OpenRouterClient, tokens: int) -> str:
+async def stop_after_first_event(client: OpenRouterClient, tokens: int, delay: float) -> str:
     events = client.stream_chat(BODY)
     opened = await anext(events)
     assert isinstance(opened, Opened) and opened.generation_id
     await events.aclose()  # what a cancelled run does: it leaves the stream
     await asyncio.sleep(1.0)
     record = await client.get_generation(opened.generation_id)
-    while record is None:  # still generating: the upstream is served only once it ends
-        await asyncio.sleep(0.5)
-        record = await client.get_generation(opened.generation_id)
+    # Still generating (the record is served only once it ends): wait for the reply's end.
+    async with asyncio.timeout(tokens * delay + 10):
+        while record is None:
+            await asyncio.sleep(0.5)
+            record = await client.get_generation(opened.generation_id)
     learnt = "yes" if record["cancelled"] else "no"
     return (
         f"upstream learnt of it: {learnt}, {record['tokens_completion']} of {tokens} tokens billed"
@@ -101,7 +103,9 @@ async def main_async(args: argparse.Namespace) -> None:
             await one_protocol(procs, args, http2=http2, name=name)
 
 
-async def one_protocol(procs: Processes, args: argparse.Namespace, *, http2: bool, name: str):
+async def one_protocol(
+    procs: Processes, args: argparse.Namespace, *, http2: bool, name: str
+) -> None:
     def upstream(label: str, tokens: int, delay: float) -> str:
         server = procs.fake_upstream(label, tokens=tokens, delay=delay, server="hypercorn")
         return f"http://{HOST}:{server.port}/api/v1"
@@ -117,7 +121,7 @@ async def one_protocol(procs: Processes, args: argparse.Namespace, *, http2: boo
         print(f"{name:<9} cpu   {args.streams} streams: {cpu}", flush=True)
         idle = await idle_kb_per_stream(openrouter(pool, silent), args.idle)
         print(f"{name:<9} idle  {args.idle} streams: {idle:.1f} KB per stream", flush=True)
-        stopped = await stop_after_first_event(openrouter(pool, long), args.stop_tokens)
+        stopped = await stop_after_first_event(openrouter(pool, long), args.stop_tokens, args.delay)
         print(f"{name:<9} stop  a reply left after its first event: {stopped}", flush=True)
     finally:
         await pool.aclose()
