@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from app.openrouter import OpenRouterClient
 from app.upstream_http import ClientPool
@@ -25,10 +26,14 @@ from bench.run import HOST, MESSAGE, processes
 BODY = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": MESSAGE}]}
 
 
-def readers(base_url: str, pool: ClientPool) -> dict[str, Callable[[], Awaitable[None]]]:
-    client = OpenRouterClient(
+def openrouter_client(pool: ClientPool, base_url: str) -> OpenRouterClient:
+    return OpenRouterClient(
         pool, base_url=base_url, api_key="bench-not-a-real-key", app_url="x", app_title="bench"
     )
+
+
+def readers(base_url: str, pool: ClientPool) -> dict[str, Callable[[], Awaitable[None]]]:
+    client = openrouter_client(pool, base_url)
 
     async def raw() -> None:
         body = {**BODY, "stream": True}
@@ -72,21 +77,29 @@ async def main_async(args: argparse.Namespace) -> None:
             await pool.aclose()
 
 
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the streams `measure` reads: how many at once, how long, for how long."""
+    parser.add_argument("--streams", type=int, default=50, help="concurrent streams (50)")
+    parser.add_argument("--tokens", type=int, default=50, help="upstream chunks per reply (50)")
+    parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measure (8)")
+
+
+def run_like_the_server(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # the loop our server runs on (uvicorn picks it when installed)
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.client", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--streams", type=int, default=50, help="concurrent streams (50)")
-    parser.add_argument("--tokens", type=int, default=50, help="upstream chunks per reply (50)")
-    parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per reader (8)")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop  # the loop our server runs on (uvicorn picks it when installed)
-    except ImportError:
-        asyncio.run(main_async(args))
-    else:
-        uvloop.run(main_async(args))
+    add_load_options(parser)
+    run_like_the_server(main_async(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

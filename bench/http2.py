@@ -27,7 +27,14 @@ import httpx
 
 from app.openrouter import Opened, OpenRouterClient
 from app.upstream_http import ClientPool
-from bench.client import BODY, measure, readers
+from bench.client import (
+    BODY,
+    add_load_options,
+    measure,
+    openrouter_client,
+    readers,
+    run_like_the_server,
+)
 from bench.run import HOST, Processes, processes
 
 TIMEOUT = 60.0
@@ -49,12 +56,6 @@ async def client_pool(http2: bool) -> ClientPool:
             for _ in pool.clients
         ]
     return pool
-
-
-def openrouter(pool: ClientPool, base_url: str) -> OpenRouterClient:
-    return OpenRouterClient(
-        pool, base_url=base_url, api_key="bench-not-a-real-key", app_url="x", app_title="bench"
-    )
 
 
 async def idle_kb_per_stream(client: OpenRouterClient, streams: int) -> float:
@@ -119,9 +120,11 @@ async def one_protocol(
         read = readers(streaming, pool)["openrouter"]
         cpu = await measure(read, streams=args.streams, duration=args.duration)
         print(f"{name:<9} cpu   {args.streams} streams: {cpu}", flush=True)
-        idle = await idle_kb_per_stream(openrouter(pool, silent), args.idle)
+        idle = await idle_kb_per_stream(openrouter_client(pool, silent), args.idle)
         print(f"{name:<9} idle  {args.idle} streams: {idle:.1f} KB per stream", flush=True)
-        stopped = await stop_after_first_event(openrouter(pool, long), args.stop_tokens, args.delay)
+        stopped = await stop_after_first_event(
+            openrouter_client(pool, long), args.stop_tokens, args.delay
+        )
         print(f"{name:<9} stop  a reply left after its first event: {stopped}", flush=True)
     finally:
         await pool.aclose()
@@ -131,18 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.http2", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--streams", type=int, default=50, help="concurrent streams (50)")
-    parser.add_argument("--tokens", type=int, default=50, help="upstream chunks per reply (50)")
-    parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of cpu measure (8)")
+    add_load_options(parser)
     parser.add_argument("--idle", type=int, default=1000, help="idle streams (1000)")
     parser.add_argument(
         "--stop-tokens", type=int, default=300, help="tokens of the reply that is stopped (300)"
     )
-    args = parser.parse_args(argv)
-    import uvloop  # the loop our server runs on
-
-    uvloop.run(main_async(args))
+    run_like_the_server(main_async(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":
