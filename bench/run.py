@@ -110,7 +110,14 @@ class Processes:
         args = ["-m", "bench.passthrough", "--port", "{port}", "--upstream", _api(upstream)]
         return self.start(name, args + (["--clients", str(clients)] if clients else []))
 
-    def ours(self, name: str, upstream: Server) -> Server:
+    def ours(
+        self,
+        name: str,
+        upstream: Server,
+        *,
+        settings: dict[str, str] | None = None,
+        serve: tuple[str, ...] = ("-m", "app", "serve"),
+    ) -> Server:
         env = {
             "APP_ENV": "production",
             "OPENROUTER_API_KEY": "bench-not-a-real-key",
@@ -118,6 +125,7 @@ class Processes:
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,
+            **(settings or {}),
         }
         migrate = subprocess.run(
             [sys.executable, "-m", "app", "migrate"],
@@ -129,7 +137,7 @@ class Processes:
         )
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
-        return self.start(name, ["-m", "app", "serve"], env)
+        return self.start(name, list(serve), env)
 
     def stop_all(self) -> None:
         for server in reversed(self.servers):
