@@ -19,7 +19,7 @@ from app.agent_overrides import Agents
 from app.agents import load_agents
 from app.db import connect_database, is_sqlite
 from app.errors import EXCEPTION_HANDLERS
-from app.gc_tuning import tuned_for_serving
+from app.gc_freeze import start_up_frozen
 from app.migrations import MigrationsPending, migrate, require_migrated
 from app.models_catalog import ModelCatalog
 from app.openrouter import OpenRouterClient
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 recommended=settings.recommended_models,
             )
             stack.push_async_callback(model_catalog.aclose)
-            stack.enter_context(tuned_for_serving(settings.gc_threshold))
+            stack.enter_context(start_up_frozen())
             yield {
                 "app": AppState(
                     settings=settings,

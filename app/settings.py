@@ -92,9 +92,6 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(32_000, ge=1)
     ping_interval: float = Field(15.0, gt=0, le=15.0)
     dev_user_id: str = "dev"
-    # Allocations between young garbage collections once serving (Python's default: 700); the
-    # objects start-up leaves alive are frozen. 0 leaves the collector as Python sets it.
-    gc_threshold: int = Field(10_000, ge=0)
 
     # Runs: what happens to a reply whatever way its stream ends.
     disconnect_policy: Literal["continue", "cancel"] = "continue"

@@ -1,14 +1,14 @@
-"""The garbage collector under load: our server with Python's collector, and with GC_THRESHOLD's.
+"""The garbage collector under load: our server as it runs (start-up frozen) and without the freeze.
 
     .venv/bin/python -m bench.collector                   # 200 streams, 2 rounds of 8 s
-    .venv/bin/python -m bench.collector --streams 50 --rounds 3
+    .venv/bin/python -m bench.collector --streams 50 --variants python,frozen,frozen+10000
 
-Two servers of ours in front of one fake upstream, measured in turns: `GC_THRESHOLD=0` (the
-collector as Python sets it) and the default (start-up's objects frozen, young collections
-every 10,000 allocations; `app/gc_tuning.py`). Each runs under a probe, `python -m
-bench.collector serve`: the server with a `gc.callbacks` hook that times every collection and
-writes its totals to a file on SIGUSR1. For each setting: CPU per reply, the collector's part
-of it, collections per generation, the longest pause, and peak RSS.
+Servers of ours in front of one fake upstream, measured in turns, each a variant: `frozen` is
+the server as it runs (`app/gc_freeze.py`), `python` the same with `gc.freeze` made a no-op,
+and `frozen+N` also sets the young generation's threshold to N (Python's is 700). Each runs
+under a probe, `python -m bench.collector serve`: the server with a `gc.callbacks` hook that
+times every collection and writes its totals to a file on SIGUSR1. For each variant: CPU per
+reply, the collector's part of it, collections per generation, the longest pause, peak RSS.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
 from bench.client import add_load_options
 from bench.run import OURS, Processes, Server, measure, processes
 
 PROBE_FILE = "GC_PROBE_FILE"
+VARIANT = "GC_PROBE_VARIANT"
 GENERATIONS = ("young", "middle", "full")
 
 
@@ -58,6 +58,11 @@ def serve() -> int:
         scratch.replace(path)  # the driver never reads half a file
         longest[:] = [0.0, 0.0, 0.0]
 
+    variant = os.environ[VARIANT]
+    if variant == "python":
+        gc.freeze = gc.unfreeze = lambda: None
+    elif "+" in variant:
+        gc.set_threshold(int(variant.split("+")[1]), *gc.get_threshold()[1:])
     gc.callbacks.append(on_collection)
     signal.signal(signal.SIGUSR1, report)
     return main(["serve"])
@@ -95,19 +100,16 @@ class Totals:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    default = Settings.model_fields["gc_threshold"].default
-    settings = {"0 (Python's)": "0", f"{default} (default)": str(default)}
     with processes() as procs:
         upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
         servers = {
-            name: (start_probed(procs, f"gc-{value}", upstream, value), Totals())
-            for name, value in settings.items()
+            variant: (start_probed(procs, variant, upstream), Totals()) for variant in args.variants
         }
         time_limit = 60.0 + args.tokens * args.delay
         for round_ in range(args.rounds):
-            # Alternate the order, so neither setting always runs on a warmer machine.
+            # Alternate the order, so no variant always runs on a warmer machine.
             order = list(servers.items())[:: -1 if round_ % 2 else 1]
-            for name, (server, totals) in order:
+            for variant, (server, totals) in order:
                 path = procs.workdir / f"{server.name}.gc.json"
                 before = probe(server, path)
                 result = await measure(
@@ -124,25 +126,25 @@ async def main_async(args: argparse.Namespace) -> None:
                 totals.longest = max(totals.longest, *after["longest"])
                 totals.peak_rss_kb = result.peak_rss_kb
                 if result.errors:
-                    print(f"{name}: {result.errors} streams failed", file=sys.stderr)
+                    print(f"{variant}: {result.errors} streams failed", file=sys.stderr)
     print(
         f"ours at {args.streams} streams, {args.tokens} tokens {args.delay * 1000:g} ms apart, "
-        f"{args.rounds} x {args.duration:g} s per setting"
+        f"{args.rounds} x {args.duration:g} s per variant"
     )
     print(
-        f"{'GC_THRESHOLD':<16}{'replies':>8}{'cpu ms/reply':>14}{'gc ms/reply':>13}{'gc share':>10}"
+        f"{'variant':<16}{'replies':>8}{'cpu ms/reply':>14}{'gc ms/reply':>13}{'gc share':>10}"
         f"{'/'.join(GENERATIONS):>20}{'longest pause ms':>18}{'peak MB':>9}"
     )
-    for name, (_, totals) in servers.items():
-        print(totals.row(name))
+    for variant, (_, totals) in servers.items():
+        print(totals.row(variant))
 
 
-def start_probed(procs: Processes, name: str, upstream: Server, threshold: str) -> Server:
-    path = procs.workdir / f"{name}.gc.json"
+def start_probed(procs: Processes, variant: str, upstream: Server) -> Server:
+    name = f"gc-{variant}"
     return procs.ours(
         name,
         upstream,
-        settings={"GC_THRESHOLD": threshold, PROBE_FILE: str(path)},
+        settings={VARIANT: variant, PROBE_FILE: str(procs.workdir / f"{name}.gc.json")},
         serve=("-m", "bench.collector", "serve"),
     )
 
@@ -157,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     add_load_options(parser)
     parser.set_defaults(streams=200)
     parser.add_argument("--rounds", type=int, default=2, help="turns per setting (2)")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: text.split(","),
+        default=["python", "frozen"],
+        help="python, frozen (the server as it runs), frozen+N (young threshold N)",
+    )
     asyncio.run(main_async(parser.parse_args(argv)))
     return 0
 
