@@ -2,13 +2,16 @@
 
     .venv/bin/python -m bench                      # levels 1, 50, 200 and the idle-memory test
     .venv/bin/python -m bench --quick              # a short run, for a quick look
+    .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
 the httpcore pool trap), and ours (`python -m app serve`, SQLite, APP_ENV=production). The load
 driver is this process: raw asyncio sockets speaking HTTP/1.1, one connection per stream, so it
 stays lean; it still shares the machine's cores with the servers, which is why results are
-given as ratios to the pass-through. Targets run one after another, never at the same time.
+given as ratios to the pass-through. Targets run one after another, never at the same time;
+with `--rounds N`, N times each at every level, in alternating order, and each target's N
+measurements are pooled (all their streams, CPU and time together).
 """
 
 from __future__ import annotations
@@ -271,6 +274,23 @@ class Result:
         return 1000 * quantile(self.ttft, q)
 
 
+def pooled(results: list[Result]) -> Result:
+    """One target's rounds at one level as a single measurement: all their streams together."""
+    first = results[0]
+    return Result(
+        target=first.target,
+        level=first.level,
+        streams=sum(r.streams for r in results),
+        errors=sum(r.errors for r in results),
+        elapsed=sum(r.elapsed for r in results),
+        ttft=[t for r in results for t in r.ttft],
+        totals=[t for r in results for t in r.totals],
+        cpu=sum(r.cpu for r in results),
+        peak_rss_kb=max(r.peak_rss_kb for r in results),
+        driver_cpu=sum(r.driver_cpu for r in results),
+    )
+
+
 def quantile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -431,6 +451,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measurement (8)")
     parser.add_argument("--idle", type=int, default=None, help="idle streams for memory (1000)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measurements per target and level, pooled (1)"
+    )
     parser.add_argument("--clients", type=int, default=None, help="pass-through pool size")
     parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
     parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
@@ -467,12 +490,22 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
         targets.append((procs.ours("ours", upstream), OURS))
         for level in args.levels:
-            for server, protocol in targets:
-                result = await measure(
-                    server, protocol, level=level, duration=args.duration, time_limit=time_limit
-                )
-                results.append(result)
-                print(f"  measured {result.target} at {level} streams", file=sys.stderr, flush=True)
+            rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
+            for round_ in range(args.rounds):
+                # Turn by turn, in alternating order: a machine that slows down or speeds up
+                # during a level weighs on every target alike.
+                for server, protocol in targets[:: -1 if round_ % 2 else 1]:
+                    result = await measure(
+                        server, protocol, level=level, duration=args.duration, time_limit=time_limit
+                    )
+                    rounds[server.name].append(result)
+                    print(
+                        f"  measured {result.target} at {level} streams "
+                        f"(round {round_ + 1} of {args.rounds})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            results.extend(pooled(rounds[server.name]) for server, _ in targets)
     print(table(results))
     by = {(r.target, r.level): r for r in results}
     summary, verdicts = ratios(by, args.levels)
@@ -510,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     print(
         f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
-        f"{args.duration:.0f} s per measurement; machine: {os.cpu_count()} cores, "
+        f"{args.rounds} x {args.duration:.0f} s per measurement; machine: {os.cpu_count()} cores, "
         f"{_cpu_model()}, Python {sys.version.split()[0]}",
         flush=True,
     )

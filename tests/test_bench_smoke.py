@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.run import HOST, OURS, Sample, one_stream
+from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
@@ -20,7 +20,7 @@ TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
 def test_benchmark_runs_every_target_without_errors():
     args = ["--levels", "1,3", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
     finished = subprocess.run(
-        [sys.executable, "-m", "bench", *args, "--idle", "10"],
+        [sys.executable, "-m", "bench", *args, "--idle", "10", "--rounds", "2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,6 +39,19 @@ def test_benchmark_runs_every_target_without_errors():
     assert "KB RSS per open stream" in finished.stdout
     budget = lines[lines.index("budget:") + 1 :]
     assert budget and all(line.startswith(("PASS", "FAIL")) for line in budget)
+
+
+def test_rounds_are_pooled_into_one_measurement():
+    def result(streams: int, errors: int, elapsed: float, cpu: float, ttft: list[float]):
+        return Result("ours", 50, streams, errors, elapsed, ttft, ttft, cpu, 1000, 0.1)
+
+    first = result(10, 0, 1.0, 0.05, [0.010] * 10)
+    second = result(31, 1, 2.0, 0.25, [0.030] * 30)
+    both = pooled([first, second])
+    assert (both.streams, both.errors, both.elapsed) == (41, 1, 3.0)
+    assert both.replies_per_s == 40 / 3.0  # not the mean of 10/s and 15/s
+    assert both.cpu_ms_per_reply == 1000 * 0.30 / 40
+    assert both.ttft_ms(0.5) == 30.0  # the median of all 40 streams, not of the two medians
 
 
 def test_the_upstream_side_benchmark_runs_both_readers():
