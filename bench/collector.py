@@ -91,9 +91,10 @@ class Totals:
 
     def row(self, name: str) -> str:
         per_reply = 1000 / max(1, self.replies)
+        share = 100 * self.gc_seconds / self.cpu if self.cpu else float("nan")  # 0 ticks: tiny runs
         return (
             f"{name:<16}{self.replies:>8}{self.cpu * per_reply:>14.2f}"
-            f"{self.gc_seconds * per_reply:>13.3f}{100 * self.gc_seconds / self.cpu:>9.1f}%"
+            f"{self.gc_seconds * per_reply:>13.3f}{share:>9.1f}%"
             f"{'/'.join(map(str, self.collections)):>20}{1000 * self.longest:>18.1f}"
             f"{self.peak_rss_kb / 1024:>9.1f}"
         )
