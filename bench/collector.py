@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import add_load_options
-from bench.run import OURS, Processes, Server, measure, processes
+from bench.run import OURS, Processes, Result, Server, measure, pooled, processes
 
 PROBE_FILE = "GC_PROBE_FILE"
 VARIANT = "GC_PROBE_VARIANT"
@@ -81,51 +81,53 @@ def probe(server: Server, path: Path) -> dict[str, list[float]]:
 
 
 @dataclass
-class Totals:
-    replies: int = 0
-    cpu: float = 0.0
+class Probed:
+    """One variant's server, and what its probe saw over all its rounds."""
+
+    server: Server
+    report: Path  # where the probe writes its totals
+    results: list[Result] = field(default_factory=list)
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])
     gc_seconds: float = 0.0
     longest: float = 0.0
-    peak_rss_kb: int = 0
+
+    async def measure(self, args: argparse.Namespace, time_limit: float) -> Result:
+        before = probe(self.server, self.report)
+        result = await measure(
+            self.server, OURS, level=args.streams, duration=args.duration, time_limit=time_limit
+        )
+        after = probe(self.server, self.report)
+        self.results.append(result)
+        for generation in range(3):
+            self.collections[generation] += (
+                after["counts"][generation] - before["counts"][generation]
+            )
+        self.gc_seconds += sum(after["seconds"]) - sum(before["seconds"])
+        self.longest = max(self.longest, *after["longest"])
+        return result
 
     def row(self, name: str) -> str:
-        per_reply = 1000 / max(1, self.replies)
-        share = 100 * self.gc_seconds / self.cpu if self.cpu else float("nan")  # 0 ticks: tiny runs
+        total = pooled(self.results)
+        replies = total.streams - total.errors
+        per_reply = 1000 / max(1, replies)
+        share = 100 * self.gc_seconds / total.cpu if total.cpu else float("nan")  # 0 ticks
         return (
-            f"{name:<16}{self.replies:>8}{self.cpu * per_reply:>14.2f}"
+            f"{name:<16}{replies:>8}{total.cpu_ms_per_reply:>14.2f}"
             f"{self.gc_seconds * per_reply:>13.3f}{share:>9.1f}%"
             f"{'/'.join(map(str, self.collections)):>20}{1000 * self.longest:>18.1f}"
-            f"{self.peak_rss_kb / 1024:>9.1f}"
+            f"{total.peak_rss_kb / 1024:>9.1f}"
         )
 
 
 async def main_async(args: argparse.Namespace) -> None:
     with processes() as procs:
         upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
-        servers = {
-            variant: (start_probed(procs, variant, upstream), Totals()) for variant in args.variants
-        }
+        probed = {variant: start_probed(procs, variant, upstream) for variant in args.variants}
         time_limit = 60.0 + args.tokens * args.delay
         for round_ in range(args.rounds):
             # Alternate the order, so no variant always runs on a warmer machine.
-            order = list(servers.items())[:: -1 if round_ % 2 else 1]
-            for variant, (server, totals) in order:
-                path = procs.workdir / f"{server.name}.gc.json"
-                before = probe(server, path)
-                result = await measure(
-                    server, OURS, level=args.streams, duration=args.duration, time_limit=time_limit
-                )
-                after = probe(server, path)
-                totals.replies += result.streams - result.errors
-                totals.cpu += result.cpu
-                for generation in range(3):
-                    totals.collections[generation] += (
-                        after["counts"][generation] - before["counts"][generation]
-                    )
-                totals.gc_seconds += sum(after["seconds"]) - sum(before["seconds"])
-                totals.longest = max(totals.longest, *after["longest"])
-                totals.peak_rss_kb = result.peak_rss_kb
+            for variant, server in list(probed.items())[:: -1 if round_ % 2 else 1]:
+                result = await server.measure(args, time_limit)
                 if result.errors:
                     print(f"{variant}: {result.errors} streams failed", file=sys.stderr)
     print(
@@ -136,18 +138,20 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{'variant':<16}{'replies':>8}{'cpu ms/reply':>14}{'gc ms/reply':>13}{'gc share':>10}"
         f"{'/'.join(GENERATIONS):>20}{'longest pause ms':>18}{'peak MB':>9}"
     )
-    for variant, (_, totals) in servers.items():
-        print(totals.row(variant))
+    for variant, server in probed.items():
+        print(server.row(variant))
 
 
-def start_probed(procs: Processes, variant: str, upstream: Server) -> Server:
+def start_probed(procs: Processes, variant: str, upstream: Server) -> Probed:
     name = f"gc-{variant}"
-    return procs.ours(
+    report = procs.workdir / f"{name}.gc.json"
+    server = procs.ours(
         name,
         upstream,
-        settings={VARIANT: variant, PROBE_FILE: str(procs.workdir / f"{name}.gc.json")},
+        settings={VARIANT: variant, PROBE_FILE: str(report)},
         serve=("-m", "bench.collector", "serve"),
     )
+    return Probed(server, report)
 
 
 def main(argv: list[str] | None = None) -> int:

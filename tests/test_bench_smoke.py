@@ -15,18 +15,26 @@ from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
+# The load options of bench.client, bench.http2 and bench.collector, at their smallest.
+TINY_LOAD = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+
+
+def run_bench(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m <module> <args>` from the repository, which must exit 0."""
+    finished = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished
 
 
 def test_benchmark_runs_every_target_without_errors():
     args = ["--levels", "1,3", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench", *args, "--idle", "10", "--rounds", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    finished = run_bench("bench", *args, "--idle", "10", "--rounds", "2", timeout=120)
     lines = finished.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("target"))
     rows = [line.split() for line in lines[header + 2 : header + 2 + 2 * len(TARGETS)]]
@@ -55,30 +63,16 @@ def test_rounds_are_pooled_into_one_measurement():
 
 
 def test_the_upstream_side_benchmark_runs_both_readers():
-    args = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench.client", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    finished = run_bench("bench.client", *TINY_LOAD, timeout=60)
     readers = [line.split()[0] for line in finished.stdout.splitlines()]
     assert readers == ["raw", "openrouter"]
     assert all("cpu ms/reply" in line for line in finished.stdout.splitlines())
 
 
 def test_the_http2_benchmark_measures_both_protocols():
-    args = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench.http2", *args, "--idle", "5", "--stop-tokens", "20"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    finished = run_bench(
+        "bench.http2", *TINY_LOAD, "--idle", "5", "--stop-tokens", "20", timeout=60
     )
-    assert finished.returncode == 0, finished.stderr[-3000:]
     rows = [line.split(maxsplit=2)[:2] for line in finished.stdout.splitlines()]
     assert rows == [[p, m] for p in ("HTTP/1.1", "HTTP/2") for m in ("cpu", "idle", "stop")]
     # What the server relies on, over HTTP/1.1: leaving a stream tells the upstream to stop.
@@ -86,15 +80,7 @@ def test_the_http2_benchmark_measures_both_protocols():
 
 
 def test_the_collector_benchmark_probes_both_variants():
-    args = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
-    finished = subprocess.run(
-        [sys.executable, "-m", "bench.collector", *args, "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    finished = run_bench("bench.collector", *TINY_LOAD, "--rounds", "1", timeout=120)
     assert "failed" not in finished.stderr
     rows = [line.split() for line in finished.stdout.splitlines()[2:]]
     assert [row[0] for row in rows] == ["python", "frozen"]
