@@ -38,8 +38,8 @@ def load_settings() -> Settings:
 
 
 async def _migrate(settings: Settings) -> None:
-    from app.db import open_database
-    from app.migrations import migrate
+    from app.storage.database import open_database
+    from app.storage.migrations import migrate
 
     # One connection is all migrating needs, and no statement timeout: DDL on a big table, or
     # waiting for another process's migration to finish, may take longer than a query should.

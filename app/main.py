@@ -15,23 +15,23 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 from starlette.applications import Starlette
 
-from app.agent_overrides import Agents
-from app.agents import load_agents
-from app.db import connect_database, is_sqlite
+from app.agents.config import load_agents
+from app.agents.overrides import Agents
+from app.dev.simulator import Behaviour, FakeOpenRouter
+from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
-from app.gc_freeze import start_up_frozen
-from app.migrations import MigrationsPending, migrate, require_migrated
-from app.models_catalog import ModelCatalog
-from app.openrouter import OpenRouterClient
-from app.routes import catalog, conversations, health, models, pages, replies
-from app.runs import Runs
+from app.http.routes import catalog, conversations, health, models, pages, replies
+from app.http.sse import drain_on_shutdown
+from app.ops.gc_freeze import start_up_frozen
+from app.replies.runs import Runs
 from app.settings import Settings
-from app.simulator import Behaviour, FakeOpenRouter
-from app.sse import drain_on_shutdown
 from app.state import AppState
-from app.store import Store
-from app.threaded_server import ThreadedServer
-from app.upstream_http import ClientPool
+from app.storage.database import connect_database, is_sqlite
+from app.storage.migrations import MigrationsPending, migrate, require_migrated
+from app.storage.store import Store
+from app.upstream.models_catalog import ModelCatalog
+from app.upstream.openrouter import OpenRouterClient
+from app.upstream.pool import ClientPool
 
 log = logging.getLogger("app")
 

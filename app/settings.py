@@ -15,7 +15,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-DEFAULT_AGENTS_FILE = Path(__file__).with_name("agents.toml")
+DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
 DEFAULT_RECOMMENDED_MODELS = (

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from databases import Database
 from starlette.requests import Request
 
-from app.agent_overrides import Agents
-from app.models_catalog import ModelCatalog
-from app.openrouter import OpenRouterClient
-from app.runs import Runs
+from app.agents.overrides import Agents
+from app.replies.runs import Runs
 from app.settings import Settings
-from app.store import Store
-from app.upstream_http import ClientPool
+from app.storage.store import Store
+from app.upstream.models_catalog import ModelCatalog
+from app.upstream.openrouter import OpenRouterClient
+from app.upstream.pool import ClientPool
 
 
 @dataclass

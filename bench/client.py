@@ -19,8 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from app.openrouter import OpenRouterClient
-from app.upstream_http import ClientPool
+from app.upstream.openrouter import OpenRouterClient
+from app.upstream.pool import ClientPool
 from bench.run import HOST, MESSAGE, processes
 
 BODY = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": MESSAGE}]}

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.collector --streams 50 --variants python,frozen,frozen+10000
 
 Servers of ours in front of one fake upstream, measured in turns, each a variant: `frozen` is
-the server as it runs (`app/gc_freeze.py`), `python` the same with `gc.freeze` made a no-op,
+the server as it runs (`app/ops/gc_freeze.py`), `python` the same with `gc.freeze` made a no-op,
 and `frozen+N` also sets the young generation's threshold to N (Python's is 700). Each runs
 under a probe, `python -m bench.collector serve`: the server with a `gc.callbacks` hook that
 times every collection and writes its totals to a file on SIGUSR1. For each variant: CPU per

@@ -11,7 +11,7 @@ import asyncio
 
 import uvicorn
 
-from app.simulator import Behaviour, FakeOpenRouter
+from app.dev.simulator import Behaviour, FakeOpenRouter
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from app.openrouter import Opened, OpenRouterClient
-from app.upstream_http import ClientPool
+from app.upstream.openrouter import Opened, OpenRouterClient
+from app.upstream.pool import ClientPool
 from bench.client import (
     BODY,
     add_load_options,

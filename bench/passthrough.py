@@ -3,7 +3,7 @@
     python -m bench.passthrough --port 9002 --upstream http://127.0.0.1:9001/api/v1 --clients 16
 
 `--clients 1` is the single shared `httpx.AsyncClient` whose pool bookkeeping is the trap that
-`app.upstream_http` avoids; any other number uses the same client pool as our server.
+`app.upstream.pool` avoids; any other number uses the same client pool as our server.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from app.upstream_http import ClientPool
+from app.upstream.pool import ClientPool
 
 
 def build(upstream: str, clients: int) -> Starlette:

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from databases import DatabaseURL
 
+from app.dev.simulator import FakeOpenRouter
+from app.dev.threaded_server import ThreadedServer
 from app.main import create_app
 from app.settings import Settings, normalize_database_url
-from app.simulator import FakeOpenRouter
-from app.threaded_server import ThreadedServer
 from tests.support import AppServer, DatabaseHandle, make_database
 
 

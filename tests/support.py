@@ -17,11 +17,11 @@ import httpx
 from databases import Database, DatabaseURL
 from httpx_sse import connect_sse
 
-from app.db import is_sqlite, open_database
-from app.migrations import migrate
+from app.dev.threaded_server import ThreadedServer
 from app.settings import Settings, normalize_database_url
-from app.store import GenerationRecord, Store, TurnIds
-from app.threaded_server import ThreadedServer
+from app.storage.database import is_sqlite, open_database
+from app.storage.migrations import migrate
+from app.storage.store import GenerationRecord, Store, TurnIds
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Store)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from app.threaded_server import free_port
+from app.dev.threaded_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

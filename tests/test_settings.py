@@ -14,9 +14,9 @@ import pytest
 from pydantic import ValidationError
 
 from app.cli import load_settings
+from app.dev.simulator import Behaviour
 from app.main import create_app
 from app.settings import ConfigError, Settings
-from app.simulator import Behaviour
 from tests.support import read_sse
 
 KEY = "sk-or-v1-very-secret-0123456789"

@@ -1,0 +1,1 @@
+"""Agent configs (agents.toml) and their run-time overrides."""

@@ -1,0 +1,185 @@
+"""Agents re-pointed at run time: the agents file is the default, the database holds overrides.
+
+Overrides (model, fallback models, temperature, max_tokens) are kept in memory, loaded at
+start-up and updated on every change, so resolving an agent costs no database read per message.
+A run copies its agent's effective config when it starts, so a change applies to the next reply
+and never to one in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.agents.config import AgentConfig
+from app.errors import ApiError
+from app.settings import MODEL_ID
+from app.storage.store import Store
+from app.upstream.models_catalog import CatalogView
+
+FIELDS = ("model", "fallback_models", "temperature", "max_tokens")
+
+
+@dataclass(frozen=True)
+class AgentOverride:
+    """None in a field means "as in the agents file"."""
+
+    model: str | None = None
+    fallback_models: tuple[str, ...] | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    updated_at: datetime | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS if getattr(self, name) is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "fallback_models": None if self.fallback_models is None else list(self.fallback_models),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+class Agents:
+    """The agents file's configs merged with the overrides; `effective(name)` is what runs use."""
+
+    def __init__(self, defaults: dict[str, AgentConfig]) -> None:
+        self.defaults = defaults
+        self._overrides: dict[str, AgentOverride] = {}
+        # Keeps the database and the in-memory copy in the same order under concurrent writes.
+        self._lock = asyncio.Lock()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.defaults
+
+    def names(self) -> list[str]:
+        return list(self.defaults)
+
+    def override(self, name: str) -> AgentOverride | None:
+        return self._overrides.get(name)
+
+    def effective(self, name: str) -> AgentConfig:
+        default = self.defaults[name]
+        override = self._overrides.get(name)
+        return default.model_copy(update=override.changes()) if override else default
+
+    async def load(self, store: Store) -> None:
+        for row in await store.agent_overrides():
+            if row["agent"] not in self.defaults:
+                continue  # an agent since removed from the file: its override is moot
+            fallbacks = row["fallback_models"]
+            self._overrides[row["agent"]] = AgentOverride(
+                model=row["model"],
+                fallback_models=None if fallbacks is None else tuple(fallbacks),
+                temperature=row["temperature"],
+                max_tokens=row["max_tokens"],
+                updated_at=row["updated_at"],
+            )
+
+    async def put(self, store: Store, name: str, override: AgentOverride) -> AgentOverride:
+        async with self._lock:
+            updated_at = await store.save_agent_override(
+                agent=name,
+                model=override.model,
+                fallback_models=None
+                if override.fallback_models is None
+                else list(override.fallback_models),
+                temperature=override.temperature,
+                max_tokens=override.max_tokens,
+            )
+            saved = AgentOverride(**{**override.__dict__, "updated_at": updated_at})
+            self._overrides[name] = saved
+        return saved
+
+    async def reset(self, store: Store, name: str) -> bool:
+        async with self._lock:
+            found = await store.delete_agent_override(agent=name)
+            self._overrides.pop(name, None)
+        return found
+
+
+# --- validating a change ------------------------------------------------------------------------
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_field", message)
+
+
+def _model_id(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not MODEL_ID.match(value.strip()):
+        raise _invalid(f"`{field}` must be an OpenRouter model id like openai/gpt-4o")
+    return value.strip()
+
+
+def parse_override(body: dict[str, Any]) -> AgentOverride:
+    """The fields of a PUT body, type- and range-checked; absent or null fields follow the file."""
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise _invalid(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+    if not any(field in body for field in FIELDS):
+        raise _invalid(f"give at least one of {', '.join(FIELDS)}")
+    model = body.get("model")
+    if model is not None:
+        model = _model_id(model, "model")
+    fallbacks = body.get("fallback_models")
+    if fallbacks is not None:
+        if not isinstance(fallbacks, list):
+            raise _invalid("`fallback_models` must be a list of model ids")
+        fallbacks = tuple(_model_id(item, "fallback_models[]") for item in fallbacks)
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not math.isfinite(temperature)
+            or not 0 <= temperature <= 2
+        ):
+            raise _invalid("`temperature` must be a number from 0 to 2")
+        temperature = float(temperature)
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise _invalid("`max_tokens` must be a whole number of at least 1")
+    return AgentOverride(
+        model=model, fallback_models=fallbacks, temperature=temperature, max_tokens=max_tokens
+    )
+
+
+def check_against_catalog(
+    override: AgentOverride, *, default: AgentConfig, default_model: str, catalog: CatalogView
+) -> list[str]:
+    """Raise 422 for a model the catalog lacks or a max_tokens above the model's limit; return
+    warnings instead when the catalog is unavailable (only the bootstrap list is there)."""
+    merged = default.model_copy(update=override.changes())
+    model = merged.effective_model(default_model)
+    named = [model, *merged.fallback_models]
+    if not catalog.available:
+        return [
+            f"the model catalog is unavailable ({catalog.refresh_error or 'not loaded'}): "
+            f"could not check that {', '.join(named)} exist(s) or the max_tokens limit"
+        ]
+    missing = [model_id for model_id in named if catalog.find(model_id) is None]
+    if missing:
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"{', '.join(missing)} is not in OpenRouter's model catalog; "
+            "see GET /api/models for the ids",
+        )
+    limit = catalog.find(model).output_limit
+    if limit is not None and merged.max_tokens > limit:
+        origin = "" if override.max_tokens is not None else " (from the agents file)"
+        raise ApiError(
+            422,
+            "max_tokens_too_large",
+            f"max_tokens {merged.max_tokens}{origin} is above {model}'s limit of {limit}; "
+            "send a smaller max_tokens",
+        )
+    return []

@@ -1,0 +1,1 @@
+"""Money and cost lookups against OpenRouter's generation records."""

@@ -1,0 +1,1 @@
+"""Development and test aids: the OpenRouter simulator and a threaded uvicorn server."""

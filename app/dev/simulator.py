@@ -1,0 +1,362 @@
+"""A local simulator of OpenRouter's API: the fake upstream of the tests, benchmarks and dev mode.
+
+It speaks the wire format in `shared/openrouter-wire.md` (comment lines, a finish chunk, a usage
+chunk after it, `[DONE]`, `X-Generation-Id`, both error shapes) and can be told to misbehave in
+every way the real one does. Each `/chat/completions` request takes the next queued `Behaviour`
+(or the default one); the simulator records the requests it received and the generations it
+served, so tests can check what went upstream and what was billed.
+
+Its replies say that they come from the simulator, so nobody mistakes it for a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.dev.simulator_models import simulated_models
+
+# Per-token prices the simulator bills at (USD), so costs look like real ones.
+PROMPT_PRICE = Decimal("0.00000015")
+COMPLETION_PRICE = Decimal("0.0000006")
+
+
+@dataclass
+class Behaviour:
+    """How the simulator answers one chat completion request."""
+
+    tokens: list[str] | None = None  # None: a reply derived from the last user message
+    delay: float = 0.0  # seconds between chunks
+    headers_delay: float = 0.0  # seconds before the response starts
+    status: int = 200  # non-200: an error response before any stream
+    error_body: dict[str, Any] | None = None  # overrides the standard error body
+    retry_after: str | None = None
+    error_after: int | None = None  # in-band error chunk after this many content chunks
+    error_code: int | str = 502
+    error_with_choices: bool = True
+    malformed_after: int | None = None  # a data line that is not JSON
+    drop_after: int | None = None  # close the connection abruptly
+    stall_after: int | None = None  # stop sending, keep the connection open
+    no_usage: bool = False  # end without a usage chunk (and without [DONE])
+    usage_in_choice_chunk: bool = False  # usage inside a chunk that still has a choice
+    comments: bool = True  # ": OPENROUTER PROCESSING" lines between chunks
+    reasoning: list[str] = field(default_factory=list)
+    model: str | None = None  # the answering model; default: the first requested one
+    cost: Decimal | None = None  # default: priced from the token counts
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Generation:
+    id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    streamed_usage: bool = False
+    # Like OpenRouter's, the record is only served (else 404) once the generation is over: a
+    # lookup never sees a cost still growing.
+    ended: bool = False
+
+
+def _words(text: str) -> list[str]:
+    return [word for word in text.split() if word]
+
+
+def default_reply(messages: list[dict[str, Any]]) -> list[str]:
+    last_user = next(
+        (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    said = " ".join(_words(str(last_user))[:40]) or "nothing"
+    text = (
+        "[simulated reply] This answer comes from the local OpenRouter simulator, not a model. "
+        f"You said: {said}"
+    )
+    parts = text.split(" ")
+    return [parts[0], *(" " + part for part in parts[1:])]
+
+
+class FakeOpenRouter:
+    """The simulator's state and its Starlette app (`.app`); thread-safe to drive from tests."""
+
+    def __init__(self, *, default: Behaviour | None = None, generation_404s: int = 0) -> None:
+        self.default = default or Behaviour()
+        self.generation_404s = generation_404s
+        self.models_payload: dict[str, Any] = simulated_models()
+        self.models_status = 200  # non-200: `/models` fails with this status
+        self.models_delay = 0.0  # seconds before `/models` answers
+        self.models_gate: threading.Event | None = None  # if set: `/models` waits until it opens
+        self.models_calls = 0
+        self.requests: list[dict[str, Any]] = []
+        self.generations: dict[str, Generation] = {}
+        self.generation_lookups: collections.Counter[str] = collections.Counter()
+        self._queue: collections.deque[Behaviour] = collections.deque()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/api/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/api/v1/generation", self._generation, methods=["GET"]),
+                Route("/api/v1/models", self._models, methods=["GET"]),
+                Route("/api/v1/key", self._key, methods=["GET"]),
+            ]
+        )
+
+    # -- driving it from a test --
+
+    def enqueue(self, *behaviours: Behaviour) -> None:
+        with self._lock:
+            self._queue.extend(behaviours)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+            self.generations.clear()
+            self.generation_lookups.clear()
+            self.models_calls = 0
+        self.default = Behaviour()
+        self.generation_404s = 0
+        self.models_payload = simulated_models()
+        self.models_status = 200
+        self.models_delay = 0.0
+        self.models_gate = None
+
+    def _next(self) -> Behaviour:
+        with self._lock:
+            return self._queue.popleft() if self._queue else replace(self.default)
+
+    # -- endpoints --
+
+    async def _chat(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return JSONResponse(
+                {"error": {"code": 400, "message": "invalid JSON"}}, status_code=400
+            )
+        with self._lock:
+            self.requests.append(
+                {
+                    "body": body,
+                    "headers": dict(request.headers),
+                    "at": time.monotonic(),
+                    # Which connection it came on: tests check that connections are reused.
+                    "client": request.client and (request.client.host, request.client.port),
+                }
+            )
+        behaviour = self._next()
+        if behaviour.headers_delay:
+            await asyncio.sleep(behaviour.headers_delay)
+        if behaviour.status != 200:
+            headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
+            payload = behaviour.error_body or {
+                "error": {
+                    "code": behaviour.status,
+                    "message": f"simulated upstream error {behaviour.status}",
+                }
+            }
+            return JSONResponse(payload, status_code=behaviour.status, headers=headers)
+
+        messages = body.get("messages") or []
+        model = (
+            behaviour.model
+            or (body.get("models") or [None])[0]
+            or body.get("model")
+            or "simulator/echo"
+        )
+        tokens = behaviour.tokens if behaviour.tokens is not None else default_reply(messages)
+        prompt_tokens = sum(len(_words(str(m.get("content", "")))) for m in messages)
+        generation = Generation(
+            id=f"gen-sim-{next(self._ids)}", model=model, prompt_tokens=prompt_tokens
+        )
+        with self._lock:
+            self.generations[generation.id] = generation
+
+        if not body.get("stream"):
+            return self._complete(generation, tokens, behaviour)
+        return StreamingResponse(
+            self._stream(generation, tokens, behaviour),
+            media_type="text/event-stream",
+            headers={"X-Generation-Id": generation.id, "Cache-Control": "no-cache"},
+        )
+
+    def _price(self, generation: Generation, behaviour: Behaviour) -> Decimal:
+        if behaviour.cost is not None:
+            return behaviour.cost
+        return (
+            generation.prompt_tokens * PROMPT_PRICE
+            + generation.completion_tokens * COMPLETION_PRICE
+        )
+
+    def _usage(self, generation: Generation, behaviour: Behaviour) -> dict[str, Any]:
+        return {
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+            "cost": float(generation.cost),
+            "is_byok": False,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": len(behaviour.reasoning)},
+            "cost_details": {"upstream_inference_cost": None},
+        }
+
+    def _complete(
+        self, generation: Generation, tokens: list[str], behaviour: Behaviour
+    ) -> Response:
+        generation.completion_tokens = len(tokens)
+        generation.cost = self._price(generation, behaviour)
+        generation.finish_reason = behaviour.finish_reason
+        generation.ended = True
+        return JSONResponse(
+            {
+                "id": generation.id,
+                "model": generation.model,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(tokens)},
+                        "finish_reason": behaviour.finish_reason,
+                    }
+                ],
+                "usage": self._usage(generation, behaviour),
+            },
+            headers={"X-Generation-Id": generation.id},
+        )
+
+    async def _stream(self, generation: Generation, tokens: list[str], behaviour: Behaviour):
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+            payload: dict[str, Any] = {
+                "id": generation.id,
+                "provider": "Simulator",
+                "model": generation.model,
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "choices": []
+                if delta is None
+                else [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "finish_reason": finish,
+                        "native_finish_reason": finish,
+                    }
+                ],
+                **extra,
+            }
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        comment = b": OPENROUTER PROCESSING\n\n" if behaviour.comments else b""
+        completed = False
+        try:
+            yield comment + chunk({"role": "assistant", "content": ""})
+            for text in behaviour.reasoning:
+                yield chunk({"reasoning": text})
+            for index, text in enumerate(tokens):
+                if index == behaviour.error_after:
+                    error = {
+                        "code": behaviour.error_code,
+                        "message": "simulated mid-stream failure",
+                    }
+                    if behaviour.error_with_choices:
+                        yield chunk({"content": ""}, "error", error=error)
+                    else:
+                        yield chunk(None, error=error)
+                    completed = True
+                    return
+                if index == behaviour.malformed_after:
+                    yield b"data: {this is not json\n\n"
+                    return
+                if index == behaviour.drop_after:
+                    raise ConnectionAbortedError("simulated dropped connection")
+                if index == behaviour.stall_after:
+                    await asyncio.Event().wait()
+                if behaviour.delay:
+                    await asyncio.sleep(behaviour.delay)
+                generation.completion_tokens += 1
+                yield chunk({"content": text}) + (comment if index % 8 == 7 else b"")
+            generation.cost = self._price(generation, behaviour)
+            generation.finish_reason = behaviour.finish_reason
+            if behaviour.no_usage:
+                yield chunk({"content": ""}, behaviour.finish_reason)
+                completed = True
+                return
+            usage = self._usage(generation, behaviour)
+            if behaviour.usage_in_choice_chunk:
+                yield chunk({"content": ""}, behaviour.finish_reason, usage=usage)
+            else:
+                yield chunk({"content": ""}, behaviour.finish_reason)
+                yield comment + chunk(None, usage=usage)
+            generation.streamed_usage = True
+            yield b"data: [DONE]\n\n"
+            completed = True
+        finally:
+            if not completed:
+                # The client went away (or we dropped it): like most providers, billing stops
+                # at what was generated, and only the generation record will tell.
+                generation.cancelled = True
+                generation.cost = self._price(generation, behaviour)
+            generation.ended = True
+
+    async def _generation(self, request: Request) -> Response:
+        generation_id = request.query_params.get("id", "")
+        with self._lock:
+            self.generation_lookups[generation_id] += 1
+            lookups = self.generation_lookups[generation_id]
+            generation = self.generations.get(generation_id)
+        if generation is None or not generation.ended or lookups <= self.generation_404s:
+            return JSONResponse(
+                {"error": {"code": 404, "message": "Generation not found"}}, status_code=404
+            )
+        return JSONResponse(
+            {
+                "data": {
+                    "id": generation.id,
+                    "model": generation.model,
+                    "provider_name": "Simulator",
+                    "total_cost": float(generation.cost),
+                    "tokens_prompt": generation.prompt_tokens,
+                    "tokens_completion": generation.completion_tokens,
+                    "native_tokens_prompt": generation.prompt_tokens,
+                    "native_tokens_completion": generation.completion_tokens,
+                    "native_tokens_reasoning": 0,
+                    "native_tokens_cached": 0,
+                    "cancelled": generation.cancelled,
+                    "finish_reason": generation.finish_reason,
+                }
+            }
+        )
+
+    async def _models(self, request: Request) -> Response:
+        with self._lock:
+            self.models_calls += 1
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
+        if self.models_gate is not None:
+            await asyncio.to_thread(self.models_gate.wait, 30)
+        if self.models_status != 200:
+            return JSONResponse(
+                {"error": {"code": self.models_status, "message": "simulated /models failure"}},
+                status_code=self.models_status,
+            )
+        return JSONResponse(self.models_payload)
+
+    async def _key(self, request: Request) -> Response:
+        return JSONResponse(
+            {"data": {"label": "simulator", "limit": None, "usage": 0, "limit_remaining": None}}
+        )

@@ -1,0 +1,1 @@
+"""HTTP: routes, SSE responses, input parsing, the admin check."""

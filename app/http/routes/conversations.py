@@ -1,0 +1,114 @@
+"""Conversations: list (newest first), one with its messages, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.errors import ApiError
+from app.replies.events import usd
+from app.state import app_state
+from app.storage.store import from_picos
+
+
+def _conversation(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "agent": row["agent"],
+        "subject_conversation_id": row["subject_conversation_id"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def _message(row: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+    assistant = row["role"] == "assistant"
+    return {
+        "id": row["id"],
+        "role": row["role"],
+        "content": row["content"],
+        "status": row["status"],
+        "agent": row["agent"],
+        "model": row["model"] or row["requested_model"],
+        "requested_model": row["requested_model"],
+        "temperature": row["temperature"],
+        "finish_reason": row["finish_reason"],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if assistant
+        else None,
+        "cost_usd": usd(from_picos(row["cost_picousd"])),
+        "error": {"code": row["error_code"], "message": row["error_message"]}
+        if row["error_code"]
+        else None,
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+async def list_conversations(request: Request) -> Response:
+    state = app_state(request)
+    agent = request.query_params.get("agent") or None
+    if agent is not None and agent not in state.agents:
+        raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
+    rows = await state.store.list_conversations(user_id=state.settings.dev_user_id, agent=agent)
+    return JSONResponse(
+        {
+            "conversations": [
+                {
+                    **_conversation(row),
+                    "message_count": row["message_count"],
+                    "total_cost_usd": usd(from_picos(row["cost_picousd"])),
+                }
+                for row in rows
+            ]
+        }
+    )
+
+
+async def get_conversation(request: Request) -> Response:
+    state = app_state(request)
+    conversation_id = request.path_params["conversation_id"]
+    row = await state.store.get_conversation(
+        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+    )
+    if row is None:
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    messages = await state.store.conversation_messages(conversation_id=conversation_id)
+    costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
+    return JSONResponse(
+        {
+            **_conversation(row),
+            "total_cost_usd": usd(from_picos(sum(costs))) if costs else None,
+            "messages": [_message(m) for m in messages],
+        }
+    )
+
+
+async def delete_conversation(request: Request) -> Response:
+    state = app_state(request)
+    conversation_id = request.path_params["conversation_id"]
+    for run in list(state.runs.live.values()):
+        if run.request.conversation_id == conversation_id:
+            run.cancel("stopped")
+            await run.wait()
+    deleted = await state.store.delete_conversation(
+        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+    )
+    if not deleted:
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/conversations", list_conversations, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}", get_conversation, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
+]

@@ -1,0 +1,123 @@
+"""Chat and coach turns: one-step SSE (`POST /api/chat`, `GET /api/chat/stream`), two-step
+(`POST /api/chat/messages` then the `stream_url`), and stopping a reply."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.errors import ApiError
+from app.http.sse import last_event_id, sse_response
+from app.replies.replay import follow_stored, replay_log
+from app.replies.runs import Run
+from app.replies.turns import Turn, chat_turn, coach_turn, json_body, start_run
+from app.state import AppState, app_state
+
+TurnBuilder = Callable[[AppState, dict[str, Any]], Awaitable[Turn]]
+
+
+def stream_url(message_id: str) -> str:
+    return f"/api/messages/{message_id}/stream"
+
+
+async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
+    if stream:
+        return sse_response(run.follow(0, ping_interval=state.settings.ping_interval), state=state)
+    await run.wait()
+    meta, final = run.events[0].payload, run.events[-1].payload
+    body = {**meta, **final, "content": run.content}
+    return JSONResponse(body, status_code=200 if run.events[-1].event == "done" else 502)
+
+
+def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        state = app_state(request)
+        body = dict(request.query_params) if from_query else await json_body(request)
+        turn = await build(state, body)
+        run = start_run(state, turn)
+        return await _answer(state, run, stream=turn.stream)
+
+    return endpoint
+
+
+def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        state = app_state(request)
+        run = start_run(state, await build(state, await json_body(request)))
+        # The ids given out must be there to find (the stream's own answer would say
+        # storage_error; this one says so at once).
+        if not await run.turn_saved():
+            raise ApiError(503, "storage_error", "the conversation could not be saved")
+        meta = run.events[0].payload
+        return JSONResponse(
+            {
+                "conversation_id": meta["conversation_id"],
+                "user_message_id": meta["user_message_id"],
+                "message_id": run.message_id,
+                "stream_url": stream_url(run.message_id),
+            },
+            status_code=202,
+        )
+
+    return endpoint
+
+
+async def reply_stream(request: Request) -> Response:
+    state = app_state(request)
+    message_id = request.path_params["message_id"]
+    after = last_event_id(request)
+    run = state.runs.get(message_id)
+    if run is not None:
+        if run.finished and after >= len(run.events):
+            return Response(status_code=204)
+        return sse_response(
+            run.follow(after, ping_interval=state.settings.ping_interval), state=state
+        )
+    found = await replay_log(state.store, message_id=message_id)
+    if found is None:
+        raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
+    events, finished = found
+    if finished and after >= len(events):
+        # 204 is what tells a browser's EventSource to stop reconnecting.
+        return Response(status_code=204)
+    return sse_response(
+        follow_stored(
+            state.store,
+            message_id=message_id,
+            after=after,
+            poll_interval=state.settings.checkpoint_interval,
+            ping_interval=state.settings.ping_interval,
+        ),
+        state=state,
+    )
+
+
+async def stop_reply(request: Request) -> Response:
+    state = app_state(request)
+    message_id = request.path_params["message_id"]
+    run = state.runs.get(message_id)
+    if run is not None:
+        run.cancel("stopped")
+        await run.wait()
+        return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
+    row = await state.store.reply(message_id=message_id)
+    if row is None:
+        raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
+    # Already over (or owned by another process): say how it ended, change nothing.
+    return JSONResponse({"message_id": message_id, "status": row["status"]}, status_code=200)
+
+
+routes = [
+    Route("/api/chat", one_step(chat_turn, from_query=False), methods=["POST"]),
+    Route("/api/chat/stream", one_step(chat_turn, from_query=True), methods=["GET"]),
+    Route("/api/chat/messages", two_step(chat_turn), methods=["POST"]),
+    Route("/api/coach", one_step(coach_turn, from_query=False), methods=["POST"]),
+    Route("/api/coach/stream", one_step(coach_turn, from_query=True), methods=["GET"]),
+    Route("/api/coach/messages", two_step(coach_turn), methods=["POST"]),
+    Route("/api/messages/{message_id}/stream", reply_stream, methods=["GET"]),
+    Route("/api/messages/{message_id}/stop", stop_reply, methods=["POST"]),
+]

@@ -1,0 +1,1 @@
+"""Running the process: garbage-collector freeze."""

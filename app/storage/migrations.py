@@ -1,0 +1,226 @@
+"""Versioned schema migrations, applied in order and recorded in `schema_migrations`.
+
+Each migration holds its own frozen copy of the tables it creates or alters: the current shape
+lives in `app/storage/store.py`, and changing it means adding a migration here, never editing one.
+Applying is idempotent and safe from several processes at once: SQLite takes the write lock
+(`BEGIN IMMEDIATE`), PostgreSQL an advisory transaction lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from databases import Database
+from databases.core import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from app.storage.database import is_sqlite
+
+log = logging.getLogger(__name__)
+ADVISORY_LOCK_KEY = 0x5C0A7  # any constant; the same in every process of this app
+MIGRATE_COMMAND = "python -m app migrate"
+
+
+class MigrationsPending(RuntimeError):
+    """The database lacks migrations and this process was told not to apply them."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: Callable[[sa.engine.Dialect], list[str]]
+
+
+def _ddl(metadata: sa.MetaData, dialect: sa.engine.Dialect) -> list[str]:
+    statements = []
+    for table in metadata.sorted_tables:
+        statements.append(str(CreateTable(table).compile(dialect=dialect)))
+        statements.extend(
+            str(CreateIndex(index).compile(dialect=dialect)) for index in table.indexes
+        )
+    return statements
+
+
+def _initial_schema(dialect: sa.engine.Dialect) -> list[str]:
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "conversations",
+        md,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("agent", sa.String(32), nullable=False),
+        sa.Column("title", sa.Text, nullable=False),
+        sa.Column("subject_conversation_id", sa.String(36), nullable=True),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("updated_at", ts, nullable=False),
+        sa.Index("ix_conversations_user_updated", "user_id", "updated_at"),
+    )
+    sa.Table(
+        "messages",
+        md,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column(
+            "conversation_id", sa.String(36), sa.ForeignKey("conversations.id"), nullable=False
+        ),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("content", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("agent", sa.String(32), nullable=False),
+        sa.Column("requested_model", sa.String(200), nullable=True),
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Column("temperature", sa.Float, nullable=True),
+        sa.Column("finish_reason", sa.String(32), nullable=True),
+        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+        sa.Column("event_lengths", sa.Text, nullable=True),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("updated_at", ts, nullable=False),
+        sa.UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+        sa.Index("ix_messages_status", "status"),
+    )
+    sa.Table(
+        "generations",
+        md,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("generation_id", sa.String(200), nullable=True),
+        # No foreign keys: the cost ledger outlives a deleted conversation.
+        sa.Column("message_id", sa.String(36), nullable=False),
+        sa.Column("conversation_id", sa.String(36), nullable=False),
+        sa.Column("agent", sa.String(32), nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("requested_model", sa.String(200), nullable=False),
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("prompt_tokens", sa.Integer, nullable=False),
+        sa.Column("completion_tokens", sa.Integer, nullable=False),
+        sa.Column("reasoning_tokens", sa.Integer, nullable=False),
+        sa.Column("cached_tokens", sa.Integer, nullable=False),
+        # Integer pico-dollars: exact sums; OpenRouter prices tokens in fractions of a nano-dollar.
+        sa.Column("cost_picousd", sa.BigInteger, nullable=True),
+        sa.Column("cost_source", sa.String(16), nullable=False),
+        sa.Column("started_at", ts, nullable=False),
+        sa.Column("first_token_at", ts, nullable=True),
+        sa.Column("ended_at", ts, nullable=True),
+        sa.Index("ix_generations_message", "message_id"),
+        sa.Index("ix_generations_conversation", "conversation_id"),
+        sa.Index("ix_generations_cost_source", "cost_source"),
+    )
+    return _ddl(md, dialect)
+
+
+def _catalog_tables(dialect: sa.engine.Dialect) -> list[str]:
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "model_catalog",
+        md,
+        # One row per catalog source ("openrouter"): the last good `GET /models` answer, raw.
+        sa.Column("source", sa.String(32), primary_key=True),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("fetched_at", ts, nullable=False),
+    )
+    sa.Table(
+        "agent_overrides",
+        md,
+        sa.Column("agent", sa.String(32), primary_key=True),
+        # NULL means "as in the agents file".
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Column("fallback_models", sa.Text, nullable=True),  # JSON list
+        sa.Column("temperature", sa.Float, nullable=True),
+        sa.Column("max_tokens", sa.Integer, nullable=True),
+        sa.Column("updated_at", ts, nullable=False),
+    )
+    return _ddl(md, dialect)
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "conversations, messages and generations", _initial_schema),
+    Migration(2, "model catalog copy and agent overrides", _catalog_tables),
+]
+
+_schema_migrations = sa.Table(
+    "schema_migrations",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@asynccontextmanager
+async def _locked(connection: Connection, sqlite_db: bool):
+    if sqlite_db:
+        await connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            await connection.execute("ROLLBACK")
+            raise
+        await connection.execute("COMMIT")
+    else:
+        async with connection.transaction():
+            await connection.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+            yield
+
+
+async def migrate(database: Database, *, url: str) -> list[int]:
+    """Apply the migrations this database lacks; return the versions applied now."""
+    sqlite_db = is_sqlite(url)
+    dialect = sqlite.dialect() if sqlite_db else postgresql.dialect()
+    create = str(CreateTable(_schema_migrations, if_not_exists=True).compile(dialect=dialect))
+    applied_now: list[int] = []
+    # Said before waiting, so a release phase stuck behind another process's migration shows why.
+    log.info("taking the migration lock")
+    async with database.connection() as connection, _locked(connection, sqlite_db):
+        await connection.execute(create)
+        done = {
+            row[0] for row in await connection.fetch_all(sa.select(_schema_migrations.c.version))
+        }
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            for statement in migration.statements(dialect):
+                await connection.execute(statement)
+            await connection.execute(
+                _schema_migrations.insert().values(
+                    version=migration.version, name=migration.name, applied_at=datetime.now(UTC)
+                )
+            )
+            applied_now.append(migration.version)
+            log.info("applied migration %d: %s", migration.version, migration.name)
+    return applied_now
+
+
+async def pending_migrations(database: Database, *, url: str) -> list[Migration]:
+    """The migrations this database lacks, in order; reads only, takes no lock."""
+    exists = (
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        if is_sqlite(url)
+        else "SELECT to_regclass('schema_migrations') IS NOT NULL"
+    )
+    done: set[int] = set()
+    if await database.fetch_val(exists):
+        done = {row[0] for row in await database.fetch_all(sa.select(_schema_migrations.c.version))}
+    return [migration for migration in MIGRATIONS if migration.version not in done]
+
+
+async def require_migrated(database: Database, *, url: str) -> None:
+    """Refuse to serve a schema older than this code: every query would fail on it later."""
+    pending = await pending_migrations(database, url=url)
+    if pending:
+        missing = ", ".join(f"{m.version} ({m.name})" for m in pending)
+        raise MigrationsPending(
+            f"the database lacks migration(s) {missing}: run `{MIGRATE_COMMAND}` first "
+            "(on Heroku the Procfile's release phase runs it on every deploy), "
+            "or set MIGRATE_ON_START=true"
+        )

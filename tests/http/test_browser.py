@@ -1,0 +1,357 @@
+"""The chat page and the coach widget in a real headless Chromium, against a real server.
+
+Each test leaves a screenshot of the state it checked in `test-artifacts/screenshots/`, so a
+person can look at what the browser showed. Chromium is Debian's (`/usr/bin/chromium`, installed
+by `.ci/run`); Playwright only drives it and never downloads a browser of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from app.dev.simulator import Behaviour
+from tests.proxy import CuttingProxy
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+# Long enough for a reply that streams for seconds; conditions are awaited, never slept on.
+STREAM_TIMEOUT = 15_000
+# Keeps every EventSource the page opens, so a test can check none is left to reconnect.
+TRACK_EVENT_SOURCES = """
+window.__eventSources = [];
+window.EventSource = class extends window.EventSource {
+  constructor(...args) { super(...args); window.__eventSources.push(this); }
+};
+"""
+
+if not CHROMIUM.exists() and os.environ.get("CI") != "true":
+    pytest.skip(
+        f"{CHROMIUM} is missing (apt-get install chromium); in CI this fails instead",
+        allow_module_level=True,
+    )
+
+
+def words(count: int, prefix: str = "w") -> list[str]:
+    return [f"{prefix}{i} " for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.add_init_script(TRACK_EVENT_SOURCES)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"the page threw: {errors}"
+
+
+@pytest.fixture
+def app_url(start_server) -> str:
+    return start_server().url
+
+
+def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=full_page)
+
+
+def send(page: Page, text: str) -> None:
+    page.get_by_test_id("composer-input").fill(text)
+    page.get_by_test_id("composer-input").press("Enter")
+
+
+def assistant(page: Page, index: int = -1):
+    return page.locator('[data-testid="message"][data-role="assistant"]').nth(index)
+
+
+def conversation(base_url: str, conversation_id: str) -> dict:
+    return httpx.get(f"{base_url}/api/conversations/{conversation_id}", timeout=5).json()
+
+
+def open_event_sources(page: Page) -> int:
+    """EventSources not CLOSED: each would keep reconnecting to a finished reply."""
+    return page.evaluate("window.__eventSources.filter((s) => s.readyState !== 2).length")
+
+
+def open_conversation_id(page: Page) -> str:
+    match = re.search(r"conversation=([^&]+)", page.url)
+    assert match, page.url
+    return match.group(1)
+
+
+def test_a_reply_streams_in_with_its_model_tokens_and_cost(page, app_url, fake):
+    tokens = words(30)
+    fake.enqueue(
+        Behaviour(tokens=tokens, delay=0.05, cost=Decimal("0.000123")),
+        Behaviour(tokens=["Second."], cost=Decimal("0.000002")),
+    )
+    page.goto(app_url)
+    send(page, "Tell me something")
+
+    reply = assistant(page)
+    content = reply.get_by_test_id("message-content")
+    expect(reply).to_have_attribute("data-status", "streaming")
+    expect(content).to_contain_text("w3 ")  # tokens arrive while the reply still streams
+    expect(page.get_by_test_id("stop")).to_be_visible()
+    screenshot(page, "chat-streaming")
+
+    expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(content).to_have_text("".join(tokens))
+    [generation] = fake.generations.values()
+    expect(reply.get_by_test_id("message-model")).to_have_text("openai/gpt-4o")
+    expect(reply.get_by_test_id("message-tokens")).to_have_text(
+        f"{generation.prompt_tokens} prompt + {len(tokens)} completion tokens"
+    )
+    expect(reply.get_by_test_id("message-cost")).to_have_text("$0.000123")
+    expect(page.get_by_test_id("total-cost")).to_have_text("$0.000123")
+    expect(page.get_by_test_id("stop")).to_be_hidden()
+    assert open_event_sources(page) == 0
+    items = page.get_by_test_id("conversation-item")
+    expect(items).to_have_count(1)
+    expect(items.first.get_by_test_id("conversation-title")).to_have_text("Tell me something")
+    screenshot(page, "chat-complete")
+
+    # A second conversation goes to the top of the list, newest first.
+    page.get_by_test_id("new-chat").click()
+    send(page, "Another topic")
+    expect(assistant(page)).to_have_attribute("data-status", "complete")
+    expect(items.get_by_test_id("conversation-title")).to_have_text(
+        ["Another topic", "Tell me something"]
+    )
+    expect(page.get_by_test_id("total-cost")).to_have_text("$0.000002")
+
+
+def test_stop_ends_the_reply_with_the_partial_text(page, app_url, fake):
+    tokens = words(60)
+    fake.enqueue(Behaviour(tokens=tokens, delay=0.1))
+    page.goto(app_url)
+    send(page, "Write at length")
+
+    reply = assistant(page)
+    content = reply.get_by_test_id("message-content")
+    expect(content).to_contain_text("w2 ")
+    page.get_by_test_id("stop").click()
+
+    expect(reply).to_have_attribute("data-status", "stopped", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-status")).to_have_text("stopped")
+    expect(page.get_by_test_id("stop")).to_be_hidden()
+    shown = content.text_content()
+    assert shown and "".join(tokens).startswith(shown) and shown != "".join(tokens)
+    assert open_event_sources(page) == 0
+
+    stored = conversation(app_url, open_conversation_id(page))["messages"][-1]
+    assert stored["status"] == "stopped" and stored["finish_reason"] == "stopped"
+    assert stored["content"] == shown
+    # A stopped reply has no usage chunk: its cost comes from the generation record, later.
+    [generation] = fake.generations.values()
+    expect(reply.get_by_test_id("message-cost")).to_have_text(f"${float(generation.cost):.6f}")
+    expect(reply.get_by_test_id("message-tokens")).to_have_text(
+        f"{generation.prompt_tokens} prompt + {generation.completion_tokens} completion tokens"
+    )
+    screenshot(page, "chat-stopped")
+
+
+def test_a_reload_mid_reply_continues_it_without_losing_or_repeating_text(page, app_url, fake):
+    tokens = words(40)
+    fake.enqueue(Behaviour(tokens=tokens, delay=0.06))
+    page.goto(app_url)
+    send(page, "A long one please")
+    expect(assistant(page).get_by_test_id("message-content")).to_contain_text("w5 ")
+
+    page.reload()
+
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "streaming")
+    expect(page.get_by_test_id("stop")).to_be_visible()
+    screenshot(page, "chat-reloaded-streaming")
+    expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
+    expect(page.locator('[data-testid="message"]')).to_have_count(2)
+    assert open_event_sources(page) == 0
+    screenshot(page, "chat-reloaded-complete")
+
+
+def test_a_dropped_stream_resumes_from_the_last_event_id(page, start_server, fake):
+    server = start_server()
+    host, port = server.url.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port))
+    try:
+        tokens = words(40)
+        fake.enqueue(Behaviour(tokens=tokens, delay=0.1))
+        page.goto(proxy.url)
+        send(page, "Keep going")
+        reply = assistant(page)
+        expect(reply.get_by_test_id("message-content")).to_contain_text("w3 ")
+
+        assert proxy.cut_streams() == 1
+        expect(reply.get_by_test_id("message-status")).to_have_text("reconnecting…")
+        screenshot(page, "chat-reconnecting")
+
+        expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+        expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
+        first, resumed = proxy.stream_requests()
+        assert b"last-event-id" not in first.lower()
+        last_seen = re.search(rb"(?i)last-event-id: *(\d+)", resumed)
+        assert last_seen and int(last_seen.group(1)) > 1, resumed
+        assert open_event_sources(page) == 0
+        screenshot(page, "chat-resumed")
+    finally:
+        proxy.close()
+
+
+def test_the_coach_widget_advises_on_the_open_conversation(page, app_url, fake):
+    fake.enqueue(
+        Behaviour(tokens=["Paris is the capital."]),
+        Behaviour(tokens=words(20, "advice"), delay=0.05, cost=Decimal("0.000042")),
+    )
+    page.goto(app_url)
+    send(page, "What is the capital of France?")
+    expect(assistant(page)).to_have_attribute("data-status", "complete")
+
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("Was the answer polite?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "streaming")
+    expect(panel.get_by_test_id("coach-output")).to_contain_text("advice2 ")
+    screenshot(page, "coach-streaming")
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-output")).to_have_text("".join(words(20, "advice")))
+    expect(panel.get_by_test_id("coach-cost")).to_have_text("$0.000042")
+    screenshot(page, "coach-complete")
+
+    sent = fake.requests[-1]["body"]["messages"][-1]["content"]
+    assert "User: What is the capital of France?\nAssistant: Paris is the capital." in sent
+    assert "Question:\nWas the answer polite?" in sent
+    # The coach's call is its own conversation; the chat list shows chats only.
+    expect(page.get_by_test_id("conversation-item")).to_have_count(1)
+
+
+EMBEDDING_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Someone's page</title></head><body>
+<article id="draft">Our product ships on Mondays.</article>
+<div id="coach"></div>
+<script src="/static/coach.js" data-target="#coach" data-context-selector="#draft"></script>
+</body></html>"""
+
+
+def test_the_coach_widget_dropped_into_another_page_sends_its_context(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=["Say which Monday."]))
+    # Another page on the same origin, with nothing but the script tag and a target element.
+    page.route(
+        f"{app_url}/embedded",
+        lambda route: route.fulfill(body=EMBEDDING_PAGE, content_type="text/html"),
+    )
+    page.goto(f"{app_url}/embedded")
+
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").press("Enter")  # keyboard only, no question
+    expect(panel).to_have_attribute("data-status", "complete")
+    expect(panel.get_by_test_id("coach-output")).to_have_text("Say which Monday.")
+    sent = fake.requests[-1]["body"]["messages"][-1]["content"]
+    assert "Context:\nOur product ships on Mondays." in sent
+    screenshot(page, "coach-embedded")
+
+
+def test_the_coach_can_be_stopped_and_keeps_what_it_said(page, app_url, fake):
+    advice = words(60, "advice")
+    fake.enqueue(Behaviour(tokens=advice, delay=0.1))
+    page.goto(app_url)
+
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("How do I write clearly?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-output")).to_contain_text("advice2 ")
+    panel.get_by_test_id("coach-stop").click()
+
+    expect(panel).to_have_attribute("data-status", "stopped", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-status")).to_have_text("stopped")
+    expect(panel.get_by_test_id("coach-tokens")).to_be_hidden()
+    shown = panel.get_by_test_id("coach-output").text_content()
+    assert shown and "".join(advice).startswith(shown) and shown != "".join(advice)
+    assert open_event_sources(page) == 0
+    screenshot(page, "coach-stopped")
+
+
+def test_an_upstream_error_mid_reply_shows_the_error_and_what_was_received(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=words(10), error_after=4))
+    page.goto(app_url)
+    send(page, "This will fail")
+
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "error", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-status")).to_have_text("error")
+    expect(reply.get_by_test_id("message-content")).to_have_text("".join(words(4)))
+    expect(reply.get_by_test_id("message-error")).to_be_visible()
+
+    # Opened later, the stored reply looks the same.
+    page.reload()
+    expect(assistant(page)).to_have_attribute("data-status", "error")
+    expect(assistant(page).get_by_test_id("message-content")).to_have_text("".join(words(4)))
+    expect(assistant(page).get_by_test_id("message-error")).to_be_visible()
+    screenshot(page, "chat-error")
+
+
+def test_model_text_is_shown_as_text_never_as_html(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=["<b>x</b>", ' <img src=x onerror="window.pwned=1">']))
+    page.goto(app_url)
+    send(page, "<i>hi</i>")
+
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "complete")
+    expect(reply.get_by_test_id("message-content")).to_have_text(
+        '<b>x</b> <img src=x onerror="window.pwned=1">'
+    )
+    expect(page.get_by_test_id("message-content").first).to_have_text("<i>hi</i>")
+    assert page.locator('[data-testid="message-list"] :is(b, i, img)').count() == 0
+    assert page.evaluate("window.pwned") is None
+    screenshot(page, "chat-literal-html")
+
+
+def test_a_phone_screen_has_no_horizontal_scroll(browser, app_url, fake):
+    fake.enqueue(
+        Behaviour(tokens=["See https://example.com/" + "a" * 200, " for more."]),
+        Behaviour(tokens=words(30, "tip")),
+    )
+    context = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto(app_url)
+        send(page, "A link please")
+        expect(assistant(page)).to_have_attribute("data-status", "complete")
+        page.get_by_test_id("coach-ask").click()
+        expect(page.get_by_test_id("coach-panel")).to_have_attribute("data-status", "complete")
+
+        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], width
+        for testid in ("composer-input", "send", "coach-ask", "new-chat"):
+            box = page.get_by_test_id(testid).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360, (testid, box)
+        screenshot(page, "phone-360", full_page=True)
+    finally:
+        context.close()

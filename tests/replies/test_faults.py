@@ -1,0 +1,260 @@
+"""Upstream faults end to end: what the client sees, what is saved, and what it cost.
+
+Every fault after the stream began must end in exactly one `event: error` (never a `done` that
+passes a cut reply off as whole), the reply saved as `error` with the content that did arrive,
+and its generation row settled from the generation record (the stream never sent usage).
+Retries before the first token are tested with the runs code; here only "4xx is not retried".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from app.dev.simulator import Behaviour
+from app.storage.store import to_picos
+from tests.support import SSE, DatabaseHandle, content_of, read_sse
+
+TOKENS = ["Hel", "lo", " there", "!"]
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 5.0) -> Any:
+    """The first truthy value of `condition()`, polled until the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+    return value
+
+
+def settled_generations(database: DatabaseHandle, message_id: str) -> list[dict[str, Any]]:
+    """The reply's generation rows once no cost is pending any more."""
+
+    def rows() -> list[dict[str, Any]] | None:
+        found = database.query(
+            "SELECT * FROM generations WHERE message_id = :id ORDER BY attempt", id=message_id
+        )
+        return found if found and all(r["cost_source"] != "pending" for r in found) else None
+
+    return wait_for(rows)
+
+
+def reply_row(database: DatabaseHandle, message_id: str) -> dict[str, Any]:
+    [row] = database.query(
+        "SELECT status, content, finish_reason, model, error_code, error_message"
+        " FROM messages WHERE id = :id",
+        id=message_id,
+    )
+    return row
+
+
+def assert_ends_in_one_error(events: list[SSE], deltas: list[str]) -> dict[str, Any]:
+    assert [e.event for e in events] == ["meta"] + ["delta"] * len(deltas) + ["error"]
+    assert [e.data["content"] for e in events if e.event == "delta"] == deltas
+    error = events[-1].data
+    assert error["message_id"] == events[0].data["message_id"] and error["status"] == "error"
+    return error
+
+
+@pytest.mark.parametrize("status", [400, 401, 402, 403])
+def test_refused_before_the_stream_is_an_error_not_retried_and_not_billed(
+    client, fake, database, status
+):
+    fake.default = Behaviour(status=status)  # a retry would be refused again, and counted
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
+
+    error = assert_ends_in_one_error(events, [])
+    assert error["code"] == f"upstream_{status}" and error["retryable"] is False
+    assert error["message"] == f"simulated upstream error {status}"
+    assert len(fake.requests) == 1
+    message_id = events[0].data["message_id"]
+    reply = reply_row(database, message_id)
+    assert (reply["status"], reply["content"], reply["error_code"]) == (
+        "error",
+        "",
+        f"upstream_{status}",
+    )
+    [row] = settled_generations(database, message_id)
+    assert (row["status"], row["error_code"], row["generation_id"]) == (
+        "error",
+        f"upstream_{status}",
+        None,
+    )
+    assert (row["cost_picousd"], row["cost_source"]) == (0, "not_billed")
+    assert fake.generation_lookups == {}
+
+
+@pytest.mark.parametrize(
+    ("code", "with_choices", "retryable"),
+    [
+        (502, True, True),
+        (502, False, True),
+        ("server_error", True, False),
+        ("server_error", False, False),
+    ],
+    ids=["numeric-with-choices", "numeric-no-choices", "string-with-choices", "string-no-choices"],
+)
+def test_an_error_chunk_mid_stream_ends_the_reply_in_error(
+    client, fake, database, code, with_choices, retryable
+):
+    fake.enqueue(
+        Behaviour(tokens=TOKENS, error_after=2, error_code=code, error_with_choices=with_choices)
+    )
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
+
+    error = assert_ends_in_one_error(events, TOKENS[:2])
+    assert error["code"] == f"upstream_{code}" and error["retryable"] is retryable
+    assert error["message"] == "simulated mid-stream failure"
+    message_id = events[0].data["message_id"]
+    reply = reply_row(database, message_id)
+    assert (reply["status"], reply["content"], reply["error_code"]) == (
+        "error",
+        "Hello",
+        f"upstream_{code}",
+    )
+    [generation] = fake.generations.values()
+    [row] = settled_generations(database, message_id)
+    assert (row["status"], row["generation_id"]) == ("error", generation.id)
+    # No inference charge for a generation that ended in error: the record says 0.
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", 0)
+    # Replayed later, the reply ends the same way it did live.
+    replayed = read_sse(client, "GET", f"/api/messages/{message_id}/stream")
+    assert replayed[-1].event == "error" and replayed[-1].data == error
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code", "retryable"),
+    [
+        (Behaviour(tokens=TOKENS, malformed_after=2), "upstream_protocol_error", False),
+        (Behaviour(tokens=TOKENS, drop_after=2), "upstream_connection_error", True),
+    ],
+    ids=["malformed-chunk", "dropped-connection"],
+)
+def test_a_broken_stream_ends_in_error_and_its_cost_comes_from_the_generation_record(
+    client, fake, database, behaviour, code, retryable
+):
+    fake.enqueue(behaviour)
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
+
+    error = assert_ends_in_one_error(events, TOKENS[:2])
+    assert (error["code"], error["retryable"]) == (code, retryable)
+    message_id = events[0].data["message_id"]
+    reply = reply_row(database, message_id)
+    assert (reply["status"], reply["content"], reply["error_code"]) == ("error", "Hello", code)
+    [row] = settled_generations(database, message_id)
+    [generation] = fake.generations.values()
+    assert generation.cancelled and generation.cost > 0
+    assert (row["status"], row["error_code"], row["generation_id"]) == (
+        "error",
+        code,
+        generation.id,
+    )
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", to_picos(generation.cost))
+    assert len(fake.requests) == 1  # tokens had gone out: a retry would repeat them
+
+
+def test_a_stall_past_the_read_timeout_is_a_timeout_error(start_server, fake, database):
+    server = start_server(upstream_read_timeout=0.5)
+    fake.enqueue(Behaviour(tokens=TOKENS, stall_after=2))
+    # The fake learns that the stream was abandoned only when our side closes it; one 404 first
+    # is what OpenRouter does too, and lets that land before the record is read.
+    fake.generation_404s = 1
+
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        started = time.monotonic()
+        events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
+        elapsed = time.monotonic() - started
+
+    error = assert_ends_in_one_error(events, TOKENS[:2])
+    assert (error["code"], error["retryable"]) == ("upstream_timeout", True)
+    assert 0.5 <= elapsed < 3
+    message_id = events[0].data["message_id"]
+    reply = reply_row(database, message_id)
+    assert (reply["status"], reply["content"], reply["error_code"]) == (
+        "error",
+        "Hello",
+        "upstream_timeout",
+    )
+    [row] = settled_generations(database, message_id)
+    [generation] = fake.generations.values()
+    assert generation.cancelled and fake.generation_lookups[generation.id] == 2
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", to_picos(generation.cost))
+
+
+def test_a_stream_ending_after_finish_without_usage_completes_and_reconciles(
+    client, fake, database
+):
+    fake.enqueue(Behaviour(tokens=TOKENS, no_usage=True, cost=Decimal("0.00042")))
+    fake.generation_404s = 1  # still unknown right after the stream, as on OpenRouter
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
+
+    assert [e.event for e in events] == ["meta"] + ["delta"] * len(TOKENS) + ["done"]
+    done = events[-1].data
+    assert (done["status"], done["finish_reason"], done["cost_usd"]) == ("complete", "stop", None)
+    message_id = events[0].data["message_id"]
+    reply = reply_row(database, message_id)
+    assert (reply["status"], reply["content"], reply["error_code"]) == (
+        "complete",
+        "Hello there!",
+        None,
+    )
+    [row] = settled_generations(database, message_id)
+    [generation] = fake.generations.values()
+    assert (row["status"], row["generation_id"]) == ("complete", generation.id)
+    assert (row["cost_source"], row["cost_picousd"]) == ("generation", 420_000_000)
+    assert row["completion_tokens"] == len(TOKENS)
+    assert fake.generation_lookups[generation.id] == 2
+
+
+def test_usage_inside_a_chunk_that_still_has_a_choice_is_counted_once(client, fake, database):
+    fake.enqueue(Behaviour(tokens=TOKENS, usage_in_choice_chunk=True, cost=Decimal("0.0003")))
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
+
+    assert events[-1].event == "done" and events[-1].data["cost_usd"] == 0.0003
+    [row] = settled_generations(database, events[0].data["message_id"])
+    assert (row["cost_source"], row["cost_picousd"]) == ("usage", 300_000_000)
+    assert row["completion_tokens"] == len(TOKENS)
+    assert fake.generation_lookups == {}
+
+
+def test_reasoning_is_not_relayed_as_content(client, fake, database):
+    fake.enqueue(Behaviour(tokens=["Yes", "."], reasoning=["Let me think", " it over"]))
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "Is it?"})
+
+    assert [e.event for e in events] == ["meta", "delta", "delta", "done"]
+    assert content_of(events) == "Yes."
+    message_id = events[0].data["message_id"]
+    assert reply_row(database, message_id)["content"] == "Yes."
+    [row] = settled_generations(database, message_id)
+    assert row["reasoning_tokens"] == 2
+
+
+def test_a_turn_the_database_cannot_save_ends_in_storage_error(fake, database, client):
+    # The turn's rows are written while the upstream request starts; when they cannot be, the
+    # reply stops at once with an error that says so, rather than streaming a reply nobody
+    # could find again.
+    database.execute("ALTER TABLE messages RENAME TO messages_elsewhere")
+    fake.default = Behaviour(tokens=["slow"] * 40, delay=0.05)
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hello"})
+    assert events[0].event == "meta"
+    assert events[-1].event == "error"
+    assert events[-1].data["code"] == "storage_error"
+    assert events[-1].data["message"] == "the conversation could not be saved"
+    assert sum(event.event == "delta" for event in events) < 40
+
+    # The two-step form hands out ids only once they can be found.
+    response = client.post("/api/chat/messages", json={"message": "hello"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "storage_error"

@@ -1,0 +1,225 @@
+"""Schema migrations on whichever database the suite runs on: order, idempotence, two processes
+racing for the lock, and the migrated schema matching the tables `app/storage/store.py` queries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+from databases import Database
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.schema import CreateTable
+
+from app.storage import migrations
+from app.storage.database import is_sqlite, open_database
+from app.storage.migrations import (
+    ADVISORY_LOCK_KEY,
+    MIGRATIONS,
+    Migration,
+    MigrationsPending,
+    migrate,
+    pending_migrations,
+    require_migrated,
+)
+from app.storage.store import metadata
+from tests.support import make_database
+
+
+async def _opened(url: str) -> Database:
+    return await open_database(url, max_size=2)
+
+
+def test_migrations_apply_in_order_are_recorded_and_apply_once(database):
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == sorted(set(versions)), "versions must be unique and in order"
+
+    async def run() -> tuple[list[int], list[int]]:
+        db = await _opened(database.url)
+        try:
+            return await migrate(db, url=database.url), await migrate(db, url=database.url)
+        finally:
+            await db.disconnect()
+
+    first, second = asyncio.run(run())
+    rows = database.query("SELECT version, name FROM schema_migrations ORDER BY version")
+
+    assert first == versions
+    assert second == []
+    assert rows == [{"version": m.version, "name": m.name} for m in MIGRATIONS]
+
+
+def test_a_new_migration_applies_alone_on_a_migrated_database(database, monkeypatch):
+    added = Migration(
+        MIGRATIONS[-1].version + 1,
+        "conversations.pinned",
+        lambda dialect: ["ALTER TABLE conversations ADD COLUMN pinned BOOLEAN"],
+    )
+
+    async def run() -> None:
+        db = await _opened(database.url)
+        try:
+            await migrate(db, url=database.url)
+            monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, added])
+            assert await pending_migrations(db, url=database.url) == [added]
+            with pytest.raises(MigrationsPending, match="python -m app migrate"):
+                await require_migrated(db, url=database.url)
+            assert await migrate(db, url=database.url) == [added.version]
+            await require_migrated(db, url=database.url)
+            assert await migrate(db, url=database.url) == []
+        finally:
+            await db.disconnect()
+
+    asyncio.run(run())
+
+    assert database.query("SELECT COUNT(pinned) AS n FROM conversations") == [{"n": 0}]
+    assert [r["version"] for r in database.query("SELECT version FROM schema_migrations")] == [
+        *[m.version for m in MIGRATIONS],
+        added.version,
+    ]
+
+
+def test_an_empty_database_lacks_every_migration(database):
+    async def run() -> list[Migration]:
+        db = await _opened(database.url)
+        try:
+            return await pending_migrations(db, url=database.url)
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(run()) == MIGRATIONS
+
+
+async def _columns(url: str) -> dict[str, dict[str, tuple[str, bool]]]:
+    """{table: {column: (type, nullable)}} as the database itself describes them."""
+    db = await _opened(url)
+    try:
+        if is_sqlite(url):
+            tables = [
+                row[0]
+                for row in await db.fetch_all(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    " AND name NOT GLOB 'sqlite_*'"
+                )
+            ]
+            return {
+                table: {
+                    row[1]: (row[2].upper(), not row[3])
+                    for row in await db.fetch_all(f'PRAGMA table_info("{table}")')
+                }
+                for table in tables
+            }
+        result: dict[str, dict[str, tuple[str, bool]]] = {}
+        for row in await db.fetch_all(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull"
+            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+            " AND a.attnum > 0 AND NOT a.attisdropped"
+        ):
+            result.setdefault(row[0], {})[row[1]] = (row[2], not row[3])
+        return result
+    finally:
+        await db.disconnect()
+
+
+def test_migrated_schema_matches_the_tables_the_store_queries(database, tmp_path):
+    """A column added to `app/storage/store.py` without a migration (or the reverse) fails here."""
+    dialect = sqlite.dialect() if is_sqlite(database.url) else postgresql.dialect()
+    expected_dir = tmp_path / "expected"
+    expected_dir.mkdir()
+    with make_database(expected_dir) as expected:
+
+        async def run() -> tuple[dict, dict]:
+            db = await _opened(database.url)
+            try:
+                await migrate(db, url=database.url)
+            finally:
+                await db.disconnect()
+            reference = await _opened(expected.url)
+            try:
+                for table in metadata.sorted_tables:
+                    await reference.execute(str(CreateTable(table).compile(dialect=dialect)))
+            finally:
+                await reference.disconnect()
+            return await _columns(database.url), await _columns(expected.url)
+
+        migrated, wanted = asyncio.run(run())
+
+    assert set(migrated) == set(wanted) | {"schema_migrations"}
+    for table in wanted:
+        assert migrated[table] == wanted[table], table
+
+
+def test_processes_migrating_at_once_apply_the_schema_once(database, tmp_path):
+    """Real `python -m app migrate` processes, released together from behind the lock."""
+    processes = 2
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database.url, "APP_ENV": "development"}
+
+    async def waiting_for_lock(proc: asyncio.subprocess.Process) -> bytes:
+        seen = b""
+        while b"taking the migration lock" not in seen:
+            line = await proc.stderr.readline()
+            assert line, f"migrate ended before taking the lock: {seen.decode()}"
+            seen += line
+        return seen
+
+    async def waiters_on_advisory_lock(db: Database) -> int:
+        return await db.fetch_val(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+
+    async def run() -> list[tuple[int, str, str]]:
+        holder = await _opened(database.url)
+        try:
+            async with holder.connection() as connection:
+                # Hold the very lock `migrate` takes, so every process queues behind it.
+                if is_sqlite(database.url):
+                    await connection.execute("BEGIN IMMEDIATE")
+                else:
+                    await connection.execute("BEGIN")
+                    await connection.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+                procs = [
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "app",
+                        "migrate",
+                        cwd=tmp_path,  # away from a developer's .env
+                        env=env,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
+                    )
+                    for _ in range(processes)
+                ]
+                early = await asyncio.wait_for(
+                    asyncio.gather(*(waiting_for_lock(p) for p in procs)), timeout=30
+                )
+                if not is_sqlite(database.url):
+                    deadline = asyncio.get_running_loop().time() + 10
+                    async with holder.connection() as probe:
+                        while await waiters_on_advisory_lock(probe) < processes:
+                            assert asyncio.get_running_loop().time() < deadline
+                            await asyncio.sleep(0.02)
+                await connection.execute("COMMIT")
+            results = []
+            for proc, before in zip(procs, early, strict=True):
+                out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+                results.append((proc.returncode, out.decode(), (before + err).decode()))
+            return results
+        finally:
+            await holder.disconnect()
+
+    results = asyncio.run(run())
+
+    for returncode, _, err in results:
+        assert returncode == 0, err
+    outputs = sorted(out.strip() for _, out, _ in results)
+    applied = [m.version for m in MIGRATIONS]
+    assert outputs == [
+        f"migrations applied: {applied}",
+        "migrations applied: none, the schema is up to date",
+    ]
+    rows = database.query("SELECT version FROM schema_migrations ORDER BY version")
+    assert [r["version"] for r in rows] == applied
