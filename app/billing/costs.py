@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Any
 
-from app.upstream.openrouter import OpenRouterClient, UpstreamError, parse_cost
+from app.billing.money import parse_amount
+from app.upstream.openrouter import OpenRouterClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ async def find_cost(
         except UpstreamError as exc:
             log.info("generation %s lookup failed: %s", generation_id, exc.code)
             record = None
-        cost = parse_cost(record.get("total_cost")) if record else None
+        cost = parse_amount(record.get("total_cost")) if record else None
         if record is not None and cost is not None:
             return {
                 "cost": cost,

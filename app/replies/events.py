@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from app.billing.money import usd
+
 # Statuses of an assistant message, and which final event each one ends with.
 FINAL_STATUSES = {"complete": "done", "stopped": "done", "error": "error", "interrupted": "error"}
 RETRYABLE_CODES = frozenset(
@@ -34,10 +36,6 @@ class LogEvent:
     @property
     def payload(self) -> dict[str, Any]:
         return json.loads(self.data)
-
-
-def usd(cost: Decimal | None) -> float | None:
-    return None if cost is None else float(cost)
 
 
 def meta_payload(

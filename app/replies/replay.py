@@ -11,8 +11,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+from app.billing.money import from_picos
 from app.replies.events import LogEvent, final_event, meta_payload
-from app.storage.store import Store, from_picos
+from app.storage.store import Store
 
 
 async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], bool] | None:

@@ -14,17 +14,16 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.billing.money import to_picos
 from app.storage.database import sqlite_path
 from app.storage.sqlite_writer import Outcome, SQLiteWriter, Step
-
-PICOS = Decimal(10**12)
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -133,16 +132,6 @@ def now() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-def to_picos(cost: Decimal | None) -> int | None:
-    if cost is None:
-        return None
-    return int((cost * PICOS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def from_picos(picos: int | None) -> Decimal | None:
-    return None if picos is None else Decimal(int(picos)) / PICOS
 
 
 # The statements of the writes every reply makes are built once, with bind parameters, and

@@ -22,8 +22,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from app.billing.money import parse_amount
 from app.storage.store import Store
-from app.upstream.openrouter import OpenRouterClient, UpstreamError, parse_cost
+from app.upstream.openrouter import OpenRouterClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,8 @@ def _positive_int(value: Any) -> int | None:
     return value if value > 0 else None
 
 
-def parse_price(value: Any) -> Decimal | None:
-    """A USD amount from OpenRouter's pricing strings; "-1" (router, priced per call), missing,
-    negative or not-a-number prices are unknown (None), never an error."""
-    return parse_cost(value)
-
-
 def _per_million(value: Any) -> Decimal | None:
-    price = parse_price(value)
+    price = parse_amount(value)
     return None if price is None else price * MILLION
 
 
@@ -168,8 +163,8 @@ def parse_model(raw: Any, *, recommended: frozenset[str] = frozenset()) -> Model
         pricing=Pricing(
             input=_per_million(pricing.get("prompt")),
             output=_per_million(pricing.get("completion")),
-            request=parse_price(pricing.get("request")),
-            image=parse_price(pricing.get("image")),
+            request=parse_amount(pricing.get("request")),
+            image=parse_amount(pricing.get("image")),
         ),
         capabilities=frozenset(capabilities),
         recommended=model_id in recommended,

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
+from app.billing.money import parse_amount
 from app.upstream.pool import ClientPool
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -176,16 +177,6 @@ def _in_band_error(payload: dict[str, Any], fallback: str) -> UpstreamStreamErro
     )
 
 
-def parse_cost(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        cost = Decimal(repr(value) if isinstance(value, float) else str(value))
-    except ArithmeticError:
-        return None
-    return cost if cost.is_finite() and cost >= 0 else None
-
-
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -200,7 +191,7 @@ def parse_usage(usage: dict[str, Any], *, model: str | None, generation_id: str 
         total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
         cached_tokens=_int(prompt_details.get("cached_tokens")),
-        cost=parse_cost(usage.get("cost")),
+        cost=parse_amount(usage.get("cost")),
         model=model,
         generation_id=generation_id,
     )

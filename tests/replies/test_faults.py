@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.billing.money import to_picos
 from app.dev.simulator import Behaviour
-from app.storage.store import to_picos
 from tests.support import SSE, DatabaseHandle, content_of, read_sse
 
 TOKENS = ["Hel", "lo", " there", "!"]

@@ -6,9 +6,10 @@ from decimal import Decimal
 
 import pytest
 
+from app.billing.money import parse_amount
 from app.dev.simulator_models import simulated_models
 from app.settings import DEFAULT_RECOMMENDED_MODELS
-from app.upstream.models_catalog import CAPABILITIES, parse_model, parse_price, select_models
+from app.upstream.models_catalog import CAPABILITIES, parse_model, select_models
 
 RECOMMENDED = frozenset(DEFAULT_RECOMMENDED_MODELS)
 
@@ -36,7 +37,7 @@ def parsed() -> dict[str, object]:
     ],
 )
 def test_prices_parse_or_are_unknown_never_an_error(raw, expected):
-    assert parse_price(raw) == expected
+    assert parse_amount(raw) == expected
 
 
 def test_realistic_entries_parse_to_exact_per_million_prices_and_capabilities():

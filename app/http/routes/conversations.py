@@ -8,10 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.billing.money import from_picos, usd
 from app.errors import ApiError
-from app.replies.events import usd
 from app.state import app_state
-from app.storage.store import from_picos
 
 
 def _conversation(row: dict[str, Any]) -> dict[str, Any]:
