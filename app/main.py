@@ -20,7 +20,8 @@ from app.agents.overrides import Agents
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
-from app.http.routes import catalog, conversations, health, models, pages, replies
+from app.http.auth.authenticator import Authenticator
+from app.http.routes import catalog, conversations, health, me, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
 from app.replies.runs import Runs
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     client=client,
                     runs=runs,
                     models=model_catalog,
+                    auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                 )
             }
 
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *catalog.routes,
             *models.routes,
             *health.routes,
+            *me.routes,
             *pages.routes,
         ],
         lifespan=lifespan,
