@@ -7,4 +7,5 @@
 - `jwks`: the host app's public keys, fetched from AUTH_JWKS_URL and cached.
 - `stream_tokens`: the short-lived tokens our own `stream_url`s carry.
 - `errors`: the 401 and 503 answers.
+- `redact`: keeps `?access_token=` and `?stream_token=` out of the access log.
 """
