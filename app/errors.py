@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        # What the status needs beside the body, e.g. `WWW-Authenticate` on a 401.
+        self.headers = headers
 
 
 def error_response(
@@ -33,7 +37,7 @@ def error_response(
 
 async def api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}

@@ -20,7 +20,9 @@ from app.agents.overrides import Agents
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
-from app.http.routes import catalog, conversations, health, models, pages, replies
+from app.http.auth.authenticator import Authenticator
+from app.http.auth.redact import install_access_log_redaction
+from app.http.routes import catalog, conversations, health, me, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
 from app.replies.runs import Runs
@@ -55,6 +57,7 @@ def _http_client(settings: Settings) -> ClientPool:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
+    install_access_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
@@ -115,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     client=client,
                     runs=runs,
                     models=model_catalog,
+                    auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                 )
             }
 
@@ -125,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *catalog.routes,
             *models.routes,
             *health.routes,
+            *me.routes,
             *pages.routes,
         ],
         lifespan=lifespan,

@@ -18,6 +18,21 @@ MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
+# The algorithms AUTH_JWT_ALGORITHMS may name: HMAC ones verify with AUTH_JWT_SECRET only, the
+# others with AUTH_JWKS_URL's keys only, so a token cannot choose its key's kind (alg confusion).
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+JWKS_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 DEFAULT_RECOMMENDED_MODELS = (
     "anthropic/claude-3.5-sonnet",
     "openai/gpt-4o",
@@ -60,7 +75,13 @@ def normalize_database_url(url: str) -> str:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", populate_by_name=True, env_ignore_empty=True
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        # A refusal to start (a traceback under `uvicorn --factory`) must not print the input:
+        # it holds every secret from the environment, and pydantic shows part of each value.
+        hide_input_in_errors=True,
     )
 
     app_env: Literal["development", "production", "test"] = "development"
@@ -187,3 +208,104 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return str(self.openrouter_base_url).rstrip("/")
+
+    # --- Users and tokens (docs/auth.md) -------------------------------------------------------
+    # Last in the class, so `_auth` runs after the checks above: one refusal at a time, in order.
+    # None: `dev` (every caller is DEV_USER_ID) in development and tests, `jwt` otherwise.
+    auth_mode: Literal["jwt", "dev"] | None = None
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwks_url: AnyHttpUrl | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    # Seconds of clock difference between the host app and us forgiven on exp/nbf/iat.
+    auth_jwt_leeway: float = Field(30.0, ge=0, le=300)
+    # Empty: HS256 with a secret, RS256/ES256/EdDSA with a JWKS. Comma-separated.
+    auth_jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ()
+    auth_user_claim: str = Field("sub", min_length=1)
+    auth_admin_claim: str | None = None
+    auth_admin_value: str | None = None
+    # Bounds one JWKS fetch (connect, read, all): a slow JWKS must not hold requests long.
+    auth_jwks_timeout: float = Field(5.0, gt=0, le=30)
+    # Signs the stream_url's stream tokens; see `stream_token_root` for what happens when unset.
+    stream_token_secret: SecretStr | None = None
+    # Seconds a stream token lasts: a long reply and its EventSource reconnects.
+    stream_token_ttl: float = Field(3600.0, gt=0)
+
+    @field_validator("auth_jwt_algorithms", mode="before")
+    @classmethod
+    def _algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        return value
+
+    @field_validator(
+        "auth_jwt_secret",
+        "stream_token_secret",
+        "auth_jwt_audience",
+        "auth_jwt_issuer",
+        "auth_admin_claim",
+        "auth_admin_value",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _auth(self) -> Settings:
+        # Each message names settings only: never a value (two of them are secrets).
+        if self.app_env == "production" and self.auth == "dev":
+            raise ValueError("AUTH_MODE=dev is not allowed when APP_ENV=production (use jwt)")
+        for name, secret in (
+            ("AUTH_JWT_SECRET", self.auth_jwt_secret),
+            ("STREAM_TOKEN_SECRET", self.stream_token_secret),
+        ):
+            # RFC 7518 3.2: an HMAC key at least as long as the hash (32 bytes for SHA-256).
+            if secret is not None and len(secret.get_secret_value().encode()) < 32:
+                raise ValueError(f"{name} must be at least 32 bytes long")
+        if (self.auth_admin_claim is None) != (self.auth_admin_value is None):
+            raise ValueError("set both AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE, or neither")
+        if self.auth == "dev":
+            return self
+        if self.auth_jwt_secret is None and self.auth_jwks_url is None:
+            raise ValueError("AUTH_MODE=jwt needs AUTH_JWT_SECRET or AUTH_JWKS_URL")
+        for algorithm in self.jwt_algorithms:
+            if algorithm in HMAC_ALGORITHMS:
+                if self.auth_jwt_secret is None:
+                    raise ValueError(f"AUTH_JWT_ALGORITHMS: {algorithm} needs AUTH_JWT_SECRET")
+            elif algorithm in JWKS_ALGORITHMS:
+                if self.auth_jwks_url is None:
+                    raise ValueError(f"AUTH_JWT_ALGORITHMS: {algorithm} needs AUTH_JWKS_URL")
+            else:
+                raise ValueError(
+                    f"AUTH_JWT_ALGORITHMS: {algorithm!r} is not one of "
+                    f"{', '.join((*HMAC_ALGORITHMS, *JWKS_ALGORITHMS))}"
+                )
+        if self.app_env == "production" and self.stream_token_root is None:
+            raise ValueError(
+                "STREAM_TOKEN_SECRET (or AUTH_JWT_SECRET) must be set when APP_ENV=production: "
+                "every process must sign stream tokens with the same key"
+            )
+        return self
+
+    @property
+    def auth(self) -> Literal["jwt", "dev"]:
+        if self.auth_mode is not None:
+            return self.auth_mode
+        return "dev" if self.app_env in ("development", "test") else "jwt"
+
+    @property
+    def jwt_algorithms(self) -> tuple[str, ...]:
+        if self.auth_jwt_algorithms:
+            return self.auth_jwt_algorithms
+        return (("HS256",) if self.auth_jwt_secret else ()) + (
+            ("RS256", "ES256", "EdDSA") if self.auth_jwks_url else ()
+        )
+
+    @property
+    def stream_token_root(self) -> bytes | None:
+        """The secret stream-token keys are derived from: STREAM_TOKEN_SECRET, else AUTH_JWT_SECRET
+        (whoever holds it can sign any user's JWT already), else None: one process makes a random
+        key of its own, which only works while it is the only process (refused in production)."""
+        secret = self.stream_token_secret or self.auth_jwt_secret
+        return secret.get_secret_value().encode() if secret else None

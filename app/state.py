@@ -8,6 +8,7 @@ from databases import Database
 from starlette.requests import Request
 
 from app.agents.overrides import Agents
+from app.http.auth.authenticator import Authenticator
 from app.replies.runs import Runs
 from app.settings import Settings
 from app.storage.store import Store
@@ -26,6 +27,7 @@ class AppState:
     client: OpenRouterClient
     runs: Runs
     models: ModelCatalog
+    auth: Authenticator  # who is calling: JWTs, the JWKS cache, stream tokens
 
 
 def app_state(request: Request) -> AppState:

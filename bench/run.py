@@ -125,6 +125,8 @@ class Processes:
             "APP_ENV": "production",
             "OPENROUTER_API_KEY": "bench-not-a-real-key",
             "OPENROUTER_MODEL": "openai/gpt-4o",
+            # Production refuses to start without a way to verify users' tokens.
+            "AUTH_JWT_SECRET": "bench-not-a-real-secret-0123456789abcdef",
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,

@@ -31,6 +31,8 @@ def _env(database_url: str, port: int) -> dict[str, str]:
         "PORT": str(port),
         "DATABASE_URL": database_url,
         "OPENROUTER_SIMULATOR": "true",
+        # Production verifies the host app's JWTs (and derives the stream-token key from this).
+        "AUTH_JWT_SECRET": "deploy-test-secret-0123456789abcdef",
     }
 
 

@@ -20,6 +20,8 @@ from app.settings import ConfigError, Settings
 from tests.support import read_sse
 
 KEY = "sk-or-v1-very-secret-0123456789"
+# Production also needs a way to verify users' tokens (docs/auth.md).
+JWT_SECRET = "host-app-jwt-secret-0123456789abcdef"
 SETTINGS_ENV = (
     "APP_ENV",
     "OPENROUTER_API_KEY",
@@ -28,6 +30,7 @@ SETTINGS_ENV = (
     "OPENROUTER_BASE_URL",
     "DATABASE_URL",
     "AGENTS_FILE",
+    "AUTH_JWT_SECRET",
 )
 
 
@@ -99,6 +102,7 @@ def test_production_with_a_bad_agents_file_names_agent_and_field(tmp_path):
         APP_ENV="production",
         OPENROUTER_API_KEY=KEY,
         OPENROUTER_MODEL="openai/gpt-4o",
+        AUTH_JWT_SECRET=JWT_SECRET,
         AGENTS_FILE=str(agents),
     )
     line = assert_one_clear_line(result)
@@ -107,7 +111,11 @@ def test_production_with_a_bad_agents_file_names_agent_and_field(tmp_path):
 
 def test_the_key_never_shows_in_the_settings(clean_env):
     settings = Settings(
-        _env_file=None, app_env="production", openrouter_api_key=KEY, openrouter_model="a/b"
+        _env_file=None,
+        app_env="production",
+        openrouter_api_key=KEY,
+        openrouter_model="a/b",
+        auth_jwt_secret=JWT_SECRET,
     )
     assert settings.openrouter_api_key.get_secret_value() == KEY
     for text in (repr(settings), str(settings), settings.model_dump_json()):
@@ -161,8 +169,23 @@ def test_an_unsupported_database_url_is_rejected(clean_env):
         ({"APP_ENV": "development", "OPENROUTER_API_KEY": KEY}, False),
         ({"APP_ENV": "development", "OPENROUTER_API_KEY": "  "}, True),
         ({"APP_ENV": "test"}, False),
-        ({"APP_ENV": "production", "OPENROUTER_API_KEY": KEY, "OPENROUTER_MODEL": "a/b"}, False),
-        ({"APP_ENV": "production", "OPENROUTER_SIMULATOR": "true"}, True),
+        (
+            {
+                "APP_ENV": "production",
+                "OPENROUTER_API_KEY": KEY,
+                "OPENROUTER_MODEL": "a/b",
+                "AUTH_JWT_SECRET": JWT_SECRET,
+            },
+            False,
+        ),
+        (
+            {
+                "APP_ENV": "production",
+                "OPENROUTER_SIMULATOR": "true",
+                "AUTH_JWT_SECRET": JWT_SECRET,
+            },
+            True,
+        ),
         ({"APP_ENV": "development", "OPENROUTER_SIMULATOR": "false"}, False),
     ],
 )
@@ -192,7 +215,7 @@ def test_development_without_a_key_answers_from_the_simulator(start_server, fake
 
 
 def test_production_with_a_key_calls_the_configured_upstream(start_server, fake):
-    server = start_server(app_env="production", migrate_on_start=True)
+    server = start_server(app_env="production", migrate_on_start=True, auth_jwt_secret=JWT_SECRET)
     fake.enqueue(Behaviour(tokens=["real"]))
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert http.get("/healthz").json()["upstream"] == "openrouter"

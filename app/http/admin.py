@@ -1,28 +1,36 @@
-"""The admin check for run-time configuration writes, until real authentication exists.
+"""The admin check: the run-time configuration writes (`PUT/DELETE /api/catalog/agents/*`).
 
-`Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time. Without ADMIN_TOKEN configured
-the writes are refused with 403 (not 503): it is a deliberate state of the deployment, not a
-passing outage, and retrying will not help. A wrong or missing token is 401.
+An admin is a caller sending `Authorization: Bearer <ADMIN_TOKEN>` (scripts; compared in
+constant time), or, under AUTH_MODE=jwt, a user whose token carries AUTH_ADMIN_CLAIM =
+AUTH_ADMIN_VALUE. With neither configured the writes are refused with 403 (not 503): it is a
+deliberate state of the deployment, not a passing outage, and retrying will not help. No or a
+wrong token is 401; a valid user token without the admin claim is 403 `forbidden`.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.requests import Request
 
 from app.errors import ApiError
-from app.settings import Settings
+from app.http.auth.errors import Unauthorized
+from app.http.auth.identity import bearer_token
+from app.state import app_state
 
 
-def require_admin(request: Request, settings: Settings) -> None:
-    if settings.admin_token is None:
+async def require_admin(request: Request) -> None:
+    auth = app_state(request).auth
+    if not auth.admins_exist:
         raise ApiError(
             403,
             "admin_disabled",
-            "changing agents at run time is disabled: set ADMIN_TOKEN on the server to enable it",
+            "changing agents at run time is disabled: set ADMIN_TOKEN (or, with AUTH_MODE=jwt, "
+            "AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE) on the server to enable it",
         )
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.admin_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
+    token = bearer_token(request)
+    if token is not None and auth.is_admin_token(token):
+        return
+    if auth.dev_caller is not None:
+        # The development user is no admin: ADMIN_TOKEN is the only way in, as before JWTs.
+        raise Unauthorized("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
+    if not (await auth.caller(token)).is_admin:
+        raise ApiError(403, "forbidden", "this needs an admin")

@@ -79,7 +79,7 @@ def _agent_name(request: Request, state: AppState) -> str:
 
 async def put_agent(request: Request) -> Response:
     state = app_state(request)
-    require_admin(request, state.settings)
+    await require_admin(request)
     name = _agent_name(request, state)
     override = parse_override(await json_body(request))
     view = await state.models.get()
@@ -95,7 +95,7 @@ async def put_agent(request: Request) -> Response:
 
 async def delete_agent(request: Request) -> Response:
     state = app_state(request)
-    require_admin(request, state.settings)
+    await require_admin(request)
     name = _agent_name(request, state)
     removed = await state.agents.reset(state.store, name)
     view = await state.models.get()
