@@ -28,6 +28,7 @@ from typing import Any
 
 from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
+from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.settings import Settings
 from app.storage.store import GenerationRecord, Store, new_id, now
 from app.upstream.openrouter import (
@@ -109,9 +110,9 @@ class Run:
         self.log = ReplyLog(ping_interval=settings.ping_interval)
         self.parts: list[str] = []
         self.records: list[GenerationRecord] = []
-        self.status = "streaming"
+        self.status = MessageStatus.STREAMING
         self._abandoned: asyncio.TimerHandle | None = None
-        self._end_status: str | None = None  # set by cancel() before cancelling the task
+        self._end_status: MessageStatus | None = None  # set by cancel() before cancelling the task
         self._ending = False  # generation is over; only the final write remains
         self._answering_model: str | None = None
         self._finish_reason: str | None = None
@@ -159,7 +160,9 @@ class Run:
 
     def cancel_unless_followed(self, delay: float) -> None:
         """Interrupt the run in `delay` seconds unless a follower comes back meanwhile."""
-        self._abandoned = asyncio.get_running_loop().call_later(delay, self.cancel, "interrupted")
+        self._abandoned = asyncio.get_running_loop().call_later(
+            delay, self.cancel, MessageStatus.INTERRUPTED
+        )
 
     async def wait(self) -> None:
         """Until the reply is persisted and its final event appended."""
@@ -174,7 +177,7 @@ class Run:
 
     # -- ending it from outside -------------------------------------------------------------------
 
-    def cancel(self, status: str) -> bool:
+    def cancel(self, status: MessageStatus) -> bool:
         """End the run early with `status` (stopped or interrupted); False if already ending."""
         if self._ending or self._end_status is not None or self.task is None:
             return False
@@ -185,26 +188,26 @@ class Run:
     # -- generating -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        status, error = "complete", None
+        status, error = MessageStatus.COMPLETE, None
         try:
             await self._generate()
         except asyncio.CancelledError:
-            status = self._end_status or "interrupted"
+            status = self._end_status or MessageStatus.INTERRUPTED
             for record in self.records:
-                if record.status == "streaming":
-                    record.status, record.ended_at = "cancelled", now()
+                if record.status == GenerationStatus.STREAMING:
+                    record.status, record.ended_at = GenerationStatus.CANCELLED, now()
         except UpstreamError as exc:
-            status, error = "error", exc
+            status, error = MessageStatus.ERROR, exc
         except Exception:  # a bug of ours must still end the reply and save it
             log.exception("run %s failed", self.message_id)
-            status = "error"
+            status = MessageStatus.ERROR
             error = UpstreamError(
                 "the server failed while generating the reply", code="internal_error"
             )
             for record in self.records:
-                if record.status == "streaming":
+                if record.status == GenerationStatus.STREAMING:
                     record.status, record.error_code, record.ended_at = (
-                        "error",
+                        GenerationStatus.ERROR,
                         "internal_error",
                         now(),
                     )
@@ -228,10 +231,14 @@ class Run:
                     await self._complete_attempt(record, body)
                 return
             except UpstreamError as exc:
-                record.status, record.error_code, record.ended_at = "error", exc.code, now()
+                record.status, record.error_code, record.ended_at = (
+                    GenerationStatus.ERROR,
+                    exc.code,
+                    now(),
+                )
                 if isinstance(exc, UpstreamStatusError):
                     # Refused before any generation existed: OpenRouter bills nothing.
-                    record.cost, record.cost_source = Decimal(0), "not_billed"
+                    record.cost, record.cost_source = Decimal(0), CostSource.NOT_BILLED
                 delay = self._retry_delay(exc, attempt)
                 if self.parts or delay is None or waited + delay > settings.upstream_retry_budget:
                     raise
@@ -285,7 +292,7 @@ class Run:
             log.warning(
                 "upstream stream for %s ended after finish_reason without usage", self.message_id
             )
-        record.status, record.ended_at = "complete", now()
+        record.status, record.ended_at = GenerationStatus.COMPLETE, now()
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
         payload = await self._client.complete(body)
@@ -306,7 +313,7 @@ class Run:
                     payload["usage"], model=record.model, generation_id=record.generation_id
                 ),
             )
-        record.status, record.ended_at = "complete", now()
+        record.status, record.ended_at = GenerationStatus.COMPLETE, now()
 
     def _apply_usage(self, record: GenerationRecord, usage: Usage) -> None:
         record.prompt_tokens = usage.prompt_tokens
@@ -317,7 +324,7 @@ class Run:
         self._answering_model = usage.model or self._answering_model
         record.generation_id = record.generation_id or usage.generation_id
         if usage.cost is not None:
-            record.cost, record.cost_source = usage.cost, "usage"
+            record.cost, record.cost_source = usage.cost, CostSource.USAGE
 
     def _checkpoint_soon(self) -> None:
         self._last_checkpoint = time.monotonic()
@@ -331,7 +338,9 @@ class Run:
     def _on_saved(self, saving: asyncio.Task[None]) -> None:
         if not saving.cancelled() and saving.exception() is not None:
             log.error("could not save the turn of %s", self.message_id, exc_info=saving.exception())
-            self.cancel("error")  # streaming on would give a reply nobody can find again
+            self.cancel(
+                MessageStatus.ERROR
+            )  # streaming on would give a reply nobody can find again
 
     async def turn_saved(self) -> bool:
         """Whether the turn's rows are written, once they are (or could not be)."""
@@ -357,20 +366,20 @@ class Run:
                 records=[record for record in self.records if record.generation_id],
             )
 
-    async def _finish(self, status: str, error: UpstreamError | None) -> None:
+    async def _finish(self, status: MessageStatus, error: UpstreamError | None) -> None:
         if self._checkpointing is not None:
             # A checkpoint must land before the final write, never after it.
             await asyncio.gather(self._checkpointing, return_exceptions=True)
         for record in self.records:
-            if record.cost_source == "pending" and record.generation_id is None:
-                record.cost_source = "none"  # nothing upstream to ask about it
+            if record.cost_source == CostSource.PENDING and record.generation_id is None:
+                record.cost_source = CostSource.NONE  # nothing upstream to ask about it
         if not await self.turn_saved():
             status, error = (
-                "error",
+                MessageStatus.ERROR,
                 UpstreamError("the conversation could not be saved", code="storage_error"),
             )
-        finish_reason = "stopped" if status == "stopped" else self._finish_reason
-        if status == "interrupted" and error is None:
+        finish_reason = "stopped" if status == MessageStatus.STOPPED else self._finish_reason
+        if status == MessageStatus.INTERRUPTED and error is None:
             error = UpstreamError(
                 "the reply was interrupted before it finished", code="interrupted", retryable=True
             )
@@ -411,5 +420,5 @@ class Run:
         self.log.finish(name, payload)
         self._on_finished(self)
         for record in self.records:
-            if record.cost_source == "pending":
+            if record.cost_source == CostSource.PENDING:
                 self._reconcile(record_id=record.id, generation_id=record.generation_id)

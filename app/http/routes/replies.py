@@ -14,6 +14,7 @@ from app.errors import ApiError
 from app.http.sse import last_event_id, sse_response
 from app.replies.follow import find_reply
 from app.replies.runs import Run
+from app.replies.states import MessageStatus
 from app.replies.turns import Turn, chat_turn, coach_turn, json_body, start_run
 from app.state import AppState, app_state
 
@@ -86,7 +87,7 @@ async def stop_reply(request: Request) -> Response:
     message_id = request.path_params["message_id"]
     run = state.runs.get(message_id)
     if run is not None:
-        run.cancel("stopped")
+        run.cancel(MessageStatus.STOPPED)
         await run.wait()
         return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
     row = await state.store.reply(message_id=message_id)
