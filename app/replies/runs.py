@@ -39,7 +39,6 @@ from app.upstream.openrouter import (
     UpstreamError,
     UpstreamStatusError,
     Usage,
-    parse_usage,
 )
 
 log = logging.getLogger(__name__)
@@ -278,10 +277,7 @@ class Run:
                         self._checkpoint_soon()
                 elif isinstance(event, Finish):
                     finished = True
-                    self._finish_reason = event.reason
-                    self._answering_model = event.model or self._answering_model
-                    record.model = event.model
-                    record.generation_id = record.generation_id or event.generation_id
+                    self._apply_finish(record, event)
                 elif isinstance(event, Usage):
                     self._apply_usage(record, event)
         except UpstreamError:
@@ -295,25 +291,22 @@ class Run:
         record.status, record.ended_at = GenerationStatus.COMPLETE, now()
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
-        payload = await self._client.complete(body)
-        record.generation_id = payload.get("id")
-        choices = payload.get("choices") or [{}]
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        content = (choice.get("message") or {}).get("content") or ""
-        if content:
-            record.first_token_at = now()
-            self.parts.append(content)
-            self.log.append("delta", {"content": content})
-        self._finish_reason = choice.get("finish_reason") or "stop"
-        self._answering_model = record.model = payload.get("model")
-        if isinstance(payload.get("usage"), dict):
-            self._apply_usage(
-                record,
-                parse_usage(
-                    payload["usage"], model=record.model, generation_id=record.generation_id
-                ),
-            )
+        for event in await self._client.complete(body):
+            if isinstance(event, Delta):
+                record.first_token_at = now()
+                self.parts.append(event.content)
+                self.log.append("delta", {"content": event.content})
+            elif isinstance(event, Finish):
+                self._apply_finish(record, event)
+            elif isinstance(event, Usage):
+                self._apply_usage(record, event)
         record.status, record.ended_at = GenerationStatus.COMPLETE, now()
+
+    def _apply_finish(self, record: GenerationRecord, finish: Finish) -> None:
+        self._finish_reason = finish.reason
+        self._answering_model = finish.model or self._answering_model
+        record.model = finish.model
+        record.generation_id = record.generation_id or finish.generation_id
 
     def _apply_usage(self, record: GenerationRecord, usage: Usage) -> None:
         record.prompt_tokens = usage.prompt_tokens
