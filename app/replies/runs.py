@@ -38,6 +38,7 @@ from app.upstream.openrouter import (
     OpenRouterClient,
     UpstreamError,
     UpstreamStatusError,
+    UpstreamStreamError,
     Usage,
 )
 
@@ -238,6 +239,8 @@ class Run:
                 if isinstance(exc, UpstreamStatusError):
                     # Refused before any generation existed: OpenRouter bills nothing.
                     record.cost, record.cost_source = Decimal(0), CostSource.NOT_BILLED
+                elif isinstance(exc, UpstreamStreamError) and exc.usage is not None:
+                    self._apply_usage(record, exc.usage)
                 delay = self._retry_delay(exc, attempt)
                 if self.parts or delay is None or waited + delay > settings.upstream_retry_budget:
                     raise
@@ -280,10 +283,11 @@ class Run:
                     self._apply_finish(record, event)
                 elif isinstance(event, Usage):
                     self._apply_usage(record, event)
-        except UpstreamError:
+        except UpstreamError as exc:
             # Cut after finish_reason: the reply is whole, only its usage chunk is missing,
-            # and the generation record will give the cost.
-            if not finished:
+            # and the generation record will give the cost. An in-band error is not a cut: it
+            # says the reply failed, even after finish_reason (a model at its token limit).
+            if not finished or isinstance(exc, UpstreamStreamError):
                 raise
             log.warning(
                 "upstream stream for %s ended after finish_reason without usage", self.message_id

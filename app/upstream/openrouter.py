@@ -11,7 +11,7 @@ Failures are raised, never yielded, so no caller can mistake one for a short ans
 
     UpstreamError                  code, message, retryable, retry_after
     ├── UpstreamStatusError        HTTP error before the stream (status: 400, 401, 402, 429, 5xx…)
-    ├── UpstreamStreamError        an `error` chunk inside a 200 stream
+    ├── UpstreamStreamError        an `error` chunk inside a 200 stream, any time (.usage if it had)
     ├── UpstreamProtocolError      a data line that is not a chunk we can read
     ├── UpstreamTimeout            no connection, or no bytes, within the timeout
     └── UpstreamConnectionError    refused, reset, or ended before `finish_reason`/[DONE]
@@ -75,6 +75,12 @@ class UpstreamStatusError(UpstreamError):
 
 class UpstreamStreamError(UpstreamError):
     code = "upstream_stream_error"
+
+    def __init__(self, message: str, *, usage: Usage | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # What the failed generation used, when the error's own chunk says: recorded, OpenRouter
+        # bills it (a free model at its token limit sends usage with the error, then [DONE]).
+        self.usage = usage
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -195,13 +201,15 @@ async def _status_error(response: httpx.Response) -> UpstreamStatusError:
     return UpstreamStatusError(response.status_code, message, retry_after=_retry_after(response))
 
 
-def _in_band_error(payload: dict[str, Any], fallback: str) -> UpstreamStreamError:
+def _in_band_error(
+    payload: dict[str, Any], fallback: str, *, usage: Usage | None
+) -> UpstreamStreamError:
     code, message = _error_message(payload, fallback)
     # A numeric code is an HTTP status and says whether asking again may work, as it does
     # before the stream; a string code ("server_error") does not say.
     retryable = code is not None and code.isdigit() and int(code) in RETRYABLE_STATUSES
     return UpstreamStreamError(
-        message, code="upstream_" + code if code else None, retryable=retryable
+        message, code="upstream_" + code if code else None, retryable=retryable, usage=usage
     )
 
 
@@ -240,8 +248,10 @@ def parse_chunk(chunk: Any) -> list[Event]:
     if not isinstance(chunk, dict):
         raise UpstreamProtocolError("OpenRouter sent a chunk that is not a JSON object")
     model, generation_id = chunk.get("model"), chunk.get("id")
+    usage = _chunk_usage(chunk, model=model, generation_id=generation_id)
     if chunk.get("error") is not None:
-        raise _in_band_error(chunk, "OpenRouter reported an error mid-stream")
+        # An error is an error whenever it comes, after finish_reason too.
+        raise _in_band_error(chunk, "OpenRouter reported an error mid-stream", usage=usage)
     events: list[Event] = []
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -256,21 +266,30 @@ def parse_chunk(chunk: Any) -> list[Event]:
                 events.append(Delta(content))
         reason = choice.get("finish_reason")
         if reason == "error":
-            raise UpstreamStreamError("OpenRouter ended the generation with an error")
+            raise UpstreamStreamError("OpenRouter ended the generation with an error", usage=usage)
         if isinstance(reason, str):
             events.append(Finish(reason, choice.get("native_finish_reason"), model, generation_id))
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
-        events.append(parse_usage(usage, model=model, generation_id=generation_id))
+    if usage is not None:
+        events.append(usage)
     return events
+
+
+def _chunk_usage(
+    payload: dict[str, Any], *, model: str | None, generation_id: str | None
+) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return parse_usage(usage, model=model, generation_id=generation_id)
 
 
 def parse_completion(payload: dict[str, Any]) -> list[Event]:
     """A non-streaming completion body as events: Reasoning and Delta (each whole, if any),
     Finish, and Usage when the body carries it; raise on an error body."""
-    if payload.get("error") is not None:
-        raise _in_band_error(payload, "OpenRouter reported an error")
     model, generation_id = payload.get("model"), payload.get("id")
+    usage = _chunk_usage(payload, model=model, generation_id=generation_id)
+    if payload.get("error") is not None:
+        raise _in_band_error(payload, "OpenRouter reported an error", usage=usage)
     choices = payload.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else None
     if not isinstance(choice, dict):
@@ -292,9 +311,8 @@ def parse_completion(payload: dict[str, Any]) -> list[Event]:
             generation_id,
         )
     )
-    usage = payload.get("usage")
-    if isinstance(usage, dict):
-        events.append(parse_usage(usage, model=model, generation_id=generation_id))
+    if usage is not None:
+        events.append(usage)
     return events
 
 
