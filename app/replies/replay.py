@@ -47,7 +47,7 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
         status=MessageStatus(row["status"]),
         message_id=message_id,
         finish_reason=row["finish_reason"],
-        model=row["model"],
+        model=row["model"] or row["requested_model"],  # none answered: the one asked
         prompt_tokens=row["prompt_tokens"] or 0,
         completion_tokens=row["completion_tokens"] or 0,
         cost=from_picos(row["cost_picousd"]),

@@ -403,7 +403,9 @@ class Run:
             status=status,
             message_id=self.message_id,
             finish_reason=finish_reason,
-            model=self._answering_model,
+            # The row keeps None (no model answered); the event names the one asked, as a
+            # replay of the row does.
+            model=self._answering_model or self.request.model,
             prompt_tokens=sum(r.prompt_tokens for r in self.records),
             completion_tokens=sum(r.completion_tokens for r in self.records),
             cost=sum(known, Decimal(0)) if known else None,
