@@ -25,7 +25,7 @@ from app.http.auth.redact import install_access_log_redaction
 from app.http.routes import catalog, conversations, health, me, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
-from app.replies.runs import Runs
+from app.replies.registry import Runs
 from app.settings import Settings
 from app.state import AppState
 from app.storage.database import connect_database, is_sqlite
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             runs = Runs(store=store, client=client, settings=settings)
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
-            runs.start_tending()
+            runs.recovery.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
             agents = Agents(defaults)
@@ -138,6 +138,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _recover(store: Store, runs: Runs) -> None:
-    """Costs a previous process left unknown get looked up; orphans are swept by `Runs.tend`."""
+    """Costs a previous process left unknown get looked up; orphans are swept by `Recovery`."""
     for row in await store.pending_generations():
-        runs.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+        runs.recovery.reconcile(record_id=row["id"], generation_id=row["generation_id"])

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from app.agents.overrides import Agents
 from app.http.auth.authenticator import Authenticator
-from app.replies.runs import Runs
+from app.replies.registry import Runs
 from app.settings import Settings
 from app.storage.store import Store
 from app.upstream.models_catalog import ModelCatalog

@@ -17,6 +17,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -51,6 +52,10 @@ class Behaviour:
     stall_after: int | None = None  # stop sending, keep the connection open
     no_usage: bool = False  # end without a usage chunk (and without [DONE])
     usage_in_choice_chunk: bool = False  # usage inside a chunk that still has a choice
+    # What follows the content, in this order, instead of finish, usage, [DONE]: any of
+    # "finish", "usage", "error", "error+usage" (an error chunk carrying usage, as a free model
+    # at its token limit sends it), "done" ([DONE]). The stream closes after the last one.
+    ending: tuple[str, ...] | None = None
     comments: bool = True  # ": OPENROUTER PROCESSING" lines between chunks
     reasoning: list[str] = field(default_factory=list)
     model: str | None = None  # the answering model; default: the first requested one
@@ -292,6 +297,12 @@ class FakeOpenRouter:
                 yield chunk({"content": text}) + (comment if index % 8 == 7 else b"")
             generation.cost = self._price(generation, behaviour)
             generation.finish_reason = behaviour.finish_reason
+            if behaviour.ending is not None:
+                for piece in behaviour.ending:
+                    yield self._ending_piece(piece, generation, behaviour, chunk)
+                generation.streamed_usage = any("usage" in piece for piece in behaviour.ending)
+                completed = True
+                return
             if behaviour.no_usage:
                 yield chunk({"content": ""}, behaviour.finish_reason)
                 completed = True
@@ -312,6 +323,26 @@ class FakeOpenRouter:
                 generation.cancelled = True
                 generation.cost = self._price(generation, behaviour)
             generation.ended = True
+
+    def _ending_piece(
+        self,
+        piece: str,
+        generation: Generation,
+        behaviour: Behaviour,
+        chunk: Callable[..., bytes],
+    ) -> bytes:
+        error = {"code": behaviour.error_code, "message": "simulated mid-stream failure"}
+        if piece == "finish":
+            return chunk({"content": ""}, behaviour.finish_reason)
+        if piece == "usage":
+            return chunk(None, usage=self._usage(generation, behaviour))
+        if piece == "error":
+            return chunk(None, error=error)
+        if piece == "error+usage":
+            return chunk(None, error=error, usage=self._usage(generation, behaviour))
+        if piece == "done":
+            return b"data: [DONE]\n\n"
+        raise ValueError(f"unknown ending piece {piece!r}")
 
     async def _generation(self, request: Request) -> Response:
         generation_id = request.query_params.get("id", "")

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from app.errors import ApiError
 from app.replies.events import LogEvent
-from app.replies.runs import Runs
+from app.replies.registry import Runs
 from app.state import AppState
 
 # What keeps Heroku-like routers and nginx from holding the stream back.

@@ -1,4 +1,4 @@
-"""A reply's events rebuilt from the database, for subscribers after the run left memory.
+"""A reply's events rebuilt from the database, for followers after the run left memory.
 
 The rebuilt log has the ids the live run used: meta (1), one delta per recorded event length,
 and the final event. A reply still `streaming` here belongs to another process (another dyno,
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from app.billing.money import from_picos
 from app.replies.events import LogEvent, final_event, meta_payload
+from app.replies.states import MessageStatus
 from app.storage.store import Store
 
 
@@ -40,13 +41,13 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
             LogEvent.make(len(events) + 1, "delta", {"content": content[offset : offset + length]})
         )
         offset += length
-    if row["status"] == "streaming":
+    if row["status"] == MessageStatus.STREAMING:
         return events, False
     name, payload = final_event(
-        status=row["status"],
+        status=MessageStatus(row["status"]),
         message_id=message_id,
         finish_reason=row["finish_reason"],
-        model=row["model"],
+        model=row["model"] or row["requested_model"],  # none answered: the one asked
         prompt_tokens=row["prompt_tokens"] or 0,
         completion_tokens=row["completion_tokens"] or 0,
         cost=from_picos(row["cost_picousd"]),
@@ -57,25 +58,68 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
     return events, True
 
 
-async def follow_stored(
-    store: Store, *, message_id: str, after: int, poll_interval: float, ping_interval: float
-) -> AsyncIterator[list[LogEvent]]:
-    """Events with id > `after` from the database, in batches, polling while the reply is
-    still streaming; an empty batch when nothing went out for `ping_interval` seconds."""
-    loop = asyncio.get_running_loop()
-    position, sent_at = after, loop.time()
-    while True:
+class StoredReply:
+    """A reply read from the database (a `ReplySource`): its events as last loaded, polled
+    again while it is still streaming in another process."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        message_id: str,
+        events: list[LogEvent],
+        finished: bool,
+        poll_interval: float,
+        ping_interval: float,
+    ) -> None:
+        self._store = store
+        self._message_id = message_id
+        self._events = events
+        self._finished = finished
+        self._poll_interval = poll_interval
+        self._ping_interval = ping_interval
+
+    @classmethod
+    async def load(
+        cls, store: Store, *, message_id: str, poll_interval: float, ping_interval: float
+    ) -> StoredReply | None:
+        """The stored reply, or None if there is no such assistant message."""
         found = await replay_log(store, message_id=message_id)
         if found is None:
-            return
+            return None
         events, finished = found
-        if events[position:]:
-            yield events[position:]
-            sent_at = loop.time()
-        position = max(position, len(events))
-        if finished:
-            return
-        if loop.time() - sent_at >= ping_interval:
-            yield []
-            sent_at = loop.time()
-        await asyncio.sleep(min(poll_interval, sent_at + ping_interval - loop.time()))
+        return cls(
+            store,
+            message_id=message_id,
+            events=events,
+            finished=finished,
+            poll_interval=poll_interval,
+            ping_interval=ping_interval,
+        )
+
+    def has_events_after(self, after: int) -> bool:
+        return not self._finished or after < len(self._events)
+
+    async def follow(self, after: int) -> AsyncIterator[list[LogEvent]]:
+        """Events with id > `after`, in batches, polling while the reply is still streaming;
+        an empty batch when nothing went out for the ping interval."""
+        loop = asyncio.get_running_loop()
+        events, finished = self._events, self._finished
+        position, sent_at = after, loop.time()
+        while True:
+            if events[position:]:
+                yield events[position:]
+                sent_at = loop.time()
+            position = max(position, len(events))
+            if finished:
+                return
+            if loop.time() - sent_at >= self._ping_interval:
+                yield []
+                sent_at = loop.time()
+            await asyncio.sleep(
+                min(self._poll_interval, sent_at + self._ping_interval - loop.time())
+            )
+            found = await replay_log(self._store, message_id=self._message_id)
+            if found is None:
+                return  # deleted meanwhile
+            events, finished = found

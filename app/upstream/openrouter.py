@@ -1,6 +1,6 @@
-"""The OpenRouter client: one streaming chat call in, typed events out.
+"""The OpenRouter client: one chat call in, typed events out, streaming or not.
 
-Events, in the order a stream yields them::
+Events, in the order a stream yields them (`complete` returns the same, without Opened)::
 
     Opened(generation_id)          HTTP 200 arrived; id from the X-Generation-Id header
     Delta(content) / Reasoning(text)   any number, content relayed as it arrives
@@ -11,7 +11,7 @@ Failures are raised, never yielded, so no caller can mistake one for a short ans
 
     UpstreamError                  code, message, retryable, retry_after
     ├── UpstreamStatusError        HTTP error before the stream (status: 400, 401, 402, 429, 5xx…)
-    ├── UpstreamStreamError        an `error` chunk inside a 200 stream
+    ├── UpstreamStreamError        an `error` chunk inside a 200 stream, any time (.usage if it had)
     ├── UpstreamProtocolError      a data line that is not a chunk we can read
     ├── UpstreamTimeout            no connection, or no bytes, within the timeout
     └── UpstreamConnectionError    refused, reset, or ended before `finish_reason`/[DONE]
@@ -75,6 +75,12 @@ class UpstreamStatusError(UpstreamError):
 
 class UpstreamStreamError(UpstreamError):
     code = "upstream_stream_error"
+
+    def __init__(self, message: str, *, usage: Usage | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # What the failed generation used, when the error's own chunk says: recorded, OpenRouter
+        # bills it (a free model at its token limit sends usage with the error, then [DONE]).
+        self.usage = usage
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -157,6 +163,34 @@ def _error_message(payload: Any, fallback: str) -> tuple[str | None, str]:
     return None, fallback
 
 
+class _TransportErrors:
+    """httpx's (and httpx-sse's) failures as our error tree: the one mapping for every call.
+
+    Stateless and shared (`with _TRANSPORT_ERRORS:`), not a `@contextmanager` generator: the
+    streaming call keeps it entered for the whole stream, and an idle stream should not carry
+    a generator frame for it.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        name = type(exc).__name__
+        if isinstance(exc, SSEError):  # a 200 that is not text/event-stream (a TransportError)
+            raise UpstreamProtocolError("OpenRouter answered without an event stream") from exc
+        if isinstance(exc, httpx.TimeoutException):
+            raise UpstreamTimeout(f"OpenRouter did not answer in time ({name})") from exc
+        if isinstance(exc, httpx.ConnectError):
+            raise UpstreamConnectionError(f"could not reach OpenRouter ({name})") from exc
+        if isinstance(exc, httpx.TransportError):
+            raise UpstreamConnectionError(f"lost the connection to OpenRouter ({name})") from exc
+
+
+_TRANSPORT_ERRORS = _TransportErrors()
+
+
 async def _status_error(response: httpx.Response) -> UpstreamStatusError:
     await response.aread()
     try:
@@ -167,13 +201,15 @@ async def _status_error(response: httpx.Response) -> UpstreamStatusError:
     return UpstreamStatusError(response.status_code, message, retry_after=_retry_after(response))
 
 
-def _in_band_error(payload: dict[str, Any], fallback: str) -> UpstreamStreamError:
+def _in_band_error(
+    payload: dict[str, Any], fallback: str, *, usage: Usage | None
+) -> UpstreamStreamError:
     code, message = _error_message(payload, fallback)
     # A numeric code is an HTTP status and says whether asking again may work, as it does
     # before the stream; a string code ("server_error") does not say.
     retryable = code is not None and code.isdigit() and int(code) in RETRYABLE_STATUSES
     return UpstreamStreamError(
-        message, code="upstream_" + code if code else None, retryable=retryable
+        message, code="upstream_" + code if code else None, retryable=retryable, usage=usage
     )
 
 
@@ -212,8 +248,10 @@ def parse_chunk(chunk: Any) -> list[Event]:
     if not isinstance(chunk, dict):
         raise UpstreamProtocolError("OpenRouter sent a chunk that is not a JSON object")
     model, generation_id = chunk.get("model"), chunk.get("id")
+    usage = _chunk_usage(chunk, model=model, generation_id=generation_id)
     if chunk.get("error") is not None:
-        raise _in_band_error(chunk, "OpenRouter reported an error mid-stream")
+        # An error is an error whenever it comes, after finish_reason too.
+        raise _in_band_error(chunk, "OpenRouter reported an error mid-stream", usage=usage)
     events: list[Event] = []
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -228,12 +266,53 @@ def parse_chunk(chunk: Any) -> list[Event]:
                 events.append(Delta(content))
         reason = choice.get("finish_reason")
         if reason == "error":
-            raise UpstreamStreamError("OpenRouter ended the generation with an error")
+            raise UpstreamStreamError("OpenRouter ended the generation with an error", usage=usage)
         if isinstance(reason, str):
             events.append(Finish(reason, choice.get("native_finish_reason"), model, generation_id))
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
-        events.append(parse_usage(usage, model=model, generation_id=generation_id))
+    if usage is not None:
+        events.append(usage)
+    return events
+
+
+def _chunk_usage(
+    payload: dict[str, Any], *, model: str | None, generation_id: str | None
+) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return parse_usage(usage, model=model, generation_id=generation_id)
+
+
+def parse_completion(payload: dict[str, Any]) -> list[Event]:
+    """A non-streaming completion body as events: Reasoning and Delta (each whole, if any),
+    Finish, and Usage when the body carries it; raise on an error body."""
+    model, generation_id = payload.get("model"), payload.get("id")
+    usage = _chunk_usage(payload, model=model, generation_id=generation_id)
+    if payload.get("error") is not None:
+        raise _in_band_error(payload, "OpenRouter reported an error", usage=usage)
+    choices = payload.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        choice = {}
+    events: list[Event] = []
+    message = choice.get("message")
+    if isinstance(message, dict):
+        reasoning, content = message.get("reasoning"), message.get("content")
+        if isinstance(reasoning, str) and reasoning:
+            events.append(Reasoning(reasoning))
+        if isinstance(content, str) and content:
+            events.append(Delta(content))
+    reason = choice.get("finish_reason")
+    events.append(
+        Finish(
+            reason if isinstance(reason, str) and reason else "stop",
+            choice.get("native_finish_reason"),
+            model,
+            generation_id,
+        )
+    )
+    if usage is not None:
+        events.append(usage)
     return events
 
 
@@ -282,7 +361,7 @@ class OpenRouterClient:
     async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[Event]:
         """Yield the events of one streaming completion; the response is closed on every exit."""
         finished = False
-        try:
+        with _TRANSPORT_ERRORS:
             async with aconnect_sse(
                 self._http,
                 "POST",
@@ -314,33 +393,15 @@ class OpenRouterClient:
                     raise UpstreamConnectionError(
                         "OpenRouter closed the stream before the reply finished"
                     )
-        except SSEError as exc:  # a 200 that is not text/event-stream
-            raise UpstreamProtocolError("OpenRouter answered without an event stream") from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(
-                f"OpenRouter did not answer in time ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamConnectionError(
-                f"lost the connection to OpenRouter ({type(exc).__name__})"
-            ) from exc
 
     async def _json(
         self, method: str, path: str, *, none_if_404: bool = False, **kwargs: Any
     ) -> dict[str, Any] | None:
         """One non-streaming call: errors mapped into the tree, the body a JSON object."""
-        try:
+        with _TRANSPORT_ERRORS:
             response = await self._http.request(
                 method, f"{self.base_url}{path}", headers=self._headers, **kwargs
             )
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(
-                f"OpenRouter did not answer in time ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamConnectionError(
-                f"could not reach OpenRouter ({type(exc).__name__})"
-            ) from exc
         if none_if_404 and response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -353,13 +414,11 @@ class OpenRouterClient:
             raise UpstreamProtocolError("OpenRouter answered with a body that is not an object")
         return payload
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming completion; returns OpenRouter's JSON body."""
+    async def complete(self, body: dict[str, Any]) -> list[Event]:
+        """A non-streaming completion, as the events its stream would have carried."""
         payload = await self._json("POST", "/chat/completions", json={**body, "stream": False})
         assert payload is not None
-        if payload.get("error") is not None:
-            raise _in_band_error(payload, "OpenRouter reported an error")
-        return payload
+        return parse_completion(payload)
 
     async def get_generation(self, generation_id: str) -> dict[str, Any] | None:
         """The generation record, or None while OpenRouter does not know it yet (404)."""

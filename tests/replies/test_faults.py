@@ -8,6 +8,7 @@ Retries before the first token are tested with the runs code; here only "4xx is 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -214,6 +215,53 @@ def test_a_stream_ending_after_finish_without_usage_completes_and_reconciles(
     assert (row["cost_source"], row["cost_picousd"]) == ("generation", 420_000_000)
     assert row["completion_tokens"] == len(TOKENS)
     assert fake.generation_lookups[generation.id] == 2
+
+
+# Every order in which the end of a stream can come: finish_reason, usage, an in-band error
+# (alone, or carrying the usage, as recorded from a free model at its token limit) and [DONE].
+ENDINGS = sorted(
+    {
+        *itertools.permutations(("finish", "usage", "error", "done")),
+        *itertools.permutations(("finish", "error+usage", "done")),
+        ("finish", "finish", "error+usage", "done"),  # the recorded one
+    }
+)
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=["-".join(ending) for ending in ENDINGS])
+def test_every_order_of_the_streams_end_is_read_to_its_last_word(client, fake, database, ending):
+    fake.enqueue(Behaviour(tokens=TOKENS, ending=ending, error_code=400, finish_reason="length"))
+
+    events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
+
+    # Nothing after [DONE] is read, and an error ends the stream whenever it comes.
+    heard = ending[: ending.index("done")]
+    failed = next((i for i, piece in enumerate(heard) if piece.startswith("error")), None)
+    heard = heard if failed is None else heard[: failed + 1]
+    message_id = events[0].data["message_id"]
+    reply = reply_row(database, message_id)
+    if failed is not None:
+        error = assert_ends_in_one_error(events, TOKENS)
+        assert error["code"] == "upstream_400"
+        assert (reply["status"], reply["error_code"]) == ("error", "upstream_400")
+    elif "finish" in heard:
+        assert events[-1].event == "done" and events[-1].data["status"] == "complete"
+        assert events[-1].data["finish_reason"] == "length"
+        assert reply["status"] == "complete"
+    else:
+        error = assert_ends_in_one_error(events, TOKENS)
+        assert error["code"] == "upstream_connection_error"
+    assert reply["content"] == "".join(TOKENS)
+    [generation] = fake.generations.values()
+    [row] = settled_generations(database, message_id)
+    if any("usage" in piece for piece in heard):
+        assert (row["cost_source"], row["cost_picousd"]) == ("usage", to_picos(generation.cost))
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (
+            generation.prompt_tokens,
+            len(TOKENS),
+        )
+    else:
+        assert row["cost_source"] == "generation"
 
 
 def test_usage_inside_a_chunk_that_still_has_a_choice_is_counted_once(client, fake, database):

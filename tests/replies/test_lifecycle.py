@@ -23,8 +23,9 @@ from httpx_sse import EventSource
 
 from app.dev.simulator import Behaviour, Generation
 from app.dev.threaded_server import free_port
-from app.replies.replay import follow_stored
-from app.replies.runs import Run, RunRequest, Runs
+from app.replies.registry import Runs
+from app.replies.replay import StoredReply
+from app.replies.runs import Run, RunRequest
 from app.settings import Settings
 from app.storage.store import GenerationRecord, Store, TurnIds, new_id, now
 from app.upstream.openrouter import OpenRouterClient
@@ -297,9 +298,11 @@ def test_a_reply_followed_through_the_database_is_pinged_while_nothing_changes(d
         async with migrated_store(database.url) as store:
             ids = TurnIds.allocate(None)
             await turn_rows(store, ids)
-            batches = follow_stored(
-                store, message_id=ids.message_id, after=0, poll_interval=0.02, ping_interval=0.1
+            stored = await StoredReply.load(
+                store, message_id=ids.message_id, poll_interval=0.02, ping_interval=0.1
             )
+            assert stored is not None
+            batches = stored.follow(0)
             seen = [await anext(batches), await anext(batches), await anext(batches)]
             await store.checkpoint(
                 message_id=ids.message_id,
@@ -336,7 +339,7 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
             self.shutdown.set_result(asyncio.create_task(self.runs.shutdown()))
             # Until shutdown has cancelled the lookup: if this write ran in the lookup's own
             # task, the cancellation would land here and the write would never happen.
-            await asyncio.wait(set(self.runs._lookups))
+            await asyncio.wait(set(self.runs.recovery._lookups))
             await super().settle_cost(**values)
 
     async def scenario() -> list[dict]:
@@ -353,7 +356,7 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
                 ended_at=now(),
             )
             await save_reply(store, records=[record], status="stopped", finish_reason="stopped")
-            runs.reconcile(record_id=record.id, generation_id=generation_id)
+            runs.recovery.reconcile(record_id=record.id, generation_id=generation_id)
             await asyncio.wait_for(await store.shutdown, 10)
         return database.query("SELECT * FROM generations WHERE id = :id", id=record.id)
 
@@ -418,7 +421,7 @@ def test_a_finished_run_is_freed_at_once_not_by_the_cyclic_collector(make_settin
     async def scenario() -> tuple[list[str], bool]:
         async with runs_in_process(make_settings()) as runs:
             run = start_chat_run(runs)
-            names = [e.event async for batch in run.follow(ping_interval=5) for e in batch]
+            names = [e.event async for batch in run.follow(0) for e in batch]
             await runs.shutdown()  # its final write, done in the background
             freed = weakref.ref(run)
             del run

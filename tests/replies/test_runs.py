@@ -184,6 +184,23 @@ def test_retryable_errors_before_the_first_token_are_retried_and_each_try_is_a_r
     assert events[-1].data["cost_usd"] == rows[2]["cost_picousd"] / 10**12
 
 
+def test_a_stopped_reply_names_the_requested_model_while_none_has_answered(client, fake):
+    fake.enqueue(Behaviour(tokens=["never"], stall_after=0))
+    reply = start_reply(client)
+    events: list[SSE] = []
+    with client.stream("GET", reply["stream_url"]) as response:
+        for sse in EventSource(response).iter_sse():
+            events.append(SSE(sse.id, sse.event, json.loads(sse.data)))
+            if sse.event == "meta":
+                wait_for(lambda: fake.requests, what="the upstream request")
+                client.post(f"/api/messages/{reply['message_id']}/stop")
+    assert [e.event for e in events] == ["meta", "done"]
+    assert events[-1].data["model"] == events[0].data["model"] == "openai/gpt-4o"
+    # Replayed from the database (its cost may be settled by then), it names the same model.
+    replayed = read_sse(client, "GET", reply["stream_url"])
+    assert replayed[-1].data["model"] == "openai/gpt-4o"
+
+
 def test_retries_stop_at_the_bound_and_the_client_gets_the_last_error(client, fake, database):
     fake.enqueue(*[Behaviour(status=502)] * 5)
     events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})

@@ -434,16 +434,19 @@ def test_replies_one_after_another_reuse_the_upstream_connection(fake, fake_url)
     assert len(fake.requests) == 3
 
 
-def test_complete_returns_the_json_body(fake, fake_url):
-    fake.enqueue(Behaviour(tokens=["Hel", "lo"], cost=Decimal("0.0001")))
+def test_complete_returns_the_events_a_stream_would_have_carried(fake, fake_url):
+    fake.enqueue(Behaviour(tokens=["Hel", "lo"], cost=Decimal("0.0001"), model="openai/gpt-4o"))
 
-    async def call() -> dict[str, Any]:
+    async def call() -> list[Event]:
         async with http_client() as http:
             return await client_for(http, fake_url).complete(BODY)
 
-    payload = asyncio.run(call())
-    assert payload["choices"][0]["message"]["content"] == "Hello"
-    assert payload["usage"]["cost"] == 0.0001
+    delta, finish, usage = asyncio.run(call())
+    [generation_id] = fake.generations
+    assert delta == Delta("Hello")
+    assert finish == Finish("stop", None, "openai/gpt-4o", generation_id)
+    assert (usage.completion_tokens, usage.cost) == (2, Decimal("0.0001"))
+    assert (usage.model, usage.generation_id) == ("openai/gpt-4o", generation_id)
     assert fake.requests[0]["body"]["stream"] is False
 
 
@@ -451,7 +454,7 @@ def test_complete_returns_the_json_body(fake, fake_url):
 def test_complete_raises_status_error(fake, fake_url, status):
     fake.enqueue(Behaviour(status=status))
 
-    async def call() -> dict[str, Any]:
+    async def call() -> list[Event]:
         async with http_client() as http:
             return await client_for(http, fake_url).complete(BODY)
 
@@ -472,7 +475,7 @@ def test_complete_raises_status_error(fake, fake_url, status):
 def test_complete_raises_on_a_200_that_is_not_a_completion(raw, raw_url, body, error):
     raw.script = Script(parts=[body.encode()], content_type="application/json")
 
-    async def call() -> dict[str, Any]:
+    async def call() -> list[Event]:
         async with http_client() as http:
             return await client_for(http, raw_url).complete(BODY)
 

@@ -12,8 +12,9 @@ from starlette.routing import Route
 
 from app.errors import ApiError
 from app.http.sse import last_event_id, sse_response
-from app.replies.replay import follow_stored, replay_log
+from app.replies.follow import find_reply
 from app.replies.runs import Run
+from app.replies.states import MessageStatus
 from app.replies.turns import Turn, chat_turn, coach_turn, json_body, start_run
 from app.state import AppState, app_state
 
@@ -26,11 +27,11 @@ def stream_url(message_id: str) -> str:
 
 async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
     if stream:
-        return sse_response(run.follow(0, ping_interval=state.settings.ping_interval), state=state)
+        return sse_response(run.follow(0), state=state)
     await run.wait()
-    meta, final = run.events[0].payload, run.events[-1].payload
-    body = {**meta, **final, "content": run.content}
-    return JSONResponse(body, status_code=200 if run.events[-1].event == "done" else 502)
+    events = run.log.events
+    body = {**events[0].payload, **events[-1].payload, "content": run.content}
+    return JSONResponse(body, status_code=200 if events[-1].event == "done" else 502)
 
 
 def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awaitable[Response]]:
@@ -52,7 +53,7 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
         # storage_error; this one says so at once).
         if not await run.turn_saved():
             raise ApiError(503, "storage_error", "the conversation could not be saved")
-        meta = run.events[0].payload
+        meta = run.log.events[0].payload
         return JSONResponse(
             {
                 "conversation_id": meta["conversation_id"],
@@ -70,30 +71,15 @@ async def reply_stream(request: Request) -> Response:
     state = app_state(request)
     message_id = request.path_params["message_id"]
     after = last_event_id(request)
-    run = state.runs.get(message_id)
-    if run is not None:
-        if run.finished and after >= len(run.events):
-            return Response(status_code=204)
-        return sse_response(
-            run.follow(after, ping_interval=state.settings.ping_interval), state=state
-        )
-    found = await replay_log(state.store, message_id=message_id)
-    if found is None:
+    source = await find_reply(
+        message_id, runs=state.runs, store=state.store, settings=state.settings
+    )
+    if source is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
-    events, finished = found
-    if finished and after >= len(events):
+    if not source.has_events_after(after):
         # 204 is what tells a browser's EventSource to stop reconnecting.
         return Response(status_code=204)
-    return sse_response(
-        follow_stored(
-            state.store,
-            message_id=message_id,
-            after=after,
-            poll_interval=state.settings.checkpoint_interval,
-            ping_interval=state.settings.ping_interval,
-        ),
-        state=state,
-    )
+    return sse_response(source.follow(after), state=state)
 
 
 async def stop_reply(request: Request) -> Response:
@@ -101,7 +87,7 @@ async def stop_reply(request: Request) -> Response:
     message_id = request.path_params["message_id"]
     run = state.runs.get(message_id)
     if run is not None:
-        run.cancel("stopped")
+        run.cancel(MessageStatus.STOPPED)
         await run.wait()
         return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
     row = await state.store.reply(message_id=message_id)

@@ -1,0 +1,47 @@
+"""Following a reply from an event id, wherever its events are: the one place that picks.
+
+    this process's live run     its log, event by event (`runs.Run`)
+    the database                a finished reply, or another process's live one through its
+                                checkpoints (`replay.StoredReply`)
+
+and, next, another process's live reply from its Redis Stream (see `find_reply`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from app.replies.events import LogEvent
+from app.replies.registry import Runs
+from app.replies.replay import StoredReply
+from app.settings import Settings
+from app.storage.store import Store
+
+
+class ReplySource(Protocol):
+    def has_events_after(self, after: int) -> bool:
+        """Whether a follower from event `after` has anything to read, now or later."""
+        ...
+
+    def follow(self, after: int) -> AsyncIterator[list[LogEvent]]:
+        """Events with id > `after` in batches until the final one; an empty batch is a
+        keep-alive ping (nothing went out for PING_INTERVAL seconds)."""
+        ...
+
+
+async def find_reply(
+    message_id: str, *, runs: Runs, store: Store, settings: Settings
+) -> ReplySource | None:
+    """Where the reply's events can be read from; None if there is no such reply."""
+    run = runs.get(message_id)
+    if run is not None:
+        return run
+    # The slot for a Redis Stream source: a reply live in another process, read event by
+    # event there rather than at checkpoint granularity from the database.
+    return await StoredReply.load(
+        store,
+        message_id=message_id,
+        poll_interval=settings.checkpoint_interval,
+        ping_interval=settings.ping_interval,
+    )

@@ -1,0 +1,94 @@
+"""What keeps replies and costs whole across crashes and processes: the heartbeat of our live
+replies, the sweep of dead processes' orphans, and the cost lookups of generations whose usage
+never came (a stopped stream, a crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+from app.billing.costs import find_cost
+from app.settings import Settings
+from app.storage.store import Store, now
+from app.upstream.openrouter import OpenRouterClient
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+
+
+class Recovery:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: OpenRouterClient,
+        settings: Settings,
+        spawn: Spawn,
+        live: Callable[[], list[str]],
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._settings = settings
+        self._spawn = spawn  # background work that shutdown waits for
+        self._live = live  # the message ids of this process's live replies
+        self._lookups: set[asyncio.Task[Any]] = set()
+        self._tending: asyncio.Task[None] | None = None
+        self._stop_tending = asyncio.Event()
+
+    def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
+        """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
+        task = self._spawn(self._reconcile(record_id, generation_id))
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+
+    async def _reconcile(self, record_id: str, generation_id: str | None) -> None:
+        found = await find_cost(
+            self._client,
+            generation_id=generation_id,
+            timeout=self._settings.generation_lookup_timeout,
+        )
+        # Shutdown cancels the lookup, never the write it led to: the write lands, and the
+        # database is closed only after it (shutdown waits for spawned writes).
+        await asyncio.shield(self._spawn(self._store.settle_cost(record_id=record_id, **found)))
+
+    def start(self) -> None:
+        self._tending = asyncio.create_task(self._tend(), name="tend-runs")
+
+    async def _tend(self) -> None:
+        """Heartbeat our live replies and sweep up the orphans of dead processes, forever.
+
+        The first sweep runs at start-up: replies a crashed process left `streaming` become
+        `interrupted` (once STALE_REPLY_AFTER has passed since it last touched them), and their
+        cost is looked up in the generation record.
+        """
+        interval = min(self._settings.checkpoint_interval, self._settings.stale_reply_after / 3)
+        while True:
+            try:
+                if live := self._live():
+                    await self._store.touch_replies(message_ids=live)
+                idle_since = now() - timedelta(seconds=self._settings.stale_reply_after)
+                orphans = await self._store.interrupt_orphans(idle_since=idle_since)
+                if orphans:
+                    log.warning("marked %d orphaned replies as interrupted", len(orphans))
+                    for row in await self._store.pending_generations(message_ids=orphans):
+                        self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+            except Exception:  # a database hiccup must not end the heartbeat
+                log.exception("tending live replies failed")
+            # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_tending.wait(), interval)
+                return
+
+    async def stop(self) -> None:
+        """Stop tending; unfinished cost lookups are cancelled and wait for the next start-up
+        (their rows stay `pending`), the writes they already began are not."""
+        if self._tending is not None:
+            self._stop_tending.set()
+            await self._tending
+        for task in self._lookups:
+            task.cancel()

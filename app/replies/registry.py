@@ -1,0 +1,106 @@
+"""`Runs`: the live runs of this process, the background work they leave behind, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from app.replies.recovery import Recovery
+from app.replies.runs import Run, RunRequest
+from app.replies.states import MessageStatus
+from app.settings import Settings
+from app.storage.store import Store
+from app.upstream.openrouter import OpenRouterClient
+
+log = logging.getLogger(__name__)
+
+
+class Runs:
+    def __init__(self, *, store: Store, client: OpenRouterClient, settings: Settings) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.live: dict[str, Run] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._drain: asyncio.Task[None] | None = None
+        self.recovery = Recovery(
+            store=store, client=client, settings=settings, spawn=self.spawn, live=self._live_ids
+        )
+
+    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None]) -> Run:
+        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way."""
+        run = Run(
+            request,
+            store=self.store,
+            client=self.client,
+            settings=self.settings,
+            spawn=self.spawn,
+            reconcile=self.recovery.reconcile,
+            on_deserted=self._on_deserted,
+            on_finished=self._on_finished,
+        )
+        self.live[run.message_id] = run
+        run.start(save_turn)
+        return run
+
+    def get(self, message_id: str) -> Run | None:
+        return self.live.get(message_id)
+
+    def _live_ids(self) -> list[str]:
+        return list(self.live)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Background work that shutdown waits for (database writes)."""
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    def _on_deserted(self, run: Run) -> None:
+        """The last follower left: under DISCONNECT_POLICY=cancel, cancel unless one returns."""
+        if self.settings.disconnect_policy != "cancel" or self._drain is not None:
+            return
+        run.cancel_unless_followed(self.settings.disconnect_cancel_delay)
+
+    def _on_finished(self, run: Run) -> None:
+        self.live.pop(run.message_id, None)
+
+    def begin_drain(self) -> None:
+        """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.
+
+        Called as soon as the signal is seen, not at lifespan shutdown: uvicorn only gets there
+        after open connections close, and followers should receive each run's final event.
+        """
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drain_runs(), name="drain-runs")
+
+    async def _drain_runs(self) -> None:
+        tasks = [run.task for run in self.live.values() if run.task]
+        if tasks:
+            log.info(
+                "waiting up to %.0fs for %d live replies", self.settings.shutdown_grace, len(tasks)
+            )
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+        remaining = [run for run in self.live.values() if run.task]
+        for run in remaining:
+            run.cancel(MessageStatus.INTERRUPTED)
+        if remaining:
+            log.warning("interrupted %d replies still streaming at shutdown", len(remaining))
+            await asyncio.wait([run.task for run in remaining if run.task])
+
+    async def shutdown(self) -> None:
+        """Drain the runs, finish every write; unfinished cost lookups wait for the next start."""
+        self.begin_drain()
+        assert self._drain is not None
+        await self._drain
+        await self.recovery.stop()
+        while self._background:
+            await asyncio.wait(list(self._background))
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
