@@ -13,10 +13,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.cli import load_settings
 from app.dev.simulator import Behaviour
 from app.main import create_app
-from app.settings import ConfigError, Settings
+from app.settings import ConfigError, Settings, load_settings
 from tests.support import read_sse
 
 KEY = "sk-or-v1-very-secret-0123456789"
