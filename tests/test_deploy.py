@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.dev.threaded_server import free_port
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-or-v1-very-secret-0123456789abcdef"
@@ -39,6 +39,15 @@ def _env(database_url: str, port: int) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "OPENROUTER_SIMULATOR": "true",
     }
+
+
+def _health(process: subprocess.Popen, http: httpx.Client) -> httpx.Response | None:
+    """GET /healthz once the server answers (None until then); fails if it has exited."""
+    assert process.poll() is None, process.stderr.read()
+    try:
+        return http.get("/healthz")
+    except httpx.TransportError:
+        return None
 
 
 def _run(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -93,16 +102,8 @@ def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            while True:
-                assert web.poll() is None, web.stderr.read().decode()
-                try:
-                    health = http.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "web did not answer within 30s"
-                    time.sleep(0.05)
+            health = wait_for(lambda: _health(web, http), timeout=30, what="web to answer")
             assert health.json()["database"] == "ok"
             reply = http.post("/api/chat", json={"message": "hello", "stream": False})
             assert reply.status_code == 200, reply.text
@@ -171,15 +172,9 @@ def test_serve_in_development_logs_where_it_listens_and_each_request(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert serve.poll() is None, serve.stderr.read()
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "serve did not answer within 30s"
-                time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            health = wait_for(lambda: _health(serve, http), timeout=30, what="serve to answer")
+        assert health.status_code == 200
     finally:
         serve.send_signal(signal.SIGINT)
         _, err = serve.communicate(timeout=30)
