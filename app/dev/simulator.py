@@ -1,6 +1,6 @@
 """A local simulator of OpenRouter's API: the fake upstream of the tests, benchmarks and dev mode.
 
-It speaks the wire format in `shared/openrouter-wire.md` (comment lines, a finish chunk, a usage
+It speaks the wire format in `docs/openrouter.md` (comment lines, a finish chunk, a usage
 chunk after it, `[DONE]`, `X-Generation-Id`, both error shapes) and can be told to misbehave in
 every way the real one does. Each `/chat/completions` request takes the next queued `Behaviour`
 (or the default one); the simulator records the requests it received and the generations it
