@@ -6,6 +6,7 @@ and production on SQLite says loudly that its data will be lost."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from app.dev.threaded_server import free_port
+from app.ops.logging import configure_logging
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,3 +185,12 @@ def test_serve_in_development_logs_where_it_listens_and_each_request(tmp_path):
     assert "LOCAL OPENROUTER SIMULATOR" in err
     # The simulator's own server stays quiet: one "running on" line, ours.
     assert err.count("Uvicorn running on") == 1
+
+
+def test_logging_set_up_leaves_a_hosts_configuration_alone():
+    # Under pytest the root logger has the capture's handlers: a host that chose its own.
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    before = (list(root.handlers), root.level, httpx_logger.level)
+    configure_logging()
+    configure_logging()
+    assert (list(root.handlers), root.level, httpx_logger.level) == before
