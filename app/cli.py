@@ -1,43 +1,22 @@
 """`python -m app [serve|migrate]`: run the server, or apply the database migrations.
 
-Configuration errors end the process with one clear line naming the setting, never a
-traceback and never a setting's value (one of them is the API key).
+The one way to start the server, in development (`scripts/serve`) and in production (the
+Procfile): it owns what uvicorn's command line would otherwise hold (host, port, workers,
+the graceful-shutdown timeout), all read from the settings. Configuration errors end the
+process with one clear line naming the setting, never a traceback and never a setting's value
+(one of them is the API key).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import sys
 
-from pydantic import ValidationError
-
-from app.settings import ConfigError, Settings
+from app.ops.logging import configure_logging
+from app.settings import ConfigError, DatabaseSettings, Settings, load_settings, refuse_to_start
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every request it makes at INFO: a second line per reply beside the access
-    # log, saying only that OpenRouter answered (our own lines say when it did not), and ~2%
-    # of the server's CPU under load (py-spy, bench/).
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']).upper() or 'settings'}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
-
-
-async def _migrate(settings: Settings) -> None:
+async def _migrate(settings: DatabaseSettings) -> None:
     from app.storage.database import open_database
     from app.storage.migrations import migrate
 
@@ -56,16 +35,26 @@ async def _migrate(settings: Settings) -> None:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from app.agents.config import load_agents
     from app.main import create_app
 
-    app = create_app(settings)  # a bad agents file fails here, with its message
+    if settings.web_concurrency > 1:
+        # Each worker process builds its own app (uvicorn calls the factory); a bad agents
+        # file fails here first, in one line, instead of once per worker.
+        load_agents(settings.agents_file)
+        app = "app.main:create_app"
+    else:
+        app = create_app(settings)  # a bad agents file fails here, with its message
     uvicorn.run(
         app,
+        factory=isinstance(app, str),
+        workers=settings.web_concurrency,
         host=settings.host,
         port=settings.port,
         proxy_headers=True,
         forwarded_allow_ips="*",
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        # Ours (configure_logging): uvicorn's lines go through the same handler and format.
         log_config=None,
     )
 
@@ -76,12 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        settings = load_settings()
         if args.command == "migrate":
-            asyncio.run(_migrate(settings))
+            asyncio.run(_migrate(load_settings(DatabaseSettings)))
         else:
-            _serve(settings)
+            _serve(load_settings())
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        refuse_to_start(exc)
     return 0

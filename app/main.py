@@ -1,8 +1,11 @@
 """The app factory. The lifespan owns the HTTP client, the database and the live runs.
 
 `create_app(settings)` builds everything from the settings it is given, so tests run many apps
-side by side, and nothing is built at import time: uvicorn calls it as a factory
-(`uvicorn --factory app.main:create_app`).
+side by side, and nothing is built at import time. Without settings it is the process's entry
+point, called by uvicorn as a factory (`uvicorn --factory app.main:create_app`, and each worker
+`python -m app serve` spawns under WEB_CONCURRENCY): it then sets logging up and reads the
+settings itself, ending the process with one line on a configuration error, as `python -m app`
+does.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from app.http.auth.redact import install_access_log_redaction
 from app.http.routes import catalog, conversations, health, me, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
+from app.ops.logging import configure_logging
 from app.replies.registry import Runs
-from app.settings import Settings
+from app.settings import ConfigError, Settings, load_settings, refuse_to_start
 from app.state import AppState
 from app.storage.database import connect_database, is_sqlite
 from app.storage.migrations import MigrationsPending, migrate, require_migrated
@@ -43,6 +47,14 @@ SIMULATOR_BANNER = """
   Set OPENROUTER_API_KEY (and OPENROUTER_MODEL) in .env to talk to OpenRouter.
 ************************************************************************************"""
 
+EPHEMERAL_DATABASE_BANNER = """
+************************************************************************************
+  APP_ENV=production on SQLITE (%s). A Heroku-like dyno's disk is wiped at
+  every restart and deploy, and dynos do not share it: conversations and costs WILL BE
+  LOST.
+  Set DATABASE_URL to PostgreSQL (heroku addons:create heroku-postgresql sets it).
+************************************************************************************"""
+
 
 def _http_client(settings: Settings) -> ClientPool:
     timeout = httpx.Timeout(
@@ -55,7 +67,12 @@ def _http_client(settings: Settings) -> ClientPool:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings()
+    if settings is None:
+        configure_logging()
+        try:
+            return create_app(load_settings())
+        except ConfigError as exc:
+            refuse_to_start(exc)  # uvicorn would print a traceback
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
     install_access_log_redaction()
 
@@ -68,6 +85,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 server = stack.enter_context(ThreadedServer(simulator.app))
                 base_url = f"{server.url}/api/v1"
                 log.warning(SIMULATOR_BANNER)
+            if settings.app_env == "production" and is_sqlite(settings.database_url):
+                log.warning(
+                    EPHEMERAL_DATABASE_BANNER,
+                    "DATABASE_URL is unset"
+                    if "database_url" not in settings.model_fields_set
+                    else "DATABASE_URL is a file",
+                )
             database = await connect_database(settings)
             stack.push_async_callback(database.disconnect)
             if settings.migrate_at_start:

@@ -7,11 +7,13 @@ from a test), so every test can run the app against its own database and fake up
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
@@ -73,7 +75,9 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """What `python -m app migrate` reads: the release phase needs no OpenRouter key or model."""
+
     model_config = SettingsConfigDict(
         env_file=".env",
         extra="ignore",
@@ -84,6 +88,28 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    database_url: str = "sqlite:///./data/streamchat.db"
+    # PostgreSQL only. Per process: Heroku's Essential plans allow 20 connections in all, and a
+    # deploy briefly runs old and new web dynos plus the release phase side by side.
+    database_pool_min: int = Field(1, ge=1)
+    database_pool_max: int = Field(5, ge=1)
+    database_connect_timeout: float = Field(10.0, gt=0)
+    # Longest one statement may run before it is cancelled (0 = no limit).
+    database_command_timeout: float = Field(30.0, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseSettings:
+        if self.database_pool_min > self.database_pool_max:
+            raise ValueError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
+        return self
+
+
+class Settings(DatabaseSettings):
     app_env: Literal["development", "production", "test"] = "development"
     openrouter_api_key: SecretStr | None = None
     openrouter_model: str | None = None
@@ -96,20 +122,15 @@ class Settings(BaseSettings):
     app_url: str = "http://localhost:8000"
     app_title: str = "streamchat"
 
-    database_url: str = "sqlite:///./data/streamchat.db"
     # None: migrate at start-up in development and tests; production runs `python -m app migrate`.
     migrate_on_start: bool | None = None
-    # PostgreSQL only. Per process: Heroku's Essential plans allow 20 connections in all, and a
-    # deploy briefly runs old and new web dynos plus the release phase side by side.
-    database_pool_min: int = Field(1, ge=1)
-    database_pool_max: int = Field(5, ge=1)
-    database_connect_timeout: float = Field(10.0, gt=0)
-    # Longest one statement may run before it is cancelled (0 = no limit).
-    database_command_timeout: float = Field(30.0, ge=0)
     agents_file: Path = DEFAULT_AGENTS_FILE
 
+    # Where `python -m app serve` listens; the Procfile sets HOST=0.0.0.0, Heroku sets PORT.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # Server processes (uvicorn workers). Heroku's Python buildpack sets it by dyno size.
+    web_concurrency: int = Field(1, ge=1)
     max_message_chars: int = Field(32_000, ge=1)
     ping_interval: float = Field(15.0, gt=0, le=15.0)
     dev_user_id: str = "dev"
@@ -155,21 +176,10 @@ class Settings(BaseSettings):
                     raise ValueError(f"{model_id!r} does not look like provider/model")
         return value
 
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        return normalize_database_url(value)
-
     @field_validator("openrouter_api_key", "admin_token")
     @classmethod
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
-
-    @model_validator(mode="after")
-    def _pool_bounds(self) -> Settings:
-        if self.database_pool_min > self.database_pool_max:
-            raise ValueError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
-        return self
 
     @model_validator(mode="after")
     def _production_needs_upstream(self) -> Settings:
@@ -194,6 +204,13 @@ class Settings(BaseSettings):
         if self.openrouter_simulator is not None:
             return self.openrouter_simulator
         return self.app_env == "development" and self.openrouter_api_key is None
+
+    @property
+    def shutdown_timeout(self) -> int:
+        """uvicorn's graceful-shutdown timeout: SHUTDOWN_GRACE for live replies, then a few
+        seconds for their final saves and events (SHUTDOWN_MARGIN in app/http/sse.py) and the
+        lifespan's close. Heroku sends SIGKILL 30 s after SIGTERM: keep this under it."""
+        return int(self.shutdown_grace) + 5
 
     @property
     def migrate_at_start(self) -> bool:
@@ -309,3 +326,34 @@ class Settings(BaseSettings):
         key of its own, which only works while it is the only process (refused in production)."""
         secret = self.stream_token_secret or self.auth_jwt_secret
         return secret.get_secret_value().encode() if secret else None
+
+
+S = TypeVar("S", bound=DatabaseSettings)
+
+
+def load_settings(kind: type[S] = Settings) -> S:
+    """The settings from the environment and `.env`; a ConfigError names what is wrong.
+
+    The message leaves the values out (`include_input=False`): pydantic's own message shows
+    the input, which for a model-level check is every setting, the API key among them.
+    """
+    try:
+        return kind()
+    except ValidationError as exc:
+        problems = "; ".join(
+            _problem(error) for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    setting = ".".join(str(part) for part in error["loc"]).upper()
+    message = error["msg"].removeprefix("Value error, ")
+    # A check across settings (no `loc`) names them in its own message.
+    return f"{setting}: {message}" if setting else message
+
+
+def refuse_to_start(error: ConfigError) -> NoReturn:
+    """End the process with one line on stderr: no traceback, no setting's value."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,4 +1,6 @@
-"""Test helpers: reading SSE streams, querying the test database, one app server handle."""
+"""Test helpers: reading SSE streams, querying the test database, polling, one app server handle.
+
+One of each: a helper needed by two test modules lives here, not copied under another name."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -164,8 +167,6 @@ class AppServer:
 
 def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """Poll until `predicate()` returns something truthy; fail with `what` after `timeout`."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -174,6 +175,30 @@ def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.02, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def reply_row(database: DatabaseHandle, message_id: str) -> dict[str, Any]:
+    """The reply's `messages` row, as it is now."""
+    [row] = database.query("SELECT * FROM messages WHERE id = :id", id=message_id)
+    return row
+
+
+def generation_rows(database: DatabaseHandle, message_id: str) -> list[dict[str, Any]]:
+    """The reply's `generations` rows (one per upstream attempt), as they are now."""
+    return database.query(
+        "SELECT * FROM generations WHERE message_id = :id ORDER BY attempt", id=message_id
+    )
+
+
+def settled_generations(database: DatabaseHandle, message_id: str) -> list[dict[str, Any]]:
+    """The reply's `generations` rows once it has some and none has its cost pending: a cost
+    looked up from the generation record arrives after the reply ends."""
+
+    def settled() -> list[dict[str, Any]] | None:
+        rows = generation_rows(database, message_id)
+        return rows if rows and all(r["cost_source"] != "pending" for r in rows) else None
+
+    return wait_for(settled, what=f"the costs of {message_id} to settle")
 
 
 def read_some(client: httpx.Client, url: str, count: int, **kwargs: Any) -> list[SSE]:

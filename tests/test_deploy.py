@@ -1,21 +1,27 @@
 """The Procfile's own commands, run as Heroku runs them (bash, $PORT, config vars in the
 environment) against the suite's database: the web process refuses an unmigrated database,
-the release phase migrates it, and then the web process serves."""
+the release phase migrates it (without the OpenRouter key), and then the web process serves,
+in as many workers as WEB_CONCURRENCY asks. A configuration error is one line without the key,
+and production on SQLite says loudly that its data will be lost."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.dev.threaded_server import free_port
+from app.ops.logging import configure_logging
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-or-v1-very-secret-0123456789abcdef"
 
 
 def _procfile() -> dict[str, str]:
@@ -23,17 +29,41 @@ def _procfile() -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if line.strip())
 
 
-def _env(database_url: str, port: int) -> dict[str, str]:
+def _path() -> str:
     # `python` and `uvicorn` resolve to this interpreter's, as they do on a dyno's PATH.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def _env(database_url: str, port: int) -> dict[str, str]:
     return {
-        "PATH": path,
+        "PATH": _path(),
         "PORT": str(port),
         "DATABASE_URL": database_url,
         "OPENROUTER_SIMULATOR": "true",
         # Production verifies the host app's JWTs (and derives the stream-token key from this).
         "AUTH_JWT_SECRET": "deploy-test-secret-0123456789abcdef",
     }
+
+
+def _health(process: subprocess.Popen, http: httpx.Client) -> httpx.Response | None:
+    """GET /healthz once the server answers (None until then); fails if it has exited."""
+    assert process.poll() is None, process.stderr.read()
+    try:
+        return http.get("/healthz")
+    except httpx.TransportError:
+        return None
+
+
+def _run(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """One Procfile-style command under bash with only `env` (and PATH) set, to its end."""
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env={"PATH": _path(), "HOME": str(cwd), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
@@ -50,6 +80,7 @@ def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
         text=True,
         timeout=60,
     )
+    # One process: with workers, uvicorn's supervisor exits 0 even when they fail to start.
     assert refused.returncode != 0
     assert "lacks migration(s) 1" in refused.stderr
     assert "run `python -m app migrate`" in refused.stderr
@@ -68,22 +99,15 @@ def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
     web = subprocess.Popen(
         ["bash", "-c", commands["web"]],
         cwd=tmp_path,
-        env=env,
+        # Heroku's Python buildpack sets WEB_CONCURRENCY by dyno size: two worker processes.
+        env={**env, "WEB_CONCURRENCY": "2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-            while True:
-                assert web.poll() is None, web.stderr.read().decode()
-                try:
-                    health = http.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "web did not answer within 30s"
-                    time.sleep(0.05)
+            health = wait_for(lambda: _health(web, http), timeout=30, what="web to answer")
             assert health.json()["database"] == "ok"
             reply = http.post("/api/chat", json={"message": "hello", "stream": False})
             assert reply.status_code == 200, reply.text
@@ -94,3 +118,81 @@ def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
         _, err = web.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught, as a dyno expects.
     assert web.returncode in (0, -signal.SIGTERM), err.decode()
+    assert err.decode().count("Application startup complete") == 2  # both workers served
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        _procfile()["web"],
+        # The other documented way to start it; uvicorn's own log set-up is in force there.
+        "APP_ENV=production uvicorn --factory app.main:create_app --port $PORT",
+    ],
+    ids=["procfile", "uvicorn-factory"],
+)
+def test_a_configuration_error_is_one_line_naming_the_setting_without_the_key(command, tmp_path):
+    result = _run(command, tmp_path, PORT=str(free_port()), OPENROUTER_API_KEY=KEY)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert [line for line in output.splitlines() if line.strip()] == [
+        "error: invalid configuration: OPENROUTER_MODEL must be set when APP_ENV=production"
+        " (the local OpenRouter simulator is only used in development)"
+    ]
+    # Not the key, nor the tail pydantic's `input_value` would show of it.
+    assert KEY[-8:] not in output
+
+
+def test_the_release_phase_needs_no_openrouter_settings(database, tmp_path):
+    result = _run(_procfile()["release"], tmp_path, APP_ENV="production", DATABASE_URL=database.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("migrations applied: [1")
+
+
+def test_production_on_sqlite_because_database_url_is_unset_warns_loudly(tmp_path):
+    # Unmigrated, so it stops right after the warning (production does not migrate at start).
+    result = _run(
+        _procfile()["web"],
+        tmp_path,
+        PORT=str(free_port()),
+        OPENROUTER_API_KEY=KEY,
+        OPENROUTER_MODEL="openai/gpt-4o",
+    )
+    assert result.returncode != 0
+    assert "WARNING app: \n****" in result.stderr
+    assert "APP_ENV=production on SQLITE (DATABASE_URL is unset)" in result.stderr
+    assert "WILL BE\n  LOST" in result.stderr
+    assert KEY not in result.stderr
+
+
+def test_serve_in_development_logs_where_it_listens_and_each_request(tmp_path):
+    # What `scripts/serve` runs. The simulator's own uvicorn used to silence both lines.
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=tmp_path,
+        env={"PATH": _path(), "HOME": str(tmp_path), "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            health = wait_for(lambda: _health(serve, http), timeout=30, what="serve to answer")
+        assert health.status_code == 200
+    finally:
+        serve.send_signal(signal.SIGINT)
+        _, err = serve.communicate(timeout=30)
+    assert f"INFO uvicorn.error: Uvicorn running on http://127.0.0.1:{port}" in err
+    assert "INFO uvicorn.access: 127.0.0.1:" in err and '"GET /healthz HTTP/1.1" 200' in err
+    assert "LOCAL OPENROUTER SIMULATOR" in err
+    # The simulator's own server stays quiet: one "running on" line, ours.
+    assert err.count("Uvicorn running on") == 1
+
+
+def test_logging_set_up_leaves_a_hosts_configuration_alone():
+    # Under pytest the root logger has the capture's handlers: a host that chose its own.
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    before = (list(root.handlers), root.level, httpx_logger.level)
+    configure_logging()
+    configure_logging()
+    assert (list(root.handlers), root.level, httpx_logger.level) == before

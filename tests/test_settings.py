@@ -13,10 +13,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.cli import load_settings
 from app.dev.simulator import Behaviour
 from app.main import create_app
-from app.settings import ConfigError, Settings
+from app.settings import ConfigError, Settings, load_settings
 from tests.support import read_sse
 
 KEY = "sk-or-v1-very-secret-0123456789"
@@ -212,6 +211,18 @@ def test_development_without_a_key_answers_from_the_simulator(start_server, fake
         "[simulated reply]"
     )
     assert fake.requests == []  # the configured upstream was never called
+
+
+def test_the_development_simulator_makes_a_long_reply_on_request(start_server):
+    # The directive the README gives for trying stop and resume by hand.
+    server = start_server(app_env="development", openrouter_api_key=None)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        events = read_sse(
+            http, "POST", "/api/chat", json={"message": "go [[sim tokens=40 delay=0.01]]"}
+        )
+    deltas = [e.data["content"] for e in events if e.event == "delta"]
+    assert deltas == ["[simulated reply]", *(f" {i}" for i in range(2, 41))]
+    assert events[-1].event == "done"
 
 
 def test_production_with_a_key_calls_the_configured_upstream(start_server, fake):

@@ -1,6 +1,6 @@
 """A local simulator of OpenRouter's API: the fake upstream of the tests, benchmarks and dev mode.
 
-It speaks the wire format in `shared/openrouter-wire.md` (comment lines, a finish chunk, a usage
+It speaks the wire format in `docs/openrouter.md` (comment lines, a finish chunk, a usage
 chunk after it, `[DONE]`, `X-Generation-Id`, both error shapes) and can be told to misbehave in
 every way the real one does. Each `/chat/completions` request takes the next queued `Behaviour`
 (or the default one); the simulator records the requests it received and the generations it
@@ -15,6 +15,7 @@ import asyncio
 import collections
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.dev.simulator_models import simulated_models
+
+# In the last user message, asks for a long reply at a pace (`[[sim tokens=300 delay=0.1]]`):
+# how a person tries stop and resume by hand against `scripts/serve`. Replies a test or the
+# benchmark scripted (Behaviour.tokens) ignore it.
+DIRECTIVE = re.compile(
+    r"\[\[sim(?:\s+tokens=(?P<tokens>\d{1,5}))?(?:\s+delay=(?P<delay>\d+(?:\.\d+)?))?\s*\]\]"
+)
 
 # Per-token prices the simulator bills at (USD), so costs look like real ones.
 PROMPT_PRICE = Decimal("0.00000015")
@@ -93,6 +101,18 @@ def default_reply(messages: list[dict[str, Any]]) -> list[str]:
     )
     parts = text.split(" ")
     return [parts[0], *(" " + part for part in parts[1:])]
+
+
+def directed(behaviour: Behaviour, messages: list[dict[str, Any]]) -> Behaviour:
+    """The behaviour a `[[sim tokens=N delay=S]]` directive asks for: N chunks, S s apart."""
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    found = DIRECTIVE.search(str(last_user.get("content", "")))
+    if behaviour.tokens is not None or found is None:
+        return behaviour
+    count = int(found["tokens"] or 100)
+    tokens = ["[simulated reply]", *(f" {i}" for i in range(2, count + 1))][:count]
+    delay = float(found["delay"]) if found["delay"] else behaviour.delay
+    return replace(behaviour, tokens=tokens, delay=delay)
 
 
 class FakeOpenRouter:
@@ -164,7 +184,7 @@ class FakeOpenRouter:
                     "client": request.client and (request.client.host, request.client.port),
                 }
             )
-        behaviour = self._next()
+        behaviour = directed(self._next(), body.get("messages") or [])
         if behaviour.headers_delay:
             await asyncio.sleep(behaviour.headers_delay)
         if behaviour.status != 200:

@@ -1,1 +1,1 @@
-"""Running the process: garbage-collector freeze."""
+"""Running the process: logging, garbage-collector freeze."""

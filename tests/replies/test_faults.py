@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -19,40 +18,9 @@ import pytest
 
 from app.billing.money import to_picos
 from app.dev.simulator import Behaviour
-from tests.support import SSE, DatabaseHandle, content_of, read_sse
+from tests.support import SSE, content_of, read_sse, reply_row, settled_generations
 
 TOKENS = ["Hel", "lo", " there", "!"]
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 5.0) -> Any:
-    """The first truthy value of `condition()`, polled until the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-    return value
-
-
-def settled_generations(database: DatabaseHandle, message_id: str) -> list[dict[str, Any]]:
-    """The reply's generation rows once no cost is pending any more."""
-
-    def rows() -> list[dict[str, Any]] | None:
-        found = database.query(
-            "SELECT * FROM generations WHERE message_id = :id ORDER BY attempt", id=message_id
-        )
-        return found if found and all(r["cost_source"] != "pending" for r in found) else None
-
-    return wait_for(rows)
-
-
-def reply_row(database: DatabaseHandle, message_id: str) -> dict[str, Any]:
-    [row] = database.query(
-        "SELECT status, content, finish_reason, model, error_code, error_message"
-        " FROM messages WHERE id = :id",
-        id=message_id,
-    )
-    return row
 
 
 def assert_ends_in_one_error(events: list[SSE], deltas: list[str]) -> dict[str, Any]:

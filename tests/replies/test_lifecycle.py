@@ -29,7 +29,17 @@ from app.replies.runs import Run, RunRequest
 from app.settings import Settings
 from app.storage.store import GenerationRecord, Store, TurnIds, new_id, now
 from app.upstream.openrouter import OpenRouterClient
-from tests.support import SSE, content_of, migrated_store, save_reply, turn_rows, wait_for
+from tests.support import (
+    SSE,
+    content_of,
+    generation_rows,
+    migrated_store,
+    reply_row,
+    save_reply,
+    settled_generations,
+    turn_rows,
+    wait_for,
+)
 
 TOKENS = [f" w{i}" for i in range(400)]
 
@@ -116,22 +126,6 @@ class Reader(threading.Thread):
         return sum(e.event == "delta" for e in self.events)
 
 
-def generation_ids(database, message_id: str) -> list[dict]:
-    return database.query(
-        "SELECT generation_id FROM generations WHERE message_id = :id", id=message_id
-    )
-
-
-def reply(database, message_id: str) -> dict:
-    [row] = database.query("SELECT * FROM messages WHERE id = :id", id=message_id)
-    return row
-
-
-def costs_settled(database, message_id: str) -> list[dict] | None:
-    rows = database.query("SELECT * FROM generations WHERE message_id = :id", id=message_id)
-    return rows if rows and all(r["cost_source"] not in ("pending",) for r in rows) else None
-
-
 @asynccontextmanager
 async def runs_in_process(
     settings: Settings, store_class: type[Store] = Store
@@ -200,19 +194,19 @@ def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
     assert long.events[-1].data["code"] == "interrupted" and long.events[-1].data["retryable"]
 
     short_id, long_id = short.events[0].data["message_id"], long.events[0].data["message_id"]
-    assert reply(database, short_id)["status"] == "complete"
-    assert reply(database, short_id)["content"] == "".join(TOKENS[:12])
-    interrupted = reply(database, long_id)
+    assert reply_row(database, short_id)["status"] == "complete"
+    assert reply_row(database, short_id)["content"] == "".join(TOKENS[:12])
+    interrupted = reply_row(database, long_id)
     assert interrupted["status"] == "interrupted"
     assert interrupted["content"] == content_of(long.events)
     assert 0 < len(interrupted["content"]) < len("".join(TOKENS))
 
     # A cost lookup cut short by the shutdown is finished by the next start-up.
     start_server()
-    [row] = wait_for(lambda: costs_settled(database, long_id), what="the long reply's cost")
+    [row] = settled_generations(database, long_id)
     assert row["cost_source"] == "generation"
     assert row["cost_picousd"] == int(fake.generations[row["generation_id"]].cost * 10**12)
-    [row] = costs_settled(database, short_id)
+    [row] = settled_generations(database, short_id)
     assert row["cost_source"] == "usage"
 
 
@@ -224,14 +218,14 @@ def test_a_crash_before_the_first_checkpoint_still_recovers_the_cost(
     started = httpx.post(f"{server.url}/api/chat/messages", json={"message": "long"}).json()
     message_id = started["message_id"]
     # The generation's id is saved as soon as OpenRouter answers, not at the first checkpoint.
-    wait_for(lambda: generation_ids(database, message_id), what="the generation row")
+    wait_for(lambda: generation_rows(database, message_id), what="the generation row")
 
     server.process.kill()
     server.process.wait()
-    assert reply(database, message_id)["content"] == ""
+    assert reply_row(database, message_id)["content"] == ""
 
     start_server(stale_reply_after=0.5)
-    [generation] = wait_for(lambda: costs_settled(database, message_id), what="the cost")
+    [generation] = settled_generations(database, message_id)
     assert generation["cost_source"] == "generation" and generation["status"] == "cancelled"
     billed = fake.generations[generation["generation_id"]].cost
     assert billed > 0 and generation["cost_picousd"] == int(billed * 10**12)
@@ -245,20 +239,20 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     started = httpx.post(f"{server.url}/api/chat/messages", json={"message": "long"}).json()
     message_id = started["message_id"]
     # Wait for a checkpoint with content and for the generation row (saved when the stream opened).
-    wait_for(lambda: len(reply(database, message_id)["content"]) > 10, what="a checkpoint")
-    wait_for(lambda: generation_ids(database, message_id), what="the generation row")
+    wait_for(lambda: len(reply_row(database, message_id)["content"]) > 10, what="a checkpoint")
+    wait_for(lambda: generation_rows(database, message_id), what="the generation row")
 
     server.process.kill()
     server.process.wait()
-    checkpointed = reply(database, message_id)
+    checkpointed = reply_row(database, message_id)
     assert checkpointed["status"] == "streaming"
 
     restarted = start_server(stale_reply_after=0.5)
-    wait_for(lambda: reply(database, message_id)["status"] != "streaming", what="the sweep")
-    row = reply(database, message_id)
+    wait_for(lambda: reply_row(database, message_id)["status"] != "streaming", what="the sweep")
+    row = reply_row(database, message_id)
     assert row["status"] == "interrupted" and row["content"] == checkpointed["content"]
     assert "".join(TOKENS).startswith(row["content"])
-    [generation] = wait_for(lambda: costs_settled(database, message_id), what="the cost")
+    [generation] = settled_generations(database, message_id)
     assert generation["cost_source"] == "generation" and generation["status"] == "cancelled"
 
     with (
@@ -288,7 +282,7 @@ def test_another_process_follows_a_live_reply_and_leaves_it_alone(
     assert events[-1].event == "done" and events[-1].data["status"] == "complete"
     assert content_of(events) == "".join(TOKENS[:60])
     assert [e.id for e in events] == [str(i) for i in range(1, 63)]
-    assert reply(database, started["message_id"])["status"] == "complete"
+    assert reply_row(database, started["message_id"])["status"] == "complete"
 
 
 def test_a_reply_followed_through_the_database_is_pinged_while_nothing_changes(database):
@@ -394,7 +388,7 @@ def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_writt
                 return len(run.records) == 2 and run.records[1].generation_id is not None
 
             def both_saved() -> list[dict]:
-                saved = generation_ids(database, run.message_id)
+                saved = generation_rows(database, run.message_id)
                 return saved if len(saved) == 2 else []
 
             await asyncio.wait_for(store.holding.wait(), 10)

@@ -12,7 +12,16 @@ import pytest
 from httpx_sse import EventSource
 
 from app.dev.simulator import Behaviour
-from tests.support import SSE, content_of, read_some, read_sse, wait_for
+from tests.support import (
+    SSE,
+    content_of,
+    generation_rows,
+    read_some,
+    read_sse,
+    reply_row,
+    settled_generations,
+    wait_for,
+)
 
 TOKENS = [f" t{i}" for i in range(30)]
 
@@ -25,22 +34,6 @@ def start_reply(
     body = response.json()
     assert body["stream_url"] == f"/api/messages/{body['message_id']}/stream"
     return body
-
-
-def reply_row(database, message_id: str) -> dict:
-    [row] = database.query("SELECT * FROM messages WHERE id = :id", id=message_id)
-    return row
-
-
-def generation_rows(database, message_id: str) -> list[dict]:
-    return database.query(
-        "SELECT * FROM generations WHERE message_id = :id ORDER BY attempt", id=message_id
-    )
-
-
-def settled(database, message_id: str) -> list[dict] | None:
-    rows = generation_rows(database, message_id)
-    return rows if rows and all(r["cost_source"] != "pending" for r in rows) else None
 
 
 def test_reconnecting_at_random_points_delivers_every_event_exactly_once(client, fake):
@@ -106,7 +99,7 @@ def test_stop_ends_the_run_saves_the_partial_reply_and_settles_its_cost(client, 
         "".join(TOKENS * 10)
     )
     # No usage chunk on a cancelled stream: the cost comes from the generation record.
-    [generation] = wait_for(lambda: settled(database, reply["message_id"]), what="cost")
+    [generation] = settled_generations(database, reply["message_id"])
     upstream = fake.generations[generation["generation_id"]]
     assert upstream.cancelled
     assert generation["cost_source"] == "generation"
@@ -144,7 +137,7 @@ def test_disconnect_policy_cancel_interrupts_and_still_settles_the_cost(
     assert row["status"] == "interrupted" and row["error_code"] == "interrupted"
     assert row["content"].startswith(content_of(events))
     assert len(row["content"]) < len("".join(TOKENS * 10))
-    [generation] = wait_for(lambda: settled(database, message_id), what="cost")
+    [generation] = settled_generations(database, message_id)
     assert fake.generations[generation["generation_id"]].cancelled
     assert generation["cost_source"] == "generation" and generation["status"] == "cancelled"
 

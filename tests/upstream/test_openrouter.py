@@ -1,5 +1,5 @@
 """The OpenRouter client on its own: typed events out of every stream shape in
-`openrouter-wire.md`, and one exception type for every way a call can fail.
+`docs/openrouter.md`, and one exception type for every way a call can fail.
 
 Two upstreams, both over real HTTP: the fake OpenRouter (`fake`, `fake_url`) for whole calls,
 and `RawUpstream`, which sends exactly the bytes a test scripts, for framing and faults the fake
