@@ -54,13 +54,15 @@ class ThreadedServer:
         self.host = host
         self.port = port or free_port(host)
         config.setdefault("lifespan", "on")
+        # A caller that wants uvicorn's own logging set-up (a test reading the access log as
+        # production prints it) passes `log_config`; by default logging is left alone.
+        config.setdefault("log_config", None)
         # workers=1: uvicorn.Config reads WEB_CONCURRENCY otherwise; a thread is one server.
         self.server = uvicorn.Server(
             uvicorn.Config(
                 app,
                 host=self.host,
                 port=self.port,
-                log_config=None,
                 log_level=None,
                 workers=1,
                 **config,
