@@ -156,6 +156,7 @@ def test_production_on_sqlite_because_database_url_is_unset_warns_loudly(tmp_pat
         PORT=str(free_port()),
         OPENROUTER_API_KEY=KEY,
         OPENROUTER_MODEL="openai/gpt-4o",
+        AUTH_JWT_SECRET="deploy-test-secret-0123456789abcdef",
     )
     assert result.returncode != 0
     assert "WARNING app: \n****" in result.stderr
