@@ -70,7 +70,7 @@ class Agents:
         return default.model_copy(update=override.changes()) if override else default
 
     async def load(self, store: Store) -> None:
-        for row in await store.agent_overrides():
+        for row in await store.config.agent_overrides():
             if row["agent"] not in self.defaults:
                 continue  # an agent since removed from the file: its override is moot
             fallbacks = row["fallback_models"]
@@ -84,7 +84,7 @@ class Agents:
 
     async def put(self, store: Store, name: str, override: AgentOverride) -> AgentOverride:
         async with self._lock:
-            updated_at = await store.save_agent_override(
+            updated_at = await store.config.save_agent_override(
                 agent=name,
                 model=override.model,
                 fallback_models=None
@@ -99,7 +99,7 @@ class Agents:
 
     async def reset(self, store: Store, name: str) -> bool:
         async with self._lock:
-            found = await store.delete_agent_override(agent=name)
+            found = await store.config.delete_agent_override(agent=name)
             self._overrides.pop(name, None)
         return found
 

@@ -26,7 +26,10 @@ from app.dev.threaded_server import free_port
 from app.replies.replay import follow_stored
 from app.replies.runs import Run, RunRequest, Runs
 from app.settings import Settings
-from app.storage.store import GenerationRecord, Store, TurnIds, new_id, now
+from app.storage.ledger import GenerationRecord
+from app.storage.replies import TurnIds
+from app.storage.store import Store
+from app.storage.tables import new_id, now
 from app.upstream.openrouter import OpenRouterClient
 from tests.support import SSE, content_of, migrated_store, save_reply, turn_rows, wait_for
 
