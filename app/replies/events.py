@@ -13,9 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 from app.billing.money import usd
+from app.replies.states import MessageStatus
 
-# Statuses of an assistant message, and which final event each one ends with.
-FINAL_STATUSES = {"complete": "done", "stopped": "done", "error": "error", "interrupted": "error"}
+# Which final event each final status of an assistant message ends with.
+FINAL_STATUSES = {
+    MessageStatus.COMPLETE: "done",
+    MessageStatus.STOPPED: "done",
+    MessageStatus.ERROR: "error",
+    MessageStatus.INTERRUPTED: "error",
+}
 RETRYABLE_CODES = frozenset(
     {"interrupted", "upstream_timeout", "upstream_connection_error", "upstream_408", "upstream_429"}
 )
@@ -52,7 +58,7 @@ def meta_payload(
 
 def final_event(
     *,
-    status: str,
+    status: MessageStatus,
     message_id: str,
     finish_reason: str | None,
     model: str | None,

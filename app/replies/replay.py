@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from app.billing.money import from_picos
 from app.replies.events import LogEvent, final_event, meta_payload
+from app.replies.states import MessageStatus
 from app.storage.store import Store
 
 
@@ -40,10 +41,10 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
             LogEvent.make(len(events) + 1, "delta", {"content": content[offset : offset + length]})
         )
         offset += length
-    if row["status"] == "streaming":
+    if row["status"] == MessageStatus.STREAMING:
         return events, False
     name, payload = final_event(
-        status=row["status"],
+        status=MessageStatus(row["status"]),
         message_id=message_id,
         finish_reason=row["finish_reason"],
         model=row["model"],

@@ -22,6 +22,7 @@ from databases import Database
 from sqlalchemy.sql.dml import Insert
 
 from app.billing.money import to_picos
+from app.replies.states import CostSource, GenerationStatus
 from app.storage.tables import generations
 from app.storage.writer import Step, Writer, binds
 
@@ -36,16 +37,14 @@ class GenerationRecord:
     started_at: datetime
     generation_id: str | None = None
     model: str | None = None
-    status: str = "streaming"  # streaming | complete | error | cancelled
+    status: GenerationStatus = GenerationStatus.STREAMING
     error_code: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost: Decimal | None = None
-    # usage (the stream's usage chunk) | generation (GET /generation) | none (unknown)
-    # | pending (not known yet) | not_billed (failed before a generation existed)
-    cost_source: str = "pending"
+    cost_source: CostSource = CostSource.PENDING
     first_token_at: datetime | None = None
     ended_at: datetime | None = None
 
@@ -108,8 +107,11 @@ def cancel_streaming(*, message_ids: sa.Select[Any], ended_at: datetime) -> sa.E
     without them: an orphan swept up)."""
     return (
         generations.update()
-        .where(generations.c.message_id.in_(message_ids), generations.c.status == "streaming")
-        .values(status="cancelled", ended_at=ended_at)
+        .where(
+            generations.c.message_id.in_(message_ids),
+            generations.c.status == GenerationStatus.STREAMING,
+        )
+        .values(status=GenerationStatus.CANCELLED, ended_at=ended_at)
     )
 
 
@@ -161,7 +163,8 @@ class Ledger:
     ) -> list[dict[str, Any]]:
         """Generations whose cost is still unknown (of these messages, or of any ended one)."""
         query = generations.select().where(
-            generations.c.cost_source == "pending", generations.c.status != "streaming"
+            generations.c.cost_source == CostSource.PENDING,
+            generations.c.status != GenerationStatus.STREAMING,
         )
         if message_ids is not None:
             query = query.where(generations.c.message_id.in_(message_ids))
@@ -172,7 +175,7 @@ class Ledger:
         *,
         record_id: str,
         cost: Decimal | None,
-        source: str,
+        source: CostSource,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         model: str | None = None,
@@ -188,7 +191,9 @@ class Ledger:
         await self._writer.write(
             [
                 generations.update()
-                .where(generations.c.id == record_id, generations.c.cost_source == "pending")
+                .where(
+                    generations.c.id == record_id, generations.c.cost_source == CostSource.PENDING
+                )
                 .values(**values)
             ]
         )

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
+from app.replies.states import MessageStatus
 from app.storage.conversations import NEW_CONVERSATION, TOUCH_CONVERSATION
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
 from app.storage.tables import messages, new_id, now
@@ -48,7 +49,9 @@ NEW_MESSAGE = messages.insert().values(
 )
 CHECKPOINT_MESSAGE = (
     messages.update()
-    .where(messages.c.id == sa.bindparam("message_id"), messages.c.status == "streaming")
+    .where(
+        messages.c.id == sa.bindparam("message_id"), messages.c.status == MessageStatus.STREAMING
+    )
     .values(binds("content", "event_lengths", "updated_at"))
 )
 FINISH_MESSAGE = (
@@ -197,7 +200,7 @@ class Replies:
                         "id": ids.user_message_id,
                         "role": "user",
                         "content": user_content,
-                        "status": "complete",
+                        "status": MessageStatus.COMPLETE,
                         "requested_model": None,
                         "temperature": None,
                         "event_lengths": None,
@@ -210,7 +213,7 @@ class Replies:
                         "id": ids.message_id,
                         "role": "assistant",
                         "content": "",
-                        "status": "streaming",
+                        "status": MessageStatus.STREAMING,
                         "requested_model": requested_model,
                         "temperature": temperature,
                         "event_lengths": "[]",
@@ -256,7 +259,7 @@ class Replies:
         message_id: str,
         conversation_id: str,
         agent: str,
-        status: str,
+        status: MessageStatus,
         content: str,
         event_lengths: list[int],
         model: str | None,
@@ -298,7 +301,7 @@ class Replies:
         await self._writer.write(
             [
                 messages.update()
-                .where(messages.c.id.in_(message_ids), messages.c.status == "streaming")
+                .where(messages.c.id.in_(message_ids), messages.c.status == MessageStatus.STREAMING)
                 .values(updated_at=now())
             ]
         )
@@ -310,7 +313,9 @@ class Replies:
         heartbeat, so the replies other processes (other dynos) are streaming are left alone.
         """
         stamp = now()
-        orphaned = sa.and_(messages.c.status == "streaming", messages.c.updated_at < idle_since)
+        orphaned = sa.and_(
+            messages.c.status == MessageStatus.STREAMING, messages.c.updated_at < idle_since
+        )
         _, interrupted = await self._writer.write(
             [
                 cancel_streaming(
@@ -319,7 +324,7 @@ class Replies:
                 messages.update()
                 .where(orphaned)
                 .values(
-                    status="interrupted",
+                    status=MessageStatus.INTERRUPTED,
                     error_code="interrupted",
                     error_message="the server stopped before the reply finished",
                     updated_at=stamp,

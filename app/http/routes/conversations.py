@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from app.billing.money import from_picos, usd
 from app.errors import ApiError
+from app.replies.states import MessageStatus
 from app.state import app_state
 
 
@@ -98,7 +99,7 @@ async def delete_conversation(request: Request) -> Response:
     conversation_id = request.path_params["conversation_id"]
     for run in list(state.runs.live.values()):
         if run.request.conversation_id == conversation_id:
-            run.cancel("stopped")
+            run.cancel(MessageStatus.STOPPED)
             await run.wait()
     deleted = await state.store.conversations.delete(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
