@@ -9,6 +9,7 @@ and never to one in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +17,8 @@ from typing import Any
 
 from app.agents.config import AgentConfig
 from app.errors import ApiError
-from app.settings import MODEL_ID
 from app.storage.store import Store
+from app.upstream.model_id import check_model_id
 from app.upstream.models_catalog import CatalogView
 
 FIELDS = ("model", "fallback_models", "temperature", "max_tokens")
@@ -112,9 +113,10 @@ def _invalid(message: str) -> ApiError:
 
 
 def _model_id(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not MODEL_ID.match(value.strip()):
-        raise _invalid(f"`{field}` must be an OpenRouter model id like openai/gpt-4o")
-    return value.strip()
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return check_model_id(value)
+    raise _invalid(f"`{field}` must be an OpenRouter model id like openai/gpt-4o")
 
 
 def parse_override(body: dict[str, Any]) -> AgentOverride:
