@@ -11,23 +11,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.settings import MODEL_ID, ConfigError
+from app.settings import ConfigError
+from app.upstream.model_id import ModelId, check_model_id
 
 REQUIRED_AGENTS = ("chat", "coach")
-
-
-def _check_model_id(value: str) -> str:
-    value = value.strip()
-    if value and not MODEL_ID.match(value):
-        raise ValueError(f"must look like provider/model, e.g. openai/gpt-4o (got {value!r})")
-    return value
 
 
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = ""
-    fallback_models: tuple[str, ...] = ()
+    fallback_models: tuple[ModelId, ...] = ()
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1024, ge=1)
     history_messages: int = Field(20, ge=0)
@@ -36,12 +30,8 @@ class AgentConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        return _check_model_id(value)
-
-    @field_validator("fallback_models")
-    @classmethod
-    def _fallbacks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_model_id(v) for v in value)
+        # Blank is allowed here, and means the server's default model (OPENROUTER_MODEL).
+        return check_model_id(value) if value.strip() else ""
 
     def effective_model(self, default_model: str) -> str:
         return self.model or default_model

@@ -9,18 +9,17 @@ and never to one in flight.
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from app.agents.config import AgentConfig
 from app.errors import ApiError
-from app.settings import MODEL_ID
 from app.storage.store import Store
+from app.upstream.model_id import ModelId
 from app.upstream.models_catalog import CatalogView
-
-FIELDS = ("model", "fallback_models", "temperature", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class Agents:
         return default.model_copy(update=override.changes()) if override else default
 
     async def load(self, store: Store) -> None:
-        for row in await store.agent_overrides():
+        for row in await store.config.agent_overrides():
             if row["agent"] not in self.defaults:
                 continue  # an agent since removed from the file: its override is moot
             fallbacks = row["fallback_models"]
@@ -84,7 +83,7 @@ class Agents:
 
     async def put(self, store: Store, name: str, override: AgentOverride) -> AgentOverride:
         async with self._lock:
-            updated_at = await store.save_agent_override(
+            updated_at = await store.config.save_agent_override(
                 agent=name,
                 model=override.model,
                 fallback_models=None
@@ -93,13 +92,13 @@ class Agents:
                 temperature=override.temperature,
                 max_tokens=override.max_tokens,
             )
-            saved = AgentOverride(**{**override.__dict__, "updated_at": updated_at})
+            saved = replace(override, updated_at=updated_at)
             self._overrides[name] = saved
         return saved
 
     async def reset(self, store: Store, name: str) -> bool:
         async with self._lock:
-            found = await store.delete_agent_override(agent=name)
+            found = await store.config.delete_agent_override(agent=name)
             self._overrides.pop(name, None)
         return found
 
@@ -107,49 +106,49 @@ class Agents:
 # --- validating a change ------------------------------------------------------------------------
 
 
+class OverrideChange(BaseModel):
+    """A PUT body: absent or null fields follow the agents file. Strict where JSON could pass
+    for a number it is not (`true`, `"1"`, `1.5` for a whole number)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelId | None = None
+    fallback_models: tuple[ModelId, ...] | None = None
+    temperature: Annotated[float, Strict(), Field(ge=0, le=2, allow_inf_nan=False)] | None = None
+    max_tokens: Annotated[int, Strict(), Field(ge=1)] | None = None
+
+
+FIELDS = tuple(OverrideChange.model_fields)
+# Our message for any fault in a field, whatever pydantic's reason: the API's wording predates it.
+_FAULTS = {
+    "model": "`model` must be an OpenRouter model id like openai/gpt-4o",
+    "fallback_models": "`fallback_models` must be a list of model ids",
+    "fallback_models[]": "`fallback_models[]` must be an OpenRouter model id like openai/gpt-4o",
+    "temperature": "`temperature` must be a number from 0 to 2",
+    "max_tokens": "`max_tokens` must be a whole number of at least 1",
+}
+
+
 def _invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_field", message)
 
 
-def _model_id(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not MODEL_ID.match(value.strip()):
-        raise _invalid(f"`{field}` must be an OpenRouter model id like openai/gpt-4o")
-    return value.strip()
-
-
 def parse_override(body: dict[str, Any]) -> AgentOverride:
     """The fields of a PUT body, type- and range-checked; absent or null fields follow the file."""
-    unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        raise _invalid(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
-    if not any(field in body for field in FIELDS):
+    try:
+        change = OverrideChange.model_validate(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        if unknown:
+            raise _invalid(
+                f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}"
+            ) from None
+        field, *item = errors[0]["loc"]
+        raise _invalid(_FAULTS[f"{field}[]" if item else str(field)]) from None
+    if not change.model_fields_set:
         raise _invalid(f"give at least one of {', '.join(FIELDS)}")
-    model = body.get("model")
-    if model is not None:
-        model = _model_id(model, "model")
-    fallbacks = body.get("fallback_models")
-    if fallbacks is not None:
-        if not isinstance(fallbacks, list):
-            raise _invalid("`fallback_models` must be a list of model ids")
-        fallbacks = tuple(_model_id(item, "fallback_models[]") for item in fallbacks)
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, int | float)
-            or not math.isfinite(temperature)
-            or not 0 <= temperature <= 2
-        ):
-            raise _invalid("`temperature` must be a number from 0 to 2")
-        temperature = float(temperature)
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise _invalid("`max_tokens` must be a whole number of at least 1")
-    return AgentOverride(
-        model=model, fallback_models=fallbacks, temperature=temperature, max_tokens=max_tokens
-    )
+    return AgentOverride(**change.model_dump())
 
 
 def check_against_catalog(

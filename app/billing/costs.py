@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from app.billing.money import parse_amount
+from app.replies.states import CostSource
 from app.upstream.openrouter import OpenRouterClient, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ async def find_cost(
     Only reads: the caller writes, so that a lookup cancelled by shutdown never cuts a write.
     """
     if generation_id is None:
-        return {"cost": None, "source": "none"}
+        return {"cost": None, "source": CostSource.NONE}
     deadline = time.monotonic() + timeout
     delay = first_delay
     while True:
@@ -44,14 +45,14 @@ async def find_cost(
         if record is not None and cost is not None:
             return {
                 "cost": cost,
-                "source": "generation",
+                "source": CostSource.GENERATION,
                 "prompt_tokens": _tokens(record.get("tokens_prompt")),
                 "completion_tokens": _tokens(record.get("tokens_completion")),
                 "model": record.get("model") if isinstance(record.get("model"), str) else None,
             }
         if time.monotonic() + delay > deadline:
             log.warning("no cost found for generation %s within %.0fs", generation_id, timeout)
-            return {"cost": None, "source": "none"}
+            return {"cost": None, "source": CostSource.NONE}
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
 

@@ -19,7 +19,7 @@ from app.storage.store import Store
 
 async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], bool] | None:
     """(events, finished) for an assistant message, or None if there is no such message."""
-    row = await store.reply(message_id=message_id)
+    row = await store.replies.get(message_id=message_id)
     if row is None:
         return None
     events = [

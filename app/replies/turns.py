@@ -15,7 +15,7 @@ from starlette.requests import Request
 from app.errors import ApiError
 from app.replies.runs import Run, RunRequest
 from app.state import AppState
-from app.storage.store import TurnIds
+from app.storage.replies import TurnIds
 
 TITLE_CHARS = 80
 
@@ -66,7 +66,7 @@ class Turn:
 async def _existing_conversation(state: AppState, conversation_id: Any, *, agent: str) -> str:
     if not isinstance(conversation_id, str) or not conversation_id or "\x00" in conversation_id:
         raise ApiError(422, "invalid_field", "`conversation_id` must be a string")
-    conversation = await state.store.get_conversation(
+    conversation = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
     )
     if conversation is None or conversation["agent"] != agent:
@@ -86,7 +86,7 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
     history: list[dict[str, str]] = []
     if body.get("conversation_id") is not None:
         conversation_id = await _existing_conversation(state, body["conversation_id"], agent="chat")
-        history = await state.store.history(
+        history = await state.store.replies.history(
             conversation_id=conversation_id, limit=agent.history_messages
         )
     return Turn(
@@ -107,7 +107,7 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     agent = state.agents.effective("coach")
     if body.get("conversation_id") is not None:
         subject = await _existing_conversation(state, body["conversation_id"], agent="chat")
-        transcript = await state.store.history(
+        transcript = await state.store.replies.history(
             conversation_id=subject, limit=agent.history_messages
         )
     if context is None and question is None and subject is None:
@@ -139,7 +139,7 @@ def start_run(state: AppState, turn: Turn) -> Run:
     agent = state.agents.effective(turn.agent)
     model = agent.effective_model(state.settings.default_model)
     ids = TurnIds.allocate(turn.conversation_id)
-    save_turn = state.store.start_turn(
+    save_turn = state.store.replies.start_turn(
         ids=ids,
         user_id=state.settings.dev_user_id,
         agent=turn.agent,

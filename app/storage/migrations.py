@@ -1,7 +1,7 @@
 """Versioned schema migrations, applied in order and recorded in `schema_migrations`.
 
 Each migration holds its own frozen copy of the tables it creates or alters: the current shape
-lives in `app/storage/store.py`, and changing it means adding a migration here, never editing one.
+lives in `app/storage/tables.py`, and changing it means adding a migration here, never editing one.
 Applying is idempotent and safe from several processes at once: SQLite takes the write lock
 (`BEGIN IMMEDIATE`), PostgreSQL an advisory transaction lock.
 """

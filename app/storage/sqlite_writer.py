@@ -33,18 +33,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.dml import Insert
 
-# A statement, or one built once with bind parameters and the values for them.
-Step = sa.Executable | tuple[sa.Executable, dict[str, Any]]
-Write = Sequence[Step]
-# One list of rows per statement: the rows of its RETURNING clause, else empty.
-Outcome = list[list[Any]]
+from app.storage.writer import Outcome, Step, Write
+
 _REQUIRED = object()  # a bind parameter with no value of its own
 FIRST_RETRY_DELAY = 0.001
 MAX_RETRY_DELAY = 0.05
@@ -61,6 +60,9 @@ class SQLiteWriter:
         self._plans: weakref.WeakKeyDictionary[sa.Executable, _Plan | None] = (
             weakref.WeakKeyDictionary()
         )
+
+    def insert(self, table: sa.Table) -> Insert:
+        return sqlite.insert(table)
 
     async def write(self, steps: Write) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()

@@ -374,7 +374,7 @@ class ModelCatalog:
             if self._database_read:
                 return
             try:
-                stored = await self._store.load_model_catalog(source=STORE_SOURCE)
+                stored = await self._store.config.load_model_catalog(source=STORE_SOURCE)
             except Exception:
                 log.exception("could not read the model catalog's copy from the database")
                 return  # tried again on the next request
@@ -408,7 +408,7 @@ class ModelCatalog:
         self._snapshot, self._error, self._retry_at = snapshot, None, 0.0
         log.info("model catalog refreshed: %d models", len(models))
         try:
-            await self._store.save_model_catalog(
+            await self._store.config.save_model_catalog(
                 source=STORE_SOURCE, models=raw, fetched_at=snapshot.fetched_at
             )
         except Exception:

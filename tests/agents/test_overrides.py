@@ -8,7 +8,9 @@ import threading
 import httpx
 import pytest
 
+from app.agents.overrides import AgentOverride, parse_override
 from app.dev.simulator import Behaviour
+from app.errors import ApiError
 from tests.support import read_sse, wait_for
 
 TOKEN = "test-admin-token"
@@ -222,3 +224,33 @@ def test_catalog_warns_when_an_agents_model_is_not_in_the_catalog(start_server):
         chat = http.get("/api/catalog").json()["agents"]["chat"]
     assert chat["model"] == "acme/not-listed" and chat["model_info"] is None
     assert chat["warnings"] == ["acme/not-listed is not in OpenRouter's model catalog"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"fallback_models": "openai/gpt-4o"}, "`fallback_models` must be a list of model ids"),
+        ({"fallback_models": {"openai/gpt-4o": 1}}, "`fallback_models` must be a list"),
+        ({"fallback_models": [CLAUDE, 3]}, "`fallback_models[]` must be an OpenRouter model id"),
+        ({"model": 5}, "`model` must be an OpenRouter model id"),
+        ({"temperature": float("inf")}, "`temperature` must be a number from 0 to 2"),
+        ({"temperature": "1"}, "`temperature` must be a number from 0 to 2"),
+        ({"max_tokens": "5"}, "`max_tokens` must be a whole number of at least 1"),
+        ({"max_tokens": True}, "`max_tokens` must be a whole number of at least 1"),
+        ({"updated_at": "2026-01-01", "model": CLAUDE}, "unknown field(s) updated_at; allowed:"),
+        # Field order decides which fault is told when there are several.
+        ({"max_tokens": 0, "model": "gpt-4o"}, "`model` must be an OpenRouter model id"),
+    ],
+)
+def test_a_put_body_s_faults_are_told_field_by_field(body, message):
+    with pytest.raises(ApiError) as raised:
+        parse_override(body)
+    assert (raised.value.status, raised.value.code) == (422, "invalid_field")
+    assert message in raised.value.message
+
+
+def test_a_put_body_is_trimmed_and_null_means_as_in_the_file():
+    assert parse_override({"model": f" {CLAUDE} ", "temperature": 1}) == AgentOverride(
+        model=CLAUDE, temperature=1.0
+    )
+    assert parse_override({"max_tokens": None}) == AgentOverride()

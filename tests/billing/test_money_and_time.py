@@ -10,7 +10,8 @@ from decimal import Decimal
 import httpx
 
 from app.storage.database import is_sqlite
-from app.storage.store import GenerationRecord, new_id, now
+from app.storage.ledger import GenerationRecord
+from app.storage.tables import new_id, now
 from tests.support import migrated_store, read_sse, save_reply
 
 COST = Decimal("0.0000001234")  # a few tokens of a cheap model: a fraction of a nano-dollar matters

@@ -27,7 +27,10 @@ from app.replies.registry import Runs
 from app.replies.replay import StoredReply
 from app.replies.runs import Run, RunRequest
 from app.settings import Settings
-from app.storage.store import GenerationRecord, Store, TurnIds, new_id, now
+from app.storage.ledger import GenerationRecord
+from app.storage.replies import TurnIds
+from app.storage.store import Store
+from app.storage.tables import new_id, now
 from app.upstream.openrouter import OpenRouterClient
 from tests.support import (
     SSE,

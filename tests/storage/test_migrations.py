@@ -1,5 +1,5 @@
 """Schema migrations on whichever database the suite runs on: order, idempotence, two processes
-racing for the lock, and the migrated schema matching the tables `app/storage/store.py` queries."""
+racing for the lock, and the migrated schema matching the tables `app/storage/tables.py` defines."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from app.storage.migrations import (
     pending_migrations,
     require_migrated,
 )
-from app.storage.store import metadata
+from app.storage.tables import metadata
 from tests.support import make_database
 
 
@@ -125,7 +125,7 @@ async def _columns(url: str) -> dict[str, dict[str, tuple[str, bool]]]:
 
 
 def test_migrated_schema_matches_the_tables_the_store_queries(database, tmp_path):
-    """A column added to `app/storage/store.py` without a migration (or the reverse) fails here."""
+    """A column added to `app/storage/tables.py` without a migration (or the reverse) fails here."""
     dialect = sqlite.dialect() if is_sqlite(database.url) else postgresql.dialect()
     expected_dir = tmp_path / "expected"
     expected_dir.mkdir()

@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from app.storage import store
+from app.storage import conversations, replies
+from app.storage.ledger import upsert_generation_statement
 from app.storage.sqlite_writer import SQLiteWriter, _Plan
 from tests.support import migrated_store, run_async
 
@@ -113,12 +114,12 @@ def _sample(bind: sa.BindParameter) -> object:
 @pytest.mark.parametrize(
     "statement",
     [
-        store.NEW_CONVERSATION,
-        store.TOUCH_CONVERSATION,
-        store.NEW_MESSAGE,
-        store.CHECKPOINT_MESSAGE,
-        store.FINISH_MESSAGE,
-        store._upsert_generation_statement(sqlite_dialect.insert),
+        conversations.NEW_CONVERSATION,
+        conversations.TOUCH_CONVERSATION,
+        replies.NEW_MESSAGE,
+        replies.CHECKPOINT_MESSAGE,
+        replies.FINISH_MESSAGE,
+        upsert_generation_statement(sqlite_dialect.insert),
     ],
     ids=["new_conversation", "touch", "new_message", "checkpoint", "finish", "upsert_generation"],
 )

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from app.billing.money import from_picos, usd
 from app.errors import ApiError
+from app.replies.states import MessageStatus
 from app.state import app_state
 
 
@@ -57,7 +58,9 @@ async def list_conversations(request: Request) -> Response:
     agent = request.query_params.get("agent") or None
     if agent is not None and agent not in state.agents:
         raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
-    rows = await state.store.list_conversations(user_id=state.settings.dev_user_id, agent=agent)
+    rows = await state.store.conversations.list_for_user(
+        user_id=state.settings.dev_user_id, agent=agent
+    )
     return JSONResponse(
         {
             "conversations": [
@@ -75,12 +78,12 @@ async def list_conversations(request: Request) -> Response:
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
     conversation_id = request.path_params["conversation_id"]
-    row = await state.store.get_conversation(
+    row = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
     )
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
-    messages = await state.store.conversation_messages(conversation_id=conversation_id)
+    messages = await state.store.replies.in_conversation(conversation_id=conversation_id)
     costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
     return JSONResponse(
         {
@@ -96,9 +99,9 @@ async def delete_conversation(request: Request) -> Response:
     conversation_id = request.path_params["conversation_id"]
     for run in list(state.runs.live.values()):
         if run.request.conversation_id == conversation_id:
-            run.cancel("stopped")
+            run.cancel(MessageStatus.STOPPED)
             await run.wait()
-    deleted = await state.store.delete_conversation(
+    deleted = await state.store.conversations.delete(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
     )
     if not deleted:

@@ -1,0 +1,199 @@
+"""The ledger: every upstream generation and its cost, the one place costs are kept.
+
+A cost lives only in a `generations` row (integer pico-dollars, with where it came from); a
+message's or a conversation's cost is a sum over those rows, so a cost can never be counted
+twice. Queries that need such sums (cost reports, spend control, the conversation pages) take
+them from the subqueries here rather than summing `generations` themselves.
+
+A reply's generation rows are written in the same transactions as its message (see
+`app/storage/replies.py`), from the steps `Ledger.generation_steps` builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+from sqlalchemy.sql.dml import Insert
+
+from app.billing.money import to_picos
+from app.replies.states import CostSource, GenerationStatus
+from app.storage.tables import generations
+from app.storage.writer import Step, Writer, binds
+
+
+@dataclass
+class GenerationRecord:
+    """One upstream request of a reply; `id` is ours, `generation_id` OpenRouter's."""
+
+    id: str
+    attempt: int
+    requested_model: str
+    started_at: datetime
+    generation_id: str | None = None
+    model: str | None = None
+    status: GenerationStatus = GenerationStatus.STREAMING
+    error_code: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost: Decimal | None = None
+    cost_source: CostSource = CostSource.PENDING
+    first_token_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+# What a generation row's later writes may change; the rest is set when it is first saved.
+GENERATION_PROGRESS = (
+    "generation_id",
+    "model",
+    "status",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cost_picousd",
+    "cost_source",
+    "first_token_at",
+    "ended_at",
+)
+
+
+def upsert_generation_statement(insert: Callable[[sa.Table], Insert]) -> sa.Executable:
+    """Insert a generation row, or bring an existing one up to date: built once per backend
+    (`insert` is the backend's, the one with ON CONFLICT), executed with a record's values."""
+    statement = insert(generations).values(binds(*(column.name for column in generations.c)))
+    return statement.on_conflict_do_update(
+        index_elements=[generations.c.id],
+        set_={name: statement.excluded[name] for name in GENERATION_PROGRESS},
+    )
+
+
+def usage_by_message(*, message_id: str | None = None) -> sa.Subquery:
+    """Per message (or for one): tokens, cost and the number of generations, summed."""
+    query = sa.select(
+        generations.c.message_id,
+        sa.func.sum(generations.c.prompt_tokens).label("prompt_tokens"),
+        sa.func.sum(generations.c.completion_tokens).label("completion_tokens"),
+        sa.func.sum(generations.c.cost_picousd).label("cost_picousd"),
+        sa.func.count().label("generation_count"),
+    ).group_by(generations.c.message_id)
+    if message_id is not None:
+        query = query.where(generations.c.message_id == message_id)
+    return query.subquery("usage")
+
+
+def cost_by_conversation() -> sa.Subquery:
+    """Per conversation: the cost of all its generations."""
+    return (
+        sa.select(
+            generations.c.conversation_id,
+            sa.func.sum(generations.c.cost_picousd).label("cost_picousd"),
+        )
+        .group_by(generations.c.conversation_id)
+        .subquery("costs")
+    )
+
+
+def cancel_streaming(*, message_ids: sa.Select[Any], ended_at: datetime) -> sa.Executable:
+    """End the still-streaming generations of these messages as cancelled (their reply ended
+    without them: an orphan swept up)."""
+    return (
+        generations.update()
+        .where(
+            generations.c.message_id.in_(message_ids),
+            generations.c.status == GenerationStatus.STREAMING,
+        )
+        .values(status=GenerationStatus.CANCELLED, ended_at=ended_at)
+    )
+
+
+class Ledger:
+    def __init__(self, *, database: Database, writer: Writer) -> None:
+        self._database = database
+        self._writer = writer
+        self._upsert_generation = upsert_generation_statement(writer.insert)
+
+    def generation_steps(
+        self,
+        *,
+        records: list[GenerationRecord],
+        message_id: str,
+        conversation_id: str,
+        agent: str,
+    ) -> list[Step]:
+        """The steps that save `records` as they stand, for a write of their reply's."""
+        return [
+            (
+                self._upsert_generation,
+                {
+                    "id": record.id,
+                    "message_id": message_id,
+                    "conversation_id": conversation_id,
+                    "agent": agent,
+                    "attempt": record.attempt,
+                    "requested_model": record.requested_model,
+                    "started_at": record.started_at,
+                    "generation_id": record.generation_id,
+                    "model": record.model,
+                    "status": record.status,
+                    "error_code": record.error_code,
+                    "prompt_tokens": record.prompt_tokens,
+                    "completion_tokens": record.completion_tokens,
+                    "reasoning_tokens": record.reasoning_tokens,
+                    "cached_tokens": record.cached_tokens,
+                    "cost_picousd": to_picos(record.cost),
+                    "cost_source": record.cost_source,
+                    "first_token_at": record.first_token_at,
+                    "ended_at": record.ended_at,
+                },
+            )
+            for record in records
+        ]
+
+    async def pending_generations(
+        self, *, message_ids: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Generations whose cost is still unknown (of these messages, or of any ended one)."""
+        query = generations.select().where(
+            generations.c.cost_source == CostSource.PENDING,
+            generations.c.status != GenerationStatus.STREAMING,
+        )
+        if message_ids is not None:
+            query = query.where(generations.c.message_id.in_(message_ids))
+        return [dict(row._mapping) for row in await self._database.fetch_all(query)]
+
+    async def settle_cost(
+        self,
+        *,
+        record_id: str,
+        cost: Decimal | None,
+        source: CostSource,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Set a pending generation's cost once; a settled one is never overwritten."""
+        values: dict[str, Any] = {"cost_picousd": to_picos(cost), "cost_source": source}
+        if prompt_tokens is not None:
+            values["prompt_tokens"] = prompt_tokens
+        if completion_tokens is not None:
+            values["completion_tokens"] = completion_tokens
+        if model is not None:
+            values["model"] = model
+        await self._writer.write(
+            [
+                generations.update()
+                .where(
+                    generations.c.id == record_id, generations.c.cost_source == CostSource.PENDING
+                )
+                .values(**values)
+            ]
+        )

@@ -1,0 +1,335 @@
+"""Replies: the messages of a conversation, and the writes a reply makes over its life.
+
+Write pattern, chosen so no token ever waits for the database:
+- a turn starts with one transaction: the user message and a `streaming` assistant row (and
+  the conversation's row, new or touched);
+- while a reply streams, its content is checkpointed every few seconds (not per token), with
+  its generation rows as they stand;
+- it ends with one transaction: the final message row and all its generation (cost) rows.
+Live replies are heartbeaten (`touch`), so any process can tell another's live reply from the
+orphan of a process that died (`interrupt_orphans`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+
+from app.replies.states import MessageStatus
+from app.storage.conversations import NEW_CONVERSATION, TOUCH_CONVERSATION
+from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
+from app.storage.tables import messages, new_id, now
+from app.storage.writer import Step, Writer, binds
+
+# A message takes the next `seq` of its conversation, computed by the insert itself.
+NEW_MESSAGE = messages.insert().values(
+    seq=sa.select(sa.func.coalesce(sa.func.max(messages.c.seq), 0) + 1)
+    # Not the `conversation_id` of the values: one parameter in two places gets two types
+    # deduced on PostgreSQL, which asyncpg refuses.
+    .where(messages.c.conversation_id == sa.bindparam("seq_of"))
+    .scalar_subquery(),
+    **binds(
+        "id",
+        "conversation_id",
+        "role",
+        "content",
+        "status",
+        "agent",
+        "requested_model",
+        "temperature",
+        "event_lengths",
+        "created_at",
+        "updated_at",
+    ),
+)
+CHECKPOINT_MESSAGE = (
+    messages.update()
+    .where(
+        messages.c.id == sa.bindparam("message_id"), messages.c.status == MessageStatus.STREAMING
+    )
+    .values(binds("content", "event_lengths", "updated_at"))
+)
+FINISH_MESSAGE = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("message_id"))
+    .values(
+        binds(
+            "status",
+            "content",
+            "event_lengths",
+            "model",
+            "finish_reason",
+            "error_code",
+            "error_message",
+            "updated_at",
+        )
+    )
+)
+
+
+@dataclass(frozen=True)
+class TurnIds:
+    """The ids of a turn's rows, chosen before they are written: the reply streams meanwhile."""
+
+    conversation_id: str
+    user_message_id: str
+    message_id: str  # the assistant's reply
+    new_conversation: bool
+
+    @classmethod
+    def allocate(cls, conversation_id: str | None) -> TurnIds:
+        """Ids for a turn in `conversation_id`, or in a new conversation when it is None."""
+        return cls(conversation_id or new_id(), new_id(), new_id(), conversation_id is None)
+
+
+class Replies:
+    def __init__(self, *, database: Database, writer: Writer, ledger: Ledger) -> None:
+        self._database = database
+        self._writer = writer
+        self._ledger = ledger
+
+    async def in_conversation(self, *, conversation_id: str) -> list[dict[str, Any]]:
+        """The conversation's messages in order, each with its usage and cost (the ledger's
+        sums over its generations)."""
+        usage = usage_by_message()
+        query = (
+            sa.select(
+                messages,
+                usage.c.prompt_tokens,
+                usage.c.completion_tokens,
+                usage.c.cost_picousd,
+                usage.c.generation_count,
+            )
+            .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
+            .where(messages.c.conversation_id == conversation_id)
+            .order_by(messages.c.seq)
+        )
+        return [dict(row._mapping) for row in await self._database.fetch_all(query)]
+
+    async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, str]]:
+        """The last `limit` messages with content, oldest first, in OpenRouter's message shape."""
+        if limit <= 0:
+            return []
+        rows = await self._database.fetch_all(
+            sa.select(messages.c.role, messages.c.content)
+            .where(messages.c.conversation_id == conversation_id, messages.c.content != "")
+            .order_by(messages.c.seq.desc())
+            .limit(limit)
+        )
+        return [{"role": row[0], "content": row[1]} for row in reversed(rows)]
+
+    async def get(self, *, message_id: str) -> dict[str, Any] | None:
+        """An assistant message with its user message's id and its generations' sums."""
+        user_message = messages.alias("user_message")
+        usage = usage_by_message(message_id=message_id)
+        query = (
+            sa.select(
+                messages,
+                user_message.c.id.label("user_message_id"),
+                usage.c.prompt_tokens,
+                usage.c.completion_tokens,
+                usage.c.cost_picousd,
+            )
+            .select_from(
+                messages.outerjoin(
+                    user_message,
+                    sa.and_(
+                        user_message.c.conversation_id == messages.c.conversation_id,
+                        user_message.c.seq == messages.c.seq - 1,
+                    ),
+                ).outerjoin(usage, usage.c.message_id == messages.c.id)
+            )
+            .where(messages.c.id == message_id, messages.c.role == "assistant")
+        )
+        row = await self._database.fetch_one(query)
+        return dict(row._mapping) if row else None
+
+    async def start_turn(
+        self,
+        *,
+        ids: TurnIds,
+        user_id: str,
+        agent: str,
+        title: str,
+        user_content: str,
+        requested_model: str,
+        temperature: float,
+        subject_conversation_id: str | None = None,
+    ) -> None:
+        """Save the user message and a `streaming` assistant row (and a new conversation's
+        row) in one transaction."""
+        stamp = now()
+        conversation_id = ids.conversation_id
+        if ids.new_conversation:
+            opening: Step = (
+                NEW_CONVERSATION,
+                {
+                    "id": conversation_id,
+                    "user_id": user_id,
+                    "agent": agent,
+                    "title": title,
+                    "subject_conversation_id": subject_conversation_id,
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                },
+            )
+        else:
+            opening = (
+                TOUCH_CONVERSATION,
+                {"conversation_id": conversation_id, "updated_at": stamp},
+            )
+        common = {
+            "conversation_id": conversation_id,
+            "seq_of": conversation_id,
+            "agent": agent,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        await self._writer.write(
+            [
+                opening,
+                (
+                    NEW_MESSAGE,
+                    {
+                        **common,
+                        "id": ids.user_message_id,
+                        "role": "user",
+                        "content": user_content,
+                        "status": MessageStatus.COMPLETE,
+                        "requested_model": None,
+                        "temperature": None,
+                        "event_lengths": None,
+                    },
+                ),
+                (
+                    NEW_MESSAGE,
+                    {
+                        **common,
+                        "id": ids.message_id,
+                        "role": "assistant",
+                        "content": "",
+                        "status": MessageStatus.STREAMING,
+                        "requested_model": requested_model,
+                        "temperature": temperature,
+                        "event_lengths": "[]",
+                    },
+                ),
+            ]
+        )
+
+    async def checkpoint(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str,
+        agent: str,
+        content: str,
+        event_lengths: list[int],
+        records: list[GenerationRecord],
+    ) -> None:
+        """A streaming reply's progress so far, with its generation rows."""
+        await self._writer.write(
+            [
+                (
+                    CHECKPOINT_MESSAGE,
+                    {
+                        "message_id": message_id,
+                        "content": content,
+                        "event_lengths": json.dumps(event_lengths),
+                        "updated_at": now(),
+                    },
+                ),
+                *self._ledger.generation_steps(
+                    records=records,
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    agent=agent,
+                ),
+            ]
+        )
+
+    async def finish(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str,
+        agent: str,
+        status: MessageStatus,
+        content: str,
+        event_lengths: list[int],
+        model: str | None,
+        finish_reason: str | None,
+        error_code: str | None,
+        error_message: str | None,
+        records: list[GenerationRecord],
+    ) -> None:
+        """The reply's final state and all its generation rows, in one transaction."""
+        stamp = now()
+        await self._writer.write(
+            [
+                (
+                    FINISH_MESSAGE,
+                    {
+                        "message_id": message_id,
+                        "status": status,
+                        "content": content,
+                        "event_lengths": json.dumps(event_lengths),
+                        "model": model,
+                        "finish_reason": finish_reason,
+                        "error_code": error_code,
+                        "error_message": error_message,
+                        "updated_at": stamp,
+                    },
+                ),
+                (TOUCH_CONVERSATION, {"conversation_id": conversation_id, "updated_at": stamp}),
+                *self._ledger.generation_steps(
+                    records=records,
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    agent=agent,
+                ),
+            ]
+        )
+
+    async def touch(self, *, message_ids: list[str]) -> None:
+        """The heartbeat of live replies: a reply no process touches is an orphan."""
+        await self._writer.write(
+            [
+                messages.update()
+                .where(messages.c.id.in_(message_ids), messages.c.status == MessageStatus.STREAMING)
+                .values(updated_at=now())
+            ]
+        )
+
+    async def interrupt_orphans(self, *, idle_since: datetime) -> list[str]:
+        """Mark replies left `streaming` by a dead process as interrupted; return their ids.
+
+        A reply is an orphan when no process has touched it since `idle_since`: live runs
+        heartbeat, so the replies other processes (other dynos) are streaming are left alone.
+        """
+        stamp = now()
+        orphaned = sa.and_(
+            messages.c.status == MessageStatus.STREAMING, messages.c.updated_at < idle_since
+        )
+        _, interrupted = await self._writer.write(
+            [
+                cancel_streaming(
+                    message_ids=sa.select(messages.c.id).where(orphaned), ended_at=stamp
+                ),
+                messages.update()
+                .where(orphaned)
+                .values(
+                    status=MessageStatus.INTERRUPTED,
+                    error_code="interrupted",
+                    error_message="the server stopped before the reply finished",
+                    updated_at=stamp,
+                )
+                .returning(messages.c.id),
+            ]
+        )
+        return [row[0] for row in interrupted]

@@ -1,0 +1,121 @@
+"""The tables' current shape: what the queries of every aggregate are written against.
+
+Migrations (`app/storage/migrations.py`) create this shape; `tests/storage/test_migrations.py`
+fails when the two disagree. Ids and timestamps are chosen in Python (`new_id`, `now`), never by
+the database, so a run knows its rows' ids before they are written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timestamps go in as UTC and come out timezone-aware, on SQLite as on PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("subject_conversation_id", sa.String(36)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("conversation_id", sa.String(36), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("requested_model", sa.String(200)),
+    sa.Column("model", sa.String(200)),
+    sa.Column("temperature", sa.Float),
+    sa.Column("finish_reason", sa.String(32)),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    # JSON list: the length of each delta event's content, so a reply replays from the database
+    # with the same event ids it streamed with (resumption after a restart).
+    sa.Column("event_lengths", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("generation_id", sa.String(200)),
+    sa.Column("message_id", sa.String(36), nullable=False),
+    sa.Column("conversation_id", sa.String(36), nullable=False),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("requested_model", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(200)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=False),
+    sa.Column("cached_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_picousd", sa.BigInteger),
+    sa.Column("cost_source", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("first_token_at", UTCDateTime),
+    sa.Column("ended_at", UTCDateTime),
+)
+
+model_catalog = sa.Table(
+    "model_catalog",
+    metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+agent_overrides = sa.Table(
+    "agent_overrides",
+    metadata,
+    sa.Column("agent", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(200)),
+    sa.Column("fallback_models", sa.Text),
+    sa.Column("temperature", sa.Float),
+    sa.Column("max_tokens", sa.Integer),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

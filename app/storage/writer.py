@@ -1,0 +1,50 @@
+"""The one way the store writes: a `Writer`, implemented once per backend.
+
+    Writer (this protocol)
+      ├── PostgresWriter  app/storage/postgres_writer.py: the pool, one transaction per write
+      └── SQLiteWriter    app/storage/sqlite_writer.py: one connection on the event loop,
+                          writes grouped into transactions, statements compiled once
+
+The shape of encode/databases' `interfaces.py` and `backends/`. A write is a list of steps,
+applied in one transaction with no reads in between: what a write needs to know (the next
+`seq` of a conversation, say) is computed by its statements. The aggregates
+(`conversations`, `replies`, `ledger`, `config`) build the steps; the writer only applies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.sql.dml import Insert
+
+# A statement, or one built once with bind parameters and the values for them.
+Step = sa.Executable | tuple[sa.Executable, dict[str, Any]]
+Write = Sequence[Step]
+# One list of rows per statement: the rows of its RETURNING clause, else empty.
+Outcome = list[list[Any]]
+
+
+class Writer(Protocol):
+    def insert(self, table: sa.Table) -> Insert:
+        """The backend's INSERT, the one with `on_conflict_do_update` (an upsert)."""
+        ...
+
+    async def write(self, steps: Write) -> Outcome:
+        """Apply `steps` in one transaction; the rows of each one's RETURNING clause."""
+        ...
+
+    async def close(self) -> None:
+        """Let the writes already handed over finish, then release what the writer holds."""
+        ...
+
+
+# The statements of the writes every reply makes are built once, with bind parameters, and
+# executed with a dict of values: SQLAlchemy then finds each one's compiled form in its cache
+# at once, where building a statement with `.values(...)` per call cost about five times its
+# execution (bench/, SQLite: 75-105 us against 13-19 us a statement).
+def binds(*names: str) -> dict[str, sa.BindParameter[Any]]:
+    """A bind parameter for each column name, for a statement built once (a `(statement,
+    values)` step)."""
+    return {name: sa.bindparam(name) for name in names}
