@@ -20,6 +20,7 @@ from app.agents.overrides import Agents
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
+from app.http.middleware import http_middleware
 from app.http.routes import catalog, conversations, health, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=http_middleware(settings),
     )
 
 

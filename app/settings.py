@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_message_chars: int = Field(32_000, ge=1)
+    # None: `body_limit`, computed from max_message_chars.
+    max_body_bytes: int | None = Field(None, ge=1)
     ping_interval: float = Field(15.0, gt=0, le=15.0)
     dev_user_id: str = "dev"
 
@@ -179,6 +181,14 @@ class Settings(BaseSettings):
         if self.migrate_on_start is not None:
             return self.migrate_on_start
         return self.app_env != "production"
+
+    @property
+    def body_limit(self) -> int:
+        """MAX_BODY_BYTES, or well above the largest valid request: a coach turn's two text
+        fields at MAX_MESSAGE_CHARS, each character at its longest in JSON (12 bytes: an emoji
+        is one character to Python, and an ASCII-only encoder writes it as `\\ud83d\\ude00`),
+        plus 64 KiB for everything else. 833,536 bytes at the default 32,000 characters."""
+        return self.max_body_bytes or 2 * self.max_message_chars * 12 + 64 * 1024
 
     @property
     def default_model(self) -> str:

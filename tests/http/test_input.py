@@ -36,6 +36,8 @@ def shared(fake_server, tmp_path_factory) -> Iterator[tuple[httpx.Client, Databa
             openrouter_base_url=f"{upstream.url}/api/v1",
             database_url=database.url,
             max_message_chars=LIMIT,
+            # Room for the bodies below that are bad in other ways than size (test_body_limit).
+            max_body_bytes=1_000_000,
         )
         with (
             ThreadedServer(create_app(settings)) as server,
