@@ -15,6 +15,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+ORIGIN = re.compile(r"^https?://[^/\s]+$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
@@ -92,6 +93,8 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(32_000, ge=1)
     # None: `body_limit`, computed from max_message_chars.
     max_body_bytes: int | None = Field(None, ge=1)
+    # Origins whose pages may call the API (the coach widget embedded elsewhere); comma-separated.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     ping_interval: float = Field(15.0, gt=0, le=15.0)
     dev_user_id: str = "dev"
 
@@ -134,6 +137,17 @@ class Settings(BaseSettings):
             for model_id in value:
                 if not isinstance(model_id, str) or not MODEL_ID.match(model_id):
                     raise ValueError(f"{model_id!r} does not look like provider/model")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        for origin in value if isinstance(value, list | tuple) else []:
+            # A browser's Origin has no path, not even "/": one with it would never match.
+            if not isinstance(origin, str) or not ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://example.com[:port]")
         return value
 
     @field_validator("database_url")

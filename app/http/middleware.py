@@ -1,4 +1,4 @@
-"""What wraps every route: the request body limit (and, from the settings, nothing else yet).
+"""What wraps every route: CORS when CORS_ORIGINS allows other origins, and the body limit.
 
 Pure ASGI, not Starlette's `BaseHTTPMiddleware`: that one would put each response, SSE streams
 included, through a memory stream and an extra task.
@@ -7,6 +7,7 @@ included, through a memory stream and an extra task.
 from __future__ import annotations
 
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ApiError, error_response
@@ -54,6 +55,22 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+# What the coach widget (and a host page's own client) sends: JSON, a bearer token, the event
+# to resume after, and a retried POST's key.
+CORS_HEADERS = ["Accept", "Content-Type", "Authorization", "Last-Event-ID", "Idempotency-Key"]
+
+
 def http_middleware(settings: Settings) -> list[Middleware]:
-    """The app's middleware, outermost first."""
-    return [Middleware(BodyLimit, max_bytes=settings.body_limit)]
+    """The app's middleware, outermost first: CORS outside, so that a 413 can be read too."""
+    middleware = []
+    if settings.cors_origins:  # none by default: same-origin pages need no CORS at all
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
+                allow_headers=CORS_HEADERS,
+                max_age=600,
+            )
+        )
+    return [*middleware, Middleware(BodyLimit, max_bytes=settings.body_limit)]
