@@ -21,6 +21,13 @@ from app.errors import ApiError
 # What `app.storage.store.new_id()` makes (uuid4().hex): anything else names nothing we stored.
 ID_FORMAT = re.compile(r"[0-9a-f]{32}")
 _UNSENDABLE = re.compile("[\x00\ud800-\udfff]")
+# The code for each text field over MAX_MESSAGE_CHARS: spelled out, not built from the field's
+# name, so the README's table of codes can be checked against the source.
+TOO_LONG = {
+    "message": "message_too_long",
+    "context": "context_too_long",
+    "question": "question_too_long",
+}
 
 
 class _BadNumber(ValueError):
@@ -105,7 +112,7 @@ def optional_text(body: dict[str, Any], field: str, *, limit: int) -> str | None
     if not isinstance(value, str):
         raise ApiError(422, "invalid_field", f"`{field}` must be a string")
     if len(value) > limit:
-        raise ApiError(413, f"{field}_too_long", f"`{field}` is longer than {limit} characters")
+        raise ApiError(413, TOO_LONG[field], f"`{field}` is longer than {limit} characters")
     return value.strip() or None
 
 
