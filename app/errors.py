@@ -40,15 +40,16 @@ async def api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    # The headers carry what the status needs, e.g. `Allow` for a 405.
-    return error_response(
-        exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), exc.detail, exc.headers
-    )
+    # Codes spelled out where they are raised, so the README's table can be checked against
+    # them (tests/http/test_error_codes.py). The headers carry what the status needs, e.g.
+    # `Allow` for a 405.
+    if exc.status_code == 404:
+        return error_response(404, "not_found", exc.detail, exc.headers)
+    if exc.status_code == 405:
+        return error_response(405, "method_not_allowed", exc.detail, exc.headers)
+    return error_response(exc.status_code, "http_error", exc.detail, exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:

@@ -25,6 +25,7 @@ from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
 from app.http.auth.redact import install_access_log_redaction
+from app.http.middleware import http_middleware
 from app.http.routes import catalog, conversations, health, me, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=http_middleware(settings),
     )
 
 

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+ORIGIN = re.compile(r"^https?://[^/\s]+$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
@@ -132,6 +133,10 @@ class Settings(DatabaseSettings):
     # Server processes (uvicorn workers). Heroku's Python buildpack sets it by dyno size.
     web_concurrency: int = Field(1, ge=1)
     max_message_chars: int = Field(32_000, ge=1)
+    # None: `body_limit`, computed from max_message_chars.
+    max_body_bytes: int | None = Field(None, ge=1)
+    # Origins whose pages may call the API (the coach widget embedded elsewhere); comma-separated.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     ping_interval: float = Field(15.0, gt=0, le=15.0)
     dev_user_id: str = "dev"
 
@@ -176,6 +181,17 @@ class Settings(DatabaseSettings):
                     raise ValueError(f"{model_id!r} does not look like provider/model")
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        for origin in value if isinstance(value, list | tuple) else []:
+            # A browser's Origin has no path, not even "/": one with it would never match.
+            if not isinstance(origin, str) or not ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://example.com[:port]")
+        return value
+
     @field_validator("openrouter_api_key", "admin_token")
     @classmethod
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -217,6 +233,14 @@ class Settings(DatabaseSettings):
         if self.migrate_on_start is not None:
             return self.migrate_on_start
         return self.app_env != "production"
+
+    @property
+    def body_limit(self) -> int:
+        """MAX_BODY_BYTES, or well above the largest valid request: a coach turn's two text
+        fields at MAX_MESSAGE_CHARS, each character at its longest in JSON (12 bytes: an emoji
+        is one character to Python, and an ASCII-only encoder writes it as `\\ud83d\\ude00`),
+        plus 64 KiB for everything else. 833,536 bytes at the default 32,000 characters."""
+        return self.max_body_bytes or 2 * self.max_message_chars * 12 + 64 * 1024
 
     @property
     def default_model(self) -> str:

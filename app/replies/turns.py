@@ -6,51 +6,16 @@ Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
-
 from app.errors import ApiError
+from app.http.input import optional_text, stream_flag, valid_id
 from app.replies.runs import Run, RunRequest
 from app.state import AppState
 from app.storage.replies import TurnIds
 
 TITLE_CHARS = 80
-
-
-async def json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        # RecursionError: nesting deeper than the decoder's stack, still just bad input.
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return body
-
-
-def optional_text(body: dict[str, Any], field: str, *, limit: int) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_field", f"`{field}` must be a string")
-    if len(value) > limit:
-        raise ApiError(413, f"{field}_too_long", f"`{field}` is longer than {limit} characters")
-    if "\x00" in value:  # PostgreSQL cannot store it: refuse it here, not with a 500 later
-        raise ApiError(422, "invalid_field", f"`{field}` must not contain NUL characters")
-    return value.strip() or None
-
-
-def stream_flag(body: dict[str, Any]) -> bool:
-    value = body.get("stream", True)
-    if isinstance(value, str):  # query strings: ?stream=false
-        value = {"true": True, "1": True, "false": False, "0": False}.get(value.lower(), value)
-    if not isinstance(value, bool):
-        raise ApiError(422, "invalid_field", "`stream` must be true or false")
-    return value
 
 
 @dataclass(frozen=True)
@@ -64,8 +29,7 @@ class Turn:
 
 
 async def _existing_conversation(state: AppState, conversation_id: Any, *, agent: str) -> str:
-    if not isinstance(conversation_id, str) or not conversation_id or "\x00" in conversation_id:
-        raise ApiError(422, "invalid_field", "`conversation_id` must be a string")
+    valid_id(conversation_id, "conversation_id")
     conversation = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
     )

@@ -62,11 +62,17 @@
         body: body ? JSON.stringify(body) : undefined,
       });
     } catch {
-      throw new Error('Could not reach the server.');
+      // A network failure and an answer the browser withheld (CORS) look the same from here.
+      throw new Error(`No answer from ${url} (is the server up, and this page's origin in its CORS_ORIGINS?)`);
     }
     if (res.status === 204) return null;
     const data = await res.json().catch(() => null);
-    if (!res.ok) throw new Error(data?.error?.message || `Request failed (HTTP ${res.status}).`);
+    if (!res.ok) {
+      // Status and code say what failed; the server's message says why.
+      const code = data?.error?.code ? ` ${data.error.code}` : '';
+      const why = data?.error?.message ? `: ${data.error.message}` : '';
+      throw new Error(`${method} ${new URL(url, location.href).pathname} failed: HTTP ${res.status}${code}${why}`);
+    }
     return data;
   }
 

@@ -16,8 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from app.dev.simulator import Behaviour
+from app.dev.threaded_server import ThreadedServer
 from tests.proxy import CuttingProxy
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -355,3 +359,71 @@ def test_a_phone_screen_has_no_horizontal_scroll(browser, app_url, fake):
         screenshot(page, "phone-360", full_page=True)
     finally:
         context.close()
+
+
+def embedding_page(app_url: str) -> str:
+    """A host page that loads the widget, and sends it, across origins to the app."""
+    return EMBEDDING_PAGE.replace(
+        '<script src="/static/coach.js"',
+        f'<script src="{app_url}/static/coach.js" data-endpoint="{app_url}/api/coach/messages"',
+    )
+
+
+@pytest.fixture
+def other_origin() -> Iterator[dict[str, str]]:
+    """A second real server (another origin: another port) serving `page["html"]` at `/`."""
+    page = {"html": ""}
+
+    async def serve(request):
+        return HTMLResponse(page["html"])
+
+    with ThreadedServer(Starlette(routes=[Route("/", serve)]), log_level="critical") as server:
+        page["url"] = server.url
+        yield page
+
+
+def test_the_coach_widget_works_from_an_origin_in_cors_origins(
+    page, start_server, other_origin, fake
+):
+    fake.enqueue(Behaviour(tokens=words(10, "advice"), delay=0.02))
+    app_url = start_server(cors_origins=other_origin["url"]).url
+    other_origin["html"] = embedding_page(app_url)
+    page.goto(other_origin["url"])
+
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-output")).to_have_text("".join(words(10, "advice")))
+    assert (
+        "Context:\nOur product ships on Mondays."
+        in fake.requests[-1]["body"]["messages"][-1]["content"]
+    )
+    screenshot(page, "coach-cross-origin")
+
+
+def test_the_coach_widget_says_which_request_failed_and_how(page, start_server, other_origin, fake):
+    # An origin the server does not allow: the browser withholds the answer, so the widget
+    # can only say where it got none, and what to check.
+    app_url = start_server().url
+    other_origin["html"] = embedding_page(app_url)
+    page.goto(other_origin["url"])
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-error")).to_contain_text(
+        f"No answer from {app_url}/api/coach/messages"
+    )
+    expect(panel.get_by_test_id("coach-error")).to_contain_text("CORS_ORIGINS")
+
+    # A server that answers with an error: its status and code are shown, then its message.
+    app_url = start_server(max_message_chars=10).url
+    page.goto(app_url)
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("a question longer than ten characters")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-error")).to_have_text(
+        "POST /api/coach/messages failed: HTTP 413 question_too_long:"
+        " `question` is longer than 10 characters"
+    )
+    expect(panel).to_have_attribute("data-status", "idle")
+    assert fake.requests == []
+    screenshot(page, "coach-request-failed")

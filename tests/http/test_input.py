@@ -21,6 +21,7 @@ from tests.support import DatabaseHandle, make_database, read_sse
 
 LIMIT = 50  # max_message_chars of the server under test: small, so a query string can exceed it
 TOO_LONG = "x" * (LIMIT + 1)
+UNKNOWN_ID = "0" * 32  # the form of our ids (uuid4 hex), naming nothing
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def shared(fake_server, tmp_path_factory) -> Iterator[tuple[httpx.Client, Databa
             openrouter_base_url=f"{upstream.url}/api/v1",
             database_url=database.url,
             max_message_chars=LIMIT,
+            # Room for the bodies below that are bad in other ways than size (test_body_limit).
+            max_body_bytes=1_000_000,
         )
         with (
             ThreadedServer(create_app(settings)) as server,
@@ -100,7 +103,9 @@ CHAT_FIELDS: list[tuple[dict[str, Any], int, str]] = [
     ({"message": TOO_LONG}, 413, "message_too_long"),
     ({"message": "hi", "conversation_id": ["c1"]}, 422, "invalid_field"),
     ({"message": "hi", "conversation_id": 7}, 422, "invalid_field"),
-    ({"message": "hi", "conversation_id": "no-such-conversation"}, 404, "conversation_not_found"),
+    ({"message": "hi", "conversation_id": "no-such-conversation"}, 422, "invalid_field"),
+    ({"message": "hi", "conversation_id": "AB" * 16}, 422, "invalid_field"),
+    ({"message": "hi", "conversation_id": UNKNOWN_ID}, 404, "conversation_not_found"),
     ({"message": "hi", "stream": "maybe"}, 422, "invalid_field"),
     ({"message": "hi", "stream": 1}, 422, "invalid_field"),
 ]
@@ -112,7 +117,8 @@ COACH_FIELDS: list[tuple[dict[str, Any], int, str]] = [
     ({"question": TOO_LONG}, 413, "question_too_long"),
     ({"context": TOO_LONG, "question": "hi"}, 413, "context_too_long"),
     ({"question": "hi", "conversation_id": ["c1"]}, 422, "invalid_field"),
-    ({"question": "hi", "conversation_id": "no-such-conversation"}, 404, "conversation_not_found"),
+    ({"question": "hi", "conversation_id": "no-such-conversation"}, 422, "invalid_field"),
+    ({"question": "hi", "conversation_id": UNKNOWN_ID}, 404, "conversation_not_found"),
     ({"question": "hi", "stream": "maybe"}, 422, "invalid_field"),
 ]
 
@@ -196,9 +202,23 @@ def test_a_coach_conversation_is_not_a_chat_conversation(client, fake, database)
 def test_unknown_messages_are_404(client, fake, database):
     meta = read_sse(client, "POST", "/api/chat", json={"message": "hi"})[0].data
 
-    for message_id in ["no-such-message", meta["user_message_id"]]:  # a user message has no reply
+    for message_id in [UNKNOWN_ID, meta["user_message_id"]]:  # a user message has no reply
         assert_error(client.get(f"/api/messages/{message_id}/stream"), 404, "message_not_found")
         assert_error(client.post(f"/api/messages/{message_id}/stop"), 404, "message_not_found")
+    assert_error(client.get(f"/api/conversations/{UNKNOWN_ID}"), 404, "conversation_not_found")
+    assert_error(client.delete(f"/api/conversations/{UNKNOWN_ID}"), 404, "conversation_not_found")
+
+
+@pytest.mark.parametrize("bad_id", ["no-such-id", "%00", "a%00b", "ABCDEF" * 5 + "AB", "0" * 33])
+def test_a_path_id_that_is_not_an_id_is_refused_before_any_query(client, unchanged, bad_id):
+    # Refused by its form, the same on every database: PostgreSQL cannot even compare a NUL.
+    for method, path in [
+        ("GET", f"/api/messages/{bad_id}/stream"),
+        ("POST", f"/api/messages/{bad_id}/stop"),
+        ("GET", f"/api/conversations/{bad_id}"),
+        ("DELETE", f"/api/conversations/{bad_id}"),
+    ]:
+        assert_error(client.request(method, path), 422, "invalid_field")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from app.billing.money import from_picos, usd
 from app.errors import ApiError
+from app.http.input import path_id
 from app.replies.states import MessageStatus
 from app.state import app_state
 
@@ -77,7 +78,7 @@ async def list_conversations(request: Request) -> Response:
 
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
-    conversation_id = request.path_params["conversation_id"]
+    conversation_id = path_id(request, "conversation_id")
     row = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=state.settings.dev_user_id
     )
@@ -96,7 +97,7 @@ async def get_conversation(request: Request) -> Response:
 
 async def delete_conversation(request: Request) -> Response:
     state = app_state(request)
-    conversation_id = request.path_params["conversation_id"]
+    conversation_id = path_id(request, "conversation_id")
     for run in list(state.runs.live.values()):
         if run.request.conversation_id == conversation_id:
             run.cancel(MessageStatus.STOPPED)

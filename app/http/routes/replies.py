@@ -11,11 +11,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import ApiError
+from app.http.input import json_body, path_id, query_body
 from app.http.sse import last_event_id, sse_response
 from app.replies.follow import find_reply
 from app.replies.runs import Run
 from app.replies.states import MessageStatus
-from app.replies.turns import Turn, chat_turn, coach_turn, json_body, start_run
+from app.replies.turns import Turn, chat_turn, coach_turn, start_run
 from app.state import AppState, app_state
 
 TurnBuilder = Callable[[AppState, dict[str, Any]], Awaitable[Turn]]
@@ -37,7 +38,7 @@ async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
 def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        body = dict(request.query_params) if from_query else await json_body(request)
+        body = query_body(request) if from_query else await json_body(request)
         turn = await build(state, body)
         run = start_run(state, turn)
         return await _answer(state, run, stream=turn.stream)
@@ -69,7 +70,7 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
 
 async def reply_stream(request: Request) -> Response:
     state = app_state(request)
-    message_id = request.path_params["message_id"]
+    message_id = path_id(request, "message_id")
     after = last_event_id(request)
     source = await find_reply(
         message_id, runs=state.runs, store=state.store, settings=state.settings
@@ -84,7 +85,7 @@ async def reply_stream(request: Request) -> Response:
 
 async def stop_reply(request: Request) -> Response:
     state = app_state(request)
-    message_id = request.path_params["message_id"]
+    message_id = path_id(request, "message_id")
     run = state.runs.get(message_id)
     if run is not None:
         run.cancel(MessageStatus.STOPPED)
