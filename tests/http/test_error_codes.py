@@ -32,17 +32,45 @@ def _string_dicts(tree: ast.Module) -> dict[str, list[str]]:
     return found
 
 
+# Subclasses of ApiError that fix the status and take the code first: name -> status.
+FIXED_STATUS = {"Unauthorized": 401}
+
+
+def _raised(node: ast.Call, api_error_subclass: bool) -> tuple[ast.expr, ast.expr, bool] | None:
+    """(status, code, whether the code may be a pass-through parameter) of a call that raises."""
+    func = node.func
+    name = getattr(func, "id", None)
+    if name in RAISERS:
+        return node.args[0], node.args[1], False
+    if name in FIXED_STATUS:
+        return ast.Constant(FIXED_STATUS[name]), node.args[0], False
+    # `super().__init__(status, code, …)` in a subclass of ApiError.
+    if api_error_subclass and isinstance(func, ast.Attribute) and func.attr == "__init__":
+        return node.args[0], node.args[1], True
+    return None
+
+
 def codes_in_source() -> dict[str, set[int | None]]:
     """code -> the statuses it is raised with (None: a status computed at run time)."""
     codes: dict[str, set[int | None]] = defaultdict(set)
     for path in sorted((ROOT / "app").rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         dicts = _string_dicts(tree)
+        subclass_bodies = {
+            id(inner)
+            for cls in ast.walk(tree)
+            if isinstance(cls, ast.ClassDef)
+            and any(getattr(base, "id", None) in ("ApiError", *FIXED_STATUS) for base in cls.bases)
+            for inner in ast.walk(cls)
+        }
         for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) in RAISERS):
+            if not isinstance(node, ast.Call):
                 continue
+            raised = _raised(node, id(node) in subclass_bodies)
+            if raised is None:
+                continue
+            status_arg, code_arg, pass_through = raised
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
-            status_arg, code_arg = node.args[:2]
             status = status_arg.value if isinstance(status_arg, ast.Constant) else None
             if isinstance(code_arg, ast.Constant) and isinstance(code_arg.value, str):
                 codes[code_arg.value].add(status)
@@ -53,6 +81,8 @@ def codes_in_source() -> dict[str, set[int | None]]:
             ):
                 for code in dicts[code_arg.value.id]:
                     codes[code].add(status)
+            elif pass_through and isinstance(code_arg, ast.Name):
+                continue  # the subclass passes its caller's code on: counted at those calls
             elif not (isinstance(code_arg, ast.Attribute) and code_arg.attr == "code"):
                 raise AssertionError(f"{where}: spell the error code out (see this test's doc)")
     return codes
