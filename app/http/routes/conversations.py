@@ -59,7 +59,7 @@ async def list_conversations(request: Request) -> Response:
     if agent is not None and agent not in state.agents:
         raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
     rows = await state.store.conversations.list_for_user(
-        user_id=state.settings.dev_user_id, agent=agent
+        user_id=state.settings.dev_user_id, agent=agent, limit=100
     )
     return JSONResponse(
         {
