@@ -154,6 +154,17 @@ async def save_reply(
     return ids
 
 
+def save_conversations(database: DatabaseHandle, count: int) -> None:
+    """`count` one-turn chat conversations of the dev user, written through a store of our own."""
+
+    async def save() -> None:
+        async with migrated_store(database.url) as store:
+            for _ in range(count):
+                await save_reply(store, records=[])
+
+    run_async(save())
+
+
 @dataclass
 class AppServer:
     server: ThreadedServer

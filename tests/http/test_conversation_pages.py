@@ -9,19 +9,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import DatabaseHandle, migrated_store, read_sse, run_async, save_reply
+from tests.support import DatabaseHandle, read_sse, save_conversations
 
 
 def saved_conversations(database: DatabaseHandle, count: int) -> None:
     """`count` conversations of the dev user; a third of them share one `updated_at`, so pages
     must break ties by id."""
-
-    async def save() -> None:
-        async with migrated_store(database.url) as store:
-            for _ in range(count):
-                await save_reply(store, records=[])
-
-    run_async(save())
+    save_conversations(database, count)
     database.execute(
         "UPDATE conversations SET updated_at = (SELECT MIN(updated_at) FROM conversations)"
         " WHERE id IN (SELECT id FROM conversations ORDER BY id LIMIT "
