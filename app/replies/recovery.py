@@ -13,7 +13,8 @@ from typing import Any
 
 from app.billing.costs import find_cost
 from app.settings import Settings
-from app.storage.store import Store, now
+from app.storage.store import Store
+from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ class Recovery:
         )
         # Shutdown cancels the lookup, never the write it led to: the write lands, and the
         # database is closed only after it (shutdown waits for spawned writes).
-        await asyncio.shield(self._spawn(self._store.settle_cost(record_id=record_id, **found)))
+        await asyncio.shield(
+            self._spawn(self._store.ledger.settle_cost(record_id=record_id, **found))
+        )
 
     def start(self) -> None:
         self._tending = asyncio.create_task(self._tend(), name="tend-runs")
@@ -70,12 +73,12 @@ class Recovery:
         while True:
             try:
                 if live := self._live():
-                    await self._store.touch_replies(message_ids=live)
+                    await self._store.replies.touch(message_ids=live)
                 idle_since = now() - timedelta(seconds=self._settings.stale_reply_after)
-                orphans = await self._store.interrupt_orphans(idle_since=idle_since)
+                orphans = await self._store.replies.interrupt_orphans(idle_since=idle_since)
                 if orphans:
                     log.warning("marked %d orphaned replies as interrupted", len(orphans))
-                    for row in await self._store.pending_generations(message_ids=orphans):
+                    for row in await self._store.ledger.pending_generations(message_ids=orphans):
                         self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
             except Exception:  # a database hiccup must not end the heartbeat
                 log.exception("tending live replies failed")

@@ -30,7 +30,9 @@ from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
 from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.settings import Settings
-from app.storage.store import GenerationRecord, Store, new_id, now
+from app.storage.ledger import GenerationRecord
+from app.storage.store import Store
+from app.storage.tables import new_id, now
 from app.upstream.openrouter import (
     Delta,
     Finish,
@@ -354,7 +356,7 @@ class Run:
         self._checkpoint_again = True
         while self._checkpoint_again:
             self._checkpoint_again = False
-            await self._store.checkpoint(
+            await self._store.replies.checkpoint(
                 message_id=self.message_id,
                 conversation_id=self.request.conversation_id,
                 agent=self.request.agent,
@@ -382,7 +384,7 @@ class Run:
             )
         content = self.content
         try:
-            await self._store.finish_reply(
+            await self._store.replies.finish(
                 message_id=self.message_id,
                 conversation_id=self.request.conversation_id,
                 agent=self.request.agent,

@@ -18,6 +18,8 @@ const els = {
 
 const state = {
   conversations: [],
+  next: null, // the URL of the list's next page (GET /api/conversations answers 50 at a time)
+  loadingMore: false,
   openId: null,
   views: new Map(), // message id -> DOM refs of the open conversation
   stream: null,
@@ -339,6 +341,14 @@ async function send() {
 
 // ---------- conversations ----------
 
+// The list comes a page at a time: the next page loads when the end of the list (this sentinel)
+// scrolls within 200px of view. Observing again after each render makes the observer report
+// where the sentinel is now, so pages keep coming while it stays in view (a tall screen).
+const listEnd = h('li', { class: 'conv-more', 'data-testid': 'conversation-list-end', 'aria-hidden': 'true' });
+const listEndWatcher = new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) loadMore();
+}, { root: els.list, rootMargin: '0px 0px 200px 0px' });
+
 function renderList() {
   const items = state.conversations.map((c) => {
     const title = c.title || 'New conversation';
@@ -357,7 +367,30 @@ function renderList() {
       }, '×'));
   });
   if (!items.length && state.loaded) items.push(h('li', { class: 'conv-empty' }, 'No conversations yet.'));
+  if (state.next) items.push(listEnd);
   els.list.replaceChildren(...items);
+  listEndWatcher.disconnect();
+  if (state.next) listEndWatcher.observe(listEnd);
+}
+
+async function loadMore() {
+  const url = state.next;
+  if (!url || state.loadingMore) return;
+  state.loadingMore = true;
+  let data;
+  try {
+    data = await api('GET', url);
+  } catch (err) {
+    showError(err);
+    return;
+  } finally {
+    state.loadingMore = false;
+  }
+  if (url !== state.next) return; // the list was reloaded meanwhile
+  const known = new Set(state.conversations.map((c) => c.id));
+  state.conversations.push(...(data?.conversations || []).filter((c) => !known.has(c.id)));
+  state.next = data?.next || null;
+  renderList();
 }
 
 async function loadConversations() {
@@ -365,6 +398,8 @@ async function loadConversations() {
     const data = await api('GET', '/api/conversations?agent=chat');
     // Coach calls are stored as conversations too; the sidebar lists chats only.
     state.conversations = (data?.conversations || []).filter((c) => (c.agent ?? 'chat') === 'chat');
+    // A reload starts again from the first page; the sentinel brings the rest back on scroll.
+    state.next = data?.next || null;
     state.loaded = true;
     renderList();
     const open = state.conversations.find((c) => c.id === state.openId);

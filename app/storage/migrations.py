@@ -143,9 +143,21 @@ def _catalog_tables(dialect: sa.engine.Dialect) -> list[str]:
     return _ddl(md, dialect)
 
 
+def _conversation_pages(dialect: sa.engine.Dialect) -> list[str]:
+    # A page of a user's conversations is a keyset range over (updated_at, id), newest first
+    # (`app/storage/conversations.py`): with `id` in the index, the page is read backwards off
+    # it and stops after `limit` rows, instead of sorting all of the user's conversations to
+    # break ties. The old index is its prefix, so it goes.
+    return [
+        "DROP INDEX ix_conversations_user_updated",
+        "CREATE INDEX ix_conversations_user_updated_id ON conversations (user_id, updated_at, id)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
+    Migration(3, "conversations paged by (updated_at, id)", _conversation_pages),
 ]
 
 _schema_migrations = sa.Table(

@@ -72,6 +72,24 @@ FINISH_MESSAGE = (
 )
 
 
+def messages_with_usage(conversation_id: str) -> sa.Select[Any]:
+    """A conversation's messages in order, with their generations' sums: this conversation's
+    only, through the `(conversation_id, seq)` and `ix_generations_conversation` indexes."""
+    usage = usage_by_message(conversation_id=conversation_id)
+    return (
+        sa.select(
+            messages,
+            usage.c.prompt_tokens,
+            usage.c.completion_tokens,
+            usage.c.cost_picousd,
+            usage.c.generation_count,
+        )
+        .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
+        .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.seq)
+    )
+
+
 @dataclass(frozen=True)
 class TurnIds:
     """The ids of a turn's rows, chosen before they are written: the reply streams meanwhile."""
@@ -96,20 +114,8 @@ class Replies:
     async def in_conversation(self, *, conversation_id: str) -> list[dict[str, Any]]:
         """The conversation's messages in order, each with its usage and cost (the ledger's
         sums over its generations)."""
-        usage = usage_by_message()
-        query = (
-            sa.select(
-                messages,
-                usage.c.prompt_tokens,
-                usage.c.completion_tokens,
-                usage.c.cost_picousd,
-                usage.c.generation_count,
-            )
-            .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
-            .where(messages.c.conversation_id == conversation_id)
-            .order_by(messages.c.seq)
-        )
-        return [dict(row._mapping) for row in await self._database.fetch_all(query)]
+        rows = await self._database.fetch_all(messages_with_usage(conversation_id))
+        return [dict(row._mapping) for row in rows]
 
     async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, str]]:
         """The last `limit` messages with content, oldest first, in OpenRouter's message shape."""

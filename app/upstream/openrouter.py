@@ -213,20 +213,23 @@ def _in_band_error(
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def token_count(value: object) -> int | None:
+    """A token count as OpenRouter sends it (a JSON integer), or None for anything else: a
+    missing field, null, a string, a float, or a bool (an int to Python, never a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def parse_usage(usage: dict[str, Any], *, model: str | None, generation_id: str | None) -> Usage:
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
-    prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    prompt = token_count(usage.get("prompt_tokens")) or 0
+    completion = token_count(usage.get("completion_tokens")) or 0
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
-        cached_tokens=_int(prompt_details.get("cached_tokens")),
+        total_tokens=token_count(usage.get("total_tokens")) or prompt + completion,
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")) or 0,
+        cached_tokens=token_count(prompt_details.get("cached_tokens")) or 0,
         cost=parse_amount(usage.get("cost")),
         model=model,
         generation_id=generation_id,

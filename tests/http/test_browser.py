@@ -23,6 +23,7 @@ from starlette.routing import Route
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import ThreadedServer
 from tests.proxy import CuttingProxy
+from tests.support import save_conversations
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -427,3 +428,24 @@ def test_the_coach_widget_says_which_request_failed_and_how(page, start_server, 
     expect(panel).to_have_attribute("data-status", "idle")
     assert fake.requests == []
     screenshot(page, "coach-request-failed")
+
+
+def test_the_conversation_list_loads_the_next_page_when_scrolled_to_its_end(
+    page, app_url, database
+):
+    save_conversations(database, 65)  # the list asks for 50 at a time
+    newest_first = [
+        row["id"]
+        for row in database.query("SELECT id FROM conversations ORDER BY updated_at DESC, id DESC")
+    ]
+    items = page.get_by_test_id("conversation-item")
+
+    page.goto(app_url)
+    expect(items).to_have_count(50)  # the end of the list is out of view: no second page yet
+    items.nth(49).scroll_into_view_if_needed()
+
+    expect(items).to_have_count(65)
+    shown = [item.get_attribute("data-conversation-id") for item in items.all()]
+    assert shown == newest_first
+    expect(page.get_by_test_id("conversation-list-end")).to_have_count(0)  # no page after
+    screenshot(page, "conversation-list-second-page")

@@ -1,8 +1,13 @@
-"""Conversations: list (newest first), one with its messages, delete."""
+"""Conversations: list (newest first, a page at a time), one with its messages, delete."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,6 +18,10 @@ from app.errors import ApiError
 from app.http.input import path_id
 from app.replies.states import MessageStatus
 from app.state import app_state
+from app.storage.conversations import Position
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 100
 
 
 def _conversation(row: dict[str, Any]) -> dict[str, Any]:
@@ -54,14 +63,58 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError(422, "invalid_query", f"`limit` must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _cursor(position: Position) -> str:
+    """An opaque cursor: base64url of `[updated_at, id]` of a page's last conversation."""
+    raw = json.dumps([position.updated_at.isoformat(), position.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _position(cursor: str) -> Position:
+    try:
+        updated_at, conversation_id = json.loads(
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        )
+        position = Position(datetime.fromisoformat(updated_at), conversation_id)
+        if position.updated_at.tzinfo is None or not isinstance(position.id, str):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, binascii.Error):  # JSONDecodeError is a ValueError
+        raise ApiError(
+            422, "invalid_query", "`cursor` is not one this server gave (use a page's `next`)"
+        ) from None
+    return position
+
+
 async def list_conversations(request: Request) -> Response:
     state = app_state(request)
-    agent = request.query_params.get("agent") or None
+    query = request.query_params
+    agent = query.get("agent") or None
     if agent is not None and agent not in state.agents:
         raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
+    limit = _limit(query.get("limit"))
+    cursor = query.get("cursor")
+    # One row more than the page: whether there is a next page, without a second query.
     rows = await state.store.conversations.list_for_user(
-        user_id=state.settings.dev_user_id, agent=agent
+        user_id=state.settings.dev_user_id,
+        agent=agent,
+        limit=limit + 1,
+        after=None if cursor is None else _position(cursor),
     )
+    page, more = rows[:limit], len(rows) > limit
+    next_url = None
+    if more:
+        last = page[-1]
+        following = {"agent": agent, "limit": query.get("limit")}
+        following = {k: v for k, v in following.items() if v is not None}
+        following["cursor"] = _cursor(Position(last["updated_at"], last["id"]))
+        next_url = f"{request.url.path}?{urlencode(following)}"
     return JSONResponse(
         {
             "conversations": [
@@ -70,8 +123,9 @@ async def list_conversations(request: Request) -> Response:
                     "message_count": row["message_count"],
                     "total_cost_usd": usd(from_picos(row["cost_picousd"])),
                 }
-                for row in rows
-            ]
+                for row in page
+            ],
+            "next": next_url,
         }
     )
 

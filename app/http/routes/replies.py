@@ -91,7 +91,7 @@ async def stop_reply(request: Request) -> Response:
         run.cancel(MessageStatus.STOPPED)
         await run.wait()
         return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
-    row = await state.store.reply(message_id=message_id)
+    row = await state.store.replies.get(message_id=message_id)
     if row is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
     # Already over (or owned by another process): say how it ended, change nothing.
