@@ -244,15 +244,16 @@ def test_usage_inside_a_chunk_that_still_has_a_choice_is_counted_once(client, fa
     assert fake.generation_lookups == {}
 
 
-def test_reasoning_is_not_relayed_as_content(client, fake, database):
+def test_reasoning_is_never_relayed_or_saved_as_content(client, fake, database):
     fake.enqueue(Behaviour(tokens=["Yes", "."], reasoning=["Let me think", " it over"]))
 
     events = read_sse(client, "POST", "/api/chat", json={"message": "Is it?"})
 
-    assert [e.event for e in events] == ["meta", "delta", "delta", "done"]
+    assert [e.event for e in events] == ["meta", "reasoning", "reasoning", "delta", "delta", "done"]
     assert content_of(events) == "Yes."
     message_id = events[0].data["message_id"]
-    assert reply_row(database, message_id)["content"] == "Yes."
+    row = reply_row(database, message_id)
+    assert (row["content"], row["reasoning"]) == ("Yes.", "Let me think it over")
     [row] = settled_generations(database, message_id)
     assert row["reasoning_tokens"] == 2
 
