@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -104,9 +105,10 @@ class Processes:
         return server
 
     def fake_upstream(
-        self, name: str, *, tokens: int, delay: float, server: str = "uvicorn"
+        self, name: str, *, tokens: int, delay: float, server: str = "uvicorn", reasoning: int = 0
     ) -> Server:
         args = ["-m", "bench.fake_upstream", "--port", "{port}", "--server", server]
+        args += ["--reasoning", str(reasoning)]
         return self.start(name, [*args, "--tokens", str(tokens), "--delay", str(delay)])
 
     def passthrough(self, name: str, upstream: Server, *, clients: int | None = None) -> Server:
@@ -165,6 +167,8 @@ class Protocol:
     body: bytes
     first_token: re.Pattern[bytes]
     end: bytes
+    # Set when the upstream thinks first (--reasoning): its first reasoning is timed too.
+    first_reasoning: re.Pattern[bytes] | None = None
 
     def request(self, port: int) -> bytes:
         head = (
@@ -190,6 +194,19 @@ PASSTHROUGH = Protocol(
     "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
 )
 OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
+# The markers of a first reasoning delta: OpenRouter's (relayed as is by the pass-through), ours.
+FIRST_REASONING = {
+    OPENROUTER: re.compile(rb'"reasoning": "[^"]'),
+    PASSTHROUGH: re.compile(rb'"reasoning": "[^"]'),
+    OURS: re.compile(rb"event: reasoning"),
+}
+
+
+def thinking(protocol: Protocol) -> Protocol:
+    """The protocol, timing the first reasoning as well as the first content."""
+    return dataclasses.replace(protocol, first_reasoning=FIRST_REASONING[protocol])
+
+
 TAIL = 64  # bytes kept between reads, so a marker split across two reads is still seen
 
 
@@ -198,11 +215,12 @@ class Sample:
     ok: bool
     ttft: float | None = None
     total: float | None = None
+    ttfr: float | None = None  # time to the first reasoning delta, when timed
 
 
 async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample:
     start = time.perf_counter()
-    first = None
+    first = thought = None
     writer = None
     try:
         async with asyncio.timeout(time_limit):
@@ -214,9 +232,18 @@ async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample
             while window:
                 if first is None and protocol.first_token.search(window):
                     first = time.perf_counter()
+                if (
+                    thought is None
+                    and protocol.first_reasoning is not None
+                    and protocol.first_reasoning.search(window)
+                ):
+                    thought = time.perf_counter()
                 if protocol.end in window:
                     return Sample(
-                        first is not None, first and first - start, time.perf_counter() - start
+                        first is not None,
+                        first and first - start,
+                        time.perf_counter() - start,
+                        thought and thought - start,
                     )
                 more = await reader.read(65536)
                 if not more:  # closed before its end: at EOF, read() returns without waiting
@@ -263,6 +290,7 @@ class Result:
     cpu: float
     peak_rss_kb: int
     driver_cpu: float
+    ttfr: list[float] = dataclasses.field(default_factory=list)  # first reasoning (--reasoning)
 
     @property
     def replies_per_s(self) -> float:
@@ -290,6 +318,7 @@ def pooled(results: list[Result]) -> Result:
         cpu=sum(r.cpu for r in results),
         peak_rss_kb=max(r.peak_rss_kb for r in results),
         driver_cpu=sum(r.driver_cpu for r in results),
+        ttfr=[t for r in results for t in r.ttfr],
     )
 
 
@@ -327,6 +356,7 @@ async def measure(
         cpu=cpu,
         peak_rss_kb=server.memory_kb("VmHWM"),
         driver_cpu=driver,
+        ttfr=[s.ttfr for s in good if s.ttfr is not None],
     )
 
 
@@ -374,14 +404,20 @@ def table(results: list[Result]) -> str:
         f"{'ttft p50':>10}{'p95':>8}{'p99':>8}{'total p50':>11}{'cpu ms/reply':>14}"
         f"{'peak MB':>9}{'driver cpu%':>12}"
     )
+    timed_thinking = any(r.ttfr for r in results)
+    if timed_thinking:
+        header += f"{'reasoning p50':>15}"  # time to the first reasoning delta
     lines = [header, "-" * len(header)]
     for r in results:
-        lines.append(
+        line = (
             f"{r.target:<15}{r.level:>6}{r.streams:>8}{r.errors:>7}{r.replies_per_s:>9.1f}"
             f"{r.ttft_ms(0.5):>10.1f}{r.ttft_ms(0.95):>8.1f}{r.ttft_ms(0.99):>8.1f}"
             f"{1000 * quantile(r.totals, 0.5):>11.1f}{r.cpu_ms_per_reply:>14.2f}"
             f"{r.peak_rss_kb / 1024:>9.1f}{100 * r.driver_cpu / r.elapsed:>12.0f}"
         )
+        if timed_thinking:
+            line += f"{1000 * quantile(r.ttfr, 0.5):>15.1f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -451,6 +487,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--levels", default=None, help="concurrent streams, e.g. 1,50,200")
     parser.add_argument("--tokens", type=int, default=None, help="upstream chunks per reply (50)")
     parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
+    parser.add_argument(
+        "--reasoning",
+        type=int,
+        default=0,
+        help="reasoning chunks before the content; times the first reasoning too (0)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="seconds per measurement (8)")
     parser.add_argument("--idle", type=int, default=None, help="idle streams for memory (1000)")
     parser.add_argument(
@@ -483,14 +525,18 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
     results: list[Result] = []
     with processes() as procs:
-        upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
+        upstream = procs.fake_upstream(
+            "upstream", tokens=args.tokens, delay=args.delay, reasoning=args.reasoning
+        )
+        timed = thinking if args.reasoning else (lambda protocol: protocol)
         targets = [
-            (upstream, OPENROUTER),
-            (procs.passthrough("passthrough", upstream, clients=args.clients), PASSTHROUGH),
+            (upstream, timed(OPENROUTER)),
+            (procs.passthrough("passthrough", upstream, clients=args.clients), timed(PASSTHROUGH)),
         ]
         if not args.no_shared:
-            targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
-        targets.append((procs.ours("ours", upstream), OURS))
+            passthrough_1 = procs.passthrough("passthrough-1", upstream, clients=1)
+            targets.append((passthrough_1, timed(PASSTHROUGH)))
+        targets.append((procs.ours("ours", upstream), timed(OURS)))
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):

@@ -1,8 +1,9 @@
 """A reply's events rebuilt from the database, for followers after the run left memory.
 
-The rebuilt log has the ids the live run used: meta (1), one delta per recorded event length,
-and the final event. A reply still `streaming` here belongs to another process (another dyno,
-or one that died before start-up recovery): it is followed through its checkpoints.
+The rebuilt log has the ids the live run used: meta (1), one reasoning, delta or annotation
+event per recorded event length (see `messages.event_lengths`), and the final event. A reply
+still `streaming` here belongs to another process (another dyno, or one that died before
+start-up recovery): it is followed through its checkpoints.
 """
 
 from __future__ import annotations
@@ -35,12 +36,19 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
             ),
         )
     ]
-    content, offset = row["content"], 0
+    content, reasoning = row["content"], row["reasoning"]
+    citations = iter(json.loads(row["annotations"] or "[]"))
+    at = thought_at = 0
     for length in json.loads(row["event_lengths"] or "[]"):
-        events.append(
-            LogEvent.make(len(events) + 1, "delta", {"content": content[offset : offset + length]})
-        )
-        offset += length
+        if length > 0:
+            name, payload = "delta", {"content": content[at : at + length]}
+            at += length
+        elif length < 0:
+            name, payload = "reasoning", {"content": reasoning[thought_at : thought_at - length]}
+            thought_at -= length
+        else:
+            name, payload = "annotation", next(citations)
+        events.append(LogEvent.make(len(events) + 1, name, payload))
     if row["status"] == MessageStatus.STREAMING:
         return events, False
     name, payload = final_event(
@@ -50,6 +58,7 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
         model=row["model"] or row["requested_model"],  # none answered: the one asked
         prompt_tokens=row["prompt_tokens"] or 0,
         completion_tokens=row["completion_tokens"] or 0,
+        reasoning_tokens=row["reasoning_tokens"] or 0,
         cost=from_picos(row["cost_picousd"]),
         error_code=row["error_code"],
         error_message=row["error_message"],

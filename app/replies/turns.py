@@ -23,7 +23,7 @@ class Turn:
     agent: str
     user_content: str
     conversation_id: str | None
-    prompt: list[dict[str, str]]  # what precedes the user message: system prompt, history
+    prompt: list[dict[str, Any]]  # what precedes the user message: system prompt, history
     subject_conversation_id: str | None = None
     stream: bool = True
 
@@ -47,7 +47,7 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
     agent = state.agents.effective("chat")
     conversation_id = None
-    history: list[dict[str, str]] = []
+    history: list[dict[str, Any]] = []
     if body.get("conversation_id") is not None:
         conversation_id = await _existing_conversation(state, body["conversation_id"], agent="chat")
         history = await state.store.replies.history(
@@ -67,7 +67,7 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
     subject = None
-    transcript: list[dict[str, str]] = []
+    transcript: list[dict[str, Any]] = []
     agent = state.agents.effective("coach")
     if body.get("conversation_id") is not None:
         subject = await _existing_conversation(state, body["conversation_id"], agent="chat")
@@ -126,6 +126,7 @@ def start_run(state: AppState, turn: Turn) -> Run:
             max_tokens=agent.max_tokens,
             messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
             stream=turn.stream,
+            reasoning=None if agent.reasoning is None else agent.reasoning.upstream(),
         ),
         save_turn=save_turn,
     )

@@ -32,6 +32,11 @@ const state = {
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
 const STATUS_LABELS = { streaming: 'streaming…', reconnecting: 'reconnecting…' };
+// A reply that ended on its own but not whole: said under the answer.
+const FINISH_NOTES = {
+  length: 'Cut off at the token limit.',
+  content_filter: 'Stopped by the provider\'s content filter.',
+};
 
 // ---------- helpers ----------
 
@@ -112,15 +117,28 @@ function openStream(url, on) {
   };
   const end = () => { ended = true; es.close(); };
 
+  // Guard against an event replayed after a reconnect: appending it twice would corrupt the text.
+  const fresh = (e) => {
+    const id = Number(e.lastEventId);
+    if (id && id <= seen) return false;
+    if (id) seen = id;
+    return true;
+  };
+
   es.onopen = () => on.open?.();
   es.addEventListener('meta', (e) => on.meta?.(parse(e)));
+  es.addEventListener('reasoning', (e) => {
+    if (!fresh(e)) return;
+    const d = parse(e);
+    if (typeof d.content === 'string') on.reasoning(d.content);
+  });
   es.addEventListener('delta', (e) => {
-    // Guard against a replayed delta after reconnect: appending it twice would corrupt the text.
-    const id = Number(e.lastEventId);
-    if (id && id <= seen) return;
-    if (id) seen = id;
+    if (!fresh(e)) return;
     const d = parse(e);
     if (typeof d.content === 'string') on.delta(d.content);
+  });
+  es.addEventListener('annotation', (e) => {
+    if (fresh(e)) on.annotation(parse(e));
   });
   es.addEventListener('done', (e) => { end(); on.done(parse(e)); });
   es.addEventListener('error', (e) => {
@@ -141,11 +159,19 @@ function createView(m) {
   v.text = document.createTextNode(m.content || '');
   v.content = h('div', { class: 'msg-content', 'data-testid': 'message-content' }, v.text);
   v.error = h('p', { class: 'msg-error', 'data-testid': 'message-error', hidden: true });
+  // The model's thinking: collapsed (the user opens it), hidden until there is some.
+  v.thoughts = document.createTextNode(m.reasoning || '');
+  v.thinkingLabel = h('summary', { 'data-testid': 'thinking-label' }, 'Thinking…');
+  v.thinking = h('details', { class: 'msg-thinking', 'data-testid': 'thinking', hidden: !m.reasoning },
+    v.thinkingLabel, h('div', { class: 'msg-thinking-text', 'data-testid': 'thinking-text' }, v.thoughts));
+  v.citations = h('ol', { class: 'msg-citations', 'data-testid': 'citations', hidden: true });
+  v.note = h('p', { class: 'msg-note', 'data-testid': 'finish-note', hidden: true });
   v.el = h('article', {
     class: `msg msg-${m.role}`, 'data-testid': 'message', 'data-role': m.role, 'data-message-id': m.id,
   },
   h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.badge),
-  v.content, v.error);
+  v.thinking, v.content, v.note, v.citations, v.error);
+  for (const a of m.annotations || []) addCitation(v, a);
 
   if (m.role === 'assistant') {
     v.content.setAttribute('aria-live', 'polite');
@@ -168,6 +194,13 @@ function updateView(v, m) {
     v.badge.hidden = s === 'complete';
     // aria-busy holds screen-reader announcements until the reply has finished.
     v.content.setAttribute('aria-busy', String(s === 'streaming'));
+    // Once the reply is over, the model is no longer thinking: it thought.
+    v.thinkingLabel.textContent = s === 'streaming' ? 'Thinking…' : 'Thought';
+  }
+  if ('finish_reason' in m) {
+    const note = FINISH_NOTES[m.finish_reason];
+    v.note.hidden = !note;
+    v.note.textContent = note || '';
   }
   if (v.model && 'model' in m && (m.model || !v.model.textContent)) v.model.textContent = m.model || 'model —';
   if (v.tokens && 'usage' in m) {
@@ -181,6 +214,29 @@ function updateView(v, m) {
     v.error.hidden = !msg;
     v.error.textContent = msg || '';
   }
+}
+
+// Citations become links under the answer; only http(s) URLs are made clickable.
+function addCitation(v, a) {
+  if (!a || typeof a.url !== 'string') return;
+  const safe = /^https?:\/\//i.test(a.url);
+  const label = a.title || a.url;
+  const link = safe ? h('a', { href: a.url, target: '_blank', rel: 'noopener noreferrer' }, label) : label;
+  v.citations.append(h('li', { 'data-testid': 'citation', title: a.content || null }, link));
+  v.citations.hidden = false;
+}
+
+function appendThought(v, text) {
+  v.thinking.hidden = false;
+  v.thoughts.appendData(text);
+}
+
+function clearReply(v) {
+  v.text.data = '';
+  v.thoughts.data = '';
+  v.thinking.hidden = true;
+  v.citations.replaceChildren();
+  v.citations.hidden = true;
 }
 
 function appendMessage(m) {
@@ -233,15 +289,22 @@ function startStream(url, v, { focusStop = false } = {}) {
     open: () => { if (v.el.dataset.status === 'streaming') updateView(v, { status: 'streaming' }); },
     reconnecting: () => { v.badge.textContent = STATUS_LABELS.reconnecting; },
     meta: (d) => updateView(v, { model: d.model }),
+    reasoning: (text) => {
+      const stick = nearBottom();
+      appendThought(v, text);
+      if (stick) scrollToEnd();
+    },
     delta: (text) => {
       const stick = nearBottom();
       v.text.appendData(text);
       if (stick) scrollToEnd();
     },
+    annotation: (a) => addCitation(v, a),
     done: (d) => {
       const costKnown = d.cost_usd != null;
       updateView(v, {
         status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
+        finish_reason: d.finish_reason,
         // Without a cost the run saw no usage chunk either, so its token counts are not real.
         model: d.model, usage: costKnown ? d.usage ?? null : null, cost_usd: d.cost_usd ?? null,
       });
@@ -438,7 +501,7 @@ async function openConversation(id, { resume = true } = {}) {
   const last = [...messages].reverse().find((m) => m.role === 'assistant');
   if (resume && last?.status === 'streaming') {
     const v = state.views.get(last.id);
-    v.text.data = '';
+    clearReply(v);
     startStream(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`, v);
   }
   return conv;

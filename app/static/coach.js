@@ -30,6 +30,10 @@
 .coach-meta{display:flex;flex-wrap:wrap;gap:4px 10px;margin:0;font-size:.8rem;opacity:.8;font-variant-numeric:tabular-nums}
 .coach-badge{padding:0 6px;border:1px solid currentColor;border-radius:999px;font-size:.75rem}
 .coach-error{margin:0;color:var(--coach-error,#c62828);font-size:.9rem}
+.coach-thinking{font-size:.85rem;opacity:.8}
+.coach-thinking summary{cursor:pointer}
+.coach-thinking-text{white-space:pre-wrap;overflow-wrap:anywhere;padding-left:8px;border-left:2px solid currentColor}
+.coach-citations{margin:0;padding-left:1.3rem;font-size:.85rem}
 `;
 
   function injectStyle() {
@@ -94,14 +98,24 @@
       try { return JSON.parse(e.data); } catch { return {}; }
     };
     const end = () => { ended = true; es.close(); };
-    es.addEventListener('meta', (e) => on.meta(parse(e)));
-    es.addEventListener('delta', (e) => {
+    const fresh = (e) => { // a replayed event would duplicate text
       const id = Number(e.lastEventId);
-      if (id && id <= seen) return; // a replayed delta would duplicate text
+      if (id && id <= seen) return false;
       if (id) seen = id;
+      return true;
+    };
+    es.addEventListener('meta', (e) => on.meta(parse(e)));
+    es.addEventListener('reasoning', (e) => {
+      if (!fresh(e)) return;
+      const d = parse(e);
+      if (typeof d.content === 'string') on.reasoning(d.content);
+    });
+    es.addEventListener('delta', (e) => {
+      if (!fresh(e)) return;
       const d = parse(e);
       if (typeof d.content === 'string') on.delta(d.content);
     });
+    es.addEventListener('annotation', (e) => { if (fresh(e)) on.annotation(parse(e)); });
     es.addEventListener('done', (e) => { end(); on.done(parse(e)); });
     es.addEventListener('error', (e) => {
       if (ended) return;
@@ -138,6 +152,12 @@
     const output = h('div', {
       class: 'coach-output', 'data-testid': 'coach-output', 'aria-live': 'polite', 'aria-busy': 'false',
     }, text);
+    // The coach's thinking, collapsed until opened; its citations as links under the advice.
+    const thoughts = document.createTextNode('');
+    const thinkingLabel = h('summary', {}, 'Thinking…');
+    const thinking = h('details', { class: 'coach-thinking', 'data-testid': 'coach-thinking', hidden: true },
+      thinkingLabel, h('div', { class: 'coach-thinking-text' }, thoughts));
+    const citations = h('ol', { class: 'coach-citations', 'data-testid': 'coach-citations', hidden: true });
     const badge = h('span', { class: 'coach-badge', 'data-testid': 'coach-status', hidden: true });
     const model = h('span', { 'data-testid': 'coach-model' });
     const tokens = h('span', { 'data-testid': 'coach-tokens', hidden: true });
@@ -147,7 +167,7 @@
       class: 'coach-panel', 'data-testid': 'coach-panel', 'data-status': 'idle', 'aria-labelledby': `coach-title-${n}`,
     },
     h('h2', { class: 'coach-title', id: `coach-title-${n}` }, opts.title || 'Coach'),
-    form, error, output, meta);
+    form, error, thinking, output, citations, meta);
     host.append(panel);
 
     let stream = null;
@@ -167,6 +187,15 @@
       output.setAttribute('aria-busy', String(busy));
       badge.hidden = s === 'complete' || s === 'sending' || s === 'idle';
       badge.textContent = s === 'streaming' ? 'streaming…' : s;
+      thinkingLabel.textContent = s === 'streaming' || s === 'sending' ? 'Thinking…' : 'Thought';
+    };
+    const cite = (a) => {
+      if (!a || typeof a.url !== 'string') return;
+      const label = a.title || a.url;
+      const link = /^https?:\/\//i.test(a.url)
+        ? h('a', { href: a.url, target: '_blank', rel: 'noopener noreferrer' }, label) : label;
+      citations.append(h('li', {}, link));
+      citations.hidden = false;
     };
     const finish = (d) => {
       stream = null;
@@ -210,6 +239,10 @@
       messageId = res.message_id;
       conversationId = res.conversation_id;
       text.data = '';
+      thoughts.data = '';
+      thinking.hidden = true;
+      citations.replaceChildren();
+      citations.hidden = true;
       model.textContent = '';
       tokens.hidden = true;
       cost.textContent = formatUsd(null);
@@ -219,7 +252,9 @@
 
       stream = openStream(new URL(res.stream_url, endpoint), {
         meta: (d) => { if (d.model) model.textContent = d.model; },
+        reasoning: (chunk) => { thinking.hidden = false; thoughts.appendData(chunk); },
         delta: (chunk) => text.appendData(chunk),
+        annotation: cite,
         done: (d) => finish({
           ...d, status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
           // No cost means no usage chunk came (a stopped reply): its token counts are not real.

@@ -43,9 +43,13 @@ class GenerationRecord:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    is_byok: bool = False
     cost: Decimal | None = None
+    upstream_cost: Decimal | None = None  # a BYOK generation's provider charge; not billed
     cost_source: CostSource = CostSource.PENDING
     first_token_at: datetime | None = None
+    first_reasoning_at: datetime | None = None
     ended_at: datetime | None = None
 
 
@@ -59,9 +63,13 @@ GENERATION_PROGRESS = (
     "completion_tokens",
     "reasoning_tokens",
     "cached_tokens",
+    "cache_write_tokens",
+    "is_byok",
     "cost_picousd",
+    "upstream_cost_picousd",
     "cost_source",
     "first_token_at",
+    "first_reasoning_at",
     "ended_at",
 )
 
@@ -102,6 +110,7 @@ def usage_by_message(
             generations.c.message_id,
             sa.func.sum(generations.c.prompt_tokens).label("prompt_tokens"),
             sa.func.sum(generations.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(generations.c.reasoning_tokens).label("reasoning_tokens"),
             sa.func.sum(generations.c.cost_picousd).label("cost_picousd"),
             sa.func.count().label("generation_count"),
         )
@@ -170,9 +179,13 @@ class Ledger:
                     "completion_tokens": record.completion_tokens,
                     "reasoning_tokens": record.reasoning_tokens,
                     "cached_tokens": record.cached_tokens,
+                    "cache_write_tokens": record.cache_write_tokens,
+                    "is_byok": record.is_byok,
                     "cost_picousd": to_picos(record.cost),
+                    "upstream_cost_picousd": to_picos(record.upstream_cost),
                     "cost_source": record.cost_source,
                     "first_token_at": record.first_token_at,
+                    "first_reasoning_at": record.first_reasoning_at,
                     "ended_at": record.ended_at,
                 },
             )

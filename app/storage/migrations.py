@@ -154,10 +154,31 @@ def _conversation_pages(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _reasoning_columns(dialect: sa.engine.Dialect) -> list[str]:
+    """Reasoning, its details and citations on messages; usage details on generations; an
+    agent's reasoning settings. Defaults give the rows already there what they had: none."""
+
+    def add(table: str, column: str, kind: sa.types.TypeEngine, extra: str = "") -> str:
+        return f"ALTER TABLE {table} ADD COLUMN {column} {kind.compile(dialect=dialect)}{extra}"
+
+    ts = sa.DateTime(timezone=True)
+    return [
+        add("messages", "reasoning", sa.Text(), " NOT NULL DEFAULT ''"),
+        add("messages", "reasoning_details", sa.Text()),
+        add("messages", "annotations", sa.Text()),
+        add("generations", "cache_write_tokens", sa.Integer(), " NOT NULL DEFAULT 0"),
+        add("generations", "is_byok", sa.Boolean(), " NOT NULL DEFAULT false"),
+        add("generations", "upstream_cost_picousd", sa.BigInteger()),
+        add("generations", "first_reasoning_at", ts),
+        add("agent_overrides", "reasoning", sa.Text()),
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
     Migration(3, "conversations paged by (updated_at, id)", _conversation_pages),
+    Migration(4, "reasoning, citations and usage details", _reasoning_columns),
 ]
 
 _schema_migrations = sa.Table(

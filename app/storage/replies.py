@@ -52,7 +52,7 @@ CHECKPOINT_MESSAGE = (
     .where(
         messages.c.id == sa.bindparam("message_id"), messages.c.status == MessageStatus.STREAMING
     )
-    .values(binds("content", "event_lengths", "updated_at"))
+    .values(binds("content", "event_lengths", "reasoning", "annotations", "updated_at"))
 )
 FINISH_MESSAGE = (
     messages.update()
@@ -62,6 +62,9 @@ FINISH_MESSAGE = (
             "status",
             "content",
             "event_lengths",
+            "reasoning",
+            "reasoning_details",
+            "annotations",
             "model",
             "finish_reason",
             "error_code",
@@ -81,6 +84,7 @@ def messages_with_usage(conversation_id: str) -> sa.Select[Any]:
             messages,
             usage.c.prompt_tokens,
             usage.c.completion_tokens,
+            usage.c.reasoning_tokens,
             usage.c.cost_picousd,
             usage.c.generation_count,
         )
@@ -88,6 +92,10 @@ def messages_with_usage(conversation_id: str) -> sa.Select[Any]:
         .where(messages.c.conversation_id == conversation_id)
         .order_by(messages.c.seq)
     )
+
+
+def _json_or_null(items: list[dict[str, Any]] | None) -> str | None:
+    return json.dumps(items, ensure_ascii=False) if items else None
 
 
 @dataclass(frozen=True)
@@ -117,17 +125,25 @@ class Replies:
         rows = await self._database.fetch_all(messages_with_usage(conversation_id))
         return [dict(row._mapping) for row in rows]
 
-    async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, str]]:
-        """The last `limit` messages with content, oldest first, in OpenRouter's message shape."""
+    async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` messages with content, oldest first, in OpenRouter's message shape:
+        an assistant turn with the `reasoning_details` it was given, as OpenRouter asks, so the
+        model continues from its own reasoning."""
         if limit <= 0:
             return []
         rows = await self._database.fetch_all(
-            sa.select(messages.c.role, messages.c.content)
+            sa.select(messages.c.role, messages.c.content, messages.c.reasoning_details)
             .where(messages.c.conversation_id == conversation_id, messages.c.content != "")
             .order_by(messages.c.seq.desc())
             .limit(limit)
         )
-        return [{"role": row[0], "content": row[1]} for row in reversed(rows)]
+        turns: list[dict[str, Any]] = []
+        for row in reversed(rows):
+            turn: dict[str, Any] = {"role": row[0], "content": row[1]}
+            if row[2]:
+                turn["reasoning_details"] = json.loads(row[2])
+            turns.append(turn)
+        return turns
 
     async def get(self, *, message_id: str) -> dict[str, Any] | None:
         """An assistant message with its user message's id and its generations' sums."""
@@ -139,6 +155,7 @@ class Replies:
                 user_message.c.id.label("user_message_id"),
                 usage.c.prompt_tokens,
                 usage.c.completion_tokens,
+                usage.c.reasoning_tokens,
                 usage.c.cost_picousd,
             )
             .select_from(
@@ -237,8 +254,11 @@ class Replies:
         content: str,
         event_lengths: list[int],
         records: list[GenerationRecord],
+        reasoning: str = "",
+        annotations: list[dict[str, Any]] | None = None,
     ) -> None:
-        """A streaming reply's progress so far, with its generation rows."""
+        """A streaming reply's progress so far, with its generation rows: all its events' text,
+        so a follower in another process replays them with their ids."""
         await self._writer.write(
             [
                 (
@@ -247,6 +267,8 @@ class Replies:
                         "message_id": message_id,
                         "content": content,
                         "event_lengths": json.dumps(event_lengths),
+                        "reasoning": reasoning,
+                        "annotations": _json_or_null(annotations),
                         "updated_at": now(),
                     },
                 ),
@@ -273,6 +295,9 @@ class Replies:
         error_code: str | None,
         error_message: str | None,
         records: list[GenerationRecord],
+        reasoning: str = "",
+        reasoning_details: list[dict[str, Any]] | None = None,
+        annotations: list[dict[str, Any]] | None = None,
     ) -> None:
         """The reply's final state and all its generation rows, in one transaction."""
         stamp = now()
@@ -285,6 +310,9 @@ class Replies:
                         "status": status,
                         "content": content,
                         "event_lengths": json.dumps(event_lengths),
+                        "reasoning": reasoning,
+                        "reasoning_details": _json_or_null(reasoning_details),
+                        "annotations": _json_or_null(annotations),
                         "model": model,
                         "finish_reason": finish_reason,
                         "error_code": error_code,

@@ -449,3 +449,92 @@ def test_the_conversation_list_loads_the_next_page_when_scrolled_to_its_end(
     assert shown == newest_first
     expect(page.get_by_test_id("conversation-list-end")).to_have_count(0)  # no page after
     screenshot(page, "conversation-list-second-page")
+
+
+CITED = {
+    "type": "url_citation",
+    "url_citation": {
+        "url": "https://example.org/tides",
+        "title": "Tides and the moon",
+        "content": "Tides follow the moon.",
+        "start_index": 0,
+        "end_index": 5,
+    },
+}
+
+
+def test_thinking_shows_live_collapsed_then_the_answer_its_citations_and_its_cut(
+    page, app_url, fake
+):
+    thoughts, answer = words(12, "think"), words(20, "ans")
+    fake.enqueue(
+        Behaviour(
+            reasoning=thoughts,
+            tokens=answer,
+            delay=0.05,
+            annotations=[CITED],
+            finish_reason="length",
+        )
+    )
+    page.goto(app_url)
+    send(page, "Why are there tides?")
+
+    reply = assistant(page)
+    thinking = reply.get_by_test_id("thinking")
+    expect(reply).to_have_attribute("data-status", "streaming")
+    expect(thinking).to_be_visible()
+    expect(reply.get_by_test_id("thinking-label")).to_have_text("Thinking…")
+    expect(thinking).not_to_have_attribute("open", "")  # collapsed until the user opens it
+    expect(reply.get_by_test_id("thinking-text")).to_have_text("".join(thoughts))
+    expect(reply.get_by_test_id("message-content")).to_contain_text("ans2 ")
+    screenshot(page, "chat-thinking-collapsed")
+    reply.get_by_test_id("thinking-label").click()
+    expect(reply.get_by_test_id("thinking-text")).to_be_visible()
+    screenshot(page, "chat-thinking-open")
+
+    expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-content")).to_have_text("".join(answer))
+    expect(reply.get_by_test_id("thinking-label")).to_have_text("Thought")
+    link = reply.get_by_test_id("citation").get_by_role("link")
+    expect(link).to_have_text("Tides and the moon")
+    expect(link).to_have_attribute("href", "https://example.org/tides")
+    expect(reply.get_by_test_id("finish-note")).to_have_text("Cut off at the token limit.")
+    screenshot(page, "chat-thinking-answer-citations")
+
+    # Opened again later, from what was saved: the same thinking, citation and note.
+    page.reload()
+    reply = assistant(page)
+    expect(reply.get_by_test_id("thinking")).to_be_visible()
+    expect(reply.get_by_test_id("thinking-text")).to_have_text("".join(thoughts))
+    expect(reply.get_by_test_id("citation")).to_have_count(1)
+    expect(reply.get_by_test_id("finish-note")).to_have_text("Cut off at the token limit.")
+
+
+def test_a_reply_filtered_by_the_provider_says_so(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=["Part"], finish_reason="content_filter"))
+    page.goto(app_url)
+    send(page, "Something")
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "complete")
+    expect(reply.get_by_test_id("finish-note")).to_have_text(
+        "Stopped by the provider's content filter."
+    )
+    expect(reply.get_by_test_id("thinking")).to_be_hidden()  # no thinking, no block
+
+
+def test_the_coach_shows_its_thinking_then_its_advice(page, app_url, fake):
+    fake.enqueue(
+        Behaviour(reasoning=["Weigh the tone. ", "Then the length."], tokens=words(10, "tip"))
+    )
+    page.goto(app_url)
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("Is this polite?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    thinking = panel.get_by_test_id("coach-thinking")
+    expect(thinking).to_be_visible()
+    expect(thinking).to_contain_text("Thought")
+    thinking.locator("summary").click()
+    expect(thinking).to_contain_text("Weigh the tone. Then the length.")
+    expect(panel.get_by_test_id("coach-output")).to_have_text("".join(words(10, "tip")))
+    screenshot(page, "coach-thinking")

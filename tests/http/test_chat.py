@@ -35,6 +35,7 @@ def test_chat_turn_streams_events_in_order_and_persists_everything(client, fake,
             "prompt_tokens": generation.prompt_tokens,
             "completion_tokens": len(TOKENS),
             "total_tokens": generation.prompt_tokens + len(TOKENS),
+            "reasoning_tokens": 0,
         },
         "cost_usd": 0.00046,
     }

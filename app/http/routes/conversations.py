@@ -42,6 +42,10 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "role": row["role"],
         "content": row["content"],
+        # The readable thinking and the citations; reasoning_details stay server-side (they
+        # may be encrypted, and only OpenRouter reads them).
+        "reasoning": row["reasoning"],
+        "annotations": json.loads(row["annotations"] or "[]"),
         "status": row["status"],
         "agent": row["agent"],
         "model": row["model"] or row["requested_model"],
@@ -52,6 +56,7 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "reasoning_tokens": row["reasoning_tokens"] or 0,
         }
         if assistant
         else None,
