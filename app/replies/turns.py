@@ -28,10 +28,12 @@ class Turn:
     stream: bool = True
 
 
-async def _existing_conversation(state: AppState, conversation_id: Any, *, agent: str) -> str:
+async def _existing_conversation(
+    state: AppState, conversation_id: Any, *, agent: str, user_id: str
+) -> str:
     valid_id(conversation_id, "conversation_id")
     conversation = await state.store.conversations.get(
-        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+        conversation_id=conversation_id, user_id=user_id
     )
     if conversation is None or conversation["agent"] != agent:
         raise ApiError(
@@ -40,7 +42,7 @@ async def _existing_conversation(state: AppState, conversation_id: Any, *, agent
     return conversation_id
 
 
-async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
+async def chat_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     message = optional_text(body, "message", limit=limit)
     if message is None:
@@ -49,7 +51,9 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
     conversation_id = None
     history: list[dict[str, str]] = []
     if body.get("conversation_id") is not None:
-        conversation_id = await _existing_conversation(state, body["conversation_id"], agent="chat")
+        conversation_id = await _existing_conversation(
+            state, body["conversation_id"], agent="chat", user_id=user_id
+        )
         history = await state.store.replies.history(
             conversation_id=conversation_id, limit=agent.history_messages
         )
@@ -62,7 +66,7 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
     )
 
 
-async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
+async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
@@ -70,7 +74,9 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     transcript: list[dict[str, str]] = []
     agent = state.agents.effective("coach")
     if body.get("conversation_id") is not None:
-        subject = await _existing_conversation(state, body["conversation_id"], agent="chat")
+        subject = await _existing_conversation(
+            state, body["conversation_id"], agent="chat", user_id=user_id
+        )
         transcript = await state.store.replies.history(
             conversation_id=subject, limit=agent.history_messages
         )
@@ -97,35 +103,39 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     )
 
 
-def start_run(state: AppState, turn: Turn) -> Run:
-    """Start the reply's run; the user message is saved while the upstream call starts."""
+def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dict[str, Any]]:
+    """The run's request and the arguments of `Replies.start_turn` for its rows."""
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
     model = agent.effective_model(state.settings.default_model)
     ids = TurnIds.allocate(turn.conversation_id)
-    save_turn = state.store.replies.start_turn(
-        ids=ids,
-        user_id=state.settings.dev_user_id,
+    rows = {
+        "ids": ids,
+        "user_id": user_id,
+        "agent": turn.agent,
+        "title": " ".join(turn.user_content.split())[:TITLE_CHARS],
+        "user_content": turn.user_content,
+        "requested_model": model,
+        "temperature": agent.temperature,
+        "subject_conversation_id": turn.subject_conversation_id,
+    }
+    request = RunRequest(
+        message_id=ids.message_id,
+        conversation_id=ids.conversation_id,
+        user_message_id=ids.user_message_id,
+        user_id=user_id,
         agent=turn.agent,
-        title=" ".join(turn.user_content.split())[:TITLE_CHARS],
-        user_content=turn.user_content,
-        requested_model=model,
+        model=model,
+        fallback_models=agent.fallback_models,
         temperature=agent.temperature,
-        subject_conversation_id=turn.subject_conversation_id,
+        max_tokens=agent.max_tokens,
+        messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
+        stream=turn.stream,
     )
-    return state.runs.start(
-        RunRequest(
-            message_id=ids.message_id,
-            conversation_id=ids.conversation_id,
-            user_message_id=ids.user_message_id,
-            user_id=state.settings.dev_user_id,
-            agent=turn.agent,
-            model=model,
-            fallback_models=agent.fallback_models,
-            temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
-            messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
-            stream=turn.stream,
-        ),
-        save_turn=save_turn,
-    )
+    return request, rows
+
+
+def start_run(state: AppState, turn: Turn, *, user_id: str) -> Run:
+    """Start the reply's run; the user message is saved while the upstream call starts."""
+    request, rows = _prepare(state, turn, user_id)
+    return state.runs.start(request, save_turn=state.store.replies.start_turn(**rows))

@@ -11,58 +11,137 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import ApiError
+from app.http.auth.identity import identify, identify_from_query
 from app.http.input import json_body, path_id, query_body
-from app.http.sse import last_event_id, sse_response
-from app.replies.follow import find_reply
-from app.replies.runs import Run
+from app.http.sse import last_event_id, reply_event_id, sse_response
+from app.replies.events import LogEvent
+from app.replies.follow import ReplySource, find_reply
 from app.replies.states import MessageStatus
 from app.replies.turns import Turn, chat_turn, coach_turn, start_run
 from app.state import AppState, app_state
 
-TurnBuilder = Callable[[AppState, dict[str, Any]], Awaitable[Turn]]
+TurnBuilder = Callable[[AppState, dict[str, Any], str], Awaitable[Turn]]
 
 
 def stream_url(message_id: str) -> str:
     return f"/api/messages/{message_id}/stream"
 
 
-async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
-    if stream:
-        return sse_response(run.follow(0), state=state)
-    await run.wait()
-    events = run.log.events
-    body = {**events[0].payload, **events[-1].payload, "content": run.content}
+async def _whole_reply(source: ReplySource) -> list[LogEvent]:
+    """All of a reply's events, once its final one is there."""
+    events: list[LogEvent] = []
+    async for batch in source.follow(0):
+        events.extend(batch)
+    return events
+
+
+async def _final_json(source: ReplySource) -> Response:
+    """A `"stream": false` answer: the `meta` and final event's fields, and the content."""
+    events = await _whole_reply(source)
+    content = "".join(event.payload["content"] for event in events if event.event == "delta")
+    body = {**events[0].payload, **events[-1].payload, "content": content}
     return JSONResponse(body, status_code=200 if events[-1].event == "done" else 502)
 
 
-def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awaitable[Response]]:
+def _accepted(*, conversation_id: str, user_message_id: str, message_id: str) -> Response:
+    return JSONResponse(
+        {
+            "conversation_id": conversation_id,
+            "user_message_id": user_message_id,
+            "message_id": message_id,
+            "stream_url": stream_url(message_id),
+        },
+        status_code=202,
+    )
+
+
+async def _own_reply(state: AppState, *, message_id: str, user_id: str, agent: str) -> ReplySource:
+    """The caller's own reply of `agent`, wherever it is followed from; else 404, the same for
+    another user's reply as for none."""
+    row = await state.store.reply(message_id=message_id)
+    owned = (
+        row is not None
+        and row["agent"] == agent
+        and await state.store.conversations.get(
+            conversation_id=row["conversation_id"], user_id=user_id
+        )
+        is not None
+    )
+    source = (
+        await find_reply(message_id, runs=state.runs, store=state.store, settings=state.settings)
+        if owned
+        else None
+    )
+    if source is None:
+        raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
+    return source
+
+
+def _resumed(
+    state: AppState, source: ReplySource, after: int, *, reply_ids: str | None = None
+) -> Response:
+    if not source.has_events_after(after):
+        # 204 is what tells a browser's EventSource to stop reconnecting.
+        return Response(status_code=204)
+    return sse_response(source.follow(after), state=state, reply_ids=reply_ids)
+
+
+def one_step_post(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /api/chat` and `/api/coach`: SSE, or JSON with `"stream": false`."""
+
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        body = query_body(request) if from_query else await json_body(request)
-        turn = await build(state, body)
-        run = start_run(state, turn)
-        return await _answer(state, run, stream=turn.stream)
+        caller = await identify(request)
+        turn = await build(state, await json_body(request), caller.user_id)
+        run = start_run(state, turn, user_id=caller.user_id)
+        return _resumed(state, run, 0) if turn.stream else await _final_json(run)
+
+    return endpoint
+
+
+def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /api/chat/stream` and `/api/coach/stream`, for a browser's `EventSource`.
+
+    An EventSource reconnects to the same URL whenever a response ends, the message in its
+    query string included: its events are numbered `<message_id>:<n>`, so the `Last-Event-ID`
+    it reconnects with names the reply to resume (from the live run, or from the database
+    after a restart), never a new turn; `204` once it has everything stops it.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        state = app_state(request)
+        caller = await identify_from_query(request)
+        resume = reply_event_id(request)
+        if resume is not None:
+            message_id, after = resume
+            source = await _own_reply(
+                state, message_id=message_id, user_id=caller.user_id, agent=agent
+            )
+            return _resumed(state, source, after, reply_ids=message_id)
+        turn = await build(state, query_body(request), caller.user_id)
+        run = start_run(state, turn, user_id=caller.user_id)
+        return _resumed(state, run, 0, reply_ids=run.message_id)
 
     return endpoint
 
 
 def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /api/chat/messages` and `/api/coach/messages`: `202` with the reply's ids."""
+
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        run = start_run(state, await build(state, await json_body(request)))
+        caller = await identify(request)
+        turn = await build(state, await json_body(request), caller.user_id)
+        run = start_run(state, turn, user_id=caller.user_id)
         # The ids given out must be there to find (the stream's own answer would say
         # storage_error; this one says so at once).
         if not await run.turn_saved():
             raise ApiError(503, "storage_error", "the conversation could not be saved")
         meta = run.log.events[0].payload
-        return JSONResponse(
-            {
-                "conversation_id": meta["conversation_id"],
-                "user_message_id": meta["user_message_id"],
-                "message_id": run.message_id,
-                "stream_url": stream_url(run.message_id),
-            },
-            status_code=202,
+        return _accepted(
+            conversation_id=meta["conversation_id"],
+            user_message_id=meta["user_message_id"],
+            message_id=run.message_id,
         )
 
     return endpoint
@@ -77,10 +156,7 @@ async def reply_stream(request: Request) -> Response:
     )
     if source is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
-    if not source.has_events_after(after):
-        # 204 is what tells a browser's EventSource to stop reconnecting.
-        return Response(status_code=204)
-    return sse_response(source.follow(after), state=state)
+    return _resumed(state, source, after)
 
 
 async def stop_reply(request: Request) -> Response:
@@ -99,11 +175,11 @@ async def stop_reply(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/chat", one_step(chat_turn, from_query=False), methods=["POST"]),
-    Route("/api/chat/stream", one_step(chat_turn, from_query=True), methods=["GET"]),
+    Route("/api/chat", one_step_post(chat_turn), methods=["POST"]),
+    Route("/api/chat/stream", one_step_get(chat_turn, agent="chat"), methods=["GET"]),
     Route("/api/chat/messages", two_step(chat_turn), methods=["POST"]),
-    Route("/api/coach", one_step(coach_turn, from_query=False), methods=["POST"]),
-    Route("/api/coach/stream", one_step(coach_turn, from_query=True), methods=["GET"]),
+    Route("/api/coach", one_step_post(coach_turn), methods=["POST"]),
+    Route("/api/coach/stream", one_step_get(coach_turn, agent="coach"), methods=["GET"]),
     Route("/api/coach/messages", two_step(coach_turn), methods=["POST"]),
     Route("/api/messages/{message_id}/stream", reply_stream, methods=["GET"]),
     Route("/api/messages/{message_id}/stop", stop_reply, methods=["POST"]),
