@@ -6,6 +6,7 @@ Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.replies.runs import Run, RunRequest
 from app.state import AppState
 from app.storage.replies import TurnIds
 
+log = logging.getLogger(__name__)
 TITLE_CHARS = 80
 
 
@@ -139,3 +141,39 @@ def start_run(state: AppState, turn: Turn, *, user_id: str) -> Run:
     """Start the reply's run; the user message is saved while the upstream call starts."""
     request, rows = _prepare(state, turn, user_id)
     return state.runs.start(request, save_turn=state.store.replies.start_turn(**rows))
+
+
+async def claim_run(
+    state: AppState, turn: Turn, *, user_id: str, key: str, fingerprint: str
+) -> Run | dict[str, Any]:
+    """Start the run of a turn sent with an `Idempotency-Key`, unless the key was used already:
+    then the key's row (its turn's ids, and the `fingerprint` of the request that used it).
+
+    Unlike `start_run`, the turn's rows are saved before the upstream call starts, in one
+    transaction with the key's (see `app/storage/idempotency.py`): a request that loses the
+    race for the key must not have called upstream. One write's wait, for keyed turns only.
+    """
+    request, rows = _prepare(state, turn, user_id)
+    ids = rows["ids"]
+    claim = state.store.idempotency.claim(
+        user_id=user_id,
+        key=key,
+        fingerprint=fingerprint,
+        conversation_id=ids.conversation_id,
+        user_message_id=ids.user_message_id,
+        message_id=ids.message_id,
+    )
+    try:
+        await state.store.replies.start_turn(**rows, claim=claim)
+    except Exception as failed:
+        # The key's primary key refused it (the backends say so in different exceptions), or
+        # the database failed: the key's row tells which.
+        try:
+            claimed = await state.store.idempotency.get(user_id=user_id, key=key)
+        except Exception:
+            claimed = None
+        if claimed is None:
+            log.error("could not save a keyed turn", exc_info=failed)
+            raise ApiError(503, "storage_error", "the conversation could not be saved") from None
+        return claimed
+    return state.runs.start(request, save_turn=None)

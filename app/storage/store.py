@@ -1,9 +1,10 @@
-"""The store: the four aggregates over one writer, chosen for the database's backend.
+"""The store: the aggregates over one writer, chosen for the database's backend.
 
     store.conversations   app/storage/conversations.py   a user's conversations
     store.replies         app/storage/replies.py         messages, and a reply's writes
     store.ledger          app/storage/ledger.py          generations and their costs
     store.config          app/storage/config.py          agent overrides, the model catalog's copy
+    store.idempotency     app/storage/idempotency.py     the keys of idempotent turns
 
 Routes hold no SQL: they call the aggregates. The methods below are the Run's calls
 (`app/replies/runs.py`) by the names it has always used, passed on as they are; tests replace
@@ -19,6 +20,7 @@ from databases import Database
 from app.storage.config import Config
 from app.storage.conversations import Conversations
 from app.storage.database import sqlite_path
+from app.storage.idempotency import IdempotencyKeys
 from app.storage.ledger import GenerationRecord, Ledger
 from app.storage.postgres_writer import PostgresWriter
 from app.storage.replies import Replies, TurnIds
@@ -44,6 +46,7 @@ class Store:
         self.ledger = Ledger(database=database, writer=self.writer)
         self.replies = Replies(database=database, writer=self.writer, ledger=self.ledger)
         self.config = Config(database=database, writer=self.writer)
+        self.idempotency = IdempotencyKeys(database=database, writer=self.writer)
 
     async def close(self) -> None:
         await self.writer.close()

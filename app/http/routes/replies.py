@@ -12,12 +12,13 @@ from starlette.routing import Route
 
 from app.errors import ApiError
 from app.http.auth.identity import identify, identify_from_query
-from app.http.input import json_body, path_id, query_body
+from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
 from app.http.sse import last_event_id, reply_event_id, sse_response
 from app.replies.events import LogEvent
 from app.replies.follow import ReplySource, find_reply
+from app.replies.runs import Run
 from app.replies.states import MessageStatus
-from app.replies.turns import Turn, chat_turn, coach_turn, start_run
+from app.replies.turns import Turn, chat_turn, claim_run, coach_turn, start_run
 from app.state import AppState, app_state
 
 TurnBuilder = Callable[[AppState, dict[str, Any], str], Awaitable[Turn]]
@@ -86,15 +87,45 @@ def _resumed(
     return sse_response(source.follow(after), state=state, reply_ids=reply_ids)
 
 
-def one_step_post(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
-    """`POST /api/chat` and `/api/coach`: SSE, or JSON with `"stream": false`."""
+async def _posted_turn(
+    request: Request, state: AppState, build: TurnBuilder, user_id: str
+) -> tuple[Turn, Run | dict[str, Any]]:
+    """The turn a POST asks for, and its new run; or, if its `Idempotency-Key` named a turn
+    already, that key's row (see `claim_run`), once sure it came with the same request."""
+    body = await json_body(request)
+    key = idempotency_key(request)
+    turn = await build(state, body, user_id)
+    if key is None:
+        return turn, start_run(state, turn, user_id=user_id)
+    sent = fingerprint(request, body)
+    run = await claim_run(state, turn, user_id=user_id, key=key, fingerprint=sent)
+    if not isinstance(run, Run) and run["fingerprint"] != sent:
+        # A key used again must come with the same request: another one is a client's bug.
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request: use a new key for a new turn",
+        )
+    return turn, run
+
+
+def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /api/chat` and `/api/coach`: SSE, or JSON with `"stream": false`. A retry with
+    the `Idempotency-Key` of a turn gets that turn's reply: its stream from the start or after
+    `Last-Event-ID`, or its JSON."""
 
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
         caller = await identify(request)
-        turn = await build(state, await json_body(request), caller.user_id)
-        run = start_run(state, turn, user_id=caller.user_id)
-        return _resumed(state, run, 0) if turn.stream else await _final_json(run)
+        turn, run = await _posted_turn(request, state, build, caller.user_id)
+        if isinstance(run, Run):
+            return _resumed(state, run, 0) if turn.stream else await _final_json(run)
+        source = await _own_reply(
+            state, message_id=run["message_id"], user_id=caller.user_id, agent=agent
+        )
+        if turn.stream:
+            return _resumed(state, source, last_event_id(request))
+        return await _final_json(source)
 
     return endpoint
 
@@ -126,13 +157,19 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
 
 
 def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
-    """`POST /api/chat/messages` and `/api/coach/messages`: `202` with the reply's ids."""
+    """`POST /api/chat/messages` and `/api/coach/messages`: `202` with the reply's ids; the
+    same `202` again for a retry with the turn's `Idempotency-Key`."""
 
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
         caller = await identify(request)
-        turn = await build(state, await json_body(request), caller.user_id)
-        run = start_run(state, turn, user_id=caller.user_id)
+        _, run = await _posted_turn(request, state, build, caller.user_id)
+        if not isinstance(run, Run):
+            return _accepted(
+                conversation_id=run["conversation_id"],
+                user_message_id=run["user_message_id"],
+                message_id=run["message_id"],
+            )
         # The ids given out must be there to find (the stream's own answer would say
         # storage_error; this one says so at once).
         if not await run.turn_saved():
@@ -175,10 +212,10 @@ async def stop_reply(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/chat", one_step_post(chat_turn), methods=["POST"]),
+    Route("/api/chat", one_step_post(chat_turn, agent="chat"), methods=["POST"]),
     Route("/api/chat/stream", one_step_get(chat_turn, agent="chat"), methods=["GET"]),
     Route("/api/chat/messages", two_step(chat_turn), methods=["POST"]),
-    Route("/api/coach", one_step_post(coach_turn), methods=["POST"]),
+    Route("/api/coach", one_step_post(coach_turn, agent="coach"), methods=["POST"]),
     Route("/api/coach/stream", one_step_get(coach_turn, agent="coach"), methods=["GET"]),
     Route("/api/coach/messages", two_step(coach_turn), methods=["POST"]),
     Route("/api/messages/{message_id}/stream", reply_stream, methods=["GET"]),
