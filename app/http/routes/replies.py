@@ -3,23 +3,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import ApiError
 from app.http.auth.identity import identify, identify_from_query
 from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
-from app.http.sse import last_event_id, reply_event_id, sse_response
+from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
 from app.replies.events import LogEvent
 from app.replies.follow import ReplySource, find_reply
 from app.replies.runs import Run
 from app.replies.states import MessageStatus
 from app.replies.turns import Turn, chat_turn, claim_run, coach_turn, start_run
 from app.state import AppState, app_state
+
+# What keeps a slow `"stream": false` answer's connection alive: JSON allows whitespace before
+# its value, so the body still parses.
+KEEPALIVE = b" "
 
 TurnBuilder = Callable[[AppState, dict[str, Any], str], Awaitable[Turn]]
 
@@ -36,12 +41,45 @@ async def _whole_reply(source: ReplySource) -> list[LogEvent]:
     return events
 
 
-async def _final_json(source: ReplySource) -> Response:
-    """A `"stream": false` answer: the `meta` and final event's fields, and the content."""
-    events = await _whole_reply(source)
+def _final_body(events: list[LogEvent]) -> dict[str, Any]:
+    """A `"stream": false` answer: the `meta` and final event's fields, and the content (an
+    error's `status` and `code` among them)."""
     content = "".join(event.payload["content"] for event in events if event.event == "delta")
-    body = {**events[0].payload, **events[-1].payload, "content": content}
-    return JSONResponse(body, status_code=200 if events[-1].event == "done" else 502)
+    return {**events[0].payload, **events[-1].payload, "content": content}
+
+
+async def _final_json(state: AppState, source: ReplySource) -> Response:
+    """The reply as one JSON answer: at once if it is over within NONSTREAM_KEEPALIVE_AFTER
+    seconds (a 502 if it failed); else a 200 committed then, kept alive with whitespace (legal
+    before a JSON value) every PING_INTERVAL, then the body, which says if the reply failed."""
+    whole = asyncio.ensure_future(_whole_reply(source))
+    try:
+        await asyncio.wait([whole], timeout=state.settings.nonstream_keepalive_after)
+    except asyncio.CancelledError:
+        whole.cancel()
+        raise
+    if whole.done():
+        events = whole.result()
+        return JSONResponse(
+            _final_body(events), status_code=200 if events[-1].event == "done" else 502
+        )
+    return StreamingResponse(
+        _kept_alive(whole, interval=state.settings.ping_interval),
+        media_type="application/json",
+        headers=STREAM_HEADERS,
+    )
+
+
+async def _kept_alive(
+    whole: asyncio.Future[list[LogEvent]], *, interval: float
+) -> AsyncIterator[bytes]:
+    try:
+        yield KEEPALIVE
+        while not (await asyncio.wait([whole], timeout=interval))[0]:
+            yield KEEPALIVE
+        yield JSONResponse(_final_body(whole.result())).body
+    finally:
+        whole.cancel()  # the client left: stop following (the run goes on)
 
 
 def _accepted(*, conversation_id: str, user_message_id: str, message_id: str) -> Response:
@@ -119,13 +157,13 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
         caller = await identify(request)
         turn, run = await _posted_turn(request, state, build, caller.user_id)
         if isinstance(run, Run):
-            return _resumed(state, run, 0) if turn.stream else await _final_json(run)
+            return _resumed(state, run, 0) if turn.stream else await _final_json(state, run)
         source = await _own_reply(
             state, message_id=run["message_id"], user_id=caller.user_id, agent=agent
         )
         if turn.stream:
             return _resumed(state, source, last_event_id(request))
-        return await _final_json(source)
+        return await _final_json(state, source)
 
     return endpoint
 
