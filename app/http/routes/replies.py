@@ -79,7 +79,8 @@ async def _kept_alive(
             yield KEEPALIVE
         yield JSONResponse(_final_body(whole.result())).body
     finally:
-        whole.cancel()  # the client left: stop following (the run goes on)
+        # Over already, unless the client left: then stop following (the run goes on).
+        whole.cancel()
 
 
 def _accepted(*, conversation_id: str, user_message_id: str, message_id: str) -> Response:
