@@ -139,6 +139,9 @@ class Settings(DatabaseSettings):
     # Origins whose pages may call the API (the coach widget embedded elsewhere); comma-separated.
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     ping_interval: float = Field(15.0, gt=0, le=15.0)
+    # A `"stream": false` answer not ready by then commits a 200 and keeps the connection alive
+    # with whitespace every PING_INTERVAL: Heroku's router gives up on a first byte after 30 s.
+    nonstream_keepalive_after: float = Field(20.0, gt=0, lt=30.0)
     dev_user_id: str = "dev"
 
     # Runs: what happens to a reply whatever way its stream ends.

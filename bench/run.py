@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
+
 from app.dev.threaded_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +130,7 @@ class Processes:
             "OPENROUTER_API_KEY": "bench-not-a-real-key",
             "OPENROUTER_MODEL": "openai/gpt-4o",
             # Production refuses to start without a way to verify users' tokens.
-            "AUTH_JWT_SECRET": "bench-not-a-real-secret-0123456789abcdef",
+            "AUTH_JWT_SECRET": BENCH_JWT_SECRET,
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,
@@ -169,11 +171,12 @@ class Protocol:
     end: bytes
     # Set when the upstream thinks first (--reasoning): its first reasoning is timed too.
     first_reasoning: re.Pattern[bytes] | None = None
+    headers: str = ""  # more header lines, each ending in CRLF
 
     def request(self, port: int) -> bytes:
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{self.headers}"
             f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
         )
         return head.encode() + self.body
@@ -193,7 +196,17 @@ OPENROUTER = Protocol(
 PASSTHROUGH = Protocol(
     "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
 )
-OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
+# Ours runs as in production, where a turn needs a signed-in user: one token for every request
+# (expiring in 2100), signed once here, so no benchmark measures token making.
+BENCH_JWT_SECRET = "bench-not-a-real-secret-0123456789abcdef"
+BENCH_TOKEN = jwt.encode({"sub": "bench", "exp": 4102444800}, BENCH_JWT_SECRET, "HS256")
+OURS = Protocol(
+    "/api/chat",
+    PASSTHROUGH.body,
+    re.compile(rb"event: delta"),
+    b"event: done",
+    headers=f"Authorization: Bearer {BENCH_TOKEN}\r\n",
+)
 # The markers of a first reasoning delta: OpenRouter's (relayed as is by the pass-through), ours.
 FIRST_REASONING = {
     OPENROUTER: re.compile(rb'"reasoning": "[^"]'),

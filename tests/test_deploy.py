@@ -11,9 +11,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from app.dev.threaded_server import free_port
@@ -34,6 +36,9 @@ def _path() -> str:
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+DEPLOY_JWT_SECRET = "deploy-test-secret-0123456789abcdef"
+
+
 def _env(database_url: str, port: int) -> dict[str, str]:
     return {
         "PATH": _path(),
@@ -41,7 +46,7 @@ def _env(database_url: str, port: int) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "OPENROUTER_SIMULATOR": "true",
         # Production verifies the host app's JWTs (and derives the stream-token key from this).
-        "AUTH_JWT_SECRET": "deploy-test-secret-0123456789abcdef",
+        "AUTH_JWT_SECRET": DEPLOY_JWT_SECRET,
     }
 
 
@@ -106,7 +111,11 @@ def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
         start_new_session=True,
     )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        # A signed-in user, as production requires of the turn routes. Named like the
+        # development user: the conversation routes still list that one's (issue 17 scopes them).
+        signed_in = jwt.encode({"sub": "dev", "exp": time.time() + 60}, DEPLOY_JWT_SECRET, "HS256")
+        headers = {"Authorization": f"Bearer {signed_in}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, headers=headers) as http:
             health = wait_for(lambda: _health(web, http), timeout=30, what="web to answer")
             assert health.json()["database"] == "ok"
             reply = http.post("/api/chat", json={"message": "hello", "stream": False})
@@ -177,7 +186,11 @@ def test_serve_in_development_logs_where_it_listens_and_each_request(tmp_path):
         text=True,
     )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        # A signed-in user, as production requires of the turn routes. Named like the
+        # development user: the conversation routes still list that one's (issue 17 scopes them).
+        signed_in = jwt.encode({"sub": "dev", "exp": time.time() + 60}, DEPLOY_JWT_SECRET, "HS256")
+        headers = {"Authorization": f"Bearer {signed_in}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, headers=headers) as http:
             health = wait_for(lambda: _health(serve, http), timeout=30, what="serve to answer")
         assert health.status_code == 200
     finally:

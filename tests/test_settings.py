@@ -7,9 +7,11 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from pydantic import ValidationError
 
@@ -230,7 +232,15 @@ def test_production_with_a_key_calls_the_configured_upstream(start_server, fake)
     fake.enqueue(Behaviour(tokens=["real"]))
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert http.get("/healthz").json()["upstream"] == "openrouter"
-        events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
+        # Production signs its users in: the turn routes ask who is calling.
+        signed_in = jwt.encode({"sub": "u1", "exp": time.time() + 60}, JWT_SECRET, "HS256")
+        events = read_sse(
+            http,
+            "POST",
+            "/api/chat",
+            json={"message": "hi"},
+            headers={"Authorization": f"Bearer {signed_in}"},
+        )
     assert [e.data["content"] for e in events if e.event == "delta"] == ["real"]
     assert len(fake.requests) == 1
 

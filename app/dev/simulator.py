@@ -52,6 +52,7 @@ class Behaviour:
     tokens: list[str] | None = None  # None: a reply derived from the last user message
     delay: float = 0.0  # seconds between chunks
     headers_delay: float = 0.0  # seconds before the response starts
+    gate: threading.Event | None = None  # if set: the response starts once it opens (30 s at most)
     status: int = 200  # non-200: an error response before any stream
     error_body: dict[str, Any] | None = None  # overrides the standard error body
     retry_after: str | None = None
@@ -274,6 +275,8 @@ class FakeOpenRouter:
         behaviour = directed(self._next(), body.get("messages") or [])
         if behaviour.headers_delay:
             await asyncio.sleep(behaviour.headers_delay)
+        if behaviour.gate is not None:
+            await asyncio.to_thread(behaviour.gate.wait, 30)
         if behaviour.status != 200:
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
             payload = behaviour.error_body or {

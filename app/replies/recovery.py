@@ -1,6 +1,6 @@
 """What keeps replies and costs whole across crashes and processes: the heartbeat of our live
-replies, the sweep of dead processes' orphans, and the cost lookups of generations whose usage
-never came (a stopped stream, a crash)."""
+replies, the sweep of dead processes' orphans (and of expired idempotency keys), and the cost
+lookups of generations whose usage never came (a stopped stream, a crash)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ class Recovery:
         self._tending = asyncio.create_task(self._tend(), name="tend-runs")
 
     async def _tend(self) -> None:
-        """Heartbeat our live replies and sweep up the orphans of dead processes, forever.
+        """Heartbeat our live replies, sweep up the orphans of dead processes and delete the
+        expired idempotency keys, forever.
 
         The first sweep runs at start-up: replies a crashed process left `streaming` become
         `interrupted` (once STALE_REPLY_AFTER has passed since it last touched them), and their
@@ -80,6 +81,7 @@ class Recovery:
                     log.warning("marked %d orphaned replies as interrupted", len(orphans))
                     for row in await self._store.ledger.pending_generations(message_ids=orphans):
                         self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+                await self._store.idempotency.expire(at=now())
             except Exception:  # a database hiccup must not end the heartbeat
                 log.exception("tending live replies failed")
             # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.

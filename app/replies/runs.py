@@ -144,10 +144,12 @@ class Run:
         )
         self.task: asyncio.Task[None] | None = None
 
-    def start(self, save_turn: Coroutine[Any, Any, None]) -> None:
-        """Generate; `save_turn` writes the turn's rows meanwhile, never in the way."""
-        self.saving = self._spawn(save_turn)
-        self.saving.add_done_callback(self._on_saved)
+    def start(self, save_turn: Coroutine[Any, Any, None] | None) -> None:
+        """Generate; `save_turn` writes the turn's rows meanwhile, never in the way (None: they
+        are written already, as an idempotent turn's are)."""
+        if save_turn is not None:
+            self.saving = self._spawn(save_turn)
+            self.saving.add_done_callback(self._on_saved)
         self.task = asyncio.create_task(self.run(), name=f"run:{self.message_id}")
 
     # -- following it (a `ReplySource`) -----------------------------------------------------------

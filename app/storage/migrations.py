@@ -174,11 +174,31 @@ def _reasoning_columns(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _idempotency_keys(dialect: sa.engine.Dialect) -> list[str]:
+    md = sa.MetaData()
+    sa.Table(
+        "idempotency_keys",
+        md,
+        # The primary key is what makes two requests with one key start one turn: the second
+        # insert fails, and the turn's rows written in its transaction with it.
+        sa.Column("user_id", sa.String(64), primary_key=True),
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("fingerprint", sa.String(64), nullable=False),  # sha256 of path and body
+        sa.Column("conversation_id", sa.String(36), nullable=False),
+        sa.Column("user_message_id", sa.String(36), nullable=False),
+        sa.Column("message_id", sa.String(36), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_idempotency_keys_created", "created_at"),  # the sweep of expired keys
+    )
+    return _ddl(md, dialect)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
     Migration(3, "conversations paged by (updated_at, id)", _conversation_pages),
     Migration(4, "reasoning, citations and usage details", _reasoning_columns),
+    Migration(5, "idempotency keys of turns", _idempotency_keys),
 ]
 
 _schema_migrations = sa.Table(

@@ -183,9 +183,11 @@ class Replies:
         requested_model: str,
         temperature: float,
         subject_conversation_id: str | None = None,
+        claim: Step | None = None,
     ) -> None:
         """Save the user message and a `streaming` assistant row (and a new conversation's
-        row) in one transaction."""
+        row) in one transaction; `claim` (an idempotency key's, see `idempotency`) goes first,
+        so if it fails nothing of the turn is written."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -215,6 +217,7 @@ class Replies:
         }
         await self._writer.write(
             [
+                *([claim] if claim is not None else []),
                 opening,
                 (
                     NEW_MESSAGE,

@@ -1,9 +1,10 @@
-"""The store: the four aggregates over one writer, chosen for the database's backend.
+"""The store: the aggregates over one writer, chosen for the database's backend.
 
     store.conversations   app/storage/conversations.py   a user's conversations
     store.replies         app/storage/replies.py         messages, and a reply's writes
     store.ledger          app/storage/ledger.py          generations and their costs
     store.config          app/storage/config.py          agent overrides, the model catalog's copy
+    store.idempotency     app/storage/idempotency.py     the keys of idempotent turns
 
 Routes hold no SQL: they, the Run and recovery call the aggregates themselves
 (`store.replies.finish(...)`); the store only picks the writer and builds the four on it. The
@@ -17,6 +18,7 @@ from databases import Database
 from app.storage.config import Config
 from app.storage.conversations import Conversations
 from app.storage.database import sqlite_path
+from app.storage.idempotency import IdempotencyKeys
 from app.storage.ledger import Ledger
 from app.storage.postgres_writer import PostgresWriter
 from app.storage.replies import Replies
@@ -38,3 +40,4 @@ class Store:
         self.ledger = Ledger(database=database, writer=self.writer)
         self.replies = Replies(database=database, writer=self.writer, ledger=self.ledger)
         self.config = Config(database=database, writer=self.writer)
+        self.idempotency = IdempotencyKeys(database=database, writer=self.writer)

@@ -127,6 +127,21 @@ agent_overrides = sa.Table(
 )
 
 
+# A client's key for one turn (`Idempotency-Key`), per user: a retry with the same key gets the
+# same reply. Written in the turn's own transaction, so a key names rows that exist.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(36), nullable=False),
+    sa.Column("user_message_id", sa.String(36), nullable=False),
+    sa.Column("message_id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -230,6 +230,54 @@ def test_a_dropped_stream_resumes_from_the_last_event_id(page, start_server, fak
         proxy.close()
 
 
+@pytest.mark.parametrize(
+    ("path", "agent"),
+    [("/api/chat/stream?message=hi", "chat"), ("/api/coach/stream?question=hi", "coach")],
+)
+def test_a_plain_eventsource_on_the_one_step_form_makes_one_turn_and_stops(
+    page, start_server, fake, database, path, agent
+):
+    server = start_server()
+    host, port = server.url.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port))
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/stream?" in r.url else None)
+    fake.enqueue(Behaviour(tokens=words(10), delay=0.02))
+    try:
+        page.goto(f"{proxy.url}/healthz")
+        # Nothing around the EventSource: its events recorded, and no code that closes it.
+        page.evaluate(
+            """(path) => {
+              window.__got = [];
+              const source = new EventSource(path);
+              for (const name of ['meta', 'delta', 'done']) {
+                source.addEventListener(name, (e) => window.__got.push([e.lastEventId, name]));
+              }
+            }""",
+            path,
+        )
+        # CLOSED: the browser will not reconnect again (it only does so after a 204 here).
+        page.wait_for_function(
+            "window.__eventSources[0].readyState === EventSource.CLOSED", timeout=STREAM_TIMEOUT
+        )
+        got = page.evaluate("window.__got")
+        message_id = got[0][0].split(":")[0]
+        assert got == [
+            [f"{message_id}:1", "meta"],
+            *[[f"{message_id}:{n}", "delta"] for n in range(2, 12)],
+            [f"{message_id}:12", "done"],
+        ]
+        first, reconnect = proxy.requests_to(path.split("?")[0])
+        assert b"last-event-id" not in first.lower()
+        assert f"last-event-id: {message_id}:12".encode() in reconnect.lower()
+        assert statuses == [200, 204]
+        assert len(fake.requests) == 1
+        rows = database.query("SELECT agent, role FROM messages ORDER BY seq")
+        assert rows == [{"agent": agent, "role": "user"}, {"agent": agent, "role": "assistant"}]
+    finally:
+        proxy.close()
+
+
 def test_the_coach_widget_advises_on_the_open_conversation(page, app_url, fake):
     fake.enqueue(
         Behaviour(tokens=["Paris is the capital."]),
