@@ -3,10 +3,14 @@
     .venv/bin/python -m bench                      # levels 1, 50, 200 and the idle-memory test
     .venv/bin/python -m bench --quick              # a short run, for a quick look
     .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
+    .venv/bin/python -m bench --auth               # ours verifying a user's JWT on every reply
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
-the httpcore pool trap), and ours (`python -m app serve`, SQLite, APP_ENV=production). The load
+the httpcore pool trap), and ours (`python -m app serve`, SQLite; with `--auth`, APP_ENV=production
+and AUTH_MODE=jwt, each request carrying an HS256 token this driver signs with the AUTH_JWT_SECRET
+it gives the server; without, AUTH_MODE=dev, which production refuses, so APP_ENV=development
+against the same fake upstream). The load
 driver is this process: raw asyncio sockets speaking HTTP/1.1, one connection per stream, so it
 stays lean; it still shares the machine's cores with the servers, which is why results are
 given as ratios to the pass-through. Targets run one after another, never at the same time;
@@ -31,12 +35,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
+
 from app.dev.threaded_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
 MESSAGE = "Tell me about benchmarks"
+AUTH_JWT_SECRET = "bench-not-a-real-secret-0123456789abcdef"
 
 
 # --- the processes ------------------------------------------------------------------------------
@@ -118,15 +125,18 @@ class Processes:
         name: str,
         upstream: Server,
         *,
+        auth: bool,
         settings: dict[str, str] | None = None,
         serve: tuple[str, ...] = ("-m", "app", "serve"),
     ) -> Server:
         env = {
-            "APP_ENV": "production",
+            **(
+                {"APP_ENV": "production", "AUTH_JWT_SECRET": AUTH_JWT_SECRET}
+                if auth
+                else {"APP_ENV": "development", "AUTH_MODE": "dev"}
+            ),
             "OPENROUTER_API_KEY": "bench-not-a-real-key",
             "OPENROUTER_MODEL": "openai/gpt-4o",
-            # Production refuses to start without a way to verify users' tokens.
-            "AUTH_JWT_SECRET": "bench-not-a-real-secret-0123456789abcdef",
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,
@@ -165,10 +175,11 @@ class Protocol:
     body: bytes
     first_token: re.Pattern[bytes]
     end: bytes
+    headers: str = ""  # more header lines, each ending in CRLF
 
     def request(self, port: int) -> bytes:
         head = (
-            f"POST {self.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            f"POST {self.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{self.headers}"
             f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
             f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
         )
@@ -190,6 +201,20 @@ PASSTHROUGH = Protocol(
     "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
 )
 OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
+
+
+def ours_protocol(auth: bool) -> Protocol:
+    """OURS, signed in as one user with a token signed once (the server verifies it on every
+    request, which is the cost `--auth` measures)."""
+    if not auth:
+        return OURS
+    claims = {"sub": "bench-user", "exp": int(time.time()) + 86400}
+    signed = jwt.encode(claims, AUTH_JWT_SECRET, algorithm="HS256")
+    return Protocol(
+        OURS.path, OURS.body, OURS.first_token, OURS.end, f"Authorization: Bearer {signed}\r\n"
+    )
+
+
 TAIL = 64  # bytes kept between reads, so a marker split across two reads is still seen
 
 
@@ -460,6 +485,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
     parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
+    parser.add_argument(
+        "--auth", action="store_true", help="ours in AUTH_MODE=jwt, every request with a JWT"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
@@ -490,7 +518,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         ]
         if not args.no_shared:
             targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
-        targets.append((procs.ours("ours", upstream), OURS))
+        targets.append((procs.ours("ours", upstream, auth=args.auth), ours_protocol(args.auth)))
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):
@@ -520,7 +548,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             per_stream = {}
             for server, protocol in [
                 (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
-                (procs.ours("ours", slow), OURS),
+                (procs.ours("ours", slow, auth=args.auth), ours_protocol(args.auth)),
             ]:
                 per_stream[server.name] = await idle_memory(
                     server, protocol, streams=args.idle, time_limit=120.0
@@ -545,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     print(
         f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
-        f"{args.rounds} x {args.duration:.0f} s per measurement; machine: {os.cpu_count()} cores, "
+        f"{args.rounds} x {args.duration:.0f} s per measurement, "
+        f"auth {'on' if args.auth else 'off'}; machine: {os.cpu_count()} cores, "
         f"{_cpu_model()}, Python {sys.version.split()[0]}",
         flush=True,
     )
