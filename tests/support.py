@@ -26,6 +26,10 @@ from app.storage.database import is_sqlite, open_database
 from app.storage.migrations import migrate
 from app.storage.store import GenerationRecord, Store, TurnIds
 
+# Every process serving one database signs stream tokens with the same key (production requires
+# STREAM_TOKEN_SECRET or AUTH_JWT_SECRET), so a stream_url one server gave out works on another.
+SHARED_STREAM_SECRET = "stream-token-secret-shared-by-every-process"
+
 T = TypeVar("T")
 S = TypeVar("S", bound=Store)
 

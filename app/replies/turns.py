@@ -20,6 +20,7 @@ TITLE_CHARS = 80
 
 @dataclass(frozen=True)
 class Turn:
+    user_id: str  # the caller's: the owner of the conversation the turn opens or continues
     agent: str
     user_content: str
     conversation_id: str | None
@@ -28,10 +29,14 @@ class Turn:
     stream: bool = True
 
 
-async def _existing_conversation(state: AppState, conversation_id: Any, *, agent: str) -> str:
+async def _existing_conversation(
+    state: AppState, conversation_id: Any, *, agent: str, user_id: str
+) -> str:
+    """The id of the user's own conversation of `agent` (admins included: a turn never goes
+    into, and the coach never reviews, another user's conversation)."""
     valid_id(conversation_id, "conversation_id")
     conversation = await state.store.conversations.get(
-        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+        conversation_id=conversation_id, user_id=user_id
     )
     if conversation is None or conversation["agent"] != agent:
         raise ApiError(
@@ -40,7 +45,7 @@ async def _existing_conversation(state: AppState, conversation_id: Any, *, agent
     return conversation_id
 
 
-async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
+async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     message = optional_text(body, "message", limit=limit)
     if message is None:
@@ -49,11 +54,14 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
     conversation_id = None
     history: list[dict[str, str]] = []
     if body.get("conversation_id") is not None:
-        conversation_id = await _existing_conversation(state, body["conversation_id"], agent="chat")
+        conversation_id = await _existing_conversation(
+            state, body["conversation_id"], agent="chat", user_id=user_id
+        )
         history = await state.store.replies.history(
             conversation_id=conversation_id, limit=agent.history_messages
         )
     return Turn(
+        user_id=user_id,
         agent="chat",
         user_content=message,
         conversation_id=conversation_id,
@@ -62,7 +70,7 @@ async def chat_turn(state: AppState, body: dict[str, Any]) -> Turn:
     )
 
 
-async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
+async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
@@ -70,7 +78,9 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     transcript: list[dict[str, str]] = []
     agent = state.agents.effective("coach")
     if body.get("conversation_id") is not None:
-        subject = await _existing_conversation(state, body["conversation_id"], agent="chat")
+        subject = await _existing_conversation(
+            state, body["conversation_id"], agent="chat", user_id=user_id
+        )
         transcript = await state.store.replies.history(
             conversation_id=subject, limit=agent.history_messages
         )
@@ -88,6 +98,7 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
         sections.append(f"Context:\n{context}")
     sections.append(f"Question:\n{question}" if question else "What advice do you have?")
     return Turn(
+        user_id=user_id,
         agent="coach",
         user_content="\n\n".join(sections),
         conversation_id=None,  # each coach call is its own conversation
@@ -105,7 +116,7 @@ def start_run(state: AppState, turn: Turn) -> Run:
     ids = TurnIds.allocate(turn.conversation_id)
     save_turn = state.store.replies.start_turn(
         ids=ids,
-        user_id=state.settings.dev_user_id,
+        user_id=turn.user_id,
         agent=turn.agent,
         title=" ".join(turn.user_content.split())[:TITLE_CHARS],
         user_content=turn.user_content,
@@ -118,7 +129,7 @@ def start_run(state: AppState, turn: Turn) -> Run:
             message_id=ids.message_id,
             conversation_id=ids.conversation_id,
             user_message_id=ids.user_message_id,
-            user_id=state.settings.dev_user_id,
+            user_id=turn.user_id,
             agent=turn.agent,
             model=model,
             fallback_models=agent.fallback_models,

@@ -48,9 +48,6 @@ class Store:
     async def close(self) -> None:
         await self.writer.close()
 
-    async def reply(self, *, message_id: str) -> dict[str, Any] | None:
-        return await self.replies.get(message_id=message_id)
-
     async def start_turn(self, **turn: Any) -> None:
         await self.replies.start_turn(**turn)
 

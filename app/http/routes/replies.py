@@ -1,29 +1,40 @@
 """Chat and coach turns: one-step SSE (`POST /api/chat`, `GET /api/chat/stream`), two-step
-(`POST /api/chat/messages` then the `stream_url`), and stopping a reply."""
+(`POST /api/chat/messages` then the `stream_url`), and stopping a reply.
+
+Every one is the caller's: a turn goes into their conversation, and a reply of another user's
+answers 404 exactly as an id that does not exist (docs/auth.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import ApiError
+from app.http.auth.identity import Caller, identify, identify_from_query, identify_stream
 from app.http.input import json_body, path_id, query_body
 from app.http.sse import last_event_id, sse_response
-from app.replies.follow import find_reply
+from app.replies.follow import find_reply, live_run
 from app.replies.runs import Run
 from app.replies.states import MessageStatus
 from app.replies.turns import Turn, chat_turn, coach_turn, start_run
 from app.state import AppState, app_state
 
-TurnBuilder = Callable[[AppState, dict[str, Any]], Awaitable[Turn]]
+
+class TurnBuilder(Protocol):
+    def __call__(
+        self, state: AppState, body: dict[str, Any], *, user_id: str
+    ) -> Awaitable[Turn]: ...
 
 
-def stream_url(message_id: str) -> str:
-    return f"/api/messages/{message_id}/stream"
+def stream_url(state: AppState, message_id: str, caller: Caller) -> str:
+    """The reply's stream, with a stream token of its own: a browser's EventSource cannot send
+    the caller's Authorization header, and their JWT should not travel in a URL."""
+    token = state.auth.issue_stream_token(message_id, caller.user_id)
+    return f"/api/messages/{message_id}/stream?stream_token={token}"
 
 
 async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
@@ -38,8 +49,9 @@ async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
 def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
+        caller = await (identify_from_query if from_query else identify)(request)
         body = query_body(request) if from_query else await json_body(request)
-        turn = await build(state, body)
+        turn = await build(state, body, user_id=caller.user_id)
         run = start_run(state, turn)
         return await _answer(state, run, stream=turn.stream)
 
@@ -49,7 +61,9 @@ def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awa
 def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        run = start_run(state, await build(state, await json_body(request)))
+        caller = await identify(request)
+        turn = await build(state, await json_body(request), user_id=caller.user_id)
+        run = start_run(state, turn)
         # The ids given out must be there to find (the stream's own answer would say
         # storage_error; this one says so at once).
         if not await run.turn_saved():
@@ -60,7 +74,7 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
                 "conversation_id": meta["conversation_id"],
                 "user_message_id": meta["user_message_id"],
                 "message_id": run.message_id,
-                "stream_url": stream_url(run.message_id),
+                "stream_url": stream_url(state, run.message_id, caller),
             },
             status_code=202,
         )
@@ -70,10 +84,15 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
 
 async def reply_stream(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify_stream(request, request.path_params["message_id"])
     message_id = path_id(request, "message_id")
     after = last_event_id(request)
     source = await find_reply(
-        message_id, runs=state.runs, store=state.store, settings=state.settings
+        message_id,
+        user_id=caller.user_id,
+        runs=state.runs,
+        store=state.store,
+        settings=state.settings,
     )
     if source is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
@@ -85,13 +104,14 @@ async def reply_stream(request: Request) -> Response:
 
 async def stop_reply(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
     message_id = path_id(request, "message_id")
-    run = state.runs.get(message_id)
+    run = live_run(state.runs, message_id=message_id, user_id=caller.user_id)
     if run is not None:
         run.cancel(MessageStatus.STOPPED)
         await run.wait()
         return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
-    row = await state.store.reply(message_id=message_id)
+    row = await state.store.replies.get(message_id=message_id, user_id=caller.user_id)
     if row is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
     # Already over (or owned by another process): say how it ended, change nothing.
