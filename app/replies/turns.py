@@ -22,6 +22,7 @@ TITLE_CHARS = 80
 
 @dataclass(frozen=True)
 class Turn:
+    user_id: str  # the caller's: the owner of the conversation the turn opens or continues
     agent: str
     user_content: str
     conversation_id: str | None
@@ -33,6 +34,8 @@ class Turn:
 async def _existing_conversation(
     state: AppState, conversation_id: Any, *, agent: str, user_id: str
 ) -> str:
+    """The id of the user's own conversation of `agent` (admins included: a turn never goes
+    into, and the coach never reviews, another user's conversation)."""
     valid_id(conversation_id, "conversation_id")
     conversation = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=user_id
@@ -44,7 +47,7 @@ async def _existing_conversation(
     return conversation_id
 
 
-async def chat_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
+async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     message = optional_text(body, "message", limit=limit)
     if message is None:
@@ -60,6 +63,7 @@ async def chat_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn
             conversation_id=conversation_id, limit=agent.history_messages
         )
     return Turn(
+        user_id=user_id,
         agent="chat",
         user_content=message,
         conversation_id=conversation_id,
@@ -68,7 +72,7 @@ async def chat_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn
     )
 
 
-async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
+async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
@@ -96,6 +100,7 @@ async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Tur
         sections.append(f"Context:\n{context}")
     sections.append(f"Question:\n{question}" if question else "What advice do you have?")
     return Turn(
+        user_id=user_id,
         agent="coach",
         user_content="\n\n".join(sections),
         conversation_id=None,  # each coach call is its own conversation
@@ -105,7 +110,7 @@ async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Tur
     )
 
 
-def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dict[str, Any]]:
+def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     """The run's request and the arguments of `Replies.start_turn` for its rows."""
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
@@ -113,7 +118,7 @@ def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dic
     ids = TurnIds.allocate(turn.conversation_id)
     rows = {
         "ids": ids,
-        "user_id": user_id,
+        "user_id": turn.user_id,
         "agent": turn.agent,
         "title": " ".join(turn.user_content.split())[:TITLE_CHARS],
         "user_content": turn.user_content,
@@ -125,7 +130,7 @@ def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dic
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,
         user_message_id=ids.user_message_id,
-        user_id=user_id,
+        user_id=turn.user_id,
         agent=turn.agent,
         model=model,
         fallback_models=agent.fallback_models,
@@ -138,14 +143,14 @@ def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dic
     return request, rows
 
 
-def start_run(state: AppState, turn: Turn, *, user_id: str) -> Run:
+def start_run(state: AppState, turn: Turn) -> Run:
     """Start the reply's run; the user message is saved while the upstream call starts."""
-    request, rows = _prepare(state, turn, user_id)
+    request, rows = _prepare(state, turn)
     return state.runs.start(request, save_turn=state.store.replies.start_turn(**rows))
 
 
 async def claim_run(
-    state: AppState, turn: Turn, *, user_id: str, key: str, fingerprint: str
+    state: AppState, turn: Turn, *, key: str, fingerprint: str
 ) -> Run | dict[str, Any]:
     """Start the run of a turn sent with an `Idempotency-Key`, unless the key was used already:
     then the key's row (its turn's ids, and the `fingerprint` of the request that used it).
@@ -154,10 +159,10 @@ async def claim_run(
     transaction with the key's (see `app/storage/idempotency.py`): a request that loses the
     race for the key must not have called upstream. One write's wait, for keyed turns only.
     """
-    request, rows = _prepare(state, turn, user_id)
+    request, rows = _prepare(state, turn)
     ids = rows["ids"]
     claim = state.store.idempotency.claim(
-        user_id=user_id,
+        user_id=turn.user_id,
         key=key,
         fingerprint=fingerprint,
         conversation_id=ids.conversation_id,
@@ -170,7 +175,7 @@ async def claim_run(
         # The key's primary key refused it (the backends say so in different exceptions), or
         # the database failed: the key's row tells which.
         try:
-            claimed = await state.store.idempotency.get(user_id=user_id, key=key)
+            claimed = await state.store.idempotency.get(user_id=turn.user_id, key=key)
         except Exception:
             claimed = None
         if claimed is None:

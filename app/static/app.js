@@ -1,5 +1,10 @@
 'use strict';
 // Chat page: conversation list, message view and streamed replies (SSE).
+// Sign-in (docs/auth.md): the host app's token from `data-token` on this script tag, or from
+// `window.streamchatGetToken()`; none in development. coach.js (loaded first) holds the
+// session, shared with the coach panel.
+
+const auth = window.Coach.session({ token: document.currentScript?.dataset.token });
 
 const $ = (sel) => document.querySelector(sel);
 const els = {
@@ -60,7 +65,7 @@ function formatUsd(v) {
 async function api(method, url, body) {
   let res;
   try {
-    res = await fetch(url, {
+    res = await auth.fetch(url, {
       method,
       headers: body ? { 'Content-Type': 'application/json', Accept: 'application/json' } : { Accept: 'application/json' },
       body: body ? JSON.stringify(body) : undefined,
@@ -70,6 +75,7 @@ async function api(method, url, body) {
   }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
+  if (res.status === 401) throw new Error(window.Coach.signInMessage(data));
   if (!res.ok) throw new Error(data?.error?.message || `Request failed (HTTP ${res.status}).`);
   return data;
 }
@@ -502,7 +508,10 @@ async function openConversation(id, { resume = true } = {}) {
   if (resume && last?.status === 'streaming') {
     const v = state.views.get(last.id);
     clearReply(v);
-    startStream(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`, v);
+    // No stream_url here (that was the page before the reload): the user's own token, in the URL.
+    const url = await auth.streamUrl(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`);
+    if (seq !== state.navSeq) return conv;
+    startStream(url, v);
   }
   return conv;
 }
@@ -550,7 +559,7 @@ window.addEventListener('hashchange', () => {
   if (id && id !== state.openId) openConversation(id);
 });
 
-window.Coach?.mount(document.getElementById('coach'), { getConversationId: () => state.openId });
+window.Coach.mount(document.getElementById('coach'), { getConversationId: () => state.openId, session: auth });
 
 loadConversations();
 const initial = hashId();

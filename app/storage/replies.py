@@ -23,7 +23,7 @@ from databases import Database
 from app.replies.states import MessageStatus
 from app.storage.conversations import NEW_CONVERSATION, TOUCH_CONVERSATION
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
-from app.storage.tables import messages, new_id, now
+from app.storage.tables import conversations, messages, new_id, now
 from app.storage.writer import Step, Writer, binds
 
 # A message takes the next `seq` of its conversation, computed by the insert itself.
@@ -145,8 +145,9 @@ class Replies:
             turns.append(turn)
         return turns
 
-    async def get(self, *, message_id: str) -> dict[str, Any] | None:
-        """An assistant message with its user message's id and its generations' sums."""
+    async def get(self, *, message_id: str, user_id: str) -> dict[str, Any] | None:
+        """An assistant message of the user's with its user message's id and its generations'
+        sums (another user's answers as one that is not there: the owner is in the query)."""
         user_message = messages.alias("user_message")
         usage = usage_by_message(message_id=message_id)
         query = (
@@ -159,15 +160,21 @@ class Replies:
                 usage.c.cost_picousd,
             )
             .select_from(
-                messages.outerjoin(
+                messages.join(conversations, conversations.c.id == messages.c.conversation_id)
+                .outerjoin(
                     user_message,
                     sa.and_(
                         user_message.c.conversation_id == messages.c.conversation_id,
                         user_message.c.seq == messages.c.seq - 1,
                     ),
-                ).outerjoin(usage, usage.c.message_id == messages.c.id)
+                )
+                .outerjoin(usage, usage.c.message_id == messages.c.id)
             )
-            .where(messages.c.id == message_id, messages.c.role == "assistant")
+            .where(
+                messages.c.id == message_id,
+                messages.c.role == "assistant",
+                conversations.c.user_id == user_id,
+            )
         )
         row = await self._database.fetch_one(query)
         return dict(row._mapping) if row else None

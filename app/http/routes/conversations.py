@@ -1,4 +1,9 @@
-"""Conversations: list (newest first, a page at a time), one with its messages, delete."""
+"""Conversations: list (newest first, a page at a time), one with its messages, delete.
+
+The caller's own, always; an admin (the JWT's admin claim) may also list and read any user's:
+`GET /api/conversations?user_id=…` (403 `forbidden` for anyone else, rather than quietly
+answering with their own list) and `GET /api/conversations/{id}`. Deleting is the owner's only.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from starlette.routing import Route
 
 from app.billing.money import from_picos, usd
 from app.errors import ApiError
+from app.http.auth.identity import identify
+from app.http.auth.jwt_tokens import MAX_USER_ID_CHARS, user_id_from
 from app.http.input import path_id
 from app.replies.states import MessageStatus
 from app.state import app_state
@@ -99,6 +106,14 @@ def _position(cursor: str) -> Position:
 
 async def list_conversations(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
+    user_id = request.query_params.get("user_id") or caller.user_id
+    if user_id != caller.user_id and not caller.is_admin:
+        raise ApiError(403, "forbidden", "only an admin may list another user's conversations")
+    if user_id_from(user_id) is None:
+        raise ApiError(
+            422, "invalid_field", f"`user_id` must be 1 to {MAX_USER_ID_CHARS} printable characters"
+        )
     query = request.query_params
     agent = query.get("agent") or None
     if agent is not None and agent not in state.agents:
@@ -107,7 +122,7 @@ async def list_conversations(request: Request) -> Response:
     cursor = query.get("cursor")
     # One row more than the page: whether there is a next page, without a second query.
     rows = await state.store.conversations.list_for_user(
-        user_id=state.settings.dev_user_id,
+        user_id=user_id,
         agent=agent,
         limit=limit + 1,
         after=None if cursor is None else _position(cursor),
@@ -116,7 +131,7 @@ async def list_conversations(request: Request) -> Response:
     next_url = None
     if more:
         last = page[-1]
-        following = {"agent": agent, "limit": query.get("limit")}
+        following = {"user_id": query.get("user_id"), "agent": agent, "limit": query.get("limit")}
         following = {k: v for k, v in following.items() if v is not None}
         following["cursor"] = _cursor(Position(last["updated_at"], last["id"]))
         next_url = f"{request.url.path}?{urlencode(following)}"
@@ -137,9 +152,10 @@ async def list_conversations(request: Request) -> Response:
 
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")
     row = await state.store.conversations.get(
-        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+        conversation_id=conversation_id, user_id=None if caller.is_admin else caller.user_id
     )
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
@@ -156,13 +172,16 @@ async def get_conversation(request: Request) -> Response:
 
 async def delete_conversation(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")
+    # Only the caller's own runs: another user's conversation id must change nothing, and a
+    # run's conversation is its user's, so no run matches an id that is not theirs.
     for run in list(state.runs.live.values()):
-        if run.request.conversation_id == conversation_id:
+        if run.request.conversation_id == conversation_id and run.request.user_id == caller.user_id:
             run.cancel(MessageStatus.STOPPED)
             await run.wait()
     deleted = await state.store.conversations.delete(
-        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+        conversation_id=conversation_id, user_id=caller.user_id
     )
     if not deleted:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
