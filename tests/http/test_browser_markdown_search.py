@@ -173,8 +173,9 @@ def test_search_lists_snippets_with_marks_and_opens_the_conversation(page, app_u
     expect(page.get_by_test_id("conversation-list")).to_be_hidden()
     expect(results.get_by_test_id("search-result-title")).to_have_text("Tell me of the walrus")
     snippet = results.get_by_test_id("search-snippet")
-    # The message's `<b>` is text; only the matches are elements: <mark>s.
-    expect(snippet).to_contain_text("A <b>walrus</b> is big; the walrus naps")
+    # The message's `<b>` is never an element; only the matches are: <mark>s. (SQLite's
+    # snippet shows it as text; PostgreSQL's ts_headline leaves tag-like words out.)
+    expect(snippet).to_contain_text("is big; the walrus naps")
     expect(snippet.locator("mark")).to_have_text(["walrus", "walrus"])
     assert snippet.locator("b").count() == 0
     both_screens(page, "search-results")
