@@ -19,6 +19,12 @@ const els = {
   input: $('[data-testid="composer-input"]'),
   send: $('[data-testid="send"]'),
   stop: $('[data-testid="stop"]'),
+  searchForm: $('[data-testid="search-form"]'),
+  searchInput: $('[data-testid="search-input"]'),
+  results: $('[data-testid="search-results"]'),
+  exportLinks: $('[data-testid="export"]'),
+  exportMarkdown: $('[data-testid="export-markdown"]'),
+  exportJson: $('[data-testid="export-json"]'),
 };
 
 const state = {
@@ -33,6 +39,8 @@ const state = {
   loaded: false,
   // Bumped on every navigation so late responses for a previous view are dropped.
   navSeq: 0,
+  searchSeq: 0, // likewise for searches: only the latest one's results are shown
+  searchTimer: 0,
 };
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
@@ -44,6 +52,18 @@ const FINISH_NOTES = {
 };
 
 // ---------- helpers ----------
+
+// Replies are Markdown. markdown-it with `html: false` escapes any HTML in the text instead of
+// passing it on, and its link check refuses `javascript:`, `vbscript:`, `file:` and `data:`
+// URLs; DOMPurify then cleans what it made anyway, so one library's bug is not enough to run a
+// model's (or a prompt injector's) markup on the page. User messages stay plain text.
+const markdown = window.markdownit({ html: false, linkify: true, breaks: true });
+DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+  if (node.tagName === 'A') {
+    node.setAttribute('target', '_blank');
+    node.setAttribute('rel', 'noopener noreferrer');
+  }
+});
 
 // Strings become text nodes (Element.append), so model output is never parsed as HTML.
 function h(tag, attrs = {}, ...children) {
@@ -95,6 +115,21 @@ function hashId() {
 }
 function setHash(id) {
   history.replaceState(null, '', id ? `#conversation=${encodeURIComponent(id)}` : location.pathname + location.search);
+  showExport(id);
+}
+
+// The open conversation's export links (plain links: the browser downloads the attachment).
+function showExport(id) {
+  els.exportLinks.hidden = !id;
+  if (!id) return;
+  const url = `/api/conversations/${encodeURIComponent(id)}/export`;
+  els.exportMarkdown.href = `${url}?format=markdown`;
+  els.exportJson.href = `${url}?format=json`;
+}
+
+function formatTime(iso) {
+  const when = new Date(iso);
+  return Number.isNaN(when.getTime()) ? '' : when.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' });
 }
 
 function setHeader(title, total) {
@@ -160,10 +195,11 @@ function openStream(url, on) {
 // ---------- messages ----------
 
 function createView(m) {
-  const v = { id: m.id };
+  const v = { id: m.id, raw: m.content || '', frame: 0 };
   v.badge = h('span', { class: 'badge', 'data-testid': 'message-status' });
-  v.text = document.createTextNode(m.content || '');
-  v.content = h('div', { class: 'msg-content', 'data-testid': 'message-content' }, v.text);
+  v.content = h('div', { class: 'msg-content', 'data-testid': 'message-content' });
+  const created = m.created_at || new Date().toISOString();
+  v.time = h('time', { datetime: created, title: created, 'data-testid': 'message-time' }, formatTime(created));
   v.error = h('p', { class: 'msg-error', 'data-testid': 'message-error', hidden: true });
   // The model's thinking: collapsed (the user opens it), hidden until there is some.
   v.thoughts = document.createTextNode(m.reasoning || '');
@@ -175,16 +211,19 @@ function createView(m) {
   v.el = h('article', {
     class: `msg msg-${m.role}`, 'data-testid': 'message', 'data-role': m.role, 'data-message-id': m.id,
   },
-  h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.badge),
+  h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.time, v.badge),
   v.thinking, v.content, v.note, v.citations, v.error);
   for (const a of m.annotations || []) addCitation(v, a);
 
   if (m.role === 'assistant') {
+    renderContent(v);
     v.content.setAttribute('aria-live', 'polite');
     v.model = h('span', { 'data-testid': 'message-model' });
     v.tokens = h('span', { 'data-testid': 'message-tokens', title: 'prompt + completion tokens' });
     v.cost = h('span', { 'data-testid': 'message-cost' });
     v.el.append(h('footer', { class: 'msg-meta', 'data-testid': 'message-meta' }, v.model, v.tokens, v.cost));
+  } else {
+    v.content.append(v.raw);
   }
   updateView(v, m);
   return v;
@@ -222,6 +261,43 @@ function updateView(v, m) {
   }
 }
 
+// A reply's Markdown, rendered whole from its text so far (a half-streamed code fence or table
+// renders as what it is so far, then as itself once complete).
+function renderContent(v) {
+  cancelAnimationFrame(v.frame);
+  v.frame = 0;
+  const html = DOMPurify.sanitize(markdown.render(v.raw), { RETURN_DOM_FRAGMENT: true });
+  for (const pre of html.querySelectorAll('pre')) addCopyButton(pre);
+  v.content.replaceChildren(html);
+}
+
+// Deltas come many per frame: parse at most once per animation frame, not once per token, so a
+// long answer does not cost a re-parse of all of it for every token.
+function scheduleRender(v) {
+  if (v.frame) return;
+  v.frame = requestAnimationFrame(() => {
+    const stick = nearBottom();
+    renderContent(v);
+    if (stick) scrollToEnd();
+  });
+}
+
+function addCopyButton(pre) {
+  const code = pre.textContent;
+  const button = h('button', { type: 'button', class: 'code-copy', 'data-testid': 'copy-code' }, 'Copy');
+  button.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(code);
+      button.textContent = 'Copied';
+    } catch {
+      button.textContent = 'Copy failed'; // no clipboard (an http page other than localhost)
+    }
+  });
+  const block = h('div', { class: 'code-block' });
+  pre.replaceWith(block);
+  block.append(button, pre);
+}
+
 // Citations become links under the answer; only http(s) URLs are made clickable.
 function addCitation(v, a) {
   if (!a || typeof a.url !== 'string') return;
@@ -238,7 +314,8 @@ function appendThought(v, text) {
 }
 
 function clearReply(v) {
-  v.text.data = '';
+  v.raw = '';
+  renderContent(v);
   v.thoughts.data = '';
   v.thinking.hidden = true;
   v.citations.replaceChildren();
@@ -301,12 +378,12 @@ function startStream(url, v, { focusStop = false } = {}) {
       if (stick) scrollToEnd();
     },
     delta: (text) => {
-      const stick = nearBottom();
-      v.text.appendData(text);
-      if (stick) scrollToEnd();
+      v.raw += text;
+      scheduleRender(v);
     },
     annotation: (a) => addCitation(v, a),
     done: (d) => {
+      renderContent(v); // whole now, even where frames are not drawn (a background tab)
       const costKnown = d.cost_usd != null;
       updateView(v, {
         status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
@@ -318,6 +395,7 @@ function startStream(url, v, { focusStop = false } = {}) {
       if (!costKnown) refreshCost(v, state.openId);
     },
     failed: (d) => {
+      renderContent(v);
       updateView(v, { status: d.status || 'error', error: { code: d.code, message: d.message } });
       finish();
     },
@@ -543,6 +621,51 @@ async function deleteConversation(id) {
   loadConversations();
 }
 
+// ---------- search ----------
+
+// Results replace the list while the box has text; each names a conversation and shows the
+// best-matching message's snippet: the server's pieces alternate plain text and matches, made
+// text nodes and <mark>s here, so nothing from the server is parsed as HTML.
+async function runSearch() {
+  clearTimeout(state.searchTimer);
+  const q = els.searchInput.value.trim();
+  const seq = ++state.searchSeq;
+  if (!q) {
+    els.results.hidden = true;
+    els.list.hidden = false;
+    return;
+  }
+  let data;
+  try {
+    data = await api('GET', `/api/conversations?agent=chat&limit=20&q=${encodeURIComponent(q)}`);
+  } catch (err) {
+    if (seq === state.searchSeq) showError(err);
+    return;
+  }
+  if (seq !== state.searchSeq) return;
+  const items = (data?.conversations || []).map((r) => h('li', {
+    class: 'conv', 'data-testid': 'search-result', 'data-conversation-id': r.id,
+  }, h('button', {
+    type: 'button', class: 'conv-open', onclick: () => openFound(r.id, r.message_id),
+  },
+  h('span', { class: 'conv-title', 'data-testid': 'search-result-title' }, r.title || 'New conversation'),
+  h('span', { class: 'search-snippet', 'data-testid': 'search-snippet' },
+    ...(r.snippet || []).map((piece, i) => (i % 2 ? h('mark', {}, piece) : piece))))));
+  if (!items.length) items.push(h('li', { class: 'conv-empty', 'data-testid': 'search-empty' }, 'No messages match.'));
+  els.results.replaceChildren(...items);
+  els.results.hidden = false;
+  els.list.hidden = true;
+}
+
+async function openFound(conversationId, messageId) {
+  const conv = await openConversation(conversationId);
+  const v = conv && state.views.get(messageId);
+  if (!v) return;
+  for (const other of els.messages.querySelectorAll('.msg-found')) other.classList.remove('msg-found');
+  v.el.classList.add('msg-found');
+  v.el.scrollIntoView({ block: 'center' });
+}
+
 // ---------- wiring ----------
 
 els.form.addEventListener('submit', (e) => { e.preventDefault(); send(); });
@@ -553,6 +676,18 @@ els.input.addEventListener('keydown', (e) => {
   }
 });
 els.stop.addEventListener('click', stopReply);
+els.searchForm.addEventListener('submit', (e) => { e.preventDefault(); runSearch(); });
+// While typing, search once the typing pauses rather than for every key.
+els.searchInput.addEventListener('input', () => {
+  clearTimeout(state.searchTimer);
+  state.searchTimer = setTimeout(runSearch, 250);
+});
+els.searchInput.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape') {
+    els.searchInput.value = '';
+    runSearch();
+  }
+});
 els.newChat.addEventListener('click', () => newChat());
 window.addEventListener('hashchange', () => {
   const id = hashId();

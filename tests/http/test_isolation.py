@@ -91,6 +91,11 @@ def corpus(b_stream_token: Callable[[], str]) -> list[Probe]:
     return [
         probe("GET", "/api/conversations/{conversation_id}", "read", "conversation",
               lambda http, cid: http.get(f"/api/conversations/{cid}", headers=as_b)),
+        probe("GET", "/api/conversations/{conversation_id}/export", "export", "conversation",
+              lambda http, cid: http.get(f"/api/conversations/{cid}/export", headers=as_b)),
+        probe("GET", "/api/conversations/{conversation_id}/export", "export json", "conversation",
+              lambda http, cid: http.get(
+                  f"/api/conversations/{cid}/export?format=json", headers=as_b)),
         probe("DELETE", "/api/conversations/{conversation_id}", "delete", "conversation",
               lambda http, cid: http.delete(f"/api/conversations/{cid}", headers=as_b)),
         probe("POST", "/api/chat", "chat turn", "conversation",
@@ -213,7 +218,7 @@ def test_another_users_ids_answer_as_ids_that_do_not_exist(jwt_server, http, fak
         same_as_a_random_id(probe, http, own_id) for probe in probes for own_id in ids[probe.kind]
     )
     assert snapshot(database) == before, "a call of B's changed a row"
-    assert calls == 2 * 9 + 4 * 7  # every probe, with each of A's ids of its kind
+    assert calls == 2 * 11 + 4 * 7  # every probe, with each of A's ids of its kind
 
     # A live reply of A's: B's stop, delete, stream and resume change nothing of it.
     fake.enqueue(Behaviour(tokens=LIVE_TOKENS, delay=0.06))
@@ -242,6 +247,9 @@ def test_the_list_is_the_callers_and_admins_may_list_anyones(http, fake):
 
     assert listed(A) == [mine["conversation_id"]]
     assert listed(B) == [theirs["conversation_id"]]
+    # Search reads the caller's own messages only: both said "hi".
+    assert listed(A, q="hi") == [mine["conversation_id"]]
+    assert listed(B, q="hi") == [theirs["conversation_id"]]
     assert listed(B, user_id=B) == [theirs["conversation_id"]]
     # A non-admin naming another user is refused, not quietly shown their own list.
     refused = http.get("/api/conversations", headers=bearer(B), params={"user_id": A})

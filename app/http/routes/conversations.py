@@ -1,4 +1,5 @@
-"""Conversations: list (newest first, a page at a time), one with its messages, delete.
+"""Conversations: list (newest first, a page at a time) or search, one with its messages,
+export, delete.
 
 The caller's own, always; an admin (the JWT's admin claim) may also list and read any user's:
 `GET /api/conversations?user_id=…` (403 `forbidden` for anyone else, rather than quietly
@@ -10,9 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+import unicodedata
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,13 +25,17 @@ from app.billing.money import from_picos, usd
 from app.errors import ApiError
 from app.http.auth.identity import identify
 from app.http.auth.jwt_tokens import MAX_USER_ID_CHARS, user_id_from
-from app.http.input import path_id
+from app.http.input import path_id, query_body
 from app.replies.states import MessageStatus
 from app.state import app_state
 from app.storage.conversations import Position
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
+MAX_SEARCH_CHARS = 500
+EXPORT_TYPES = {"markdown": "text/markdown; charset=utf-8", "json": "application/json"}
+EXPORT_SUFFIXES = {"markdown": "md", "json": "json"}
+ROLE_HEADINGS = {"user": "You", "assistant": "Assistant"}
 
 
 def _conversation(row: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +111,16 @@ def _position(cursor: str) -> Position:
     return position
 
 
+def _agent(request: Request) -> str | None:
+    agent = request.query_params.get("agent") or None
+    if agent is not None and agent not in app_state(request).agents:
+        raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
+    return agent
+
+
 async def list_conversations(request: Request) -> Response:
+    if "q" in request.query_params:
+        return await search_conversations(request)
     state = app_state(request)
     caller = await identify(request)
     user_id = request.query_params.get("user_id") or caller.user_id
@@ -115,9 +131,7 @@ async def list_conversations(request: Request) -> Response:
             422, "invalid_field", f"`user_id` must be 1 to {MAX_USER_ID_CHARS} printable characters"
         )
     query = request.query_params
-    agent = query.get("agent") or None
-    if agent is not None and agent not in state.agents:
-        raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
+    agent = _agent(request)
     limit = _limit(query.get("limit"))
     cursor = query.get("cursor")
     # One row more than the page: whether there is a next page, without a second query.
@@ -150,6 +164,44 @@ async def list_conversations(request: Request) -> Response:
     )
 
 
+async def search_conversations(request: Request) -> Response:
+    """`?q=`: the caller's conversations whose messages match, best first, each once with its
+    best-matching message and a snippet of it (`app/storage/search.py`). The best `limit`, and
+    no further page (`next` is null): a search worth paging through is one to narrow."""
+    caller = await identify(request)
+    query = query_body(request)  # NUL and lone surrogates: `invalid_field`, as in any input
+    text = query["q"].strip()
+    if not text or len(text) > MAX_SEARCH_CHARS:
+        raise ApiError(
+            422, "invalid_query", f"`q` must be 1 to {MAX_SEARCH_CHARS} characters, not blank"
+        )
+    if "cursor" in query:
+        raise ApiError(422, "invalid_query", "a search has no pages: `cursor` goes without `q`")
+    rows = await app_state(request).store.search.find(
+        user_id=caller.user_id,
+        text=text,
+        limit=_limit(query.get("limit")),
+        agent=_agent(request),
+    )
+    return JSONResponse(
+        {
+            "conversations": [
+                {
+                    "id": row["conversation_id"],
+                    "title": row["title"],
+                    "agent": row["agent"],
+                    "updated_at": row["updated_at"].isoformat(),
+                    # Plain text and matches alternating, plain first: never markup.
+                    "snippet": row["snippet"],
+                    "message_id": row["message_id"],
+                }
+                for row in rows
+            ],
+            "next": None,
+        }
+    )
+
+
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
     caller = await identify(request)
@@ -167,6 +219,103 @@ async def get_conversation(request: Request) -> Response:
             "total_cost_usd": usd(from_picos(sum(costs))) if costs else None,
             "messages": [_message(m) for m in messages],
         }
+    )
+
+
+def _exact_usd(picos: int | None) -> str | None:
+    """A cost as an exact decimal string ("0.000123"): an export is a record, not a float."""
+    amount = from_picos(picos)
+    return None if amount is None else format(amount.normalize(), "f")
+
+
+def _export_message(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "role": row["role"],
+        "content": row["content"],
+        "status": row["status"],
+        "model": (row["model"] or row["requested_model"]) if row["role"] == "assistant" else None,
+        "created_at": row["created_at"].isoformat(),
+        "cost_usd": _exact_usd(row["cost_picousd"]),
+    }
+
+
+def _export_markdown(export: dict[str, Any]) -> str:
+    def when(iso: str) -> str:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    title = " ".join(export["title"].split()) or "Conversation"
+    total = export["total_cost_usd"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Agent `{export['agent']}` · started {when(export['created_at'])} · "
+        f"total cost {'$' + total if total is not None else 'unknown'}",
+    ]
+    for message in export["messages"]:
+        heading = [ROLE_HEADINGS.get(message["role"], message["role"])]
+        if message["model"]:
+            heading.append(f"`{message['model']}`")
+        heading.append(when(message["created_at"]))
+        if message["cost_usd"] is not None:
+            heading.append(f"${message['cost_usd']}")
+        lines += ["", f"## {' · '.join(heading)}", "", message["content"] or "*(no text)*"]
+        if message["status"] != MessageStatus.COMPLETE:
+            lines += ["", f"*({message['status']})*"]
+    return "\n".join(lines) + "\n"
+
+
+def _file_name(title: str, updated_at: datetime, suffix: str) -> tuple[str, str]:
+    """The title made a file name, with the date of the last activity: as written (for
+    `filename*`, RFC 6266), and in ASCII for clients that read only `filename`."""
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^\w]+", "-", text).strip("-")[:60].strip("-")
+
+    date = updated_at.strftime("%Y-%m-%d")
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    ascii_name = slug(re.sub(r"[^A-Za-z0-9]+", " ", ascii_title)) or "conversation"
+    return f"{slug(title) or 'conversation'}-{date}.{suffix}", f"{ascii_name}-{date}.{suffix}"
+
+
+async def export_conversation(request: Request) -> Response:
+    """The conversation's messages, as `GET /api/conversations/{id}` lists them (the store's
+    one function for that), as a Markdown or JSON file to download."""
+    caller = await identify(request)
+    state = app_state(request)
+    conversation_id = path_id(request, "conversation_id")
+    kind = request.query_params.get("format", "markdown")
+    if kind not in EXPORT_TYPES:
+        raise ApiError(422, "invalid_query", "`format` must be `markdown` or `json`")
+    row = await state.store.conversations.get(
+        conversation_id=conversation_id, user_id=caller.user_id
+    )
+    if row is None:
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    messages = await state.store.replies.in_conversation(conversation_id=conversation_id)
+    costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
+    export = {
+        "id": row["id"],
+        "title": row["title"],
+        "agent": row["agent"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "total_cost_usd": _exact_usd(sum(costs)) if costs else None,
+        "messages": [_export_message(m) for m in messages],
+    }
+    body = (
+        json.dumps(export, ensure_ascii=False, indent=2)
+        if kind == "json"
+        else _export_markdown(export)
+    )
+    name, ascii_name = _file_name(row["title"], row["updated_at"], EXPORT_SUFFIXES[kind])
+    return Response(
+        body,
+        media_type=EXPORT_TYPES[kind],
+        headers={
+            "Content-Disposition": f'attachment; filename="{ascii_name}";'
+            f" filename*=UTF-8''{quote(name)}"
+        },
     )
 
 
@@ -191,5 +340,6 @@ async def delete_conversation(request: Request) -> Response:
 routes = [
     Route("/api/conversations", list_conversations, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", get_conversation, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}/export", export_conversation, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
 ]
