@@ -1,9 +1,10 @@
-"""The store: the four aggregates over one writer, chosen for the database's backend.
+"""The store: the aggregates over one writer, chosen for the database's backend.
 
     store.conversations   app/storage/conversations.py   a user's conversations
     store.replies         app/storage/replies.py         messages, and a reply's writes
     store.ledger          app/storage/ledger.py          generations and their costs
     store.config          app/storage/config.py          agent overrides, the model catalog's copy
+    store.budgets         app/storage/budgets.py         spend reservations, budget overrides
 
 Routes hold no SQL: they call the aggregates. The methods below are the Run's calls
 (`app/replies/runs.py`) by the names it has always used, passed on as they are; tests replace
@@ -16,6 +17,7 @@ from typing import Any
 
 from databases import Database
 
+from app.storage.budgets import Budgets
 from app.storage.config import Config
 from app.storage.conversations import Conversations
 from app.storage.database import sqlite_path
@@ -44,6 +46,7 @@ class Store:
         self.ledger = Ledger(database=database, writer=self.writer)
         self.replies = Replies(database=database, writer=self.writer, ledger=self.ledger)
         self.config = Config(database=database, writer=self.writer)
+        self.budgets = Budgets(database=database, writer=self.writer, postgres=not sqlite_db)
 
     async def close(self) -> None:
         await self.writer.close()
