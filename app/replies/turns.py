@@ -97,35 +97,39 @@ async def coach_turn(state: AppState, body: dict[str, Any]) -> Turn:
     )
 
 
-def start_run(state: AppState, turn: Turn) -> Run:
-    """Start the reply's run; the user message is saved while the upstream call starts."""
+async def start_run(state: AppState, turn: Turn, *, user_id: str) -> Run:
+    """Admit the turn (limits, then its budget reservation: 503, 429, 402 or 409 with nothing
+    saved or sent), then start its run; the user message is saved while the upstream call starts.
+    """
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
     model = agent.effective_model(state.settings.default_model)
     ids = TurnIds.allocate(turn.conversation_id)
-    save_turn = state.store.replies.start_turn(
-        ids=ids,
-        user_id=state.settings.dev_user_id,
+    request = RunRequest(
+        message_id=ids.message_id,
+        conversation_id=ids.conversation_id,
+        user_message_id=ids.user_message_id,
+        user_id=user_id,
         agent=turn.agent,
-        title=" ".join(turn.user_content.split())[:TITLE_CHARS],
-        user_content=turn.user_content,
-        requested_model=model,
+        model=model,
+        fallback_models=agent.fallback_models,
         temperature=agent.temperature,
-        subject_conversation_id=turn.subject_conversation_id,
+        max_tokens=agent.max_tokens,
+        messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
+        stream=turn.stream,
     )
-    return state.runs.start(
-        RunRequest(
-            message_id=ids.message_id,
-            conversation_id=ids.conversation_id,
-            user_message_id=ids.user_message_id,
-            user_id=state.settings.dev_user_id,
+    with state.limits.process_slot():
+        await state.limits.count_turn(user_id)
+        # Awaited before the upstream call, not alongside it: the reservation gates the call.
+        await state.spend.reserve(request)
+        save_turn = state.store.replies.start_turn(
+            ids=ids,
+            user_id=user_id,
             agent=turn.agent,
-            model=model,
-            fallback_models=agent.fallback_models,
+            title=" ".join(turn.user_content.split())[:TITLE_CHARS],
+            user_content=turn.user_content,
+            requested_model=model,
             temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
-            messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
-            stream=turn.stream,
-        ),
-        save_turn=save_turn,
-    )
+            subject_conversation_id=turn.subject_conversation_id,
+        )
+        return state.runs.start(request, save_turn=save_turn)

@@ -40,7 +40,8 @@ def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awa
         state = app_state(request)
         body = query_body(request) if from_query else await json_body(request)
         turn = await build(state, body)
-        run = start_run(state, turn)
+        # Issue 17 wires `(await identify(request)).user_id` here, as in every route.
+        run = await start_run(state, turn, user_id=state.settings.dev_user_id)
         return await _answer(state, run, stream=turn.stream)
 
     return endpoint
@@ -49,7 +50,9 @@ def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awa
 def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        run = start_run(state, await build(state, await json_body(request)))
+        turn = await build(state, await json_body(request))
+        # Issue 17 wires `(await identify(request)).user_id` here, as in every route.
+        run = await start_run(state, turn, user_id=state.settings.dev_user_id)
         # The ids given out must be there to find (the stream's own answer would say
         # storage_error; this one says so at once).
         if not await run.turn_saved():
