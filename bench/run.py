@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                      # levels 1, 50, 200 and the idle-memory test
     .venv/bin/python -m bench --quick              # a short run, for a quick look
     .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
+    .venv/bin/python -m bench --budgets            # ours with every spend limit on (never reached)
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
@@ -460,6 +461,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
     parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
+    parser.add_argument(
+        "--budgets",
+        action="store_true",
+        help="ours with every spend limit on, none ever reached (docs/budgets.md)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
@@ -479,6 +485,17 @@ def processes() -> Iterator[Processes]:
             procs.stop_all()
 
 
+# Every check a turn can meet (the override read, the price lookup, the sums and the live count
+# in the reservation's INSERT), with limits no run reaches: what budgets cost, not what they refuse.
+SPEND_LIMITS = {
+    "BUDGET_USER_DAILY_USD": "1000000",
+    "BUDGET_USER_MONTHLY_USD": "1000000",
+    "BUDGET_GLOBAL_DAILY_USD": "1000000",
+    "LIMIT_USER_CONCURRENT": "100000",
+    "LIMIT_USER_RPM": "10000000",
+}
+
+
 async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
     results: list[Result] = []
@@ -490,7 +507,8 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         ]
         if not args.no_shared:
             targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
-        targets.append((procs.ours("ours", upstream), OURS))
+        spend = SPEND_LIMITS if args.budgets else None
+        targets.append((procs.ours("ours", upstream, settings=spend), OURS))
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):
