@@ -184,11 +184,15 @@ class SpendControl:
         usage = await self._store.budgets.usage(
             user_id=user_id, day=periods.day, month=periods.month
         )
-        if limits.concurrent is not None and usage.live >= limits.concurrent:
+        # With no budget only the live count can have refused it, though a reply may have
+        # ended since.
+        if limits.concurrent is not None and (
+            usage.live >= limits.concurrent or not limits.budgeted
+        ):
             return ApiError(
                 429,
                 "rate_limited",
-                f"you already have {usage.live} replies streaming, the most allowed at once; "
+                f"you have {limits.concurrent} replies streaming, the most allowed at once; "
                 "wait for one to finish",
                 headers={
                     "Retry-After": str(LIVE_RETRY_AFTER),

@@ -247,11 +247,12 @@ def test_a_stopped_reply_settles_from_its_generation_record(start_app, fake, dat
 
 
 def test_a_reply_whose_cost_stays_unknown_keeps_its_reservation_as_spent(start_app, fake, database):
-    server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1))
+    server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1), generation_lookup_timeout=0.2)
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        fake.enqueue(Behaviour(headers_delay=30))  # stopped before OpenRouter names it
+        fake.enqueue(Behaviour(tokens=["a", "b", "c"], stall_after=1))
+        fake.generation_404s = 1000  # the generation record never answers
         message_id = turn(http).json()["message_id"]
-        wait_for(lambda: fake.requests, what="the upstream request")
+        wait_for(lambda: generation_rows(database, message_id), what="the generation row")
         http.post(f"/api/messages/{message_id}/stop")
         row = settled(database, message_id)
         assert [g["cost_source"] for g in generation_rows(database, message_id)] == ["none"]
