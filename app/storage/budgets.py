@@ -193,6 +193,11 @@ class Budgets:
             ]
         )
 
+    async def release(self, *, message_id: str) -> None:
+        """Delete the held reservation of a turn that never started (its rows were not saved,
+        e.g. a keyed turn that lost the race for its key): nothing was sent, nothing is owed."""
+        await self._writer.write([_r.delete().where(_r.c.id == message_id, _r.c.state == HELD)])
+
     async def settle_ready(self) -> None:
         """Settle every ended reservation whose costs have all become known (after a lookup)."""
         await self._writer.write([(SETTLE_READY, {"settled_at": now()})])
