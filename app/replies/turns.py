@@ -6,6 +6,7 @@ Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -183,7 +184,16 @@ async def claim_run(
     request, rows = _prepare(state, turn)
     ids = rows["ids"]
     with state.limits.process_slot():
-        await _admit(state, request)
+        try:
+            await _admit(state, request)
+        except ApiError:
+            # Refused, perhaps for the live reply of a simultaneous try with this key: then
+            # that try's turn is the answer.
+            with contextlib.suppress(Exception):
+                used = await state.store.idempotency.get(user_id=turn.user_id, key=key)
+            if used is not None:
+                return used
+            raise
         claim = state.store.idempotency.claim(
             user_id=turn.user_id,
             key=key,
