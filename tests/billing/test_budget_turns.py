@@ -96,6 +96,17 @@ def test_one_users_spent_budget_refuses_only_them(start_app, database):
         assert refused.json()["error"]["code"] == "budget_exceeded"
         allowed = http.post("/api/chat/messages", json={"message": "hi"}, headers=signed_in("bob"))
         assert allowed.status_code == 202, allowed.text
+        # Only admins read or set a budget, their own included.
+        for user in ("ann", "bob"):
+            for method, body in (("GET", None), ("PUT", {"daily_usd": 5})):
+                response = http.request(
+                    method, f"/api/admin/users/{user}/budget", json=body, headers=signed_in(user)
+                )
+                assert response.status_code == 403, response.text
+                assert response.json()["error"]["code"] == "forbidden"
+        assert http.get("/api/admin/users/ann/budget", headers=ADMIN).json()["override"] == {
+            "daily_usd": 0
+        }
 
 
 def test_a_keyed_turn_reserves_before_its_rows_and_a_retry_reserves_nothing(
