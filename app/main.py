@@ -20,13 +20,24 @@ from starlette.applications import Starlette
 
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
+from app.billing.budgets import Clock, SpendControl, utc_now
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
 from app.http.auth.redact import install_access_log_redaction
+from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
-from app.http.routes import catalog, conversations, health, me, models, pages, replies
+from app.http.routes import (
+    budgets,
+    catalog,
+    conversations,
+    health,
+    me,
+    models,
+    pages,
+    replies,
+)
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import configure_logging
@@ -67,7 +78,8 @@ def _http_client(settings: Settings) -> ClientPool:
     return ClientPool(timeout=timeout)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> Starlette:
+    """The app; `clock` says which UTC day and month a turn's spend counts in (tests move it)."""
     if settings is None:
         configure_logging()
         try:
@@ -144,6 +156,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     runs=runs,
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
+                    spend=SpendControl(
+                        settings=settings, store=store, models=model_catalog, clock=clock
+                    ),
+                    limits=RequestLimits(settings=settings, runs=runs),
                 )
             }
 
@@ -155,6 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *models.routes,
             *health.routes,
             *me.routes,
+            *budgets.routes,
             *pages.routes,
         ],
         lifespan=lifespan,

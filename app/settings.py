@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -163,6 +164,16 @@ class Settings(DatabaseSettings):
     recommended_models: Annotated[tuple[ModelId, ...], NoDecode] = DEFAULT_RECOMMENDED_MODELS
     # Guards PUT/DELETE /api/catalog/agents/*; unset means those writes are refused.
     admin_token: SecretStr | None = None
+
+    # Spend control (docs/budgets.md). USD amounts; unset (or empty) means no such limit.
+    budget_user_daily_usd: Decimal | None = Field(None, ge=0)
+    budget_user_monthly_usd: Decimal | None = Field(None, ge=0)
+    budget_global_daily_usd: Decimal | None = Field(None, ge=0)
+    limit_user_rpm: int | None = Field(None, ge=1)
+    limit_user_concurrent: int | None = Field(None, ge=1)
+    limit_process_concurrent: int | None = Field(None, ge=1)
+    # Where the request-rate windows live: memory:// (per process) or redis://… (shared).
+    limits_storage_uri: str = "memory://"
 
     @field_validator("openrouter_model", mode="before")
     @classmethod

@@ -8,7 +8,9 @@ from databases import Database
 from starlette.requests import Request
 
 from app.agents.overrides import Agents
+from app.billing.budgets import SpendControl
 from app.http.auth.authenticator import Authenticator
+from app.http.limits import RequestLimits
 from app.replies.registry import Runs
 from app.settings import Settings
 from app.storage.store import Store
@@ -28,6 +30,8 @@ class AppState:
     runs: Runs
     models: ModelCatalog
     auth: Authenticator  # who is calling: JWTs, the JWKS cache, stream tokens
+    spend: SpendControl  # budgets and live replies per user: reserved in the database
+    limits: RequestLimits  # request rate per user, live replies per process
 
 
 def app_state(request: Request) -> AppState:

@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick              # a short run, for a quick look
     .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
     .venv/bin/python -m bench --auth               # ours verifying a user's JWT on every reply
+    .venv/bin/python -m bench --budgets            # ours with every spend limit on (never reached)
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
@@ -518,6 +519,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--auth", action="store_true", help="ours in AUTH_MODE=jwt, every request with a JWT"
     )
+    parser.add_argument(
+        "--budgets",
+        action="store_true",
+        help="ours with every spend limit on, none ever reached (docs/budgets.md); "
+        "without --auth the dev user is charged",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
@@ -535,6 +542,17 @@ def processes() -> Iterator[Processes]:
             yield procs
         finally:
             procs.stop_all()
+
+
+# Every check a turn can meet (the override read, the price lookup, the sums and the live count
+# in the reservation's INSERT), with limits no run reaches: what budgets cost, not what they refuse.
+SPEND_LIMITS = {
+    "BUDGET_USER_DAILY_USD": "1000000",
+    "BUDGET_USER_MONTHLY_USD": "1000000",
+    "BUDGET_GLOBAL_DAILY_USD": "1000000",
+    "LIMIT_USER_CONCURRENT": "100000",
+    "LIMIT_USER_RPM": "10000000",
+}
 
 
 async def main_async(args: argparse.Namespace) -> list[str]:
@@ -566,9 +584,10 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                     timed(PASSTHROUGH, upstream_mark),
                 )
             )
+        spend = SPEND_LIMITS if args.budgets else None
         targets.append(
             (
-                procs.ours("ours", upstream, auth=args.auth),
+                procs.ours("ours", upstream, auth=args.auth, settings=spend),
                 timed(ours_protocol(args.auth), OURS_REASONING),
             )
         )

@@ -231,3 +231,9 @@ def read_some(client: httpx.Client, url: str, count: int, **kwargs: Any) -> list
             if len(events) >= count:
                 break
     return events
+
+
+def accepted(body: dict[str, Any]) -> dict[str, Any]:
+    """A two-step turn's `202` body less its stream token, which is issued anew for each answer
+    (its expiry is in whole seconds: two answers a second apart differ in it)."""
+    return {**body, "stream_url": body["stream_url"].split("?", 1)[0]}

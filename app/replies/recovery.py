@@ -53,11 +53,14 @@ class Recovery:
             generation_id=generation_id,
             timeout=self._settings.generation_lookup_timeout,
         )
-        # Shutdown cancels the lookup, never the write it led to: the write lands, and the
-        # database is closed only after it (shutdown waits for spawned writes).
-        await asyncio.shield(
-            self._spawn(self._store.ledger.settle_cost(record_id=record_id, **found))
-        )
+        # Shutdown cancels the lookup, never the writes it led to: they land, and the
+        # database is closed only after them (shutdown waits for spawned writes).
+        await asyncio.shield(self._spawn(self._settle(record_id, found)))
+
+    async def _settle(self, record_id: str, found: dict[str, Any]) -> None:
+        await self._store.ledger.settle_cost(record_id=record_id, **found)
+        # The reply's budget reservation becomes its real cost once its last one is known.
+        await self._store.budgets.settle_ready()
 
     def start(self) -> None:
         self._tending = asyncio.create_task(self._tend(), name="tend-runs")
@@ -81,6 +84,10 @@ class Recovery:
                     log.warning("marked %d orphaned replies as interrupted", len(orphans))
                     for row in await self._store.ledger.pending_generations(message_ids=orphans):
                         self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+                # After the orphans: their reservations end with them (settled once known).
+                ended = await self._store.budgets.sweep(idle_since=idle_since)
+                if ended:
+                    log.warning("ended %d budget reservations of dead replies", ended)
                 await self._store.idempotency.expire(at=now())
             except Exception:  # a database hiccup must not end the heartbeat
                 log.exception("tending live replies failed")

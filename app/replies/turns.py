@@ -6,6 +6,7 @@ Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -143,10 +144,23 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     return request, rows
 
 
-def start_run(state: AppState, turn: Turn) -> Run:
-    """Start the reply's run; the user message is saved while the upstream call starts."""
+async def _admit(state: AppState, request: RunRequest) -> None:
+    """The caller's turn passes their request rate, then reserves its worst case (the
+    caller's budgets and live replies): 429, 402 or 409 with nothing saved or sent. Called
+    within `state.limits.process_slot()` (503 server_busy)."""
+    await state.limits.count_turn(request.user_id)
+    # Awaited before the upstream call, not alongside it: the reservation gates the call.
+    await state.spend.reserve(request)
+
+
+async def start_run(state: AppState, turn: Turn) -> Run:
+    """Admit the turn (limits, then the caller's budget reservation: 503, 429, 402 or 409 with
+    nothing saved or sent), then start its run; the user message is saved while the upstream
+    call starts."""
     request, rows = _prepare(state, turn)
-    return state.runs.start(request, save_turn=state.store.replies.start_turn(**rows))
+    with state.limits.process_slot():
+        await _admit(state, request)
+        return state.runs.start(request, save_turn=state.store.replies.start_turn(**rows))
 
 
 async def claim_run(
@@ -158,28 +172,60 @@ async def claim_run(
     Unlike `start_run`, the turn's rows are saved before the upstream call starts, in one
     transaction with the key's (see `app/storage/idempotency.py`): a request that loses the
     race for the key must not have called upstream. One write's wait, for keyed turns only.
+
+    A retry finds the key's row first and reserves nothing, nor counts as a turn. A new key's
+    turn is admitted (limits, its budget reservation) before its key is claimed: a refused turn
+    leaves the key unused. A request that then loses the race for the key gives its
+    reservation back.
     """
+    used = await state.store.idempotency.get(user_id=turn.user_id, key=key)
+    if used is not None:
+        return used
     request, rows = _prepare(state, turn)
     ids = rows["ids"]
-    claim = state.store.idempotency.claim(
-        user_id=turn.user_id,
-        key=key,
-        fingerprint=fingerprint,
-        conversation_id=ids.conversation_id,
-        user_message_id=ids.user_message_id,
-        message_id=ids.message_id,
-    )
-    try:
-        await state.store.replies.start_turn(**rows, claim=claim)
-    except Exception as failed:
-        # The key's primary key refused it (the backends say so in different exceptions), or
-        # the database failed: the key's row tells which.
+    with state.limits.process_slot():
         try:
-            claimed = await state.store.idempotency.get(user_id=turn.user_id, key=key)
-        except Exception:
-            claimed = None
-        if claimed is None:
-            log.error("could not save a keyed turn", exc_info=failed)
-            raise ApiError(503, "storage_error", "the conversation could not be saved") from None
-        return claimed
-    return state.runs.start(request, save_turn=None)
+            await _admit(state, request)
+        except ApiError:
+            # Refused, perhaps for the live reply of a simultaneous try with this key: then
+            # that try's turn is the answer.
+            with contextlib.suppress(Exception):
+                used = await state.store.idempotency.get(user_id=turn.user_id, key=key)
+            if used is not None:
+                return used
+            raise
+        claim = state.store.idempotency.claim(
+            user_id=turn.user_id,
+            key=key,
+            fingerprint=fingerprint,
+            conversation_id=ids.conversation_id,
+            user_message_id=ids.user_message_id,
+            message_id=ids.message_id,
+        )
+        try:
+            await state.store.replies.start_turn(**rows, claim=claim)
+        except Exception as failed:
+            await _release(state, request.message_id)
+            # The key's primary key refused it (the backends say so in different exceptions),
+            # or the database failed: the key's row tells which.
+            try:
+                claimed = await state.store.idempotency.get(user_id=turn.user_id, key=key)
+            except Exception:
+                claimed = None
+            if claimed is None:
+                log.error("could not save a keyed turn", exc_info=failed)
+                raise ApiError(
+                    503, "storage_error", "the conversation could not be saved"
+                ) from None
+            return claimed
+        return state.runs.start(request, save_turn=None)
+
+
+async def _release(state: AppState, message_id: str) -> None:
+    """Give back the reservation of a turn that never started (no upstream call was made)."""
+    try:
+        await state.store.budgets.release(message_id=message_id)
+    except Exception:
+        # Left held, the orphan sweep ends it (kept: no generation was saved) within
+        # STALE_REPLY_AFTER.
+        log.exception("could not release the budget reservation of %s", message_id)

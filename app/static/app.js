@@ -12,6 +12,7 @@ const els = {
   newChat: $('[data-testid="new-chat"]'),
   title: $('[data-testid="chat-title"]'),
   total: $('[data-testid="total-cost"]'),
+  usage: $('[data-testid="usage"]'),
   empty: $('[data-testid="empty-state"]'),
   messages: $('[data-testid="message-list"]'),
   error: $('[data-testid="app-error"]'),
@@ -96,8 +97,36 @@ async function api(method, url, body) {
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
   if (res.status === 401) throw new Error(window.Coach.signInMessage(data));
-  if (!res.ok) throw new Error(data?.error?.message || `Request failed (HTTP ${res.status}).`);
+  if (!res.ok) throw new Error(refusal(res, data?.error) || data?.error?.message || `Request failed (HTTP ${res.status}).`);
   return data;
+}
+
+// A message refused by a budget or a limit says which, and when to try again.
+function refusal(res, error) {
+  if (!error) return null;
+  const wait = res.headers.get('Retry-After');
+  if (error.code === 'budget_exceeded') {
+    const which = { daily: 'your daily budget', monthly: 'your monthly budget', global: "the service's daily budget" }[error.scope];
+    return `Not sent: this message could cost more than what is left of ${which} (${formatUsd(error.spent_usd + error.reserved_usd)} of ${formatUsd(error.limit_usd)} used). It resets at ${new Date(error.resets_at).toLocaleString()}.`;
+  }
+  if (error.code === 'rate_limited') {
+    return error.limit === 'concurrent_replies'
+      ? 'Not sent: you have too many replies streaming at once. Wait for one to finish.'
+      : `Not sent: too many messages in a minute. Try again in ${wait || 'a few'} seconds.`;
+  }
+  if (error.code === 'server_busy') return `Not sent: the server is busy. Try again in ${wait || 'a few'} seconds.`;
+  if (error.code === 'price_unknown') return `Not sent: ${error.message}.`;
+  return null;
+}
+
+// "$0.0123 of $1.00 today" (or without a limit, "$0.0123 today").
+async function loadUsage() {
+  const usage = await api('GET', '/api/me/usage').catch(() => null);
+  if (!usage) return;
+  const day = usage.day;
+  const used = '$' + (day.spent_usd + day.reserved_usd).toFixed(4);
+  els.usage.textContent = day.limit_usd == null ? `${used} today` : `${used} of $${day.limit_usd.toFixed(2)} today`;
+  els.usage.hidden = false;
 }
 
 function showError(err) {
@@ -366,6 +395,7 @@ function startStream(url, v, { focusStop = false } = {}) {
     updateComposer();
     if (refocus) els.input.focus();
     loadConversations();
+    loadUsage();
   };
 
   state.stream = openStream(url, {
@@ -462,6 +492,7 @@ async function send() {
     updateComposer();
     showError(err);
     els.input.focus();
+    loadUsage();
     return;
   }
   state.sending = false;
@@ -697,5 +728,6 @@ window.addEventListener('hashchange', () => {
 window.Coach.mount(document.getElementById('coach'), { getConversationId: () => state.openId, session: auth });
 
 loadConversations();
+loadUsage();
 const initial = hashId();
 if (initial) openConversation(initial);

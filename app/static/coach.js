@@ -84,12 +84,15 @@
     return {
       async token() { return current ?? ask(); },
       // fetch, with the token; on 401 token_expired, once more with a fresh one.
+      // A request that sent a token another one has already replaced (several were under
+      // way when it expired) retries with the new one, without asking the host again.
       async fetch(url, init = {}) {
-        const res = await send(url, init, await this.token());
+        const sent = await this.token();
+        const res = await send(url, init, sent);
         if (res.status !== 401 || !provider()) return res;
         const code = await res.clone().json().then((d) => d?.error?.code, () => null);
         if (code !== 'token_expired') return res;
-        return send(url, init, await ask());
+        return send(url, init, current && current !== sent ? current : await ask());
       },
       // An EventSource cannot send headers: the token goes in the URL (`?access_token=`).
       async streamUrl(url) {

@@ -221,6 +221,48 @@ def _message_search(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _budget_tables(dialect: sa.engine.Dialect) -> list[str]:
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "budget_reservations",
+        md,
+        # The reply's message id; no foreign key: a turn refused storage or a crash before its
+        # rows were written still leaves its reservation, which the sweep settles.
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("day", sa.String(10), nullable=False),
+        sa.Column("month", sa.String(7), nullable=False),
+        # The worst case reserved before the upstream call, kept for the record...
+        sa.Column("reserved_picousd", sa.BigInteger, nullable=False),
+        # ...and what counts against the budgets: the worst case while held (or kept, when the
+        # cost stayed unknown), the real cost once settled.
+        sa.Column("amount_picousd", sa.BigInteger, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),  # held | settled | kept
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("ended_at", ts, nullable=True),  # NULL: the reply is live
+        sa.Column("settled_at", ts, nullable=True),
+        sa.Index("ix_budget_reservations_user_day", "user_id", "day"),
+        sa.Index("ix_budget_reservations_user_month", "user_id", "month"),
+        sa.Index("ix_budget_reservations_day", "day"),
+        sa.Index("ix_budget_reservations_state", "state"),  # settling: the held ones
+        sa.Index("ix_budget_reservations_ended", "ended_at"),  # the sweep: the live ones
+        sa.Index("ix_budget_reservations_user_ended", "user_id", "ended_at"),  # a user's live
+    )
+    sa.Table(
+        "budget_overrides",
+        md,
+        sa.Column("user_id", sa.String(64), primary_key=True),
+        # Not overridden: the server's default (BUDGET_USER_*_USD); overridden with NULL: none.
+        sa.Column("daily_overridden", sa.Boolean, nullable=False),
+        sa.Column("daily_picousd", sa.BigInteger, nullable=True),
+        sa.Column("monthly_overridden", sa.Boolean, nullable=False),
+        sa.Column("monthly_picousd", sa.BigInteger, nullable=True),
+        sa.Column("updated_at", ts, nullable=False),
+    )
+    return _ddl(md, dialect)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -228,6 +270,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "reasoning, citations and usage details", _reasoning_columns),
     Migration(5, "idempotency keys of turns", _idempotency_keys),
     Migration(6, "full-text search of messages", _message_search),
+    Migration(7, "budget reservations and overrides", _budget_tables),
 ]
 
 _schema_migrations = sa.Table(

@@ -6,6 +6,7 @@
     store.config          app/storage/config.py          agent overrides, the model catalog's copy
     store.idempotency     app/storage/idempotency.py     the keys of idempotent turns
     store.search          app/storage/search.py          full-text search of a user's messages
+    store.budgets         app/storage/budgets.py         spend reservations, budget overrides
 
 Routes hold no SQL: they, the Run and recovery call the aggregates themselves
 (`store.replies.finish(...)`); the store only picks the writer and builds the aggregates on it. The
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from databases import Database
 
+from app.storage.budgets import Budgets
 from app.storage.config import Config
 from app.storage.conversations import Conversations
 from app.storage.database import sqlite_path
@@ -44,3 +46,4 @@ class Store:
         self.config = Config(database=database, writer=self.writer)
         self.idempotency = IdempotencyKeys(database=database, writer=self.writer)
         self.search = Search(database=database, sqlite_db=sqlite_db)
+        self.budgets = Budgets(database=database, writer=self.writer, postgres=not sqlite_db)

@@ -142,6 +142,34 @@ idempotency_keys = sa.Table(
 )
 
 
+# Spend control (app/storage/budgets.py): one row per turn, written before its upstream call.
+budget_reservations = sa.Table(
+    "budget_reservations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),  # the reply's message id
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("day", sa.String(10), nullable=False),  # UTC, 2026-11-22
+    sa.Column("month", sa.String(7), nullable=False),  # UTC, 2026-11
+    sa.Column("reserved_picousd", sa.BigInteger, nullable=False),
+    sa.Column("amount_picousd", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("settled_at", UTCDateTime),
+)
+
+budget_overrides = sa.Table(
+    "budget_overrides",
+    metadata,
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("daily_overridden", sa.Boolean, nullable=False),
+    sa.Column("daily_picousd", sa.BigInteger),
+    sa.Column("monthly_overridden", sa.Boolean, nullable=False),
+    sa.Column("monthly_picousd", sa.BigInteger),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -339,6 +339,9 @@ class ModelCatalog:
         self._database_lock = asyncio.Lock()
         self._error: str | None = None
         self._retry_at = 0.0  # time.monotonic() before which no refresh is attempted
+        # Every model's last known prices: budgets price turns with them, and a refresh that
+        # drops a price (or a model) must not make a budget unenforceable.
+        self._prices: dict[str, Pricing] = {}
 
     def _parse(self, raw: Iterable[Any]) -> tuple[ModelInfo, ...]:
         parsed = (parse_model(entry, recommended=self._recommended_set) for entry in raw)
@@ -384,6 +387,7 @@ class ModelCatalog:
                 models = self._parse(raw if isinstance(raw, list) else [])
                 if models:
                     self._snapshot = Snapshot(models, "database", fetched_at)
+                    self._remember_prices(models)
 
     def _start_refresh(self) -> asyncio.Task[Snapshot | None]:
         if self._task is None or self._task.done():
@@ -406,6 +410,7 @@ class ModelCatalog:
             return self._failed("the model catalog could not be read")
         snapshot = Snapshot(models, "live", _utcnow())
         self._snapshot, self._error, self._retry_at = snapshot, None, 0.0
+        self._remember_prices(models)
         log.info("model catalog refreshed: %d models", len(models))
         try:
             await self._store.config.save_model_catalog(
@@ -414,6 +419,14 @@ class ModelCatalog:
         except Exception:
             log.exception("could not save the model catalog to the database")
         return snapshot
+
+    def _remember_prices(self, models: Iterable[ModelInfo]) -> None:
+        self._prices.update((model.id, model.pricing) for model in models if model.pricing.known)
+
+    def known_pricing(self, model_id: str) -> Pricing | None:
+        """The model's prices from the newest copy that knew them (None: never known); call
+        after `get()`, which loads the database's copy."""
+        return self._prices.get(model_id)
 
     def _failed(self, message: str) -> None:
         log.warning("model catalog refresh failed: %s", message)

@@ -728,3 +728,22 @@ def test_the_coach_widget_sends_the_token_of_its_script_tag(page, start_server, 
         timeout=5,
     ).json()["conversations"]
     assert [c["agent"] for c in listed] == ["coach"], "saved as the token's user"
+
+
+def test_the_page_shows_the_days_spend_and_says_when_a_budget_refused(page, start_server, fake):
+    # A turn reserves about $0.011 at worst (gpt-4o, 1024 tokens): the first fits $0.02, the
+    # second not once the first has cost $0.0123.
+    url = start_server(budget_user_daily_usd=Decimal("0.02")).url
+    fake.enqueue(Behaviour(tokens=["Hello."], cost=Decimal("0.0123")))
+    page.goto(url)
+    expect(page.get_by_test_id("usage")).to_have_text("$0.0000 of $0.02 today")
+    send(page, "First")
+    expect(assistant(page)).to_have_attribute("data-status", "complete")
+    expect(page.get_by_test_id("usage")).to_have_text("$0.0123 of $0.02 today")
+
+    send(page, "Second")
+    expect(page.get_by_test_id("app-error")).to_contain_text(
+        "Not sent: this message could cost more than what is left of your daily budget"
+    )
+    expect(page.get_by_test_id("composer-input")).to_have_value("Second")
+    screenshot(page, "chat-budget-refused")

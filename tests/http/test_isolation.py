@@ -47,6 +47,10 @@ NOT_ABOUT_IDS = {
     ("PUT", "/api/catalog/agents/{agent}"),
     ("DELETE", "/api/catalog/agents/{agent}"),
     ("GET", "/api/conversations"),  # test_the_list_is_the_callers_and_admins_may_list_anyones
+    ("GET", "/api/me/usage"),  # the caller's own: tests/billing/test_budget_turns.py
+    # Admins only, about user ids: tests/billing/test_budget_turns.py (403 for anyone else)
+    ("GET", "/api/admin/users/{user_id}/budget"),
+    ("PUT", "/api/admin/users/{user_id}/budget"),
     ("*", "/static"),
 }
 

@@ -225,6 +225,7 @@ class Runner:
             "conversation_id": seeded["conversation_id"],
             "message_id": seeded["message_id"],
             "agent": "chat",
+            "user_id": "dev",
             "path": "style.css",
         }
 

@@ -145,7 +145,7 @@ async def _posted_turn(
     key = idempotency_key(request)
     turn = await build(state, body, user_id=user_id)
     if key is None:
-        return turn, start_run(state, turn)
+        return turn, await start_run(state, turn)
     sent = fingerprint(request, body)
     run = await claim_run(state, turn, key=key, fingerprint=sent)
     if not isinstance(run, Run) and run["fingerprint"] != sent:
@@ -199,7 +199,7 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
             )
             return _resumed(state, source, after, reply_ids=message_id)
         turn = await build(state, query_body(request), user_id=caller.user_id)
-        run = start_run(state, turn)
+        run = await start_run(state, turn)
         return _resumed(state, run, 0, reply_ids=run.message_id)
 
     return endpoint

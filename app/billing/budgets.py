@@ -1,0 +1,274 @@
+"""Budgets: what a turn may cost at worst, which limits apply to whom, and the refusals.
+
+A turn reserves its worst-case cost before its upstream call (`SpendControl.reserve`), in one
+atomic step with the check (`app/storage/budgets.py`), and the reservation is replaced by the
+real cost when it is known. The worst case, with no tokenizer at hand:
+
+    prompt tokens  <= UTF-8 bytes of the whole request body as JSON (the larger of the text as
+                      it is and NFKC-normalized), + PER_MESSAGE_TOKENS per message
+                      + PER_REQUEST_TOKENS
+    cost           <= prompt tokens x prompt price + max_tokens x completion price
+                      + the per-request price, for the dearest model the request may end on
+                      (its model and its fallbacks), rounded up to a whole pico-dollar.
+
+Why the token bound holds: every token a BPE tokenizer (byte-level, or SentencePiece with byte
+fallback) emits for text covers at least one byte of it, so text has at most as many tokens as
+bytes; the JSON body contains every message's role and content, escaping only adds bytes; a
+tokenizer that NFKC-normalizes first (an expansion of up to 18 times: U+FDFA) is covered by
+measuring the normalized text too; the chat template's special tokens (4 to 8 a message in
+ChatML, Llama 3, Mistral, Gemma templates) are the per-message allowance. Provider-side prompt
+additions we cannot see are not covered (docs/budgets.md). `max_tokens` bounds the completion,
+reasoning tokens included, as OpenRouter counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from app.billing.money import PICOS, from_picos, to_picos, usd
+from app.errors import ApiError
+from app.replies.runs import RunRequest
+from app.settings import Settings
+from app.storage.budgets import Limits, Usage
+from app.storage.store import Store
+from app.upstream.models_catalog import MILLION, ModelCatalog, Pricing
+
+PER_MESSAGE_TOKENS = 16
+PER_REQUEST_TOKENS = 16
+# No one can say when another reply ends; a client waiting this long usually finds a slot.
+LIVE_RETRY_AFTER = 5
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def prompt_token_bound(body: dict[str, Any]) -> int:
+    """An upper bound of the prompt tokens of an upstream request `body` (see the module doc)."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    size = max(len(text.encode("utf-8", "surrogatepass")), _nfkc_bytes(text))
+    return size + PER_MESSAGE_TOKENS * len(body.get("messages", ())) + PER_REQUEST_TOKENS
+
+
+def _nfkc_bytes(text: str) -> int:
+    # Only non-ASCII text can expand (ASCII is NFKC-stable): skip the normalization otherwise.
+    if text.isascii():
+        return 0
+    return len(unicodedata.normalize("NFKC", text).encode("utf-8", "surrogatepass"))
+
+
+def worst_case(*, prompt_tokens: int, max_tokens: int, pricing: Pricing) -> int:
+    """The most a request priced at `pricing` can cost, in pico-dollars, rounded up."""
+    assert pricing.input is not None and pricing.output is not None
+    amount = (
+        prompt_tokens * pricing.input / MILLION
+        + max_tokens * pricing.output / MILLION
+        + (pricing.request or Decimal(0))
+    )
+    return math.ceil(amount * PICOS)
+
+
+@dataclass(frozen=True)
+class Periods:
+    """The UTC day and month a moment falls in, and when each next resets."""
+
+    day: str
+    month: str
+    day_resets_at: datetime
+    month_resets_at: datetime
+
+    @classmethod
+    def at(cls, moment: datetime) -> Periods:
+        moment = moment.astimezone(UTC)
+        midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        first = midnight.replace(day=1)
+        next_month = (first + timedelta(days=32)).replace(day=1)
+        return cls(
+            day=moment.strftime("%Y-%m-%d"),
+            month=moment.strftime("%Y-%m"),
+            day_resets_at=midnight + timedelta(days=1),
+            month_resets_at=next_month,
+        )
+
+
+def _usd(picos: int | None) -> float | None:
+    return usd(from_picos(picos))
+
+
+class SpendControl:
+    """Budgets and the per-user live-reply limit, checked and reserved per turn."""
+
+    def __init__(
+        self, *, settings: Settings, store: Store, models: ModelCatalog, clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._models = models
+        self.clock = clock
+
+    async def limits_for(self, user_id: str) -> Limits:
+        """The server defaults, with the user's override (set by an admin) where it has one."""
+        settings = self._settings
+        daily = to_picos(settings.budget_user_daily_usd)
+        monthly = to_picos(settings.budget_user_monthly_usd)
+        override = await self._store.budgets.override(user_id=user_id)
+        if override is not None:
+            if override["daily_overridden"]:
+                daily = override["daily_picousd"]
+            if override["monthly_overridden"]:
+                monthly = override["monthly_picousd"]
+        return Limits(
+            daily=daily,
+            monthly=monthly,
+            global_daily=to_picos(settings.budget_global_daily_usd),
+            concurrent=settings.limit_user_concurrent,
+        )
+
+    async def _worst_case(self, request: RunRequest, limits: Limits) -> int:
+        """The turn's worst case; 0 when no budget applies and a price is unknown (the real
+        cost still counts once known). Raises 409 price_unknown when a budget applies."""
+        await self._models.get()  # the catalog's first load (memory, else the database)
+        prompt_tokens = prompt_token_bound(request.upstream_body())
+        worst = 0
+        for model_id in (request.model, *request.fallback_models):
+            pricing = self._models.known_pricing(model_id)
+            if pricing is None:
+                if not limits.budgeted:
+                    return 0
+                raise ApiError(
+                    409,
+                    "price_unknown",
+                    f"the price of {model_id} is not known, and a budget applies: "
+                    "the turn cannot be priced in advance",
+                    details={"model": model_id},
+                )
+            worst = max(
+                worst,
+                worst_case(
+                    prompt_tokens=prompt_tokens, max_tokens=request.max_tokens, pricing=pricing
+                ),
+            )
+        return worst
+
+    async def reserve(self, request: RunRequest) -> None:
+        """Reserve the turn's worst case (its message id is the reservation's), or raise the
+        refusal: 402 budget_exceeded, 409 price_unknown, 429 rate_limited (live replies)."""
+        limits = await self.limits_for(request.user_id)
+        amount = await self._worst_case(request, limits)
+        periods = Periods.at(self.clock())
+        if await self._store.budgets.reserve(
+            message_id=request.message_id,
+            user_id=request.user_id,
+            day=periods.day,
+            month=periods.month,
+            amount=amount,
+            limits=limits,
+        ):
+            return
+        raise await self._refusal(request.user_id, limits, periods, amount)
+
+    async def _refusal(
+        self, user_id: str, limits: Limits, periods: Periods, amount: int
+    ) -> ApiError:
+        """Why a reservation did not fit, read after the fact: the limit with the least room
+        (another turn may have ended meanwhile; the figures are those of now)."""
+        usage = await self._store.budgets.usage(
+            user_id=user_id, day=periods.day, month=periods.month
+        )
+        # With no budget only the live count can have refused it, though a reply may have
+        # ended since.
+        if limits.concurrent is not None and (
+            usage.live >= limits.concurrent or not limits.budgeted
+        ):
+            return ApiError(
+                429,
+                "rate_limited",
+                f"you have {limits.concurrent} replies streaming, the most allowed at once; "
+                "wait for one to finish",
+                headers={
+                    "Retry-After": str(LIVE_RETRY_AFTER),
+                    "RateLimit-Limit": str(limits.concurrent),
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": str(LIVE_RETRY_AFTER),
+                },
+                details={"limit": "concurrent_replies"},
+            )
+        candidates = []
+        if limits.daily is not None:
+            candidates.append(
+                ("daily", limits.daily, usage.day_spent, usage.day_reserved, periods.day_resets_at)
+            )
+        if limits.monthly is not None:
+            candidates.append(
+                (
+                    "monthly",
+                    limits.monthly,
+                    usage.month_spent,
+                    usage.month_reserved,
+                    periods.month_resets_at,
+                )
+            )
+        if limits.global_daily is not None:
+            spent, reserved = await self._store.budgets.global_usage(day=periods.day)
+            candidates.append(
+                ("global", limits.global_daily, spent, reserved, periods.day_resets_at)
+            )
+        scope, limit, spent, reserved, resets_at = min(candidates, key=lambda c: c[1] - c[2] - c[3])
+        what = {
+            "daily": "your daily budget",
+            "monthly": "your monthly budget",
+            "global": "the service's daily budget",
+        }[scope]
+        return ApiError(
+            402,
+            "budget_exceeded",
+            f"this message could cost up to ${from_picos(amount):.4f}, more than what is left "
+            f"of {what} of ${from_picos(limit):.2f}; it resets at {resets_at.isoformat()}",
+            details={
+                "scope": scope,
+                "limit_usd": _usd(limit),
+                "spent_usd": _usd(spent),
+                "reserved_usd": _usd(reserved),
+                "resets_at": resets_at.isoformat(),
+            },
+        )
+
+    async def usage(self, user_id: str) -> dict[str, Any]:
+        """`GET /api/me/usage`: today's and this month's spend, reservations, limits, resets."""
+        limits = await self.limits_for(user_id)
+        periods = Periods.at(self.clock())
+        usage: Usage = await self._store.budgets.usage(
+            user_id=user_id, day=periods.day, month=periods.month
+        )
+        return {
+            "user_id": user_id,
+            "day": {
+                "period": periods.day,
+                "spent_usd": _usd(usage.day_spent),
+                "reserved_usd": _usd(usage.day_reserved),
+                "unknown_cost_usd": _usd(usage.day_kept),
+                "limit_usd": _usd(limits.daily),
+                "resets_at": periods.day_resets_at.isoformat(),
+            },
+            "month": {
+                "period": periods.month,
+                "spent_usd": _usd(usage.month_spent),
+                "reserved_usd": _usd(usage.month_reserved),
+                "limit_usd": _usd(limits.monthly),
+                "resets_at": periods.month_resets_at.isoformat(),
+            },
+            "live_replies": usage.live,
+            "limits": {
+                "requests_per_minute": self._settings.limit_user_rpm,
+                "concurrent_replies": limits.concurrent,
+            },
+        }

@@ -1,0 +1,291 @@
+"""Budget reservations: the check and the reservation of a turn's worst-case cost in one step.
+
+A turn's row in `budget_reservations` is written before its upstream call, by a conditional
+INSERT … SELECT … WHERE that inserts nothing when the turn does not fit: the user's live replies
+under LIMIT_USER_CONCURRENT, and for each budget that applies, everything counted in its period
+(held reservations, settled costs, kept reservations) plus this turn's worst case under the
+limit. Sums are computed by the statement itself, so the check sees every process's rows:
+
+- SQLite: one writer at a time (the writer's BEGIN IMMEDIATE), so each INSERT sees all the
+  reservations committed before it, from any process on the same file.
+- PostgreSQL: READ COMMITTED would let two INSERTs both read the sums before either commits, so
+  the write first takes transaction-scoped advisory locks, the user's and (with a global cap)
+  the platform's, always in that order (no deadlock). The INSERT's snapshot is taken after the
+  locks are granted, so it sees the reservation of whoever held them before. Advisory locks
+  rather than `SELECT … FOR UPDATE` on a counter row: no row has to exist (or be upserted) first,
+  and PostgreSQL releases them at commit or rollback, crash included.
+
+A reservation ends with its reply (`end`), then is settled once its generations' costs are all
+known: its amount becomes their sum (`settled`), or, if any cost stayed unknown (or no
+generation row was saved), the worst case stays counted as spent (`kept`), visibly. A crashed
+process's reservations are ended by the sweep once their reply is no longer streaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+
+from app.replies.states import CostSource, GenerationStatus, MessageStatus
+from app.storage.tables import budget_overrides, budget_reservations, generations, messages, now
+from app.storage.writer import Writer
+
+# Advisory lock classes (the two-key form, a key space of its own: the migration lock's
+# one-bigint key never meets these). The second key is hashtext(user_id); two users whose
+# hashes collide only wait for each other.
+USER_LOCK_CLASS = 0x5C0B1
+GLOBAL_LOCK_CLASS = 0x5C0B2
+
+HELD, SETTLED, KEPT = "held", "settled", "kept"
+
+_r = budget_reservations
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one turn is checked against, in pico-dollars (None: no such limit)."""
+
+    daily: int | None
+    monthly: int | None
+    global_daily: int | None
+    concurrent: int | None
+
+    @property
+    def budgeted(self) -> bool:
+        return any(v is not None for v in (self.daily, self.monthly, self.global_daily))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A user's counted amounts in pico-dollars: spent (settled or kept) and reserved (held)."""
+
+    day_spent: int
+    day_reserved: int
+    day_kept: int  # the part of `day_spent` that is a reservation kept for an unknown cost
+    month_spent: int
+    month_reserved: int
+    live: int  # the user's live replies, on every process
+
+
+def _total(*where: Any) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(_r.c.amount_picousd), 0))
+        .where(*where)
+        .scalar_subquery()
+    )
+
+
+def _settle_statement(*where: Any) -> sa.Update:
+    """Settle the held, ended reservations matching `where` whose costs are all known."""
+    g = generations
+    mine = g.c.message_id == _r.c.id
+    unfinished = sa.exists().where(
+        mine,
+        sa.or_(g.c.cost_source == CostSource.PENDING, g.c.status == GenerationStatus.STREAMING),
+    )
+    unknown = sa.or_(
+        sa.exists().where(mine, g.c.cost_source == CostSource.NONE),
+        ~sa.exists().where(mine),  # nothing saved about the upstream call: its cost is unknown
+    )
+    cost = sa.select(sa.func.coalesce(sa.func.sum(g.c.cost_picousd), 0)).where(mine)
+    return (
+        _r.update()
+        .where(_r.c.state == HELD, _r.c.ended_at.is_not(None), ~unfinished, *where)
+        .values(
+            state=sa.case((unknown, KEPT), else_=SETTLED),
+            amount_picousd=sa.case((unknown, _r.c.amount_picousd), else_=cost.scalar_subquery()),
+            settled_at=sa.bindparam("settled_at", type_=_r.c.settled_at.type),
+        )
+    )
+
+
+SETTLE_ONE = _settle_statement(_r.c.id == sa.bindparam("message_id"))
+SETTLE_READY = _settle_statement()
+
+
+class Budgets:
+    def __init__(self, *, database: Database, writer: Writer, postgres: bool) -> None:
+        self._database = database
+        self._writer = writer
+        self._postgres = postgres
+
+    async def reserve(
+        self,
+        *,
+        message_id: str,
+        user_id: str,
+        day: str,
+        month: str,
+        amount: int,
+        limits: Limits,
+    ) -> bool:
+        """Reserve `amount` for the turn if it fits every limit, in one transaction; whether
+        it did (nothing is written when it does not)."""
+        fits = []
+        if limits.concurrent is not None:
+            live = (
+                sa.select(sa.func.count())
+                .select_from(_r)
+                .where(_r.c.user_id == user_id, _r.c.ended_at.is_(None))
+                .scalar_subquery()
+            )
+            fits.append(live < limits.concurrent)
+
+        def new() -> sa.BindParameter[int]:
+            # One parameter per use: used twice, asyncpg deduces two types and refuses it.
+            return sa.literal(amount, sa.BigInteger)
+
+        for limit, where in (
+            (limits.daily, (_r.c.user_id == user_id, _r.c.day == day)),
+            (limits.monthly, (_r.c.user_id == user_id, _r.c.month == month)),
+            (limits.global_daily, (_r.c.day == day,)),
+        ):
+            if limit is not None:
+                fits.append(_total(*where) + new() <= limit)
+        row = sa.select(
+            sa.literal(message_id, sa.String),
+            sa.literal(user_id, sa.String),
+            sa.literal(day, sa.String),
+            sa.literal(month, sa.String),
+            new(),
+            new(),
+            sa.literal(HELD, sa.String),
+            sa.literal(now(), _r.c.created_at.type),
+        ).where(*fits)
+        insert = (
+            _r.insert()
+            .from_select(
+                [
+                    "id",
+                    "user_id",
+                    "day",
+                    "month",
+                    "reserved_picousd",
+                    "amount_picousd",
+                    "state",
+                    "created_at",
+                ],
+                row,
+            )
+            .returning(_r.c.id)
+        )
+        steps: list[sa.Executable] = []
+        if self._postgres:
+            steps.append(_advisory_lock(USER_LOCK_CLASS, sa.func.hashtext(user_id)))
+            if limits.global_daily is not None:
+                steps.append(_advisory_lock(GLOBAL_LOCK_CLASS, 0))
+        outcome = await self._writer.write([*steps, insert])
+        return bool(outcome[-1])
+
+    async def end(self, *, message_id: str) -> None:
+        """The reply is over (however it ended): no longer live; settled if its cost is known."""
+        stamp = now()
+        await self._writer.write(
+            [
+                _r.update()
+                .where(_r.c.id == message_id, _r.c.ended_at.is_(None))
+                .values(ended_at=stamp),
+                (SETTLE_ONE, {"message_id": message_id, "settled_at": stamp}),
+            ]
+        )
+
+    async def release(self, *, message_id: str) -> None:
+        """Delete the held reservation of a turn that never started (its rows were not saved,
+        e.g. a keyed turn that lost the race for its key): nothing was sent, nothing is owed."""
+        await self._writer.write([_r.delete().where(_r.c.id == message_id, _r.c.state == HELD)])
+
+    async def settle_ready(self) -> None:
+        """Settle every ended reservation whose costs have all become known (after a lookup)."""
+        await self._writer.write([(SETTLE_READY, {"settled_at": now()})])
+
+    async def sweep(self, *, idle_since: datetime) -> int:
+        """End the reservations of replies a dead process left (or never saved), then settle
+        what can be; the number ended. A reservation older than `idle_since` whose reply is
+        not streaming (swept up as interrupted, or never written) has no run left."""
+        streaming = sa.exists().where(
+            messages.c.id == _r.c.id, messages.c.status == MessageStatus.STREAMING
+        )
+        stamp = now()
+        ended, _ = await self._writer.write(
+            [
+                _r.update()
+                .where(_r.c.ended_at.is_(None), _r.c.created_at < idle_since, ~streaming)
+                .values(ended_at=stamp)
+                .returning(_r.c.id),
+                (SETTLE_READY, {"settled_at": stamp}),
+            ]
+        )
+        return len(ended)
+
+    async def usage(self, *, user_id: str, day: str, month: str) -> Usage:
+        def amount(name: str, *when: Any) -> sa.ColumnElement[Any]:
+            summed = sa.func.sum(sa.case((sa.and_(*when), _r.c.amount_picousd), else_=0))
+            return sa.func.coalesce(summed, 0).label(name)
+
+        held = _r.c.state == HELD
+        # Written into the SQL: as parameters of no other type, PostgreSQL takes them for text,
+        # which it will not sum.
+        one, zero = sa.literal_column("1"), sa.literal_column("0")
+        live = sa.func.sum(sa.case((_r.c.ended_at.is_(None), one), else_=zero))
+        row = await self._database.fetch_one(
+            sa.select(
+                amount("day_spent", _r.c.day == day, ~held),
+                amount("day_reserved", _r.c.day == day, held),
+                amount("day_kept", _r.c.day == day, _r.c.state == KEPT),
+                amount("month_spent", _r.c.month == month, ~held),
+                amount("month_reserved", _r.c.month == month, held),
+                sa.func.coalesce(live, 0).label("live"),
+            ).where(_r.c.user_id == user_id, sa.or_(_r.c.month == month, _r.c.ended_at.is_(None)))
+        )
+        assert row is not None
+        return Usage(**{name: int(value) for name, value in dict(row._mapping).items()})
+
+    async def global_usage(self, *, day: str) -> tuple[int, int]:
+        """What counts against the platform's daily cap on `day`: (spent, reserved)."""
+        held = _r.c.state == HELD
+        row = await self._database.fetch_one(
+            sa.select(_total(_r.c.day == day, ~held), _total(_r.c.day == day, held))
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def override(self, *, user_id: str) -> dict[str, Any] | None:
+        row = await self._database.fetch_one(
+            budget_overrides.select().where(budget_overrides.c.user_id == user_id)
+        )
+        return dict(row._mapping) if row else None
+
+    async def put_override(
+        self,
+        *,
+        user_id: str,
+        daily_overridden: bool,
+        daily_picousd: int | None,
+        monthly_overridden: bool,
+        monthly_picousd: int | None,
+    ) -> datetime:
+        """Replace the user's override (an unset one follows the server default)."""
+        stamp = now()
+        values = {
+            "daily_overridden": daily_overridden,
+            "daily_picousd": daily_picousd,
+            "monthly_overridden": monthly_overridden,
+            "monthly_picousd": monthly_picousd,
+            "updated_at": stamp,
+        }
+        await self._writer.write(
+            [
+                self._writer.insert(budget_overrides)
+                .values(user_id=user_id, **values)
+                .on_conflict_do_update(index_elements=[budget_overrides.c.user_id], set_=values)
+            ]
+        )
+        return stamp
+
+
+def _advisory_lock(lock_class: int, key: Any) -> sa.Select[Any]:
+    return sa.select(sa.func.pg_advisory_xact_lock(sa.literal(lock_class, sa.Integer), key))

@@ -1,0 +1,211 @@
+"""Spend control across real server processes sharing the suite's database (SQLite file or
+PostgreSQL): concurrent turns never overshoot a budget, live replies are counted across
+processes, and SIGTERM, a crash and a restart leave no reservation held."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+from app.dev.simulator import Behaviour
+from app.dev.threaded_server import free_port
+from tests.billing.budget_support import ADMIN, ADMIN_TOKEN, reservation, settled, turn, usd
+from tests.support import read_sse, wait_for
+
+TURNS = 60
+FIT = 10
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self, signal_number: int) -> None:
+        """End it with a signal (SIGTERM: a graceful shutdown; SIGKILL: a crash), to its exit."""
+        os.killpg(self.process.pid, signal_number)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def server_process(
+    database, fake_url: str, tmp_path: Path, **settings: str
+) -> Iterator[ServerProcess]:
+    """`python -m app serve` on the suite's database, in a process of its own. Sent SIGTERM at
+    the end unless the test has already ended it."""
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PORT": str(port),
+        "APP_ENV": "test",
+        "DATABASE_URL": database.url,
+        "OPENROUTER_API_KEY": "sk-or-test-secret-key",
+        "OPENROUTER_MODEL": "openai/gpt-4o",
+        "OPENROUTER_BASE_URL": fake_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "GENERATION_LOOKUP_TIMEOUT": "5",
+        "UPSTREAM_READ_TIMEOUT": "30",
+        **settings,
+    }
+    with open(tmp_path / f"server-{port}.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(base_url=url, timeout=5) as http:
+
+                def healthy() -> bool:
+                    assert process.poll() is None, (tmp_path / f"server-{port}.log").read_text()
+                    try:
+                        return http.get("/healthz").status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                wait_for(healthy, timeout=30, what="the server process to answer")
+            yield ServerProcess(url, process)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+async def _turns(urls: list[str], count: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await asyncio.gather(
+            *(
+                http.post(f"{urls[i % len(urls)]}/api/chat/messages", json={"message": "hi"})
+                for i in range(count)
+            )
+        )
+
+
+def test_concurrent_turns_on_two_processes_never_overshoot_the_budget(
+    database, fake, fake_url, tmp_path
+):
+    with (
+        server_process(database, fake_url, tmp_path) as first,
+        server_process(database, fake_url, tmp_path) as second,
+        httpx.Client(base_url=first.url, timeout=10) as http,
+    ):
+        probe = turn(http)
+        read_sse(http, "GET", probe.json()["stream_url"])
+        row = settled(database, probe.json()["message_id"])
+        worst, spent = row["reserved_picousd"], row["amount_picousd"]
+        # Every turn costs its whole reservation: settling one makes no room for another.
+        fake.default = Behaviour(cost=Decimal(worst) / 10**12)
+        limit = spent + FIT * worst + worst // 2
+        assert (
+            http.put(
+                "/api/admin/users/dev/budget", json={"daily_usd": usd(limit)}, headers=ADMIN
+            ).status_code
+            == 200
+        )
+        sent = len(fake.requests)
+
+        responses = asyncio.run(_turns([first.url, second.url], TURNS))
+
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [202] * FIT + [402] * (TURNS - FIT), statuses
+        assert {r.json()["error"]["code"] for r in responses if r.status_code == 402} == {
+            "budget_exceeded"
+        }
+        for response in responses:
+            if response.status_code == 202:
+                settled(database, response.json()["message_id"])
+        assert len(fake.requests) - sent == FIT
+        [total] = database.query("SELECT sum(amount_picousd) AS total FROM budget_reservations")
+        assert total["total"] <= limit
+
+
+def test_live_replies_are_counted_across_processes(database, fake, fake_url, tmp_path):
+    fake.default = Behaviour(tokens=["a", "b", "c"], stall_after=1)  # live until stopped
+    limits = {"LIMIT_USER_CONCURRENT": "2"}
+    with (
+        server_process(database, fake_url, tmp_path, **limits) as first,
+        server_process(database, fake_url, tmp_path, **limits) as second,
+        httpx.Client(base_url=first.url, timeout=10) as a,
+        httpx.Client(base_url=second.url, timeout=10) as b,
+    ):
+        one, two = turn(a), turn(b)
+        assert (one.status_code, two.status_code) == (202, 202)
+        for client in (a, b):
+            refused = turn(client)
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert refused.json()["error"]["limit"] == "concurrent_replies"
+            assert refused.headers["RateLimit-Limit"] == "2"
+            assert refused.headers["RateLimit-Remaining"] == "0"
+            assert int(refused.headers["Retry-After"]) > 0
+            assert int(refused.headers["RateLimit-Reset"]) > 0
+        assert a.get("/api/me/usage").json()["live_replies"] == 2
+
+        a.post(f"/api/messages/{one.json()['message_id']}/stop")
+        three = turn(b)
+        assert three.status_code == 202
+        for client, reply in ((b, two), (b, three)):
+            client.post(f"/api/messages/{reply.json()['message_id']}/stop")
+
+
+def _live_turn(server: ServerProcess, database) -> str:
+    """A turn whose reply streams until stopped, once its generation id is saved (what its
+    cost is looked up by after the process is gone)."""
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        message_id = turn(http).json()["message_id"]
+    wait_for(
+        lambda: database.query(
+            "SELECT 1 FROM generations WHERE message_id = :id AND generation_id IS NOT NULL",
+            id=message_id,
+        ),
+        what="the generation id saved",
+    )
+    return message_id
+
+
+def test_sigterm_ends_the_reservation_and_a_restart_settles_it(database, fake, fake_url, tmp_path):
+    fake.default = Behaviour(tokens=["a", "b", "c"], stall_after=1)
+    quick = {"SHUTDOWN_GRACE": "0.5"}
+    with server_process(database, fake_url, tmp_path, **quick) as server:
+        message_id = _live_turn(server, database)
+        server.kill(signal.SIGTERM)
+    row = reservation(database, message_id)
+    assert row["ended_at"] is not None
+    with server_process(database, fake_url, tmp_path, **quick):
+        row = settled(database, message_id)
+    [generation] = database.query(
+        "SELECT cost_picousd, cost_source FROM generations WHERE message_id = :id", id=message_id
+    )
+    assert generation["cost_source"] == "generation"
+    assert (row["state"], row["amount_picousd"]) == ("settled", generation["cost_picousd"])
+
+
+def test_a_crash_leaves_the_reservation_to_the_orphan_sweep(database, fake, fake_url, tmp_path):
+    fake.default = Behaviour(tokens=["a", "b", "c"], stall_after=1)
+    with server_process(database, fake_url, tmp_path) as server:
+        message_id = _live_turn(server, database)
+        server.kill(signal.SIGKILL)
+    row = reservation(database, message_id)
+    assert (row["state"], row["ended_at"]) == ("held", None)
+    with server_process(database, fake_url, tmp_path, STALE_REPLY_AFTER="0.5"):
+        row = settled(database, message_id)
+    [generation] = database.query(
+        "SELECT cost_picousd, cost_source FROM generations WHERE message_id = :id", id=message_id
+    )
+    assert generation["cost_source"] == "generation"
+    assert (row["state"], row["amount_picousd"]) == ("settled", generation["cost_picousd"])

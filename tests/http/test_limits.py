@@ -1,0 +1,59 @@
+"""Request limits on a real server: a user's messages per minute (the `limits` moving window,
+its clock moved by the test) and a process's live replies."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import httpx
+import limits.aio.storage.memory
+
+from app.dev.simulator import Behaviour
+
+
+def test_requests_per_minute_refuse_with_the_window_headers_until_it_moves(
+    start_server, monkeypatch
+):
+    now = [time.time()]
+    # The memory storage reads `time.time()` from its module's `time`: the window's clock.
+    monkeypatch.setattr(limits.aio.storage.memory, "time", SimpleNamespace(time=lambda: now[0]))
+    server = start_server(limit_user_rpm=2)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for _ in range(2):
+            assert http.post("/api/chat/messages", json={"message": "hi"}).status_code == 202
+
+        refused = http.post("/api/chat/messages", json={"message": "hi"})
+
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert refused.json()["error"]["limit"] == "requests_per_minute"
+        assert refused.headers["RateLimit-Limit"] == "2"
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert 0 < int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["RateLimit-Reset"] == refused.headers["Retry-After"]
+
+        now[0] += 61  # the window has moved past both turns
+        assert http.post("/api/chat/messages", json={"message": "hi"}).status_code == 202
+
+
+def test_a_full_process_is_503_before_anything_is_saved(start_server, fake, database):
+    fake.default = Behaviour(tokens=["a", "b"], stall_after=1)  # live until stopped
+    server = start_server(limit_process_concurrent=1)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        live = http.post("/api/chat/messages", json={"message": "hi"})
+        assert live.status_code == 202
+        saved = database.query("SELECT count(*) AS n FROM messages")
+
+        busy = http.post("/api/chat", json={"message": "hi"})
+
+        assert busy.status_code == 503
+        assert busy.json()["error"]["code"] == "server_busy"
+        assert int(busy.headers["Retry-After"]) > 0
+        assert database.query("SELECT count(*) AS n FROM messages") == saved
+        assert len(fake.requests) == 1
+
+        http.post(f"/api/messages/{live.json()['message_id']}/stop")
+        again = http.post("/api/chat/messages", json={"message": "hi"})
+        assert again.status_code == 202
+        http.post(f"/api/messages/{again.json()['message_id']}/stop")
