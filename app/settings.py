@@ -160,6 +160,14 @@ class Settings(DatabaseSettings):
     # Guards PUT/DELETE /api/catalog/agents/*; unset means those writes are refused.
     admin_token: SecretStr | None = None
 
+    # Operations (docs/operations.md). GET /metrics needs `Authorization: Bearer METRICS_TOKEN`;
+    # unset: /metrics answers 404, as if it did not exist.
+    metrics_token: SecretStr | None = None
+    # json: one JSON object per log line. None: json in production, text otherwise.
+    log_format: Literal["json", "text"] | None = None
+    # /readyz logs a warning (still ready) when the key's remaining credit is below this (USD).
+    credits_warning_usd: float = Field(5.0, ge=0)
+
     @field_validator("openrouter_model")
     @classmethod
     def _model_id(cls, value: str | None) -> str | None:
@@ -192,7 +200,7 @@ class Settings(DatabaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://example.com[:port]")
         return value
 
-    @field_validator("openrouter_api_key", "admin_token")
+    @field_validator("openrouter_api_key", "admin_token", "metrics_token")
     @classmethod
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
@@ -220,6 +228,12 @@ class Settings(DatabaseSettings):
         if self.openrouter_simulator is not None:
             return self.openrouter_simulator
         return self.app_env == "development" and self.openrouter_api_key is None
+
+    @property
+    def logs_as_json(self) -> bool:
+        if self.log_format is not None:
+            return self.log_format == "json"
+        return self.app_env == "production"
 
     @property
     def shutdown_timeout(self) -> int:

@@ -9,6 +9,8 @@ from starlette.requests import Request
 
 from app.agents.overrides import Agents
 from app.http.auth.authenticator import Authenticator
+from app.ops.metrics import Metrics
+from app.ops.readiness import KeyCheck
 from app.replies.registry import Runs
 from app.settings import Settings
 from app.storage.store import Store
@@ -28,6 +30,8 @@ class AppState:
     runs: Runs
     models: ModelCatalog
     auth: Authenticator  # who is calling: JWTs, the JWKS cache, stream tokens
+    metrics: Metrics | None  # None when METRICS_TOKEN is unset: nothing is counted
+    key_check: KeyCheck  # /readyz's OpenRouter key check, cached
 
 
 def app_state(request: Request) -> AppState:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 from app.replies.recovery import Recovery
 from app.replies.runs import Run, RunRequest
@@ -17,11 +17,28 @@ from app.upstream.openrouter import OpenRouterClient
 log = logging.getLogger(__name__)
 
 
+class ReplyObserver(Protocol):
+    """Told when a run starts and when it has ended (its final event out): metrics, the reply's
+    log line. Called on the event loop, never per token: keep it cheap and never raise."""
+
+    def reply_started(self, run: Run) -> None: ...
+
+    def reply_ended(self, run: Run) -> None: ...
+
+
 class Runs:
-    def __init__(self, *, store: Store, client: OpenRouterClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: OpenRouterClient,
+        settings: Settings,
+        observers: Sequence[ReplyObserver] = (),
+    ) -> None:
         self.store = store
         self.client = client
         self.settings = settings
+        self.observers = observers
         self.live: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._drain: asyncio.Task[None] | None = None
@@ -43,6 +60,8 @@ class Runs:
         )
         self.live[run.message_id] = run
         run.start(save_turn)
+        for observer in self.observers:
+            observer.reply_started(run)
         return run
 
     def get(self, message_id: str) -> Run | None:
@@ -67,6 +86,8 @@ class Runs:
 
     def _on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
+        for observer in self.observers:
+            observer.reply_ended(run)
 
     def begin_drain(self) -> None:
         """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.
