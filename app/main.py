@@ -28,7 +28,7 @@ from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
 from app.http.auth.redact import install_access_log_redaction
 from app.http.middleware import http_middleware
-from app.http.routes import catalog, conversations, health, me, models, pages, replies
+from app.http.routes import catalog, conversations, costs, health, me, models, pages, replies
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import ReplyLog, RequestLog, configure_logging
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *replies.routes,
             *conversations.routes,
             *catalog.routes,
+            *costs.routes,
             *models.routes,
             *health.routes,
             *me.routes,
