@@ -460,6 +460,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
     parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="ours with /metrics on (METRICS_TOKEN) and JSON logs; default: neither, text logs",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
@@ -467,6 +472,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 8.0)
     args.idle = args.idle if args.idle is not None else (200 if quick else 1000)
     return args
+
+
+def ops_settings(args: argparse.Namespace) -> dict[str, str]:
+    """Metrics and JSON logs on (`--ops`) or off: production's log default is JSON, so off
+    names text explicitly, and the two runs differ in exactly these two settings."""
+    if args.ops:
+        return {"METRICS_TOKEN": "bench-metrics-token", "LOG_FORMAT": "json"}
+    return {"LOG_FORMAT": "text"}
 
 
 @contextlib.contextmanager
@@ -490,7 +503,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         ]
         if not args.no_shared:
             targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
-        targets.append((procs.ours("ours", upstream), OURS))
+        targets.append((procs.ours("ours", upstream, settings=ops_settings(args)), OURS))
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):
@@ -520,7 +533,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             per_stream = {}
             for server, protocol in [
                 (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
-                (procs.ours("ours", slow), OURS),
+                (procs.ours("ours", slow, settings=ops_settings(args)), OURS),
             ]:
                 per_stream[server.name] = await idle_memory(
                     server, protocol, streams=args.idle, time_limit=120.0
