@@ -140,6 +140,7 @@ class FakeOpenRouter:
         self.key_status = 200  # non-200: `/key` fails with this status (401: a refused key)
         self.key_data: dict[str, Any] = dict(KEY_DATA)
         self.key_calls = 0
+        self.key_delay = 0.0  # seconds before `/key` answers
         self.requests: list[dict[str, Any]] = []
         self.generations: dict[str, Generation] = {}
         self.generation_lookups: collections.Counter[str] = collections.Counter()
@@ -177,6 +178,7 @@ class FakeOpenRouter:
         self.models_gate = None
         self.key_status = 200
         self.key_data = dict(KEY_DATA)
+        self.key_delay = 0.0
 
     def _next(self) -> Behaviour:
         with self._lock:
@@ -427,6 +429,8 @@ class FakeOpenRouter:
     async def _key(self, request: Request) -> Response:
         with self._lock:
             self.key_calls += 1
+        if self.key_delay:
+            await asyncio.sleep(self.key_delay)
         if self.key_status != 200:
             message = "No auth credentials found" if self.key_status == 401 else "simulated"
             return JSONResponse(

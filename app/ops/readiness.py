@@ -27,6 +27,8 @@ from app.upstream.openrouter import OpenRouterClient, UpstreamError, UpstreamSta
 
 log = logging.getLogger(__name__)
 KEY_CHECK_TTL = 60.0
+# A probe waits at most this long for OpenRouter (its client's read timeout is a reply's, 60 s).
+KEY_CHECK_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,13 @@ class KeyStatus:
         }
 
 
-async def check_key(client: OpenRouterClient) -> KeyStatus:
+async def check_key(client: OpenRouterClient, *, within: float = KEY_CHECK_TIMEOUT) -> KeyStatus:
     """One `GET /key`, read into a status (never raises for OpenRouter's failures)."""
     try:
-        data = await client.key_info()
+        async with asyncio.timeout(within):
+            data = await client.key_info()
+    except TimeoutError:
+        return KeyStatus("upstream_unavailable", f"OpenRouter's /key did not answer in {within}s")
     except UpstreamStatusError as exc:
         if exc.status in (401, 403):
             return KeyStatus("upstream_key_invalid", "OpenRouter refuses the OPENROUTER_API_KEY")

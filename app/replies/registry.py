@@ -60,8 +60,7 @@ class Runs:
         )
         self.live[run.message_id] = run
         run.start(save_turn)
-        for observer in self.observers:
-            observer.reply_started(run)
+        self._tell("reply_started", run)
         return run
 
     def get(self, message_id: str) -> Run | None:
@@ -86,8 +85,16 @@ class Runs:
 
     def _on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
+        self._tell("reply_ended", run)
+
+    def _tell(self, event: str, run: Run) -> None:
+        # A failing observer (a metrics or logging bug) must not cost a reply anything: it is
+        # told inside the run's final steps, before the lookups of its pending costs.
         for observer in self.observers:
-            observer.reply_ended(run)
+            try:
+                getattr(observer, event)(run)
+            except Exception:
+                log.exception("reply observer %r failed on %s", observer, event)
 
     def begin_drain(self) -> None:
         """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.

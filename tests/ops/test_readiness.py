@@ -3,12 +3,15 @@ database without its migrations; `/healthz` stays the cheap one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
 import pytest
 
+from app.ops.readiness import KeyStatus, check_key
 from app.storage.migrations import MIGRATIONS
+from app.upstream.openrouter import OpenRouterClient
 
 
 def test_ready_when_the_database_and_the_key_answer_and_the_key_is_asked_once_a_minute(
@@ -39,6 +42,20 @@ def test_not_ready_when_openrouter_refuses_the_key_or_fails(start_server, fake, 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == code
     assert httpx.get(f"{server.url}/healthz").status_code == 200  # still alive
+
+
+def test_a_key_check_waits_for_openrouter_a_bounded_time(fake, fake_url):
+    fake.key_delay = 2.0
+
+    async def check() -> KeyStatus:
+        async with httpx.AsyncClient() as http:
+            client = OpenRouterClient(
+                http, base_url=fake_url, api_key="sk-or-x", app_url="http://t", app_title="t"
+            )
+            return await check_key(client, within=0.2)
+
+    status = asyncio.run(check())
+    assert status.code == "upstream_unavailable" and "did not answer" in status.message
 
 
 def test_low_credit_is_ready_with_a_warning(start_server, fake, caplog):
