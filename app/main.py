@@ -14,7 +14,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from decimal import Decimal
 
 import httpx
 from starlette.applications import Starlette
@@ -163,9 +162,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                     metrics=metrics,
-                    key_check=KeyCheck(
-                        client, warn_below=Decimal(str(settings.credits_warning_usd))
-                    ),
+                    key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                 )
             }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -166,7 +167,7 @@ class Settings(DatabaseSettings):
     # json: one JSON object per log line. None: json in production, text otherwise.
     log_format: Literal["json", "text"] | None = None
     # /readyz logs a warning (still ready) when the key's remaining credit is below this (USD).
-    credits_warning_usd: float = Field(5.0, ge=0)
+    credits_warning_usd: Decimal = Field(Decimal(5), ge=0)  # money: never a float
 
     @field_validator("openrouter_model")
     @classmethod

@@ -64,7 +64,7 @@ async def run_checks(settings: Settings, *, ping: bool, out: TextIO = sys.stdout
         rows.append(Row("key", OK if key.ok else FAIL, key.message))
         if not key.ok:
             return _print(rows, out)
-        rows.append(_credits(key.limit_remaining, Decimal(str(settings.credits_warning_usd))))
+        rows.append(_credits(key.limit_remaining, settings.credits_warning_usd))
         database = await connect_database(settings)
         try:
             try:
