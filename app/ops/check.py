@@ -28,8 +28,10 @@ from app.ops.readiness import check_key
 from app.replies.states import CostSource, GenerationStatus
 from app.settings import Settings
 from app.storage.database import connect_database, is_sqlite
+from app.storage.ledger import GenerationRecord
 from app.storage.migrations import MigrationsPending, require_migrated
-from app.storage.store import GenerationRecord, Store, new_id, now
+from app.storage.store import Store
+from app.storage.tables import new_id, now
 from app.upstream.models_catalog import ModelInfo, parse_model
 from app.upstream.openrouter import Finish, OpenRouterClient, UpstreamError, Usage
 
@@ -82,7 +84,7 @@ async def run_checks(settings: Settings, *, ping: bool, out: TextIO = sys.stdout
                     for model in models:
                         rows.append(await _ping(client, store, model, settings))
             finally:
-                await store.close()
+                await store.writer.close()
         finally:
             await database.disconnect()
     return _print(rows, out)

@@ -46,8 +46,9 @@ class Runs:
             store=store, client=client, settings=settings, spawn=self.spawn, live=self._live_ids
         )
 
-    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None]) -> Run:
-        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way."""
+    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None] | None) -> Run:
+        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way
+        (None: they are written already)."""
         run = Run(
             request,
             store=self.store,

@@ -283,9 +283,13 @@ def test_everyones_costs_are_for_admins_only(start_server):
 
 
 # `count` generations, 300 s apart from 2026-01-01, inserted by the database itself (a row per
-# statement would take minutes): the same shape on both, the timestamp as each stores one.
+# statement would take minutes): the same shape on both, the timestamp as each stores one;
+# the columns named, the later ones (migration 4's) left to their defaults.
 BULK_SQLITE = """
-INSERT INTO generations
+INSERT INTO generations (id, generation_id, message_id, conversation_id, agent, attempt,
+    requested_model, model, status, error_code, prompt_tokens, completion_tokens,
+    reasoning_tokens, cached_tokens, cost_picousd, cost_source, started_at, first_token_at,
+    ended_at)
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
 SELECT substr('00000000000000000000000000000000' || i, -32), 'gen-' || i, 'm' || i,
        'c' || (i - i / 1000 * 1000), 'chat', 1, 'openai/gpt-4o', 'openai/gpt-4o', 'complete',
@@ -294,7 +298,10 @@ SELECT substr('00000000000000000000000000000000' || i, -32), 'gen-' || i, 'm' ||
 FROM n
 """
 BULK_POSTGRES = """
-INSERT INTO generations
+INSERT INTO generations (id, generation_id, message_id, conversation_id, agent, attempt,
+    requested_model, model, status, error_code, prompt_tokens, completion_tokens,
+    reasoning_tokens, cached_tokens, cost_picousd, cost_source, started_at, first_token_at,
+    ended_at)
 SELECT lpad(to_hex(i), 32, '0'), 'gen-' || i, 'm' || i, 'c' || (i % 1000), 'chat', 1,
        'openai/gpt-4o', 'openai/gpt-4o', 'complete', NULL, 100, 50, 0, 0, 123456789, 'usage',
        timestamptz '2026-01-01 00:00:00+00' + i * interval '300 seconds', NULL, NULL

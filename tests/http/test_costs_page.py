@@ -12,7 +12,7 @@ from pathlib import Path
 from playwright.sync_api import expect
 
 from app.storage.ledger import GenerationRecord
-from app.storage.store import new_id
+from app.storage.tables import new_id
 from tests.http.test_browser import browser, page, screenshot  # noqa: F401 (fixtures)
 from tests.support import migrated_store, run_async
 
