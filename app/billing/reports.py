@@ -11,7 +11,8 @@ What a row says:
 - `generations`, `replies` (first attempts: a reply is in the group of its first generation),
   `complete_replies` (generations that completed: a reply has at most one); both read from the
   ledger alone, so a deleted conversation's spend still counts;
-- the tokens of each kind;
+- the tokens of each kind: prompt, completion, reasoning (of the completion), cached and
+  cache-write (of the prompt), from the ledger's columns;
 - `cost_usd`: every known cost; `exact_cost_usd`: the part from the stream's usage or the
   generation record (today the same amount: `not_billed` is 0 and `none`/`pending` have none);
 - how many generations are `exact`, `not_billed`, `unknown` (`none`) and still `pending`: a
@@ -56,6 +57,7 @@ MEASURES = (
     "completion_tokens",
     "reasoning_tokens",
     "cached_tokens",
+    "cache_write_tokens",
     "cost_usd",
     "exact_cost_usd",
     "cost_per_complete_reply_usd",
@@ -82,8 +84,19 @@ LINE_ITEM_COLUMNS = (
     "completion_tokens",
     "reasoning_tokens",
     "cached_tokens",
+    "cache_write_tokens",
     "cost_usd",
     "cost_source",
+)
+# The ledger's token counts (as `Run._apply_usage` records them from the usage chunk):
+# `reasoning_tokens` are part of `completion_tokens`, `cached_tokens` (prompt tokens read from
+# the provider's cache) and `cache_write_tokens` (written to it) part of `prompt_tokens`.
+TOKEN_KINDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
 )
 PAGE = 1000  # rows per keyset page of line items: one query per page, no transaction held
 
@@ -173,12 +186,7 @@ def report_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
             _count_if(generations.c.status == GenerationStatus.COMPLETE).label("complete_replies"),
             *(
                 sa.func.coalesce(sa.func.sum(generations.c[name]), 0).label(name)
-                for name in (
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "reasoning_tokens",
-                    "cached_tokens",
-                )
+                for name in TOKEN_KINDS
             ),
             sa.func.sum(cost).label("cost_picousd"),
             sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
@@ -212,10 +220,7 @@ def _report_row(record: Any, group_by: Sequence[str]) -> dict[str, Any]:
         generations=int(record["generations"]),
         replies=int(record["replies"]),
         complete_replies=complete,
-        prompt_tokens=int(record["prompt_tokens"]),
-        completion_tokens=int(record["completion_tokens"]),
-        reasoning_tokens=int(record["reasoning_tokens"]),
-        cached_tokens=int(record["cached_tokens"]),
+        **{name: int(record[name]) for name in TOKEN_KINDS},
         cost_usd=usd_text(cost),
         exact_cost_usd=usd_text(int(record["exact_picousd"] or 0)),
         cost_per_complete_reply_usd=usd_text(per_reply),
@@ -269,6 +274,7 @@ async def line_items(
         generations.c.completion_tokens,
         generations.c.reasoning_tokens,
         generations.c.cached_tokens,
+        generations.c.cache_write_tokens,
         generations.c.cost_picousd,
         generations.c.cost_source,
     ]

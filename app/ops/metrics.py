@@ -18,6 +18,7 @@ codes are our own (`upstream_429`, ...). No user id, conversation or message id 
     streamchat_upstream_errors_total{code}, streamchat_upstream_retries_total,
     streamchat_fallbacks_total{agent}
     streamchat_tokens_total{kind}                    prompt | completion | reasoning | cached
+                                                     | cache_write
     streamchat_cost_usd_total{model,agent}           costs known when the reply ended
     streamchat_generations_cost_unknown{source}      none | pending, read from the ledger per scrape
     streamchat_database_write_seconds
@@ -152,7 +153,7 @@ class Metrics:
             if record.status == GenerationStatus.ERROR:
                 code = record.error_code or "unknown"
                 self.upstream_errors.labels(code if ERROR_CODE.match(code) else OTHER).inc()
-            for kind in ("prompt", "completion", "reasoning", "cached"):
+            for kind in ("prompt", "completion", "reasoning", "cached", "cache_write"):
                 count = getattr(record, f"{kind}_tokens")
                 if count:
                     self.tokens.labels(kind).inc(count)

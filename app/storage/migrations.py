@@ -202,7 +202,8 @@ def _generations_by_start(dialect: sa.engine.Dialect) -> list[str]:
         return [
             "CREATE INDEX ix_generations_started_at ON generations (started_at, id) INCLUDE "
             "(agent, model, requested_model, attempt, status, cost_source, cost_picousd, "
-            "conversation_id, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens)"
+            "conversation_id, prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, "
+            "cache_write_tokens)"
         ]
     return ["CREATE INDEX ix_generations_started_at ON generations (started_at, id)"]
 

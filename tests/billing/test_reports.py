@@ -91,6 +91,7 @@ def _ledger(seed: int = 21, count: int = 2000) -> tuple[list[dict], list[dict]]:
                 "completion_tokens": rng.randint(0, 2000),
                 "reasoning_tokens": rng.randint(0, 300),
                 "cached_tokens": rng.randint(0, 1000),
+                "cache_write_tokens": rng.randint(0, 500),
                 "cost_picousd": cost,
                 "cost_source": source,
                 "started_at": started,
@@ -153,7 +154,7 @@ def _expected(rows: list[dict], convs: list[dict], group_by: tuple[str, ...], us
                 "complete_replies": complete,
                 **{
                     f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in members)
-                    for kind in ("prompt", "completion", "reasoning", "cached")
+                    for kind in ("prompt", "completion", "reasoning", "cached", "cache_write")
                 },
                 "cost_usd": _picos(cost),
                 "exact_cost_usd": _picos(exact),
