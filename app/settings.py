@@ -162,7 +162,8 @@ class Settings(DatabaseSettings):
     models_cache_ttl: float = Field(3600.0, ge=0)
     # Comma-separated in the environment (NoDecode: not parsed as JSON).
     recommended_models: Annotated[tuple[ModelId, ...], NoDecode] = DEFAULT_RECOMMENDED_MODELS
-    # Guards PUT/DELETE /api/catalog/agents/*; unset means those writes are refused.
+    # Guards the admin routes (PUT/DELETE /api/catalog/agents/*, GET /api/admin/costs); unset
+    # (and no JWT admins) means they are refused.
     admin_token: SecretStr | None = None
 
     # Operations (docs/operations.md). GET /metrics needs `Authorization: Bearer METRICS_TOKEN`;
