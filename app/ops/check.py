@@ -158,6 +158,10 @@ async def _ping(client: OpenRouterClient, store: Store, model: str, settings: Se
             elif isinstance(event, Usage):
                 record.prompt_tokens = event.prompt_tokens
                 record.completion_tokens = event.completion_tokens
+                record.reasoning_tokens = event.reasoning_tokens
+                record.cached_tokens = event.cached_tokens
+                record.cache_write_tokens = event.cache_write_tokens
+                record.is_byok, record.upstream_cost = event.is_byok, event.upstream_cost
                 record.model = event.model or record.model
                 record.generation_id = record.generation_id or event.generation_id
                 if event.cost is not None:
