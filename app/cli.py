@@ -1,4 +1,4 @@
-"""`python -m app [serve|migrate]`: run the server, or apply the database migrations.
+"""`python -m app [serve|migrate|check]`: run the server, apply the migrations, or check the set-up.
 
 The one way to start the server, in development (`scripts/serve`) and in production (the
 Procfile): it owns what uvicorn's command line would otherwise hold (host, port, workers,
@@ -56,19 +56,35 @@ def _serve(settings: Settings) -> None:
         timeout_graceful_shutdown=settings.shutdown_timeout,
         # Ours (configure_logging): uvicorn's lines go through the same handler and format.
         log_config=None,
+        # app.access (app/ops/logging.py) logs each request once, with its duration and id.
+        access_log=False,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=["serve", "migrate", "check"]
+    )
+    parser.add_argument(
+        "--ping",
+        action="store_true",
+        help="check: also ask each model for one token (recorded in the ledger as agent `check`)",
+    )
     args = parser.parse_args(argv)
-    configure_logging()
     try:
         if args.command == "migrate":
+            configure_logging()
             asyncio.run(_migrate(load_settings(DatabaseSettings)))
-        else:
-            _serve(load_settings())
+            return 0
+        settings = load_settings()
+        # After the settings, which say the format (LOG_FORMAT); a refusal prints its one line.
+        configure_logging(json_lines=settings.logs_as_json)
+        if args.command == "check":
+            from app.ops.check import run_checks
+
+            return asyncio.run(run_checks(settings, ping=args.ping))
+        _serve(settings)  # a bad agents file is a ConfigError too
     except ConfigError as exc:
         refuse_to_start(exc)
     return 0

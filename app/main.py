@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
@@ -32,6 +33,7 @@ from app.http.routes import (
     budgets,
     catalog,
     conversations,
+    costs,
     health,
     me,
     models,
@@ -40,7 +42,9 @@ from app.http.routes import (
 )
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
-from app.ops.logging import configure_logging
+from app.ops.logging import ReplyLog, RequestLog, configure_logging
+from app.ops.metrics import Metrics
+from app.ops.readiness import KeyCheck
 from app.replies.registry import Runs
 from app.settings import ConfigError, Settings, load_settings, refuse_to_start
 from app.state import AppState
@@ -81,11 +85,13 @@ def _http_client(settings: Settings) -> ClientPool:
 def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> Starlette:
     """The app; `clock` says which UTC day and month a turn's spend counts in (tests move it)."""
     if settings is None:
-        configure_logging()
         try:
-            return create_app(load_settings())
+            settings = load_settings()
         except ConfigError as exc:
+            configure_logging()
             refuse_to_start(exc)  # uvicorn would print a traceback
+        configure_logging(json_lines=settings.logs_as_json)
+        return create_app(settings)
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
     install_access_log_redaction()
 
@@ -128,13 +134,25 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 app_url=settings.app_url,
                 app_title=settings.app_title,
             )
-            runs = Runs(store=store, client=client, settings=settings)
+            agents = Agents(defaults)
+            metrics = None
+            if settings.metrics_token is not None:
+                metrics = Metrics(
+                    known_models=lambda: _configured_models(agents, settings),
+                    live_replies=lambda: len(runs.live),
+                )
+                metrics.time_writes(store.writer)
+            runs = Runs(
+                store=store,
+                client=client,
+                settings=settings,
+                observers=[ReplyLog()] if metrics is None else [ReplyLog(), metrics],
+            )
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
             runs.recovery.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
-            agents = Agents(defaults)
             await agents.load(store)
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
             model_catalog = ModelCatalog(
@@ -160,6 +178,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                         settings=settings, store=store, models=model_catalog, clock=clock
                     ),
                     limits=RequestLimits(settings=settings, runs=runs),
+                    metrics=metrics,
+                    key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                 )
             }
 
@@ -168,6 +188,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *replies.routes,
             *conversations.routes,
             *catalog.routes,
+            *costs.routes,
             *models.routes,
             *health.routes,
             *me.routes,
@@ -176,8 +197,19 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=http_middleware(settings),
+        # The request log outermost: its line and X-Request-ID cover every answer, a 413 too.
+        middleware=[Middleware(RequestLog), *http_middleware(settings)],
     )
+
+
+def _configured_models(agents: Agents, settings: Settings) -> set[str]:
+    """The models metrics may name: the agents' (with fallbacks); any other is `other`."""
+    models = {settings.default_model}
+    for name in agents.names():
+        config = agents.effective(name)
+        models.add(config.effective_model(settings.default_model))
+        models.update(config.fallback_models)
+    return models
 
 
 async def _recover(store: Store, runs: Runs) -> None:

@@ -162,7 +162,8 @@ class Settings(DatabaseSettings):
     models_cache_ttl: float = Field(3600.0, ge=0)
     # Comma-separated in the environment (NoDecode: not parsed as JSON).
     recommended_models: Annotated[tuple[ModelId, ...], NoDecode] = DEFAULT_RECOMMENDED_MODELS
-    # Guards PUT/DELETE /api/catalog/agents/*; unset means those writes are refused.
+    # Guards the admin routes (PUT/DELETE /api/catalog/agents/*, GET /api/admin/costs); unset
+    # (and no JWT admins) means they are refused.
     admin_token: SecretStr | None = None
 
     # Spend control (docs/budgets.md). USD amounts; unset (or empty) means no such limit.
@@ -174,6 +175,13 @@ class Settings(DatabaseSettings):
     limit_process_concurrent: int | None = Field(None, ge=1)
     # Where the request-rate windows live: memory:// (per process) or redis://… (shared).
     limits_storage_uri: str = "memory://"
+    # Operations (docs/operations.md). GET /metrics needs `Authorization: Bearer METRICS_TOKEN`;
+    # unset: /metrics answers 404, as if it did not exist.
+    metrics_token: SecretStr | None = None
+    # json: one JSON object per log line. None: json in production, text otherwise.
+    log_format: Literal["json", "text"] | None = None
+    # /readyz logs a warning (still ready) when the key's remaining credit is below this (USD).
+    credits_warning_usd: Decimal = Field(Decimal(5), ge=0)  # money: never a float
 
     @field_validator("openrouter_model", mode="before")
     @classmethod
@@ -199,7 +207,7 @@ class Settings(DatabaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://example.com[:port]")
         return value
 
-    @field_validator("openrouter_api_key", "admin_token")
+    @field_validator("openrouter_api_key", "admin_token", "metrics_token")
     @classmethod
     def _blank_key(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
@@ -227,6 +235,12 @@ class Settings(DatabaseSettings):
         if self.openrouter_simulator is not None:
             return self.openrouter_simulator
         return self.app_env == "development" and self.openrouter_api_key is None
+
+    @property
+    def logs_as_json(self) -> bool:
+        if self.log_format is not None:
+            return self.log_format == "json"
+        return self.app_env == "production"
 
     @property
     def shutdown_timeout(self) -> int:

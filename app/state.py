@@ -11,6 +11,8 @@ from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
 from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
+from app.ops.metrics import Metrics
+from app.ops.readiness import KeyCheck
 from app.replies.registry import Runs
 from app.settings import Settings
 from app.storage.store import Store
@@ -32,6 +34,8 @@ class AppState:
     auth: Authenticator  # who is calling: JWTs, the JWKS cache, stream tokens
     spend: SpendControl  # budgets and live replies per user: reserved in the database
     limits: RequestLimits  # request rate per user, live replies per process
+    metrics: Metrics | None  # None when METRICS_TOKEN is unset: nothing is counted
+    key_check: KeyCheck  # /readyz's OpenRouter key check, cached
 
 
 def app_state(request: Request) -> AppState:

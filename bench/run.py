@@ -525,6 +525,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="ours with every spend limit on, none ever reached (docs/budgets.md); "
         "without --auth the dev user is charged",
     )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="ours with /metrics on (METRICS_TOKEN) and JSON logs; default: neither, text logs",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
@@ -532,6 +537,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 8.0)
     args.idle = args.idle if args.idle is not None else (200 if quick else 1000)
     return args
+
+
+def ops_settings(args: argparse.Namespace) -> dict[str, str]:
+    """Metrics and JSON logs on (`--ops`) or off: production's log default is JSON, so off
+    names text explicitly, and the two runs differ in exactly these two settings."""
+    if args.ops:
+        return {"METRICS_TOKEN": "bench-metrics-token", "LOG_FORMAT": "json"}
+    return {"LOG_FORMAT": "text"}
 
 
 @contextlib.contextmanager
@@ -587,7 +600,12 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         spend = SPEND_LIMITS if args.budgets else None
         targets.append(
             (
-                procs.ours("ours", upstream, auth=args.auth, settings=spend),
+                procs.ours(
+                    "ours",
+                    upstream,
+                    auth=args.auth,
+                    settings={**(spend or {}), **ops_settings(args)},
+                ),
                 timed(ours_protocol(args.auth), OURS_REASONING),
             )
         )
@@ -620,7 +638,10 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             per_stream = {}
             for server, protocol in [
                 (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
-                (procs.ours("ours", slow, auth=args.auth), ours_protocol(args.auth)),
+                (
+                    procs.ours("ours", slow, auth=args.auth, settings=ops_settings(args)),
+                    ours_protocol(args.auth),
+                ),
             ]:
                 per_stream[server.name] = await idle_memory(
                     server, protocol, streams=args.idle, time_limit=120.0

@@ -45,6 +45,17 @@ PROMPT_PRICE = Decimal("0.00000015")
 COMPLETION_PRICE = Decimal("0.0000006")
 
 
+# What `GET /key` answers, in OpenRouter's shape (USD; `limit` null would mean no limit).
+KEY_DATA: dict[str, Any] = {
+    "label": "sk-or-v1-sim...ator",
+    "limit": 100.0,
+    "usage": 12.5,
+    "limit_remaining": 87.5,
+    "is_free_tier": False,
+    "rate_limit": {"requests": 1000, "interval": "10s"},
+}
+
+
 @dataclass
 class Behaviour:
     """How the simulator answers one chat completion request."""
@@ -214,6 +225,10 @@ class FakeOpenRouter:
         self.models_delay = 0.0  # seconds before `/models` answers
         self.models_gate: threading.Event | None = None  # if set: `/models` waits until it opens
         self.models_calls = 0
+        self.key_status = 200  # non-200: `/key` fails with this status (401: a refused key)
+        self.key_data: dict[str, Any] = dict(KEY_DATA)
+        self.key_calls = 0
+        self.key_delay = 0.0  # seconds before `/key` answers
         self.requests: list[dict[str, Any]] = []
         self.generations: dict[str, Generation] = {}
         self.generation_lookups: collections.Counter[str] = collections.Counter()
@@ -242,12 +257,16 @@ class FakeOpenRouter:
             self.generations.clear()
             self.generation_lookups.clear()
             self.models_calls = 0
+            self.key_calls = 0
         self.default = Behaviour()
         self.generation_404s = 0
         self.models_payload = simulated_models()
         self.models_status = 200
         self.models_delay = 0.0
         self.models_gate = None
+        self.key_status = 200
+        self.key_data = dict(KEY_DATA)
+        self.key_delay = 0.0
 
     def _next(self) -> Behaviour:
         with self._lock:
@@ -536,6 +555,14 @@ class FakeOpenRouter:
         return JSONResponse(self.models_payload)
 
     async def _key(self, request: Request) -> Response:
-        return JSONResponse(
-            {"data": {"label": "simulator", "limit": None, "usage": 0, "limit_remaining": None}}
-        )
+        with self._lock:
+            self.key_calls += 1
+        if self.key_delay:
+            await asyncio.sleep(self.key_delay)
+        if self.key_status != 200:
+            message = "No auth credentials found" if self.key_status == 401 else "simulated"
+            return JSONResponse(
+                {"error": {"code": self.key_status, "message": message}},
+                status_code=self.key_status,
+            )
+        return JSONResponse({"data": self.key_data})

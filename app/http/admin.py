@@ -1,8 +1,9 @@
-"""The admin check: the run-time configuration writes (`PUT/DELETE /api/catalog/agents/*`).
+"""The admin check of the admin routes: the run-time configuration writes
+(`PUT/DELETE /api/catalog/agents/*`) and the cost report (`GET /api/admin/costs`).
 
 An admin is a caller sending `Authorization: Bearer <ADMIN_TOKEN>` (scripts; compared in
 constant time), or, under AUTH_MODE=jwt, a user whose token carries AUTH_ADMIN_CLAIM =
-AUTH_ADMIN_VALUE. With neither configured the writes are refused with 403 (not 503): it is a
+AUTH_ADMIN_VALUE. With neither configured those routes are refused with 403 (not 503): it is a
 deliberate state of the deployment, not a passing outage, and retrying will not help. No or a
 wrong token is 401; a valid user token without the admin claim is 403 `forbidden`.
 """
@@ -23,8 +24,8 @@ async def require_admin(request: Request) -> None:
         raise ApiError(
             403,
             "admin_disabled",
-            "changing agents at run time is disabled: set ADMIN_TOKEN (or, with AUTH_MODE=jwt, "
-            "AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE) on the server to enable it",
+            "admin routes are disabled: set ADMIN_TOKEN (or, with AUTH_MODE=jwt, "
+            "AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE) on the server to enable them",
         )
     token = bearer_token(request)
     if token is not None and auth.is_admin_token(token):

@@ -1,20 +1,60 @@
-"""Logging: the same set-up whichever way the server is started.
+"""Logging: the same set-up whichever way the server is started, and the lines on-call reads.
 
 The Procfile and `scripts/serve` run `python -m app serve`; `uvicorn --factory
 app.main:create_app` (and each worker process uvicorn spawns under `WEB_CONCURRENCY`) enters
 through `create_app()`. Both call `configure_logging()`, so retries, migrations and the drain
 on shutdown log at INFO with time and level in every case.
+
+LOG_FORMAT=json (the default in production) writes one JSON object per line, each record's
+`extra` fields as keys. Two kinds of lines are ours:
+- `app.access`: one per request, when its response has ended (an SSE stream: when it closes),
+  with method, path (token parameters redacted), status, duration and request id. It replaces
+  uvicorn's access log, which `python -m app serve` turns off.
+- `app.reply`: one per reply, when it has ended (`ReplyLog`, a reply observer of the runs).
+Every line carries the request id of the request it was logged under (a reply's too: its run
+was started in that request's context), from `X-Request-ID` or made here.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import time
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from pythonjsonlogger.json import JsonFormatter
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.http.auth.redact import redact
+from app.replies.states import CostSource
+from app.storage.tables import now
+
+if TYPE_CHECKING:
+    from app.replies.runs import Run
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
+REQUEST_ID_HEADER = "X-Request-ID"
+MAX_REQUEST_ID = 200
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+access_log = logging.getLogger("app.access")
+reply_log = logging.getLogger("app.reply")
 
 
-def configure_logging() -> None:
-    """INFO and up to stderr, unless the process's logging is already set up.
+class RequestIdFilter(logging.Filter):
+    """Gives every record the request id it was logged under (None outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def configure_logging(*, json_lines: bool = False) -> None:
+    """INFO and up to stderr, as text or JSON lines, unless the process's logging is set up.
 
     A root logger with handlers belongs to a host that chose its own (pytest's capture,
     `uvicorn --log-config`, an app embedding ours): it is left alone. Calling it twice is a no-op.
@@ -22,8 +62,137 @@ def configure_logging() -> None:
     root = logging.getLogger()
     if root.handlers:
         return
-    logging.basicConfig(level=logging.INFO, format=FORMAT)
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if json_lines:
+        handler.setFormatter(
+            JsonFormatter(
+                JSON_FIELDS,
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                json_default=_json_default,
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     # httpx logs every request it makes at INFO: a second line per reply beside the access
     # log, saying only that OpenRouter answered (our own lines say when it did not), and ~2%
     # of the server's CPU under load (py-spy, bench/).
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _json_default(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal) else repr(value)
+
+
+def valid_request_id(value: str | None) -> bool:
+    """A router's id we pass on: 1 to 200 printable ASCII characters (Heroku's is a UUID)."""
+    return bool(value) and len(value) <= MAX_REQUEST_ID and value.isascii() and value.isprintable()
+
+
+class RequestLog:
+    """Pure ASGI (no per-response task, see app/http/middleware.py): takes the router's
+    X-Request-ID or makes one, returns it on the response, logs the request's line at its end,
+    and counts the SSE responses open (`open_streams`, the app's metrics gauge when it has one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if valid_request_id(incoming) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500  # if the app raises, the server's error handler answers 500
+        streams = _open_streams(scope)
+        counted = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, counted
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = rid
+                if streams is not None and headers.get("content-type", "").startswith(
+                    "text/event-stream"
+                ):
+                    streams.inc()
+                    counted = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if counted:
+                streams.dec()
+            query = scope.get("query_string", b"").decode("latin-1")
+            path = redact(f"{scope['path']}?{query}") if query else scope["path"]
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path,
+                status,
+                duration_ms,
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                },
+            )
+            request_id.reset(token)
+
+
+def _open_streams(scope: Scope) -> Any:
+    """The metrics gauge of this app, from the lifespan's state (none before it has started)."""
+    state = scope.get("state") or {}
+    app = state.get("app")
+    return app.metrics.open_streams if app is not None and app.metrics is not None else None
+
+
+class ReplyLog:
+    """A reply observer (app/replies/registry.py): one line when a reply has ended."""
+
+    def reply_started(self, run: Run) -> None:
+        pass  # the request's own line says a turn was asked for
+
+    def reply_ended(self, run: Run) -> None:
+        records = run.records
+        known = [r.cost for r in records if r.cost is not None]
+        first = next((r.first_token_at for r in records if r.first_token_at), None)
+        sources = sorted({str(r.cost_source) for r in records})
+        fields = {
+            "message_id": run.message_id,
+            "conversation_id": run.request.conversation_id,
+            "user_id": run.request.user_id,
+            "agent": run.request.agent,
+            "requested_model": run.request.model,
+            "model": next((r.model for r in reversed(records) if r.model), None),
+            "generation_ids": [r.generation_id for r in records if r.generation_id],
+            "attempts": len(records),
+            "status": str(run.status),
+            "time_to_first_token_ms": None
+            if first is None
+            else round((first - run.created_at).total_seconds() * 1000, 1),
+            "duration_ms": round((now() - run.created_at).total_seconds() * 1000, 1),
+            "prompt_tokens": sum(r.prompt_tokens for r in records),
+            "completion_tokens": sum(r.completion_tokens for r in records),
+            "reasoning_tokens": sum(r.reasoning_tokens for r in records),
+            "cost_usd": str(sum(known, Decimal(0))) if known else None,
+            "cost_source": sources[0] if len(sources) == 1 else ",".join(sources),
+            "cost_pending": any(r.cost_source == CostSource.PENDING for r in records),
+        }
+        reply_log.info(
+            "reply %s %s in %sms, %s tokens, $%s",
+            run.message_id,
+            run.status,
+            fields["duration_ms"],
+            fields["completion_tokens"],
+            fields["cost_usd"] or "?",
+            extra=fields,
+        )

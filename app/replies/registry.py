@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 from app.replies.recovery import Recovery
 from app.replies.runs import Run, RunRequest
@@ -17,11 +17,28 @@ from app.upstream.openrouter import OpenRouterClient
 log = logging.getLogger(__name__)
 
 
+class ReplyObserver(Protocol):
+    """Told when a run starts and when it has ended (its final event out): metrics, the reply's
+    log line. Called on the event loop, never per token: keep it cheap and never raise."""
+
+    def reply_started(self, run: Run) -> None: ...
+
+    def reply_ended(self, run: Run) -> None: ...
+
+
 class Runs:
-    def __init__(self, *, store: Store, client: OpenRouterClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: OpenRouterClient,
+        settings: Settings,
+        observers: Sequence[ReplyObserver] = (),
+    ) -> None:
         self.store = store
         self.client = client
         self.settings = settings
+        self.observers = observers
         self.live: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._drain: asyncio.Task[None] | None = None
@@ -44,6 +61,7 @@ class Runs:
         )
         self.live[run.message_id] = run
         run.start(save_turn)
+        self._tell("reply_started", run)
         return run
 
     def get(self, message_id: str) -> Run | None:
@@ -68,6 +86,16 @@ class Runs:
 
     def _on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
+        self._tell("reply_ended", run)
+
+    def _tell(self, event: str, run: Run) -> None:
+        # A failing observer (a metrics or logging bug) must not cost a reply anything: it is
+        # told inside the run's final steps, before the lookups of its pending costs.
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(run)
+            except Exception:
+                log.exception("reply observer %r failed on %s", observer, event)
 
     def begin_drain(self) -> None:
         """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.

@@ -109,6 +109,7 @@ class Run:
     ) -> None:
         self.request = request
         self.message_id = request.message_id
+        self.created_at = now()  # a reply's duration and time to first token start here
         self._store = store
         self._client = client
         self._settings = settings

@@ -626,3 +626,13 @@ class OpenRouterClient:
         if not isinstance(data, list):
             raise UpstreamProtocolError("OpenRouter's model list has no `data` array")
         return data
+
+    async def key_info(self) -> dict[str, Any]:
+        """`GET /key`: the key's label, `limit`, `usage`, `limit_remaining` (USD; limit and
+        limit_remaining null when the key has no limit). 401 for a key OpenRouter refuses."""
+        payload = await self._json("GET", "/key")
+        assert payload is not None
+        data = payload.get("data")
+        if not isinstance(data, dict):
+            raise UpstreamProtocolError("OpenRouter's key answer has no `data` object")
+        return data

@@ -52,6 +52,14 @@ NOT_ABOUT_IDS = {
     ("GET", "/api/admin/users/{user_id}/budget"),
     ("PUT", "/api/admin/users/{user_id}/budget"),
     ("*", "/static"),
+    # Operations (issue 21): no ids in their paths. The cost reports are scoped by the caller
+    # (test_cost_reports_are_the_callers_and_everyones_is_for_admins); /metrics and /readyz
+    # hold no user's data; /admin/costs is a static page.
+    ("GET", "/api/me/costs"),
+    ("GET", "/api/admin/costs"),
+    ("GET", "/admin/costs"),
+    ("GET", "/metrics"),
+    ("GET", "/readyz"),
 }
 
 
@@ -276,6 +284,23 @@ def test_the_list_is_the_callers_and_admins_may_list_anyones(http, fake):
     )
     assert coach.status_code == 404
     assert http.get(path, headers=bearer(A)).status_code == 200
+
+
+def test_cost_reports_are_the_callers_and_everyones_is_for_admins(http, fake):
+    for user, turns in ((A, 2), (B, 1)):
+        for _ in range(turns):
+            finished(http, two_step(http, user))
+
+    def generations(user: str, path: str = "/api/me/costs", **claims: str) -> int:
+        response = http.get(path, headers=bearer(user, **claims))
+        assert response.status_code == 200, response.text
+        return response.json()["totals"]["generations"]
+
+    assert (generations(A), generations(B), generations(ADMIN, role="service_role")) == (2, 1, 0)
+    assert generations(ADMIN, "/api/admin/costs", role="service_role") == 3
+    refused = http.get("/api/admin/costs", headers=bearer(B))
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+    assert http.get("/api/me/costs").json()["error"]["code"] == "unauthorized"
 
 
 def test_every_route_with_ids_needs_a_token(http):

@@ -1,0 +1,313 @@
+"""Cost reports: the ledger (`generations`) summed per day, model, agent and user, exactly.
+
+Every amount is summed by the database as integers (`SUM(cost_picousd)` over a BigInteger:
+an integer on SQLite, `numeric` on PostgreSQL), and only turned into a decimal string of USD at
+the edge (`usd_text`), so a report over a million generations is exact to the pico-dollar.
+
+    report(...)      one row per group, JSON and CSV (`GET /api/admin/costs`, `/api/me/costs`)
+    line_items(...)  one row per generation, in keyset pages (the CSV of `group_by=generation`)
+
+What a row says:
+- `generations`, `replies` (first attempts: a reply is in the group of its first generation),
+  `complete_replies` (generations that completed: a reply has at most one); both read from the
+  ledger alone, so a deleted conversation's spend still counts;
+- the tokens of each kind: prompt, completion, reasoning (of the completion), cached and
+  cache-write (of the prompt), from the ledger's columns;
+- `cost_usd`: every known cost; `exact_cost_usd`: the part from the stream's usage or the
+  generation record (today the same amount: `not_billed` is 0 and `none`/`pending` have none);
+- how many generations are `exact`, `not_billed`, `unknown` (`none`) and still `pending`: a
+  cost that is not exact is not hidden in the total, it is counted beside it;
+- `cost_per_complete_reply_usd`: `cost_usd` over `complete_replies`, to the pico-dollar
+  (half-even), empty when there is none.
+
+The user of a generation is its conversation's: a generation whose conversation was deleted
+has no user any more (`user` empty, and not in that user's `/api/me/costs`). The ledger keeps no
+user id of its own; adding one is a write-path change (docs/operations.md, "Known gaps").
+
+The queries are here rather than in `app/storage/ledger.py`'s subqueries: they are the one
+reader that groups generations by time, and they stream (`Database.iterate`, keyset pages).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+
+from app.billing.money import PICOS
+from app.replies.states import CostSource, GenerationStatus
+from app.storage.tables import conversations, generations
+
+GROUPS = ("day", "model", "agent", "user")
+LINE_ITEMS = "generation"  # group_by=generation: one row per generation, CSV only
+TWELVE_PLACES = Decimal("0.000000000001")
+EXACT_SOURCES = (CostSource.USAGE, CostSource.GENERATION)
+
+# The columns of a grouped row after its group keys, in CSV order.
+MEASURES = (
+    "generations",
+    "replies",
+    "complete_replies",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "exact_cost_usd",
+    "cost_per_complete_reply_usd",
+    "exact_generations",
+    "not_billed_generations",
+    "unknown_generations",
+    "pending_generations",
+)
+LINE_ITEM_COLUMNS = (
+    "started_at",
+    "day",
+    "id",
+    "generation_id",
+    "message_id",
+    "conversation_id",
+    "user",
+    "agent",
+    "attempt",
+    "requested_model",
+    "model",
+    "status",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "cost_source",
+)
+# The ledger's token counts (as `Run._apply_usage` records them from the usage chunk):
+# `reasoning_tokens` are part of `completion_tokens`, `cached_tokens` (prompt tokens read from
+# the provider's cache) and `cache_write_tokens` (written to it) part of `prompt_tokens`.
+TOKEN_KINDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+)
+PAGE = 1000  # rows per keyset page of line items: one query per page, no transaction held
+
+
+@dataclass(frozen=True)
+class ReportRange:
+    """Days `start` to `end`, both included, in UTC; `user_id` set: that user's alone."""
+
+    start: date
+    end: date
+    group_by: tuple[str, ...]
+    user_id: str | None = None
+
+    @property
+    def since(self) -> datetime:
+        return datetime.combine(self.start, time(), tzinfo=UTC)
+
+    @property
+    def until(self) -> datetime:
+        return datetime.combine(self.end + timedelta(days=1), time(), tzinfo=UTC)
+
+
+def usd_text(picos: int | None) -> str | None:
+    """An exact decimal string of USD, twelve places: what JSON and CSV carry (None: unknown)."""
+    if picos is None:
+        return None
+    return str((Decimal(int(picos)) / PICOS).quantize(TWELVE_PLACES))
+
+
+def _day(dialect: str) -> sa.ColumnElement[Any]:
+    if dialect == "sqlite":  # stored as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'
+        return sa.func.date(generations.c.started_at)
+    return sa.func.date(sa.func.timezone("UTC", generations.c.started_at))
+
+
+def _keys(dialect: str) -> dict[str, sa.ColumnElement[Any]]:
+    return {
+        "day": _day(dialect),
+        # The model that answered; the one asked for when none did (an error before any token).
+        "model": sa.func.coalesce(generations.c.model, generations.c.requested_model),
+        "agent": generations.c.agent,
+        "user": conversations.c.user_id,
+    }
+
+
+def _count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+    # Literal 1 and 0, not bind parameters: PostgreSQL cannot type a parameter that is only a
+    # CASE branch (asyncpg sends it as text, and SUM(text) does not exist).
+    one, zero = sa.literal_column("1"), sa.literal_column("0")
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, one), else_=zero)), zero)
+
+
+def _source(range_: ReportRange, *, with_user: bool) -> Any:
+    if range_.user_id is not None:
+        return generations.join(conversations, conversations.c.id == generations.c.conversation_id)
+    if with_user:
+        return generations.outerjoin(
+            conversations, conversations.c.id == generations.c.conversation_id
+        )
+    return generations
+
+
+def _filters(range_: ReportRange) -> list[sa.ColumnElement[bool]]:
+    filters = [
+        generations.c.started_at >= range_.since,
+        generations.c.started_at < range_.until,
+    ]
+    if range_.user_id is not None:
+        filters.append(conversations.c.user_id == range_.user_id)
+    return filters
+
+
+def report_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
+    keys = _keys(dialect)
+    grouped = [keys[name].label(name) for name in range_.group_by]
+    cost = generations.c.cost_picousd
+    source = generations.c.cost_source
+    query = (
+        sa.select(
+            *grouped,
+            sa.func.count().label("generations"),
+            # Counted without DISTINCT (which sorts every row of the range, spilling to disk
+            # over a year: 4.5 s against 0.6 s for 1M generations on PostgreSQL): a reply has
+            # exactly one first attempt, and at most one generation that completed (a run only
+            # retries after an error).
+            _count_if(generations.c.attempt == 1).label("replies"),
+            _count_if(generations.c.status == GenerationStatus.COMPLETE).label("complete_replies"),
+            *(
+                sa.func.coalesce(sa.func.sum(generations.c[name]), 0).label(name)
+                for name in TOKEN_KINDS
+            ),
+            sa.func.sum(cost).label("cost_picousd"),
+            sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
+            _count_if(source.in_(EXACT_SOURCES)).label("exact_generations"),
+            _count_if(source == CostSource.NOT_BILLED).label("not_billed_generations"),
+            _count_if(source == CostSource.NONE).label("unknown_generations"),
+            _count_if(source == CostSource.PENDING).label("pending_generations"),
+        )
+        .select_from(_source(range_, with_user="user" in range_.group_by))
+        .where(*_filters(range_))
+    )
+    if grouped:
+        query = query.group_by(*(keys[name] for name in range_.group_by)).order_by(
+            *(keys[name] for name in range_.group_by)
+        )
+    return query
+
+
+def _report_row(record: Any, group_by: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name in group_by:
+        value = record[name]
+        # A day is `date` on PostgreSQL and ISO text on SQLite: ISO text either way.
+        row[name] = value.isoformat() if isinstance(value, date) else value
+    cost = int(record["cost_picousd"] or 0)
+    complete = int(record["complete_replies"])
+    per_reply = None
+    if complete:
+        per_reply = int((Decimal(cost) / complete).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    row.update(
+        generations=int(record["generations"]),
+        replies=int(record["replies"]),
+        complete_replies=complete,
+        **{name: int(record[name]) for name in TOKEN_KINDS},
+        cost_usd=usd_text(cost),
+        exact_cost_usd=usd_text(int(record["exact_picousd"] or 0)),
+        cost_per_complete_reply_usd=usd_text(per_reply),
+        exact_generations=int(record["exact_generations"]),
+        not_billed_generations=int(record["not_billed_generations"]),
+        unknown_generations=int(record["unknown_generations"]),
+        pending_generations=int(record["pending_generations"]),
+    )
+    return row
+
+
+async def report(database: Database, range_: ReportRange) -> AsyncIterator[dict[str, Any]]:
+    """The grouped rows, in group order, read through a cursor (one group at a time)."""
+    query = report_query(range_, dialect=database.url.dialect)
+    async for record in database.iterate(query):
+        yield _report_row(record, range_.group_by)
+
+
+async def totals(database: Database, range_: ReportRange) -> dict[str, Any]:
+    """The whole range as one row (not a sum of the groups': a reply may span two models)."""
+    whole = ReportRange(range_.start, range_.end, (), range_.user_id)
+    record = await database.fetch_one(report_query(whole, dialect=database.url.dialect))
+    assert record is not None  # an aggregate without GROUP BY is always one row
+    return _report_row(record, ())
+
+
+async def line_items(
+    database: Database, range_: ReportRange
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every generation of the range in (started_at, id) order, PAGE rows per query.
+
+    Keyset pages rather than one cursor: a year's export may take minutes to download, and a
+    cursor would hold a connection and a transaction (PostgreSQL) for all of it.
+    """
+    day = _day(database.url.dialect).label("day")
+    columns = [
+        generations.c.started_at,
+        day,
+        generations.c.id,
+        generations.c.generation_id,
+        generations.c.message_id,
+        generations.c.conversation_id,
+        conversations.c.user_id.label("user"),
+        generations.c.agent,
+        generations.c.attempt,
+        generations.c.requested_model,
+        generations.c.model,
+        generations.c.status,
+        generations.c.error_code,
+        generations.c.prompt_tokens,
+        generations.c.completion_tokens,
+        generations.c.reasoning_tokens,
+        generations.c.cached_tokens,
+        generations.c.cache_write_tokens,
+        generations.c.cost_picousd,
+        generations.c.cost_source,
+    ]
+    base = (
+        sa.select(*columns)
+        .select_from(_source(range_, with_user=True))
+        .order_by(generations.c.started_at, generations.c.id)
+        .limit(PAGE)
+    )
+    after: tuple[datetime, str] | None = None
+    while True:
+        query = base.where(*_filters(range_))
+        if after is not None:
+            started_at, last_id = after
+            # The `>=` bound is what an index range scan starts from (a row-value comparison
+            # is not, on SQLite); the OR only skips the rows of that instant already sent.
+            query = query.where(
+                generations.c.started_at >= started_at,
+                sa.or_(generations.c.started_at > started_at, generations.c.id > last_id),
+            )
+        records = await database.fetch_all(query)
+        if not records:
+            return
+        page = []
+        for record in records:
+            item = dict(record._mapping)
+            item["started_at"] = item["started_at"].isoformat()
+            if isinstance(item["day"], date):
+                item["day"] = item["day"].isoformat()
+            item["cost_usd"] = usd_text(item.pop("cost_picousd"))
+            page.append(item)
+        yield page
+        if len(records) < PAGE:
+            return
+        last = records[-1]
+        after = (last["started_at"], last["id"])

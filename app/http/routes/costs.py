@@ -1,0 +1,172 @@
+"""Cost reports over HTTP: `GET /api/admin/costs` (admins: everyone's), `GET /api/me/costs`
+(the caller's own), and the admins' cost page at `/admin/costs`.
+
+    ?from=YYYY-MM-DD&to=YYYY-MM-DD   days in UTC, both included (default: the last 30 days)
+    &group_by=day,model,agent,user   any of these, comma-separated, in that nesting (default: day);
+                                     or `generation`: one row per generation (CSV only)
+    &format=json|csv                 CSV: RFC 4180, a header row, streamed, a dated file name
+
+The sums are the database's, exact (app/billing/reports.py); amounts are decimal strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.billing.reports import (
+    GROUPS,
+    LINE_ITEM_COLUMNS,
+    LINE_ITEMS,
+    MEASURES,
+    ReportRange,
+    line_items,
+    report,
+    totals,
+)
+from app.errors import ApiError
+from app.http.admin import require_admin
+from app.http.auth.identity import identify
+from app.http.routes.pages import STATIC_DIR
+from app.state import app_state
+
+DEFAULT_DAYS = 30
+FORMATS = ("json", "csv")
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_query", message)
+
+
+def _date_param(params: Any, name: str) -> date | None:
+    value = (params.get(name) or "").strip()
+    if not value:
+        return None
+    try:
+        # Exactly YYYY-MM-DD: fromisoformat would also take 20260101 and week dates.
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _invalid(f"`{name}` must be a date as YYYY-MM-DD") from None
+
+
+def _group_by(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ("day",)
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if names == [LINE_ITEMS]:
+        return (LINE_ITEMS,)
+    unknown = [name for name in names if name not in GROUPS]
+    if unknown or len(set(names)) != len(names):
+        raise _invalid(
+            f"`group_by` takes any of {', '.join(GROUPS)} once each, comma-separated, "
+            f"or `{LINE_ITEMS}` alone"
+        )
+    return tuple(names)
+
+
+def parse_range(request: Request, *, user_id: str | None) -> tuple[ReportRange, str]:
+    params = request.query_params
+    end = _date_param(params, "to") or datetime.now(UTC).date()
+    start = _date_param(params, "from") or end - timedelta(days=DEFAULT_DAYS - 1)
+    if start > end:
+        raise _invalid("`from` must not be after `to`")
+    fmt = (params.get("format") or "json").strip()
+    if fmt not in FORMATS:
+        raise _invalid(f"`format` must be one of {', '.join(FORMATS)}")
+    group_by = _group_by(params.get("group_by"))
+    if group_by == (LINE_ITEMS,) and fmt != "csv":
+        raise _invalid(f"`group_by={LINE_ITEMS}` (one row per generation) is CSV only")
+    return ReportRange(start, end, group_by, user_id), fmt
+
+
+def _csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)  # RFC 4180: CRLF, quoted as needed
+    return buffer.getvalue()
+
+
+async def _csv_body(request: Request, range_: ReportRange) -> AsyncIterator[str]:
+    database = app_state(request).database
+    if range_.group_by == (LINE_ITEMS,):
+        yield _csv_text([LINE_ITEM_COLUMNS])
+        async for page in line_items(database, range_):
+            yield _csv_text([[_cell(item[name]) for name in LINE_ITEM_COLUMNS] for item in page])
+        return
+    columns = (*range_.group_by, *MEASURES)
+    yield _csv_text([columns])
+    batch: list[list[Any]] = []
+    async for row in report(database, range_):
+        batch.append([_cell(row[name]) for name in columns])
+        if len(batch) >= 500:
+            yield _csv_text(batch)
+            batch = []
+    if batch:
+        yield _csv_text(batch)
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _filename(range_: ReportRange, *, mine: bool) -> str:
+    who = "my-costs" if mine else "costs"
+    by = "-".join(range_.group_by) or "total"
+    return f"streamchat-{who}-{range_.start.isoformat()}-to-{range_.end.isoformat()}-by-{by}.csv"
+
+
+async def _answer(request: Request, range_: ReportRange, fmt: str, *, mine: bool) -> Response:
+    if fmt == "csv":
+        return StreamingResponse(
+            _csv_body(request, range_),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{_filename(range_, mine=mine)}"',
+                "Cache-Control": "no-store",
+            },
+        )
+    database = app_state(request).database
+    return JSONResponse(
+        {
+            "from": range_.start.isoformat(),
+            "to": range_.end.isoformat(),
+            "group_by": list(range_.group_by),
+            "currency": "USD",
+            "rows": [row async for row in report(database, range_)],
+            "totals": await totals(database, range_),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def admin_costs(request: Request) -> Response:
+    await require_admin(request)
+    range_, fmt = parse_range(request, user_id=None)
+    return await _answer(request, range_, fmt, mine=False)
+
+
+async def my_costs(request: Request) -> Response:
+    user_id = (await identify(request)).user_id
+    range_, fmt = parse_range(request, user_id=user_id)
+    return await _answer(request, range_, fmt, mine=True)
+
+
+async def costs_page(request: Request) -> Response:
+    # The page itself is public and holds no data: it asks for the admin token and sends it
+    # with each API call, as a script would.
+    return FileResponse(STATIC_DIR / "costs.html", headers={"Cache-Control": "no-cache"})
+
+
+routes = [
+    Route("/api/admin/costs", admin_costs, methods=["GET"]),
+    Route("/api/me/costs", my_costs, methods=["GET"]),
+    Route("/admin/costs", costs_page, methods=["GET"]),
+]

@@ -1,0 +1,381 @@
+"""Cost reports (`GET /api/admin/costs`, `/api/me/costs`) against a ledger computed by hand.
+
+2,000 random generations are written through the store's writer, over users, agents, models,
+days (some outside the range asked for), statuses and every cost source; the expected rows are
+summed here in Python integers and must match the server's to the pico-dollar, in JSON and in
+the CSV read back with the csv module. Then a 100,000-generation export is streamed with its
+memory measured, and the report's query plan is checked to use its index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import random
+import tracemalloc
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from app.billing.money import PICOS
+from app.billing.reports import MEASURES, ReportRange, report_query
+from app.storage.database import is_sqlite, open_database
+from app.storage.tables import conversations, generations
+from tests.support import migrated_store
+
+ADMIN = "admin-token-for-cost-reports"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+START, END = date(2026, 3, 1), date(2026, 3, 10)
+USERS = ["dev", "alice", "bob"]
+MODELS = ["openai/gpt-4o", "anthropic/claude-3.5-sonnet", "meta-llama/llama-3.1-70b-instruct"]
+SOURCES = ["usage", "generation", "none", "pending", "not_billed"]
+
+
+def _picos(picos: int) -> str:
+    return str((Decimal(picos) / PICOS).quantize(Decimal("0.000000000001")))
+
+
+def _ledger(seed: int = 21, count: int = 2000) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    convs = [
+        {
+            "id": f"c{i:04d}",
+            "user_id": USERS[i % len(USERS)],
+            "agent": rng.choice(["chat", "coach"]),
+        }
+        for i in range(60)
+    ]
+    rows = []
+    for i in range(count):
+        conv = rng.choice(convs)
+        # A day before, inside and after the range; any time of day (UTC).
+        day = START + timedelta(days=rng.randint(-2, 12))
+        started = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(
+            seconds=rng.randint(0, 86399), microseconds=rng.randint(0, 999999)
+        )
+        source = rng.choice(SOURCES)
+        cost = {
+            "usage": rng.randint(1, 5 * 10**9),  # up to $0.005, sub-nano-dollar digits
+            "generation": rng.randint(1, 5 * 10**9),
+            "not_billed": 0,
+        }.get(source)
+        model = rng.choice(MODELS)
+        rows.append(
+            {
+                "id": f"g{i:05d}",
+                "generation_id": f"gen-{i}",
+                # ~3 generations per reply: retries and fallbacks share a message
+                "message_id": f"m{i // 3:05d}",
+                "conversation_id": conv["id"] if i % 97 else "deleted-conversation",
+                "agent": conv["agent"],
+                "attempt": 1 + i % 3,
+                "requested_model": model,
+                "model": None if source == "not_billed" else model,
+                # As a run writes them: retries after errors, the last attempt complete or not.
+                # A pending cost belongs to a generation still streaming: an ended one would be
+                # looked up (and settled) by the server's recovery while the test reads.
+                "status": "streaming"
+                if source == "pending"
+                else (
+                    "error"
+                    if i % 3 < 2 and rng.random() < 0.8
+                    else rng.choice(["complete", "cancelled", "error"])
+                ),
+                "error_code": None,
+                "prompt_tokens": rng.randint(0, 5000),
+                "completion_tokens": rng.randint(0, 2000),
+                "reasoning_tokens": rng.randint(0, 300),
+                "cached_tokens": rng.randint(0, 1000),
+                "cache_write_tokens": rng.randint(0, 500),
+                "cost_picousd": cost,
+                "cost_source": source,
+                "started_at": started,
+                "first_token_at": None,
+                "ended_at": started,
+            }
+        )
+    return convs, rows
+
+
+async def _seed(url: str, convs: list[dict], rows: list[dict]) -> None:
+    async with migrated_store(url) as store:
+        now = datetime.now(UTC)
+        await store.writer.write(
+            [
+                conversations.insert().values(
+                    **c, title="t", subject_conversation_id=None, created_at=now, updated_at=now
+                )
+                for c in convs
+            ]
+        )
+        for start in range(0, len(rows), 500):
+            await store.writer.write(
+                [generations.insert().values(**r) for r in rows[start : start + 500]]
+            )
+
+
+def _expected(rows: list[dict], convs: list[dict], group_by: tuple[str, ...], user=None) -> list:
+    owner = {c["id"]: c["user_id"] for c in convs}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if not START <= r["started_at"].date() <= END:
+            continue
+        who = owner.get(r["conversation_id"])
+        if user is not None and who != user:
+            continue
+        keys = {
+            "day": r["started_at"].date().isoformat(),
+            "model": r["model"] or r["requested_model"],
+            "agent": r["agent"],
+            "user": who,
+        }
+        groups[tuple(keys[g] for g in group_by)].append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: tuple((v is None, v or "") for v in k)):
+        members = groups[key]
+        cost = sum(r["cost_picousd"] or 0 for r in members)
+        exact = sum(
+            r["cost_picousd"] for r in members if r["cost_source"] in ("usage", "generation")
+        )
+        complete = sum(r["status"] == "complete" for r in members)
+        per_reply = None
+        if complete:
+            per_reply = _picos(int((Decimal(cost) / complete).to_integral_value()))
+        out.append(
+            {
+                **dict(zip(group_by, key, strict=True)),
+                "generations": len(members),
+                "replies": sum(r["attempt"] == 1 for r in members),
+                "complete_replies": complete,
+                **{
+                    f"{kind}_tokens": sum(r[f"{kind}_tokens"] for r in members)
+                    for kind in ("prompt", "completion", "reasoning", "cached", "cache_write")
+                },
+                "cost_usd": _picos(cost),
+                "exact_cost_usd": _picos(exact),
+                "cost_per_complete_reply_usd": per_reply,
+                "exact_generations": sum(
+                    r["cost_source"] in ("usage", "generation") for r in members
+                ),
+                "not_billed_generations": sum(r["cost_source"] == "not_billed" for r in members),
+                "unknown_generations": sum(r["cost_source"] == "none" for r in members),
+                "pending_generations": sum(r["cost_source"] == "pending" for r in members),
+            }
+        )
+    return out
+
+
+def _sorted(rows: list[dict], group_by) -> list[dict]:
+    # NULLs sort first on SQLite and last on PostgreSQL: compare in one order.
+    return sorted(rows, key=lambda r: tuple((r[g] is None, r[g] or "") for g in group_by))
+
+
+@pytest.fixture
+def seeded(database):
+    convs, rows = _ledger()
+    asyncio.run(_seed(database.url, convs, rows))
+    return convs, rows
+
+
+def test_reports_match_a_hand_computed_ledger_exactly_in_json_and_csv(start_server, seeded):
+    convs, rows = seeded
+    server = start_server(admin_token=ADMIN)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for group_by in [
+            ("day",),
+            ("model",),
+            ("agent", "user"),
+            ("day", "model", "agent", "user"),
+        ]:
+            params = {
+                "from": START.isoformat(),
+                "to": END.isoformat(),
+                "group_by": ",".join(group_by),
+            }
+            body = http.get("/api/admin/costs", params=params, headers=AUTH).json()
+            expected = _expected(rows, convs, group_by)
+            assert _sorted(body["rows"], group_by) == _sorted(expected, group_by)
+            [total] = _expected(rows, convs, ())
+            assert body["totals"] == total
+            assert body["from"] == "2026-03-01" and body["group_by"] == list(group_by)
+
+            response = http.get(
+                "/api/admin/costs", params={**params, "format": "csv"}, headers=AUTH
+            )
+            assert response.headers["content-type"] == "text/csv; charset=utf-8"
+            by = "-".join(group_by)
+            assert response.headers["content-disposition"] == (
+                f'attachment; filename="streamchat-costs-2026-03-01-to-2026-03-10-by-{by}.csv"'
+            )
+            assert response.text.endswith("\r\n")  # RFC 4180 line ends
+            table = list(csv.reader(io.StringIO(response.text, newline="")))
+            assert table[0] == [*group_by, *MEASURES]
+            as_text = [
+                [("" if row[c] is None else str(row[c])) for c in table[0]] for row in expected
+            ]
+            assert sorted(table[1:]) == sorted(as_text)
+
+        # The caller's own: the dev user's, nothing of a deleted conversation.
+        mine = http.get("/api/me/costs", params={"from": "2026-03-01", "to": "2026-03-10"}).json()
+        expected = _expected(rows, convs, ("day",), user="dev")
+        assert mine["rows"] == expected
+        csv_mine = http.get("/api/me/costs", params={"format": "csv", "to": "2026-03-10"})
+        assert (
+            "streamchat-my-costs-2026-02-09-to-2026-03-10-by-day.csv"
+            in csv_mine.headers["content-disposition"]
+        )
+
+
+def test_line_items_export_every_generation_of_the_range(start_server, seeded):
+    convs, rows = seeded
+    server = start_server(admin_token=ADMIN)
+    params = {"from": "2026-03-01", "to": "2026-03-10", "group_by": "generation", "format": "csv"}
+    response = httpx.get(f"{server.url}/api/admin/costs", params=params, headers=AUTH, timeout=30)
+    items = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    wanted = sorted(
+        (r for r in rows if START <= r["started_at"].date() <= END),
+        key=lambda r: (r["started_at"], r["id"]),
+    )
+    assert [item["id"] for item in items] == [r["id"] for r in wanted]
+    owner = {c["id"]: c["user_id"] for c in convs}
+    for item, row in zip(items, wanted, strict=True):
+        assert datetime.fromisoformat(item["started_at"]) == row["started_at"]
+        assert item["cost_usd"] == (
+            "" if row["cost_picousd"] is None else _picos(row["cost_picousd"])
+        )
+        assert item["user"] == (owner.get(row["conversation_id"]) or "")
+        assert item["cost_source"] == row["cost_source"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "2026-13-01"},
+        {"to": "yesterday"},
+        {"from": "20260301"},
+        {"from": "2026-03-10", "to": "2026-03-01"},
+        {"group_by": "day,week"},
+        {"group_by": "day,day"},
+        {"group_by": "generation"},  # line items are CSV only
+        {"format": "xml"},
+    ],
+)
+def test_bad_parameters_are_422_invalid_query(start_server, params):
+    server = start_server(admin_token=ADMIN)
+    for path, headers in (("/api/admin/costs", AUTH), ("/api/me/costs", {})):
+        response = httpx.get(f"{server.url}{path}", params=params, headers=headers)
+        assert response.status_code == 422, (path, params)
+        assert response.json()["error"]["code"] == "invalid_query"
+
+
+def test_everyones_costs_are_for_admins_only(start_server):
+    server = start_server(admin_token=ADMIN)
+    assert httpx.get(f"{server.url}/api/admin/costs").status_code == 401
+    wrong = httpx.get(f"{server.url}/api/admin/costs", headers={"Authorization": "Bearer no"})
+    assert wrong.status_code == 401
+    # No admin configured: 403 admin_disabled, whoever asks.
+    closed = start_server()
+    assert httpx.get(f"{closed.url}/api/admin/costs").json()["error"]["code"] == "admin_disabled"
+
+
+# `count` generations, 300 s apart from 2026-01-01, inserted by the database itself (a row per
+# statement would take minutes): the same shape on both, the timestamp as each stores one;
+# the columns named, the later ones (migration 4's) left to their defaults.
+BULK_SQLITE = """
+INSERT INTO generations (id, generation_id, message_id, conversation_id, agent, attempt,
+    requested_model, model, status, error_code, prompt_tokens, completion_tokens,
+    reasoning_tokens, cached_tokens, cost_picousd, cost_source, started_at, first_token_at,
+    ended_at)
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
+SELECT substr('00000000000000000000000000000000' || i, -32), 'gen-' || i, 'm' || i,
+       'c' || (i - i / 1000 * 1000), 'chat', 1, 'openai/gpt-4o', 'openai/gpt-4o', 'complete',
+       NULL, 100, 50, 0, 0, 123456789, 'usage',
+       datetime('2026-01-01', '+' || (i * 300) || ' seconds') || '.000000', NULL, NULL
+FROM n
+"""
+BULK_POSTGRES = """
+INSERT INTO generations (id, generation_id, message_id, conversation_id, agent, attempt,
+    requested_model, model, status, error_code, prompt_tokens, completion_tokens,
+    reasoning_tokens, cached_tokens, cost_picousd, cost_source, started_at, first_token_at,
+    ended_at)
+SELECT lpad(to_hex(i), 32, '0'), 'gen-' || i, 'm' || i, 'c' || (i % 1000), 'chat', 1,
+       'openai/gpt-4o', 'openai/gpt-4o', 'complete', NULL, 100, 50, 0, 0, 123456789, 'usage',
+       timestamptz '2026-01-01 00:00:00+00' + i * interval '300 seconds', NULL, NULL
+FROM generate_series(0, {last}) AS i
+"""
+
+
+async def _bulk(url: str, count: int) -> None:
+    async with migrated_store(url):
+        pass
+    database = await open_database(url, max_size=1)
+    try:
+        bulk = BULK_SQLITE if is_sqlite(url) else BULK_POSTGRES
+        await database.execute(bulk.format(last=count - 1))
+    finally:
+        await database.disconnect()
+
+
+def test_a_100k_generation_export_streams_in_bounded_memory(start_server, database):
+    count = 100_000
+    asyncio.run(_bulk(database.url, count))
+    server = start_server(admin_token=ADMIN)
+    params = {"from": "2026-01-01", "to": "2026-12-31", "group_by": "generation", "format": "csv"}
+    rows = size = 0
+    tracemalloc.start()
+    try:
+        with httpx.stream(
+            "GET", f"{server.url}/api/admin/costs", params=params, headers=AUTH, timeout=120
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                rows += 1
+                size += len(line) + 2
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows == count + 1  # and the header
+    # Server and client share this process: everything they held at once stayed a fraction of
+    # the export (one page of 1,000 rows at a time), never the whole of it.
+    print(f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB export")
+    assert size > 15_000_000
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB export"
+
+
+def test_a_report_over_a_range_reads_the_started_at_index(database):
+    asyncio.run(_bulk(database.url, 20_000))
+    # A week of the ~70 days the rows span: a range report reads only its part of the table.
+    week = ReportRange(date(2026, 1, 10), date(2026, 1, 16), ("day", "model"))
+
+    async def plan() -> str:
+        db = await open_database(database.url, max_size=1)
+        try:
+            dialect = db.url.dialect
+            query = report_query(week, dialect=dialect)
+            compiled = str(
+                query.compile(
+                    dialect=sa.dialects.sqlite.dialect()
+                    if dialect == "sqlite"
+                    else sa.dialects.postgresql.dialect(),
+                    compile_kwargs={"literal_binds": True},
+                )
+            )
+            if is_sqlite(database.url):
+                await db.execute("ANALYZE")
+                rows = await db.fetch_all(f"EXPLAIN QUERY PLAN {compiled}")
+                return "\n".join(str(row[3]) for row in rows)
+            await db.execute(
+                "VACUUM ANALYZE generations"
+            )  # index-only scans need the visibility map
+            rows = await db.fetch_all(f"EXPLAIN {compiled}")
+            return "\n".join(row[0] for row in rows)
+        finally:
+            await db.disconnect()
+
+    text = asyncio.run(plan())
+    assert "ix_generations_started_at" in text, text

@@ -1,0 +1,77 @@
+"""`python -m app check [--ping]` as an operator runs it, against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import migrated_store
+
+KEY = "sk-or-v1-check-secret-0123456789"
+
+
+def _check(fake_url: str, database_url: str, tmp_path: Path, *args: str, **env: str):
+    return subprocess.run(
+        [sys.executable, "-m", "app", "check", *args],
+        cwd=tmp_path,
+        env={
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "HOME": str(tmp_path),
+            "APP_ENV": "test",
+            "DATABASE_URL": database_url,
+            "OPENROUTER_API_KEY": KEY,
+            "OPENROUTER_MODEL": "openai/gpt-4o",
+            "OPENROUTER_BASE_URL": fake_url,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def _migrate(url: str) -> None:
+    async with migrated_store(url):
+        pass
+
+
+def test_check_with_ping_passes_and_records_each_ping_in_the_ledger(
+    fake, fake_url, database, tmp_path
+):
+    asyncio.run(_migrate(database.url))
+    result = _check(fake_url, database.url, tmp_path, "--ping")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["key", "ok"]
+    assert any(line.startswith("credits") and "$87.5 left" in line for line in lines)
+    assert any(line.startswith("agent chat") and " ok " in line for line in lines)
+    assert any(line.startswith("ping openai/gpt-4o") and "cost $" in line for line in lines)
+    assert lines[-1].startswith("all good")
+    assert KEY not in result.stdout + result.stderr
+    [ping] = database.query("SELECT * FROM generations WHERE agent = 'check'")
+    assert ping["cost_source"] == "usage" and ping["cost_picousd"] > 0
+    assert fake.requests[-1]["body"]["max_tokens"] == 1
+
+
+def test_check_fails_on_a_refused_key(fake, fake_url, database, tmp_path):
+    asyncio.run(_migrate(database.url))
+    fake.key_status = 401
+    result = _check(fake_url, database.url, tmp_path)
+    assert result.returncode == 1
+    assert "key" in result.stdout and "FAIL" in result.stdout
+    assert "OpenRouter refuses the OPENROUTER_API_KEY" in result.stdout
+
+
+def test_check_fails_on_a_model_missing_from_the_catalog(fake, fake_url, database, tmp_path):
+    asyncio.run(_migrate(database.url))
+    agents = tmp_path / "agents.toml"
+    agents.write_text(
+        '[chat]\nmodel = "nobody/no-such-model"\nsystem_prompt = "x"\n'
+        '[coach]\nsystem_prompt = "y"\n'
+    )
+    result = _check(fake_url, database.url, tmp_path, AGENTS_FILE=str(agents))
+    assert result.returncode == 1
+    assert "nobody/no-such-model is not in the catalog" in result.stdout
