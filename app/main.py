@@ -116,14 +116,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 app_url=settings.app_url,
                 app_title=settings.app_title,
             )
-            runs = Runs(store=store, client=client, settings=settings)
+            agents = Agents(defaults)
+            await agents.load(store)
+            runs = Runs(store=store, client=client, settings=settings, agents=agents)
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
             runs.recovery.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
-            agents = Agents(defaults)
-            await agents.load(store)
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
             model_catalog = ModelCatalog(
                 client=client,

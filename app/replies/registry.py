@@ -7,9 +7,12 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from app.agents.overrides import Agents
 from app.replies.recovery import Recovery
 from app.replies.runs import Run, RunRequest
 from app.replies.states import MessageStatus
+from app.replies.titles import AGENT as TITLER
+from app.replies.titles import Titler
 from app.settings import Settings
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient
@@ -18,15 +21,29 @@ log = logging.getLogger(__name__)
 
 
 class Runs:
-    def __init__(self, *, store: Store, client: OpenRouterClient, settings: Settings) -> None:
+    def __init__(
+        self, *, store: Store, client: OpenRouterClient, settings: Settings, agents: Agents
+    ) -> None:
         self.store = store
         self.client = client
         self.settings = settings
         self.live: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._titling: set[asyncio.Task[Any]] = set()  # background too, but cut at shutdown
         self._drain: asyncio.Task[None] | None = None
         self.recovery = Recovery(
             store=store, client=client, settings=settings, spawn=self.spawn, live=self._live_ids
+        )
+        self.titler = (
+            Titler(
+                store=store,
+                client=client,
+                agents=agents,
+                settings=settings,
+                reconcile=self.recovery.reconcile,
+            )
+            if settings.auto_titles and TITLER in agents
+            else None
         )
 
     def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None] | None) -> Run:
@@ -68,6 +85,16 @@ class Runs:
 
     def _on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
+        # After the final event, so a title never delays a reply; not once shutdown began.
+        if (
+            self.titler is not None
+            and run.request.wants_title
+            and run.status == MessageStatus.COMPLETE
+            and self._drain is None
+        ):
+            task = self.spawn(self.titler.title(run.request, answer=run.content))
+            self._titling.add(task)
+            task.add_done_callback(self._titling.discard)
 
     def begin_drain(self) -> None:
         """Shutdown has begun (SIGTERM): live runs get SHUTDOWN_GRACE seconds to finish.
@@ -93,11 +120,15 @@ class Runs:
             await asyncio.wait([run.task for run in remaining if run.task])
 
     async def shutdown(self) -> None:
-        """Drain the runs, finish every write; unfinished cost lookups wait for the next start."""
+        """Drain the runs, finish every write, cancel titles being made; unfinished cost
+        lookups wait for the next start."""
         self.begin_drain()
         assert self._drain is not None
         await self._drain
         await self.recovery.stop()
+        # A title is a nicety: not worth holding shutdown up for a slow upstream.
+        for task in self._titling:
+            task.cancel()
         while self._background:
             await asyncio.wait(list(self._background))
 

@@ -1,4 +1,5 @@
-"""Conversations: list (newest first, a page at a time), one with its messages, delete."""
+"""Conversations: list (newest first, a page at a time), one with the messages of the branch it
+shows, rename, delete; and switching the branch a conversation shows."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from starlette.routing import Route
 
 from app.billing.money import from_picos, usd
 from app.errors import ApiError
-from app.http.input import path_id
+from app.http.auth.identity import identify
+from app.http.input import json_body, path_id
 from app.replies.states import MessageStatus
-from app.state import app_state
+from app.replies.titles import MAX_TITLE
+from app.state import AppState, app_state
 from app.storage.conversations import Position
 
 DEFAULT_PAGE = 50
@@ -38,8 +41,15 @@ def _conversation(row: dict[str, Any]) -> dict[str, Any]:
 def _message(row: dict[str, Any]) -> dict[str, Any]:
     prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
     assistant = row["role"] == "assistant"
+    siblings = row["sibling_ids"]
     return {
         "id": row["id"],
+        "parent_id": row["parent_id"],
+        # Its place among the messages with its parent (other replies to one question, other
+        # versions of one question): `POST /api/messages/{id}/activate` shows another.
+        "siblings": len(siblings),
+        "sibling_index": siblings.index(row["id"]) + 1,
+        "sibling_ids": siblings,
         "role": row["role"],
         "content": row["content"],
         # The readable thinking and the citations; reasoning_details stay server-side (they
@@ -135,6 +145,20 @@ async def list_conversations(request: Request) -> Response:
     )
 
 
+async def _with_messages(state: AppState, row: dict[str, Any]) -> dict[str, Any]:
+    """A conversation with the messages of the branch it shows, and its total cost: every
+    branch's, its title's and its coach reviews' (`ledger.conversation_cost`)."""
+    messages = await state.store.replies.in_conversation(
+        conversation_id=row["id"], leaf_id=row["active_leaf_id"]
+    )
+    total = await state.store.conversations.total_cost(conversation_id=row["id"])
+    return {
+        **_conversation(row),
+        "total_cost_usd": usd(from_picos(total)),
+        "messages": [_message(m) for m in messages],
+    }
+
+
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
     conversation_id = path_id(request, "conversation_id")
@@ -143,15 +167,50 @@ async def get_conversation(request: Request) -> Response:
     )
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
-    messages = await state.store.replies.in_conversation(conversation_id=conversation_id)
-    costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
-    return JSONResponse(
-        {
-            **_conversation(row),
-            "total_cost_usd": usd(from_picos(sum(costs))) if costs else None,
-            "messages": [_message(m) for m in messages],
-        }
+    return JSONResponse(await _with_messages(state, row))
+
+
+async def rename_conversation(request: Request) -> Response:
+    """`PATCH /api/conversations/{id}` `{"title"}`: the user's own title, kept from then on."""
+    state = app_state(request)
+    caller = await identify(request)
+    conversation_id = path_id(request, "conversation_id")
+    body = await json_body(request)
+    title = body.get("title")
+    if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
+        raise ApiError(422, "invalid_field", f"`title` must be text of 1 to {MAX_TITLE} characters")
+    renamed = await state.store.conversations.rename(
+        conversation_id=conversation_id, user_id=caller.user_id, title=" ".join(title.split())
     )
+    if not renamed:
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    row = await state.store.conversations.get(
+        conversation_id=conversation_id, user_id=caller.user_id
+    )
+    assert row is not None
+    return JSONResponse(_conversation(row))
+
+
+async def activate_message(request: Request) -> Response:
+    """`POST /api/messages/{id}/activate`: the conversation shows the branch through message
+    `id` (its latest, see `Replies.show`); answers with the conversation as `GET` does."""
+    state = app_state(request)
+    caller = await identify(request)
+    message_id = path_id(request, "message_id")
+    message = await state.store.replies.message(message_id=message_id)
+    row = (
+        await state.store.conversations.get(
+            conversation_id=message["conversation_id"], user_id=caller.user_id
+        )
+        if message is not None
+        else None
+    )
+    if row is None:
+        raise ApiError(404, "message_not_found", f"no message {message_id!r}")
+    await state.store.replies.show(conversation_id=row["id"], message_id=message_id)
+    row = await state.store.conversations.get(conversation_id=row["id"], user_id=caller.user_id)
+    assert row is not None
+    return JSONResponse(await _with_messages(state, row))
 
 
 async def delete_conversation(request: Request) -> Response:
@@ -172,5 +231,7 @@ async def delete_conversation(request: Request) -> Response:
 routes = [
     Route("/api/conversations", list_conversations, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", get_conversation, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}", rename_conversation, methods=["PATCH"]),
     Route("/api/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
+    Route("/api/messages/{message_id}/activate", activate_message, methods=["POST"]),
 ]
