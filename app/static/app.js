@@ -28,6 +28,8 @@ const state = {
   loaded: false,
   // Bumped on every navigation so late responses for a previous view are dropped.
   navSeq: 0,
+  // A new conversation whose first reply is streaming: its title comes after it (refreshTitle).
+  titlePending: null,
 };
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
@@ -169,8 +171,10 @@ function createView(m) {
   v.el = h('article', {
     class: `msg msg-${m.role}`, 'data-testid': 'message', 'data-role': m.role, 'data-message-id': m.id,
   },
-  h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.badge),
+  h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.badge,
+    messageTime(m)),
   v.thinking, v.content, v.note, v.citations, v.error);
+  addMessageTools(v, m);
   for (const a of m.annotations || []) addCitation(v, a);
 
   if (m.role === 'assistant') {
@@ -253,6 +257,124 @@ function clearMessages() {
   els.empty.hidden = false;
 }
 
+// ---------- timestamps, branches, regenerate and edit ----------
+
+// When a message was written, in the reader's local time (the full date on hover).
+function messageTime(m) {
+  const at = m.created_at ? new Date(m.created_at) : new Date();
+  if (Number.isNaN(at.getTime())) return null;
+  return h('time', {
+    class: 'msg-time', 'data-testid': 'message-time', datetime: at.toISOString(), title: at.toLocaleString(),
+  }, at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }));
+}
+
+// Under each message: "‹ 2 / 3 ›" when it has siblings (other replies to the same question,
+// other versions of the same question), and Regenerate (a reply) or Edit (a question).
+function addMessageTools(v, m) {
+  const tools = h('div', { class: 'msg-tools', 'data-testid': 'message-tools' });
+  const ids = m.sibling_ids || [m.id];
+  if (ids.length > 1) {
+    const at = ids.indexOf(m.id);
+    const go = (step) => () => activateMessage(ids[at + step]);
+    tools.append(h('span', { class: 'branch', 'data-testid': 'branch-switcher' },
+      h('button', {
+        type: 'button', class: 'btn-icon', 'data-testid': 'branch-prev', 'aria-label': 'Previous version',
+        disabled: at === 0, onclick: go(-1),
+      }, '‹'),
+      h('span', { 'data-testid': 'branch-position' }, `${at + 1} / ${ids.length}`),
+      h('button', {
+        type: 'button', class: 'btn-icon', 'data-testid': 'branch-next', 'aria-label': 'Next version',
+        disabled: at === ids.length - 1, onclick: go(1),
+      }, '›')));
+  }
+  if (m.role === 'assistant') {
+    tools.append(h('button', {
+      type: 'button', class: 'btn-link', 'data-testid': 'regenerate', onclick: () => regenerate(m.id),
+    }, 'Regenerate'));
+  } else if (m.role === 'user') {
+    tools.append(h('button', {
+      type: 'button', class: 'btn-link', 'data-testid': 'edit', onclick: () => startEdit(v),
+    }, 'Edit'));
+  }
+  v.el.append(tools);
+}
+
+function busy() {
+  return state.sending || state.streamingId != null;
+}
+
+// A regenerate or an edit answers like a new turn (202); the conversation then shows the new
+// branch, whose reply is streaming: opening it again resumes that reply from its start.
+async function branchOff(url, body) {
+  if (busy() || !state.openId) return;
+  clearError();
+  state.sending = true;
+  updateComposer();
+  try {
+    await api('POST', url, body);
+  } catch (err) {
+    showError(err);
+    return;
+  } finally {
+    state.sending = false;
+    updateComposer();
+  }
+  await openConversation(state.openId);
+}
+
+function regenerate(messageId) {
+  return branchOff(`/api/messages/${encodeURIComponent(messageId)}/regenerate`);
+}
+
+function startEdit(v) {
+  if (busy() || v.editor) return;
+  const input = h('textarea', { class: 'msg-edit-input', 'data-testid': 'edit-input', rows: 3, 'aria-label': 'Edit message' });
+  input.value = v.text.data;
+  const close = () => { v.editor.remove(); v.editor = null; v.content.hidden = false; };
+  const save = () => {
+    const text = input.value.trim();
+    if (!text) return;
+    close();
+    branchOff(`/api/messages/${encodeURIComponent(v.id)}/edit`, { message: text });
+  };
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); save(); }
+    if (e.key === 'Escape') close();
+  });
+  v.editor = h('div', { class: 'msg-edit', 'data-testid': 'edit-form' }, input,
+    h('div', { class: 'msg-edit-actions' },
+      h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'edit-save', onclick: save }, 'Save'),
+      h('button', { type: 'button', class: 'btn', 'data-testid': 'edit-cancel', onclick: close }, 'Cancel')));
+  v.content.hidden = true;
+  v.content.after(v.editor);
+  input.focus();
+}
+
+async function activateMessage(messageId) {
+  if (busy() || !messageId) return;
+  clearError();
+  const seq = ++state.navSeq;
+  let conv;
+  try {
+    conv = await api('POST', `/api/messages/${encodeURIComponent(messageId)}/activate`);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  if (seq === state.navSeq) showConversation(conv);
+}
+
+// The titler names a new conversation after its first reply, off the reply's path: read the
+// list again a few times until the title is no longer the question's first words.
+async function refreshTitle({ id, title }, delays = [300, 1000, 2500, 5000]) {
+  for (const ms of delays) {
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    await loadConversations();
+    const now = state.conversations.find((c) => c.id === id)?.title;
+    if (now && now !== title) return;
+  }
+}
+
 // ---------- streaming a reply ----------
 
 function updateComposer() {
@@ -283,6 +405,10 @@ function startStream(url, v, { focusStop = false } = {}) {
     updateComposer();
     if (refocus) els.input.focus();
     loadConversations();
+    if (state.titlePending) {
+      refreshTitle(state.titlePending);
+      state.titlePending = null;
+    }
   };
 
   state.stream = openStream(url, {
@@ -391,6 +517,8 @@ async function send() {
     setHash(state.openId);
     clearMessages();
     setHeader(null, 0);
+    // The server's first-words title, until the titler's replaces it.
+    state.titlePending = { id: res.conversation_id, title: text.split(/\s+/).join(' ').slice(0, 80) };
   }
   appendMessage({ id: res.user_message_id, role: 'user', content: text, status: 'complete' });
   const v = appendMessage({
@@ -490,7 +618,13 @@ async function openConversation(id, { resume = true } = {}) {
     return null;
   }
   if (seq !== state.navSeq) return null;
+  showConversation(conv, { resume });
+  return conv;
+}
 
+// Shows a conversation's messages (the branch it shows), resuming a reply still streaming.
+function showConversation(conv, { resume = true } = {}) {
+  closeStream();
   clearMessages();
   setHeader(conv.title, conv.total_cost_usd);
   const messages = conv.messages || [];
@@ -504,7 +638,6 @@ async function openConversation(id, { resume = true } = {}) {
     clearReply(v);
     startStream(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`, v);
   }
-  return conv;
 }
 
 function newChat({ focus = true } = {}) {
