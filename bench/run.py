@@ -3,10 +3,14 @@
     .venv/bin/python -m bench                      # levels 1, 50, 200 and the idle-memory test
     .venv/bin/python -m bench --quick              # a short run, for a quick look
     .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
+    .venv/bin/python -m bench --auth               # ours verifying a user's JWT on every reply
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
-the httpcore pool trap), and ours (`python -m app serve`, SQLite, APP_ENV=production). The load
+the httpcore pool trap), and ours (`python -m app serve`, SQLite; with `--auth`, APP_ENV=production
+and AUTH_MODE=jwt, each request carrying an HS256 token this driver signs with the AUTH_JWT_SECRET
+it gives the server; without, AUTH_MODE=dev, which production refuses, so APP_ENV=development
+against the same fake upstream). The load
 driver is this process: raw asyncio sockets speaking HTTP/1.1, one connection per stream, so it
 stays lean; it still shares the machine's cores with the servers, which is why results are
 given as ratios to the pass-through. Targets run one after another, never at the same time;
@@ -40,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
 MESSAGE = "Tell me about benchmarks"
+AUTH_JWT_SECRET = "bench-not-a-real-secret-0123456789abcdef"
 
 
 # --- the processes ------------------------------------------------------------------------------
@@ -122,15 +127,18 @@ class Processes:
         name: str,
         upstream: Server,
         *,
+        auth: bool,
         settings: dict[str, str] | None = None,
         serve: tuple[str, ...] = ("-m", "app", "serve"),
     ) -> Server:
         env = {
-            "APP_ENV": "production",
+            **(
+                {"APP_ENV": "production", "AUTH_JWT_SECRET": AUTH_JWT_SECRET}
+                if auth
+                else {"APP_ENV": "development", "AUTH_MODE": "dev"}
+            ),
             "OPENROUTER_API_KEY": "bench-not-a-real-key",
             "OPENROUTER_MODEL": "openai/gpt-4o",
-            # Production refuses to start without a way to verify users' tokens.
-            "AUTH_JWT_SECRET": BENCH_JWT_SECRET,
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,
@@ -196,28 +204,20 @@ OPENROUTER = Protocol(
 PASSTHROUGH = Protocol(
     "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
 )
-# Ours runs as in production, where a turn needs a signed-in user: one token for every request
-# (expiring in 2100), signed once here, so no benchmark measures token making.
-BENCH_JWT_SECRET = "bench-not-a-real-secret-0123456789abcdef"
-BENCH_TOKEN = jwt.encode({"sub": "bench", "exp": 4102444800}, BENCH_JWT_SECRET, "HS256")
-OURS = Protocol(
-    "/api/chat",
-    PASSTHROUGH.body,
-    re.compile(rb"event: delta"),
-    b"event: done",
-    headers=f"Authorization: Bearer {BENCH_TOKEN}\r\n",
-)
+OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
 # The markers of a first reasoning delta: OpenRouter's (relayed as is by the pass-through), ours.
-FIRST_REASONING = {
-    OPENROUTER: re.compile(rb'"reasoning": "[^"]'),
-    PASSTHROUGH: re.compile(rb'"reasoning": "[^"]'),
-    OURS: re.compile(rb"event: reasoning"),
-}
+UPSTREAM_REASONING = re.compile(rb'"reasoning": "[^"]')
+OURS_REASONING = re.compile(rb"event: reasoning")
 
 
-def thinking(protocol: Protocol) -> Protocol:
-    """The protocol, timing the first reasoning as well as the first content."""
-    return dataclasses.replace(protocol, first_reasoning=FIRST_REASONING[protocol])
+def ours_protocol(auth: bool) -> Protocol:
+    """OURS, signed in as one user with a token signed once (the server verifies it on every
+    request, which is the cost `--auth` measures)."""
+    if not auth:
+        return OURS
+    claims = {"sub": "bench-user", "exp": int(time.time()) + 86400}
+    signed = jwt.encode(claims, AUTH_JWT_SECRET, algorithm="HS256")
+    return dataclasses.replace(OURS, headers=f"Authorization: Bearer {signed}\r\n")
 
 
 TAIL = 64  # bytes kept between reads, so a marker split across two reads is still seen
@@ -515,6 +515,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
     parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
+    parser.add_argument(
+        "--auth", action="store_true", help="ours in AUTH_MODE=jwt, every request with a JWT"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
@@ -541,15 +544,34 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         upstream = procs.fake_upstream(
             "upstream", tokens=args.tokens, delay=args.delay, reasoning=args.reasoning
         )
-        timed = thinking if args.reasoning else (lambda protocol: protocol)
+
+        def timed(protocol: Protocol, first_reasoning: re.Pattern[bytes]) -> Protocol:
+            """The protocol, timing the first reasoning as well when the upstream thinks."""
+            if not args.reasoning:
+                return protocol
+            return dataclasses.replace(protocol, first_reasoning=first_reasoning)
+
+        upstream_mark = UPSTREAM_REASONING
         targets = [
-            (upstream, timed(OPENROUTER)),
-            (procs.passthrough("passthrough", upstream, clients=args.clients), timed(PASSTHROUGH)),
+            (upstream, timed(OPENROUTER, upstream_mark)),
+            (
+                procs.passthrough("passthrough", upstream, clients=args.clients),
+                timed(PASSTHROUGH, upstream_mark),
+            ),
         ]
         if not args.no_shared:
-            passthrough_1 = procs.passthrough("passthrough-1", upstream, clients=1)
-            targets.append((passthrough_1, timed(PASSTHROUGH)))
-        targets.append((procs.ours("ours", upstream), timed(OURS)))
+            targets.append(
+                (
+                    procs.passthrough("passthrough-1", upstream, clients=1),
+                    timed(PASSTHROUGH, upstream_mark),
+                )
+            )
+        targets.append(
+            (
+                procs.ours("ours", upstream, auth=args.auth),
+                timed(ours_protocol(args.auth), OURS_REASONING),
+            )
+        )
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):
@@ -579,7 +601,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             per_stream = {}
             for server, protocol in [
                 (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
-                (procs.ours("ours", slow), OURS),
+                (procs.ours("ours", slow, auth=args.auth), ours_protocol(args.auth)),
             ]:
                 per_stream[server.name] = await idle_memory(
                     server, protocol, streams=args.idle, time_limit=120.0
@@ -604,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     print(
         f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
-        f"{args.rounds} x {args.duration:.0f} s per measurement; machine: {os.cpu_count()} cores, "
+        f"{args.rounds} x {args.duration:.0f} s per measurement, "
+        f"auth {'on' if args.auth else 'off'}; machine: {os.cpu_count()} cores, "
         f"{_cpu_model()}, Python {sys.version.split()[0]}",
         flush=True,
     )

@@ -28,6 +28,10 @@ from app.storage.migrations import migrate
 from app.storage.replies import TurnIds
 from app.storage.store import Store
 
+# Every process serving one database signs stream tokens with the same key (production requires
+# STREAM_TOKEN_SECRET or AUTH_JWT_SECRET), so a stream_url one server gave out works on another.
+SHARED_STREAM_SECRET = "stream-token-secret-shared-by-every-process"
+
 T = TypeVar("T")
 S = TypeVar("S", bound=Store)
 

@@ -52,6 +52,18 @@ def test_benchmark_runs_every_target_without_errors():
     assert budget and all(line.startswith(("PASS", "FAIL")) for line in budget)
 
 
+def test_benchmark_runs_ours_with_auth_on():
+    # The driver signs a JWT with the AUTH_JWT_SECRET it gives the server: a refused token
+    # would make every stream of ours an error.
+    args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = run_bench("bench", *args, "--idle", "5", "--no-shared", "--auth", timeout=120)
+    assert "auth on" in finished.stdout.splitlines()[0]
+    [ours] = [line.split() for line in finished.stdout.splitlines() if line.startswith("ours ")]
+    streams, errors = int(ours[2]), int(ours[3])
+    assert streams >= 2 and errors == 0, ours
+    assert "ours" in finished.stdout.split("idle streams", 1)[1]
+
+
 def test_rounds_are_pooled_into_one_measurement():
     def result(streams: int, errors: int, elapsed: float, cpu: float, ttft: list[float]):
         return Result("ours", 50, streams, errors, elapsed, ttft, ttft, cpu, 1000, 0.1)

@@ -15,6 +15,7 @@ from typing import Protocol
 from app.replies.events import LogEvent
 from app.replies.registry import Runs
 from app.replies.replay import StoredReply
+from app.replies.runs import Run
 from app.settings import Settings
 from app.storage.store import Store
 
@@ -30,11 +31,19 @@ class ReplySource(Protocol):
         ...
 
 
-async def find_reply(
-    message_id: str, *, runs: Runs, store: Store, settings: Settings
-) -> ReplySource | None:
-    """Where the reply's events can be read from; None if there is no such reply."""
+def live_run(runs: Runs, *, message_id: str, user_id: str) -> Run | None:
+    """This process's live run of the user's reply, if there is one. Another user's run is
+    not there for them: the caller goes on to the database, which finds nothing either."""
     run = runs.get(message_id)
+    return run if run is not None and run.request.user_id == user_id else None
+
+
+async def find_reply(
+    message_id: str, *, user_id: str, runs: Runs, store: Store, settings: Settings
+) -> ReplySource | None:
+    """Where the user's reply's events can be read from; None if they have no such reply
+    (another user's answers exactly as one that does not exist)."""
+    run = live_run(runs, message_id=message_id, user_id=user_id)
     if run is not None:
         return run
     # The slot for a Redis Stream source: a reply live in another process, read event by
@@ -42,6 +51,7 @@ async def find_reply(
     return await StoredReply.load(
         store,
         message_id=message_id,
+        user_id=user_id,
         poll_interval=settings.checkpoint_interval,
         ping_interval=settings.ping_interval,
     )

@@ -18,9 +18,12 @@ from app.replies.states import MessageStatus
 from app.storage.store import Store
 
 
-async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], bool] | None:
-    """(events, finished) for an assistant message, or None if there is no such message."""
-    row = await store.replies.get(message_id=message_id)
+async def replay_log(
+    store: Store, *, message_id: str, user_id: str
+) -> tuple[list[LogEvent], bool] | None:
+    """(events, finished) for the user's assistant message, or None if they have no such
+    message."""
+    row = await store.replies.get(message_id=message_id, user_id=user_id)
     if row is None:
         return None
     events = [
@@ -76,6 +79,7 @@ class StoredReply:
         store: Store,
         *,
         message_id: str,
+        user_id: str,
         events: list[LogEvent],
         finished: bool,
         poll_interval: float,
@@ -83,6 +87,7 @@ class StoredReply:
     ) -> None:
         self._store = store
         self._message_id = message_id
+        self._user_id = user_id
         self._events = events
         self._finished = finished
         self._poll_interval = poll_interval
@@ -90,16 +95,23 @@ class StoredReply:
 
     @classmethod
     async def load(
-        cls, store: Store, *, message_id: str, poll_interval: float, ping_interval: float
+        cls,
+        store: Store,
+        *,
+        message_id: str,
+        user_id: str,
+        poll_interval: float,
+        ping_interval: float,
     ) -> StoredReply | None:
-        """The stored reply, or None if there is no such assistant message."""
-        found = await replay_log(store, message_id=message_id)
+        """The user's stored reply, or None if they have no such assistant message."""
+        found = await replay_log(store, message_id=message_id, user_id=user_id)
         if found is None:
             return None
         events, finished = found
         return cls(
             store,
             message_id=message_id,
+            user_id=user_id,
             events=events,
             finished=finished,
             poll_interval=poll_interval,
@@ -128,7 +140,9 @@ class StoredReply:
             await asyncio.sleep(
                 min(self._poll_interval, sent_at + self._ping_interval - loop.time())
             )
-            found = await replay_log(self._store, message_id=self._message_id)
+            found = await replay_log(
+                self._store, message_id=self._message_id, user_id=self._user_id
+            )
             if found is None:
                 return  # deleted meanwhile
             events, finished = found

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Turn:
+    user_id: str  # the caller's: the owner of the conversation the turn opens or continues
     agent: str
     user_content: str
     conversation_id: str | None
@@ -38,6 +39,8 @@ class Turn:
 async def _existing_conversation(
     state: AppState, conversation_id: Any, *, agent: str, user_id: str
 ) -> dict[str, Any]:
+    """The user's own conversation of `agent` (admins included: a turn never goes into, and
+    the coach never reviews, another user's conversation)."""
     valid_id(conversation_id, "conversation_id")
     conversation = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=user_id
@@ -49,7 +52,7 @@ async def _existing_conversation(
     return conversation
 
 
-async def chat_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
+async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     message = optional_text(body, "message", limit=limit)
     if message is None:
@@ -65,6 +68,7 @@ async def chat_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn
         conversation_id, leaf = conversation["id"], conversation["active_leaf_id"]
         history = await state.store.replies.history(leaf_id=leaf, limit=agent.history_messages)
     return Turn(
+        user_id=user_id,
         agent="chat",
         user_content=message,
         conversation_id=conversation_id,
@@ -105,6 +109,7 @@ async def _branch_turn(
     agent = state.agents.effective(conversation["agent"])
     history = await state.store.replies.history(leaf_id=parent_id, limit=agent.history_messages)
     return Turn(
+        user_id=conversation["user_id"],
         agent=conversation["agent"],
         user_content=user_content,
         conversation_id=conversation["id"],
@@ -114,7 +119,7 @@ async def _branch_turn(
     )
 
 
-async def regenerate_turn(state: AppState, message_id: str, user_id: str) -> Turn:
+async def regenerate_turn(state: AppState, message_id: str, *, user_id: str) -> Turn:
     """Another reply to the user message that reply `message_id` answered, beside it."""
     reply, conversation = await _own_message(state, message_id, role="assistant", user_id=user_id)
     asked = await state.store.replies.message(message_id=reply["parent_id"])
@@ -128,7 +133,9 @@ async def regenerate_turn(state: AppState, message_id: str, user_id: str) -> Tur
     )
 
 
-async def edit_turn(state: AppState, message_id: str, body: dict[str, Any], user_id: str) -> Turn:
+async def edit_turn(
+    state: AppState, message_id: str, body: dict[str, Any], *, user_id: str
+) -> Turn:
     """User message `message_id` said otherwise: a new user message beside it, and its reply."""
     message = optional_text(body, "message", limit=state.settings.max_message_chars)
     if message is None:
@@ -139,7 +146,7 @@ async def edit_turn(state: AppState, message_id: str, body: dict[str, Any], user
     )
 
 
-async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
+async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
     limit = state.settings.max_message_chars
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
@@ -169,6 +176,7 @@ async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Tur
         sections.append(f"Context:\n{context}")
     sections.append(f"Question:\n{question}" if question else "What advice do you have?")
     return Turn(
+        user_id=user_id,
         agent="coach",
         user_content="\n\n".join(sections),
         conversation_id=None,  # each coach call is its own conversation
@@ -178,7 +186,7 @@ async def coach_turn(state: AppState, body: dict[str, Any], user_id: str) -> Tur
     )
 
 
-def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dict[str, Any]]:
+def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     """The run's request and the arguments of `Replies.start_turn` for its rows."""
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
@@ -188,7 +196,7 @@ def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dic
     )
     rows = {
         "ids": ids,
-        "user_id": user_id,
+        "user_id": turn.user_id,
         "agent": turn.agent,
         "title": first_words(turn.user_content),
         "user_content": None if turn.answers else turn.user_content,
@@ -200,7 +208,7 @@ def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dic
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,
         user_message_id=ids.user_message_id,
-        user_id=user_id,
+        user_id=turn.user_id,
         agent=turn.agent,
         model=model,
         fallback_models=agent.fallback_models,
@@ -216,14 +224,14 @@ def _prepare(state: AppState, turn: Turn, user_id: str) -> tuple[RunRequest, dic
     return request, rows
 
 
-def start_run(state: AppState, turn: Turn, *, user_id: str) -> Run:
+def start_run(state: AppState, turn: Turn) -> Run:
     """Start the reply's run; the user message is saved while the upstream call starts."""
-    request, rows = _prepare(state, turn, user_id)
+    request, rows = _prepare(state, turn)
     return state.runs.start(request, save_turn=state.store.replies.start_turn(**rows))
 
 
 async def claim_run(
-    state: AppState, turn: Turn, *, user_id: str, key: str, fingerprint: str
+    state: AppState, turn: Turn, *, key: str, fingerprint: str
 ) -> Run | dict[str, Any]:
     """Start the run of a turn sent with an `Idempotency-Key`, unless the key was used already:
     then the key's row (its turn's ids, and the `fingerprint` of the request that used it).
@@ -232,10 +240,10 @@ async def claim_run(
     transaction with the key's (see `app/storage/idempotency.py`): a request that loses the
     race for the key must not have called upstream. One write's wait, for keyed turns only.
     """
-    request, rows = _prepare(state, turn, user_id)
+    request, rows = _prepare(state, turn)
     ids = rows["ids"]
     claim = state.store.idempotency.claim(
-        user_id=user_id,
+        user_id=turn.user_id,
         key=key,
         fingerprint=fingerprint,
         conversation_id=ids.conversation_id,
@@ -248,7 +256,7 @@ async def claim_run(
         # The key's primary key refused it (the backends say so in different exceptions), or
         # the database failed: the key's row tells which.
         try:
-            claimed = await state.store.idempotency.get(user_id=user_id, key=key)
+            claimed = await state.store.idempotency.get(user_id=turn.user_id, key=key)
         except Exception:
             claimed = None
         if claimed is None:

@@ -1,5 +1,10 @@
 'use strict';
 // Chat page: conversation list, message view and streamed replies (SSE).
+// Sign-in (docs/auth.md): the host app's token from `data-token` on this script tag, or from
+// `window.streamchatGetToken()`; none in development. coach.js (loaded first) holds the
+// session, shared with the coach panel.
+
+const auth = window.Coach.session({ token: document.currentScript?.dataset.token });
 
 const $ = (sel) => document.querySelector(sel);
 const els = {
@@ -14,6 +19,12 @@ const els = {
   input: $('[data-testid="composer-input"]'),
   send: $('[data-testid="send"]'),
   stop: $('[data-testid="stop"]'),
+  searchForm: $('[data-testid="search-form"]'),
+  searchInput: $('[data-testid="search-input"]'),
+  results: $('[data-testid="search-results"]'),
+  exportLinks: $('[data-testid="export"]'),
+  exportMarkdown: $('[data-testid="export-markdown"]'),
+  exportJson: $('[data-testid="export-json"]'),
 };
 
 const state = {
@@ -28,6 +39,8 @@ const state = {
   loaded: false,
   // Bumped on every navigation so late responses for a previous view are dropped.
   navSeq: 0,
+  searchSeq: 0, // likewise for searches: only the latest one's results are shown
+  searchTimer: 0,
   // A new conversation whose first reply is streaming: its title comes after it (refreshTitle).
   titlePending: null,
 };
@@ -41,6 +54,18 @@ const FINISH_NOTES = {
 };
 
 // ---------- helpers ----------
+
+// Replies are Markdown. markdown-it with `html: false` escapes any HTML in the text instead of
+// passing it on, and its link check refuses `javascript:`, `vbscript:`, `file:` and `data:`
+// URLs; DOMPurify then cleans what it made anyway, so one library's bug is not enough to run a
+// model's (or a prompt injector's) markup on the page. User messages stay plain text.
+const markdown = window.markdownit({ html: false, linkify: true, breaks: true });
+DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+  if (node.tagName === 'A') {
+    node.setAttribute('target', '_blank');
+    node.setAttribute('rel', 'noopener noreferrer');
+  }
+});
 
 // Strings become text nodes (Element.append), so model output is never parsed as HTML.
 function h(tag, attrs = {}, ...children) {
@@ -62,7 +87,7 @@ function formatUsd(v) {
 async function api(method, url, body) {
   let res;
   try {
-    res = await fetch(url, {
+    res = await auth.fetch(url, {
       method,
       headers: body ? { 'Content-Type': 'application/json', Accept: 'application/json' } : { Accept: 'application/json' },
       body: body ? JSON.stringify(body) : undefined,
@@ -72,6 +97,7 @@ async function api(method, url, body) {
   }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
+  if (res.status === 401) throw new Error(window.Coach.signInMessage(data));
   if (!res.ok) throw new Error(data?.error?.message || `Request failed (HTTP ${res.status}).`);
   return data;
 }
@@ -91,6 +117,21 @@ function hashId() {
 }
 function setHash(id) {
   history.replaceState(null, '', id ? `#conversation=${encodeURIComponent(id)}` : location.pathname + location.search);
+  showExport(id);
+}
+
+// The open conversation's export links (plain links: the browser downloads the attachment).
+function showExport(id) {
+  els.exportLinks.hidden = !id;
+  if (!id) return;
+  const url = `/api/conversations/${encodeURIComponent(id)}/export`;
+  els.exportMarkdown.href = `${url}?format=markdown`;
+  els.exportJson.href = `${url}?format=json`;
+}
+
+function formatTime(iso) {
+  const when = new Date(iso);
+  return Number.isNaN(when.getTime()) ? '' : when.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' });
 }
 
 function setHeader(title, total) {
@@ -156,10 +197,11 @@ function openStream(url, on) {
 // ---------- messages ----------
 
 function createView(m) {
-  const v = { id: m.id };
+  const v = { id: m.id, raw: m.content || '', frame: 0 };
   v.badge = h('span', { class: 'badge', 'data-testid': 'message-status' });
-  v.text = document.createTextNode(m.content || '');
-  v.content = h('div', { class: 'msg-content', 'data-testid': 'message-content' }, v.text);
+  v.content = h('div', { class: 'msg-content', 'data-testid': 'message-content' });
+  const created = m.created_at || new Date().toISOString();
+  v.time = h('time', { datetime: created, title: created, 'data-testid': 'message-time' }, formatTime(created));
   v.error = h('p', { class: 'msg-error', 'data-testid': 'message-error', hidden: true });
   // The model's thinking: collapsed (the user opens it), hidden until there is some.
   v.thoughts = document.createTextNode(m.reasoning || '');
@@ -171,18 +213,20 @@ function createView(m) {
   v.el = h('article', {
     class: `msg msg-${m.role}`, 'data-testid': 'message', 'data-role': m.role, 'data-message-id': m.id,
   },
-  h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.badge,
-    messageTime(m)),
+  h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.time, v.badge),
   v.thinking, v.content, v.note, v.citations, v.error);
   addMessageTools(v, m);
   for (const a of m.annotations || []) addCitation(v, a);
 
   if (m.role === 'assistant') {
+    renderContent(v);
     v.content.setAttribute('aria-live', 'polite');
     v.model = h('span', { 'data-testid': 'message-model' });
     v.tokens = h('span', { 'data-testid': 'message-tokens', title: 'prompt + completion tokens' });
     v.cost = h('span', { 'data-testid': 'message-cost' });
     v.el.append(h('footer', { class: 'msg-meta', 'data-testid': 'message-meta' }, v.model, v.tokens, v.cost));
+  } else {
+    v.content.append(v.raw);
   }
   updateView(v, m);
   return v;
@@ -220,6 +264,43 @@ function updateView(v, m) {
   }
 }
 
+// A reply's Markdown, rendered whole from its text so far (a half-streamed code fence or table
+// renders as what it is so far, then as itself once complete).
+function renderContent(v) {
+  cancelAnimationFrame(v.frame);
+  v.frame = 0;
+  const html = DOMPurify.sanitize(markdown.render(v.raw), { RETURN_DOM_FRAGMENT: true });
+  for (const pre of html.querySelectorAll('pre')) addCopyButton(pre);
+  v.content.replaceChildren(html);
+}
+
+// Deltas come many per frame: parse at most once per animation frame, not once per token, so a
+// long answer does not cost a re-parse of all of it for every token.
+function scheduleRender(v) {
+  if (v.frame) return;
+  v.frame = requestAnimationFrame(() => {
+    const stick = nearBottom();
+    renderContent(v);
+    if (stick) scrollToEnd();
+  });
+}
+
+function addCopyButton(pre) {
+  const code = pre.textContent;
+  const button = h('button', { type: 'button', class: 'code-copy', 'data-testid': 'copy-code' }, 'Copy');
+  button.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(code);
+      button.textContent = 'Copied';
+    } catch {
+      button.textContent = 'Copy failed'; // no clipboard (an http page other than localhost)
+    }
+  });
+  const block = h('div', { class: 'code-block' });
+  pre.replaceWith(block);
+  block.append(button, pre);
+}
+
 // Citations become links under the answer; only http(s) URLs are made clickable.
 function addCitation(v, a) {
   if (!a || typeof a.url !== 'string') return;
@@ -236,7 +317,8 @@ function appendThought(v, text) {
 }
 
 function clearReply(v) {
-  v.text.data = '';
+  v.raw = '';
+  renderContent(v);
   v.thoughts.data = '';
   v.thinking.hidden = true;
   v.citations.replaceChildren();
@@ -257,16 +339,7 @@ function clearMessages() {
   els.empty.hidden = false;
 }
 
-// ---------- timestamps, branches, regenerate and edit ----------
-
-// When a message was written, in the reader's local time (the full date on hover).
-function messageTime(m) {
-  const at = m.created_at ? new Date(m.created_at) : new Date();
-  if (Number.isNaN(at.getTime())) return null;
-  return h('time', {
-    class: 'msg-time', 'data-testid': 'message-time', datetime: at.toISOString(), title: at.toLocaleString(),
-  }, at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }));
-}
+// ---------- branches, regenerate and edit ----------
 
 // Under each message: "‹ 2 / 3 ›" when it has siblings (other replies to the same question,
 // other versions of the same question), and Regenerate (a reply) or Edit (a question).
@@ -329,7 +402,7 @@ function regenerate(messageId) {
 function startEdit(v) {
   if (busy() || v.editor) return;
   const input = h('textarea', { class: 'msg-edit-input', 'data-testid': 'edit-input', rows: 3, 'aria-label': 'Edit message' });
-  input.value = v.text.data;
+  input.value = v.raw;
   const close = () => { v.editor.remove(); v.editor = null; v.content.hidden = false; };
   const save = () => {
     const text = input.value.trim();
@@ -361,7 +434,7 @@ async function activateMessage(messageId) {
     showError(err);
     return;
   }
-  if (seq === state.navSeq) showConversation(conv);
+  if (seq === state.navSeq) await showConversation(conv, { seq });
 }
 
 // The titler names a new conversation after its first reply, off the reply's path: read the
@@ -421,12 +494,12 @@ function startStream(url, v, { focusStop = false } = {}) {
       if (stick) scrollToEnd();
     },
     delta: (text) => {
-      const stick = nearBottom();
-      v.text.appendData(text);
-      if (stick) scrollToEnd();
+      v.raw += text;
+      scheduleRender(v);
     },
     annotation: (a) => addCitation(v, a),
     done: (d) => {
+      renderContent(v); // whole now, even where frames are not drawn (a background tab)
       const costKnown = d.cost_usd != null;
       updateView(v, {
         status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
@@ -438,6 +511,7 @@ function startStream(url, v, { focusStop = false } = {}) {
       if (!costKnown) refreshCost(v, state.openId);
     },
     failed: (d) => {
+      renderContent(v);
       updateView(v, { status: d.status || 'error', error: { code: d.code, message: d.message } });
       finish();
     },
@@ -618,12 +692,13 @@ async function openConversation(id, { resume = true } = {}) {
     return null;
   }
   if (seq !== state.navSeq) return null;
-  showConversation(conv, { resume });
+  await showConversation(conv, { resume, seq });
   return conv;
 }
 
-// Shows a conversation's messages (the branch it shows), resuming a reply still streaming.
-function showConversation(conv, { resume = true } = {}) {
+// Shows a conversation's messages (the branch it shows), resuming a reply still streaming;
+// `seq` is the navigation that asked for it (a later one drops the resume).
+async function showConversation(conv, { resume = true, seq = state.navSeq } = {}) {
   closeStream();
   clearMessages();
   setHeader(conv.title, conv.total_cost_usd);
@@ -636,7 +711,10 @@ function showConversation(conv, { resume = true } = {}) {
   if (resume && last?.status === 'streaming') {
     const v = state.views.get(last.id);
     clearReply(v);
-    startStream(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`, v);
+    // No stream_url here (that was the page before the reload): the user's own token, in the URL.
+    const url = await auth.streamUrl(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`);
+    if (seq !== state.navSeq) return;
+    startStream(url, v);
   }
 }
 
@@ -667,6 +745,54 @@ async function deleteConversation(id) {
   loadConversations();
 }
 
+// ---------- search ----------
+
+// Results replace the list while the box has text; each names a conversation and shows the
+// best-matching message's snippet: the server's pieces alternate plain text and matches, made
+// text nodes and <mark>s here, so nothing from the server is parsed as HTML.
+async function runSearch() {
+  clearTimeout(state.searchTimer);
+  const q = els.searchInput.value.trim();
+  const seq = ++state.searchSeq;
+  if (!q) {
+    els.results.hidden = true;
+    els.list.hidden = false;
+    return;
+  }
+  let data;
+  try {
+    data = await api('GET', `/api/conversations?agent=chat&limit=20&q=${encodeURIComponent(q)}`);
+  } catch (err) {
+    if (seq === state.searchSeq) showError(err);
+    return;
+  }
+  if (seq !== state.searchSeq) return;
+  const items = (data?.conversations || []).map((r) => h('li', {
+    class: 'conv', 'data-testid': 'search-result', 'data-conversation-id': r.id,
+  }, h('button', {
+    type: 'button', class: 'conv-open', onclick: () => openFound(r.id, r.message_id),
+  },
+  h('span', { class: 'conv-title', 'data-testid': 'search-result-title' }, r.title || 'New conversation'),
+  h('span', { class: 'search-snippet', 'data-testid': 'search-snippet' },
+    ...(r.snippet || []).map((piece, i) => (i % 2 ? h('mark', {}, piece) : piece))))));
+  if (!items.length) items.push(h('li', { class: 'conv-empty', 'data-testid': 'search-empty' }, 'No messages match.'));
+  els.results.replaceChildren(...items);
+  els.results.hidden = false;
+  els.list.hidden = true;
+}
+
+async function openFound(conversationId, messageId) {
+  const conv = await openConversation(conversationId);
+  if (!conv) return;
+  // Search reads every branch: a match on one the conversation does not show switches to it.
+  if (!state.views.has(messageId) && !busy()) await activateMessage(messageId);
+  const v = state.views.get(messageId);
+  if (!v) return;
+  for (const other of els.messages.querySelectorAll('.msg-found')) other.classList.remove('msg-found');
+  v.el.classList.add('msg-found');
+  v.el.scrollIntoView({ block: 'center' });
+}
+
 // ---------- wiring ----------
 
 els.form.addEventListener('submit', (e) => { e.preventDefault(); send(); });
@@ -677,13 +803,25 @@ els.input.addEventListener('keydown', (e) => {
   }
 });
 els.stop.addEventListener('click', stopReply);
+els.searchForm.addEventListener('submit', (e) => { e.preventDefault(); runSearch(); });
+// While typing, search once the typing pauses rather than for every key.
+els.searchInput.addEventListener('input', () => {
+  clearTimeout(state.searchTimer);
+  state.searchTimer = setTimeout(runSearch, 250);
+});
+els.searchInput.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape') {
+    els.searchInput.value = '';
+    runSearch();
+  }
+});
 els.newChat.addEventListener('click', () => newChat());
 window.addEventListener('hashchange', () => {
   const id = hashId();
   if (id && id !== state.openId) openConversation(id);
 });
 
-window.Coach?.mount(document.getElementById('coach'), { getConversationId: () => state.openId });
+window.Coach.mount(document.getElementById('coach'), { getConversationId: () => state.openId, session: auth });
 
 loadConversations();
 const initial = hashId();

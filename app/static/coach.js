@@ -1,7 +1,11 @@
 // Embeddable coach widget.
 //   <div id="coach"></div>
-//   <script src="/static/coach.js" data-target="#coach" data-context-selector="#article"></script>
-// or: Coach.mount(element, { contextSelector, getConversationId, endpoint })
+//   <script src="/static/coach.js" data-target="#coach" data-context-selector="#article"
+//           data-token="<the host app's JWT for this user>"></script>
+// or: Coach.mount(element, { contextSelector, getConversationId, endpoint, token, getToken })
+// Sign-in (docs/auth.md): a token from `data-token` / `token`, or from `getToken()` (the option,
+// else `window.streamchatGetToken`), sent as `Authorization: Bearer`. Without one (development)
+// nothing is sent.
 (() => {
   'use strict';
   if (window.Coach) return; // included twice
@@ -57,10 +61,63 @@
 
   const formatUsd = (v) => (v == null || v === '' || !Number.isFinite(Number(v)) ? '—' : '$' + Number(v).toFixed(6));
 
-  async function request(method, url, body) {
+  // The user's token, shared by everything one page sends (the chat page uses it too). A
+  // `getToken` is asked for a first token when none was given, and again when the server says
+  // the one held has expired: host apps refresh their users' tokens, we never see how.
+  function session({ token, getToken } = {}) {
+    let current = token || null;
+    let asking = null;
+    const provider = () => getToken || (typeof window.streamchatGetToken === 'function' ? window.streamchatGetToken : null);
+    const ask = async () => {
+      const get = provider();
+      if (!get) return null;
+      // Concurrent requests that all find the token expired share one call to the host. A host
+      // that cannot give one (its user signed out) throws: then we go without, and the
+      // server's 401 puts "Sign-in needed" on the page rather than a network error.
+      asking ||= Promise.resolve().then(get).catch(() => null).finally(() => { asking = null; });
+      current = (await asking) || null;
+      return current;
+    };
+    const send = (url, init, t) => fetch(url, {
+      ...init, headers: { ...init.headers, ...(t ? { Authorization: `Bearer ${t}` } : {}) },
+    });
+    return {
+      async token() { return current ?? ask(); },
+      // fetch, with the token; on 401 token_expired, once more with a fresh one.
+      async fetch(url, init = {}) {
+        const res = await send(url, init, await this.token());
+        if (res.status !== 401 || !provider()) return res;
+        const code = await res.clone().json().then((d) => d?.error?.code, () => null);
+        if (code !== 'token_expired') return res;
+        return send(url, init, await ask());
+      },
+      // An EventSource cannot send headers: the token goes in the URL (`?access_token=`).
+      async streamUrl(url) {
+        const t = await this.token();
+        const u = new URL(url, location.href);
+        if (t) u.searchParams.set('access_token', t);
+        return u.href;
+      },
+    };
+  }
+
+  // What a page shows its user when the server will not take its sign-in (a 401): in their
+  // words, not the API's (the code is kept for whoever has to debug the host app's wiring).
+  const SIGN_IN_PROBLEMS = {
+    unauthorized: 'you are not signed in',
+    token_expired: 'your sign-in has expired',
+    invalid_token: 'your sign-in was not accepted',
+  };
+  function signInMessage(data) {
+    const code = data?.error?.code;
+    const problem = SIGN_IN_PROBLEMS[code] || 'you are not signed in';
+    return `Sign-in needed: ${problem}. Sign in again, then reload this page.${code ? ` (${code})` : ''}`;
+  }
+
+  async function request(auth, method, url, body) {
     let res;
     try {
-      res = await fetch(url, {
+      res = await auth.fetch(url, {
         method,
         headers: body ? { 'Content-Type': 'application/json', Accept: 'application/json' } : { Accept: 'application/json' },
         body: body ? JSON.stringify(body) : undefined,
@@ -71,6 +128,7 @@
     }
     if (res.status === 204) return null;
     const data = await res.json().catch(() => null);
+    if (res.status === 401) throw new Error(signInMessage(data));
     if (!res.ok) {
       // Status and code say what failed; the server's message says why.
       const code = data?.error?.code ? ` ${data.error.code}` : '';
@@ -134,6 +192,7 @@
     // Resolve against the endpoint so the widget also works when the API lives elsewhere.
     const endpoint = new URL(opts.endpoint || '/api/coach/messages', location.href);
     const getConversationId = typeof opts.getConversationId === 'function' ? opts.getConversationId : () => null;
+    const auth = opts.session || session({ token: opts.token, getToken: opts.getToken });
 
     const input = h('input', {
       type: 'text', id: `coach-question-${n}`, class: 'coach-input', 'data-testid': 'coach-question',
@@ -229,7 +288,7 @@
       setStatus('sending');
       let res;
       try {
-        res = await request('POST', endpoint, body);
+        res = await request(auth, 'POST', endpoint, body);
       } catch (err) {
         setStatus('idle');
         setError(err.message);
@@ -250,6 +309,7 @@
       setStatus('streaming');
       if (hadFocus) stop.focus();
 
+      // The stream_url carries a stream token of its own: no user token in it.
       stream = openStream(new URL(res.stream_url, endpoint), {
         meta: (d) => { if (d.model) model.textContent = d.model; },
         reasoning: (chunk) => { thinking.hidden = false; thoughts.appendData(chunk); },
@@ -265,7 +325,7 @@
         closed: async () => {
           let m = null;
           try {
-            const conv = await request('GET', new URL(`/api/conversations/${encodeURIComponent(conversationId)}`, endpoint));
+            const conv = await request(auth, 'GET', new URL(`/api/conversations/${encodeURIComponent(conversationId)}`, endpoint));
             m = conv?.messages?.find((x) => x.id === messageId) || null;
           } catch { /* fall through: state unknown */ }
           if (m?.content && m.content.length > text.data.length) text.data = m.content;
@@ -280,7 +340,7 @@
       if (!stream || !messageId) return;
       stop.disabled = true;
       try {
-        await request('POST', new URL(`/api/messages/${encodeURIComponent(messageId)}/stop`, endpoint));
+        await request(auth, 'POST', new URL(`/api/messages/${encodeURIComponent(messageId)}/stop`, endpoint));
         // The stream then ends with `done` (finish_reason "stopped").
       } catch (err) {
         setError(err.message);
@@ -302,13 +362,17 @@
     };
   }
 
-  window.Coach = { mount };
+  window.Coach = { mount, session, signInMessage };
 
   const targetSel = script?.dataset.target;
   if (targetSel) {
     const auto = () => {
       const el = document.querySelector(targetSel);
-      if (el) mount(el, { contextSelector: script.dataset.contextSelector, endpoint: script.dataset.endpoint });
+      if (el) {
+        mount(el, {
+          contextSelector: script.dataset.contextSelector, endpoint: script.dataset.endpoint, token: script.dataset.token,
+        });
+      }
     };
     if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', auto);
     else auto();

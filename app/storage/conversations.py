@@ -102,13 +102,13 @@ class Conversations:
         self._database = database
         self._writer = writer
 
-    async def get(self, *, conversation_id: str, user_id: str) -> dict[str, Any] | None:
-        """The conversation, if it is this user's (another's answers as one that is not there)."""
-        row = await self._database.fetch_one(
-            conversations.select().where(
-                conversations.c.id == conversation_id, conversations.c.user_id == user_id
-            )
-        )
+    async def get(self, *, conversation_id: str, user_id: str | None) -> dict[str, Any] | None:
+        """The conversation, if it is this user's (another's answers as one that is not there);
+        `user_id=None` is an admin reading anyone's, and must be said so explicitly."""
+        query = conversations.select().where(conversations.c.id == conversation_id)
+        if user_id is not None:
+            query = query.where(conversations.c.user_id == user_id)
+        row = await self._database.fetch_one(query)
         return dict(row._mapping) if row else None
 
     async def total_cost(self, *, conversation_id: str) -> int | None:

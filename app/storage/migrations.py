@@ -193,6 +193,34 @@ def _idempotency_keys(dialect: sa.engine.Dialect) -> list[str]:
     return _ddl(md, dialect)
 
 
+def _message_search(dialect: sa.engine.Dialect) -> list[str]:
+    """The full-text index of messages' content (`app/storage/search.py` says why each way).
+    Built over the rows already there, in the migration's transaction: on a big table, writes
+    to `messages` wait for it."""
+    if dialect.name == "postgresql":
+        return [
+            "CREATE INDEX ix_messages_content_fts ON messages"
+            " USING gin (to_tsvector('simple', content))"
+        ]
+    # External content: the FTS table holds only the index, read from `messages` by rowid.
+    # Triggers keep it in step with every write, the SQLite writer's own connection included;
+    # a reply's checkpoints re-index its text only when it changed, and heartbeats never.
+    fts = "INSERT INTO messages_fts(messages_fts, rowid, content)"
+    return [
+        "CREATE VIRTUAL TABLE messages_fts USING fts5("
+        "content, content='messages', tokenize='unicode61 remove_diacritics 2')",
+        "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN"
+        " INSERT INTO messages_fts(rowid, content) VALUES (new.rowid, new.content); END",
+        "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN"
+        f" {fts} VALUES ('delete', old.rowid, old.content); END",
+        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages"
+        " WHEN old.content IS NOT new.content BEGIN"
+        f" {fts} VALUES ('delete', old.rowid, old.content);"
+        " INSERT INTO messages_fts(rowid, content) VALUES (new.rowid, new.content); END",
+        "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
+    ]
+
+
 def _message_tree(dialect: sa.engine.Dialect) -> list[str]:
     """Messages as a tree (regenerate and edit make siblings), each conversation showing one
     branch: `messages.parent_id` and `conversations.active_leaf_id`.
@@ -222,7 +250,8 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "conversations paged by (updated_at, id)", _conversation_pages),
     Migration(4, "reasoning, citations and usage details", _reasoning_columns),
     Migration(5, "idempotency keys of turns", _idempotency_keys),
-    Migration(6, "messages as a tree, the branch each conversation shows", _message_tree),
+    Migration(6, "full-text search of messages", _message_search),
+    Migration(7, "messages as a tree, the branch each conversation shows", _message_tree),
 ]
 
 _schema_migrations = sa.Table(

@@ -258,8 +258,10 @@ class Replies:
             ]
         )
 
-    async def get(self, *, message_id: str) -> dict[str, Any] | None:
-        """An assistant message with its user message's id and its generations' sums."""
+    async def get(self, *, message_id: str, user_id: str) -> dict[str, Any] | None:
+        """An assistant message of the user's with its user message's id (its parent) and its
+        generations' sums (another user's answers as one that is not there: the owner is in
+        the query)."""
         user_message = messages.alias("user_message")
         usage = usage_by_message(message_id=message_id)
         query = (
@@ -272,11 +274,15 @@ class Replies:
                 usage.c.cost_picousd,
             )
             .select_from(
-                messages.outerjoin(
-                    user_message, user_message.c.id == messages.c.parent_id
-                ).outerjoin(usage, usage.c.message_id == messages.c.id)
+                messages.join(conversations, conversations.c.id == messages.c.conversation_id)
+                .outerjoin(user_message, user_message.c.id == messages.c.parent_id)
+                .outerjoin(usage, usage.c.message_id == messages.c.id)
             )
-            .where(messages.c.id == message_id, messages.c.role == "assistant")
+            .where(
+                messages.c.id == message_id,
+                messages.c.role == "assistant",
+                conversations.c.user_id == user_id,
+            )
         )
         row = await self._database.fetch_one(query)
         return dict(row._mapping) if row else None

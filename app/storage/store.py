@@ -5,9 +5,10 @@
     store.ledger          app/storage/ledger.py          generations and their costs
     store.config          app/storage/config.py          agent overrides, the model catalog's copy
     store.idempotency     app/storage/idempotency.py     the keys of idempotent turns
+    store.search          app/storage/search.py          full-text search of a user's messages
 
 Routes hold no SQL: they, the Run and recovery call the aggregates themselves
-(`store.replies.finish(...)`); the store only picks the writer and builds the four on it. The
+(`store.replies.finish(...)`); the store only picks the writer and builds the aggregates on it. The
 writer is closed by whoever built the store (`store.writer.close()`).
 """
 
@@ -22,6 +23,7 @@ from app.storage.idempotency import IdempotencyKeys
 from app.storage.ledger import Ledger
 from app.storage.postgres_writer import PostgresWriter
 from app.storage.replies import Replies
+from app.storage.search import Search
 from app.storage.sqlite_writer import SQLiteWriter
 from app.storage.writer import Writer
 
@@ -41,3 +43,4 @@ class Store:
         self.replies = Replies(database=database, writer=self.writer, ledger=self.ledger)
         self.config = Config(database=database, writer=self.writer)
         self.idempotency = IdempotencyKeys(database=database, writer=self.writer)
+        self.search = Search(database=database, sqlite_db=sqlite_db)

@@ -22,6 +22,8 @@ from starlette.routing import Route
 
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import ThreadedServer
+from app.http.routes.pages import STATIC_DIR
+from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
 from tests.proxy import CuttingProxy
 from tests.support import save_conversations
 
@@ -166,13 +168,14 @@ def test_stop_ends_the_reply_with_the_partial_text(page, app_url, fake):
     expect(reply).to_have_attribute("data-status", "stopped", timeout=STREAM_TIMEOUT)
     expect(reply.get_by_test_id("message-status")).to_have_text("stopped")
     expect(page.get_by_test_id("stop")).to_be_hidden()
-    shown = content.text_content()
-    assert shown and "".join(tokens).startswith(shown) and shown != "".join(tokens)
+    # Rendered as Markdown: a paragraph of the text, its trailing space trimmed.
+    shown = content.inner_text()
+    assert shown and "".join(tokens).startswith(shown) and shown != "".join(tokens).strip()
     assert open_event_sources(page) == 0
 
     stored = conversation(app_url, open_conversation_id(page))["messages"][-1]
     assert stored["status"] == "stopped" and stored["finish_reason"] == "stopped"
-    assert stored["content"] == shown
+    assert stored["content"].strip() == shown
     # A stopped reply has no usage chunk: its cost comes from the generation record, later.
     [generation] = fake.generations.values()
     expect(reply.get_by_test_id("message-cost")).to_have_text(f"${float(generation.cost):.6f}")
@@ -586,6 +589,145 @@ def test_the_coach_shows_its_thinking_then_its_advice(page, app_url, fake):
     expect(thinking).to_contain_text("Weigh the tone. Then the length.")
     expect(panel.get_by_test_id("coach-output")).to_have_text("".join(words(10, "tip")))
     screenshot(page, "coach-thinking")
+
+
+# --- Signed in: AUTH_MODE=jwt, the host app's HS256 tokens --------------------------------------
+
+JWT_SETTINGS = {
+    "auth_mode": "jwt",
+    "auth_jwt_secret": SECRET,
+    "auth_jwt_audience": AUDIENCE,
+    "auth_jwt_issuer": ISSUER,
+}
+
+
+def host_gives_tokens(page: Page, *tokens: str) -> None:
+    """The host app's `getToken()`: hands out `tokens` in turn (the last one from then on)."""
+    page.add_init_script(
+        f"window.__tokens = {list(tokens)!r}; window.__asked = 0;"
+        "window.streamchatGetToken = async () => "
+        "window.__tokens[Math.min(window.__asked++, window.__tokens.length - 1)];"
+    )
+
+
+def the_page_with(token_attribute: str) -> str:
+    """Our chat page as a host app would serve it, with the user's token on the script tag."""
+    html = (STATIC_DIR / "index.html").read_text()
+    tag = '<script src="/static/app.js" defer>'
+    assert tag in html
+    return html.replace(tag, f'<script src="/static/app.js" defer data-token="{token_attribute}">')
+
+
+def test_a_signed_in_page_streams_and_gets_a_fresh_token_when_its_own_expires(
+    page, start_server, fake
+):
+    fake.enqueue(Behaviour(tokens=words(20), delay=0.02))
+    app_url = start_server(**JWT_SETTINGS).url
+    expired = token(SECRET, "HS256", sub="ann", exp=1_000_000_000)
+    host_gives_tokens(page, expired, token(SECRET, "HS256", sub="ann"))
+    page.goto(app_url)
+    expect(page.get_by_test_id("conversation-list")).to_contain_text("No conversations yet.")
+    # The first token was refused as expired; the page asked the host again and went on.
+    assert page.evaluate("window.__asked") == 2
+    expect(page.get_by_test_id("app-error")).to_be_hidden()
+
+    send(page, "Signed in")
+    expect(assistant(page)).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(assistant(page).get_by_test_id("message-content")).to_have_text("".join(words(20)))
+    expect(page.get_by_test_id("conversation-item")).to_have_count(1)
+    [stream_url] = page.evaluate("window.__eventSources.map((s) => s.url)")
+    assert "stream_token=" in stream_url and "access_token" not in stream_url
+    screenshot(page, "signed-in-complete")
+
+
+def test_a_signed_in_page_resumes_a_dropped_stream_with_its_stream_token(page, start_server, fake):
+    user_token = token(SECRET, "HS256", sub="ann")
+    server = start_server(**JWT_SETTINGS)
+    host, port = server.url.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port))
+    try:
+        page.route(
+            f"{proxy.url}/host",
+            lambda route: route.fulfill(body=the_page_with(user_token), content_type="text/html"),
+        )
+        tokens = words(40)
+        fake.enqueue(Behaviour(tokens=tokens, delay=0.1))
+        page.goto(f"{proxy.url}/host")
+        send(page, "Keep going")
+        reply = assistant(page)
+        expect(reply.get_by_test_id("message-content")).to_contain_text("w3 ")
+
+        assert proxy.cut_streams() == 1
+        expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+        expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
+        first, resumed = proxy.stream_requests()
+        assert re.search(rb"(?i)last-event-id: *\d+", resumed), resumed
+        for request in (first, resumed):
+            request_line = request.split(b"\r\n", 1)[0]
+            assert b"stream_token=" in request_line, request_line
+            assert user_token.encode() not in request, "the user's JWT never goes in a stream URL"
+        assert open_event_sources(page) == 0
+        screenshot(page, "signed-in-resumed")
+    finally:
+        proxy.close()
+
+
+def test_a_page_without_a_valid_token_says_to_sign_in(page, start_server, fake):
+    app_url = start_server(**JWT_SETTINGS).url
+    page.goto(app_url)  # no data-token, no getToken
+    error = page.get_by_test_id("app-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Sign-in needed: you are not signed in.")
+    send(page, "Hello?")
+    expect(error).to_contain_text("Sign-in needed")
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("Anything?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-error")).to_contain_text("Sign-in needed")
+    screenshot(page, "signed-out")
+
+    # A token the server refuses (signed with another secret) reads the same way.
+    page.route(
+        f"{app_url}/host",
+        lambda route: route.fulfill(
+            body=the_page_with(token("another-secret-of-32-bytes-or-more!!", "HS256")),
+            content_type="text/html",
+        ),
+    )
+    page.goto(f"{app_url}/host")
+    expect(page.get_by_test_id("app-error")).to_contain_text(
+        "Sign-in needed: your sign-in was not accepted."
+    )
+    # A host whose user signed out: its getToken() throws.
+    page.add_init_script("window.streamchatGetToken = async () => { throw new Error('out'); };")
+    page.goto(app_url)
+    expect(page.get_by_test_id("app-error")).to_contain_text(
+        "Sign-in needed: you are not signed in."
+    )
+    assert fake.requests == []
+
+
+def test_the_coach_widget_sends_the_token_of_its_script_tag(page, start_server, fake):
+    fake.enqueue(Behaviour(tokens=["Say which Monday."]))
+    app_url = start_server(**JWT_SETTINGS).url
+    user_token = token(SECRET, "HS256", sub="ann")
+    html = EMBEDDING_PAGE.replace(
+        'data-target="#coach"', f'data-target="#coach" data-token="{user_token}"'
+    )
+    page.route(
+        f"{app_url}/embedded", lambda route: route.fulfill(body=html, content_type="text/html")
+    )
+    page.goto(f"{app_url}/embedded")
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-output")).to_have_text("Say which Monday.")
+    listed = httpx.get(
+        f"{app_url}/api/conversations",
+        headers={"Authorization": f"Bearer {user_token}"},
+        timeout=5,
+    ).json()["conversations"]
+    assert [c["agent"] for c in listed] == ["coach"], "saved as the token's user"
 
 
 # -- regenerate, edit, the branch switcher, titles and timestamps (issue 22) --

@@ -36,6 +36,7 @@ from app.storage.store import Store
 from app.storage.tables import new_id, now
 from app.upstream.openrouter import OpenRouterClient
 from tests.support import (
+    SHARED_STREAM_SECRET,
     SSE,
     content_of,
     generation_rows,
@@ -64,6 +65,7 @@ class ServerProcess:
             "PORT": str(self.port),
             "CHECKPOINT_INTERVAL": "0.2",
             "GENERATION_LOOKUP_TIMEOUT": "3",
+            "STREAM_TOKEN_SECRET": SHARED_STREAM_SECRET,
             **settings,
         }
         # cwd has no .env: the process sees exactly these settings.
@@ -254,7 +256,7 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     checkpointed = reply_row(database, message_id)
     assert checkpointed["status"] == "streaming"
 
-    restarted = start_server(stale_reply_after=0.5)
+    restarted = start_server(stale_reply_after=0.5, stream_token_secret=SHARED_STREAM_SECRET)
     wait_for(lambda: reply_row(database, message_id)["status"] != "streaming", what="the sweep")
     row = reply_row(database, message_id)
     assert row["status"] == "interrupted" and row["content"] == checkpointed["content"]
@@ -278,7 +280,9 @@ def test_another_process_follows_a_live_reply_and_leaves_it_alone(
     and its orphan sweep does not take a reply that is being heartbeaten for a dead one's."""
     fake.enqueue(Behaviour(tokens=TOKENS[:60], delay=0.05))  # 3 s, longer than STALE_REPLY_AFTER
     first = server_process()
-    second = start_server(stale_reply_after=1.0, checkpoint_interval=0.1)
+    second = start_server(
+        stale_reply_after=1.0, checkpoint_interval=0.1, stream_token_secret=SHARED_STREAM_SECRET
+    )
     started = httpx.post(f"{first.url}/api/chat/messages", json={"message": "hi"}).json()
 
     with (
@@ -300,7 +304,11 @@ def test_a_reply_followed_through_the_database_is_pinged_while_nothing_changes(d
             ids = TurnIds.allocate(None)
             await turn_rows(store, ids)
             stored = await StoredReply.load(
-                store, message_id=ids.message_id, poll_interval=0.02, ping_interval=0.1
+                store,
+                message_id=ids.message_id,
+                user_id="dev",
+                poll_interval=0.02,
+                ping_interval=0.1,
             )
             assert stored is not None
             batches = stored.follow(0)

@@ -23,6 +23,7 @@ from app.storage.migrations import (
     pending_migrations,
     require_migrated,
 )
+from app.storage.search import FTS_TABLE
 from app.storage.tables import metadata
 from tests.support import make_database, migrated_store, run_async
 
@@ -101,6 +102,8 @@ async def _columns(url: str) -> dict[str, dict[str, tuple[str, bool]]]:
                 for row in await db.fetch_all(
                     "SELECT name FROM sqlite_master WHERE type = 'table'"
                     " AND name NOT GLOB 'sqlite_*'"
+                    # The full-text index and its shadow tables: an index, queried by MATCH.
+                    f" AND name NOT GLOB '{FTS_TABLE}*'"
                 )
             ]
             return {

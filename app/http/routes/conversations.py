@@ -1,14 +1,22 @@
-"""Conversations: list (newest first, a page at a time), one with the messages of the branch it
-shows, rename, delete; and switching the branch a conversation shows."""
+"""Conversations: list (newest first, a page at a time) or search, one with the messages of the
+branch it shows, export, rename, delete; and switching the branch a conversation shows.
+
+The caller's own, always; an admin (the JWT's admin claim) may also list and read any user's:
+`GET /api/conversations?user_id=…` (403 `forbidden` for anyone else, rather than quietly
+answering with their own list) and `GET /api/conversations/{id}`. Renaming, switching branches,
+exporting and deleting are the owner's only.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import re
+import unicodedata
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,7 +25,8 @@ from starlette.routing import Route
 from app.billing.money import from_picos, usd
 from app.errors import ApiError
 from app.http.auth.identity import identify
-from app.http.input import json_body, path_id
+from app.http.auth.jwt_tokens import MAX_USER_ID_CHARS, user_id_from
+from app.http.input import json_body, path_id, query_body
 from app.replies.states import MessageStatus
 from app.replies.titles import MAX_TITLE
 from app.state import AppState, app_state
@@ -25,6 +34,10 @@ from app.storage.conversations import Position
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
+MAX_SEARCH_CHARS = 500
+EXPORT_TYPES = {"markdown": "text/markdown; charset=utf-8", "json": "application/json"}
+EXPORT_SUFFIXES = {"markdown": "md", "json": "json"}
+ROLE_HEADINGS = {"user": "You", "assistant": "Assistant"}
 
 
 def _conversation(row: dict[str, Any]) -> dict[str, Any]:
@@ -107,17 +120,32 @@ def _position(cursor: str) -> Position:
     return position
 
 
-async def list_conversations(request: Request) -> Response:
-    state = app_state(request)
-    query = request.query_params
-    agent = query.get("agent") or None
-    if agent is not None and agent not in state.agents:
+def _agent(request: Request) -> str | None:
+    agent = request.query_params.get("agent") or None
+    if agent is not None and agent not in app_state(request).agents:
         raise ApiError(422, "unknown_agent", f"no agent {agent!r}")
+    return agent
+
+
+async def list_conversations(request: Request) -> Response:
+    if "q" in request.query_params:
+        return await search_conversations(request)
+    state = app_state(request)
+    caller = await identify(request)
+    user_id = request.query_params.get("user_id") or caller.user_id
+    if user_id != caller.user_id and not caller.is_admin:
+        raise ApiError(403, "forbidden", "only an admin may list another user's conversations")
+    if user_id_from(user_id) is None:
+        raise ApiError(
+            422, "invalid_field", f"`user_id` must be 1 to {MAX_USER_ID_CHARS} printable characters"
+        )
+    query = request.query_params
+    agent = _agent(request)
     limit = _limit(query.get("limit"))
     cursor = query.get("cursor")
     # One row more than the page: whether there is a next page, without a second query.
     rows = await state.store.conversations.list_for_user(
-        user_id=state.settings.dev_user_id,
+        user_id=user_id,
         agent=agent,
         limit=limit + 1,
         after=None if cursor is None else _position(cursor),
@@ -126,7 +154,7 @@ async def list_conversations(request: Request) -> Response:
     next_url = None
     if more:
         last = page[-1]
-        following = {"agent": agent, "limit": query.get("limit")}
+        following = {"user_id": query.get("user_id"), "agent": agent, "limit": query.get("limit")}
         following = {k: v for k, v in following.items() if v is not None}
         following["cursor"] = _cursor(Position(last["updated_at"], last["id"]))
         next_url = f"{request.url.path}?{urlencode(following)}"
@@ -141,6 +169,44 @@ async def list_conversations(request: Request) -> Response:
                 for row in page
             ],
             "next": next_url,
+        }
+    )
+
+
+async def search_conversations(request: Request) -> Response:
+    """`?q=`: the caller's conversations whose messages match, best first, each once with its
+    best-matching message and a snippet of it (`app/storage/search.py`). The best `limit`, and
+    no further page (`next` is null): a search worth paging through is one to narrow."""
+    caller = await identify(request)
+    query = query_body(request)  # NUL and lone surrogates: `invalid_field`, as in any input
+    text = query["q"].strip()
+    if not text or len(text) > MAX_SEARCH_CHARS:
+        raise ApiError(
+            422, "invalid_query", f"`q` must be 1 to {MAX_SEARCH_CHARS} characters, not blank"
+        )
+    if "cursor" in query:
+        raise ApiError(422, "invalid_query", "a search has no pages: `cursor` goes without `q`")
+    rows = await app_state(request).store.search.find(
+        user_id=caller.user_id,
+        text=text,
+        limit=_limit(query.get("limit")),
+        agent=_agent(request),
+    )
+    return JSONResponse(
+        {
+            "conversations": [
+                {
+                    "id": row["conversation_id"],
+                    "title": row["title"],
+                    "agent": row["agent"],
+                    "updated_at": row["updated_at"].isoformat(),
+                    # Plain text and matches alternating, plain first: never markup.
+                    "snippet": row["snippet"],
+                    "message_id": row["message_id"],
+                }
+                for row in rows
+            ],
+            "next": None,
         }
     )
 
@@ -161,9 +227,10 @@ async def _with_messages(state: AppState, row: dict[str, Any]) -> dict[str, Any]
 
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")
     row = await state.store.conversations.get(
-        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+        conversation_id=conversation_id, user_id=None if caller.is_admin else caller.user_id
     )
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
@@ -213,15 +280,120 @@ async def activate_message(request: Request) -> Response:
     return JSONResponse(await _with_messages(state, row))
 
 
-async def delete_conversation(request: Request) -> Response:
+def _exact_usd(picos: int | None) -> str | None:
+    """A cost as an exact decimal string ("0.000123"): an export is a record, not a float."""
+    amount = from_picos(picos)
+    return None if amount is None else format(amount.normalize(), "f")
+
+
+def _export_message(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "role": row["role"],
+        "content": row["content"],
+        "status": row["status"],
+        "model": (row["model"] or row["requested_model"]) if row["role"] == "assistant" else None,
+        "created_at": row["created_at"].isoformat(),
+        "cost_usd": _exact_usd(row["cost_picousd"]),
+    }
+
+
+def _export_markdown(export: dict[str, Any]) -> str:
+    def when(iso: str) -> str:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    title = " ".join(export["title"].split()) or "Conversation"
+    total = export["total_cost_usd"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Agent `{export['agent']}` · started {when(export['created_at'])} · "
+        f"total cost {'$' + total if total is not None else 'unknown'}",
+    ]
+    for message in export["messages"]:
+        heading = [ROLE_HEADINGS.get(message["role"], message["role"])]
+        if message["model"]:
+            heading.append(f"`{message['model']}`")
+        heading.append(when(message["created_at"]))
+        if message["cost_usd"] is not None:
+            heading.append(f"${message['cost_usd']}")
+        lines += ["", f"## {' · '.join(heading)}", "", message["content"] or "*(no text)*"]
+        if message["status"] != MessageStatus.COMPLETE:
+            lines += ["", f"*({message['status']})*"]
+    return "\n".join(lines) + "\n"
+
+
+def _file_name(title: str, updated_at: datetime, suffix: str) -> tuple[str, str]:
+    """The title made a file name, with the date of the last activity: as written (for
+    `filename*`, RFC 6266), and in ASCII for clients that read only `filename`."""
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^\w]+", "-", text).strip("-")[:60].strip("-")
+
+    date = updated_at.strftime("%Y-%m-%d")
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    ascii_name = slug(re.sub(r"[^A-Za-z0-9]+", " ", ascii_title)) or "conversation"
+    return f"{slug(title) or 'conversation'}-{date}.{suffix}", f"{ascii_name}-{date}.{suffix}"
+
+
+async def export_conversation(request: Request) -> Response:
+    """The conversation's messages, as `GET /api/conversations/{id}` lists them (the store's
+    one function for that: the branch the conversation shows), as a Markdown or JSON file to
+    download."""
+    caller = await identify(request)
     state = app_state(request)
     conversation_id = path_id(request, "conversation_id")
+    kind = request.query_params.get("format", "markdown")
+    if kind not in EXPORT_TYPES:
+        raise ApiError(422, "invalid_query", "`format` must be `markdown` or `json`")
+    row = await state.store.conversations.get(
+        conversation_id=conversation_id, user_id=caller.user_id
+    )
+    if row is None:
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    # The branch the conversation shows, and its total as `GET` gives it (every branch's, its
+    # title's and its coach reviews').
+    messages = await state.store.replies.in_conversation(
+        conversation_id=conversation_id, leaf_id=row["active_leaf_id"]
+    )
+    total = await state.store.conversations.total_cost(conversation_id=conversation_id)
+    export = {
+        "id": row["id"],
+        "title": row["title"],
+        "agent": row["agent"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+        "total_cost_usd": _exact_usd(total),
+        "messages": [_export_message(m) for m in messages],
+    }
+    body = (
+        json.dumps(export, ensure_ascii=False, indent=2)
+        if kind == "json"
+        else _export_markdown(export)
+    )
+    name, ascii_name = _file_name(row["title"], row["updated_at"], EXPORT_SUFFIXES[kind])
+    return Response(
+        body,
+        media_type=EXPORT_TYPES[kind],
+        headers={
+            "Content-Disposition": f'attachment; filename="{ascii_name}";'
+            f" filename*=UTF-8''{quote(name)}"
+        },
+    )
+
+
+async def delete_conversation(request: Request) -> Response:
+    state = app_state(request)
+    caller = await identify(request)
+    conversation_id = path_id(request, "conversation_id")
+    # Only the caller's own runs: another user's conversation id must change nothing, and a
+    # run's conversation is its user's, so no run matches an id that is not theirs.
     for run in list(state.runs.live.values()):
-        if run.request.conversation_id == conversation_id:
+        if run.request.conversation_id == conversation_id and run.request.user_id == caller.user_id:
             run.cancel(MessageStatus.STOPPED)
             await run.wait()
     deleted = await state.store.conversations.delete(
-        conversation_id=conversation_id, user_id=state.settings.dev_user_id
+        conversation_id=conversation_id, user_id=caller.user_id
     )
     if not deleted:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
@@ -232,6 +404,7 @@ routes = [
     Route("/api/conversations", list_conversations, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", get_conversation, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", rename_conversation, methods=["PATCH"]),
+    Route("/api/conversations/{conversation_id}/export", export_conversation, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
     Route("/api/messages/{message_id}/activate", activate_message, methods=["POST"]),
 ]

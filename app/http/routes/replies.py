@@ -1,22 +1,25 @@
 """Chat and coach turns: one-step SSE (`POST /api/chat`, `GET /api/chat/stream`), two-step
-(`POST /api/chat/messages` then the `stream_url`), and stopping a reply."""
+(`POST /api/chat/messages` then the `stream_url`), and stopping a reply.
+
+Every one is the caller's: a turn goes into their conversation, and a reply of another user's
+answers 404 exactly as an id that does not exist (docs/auth.md)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import ApiError
-from app.http.auth.identity import identify, identify_from_query
+from app.http.auth.identity import Caller, identify, identify_from_query, identify_stream
 from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
 from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
 from app.replies.events import LogEvent
-from app.replies.follow import ReplySource, find_reply
+from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
 from app.replies.states import MessageStatus
 from app.replies.turns import (
@@ -34,11 +37,18 @@ from app.state import AppState, app_state
 # its value, so the body still parses.
 KEEPALIVE = b" "
 
-TurnBuilder = Callable[[AppState, dict[str, Any], str], Awaitable[Turn]]
+
+class TurnBuilder(Protocol):
+    def __call__(
+        self, state: AppState, body: dict[str, Any], *, user_id: str
+    ) -> Awaitable[Turn]: ...
 
 
-def stream_url(message_id: str) -> str:
-    return f"/api/messages/{message_id}/stream"
+def stream_url(state: AppState, message_id: str, caller: Caller) -> str:
+    """The reply's stream, with a stream token of its own: a browser's EventSource cannot send
+    the caller's Authorization header, and their JWT should not travel in a URL."""
+    token = state.auth.issue_stream_token(message_id, caller.user_id)
+    return f"/api/messages/{message_id}/stream?stream_token={token}"
 
 
 async def _whole_reply(source: ReplySource) -> list[LogEvent]:
@@ -91,13 +101,15 @@ async def _kept_alive(
         whole.cancel()
 
 
-def _accepted(*, conversation_id: str, user_message_id: str, message_id: str) -> Response:
+def _accepted(
+    state: AppState, caller: Caller, *, conversation_id: str, user_message_id: str, message_id: str
+) -> Response:
     return JSONResponse(
         {
             "conversation_id": conversation_id,
             "user_message_id": user_message_id,
             "message_id": message_id,
-            "stream_url": stream_url(message_id),
+            "stream_url": stream_url(state, message_id, caller),
         },
         status_code=202,
     )
@@ -106,18 +118,16 @@ def _accepted(*, conversation_id: str, user_message_id: str, message_id: str) ->
 async def _own_reply(state: AppState, *, message_id: str, user_id: str, agent: str) -> ReplySource:
     """The caller's own reply of `agent`, wherever it is followed from; else 404, the same for
     another user's reply as for none."""
-    row = await state.store.replies.get(message_id=message_id)
-    owned = (
-        row is not None
-        and row["agent"] == agent
-        and await state.store.conversations.get(
-            conversation_id=row["conversation_id"], user_id=user_id
-        )
-        is not None
-    )
+    row = await state.store.replies.get(message_id=message_id, user_id=user_id)
     source = (
-        await find_reply(message_id, runs=state.runs, store=state.store, settings=state.settings)
-        if owned
+        await find_reply(
+            message_id,
+            user_id=user_id,
+            runs=state.runs,
+            store=state.store,
+            settings=state.settings,
+        )
+        if row is not None and row["agent"] == agent
         else None
     )
     if source is None:
@@ -142,11 +152,11 @@ async def _posted_turn(
     `bodiless`: the POST may come without a body."""
     body = await json_body(request, optional=bodiless)
     key = idempotency_key(request)
-    turn = await build(state, body, user_id)
+    turn = await build(state, body, user_id=user_id)
     if key is None:
-        return turn, start_run(state, turn, user_id=user_id)
+        return turn, start_run(state, turn)
     sent = fingerprint(request, body)
-    run = await claim_run(state, turn, user_id=user_id, key=key, fingerprint=sent)
+    run = await claim_run(state, turn, key=key, fingerprint=sent)
     if not isinstance(run, Run) and run["fingerprint"] != sent:
         # A key used again must come with the same request: another one is a client's bug.
         raise ApiError(
@@ -197,8 +207,8 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
                 state, message_id=message_id, user_id=caller.user_id, agent=agent
             )
             return _resumed(state, source, after, reply_ids=message_id)
-        turn = await build(state, query_body(request), caller.user_id)
-        run = start_run(state, turn, user_id=caller.user_id)
+        turn = await build(state, query_body(request), user_id=caller.user_id)
+        run = start_run(state, turn)
         return _resumed(state, run, 0, reply_ids=run.message_id)
 
     return endpoint
@@ -220,6 +230,8 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
     _, run = await _posted_turn(request, state, build, caller.user_id, bodiless=bodiless)
     if not isinstance(run, Run):
         return _accepted(
+            state,
+            caller,
             conversation_id=run["conversation_id"],
             user_message_id=run["user_message_id"],
             message_id=run["message_id"],
@@ -230,6 +242,8 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
         raise ApiError(503, "storage_error", "the conversation could not be saved")
     meta = run.log.events[0].payload
     return _accepted(
+        state,
+        caller,
         conversation_id=meta["conversation_id"],
         user_message_id=meta["user_message_id"],
         message_id=run.message_id,
@@ -240,10 +254,11 @@ async def regenerate(request: Request) -> Response:
     """`POST /api/messages/{id}/regenerate`: another reply to the user message reply `id`
     answered, beside it (two-step, as `POST /api/chat/messages`); the branch shown is the new
     reply's."""
-    message_id = path_id(request, "message_id")
 
-    async def build(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
-        return await regenerate_turn(state, message_id, user_id)
+    async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
+        # Read after the caller is identified: a bad token answers 401 whatever the id.
+        message_id = path_id(request, "message_id")
+        return await regenerate_turn(state, message_id, user_id=user_id)
 
     return await _accept(request, build, bodiless=True)
 
@@ -252,20 +267,25 @@ async def edit(request: Request) -> Response:
     """`POST /api/messages/{id}/edit` `{"message"}`: user message `id` said otherwise, a new
     user message beside it with its own reply (two-step); what followed the old one stays on
     its branch."""
-    message_id = path_id(request, "message_id")
 
-    async def build(state: AppState, body: dict[str, Any], user_id: str) -> Turn:
-        return await edit_turn(state, message_id, body, user_id)
+    async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
+        message_id = path_id(request, "message_id")
+        return await edit_turn(state, message_id, body, user_id=user_id)
 
     return await _accept(request, build)
 
 
 async def reply_stream(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify_stream(request, request.path_params["message_id"])
     message_id = path_id(request, "message_id")
     after = last_event_id(request)
     source = await find_reply(
-        message_id, runs=state.runs, store=state.store, settings=state.settings
+        message_id,
+        user_id=caller.user_id,
+        runs=state.runs,
+        store=state.store,
+        settings=state.settings,
     )
     if source is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
@@ -274,13 +294,14 @@ async def reply_stream(request: Request) -> Response:
 
 async def stop_reply(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
     message_id = path_id(request, "message_id")
-    run = state.runs.get(message_id)
+    run = live_run(state.runs, message_id=message_id, user_id=caller.user_id)
     if run is not None:
         run.cancel(MessageStatus.STOPPED)
         await run.wait()
         return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
-    row = await state.store.replies.get(message_id=message_id)
+    row = await state.store.replies.get(message_id=message_id, user_id=caller.user_id)
     if row is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
     # Already over (or owned by another process): say how it ended, change nothing.
