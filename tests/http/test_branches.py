@@ -233,3 +233,37 @@ def test_coach_calls_on_a_conversation_count_in_its_total(client, fake, reviews)
     assert Decimal(str(total)) == expected
     listed = client.get("/api/conversations?agent=chat").json()["conversations"]
     assert [Decimal(str(c["total_cost_usd"])) for c in listed] == [expected]
+
+
+def test_search_finds_every_branch_and_export_follows_the_one_shown(client, fake):
+    fake.enqueue(said("Lisbon in spring"), said("Porto by train"))
+    first = turn(client, "Where to go")
+    conversation_id = first["conversation_id"]
+    again = finished(client, client.post(f"/api/messages/{first['message_id']}/regenerate"))
+
+    def found(q: str) -> list[tuple[str, str]]:
+        answer = client.get("/api/conversations", params={"q": q})
+        assert answer.status_code == 200, answer.text
+        return [(c["id"], c["message_id"]) for c in answer.json()["conversations"]]
+
+    # Both replies are in the full-text index (written under the tree columns' triggers).
+    assert found("Lisbon") == [(conversation_id, first["message_id"])]
+    assert found("Porto") == [(conversation_id, again["message_id"])]
+
+    def exported() -> dict:
+        answer = client.get(f"/api/conversations/{conversation_id}/export?format=json")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    # The export is the branch shown, as GET gives it, with GET's total (both replies').
+    whole = client.get(f"/api/conversations/{conversation_id}").json()
+    export = exported()
+    assert [m["content"] for m in export["messages"]] == ["Where to go", "Porto by train"]
+    assert [m["id"] for m in export["messages"]] == [m["id"] for m in whole["messages"]]
+    assert Decimal(export["total_cost_usd"]) == Decimal(str(whole["total_cost_usd"]))
+    assert Decimal(export["total_cost_usd"]) == Decimal("0.000020")
+    markdown = client.get(f"/api/conversations/{conversation_id}/export").text
+    assert "Porto by train" in markdown and "Lisbon" not in markdown
+
+    client.post(f"/api/messages/{first['message_id']}/activate").raise_for_status()
+    assert [m["content"] for m in exported()["messages"]] == ["Where to go", "Lisbon in spring"]

@@ -269,13 +269,16 @@ def test_the_message_tree_keeps_what_conversations_written_before_it_show(databa
     leaves = database.query("SELECT id, active_leaf_id FROM conversations ORDER BY id")
     assert leaves == [{"id": "c1", "active_leaf_id": "m1"}, {"id": "c2", "active_leaf_id": "m4"}]
 
-    async def read() -> tuple[list[dict], list[dict]]:
+    async def read() -> tuple[list[dict], list[dict], list[dict]]:
         async with migrated_store(database.url) as store:
             shown = await store.replies.in_conversation(conversation_id="c1", leaf_id="m1")
             history = await store.replies.history(leaf_id="m1", limit=3)
-            return shown, history
+            # The full-text index (migration 6) still finds the rows the tree's update rewrote.
+            found = await store.search.find(user_id="dev", text="m7", limit=5)
+            return shown, history, found
 
-    shown, history = run_async(read())
+    shown, history, found = run_async(read())
+    assert [(f["conversation_id"], f["message_id"]) for f in found] == [("c1", "m7")]
     assert [(m["id"], m["sibling_ids"]) for m in shown] == [
         ("m9", ["m9"]),
         ("m3", ["m3"]),
