@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 app_title=settings.app_title,
             )
             agents = Agents(defaults)
+            await agents.load(store)
             metrics = None
             if settings.metrics_token is not None:
                 metrics = Metrics(
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 store=store,
                 client=client,
                 settings=settings,
+                agents=agents,
                 observers=[ReplyLog()] if metrics is None else [ReplyLog(), metrics],
             )
             stack.push_async_callback(runs.shutdown)
@@ -153,7 +155,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             runs.recovery.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
-            await agents.load(store)
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
             model_catalog = ModelCatalog(
                 client=client,

@@ -157,6 +157,9 @@ class Settings(DatabaseSettings):
     upstream_retry_base_delay: float = Field(0.5, ge=0)
     upstream_retry_budget: float = Field(20.0, ge=0)
     generation_lookup_timeout: float = Field(60.0, ge=0)
+    # A chat's first reply gets it a title from the agents file's `titler` (off, or no such
+    # agent: the question's first words stay the title).
+    auto_titles: bool = True
 
     # The model catalog (GET /api/models) and run-time agent changes.
     models_cache_ttl: float = Field(3600.0, ge=0)

@@ -69,6 +69,9 @@ def make_settings(fake, fake_url, database) -> Callable[..., Settings]:
             "generation_lookup_timeout": 3.0,
             "checkpoint_interval": 0.2,
             "shutdown_grace": 5.0,
+            # A title is one more upstream call after a first reply: it would take behaviours
+            # queued for the fake and add to its requests. The tests of titles turn it on.
+            "auto_titles": False,
             **overrides,
         }
         return Settings(_env_file=None, **values)

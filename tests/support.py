@@ -139,8 +139,14 @@ async def save_reply(
     status: str = "complete",
     finish_reason: str = "stop",
 ) -> TurnIds:
-    """A whole turn written through the store, as a run would: a one-letter reply."""
-    ids = TurnIds.allocate(conversation_id)
+    """A whole turn written through the store, as a run would: a one-letter reply, after the
+    last message of the branch the conversation shows."""
+    parent_id = None
+    if conversation_id is not None:
+        conversation = await store.conversations.get(conversation_id=conversation_id, user_id="dev")
+        assert conversation is not None, conversation_id
+        parent_id = conversation["active_leaf_id"]
+    ids = TurnIds.allocate(conversation_id, parent_id=parent_id)
     await turn_rows(store, ids)
     await store.replies.finish(
         message_id=ids.message_id,

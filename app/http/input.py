@@ -50,11 +50,14 @@ def _int(text: str) -> int:
         raise _BadNumber(f"an integer of {len(text)} digits is more than it can read") from None
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body, a JSON object; `optional`: no body at all reads as `{}` (a route that needs
+    no field, such as regenerate)."""
+    raw = await request.body()
+    if optional and not raw:
+        return {}
     try:
-        body = json.loads(
-            await request.body() or b"null", parse_constant=_reject_constant, parse_int=_int
-        )
+        body = json.loads(raw or b"null", parse_constant=_reject_constant, parse_int=_int)
     except _BadNumber as exc:
         raise ApiError(422, "invalid_field", f"the request body has a bad number: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:

@@ -7,9 +7,12 @@ import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
+from app.agents.overrides import Agents
 from app.replies.recovery import Recovery
 from app.replies.runs import Run, RunRequest
 from app.replies.states import MessageStatus
+from app.replies.titles import AGENT as TITLER
+from app.replies.titles import Titler
 from app.settings import Settings
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient
@@ -33,6 +36,7 @@ class Runs:
         store: Store,
         client: OpenRouterClient,
         settings: Settings,
+        agents: Agents,
         observers: Sequence[ReplyObserver] = (),
     ) -> None:
         self.store = store
@@ -41,9 +45,21 @@ class Runs:
         self.observers = observers
         self.live: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._titling: set[asyncio.Task[Any]] = set()  # background too, but cut at shutdown
         self._drain: asyncio.Task[None] | None = None
         self.recovery = Recovery(
             store=store, client=client, settings=settings, spawn=self.spawn, live=self._live_ids
+        )
+        self.titler = (
+            Titler(
+                store=store,
+                client=client,
+                agents=agents,
+                settings=settings,
+                reconcile=self.recovery.reconcile,
+            )
+            if settings.auto_titles and TITLER in agents
+            else None
         )
 
     def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None] | None) -> Run:
@@ -87,6 +103,16 @@ class Runs:
     def _on_finished(self, run: Run) -> None:
         self.live.pop(run.message_id, None)
         self._tell("reply_ended", run)
+        # After the final event, so a title never delays a reply; not once shutdown began.
+        if (
+            self.titler is not None
+            and run.request.wants_title
+            and run.status == MessageStatus.COMPLETE
+            and self._drain is None
+        ):
+            task = self.spawn(self.titler.title(run.request, answer=run.content))
+            self._titling.add(task)
+            task.add_done_callback(self._titling.discard)
 
     def _tell(self, event: str, run: Run) -> None:
         # A failing observer (a metrics or logging bug) must not cost a reply anything: it is
@@ -121,11 +147,15 @@ class Runs:
             await asyncio.wait([run.task for run in remaining if run.task])
 
     async def shutdown(self) -> None:
-        """Drain the runs, finish every write; unfinished cost lookups wait for the next start."""
+        """Drain the runs, finish every write, cancel titles being made; unfinished cost
+        lookups wait for the next start."""
         self.begin_drain()
         assert self._drain is not None
         await self._drain
         await self.recovery.stop()
+        # A title is a nicety: not worth holding shutdown up for a slow upstream.
+        for task in self._titling:
+            task.cancel()
         while self._background:
             await asyncio.wait(list(self._background))
 

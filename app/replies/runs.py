@@ -67,6 +67,7 @@ class RunRequest:
     messages: list[dict[str, Any]]
     stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
     reasoning: dict[str, Any] | None = None  # OpenRouter's `reasoning` object, as the agent says
+    wants_title: bool = False  # the first reply of a chat: the titler names it once it is over
 
     def upstream_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -81,6 +82,21 @@ class RunRequest:
         if self.reasoning:
             body["reasoning"] = self.reasoning
         return body
+
+
+def record_usage(record: GenerationRecord, usage: Usage) -> None:
+    """A generation's usage chunk, into its cost row (the cost too, when it carries one)."""
+    record.prompt_tokens = usage.prompt_tokens
+    record.completion_tokens = usage.completion_tokens
+    record.reasoning_tokens = usage.reasoning_tokens
+    record.cached_tokens = usage.cached_tokens
+    record.cache_write_tokens = usage.cache_write_tokens
+    record.is_byok = usage.is_byok
+    record.upstream_cost = usage.upstream_cost
+    record.model = usage.model or record.model
+    record.generation_id = record.generation_id or usage.generation_id
+    if usage.cost is not None:
+        record.cost, record.cost_source = usage.cost, CostSource.USAGE
 
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
@@ -401,18 +417,8 @@ class Run:
         record.generation_id = record.generation_id or finish.generation_id
 
     def _apply_usage(self, record: GenerationRecord, usage: Usage) -> None:
-        record.prompt_tokens = usage.prompt_tokens
-        record.completion_tokens = usage.completion_tokens
-        record.reasoning_tokens = usage.reasoning_tokens
-        record.cached_tokens = usage.cached_tokens
-        record.cache_write_tokens = usage.cache_write_tokens
-        record.is_byok = usage.is_byok
-        record.upstream_cost = usage.upstream_cost
-        record.model = usage.model or record.model
+        record_usage(record, usage)
         self._answering_model = usage.model or self._answering_model
-        record.generation_id = record.generation_id or usage.generation_id
-        if usage.cost is not None:
-            record.cost, record.cost_source = usage.cost, CostSource.USAGE
 
     def _checkpoint_soon(self) -> None:
         self._last_checkpoint = time.monotonic()

@@ -14,11 +14,11 @@ from typing import Any
 from app.errors import ApiError
 from app.http.input import optional_text, stream_flag, valid_id
 from app.replies.runs import Run, RunRequest
+from app.replies.titles import first_words
 from app.state import AppState
 from app.storage.replies import TurnIds
 
 log = logging.getLogger(__name__)
-TITLE_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,18 @@ class Turn:
     prompt: list[dict[str, Any]]  # what precedes the user message: system prompt, history
     subject_conversation_id: str | None = None
     stream: bool = True
+    # Where the turn goes in the conversation's tree (see `app/storage/replies.py`): the
+    # message its user message follows (the one the history ends with), and, for a
+    # regenerated reply, the user message it answers again (`user_content` is then its text).
+    parent_id: str | None = None
+    answers: str | None = None
 
 
 async def _existing_conversation(
     state: AppState, conversation_id: Any, *, agent: str, user_id: str
-) -> str:
-    """The id of the user's own conversation of `agent` (admins included: a turn never goes
-    into, and the coach never reviews, another user's conversation)."""
+) -> dict[str, Any]:
+    """The user's own conversation of `agent` (admins included: a turn never goes into, and
+    the coach never reviews, another user's conversation)."""
     valid_id(conversation_id, "conversation_id")
     conversation = await state.store.conversations.get(
         conversation_id=conversation_id, user_id=user_id
@@ -45,7 +50,7 @@ async def _existing_conversation(
         raise ApiError(
             404, "conversation_not_found", f"no {agent} conversation {conversation_id!r}"
         )
-    return conversation_id
+    return conversation
 
 
 async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
@@ -54,15 +59,15 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
     if message is None:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
     agent = state.agents.effective("chat")
-    conversation_id = None
+    conversation_id = leaf = None
     history: list[dict[str, Any]] = []
     if body.get("conversation_id") is not None:
-        conversation_id = await _existing_conversation(
+        conversation = await _existing_conversation(
             state, body["conversation_id"], agent="chat", user_id=user_id
         )
-        history = await state.store.replies.history(
-            conversation_id=conversation_id, limit=agent.history_messages
-        )
+        # The turn continues the branch the conversation shows, from its last message.
+        conversation_id, leaf = conversation["id"], conversation["active_leaf_id"]
+        history = await state.store.replies.history(leaf_id=leaf, limit=agent.history_messages)
     return Turn(
         user_id=user_id,
         agent="chat",
@@ -70,6 +75,75 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         conversation_id=conversation_id,
         prompt=[{"role": "system", "content": agent.system_prompt}, *history],
         stream=stream_flag(body),
+        parent_id=leaf,
+    )
+
+
+async def _own_message(
+    state: AppState, message_id: str, *, role: str, user_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The caller's own message of `role` and its conversation; else 404, the same for another
+    user's message as for none."""
+    message = await state.store.replies.message(message_id=message_id)
+    conversation = (
+        await state.store.conversations.get(
+            conversation_id=message["conversation_id"], user_id=user_id
+        )
+        if message is not None and message["role"] == role
+        else None
+    )
+    if message is None or conversation is None:
+        raise ApiError(404, "message_not_found", f"no {role} message {message_id!r}")
+    return message, conversation
+
+
+async def _branch_turn(
+    state: AppState,
+    conversation: dict[str, Any],
+    *,
+    parent_id: str | None,
+    user_content: str,
+    answers: str | None = None,
+) -> Turn:
+    """A turn on a new branch of `conversation`, after `parent_id`: the history is that
+    message's path, whichever branch the conversation shows."""
+    agent = state.agents.effective(conversation["agent"])
+    history = await state.store.replies.history(leaf_id=parent_id, limit=agent.history_messages)
+    return Turn(
+        user_id=conversation["user_id"],
+        agent=conversation["agent"],
+        user_content=user_content,
+        conversation_id=conversation["id"],
+        prompt=[{"role": "system", "content": agent.system_prompt}, *history],
+        parent_id=parent_id,
+        answers=answers,
+    )
+
+
+async def regenerate_turn(state: AppState, message_id: str, *, user_id: str) -> Turn:
+    """Another reply to the user message that reply `message_id` answered, beside it."""
+    reply, conversation = await _own_message(state, message_id, role="assistant", user_id=user_id)
+    asked = await state.store.replies.message(message_id=reply["parent_id"])
+    assert asked is not None  # a reply always follows its user message
+    return await _branch_turn(
+        state,
+        conversation,
+        parent_id=asked["parent_id"],
+        user_content=asked["content"],
+        answers=asked["id"],
+    )
+
+
+async def edit_turn(
+    state: AppState, message_id: str, body: dict[str, Any], *, user_id: str
+) -> Turn:
+    """User message `message_id` said otherwise: a new user message beside it, and its reply."""
+    message = optional_text(body, "message", limit=state.settings.max_message_chars)
+    if message is None:
+        raise ApiError(422, "message_required", "`message` is required and must not be empty")
+    edited, conversation = await _own_message(state, message_id, role="user", user_id=user_id)
+    return await _branch_turn(
+        state, conversation, parent_id=edited["parent_id"], user_content=message
     )
 
 
@@ -77,16 +151,18 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
     limit = state.settings.max_message_chars
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
-    subject = None
+    subject: Any = None
     transcript: list[dict[str, Any]] = []
     agent = state.agents.effective("coach")
     if body.get("conversation_id") is not None:
         subject = await _existing_conversation(
             state, body["conversation_id"], agent="chat", user_id=user_id
         )
+        # What the conversation shows: the branch the person is looking at.
         transcript = await state.store.replies.history(
-            conversation_id=subject, limit=agent.history_messages
+            leaf_id=subject["active_leaf_id"], limit=agent.history_messages
         )
+        subject = subject["id"]
     if context is None and question is None and subject is None:
         raise ApiError(
             422,
@@ -116,13 +192,15 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
     model = agent.effective_model(state.settings.default_model)
-    ids = TurnIds.allocate(turn.conversation_id)
+    ids = TurnIds.allocate(
+        turn.conversation_id, parent_id=turn.parent_id, user_message_id=turn.answers
+    )
     rows = {
         "ids": ids,
         "user_id": turn.user_id,
         "agent": turn.agent,
-        "title": " ".join(turn.user_content.split())[:TITLE_CHARS],
-        "user_content": turn.user_content,
+        "title": first_words(turn.user_content),
+        "user_content": None if turn.answers else turn.user_content,
         "requested_model": model,
         "temperature": agent.temperature,
         "subject_conversation_id": turn.subject_conversation_id,
@@ -140,6 +218,9 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
         stream=turn.stream,
         reasoning=None if agent.reasoning is None else agent.reasoning.upstream(),
+        # A chat's first reply gets it a title (see `app/replies/titles.py`); a coach call's
+        # conversation is never listed, so titling it would be money for nothing.
+        wants_title=ids.new_conversation and turn.agent == "chat",
     )
     return request, rows
 

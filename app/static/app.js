@@ -42,6 +42,8 @@ const state = {
   navSeq: 0,
   searchSeq: 0, // likewise for searches: only the latest one's results are shown
   searchTimer: 0,
+  // A new conversation whose first reply is streaming: its title comes after it (refreshTitle).
+  titlePending: null,
 };
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
@@ -242,6 +244,7 @@ function createView(m) {
   },
   h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.time, v.badge),
   v.thinking, v.content, v.note, v.citations, v.error);
+  addMessageTools(v, m);
   for (const a of m.annotations || []) addCitation(v, a);
 
   if (m.role === 'assistant') {
@@ -365,6 +368,115 @@ function clearMessages() {
   els.empty.hidden = false;
 }
 
+// ---------- branches, regenerate and edit ----------
+
+// Under each message: "‹ 2 / 3 ›" when it has siblings (other replies to the same question,
+// other versions of the same question), and Regenerate (a reply) or Edit (a question).
+function addMessageTools(v, m) {
+  const tools = h('div', { class: 'msg-tools', 'data-testid': 'message-tools' });
+  const ids = m.sibling_ids || [m.id];
+  if (ids.length > 1) {
+    const at = ids.indexOf(m.id);
+    const go = (step) => () => activateMessage(ids[at + step]);
+    tools.append(h('span', { class: 'branch', 'data-testid': 'branch-switcher' },
+      h('button', {
+        type: 'button', class: 'btn-icon', 'data-testid': 'branch-prev', 'aria-label': 'Previous version',
+        disabled: at === 0, onclick: go(-1),
+      }, '‹'),
+      h('span', { 'data-testid': 'branch-position' }, `${at + 1} / ${ids.length}`),
+      h('button', {
+        type: 'button', class: 'btn-icon', 'data-testid': 'branch-next', 'aria-label': 'Next version',
+        disabled: at === ids.length - 1, onclick: go(1),
+      }, '›')));
+  }
+  if (m.role === 'assistant') {
+    tools.append(h('button', {
+      type: 'button', class: 'btn-link', 'data-testid': 'regenerate', onclick: () => regenerate(m.id),
+    }, 'Regenerate'));
+  } else if (m.role === 'user') {
+    tools.append(h('button', {
+      type: 'button', class: 'btn-link', 'data-testid': 'edit', onclick: () => startEdit(v),
+    }, 'Edit'));
+  }
+  v.el.append(tools);
+}
+
+function busy() {
+  return state.sending || state.streamingId != null;
+}
+
+// A regenerate or an edit answers like a new turn (202); the conversation then shows the new
+// branch, whose reply is streaming: opening it again resumes that reply from its start.
+async function branchOff(url, body) {
+  if (busy() || !state.openId) return;
+  clearError();
+  state.sending = true;
+  updateComposer();
+  try {
+    await api('POST', url, body);
+  } catch (err) {
+    showError(err);
+    return;
+  } finally {
+    state.sending = false;
+    updateComposer();
+  }
+  await openConversation(state.openId);
+}
+
+function regenerate(messageId) {
+  return branchOff(`/api/messages/${encodeURIComponent(messageId)}/regenerate`);
+}
+
+function startEdit(v) {
+  if (busy() || v.editor) return;
+  const input = h('textarea', { class: 'msg-edit-input', 'data-testid': 'edit-input', rows: 3, 'aria-label': 'Edit message' });
+  input.value = v.raw;
+  const close = () => { v.editor.remove(); v.editor = null; v.content.hidden = false; };
+  const save = () => {
+    const text = input.value.trim();
+    if (!text) return;
+    close();
+    branchOff(`/api/messages/${encodeURIComponent(v.id)}/edit`, { message: text });
+  };
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); save(); }
+    if (e.key === 'Escape') close();
+  });
+  v.editor = h('div', { class: 'msg-edit', 'data-testid': 'edit-form' }, input,
+    h('div', { class: 'msg-edit-actions' },
+      h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'edit-save', onclick: save }, 'Save'),
+      h('button', { type: 'button', class: 'btn', 'data-testid': 'edit-cancel', onclick: close }, 'Cancel')));
+  v.content.hidden = true;
+  v.content.after(v.editor);
+  input.focus();
+}
+
+async function activateMessage(messageId) {
+  if (busy() || !messageId) return;
+  clearError();
+  const seq = ++state.navSeq;
+  let conv;
+  try {
+    conv = await api('POST', `/api/messages/${encodeURIComponent(messageId)}/activate`);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  if (seq === state.navSeq) await showConversation(conv, { seq });
+}
+
+// The titler names a new conversation after its first reply, off the reply's path: read the
+// list again a few times until the title is no longer the question's first words.
+async function refreshTitle({ id, title }, delays = [300, 1000, 2500, 5000]) {
+  for (const ms of delays) {
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    await loadConversations();
+    const now = state.conversations.find((c) => c.id === id)?.title;
+    if (now && now !== title) return;
+  }
+}
+
 // ---------- streaming a reply ----------
 
 function updateComposer() {
@@ -396,6 +508,10 @@ function startStream(url, v, { focusStop = false } = {}) {
     if (refocus) els.input.focus();
     loadConversations();
     loadUsage();
+    if (state.titlePending) {
+      refreshTitle(state.titlePending);
+      state.titlePending = null;
+    }
   };
 
   state.stream = openStream(url, {
@@ -506,6 +622,8 @@ async function send() {
     setHash(state.openId);
     clearMessages();
     setHeader(null, 0);
+    // The server's first-words title, until the titler's replaces it.
+    state.titlePending = { id: res.conversation_id, title: text.split(/\s+/).join(' ').slice(0, 80) };
   }
   appendMessage({ id: res.user_message_id, role: 'user', content: text, status: 'complete' });
   const v = appendMessage({
@@ -605,7 +723,14 @@ async function openConversation(id, { resume = true } = {}) {
     return null;
   }
   if (seq !== state.navSeq) return null;
+  await showConversation(conv, { resume, seq });
+  return conv;
+}
 
+// Shows a conversation's messages (the branch it shows), resuming a reply still streaming;
+// `seq` is the navigation that asked for it (a later one drops the resume).
+async function showConversation(conv, { resume = true, seq = state.navSeq } = {}) {
+  closeStream();
   clearMessages();
   setHeader(conv.title, conv.total_cost_usd);
   const messages = conv.messages || [];
@@ -619,10 +744,9 @@ async function openConversation(id, { resume = true } = {}) {
     clearReply(v);
     // No stream_url here (that was the page before the reload): the user's own token, in the URL.
     const url = await auth.streamUrl(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`);
-    if (seq !== state.navSeq) return conv;
+    if (seq !== state.navSeq) return;
     startStream(url, v);
   }
-  return conv;
 }
 
 function newChat({ focus = true } = {}) {
@@ -690,7 +814,10 @@ async function runSearch() {
 
 async function openFound(conversationId, messageId) {
   const conv = await openConversation(conversationId);
-  const v = conv && state.views.get(messageId);
+  if (!conv) return;
+  // Search reads every branch: a match on one the conversation does not show switches to it.
+  if (!state.views.has(messageId) && !busy()) await activateMessage(messageId);
+  const v = state.views.get(messageId);
   if (!v) return;
   for (const other of els.messages.querySelectorAll('.msg-found')) other.classList.remove('msg-found');
   v.el.classList.add('msg-found');

@@ -21,15 +21,30 @@ from databases import Database
 
 from app.storage.ledger import conversation_cost
 from app.storage.tables import conversations, messages
-from app.storage.writer import Writer, binds
+from app.storage.writer import Step, Writer, binds
 
 NEW_CONVERSATION = conversations.insert().values(
-    binds("id", "user_id", "agent", "title", "subject_conversation_id", "created_at", "updated_at")
+    binds(
+        "id",
+        "user_id",
+        "agent",
+        "title",
+        "subject_conversation_id",
+        "created_at",
+        "updated_at",
+        "active_leaf_id",
+    )
 )
 TOUCH_CONVERSATION = (
     conversations.update()
     .where(conversations.c.id == sa.bindparam("conversation_id"))
     .values(binds("updated_at"))
+)
+# A turn in a conversation: it moves to the front, and shows the branch the turn ends.
+TURN_IN_CONVERSATION = (
+    conversations.update()
+    .where(conversations.c.id == sa.bindparam("conversation_id"))
+    .values(binds("updated_at", "active_leaf_id"))
 )
 
 
@@ -95,6 +110,40 @@ class Conversations:
             query = query.where(conversations.c.user_id == user_id)
         row = await self._database.fetch_one(query)
         return dict(row._mapping) if row else None
+
+    async def total_cost(self, *, conversation_id: str) -> int | None:
+        """What the conversation cost, in pico-dollars (see `ledger.conversation_cost`); None
+        while no cost of it is known."""
+        return await self._database.fetch_val(
+            sa.select(conversation_cost(sa.literal(conversation_id, sa.String)))
+        )
+
+    async def rename(self, *, conversation_id: str, user_id: str, title: str) -> bool:
+        """Give the user's conversation a title; False if there is no such conversation."""
+        [renamed] = await self._writer.write(
+            [
+                conversations.update()
+                .where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
+                .values(title=title)
+                .returning(conversations.c.id)
+            ]
+        )
+        return bool(renamed)
+
+    async def save_title(
+        self, *, conversation_id: str, old: str, new: str | None, generation: list[Step]
+    ) -> None:
+        """The titler's outcome, in one transaction: its generation's row (`generation`, the
+        ledger's steps) and its title `new`, unless that is None (it failed) or the title
+        changed since the turn gave it `old` (the user renamed it meanwhile: theirs stays)."""
+        steps = list(generation)
+        if new is not None:
+            steps.append(
+                conversations.update()
+                .where(conversations.c.id == conversation_id, conversations.c.title == old)
+                .values(title=new)
+            )
+        await self._writer.write(steps)
 
     async def list_for_user(
         self, *, user_id: str, limit: int, agent: str | None = None, after: Position | None = None

@@ -23,7 +23,7 @@ from sqlalchemy.sql.dml import Insert
 
 from app.billing.money import to_picos
 from app.replies.states import CostSource, GenerationStatus
-from app.storage.tables import generations
+from app.storage.tables import conversations, generations
 from app.storage.writer import Step, Writer, binds
 
 
@@ -120,16 +120,34 @@ def usage_by_message(
     )
 
 
-def conversation_cost(conversation_id: sa.ColumnElement[str]) -> sa.ScalarSelect[Any]:
-    """The cost of one conversation's generations, as a scalar subquery correlated with
-    `conversation_id` (a column of the outer query): summed per row the outer query returns,
-    through `ix_generations_conversation`, so a page of conversations costs what its own
-    generations cost, not the whole ledger (see `app/storage/conversations.py` for figures)."""
-    return (
+def conversation_cost(conversation_id: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
+    """The cost of one conversation: its generations (every branch's, its title's) and those
+    of the coach calls that reviewed it (`subject_conversation_id`), whose cost is spent on it.
+
+    Two scalar subqueries correlated with `conversation_id` (a column of the outer query), added
+    up (NULL only when neither knows a cost): summed per row the outer query returns, through
+    `ix_generations_conversation` and `ix_conversations_subject`, so a page of conversations
+    costs what its own generations cost, not the whole ledger (see
+    `app/storage/conversations.py` for figures). One subquery with `conversation_id IN (the
+    reviews)` OR'd in read all of `generations` on PostgreSQL. A coach call's cost is in its own
+    conversation's total too: totals are per conversation, never to be added up across
+    conversations (sum `generations` for that).
+    """
+    own = (
         sa.select(sa.func.sum(generations.c.cost_picousd))
         .where(generations.c.conversation_id == conversation_id)
         .scalar_subquery()
     )
+    # Aliased, so an outer query over `conversations` never correlates it away.
+    reviewer = conversations.alias("reviewer")
+    reviewed = generations.alias("reviewed")
+    reviews = (
+        sa.select(sa.func.sum(reviewed.c.cost_picousd))
+        .select_from(reviewer.join(reviewed, reviewed.c.conversation_id == reviewer.c.id))
+        .where(reviewer.c.subject_conversation_id == conversation_id)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(own + reviews, own, reviews)
 
 
 def cancel_streaming(*, message_ids: sa.Select[Any], ended_at: datetime) -> sa.Executable:

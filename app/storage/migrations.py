@@ -278,6 +278,29 @@ def _generations_by_start(dialect: sa.engine.Dialect) -> list[str]:
     return ["CREATE INDEX ix_generations_started_at ON generations (started_at, id)"]
 
 
+def _message_tree(dialect: sa.engine.Dialect) -> list[str]:
+    """Messages as a tree (regenerate and edit make siblings), each conversation showing one
+    branch: `messages.parent_id` and `conversations.active_leaf_id`.
+
+    Rows already there become the one branch they were: each message's parent is the one before
+    it in `seq`, and the branch shown ends at the last, so every conversation shows what it
+    showed before. Written as plain SQL that SQLite and PostgreSQL read alike.
+    """
+    return [
+        "ALTER TABLE messages ADD COLUMN parent_id VARCHAR(36)",
+        "ALTER TABLE conversations ADD COLUMN active_leaf_id VARCHAR(36)",
+        "UPDATE messages SET parent_id = (SELECT earlier.id FROM messages earlier"
+        " WHERE earlier.conversation_id = messages.conversation_id AND earlier.seq < messages.seq"
+        " ORDER BY earlier.seq DESC LIMIT 1)",
+        "UPDATE conversations SET active_leaf_id = (SELECT m.id FROM messages m"
+        " WHERE m.conversation_id = conversations.id ORDER BY m.seq DESC LIMIT 1)",
+        # Siblings and descendants are found by parent (switching branches).
+        "CREATE INDEX ix_messages_parent ON messages (parent_id)",
+        # A conversation's total counts the coach calls that reviewed it, found by subject.
+        "CREATE INDEX ix_conversations_subject ON conversations (subject_conversation_id)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -287,6 +310,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "full-text search of messages", _message_search),
     Migration(7, "budget reservations and overrides", _budget_tables),
     Migration(8, "generations by start time, for cost reports", _generations_by_start),
+    Migration(9, "messages as a tree, the branch each conversation shows", _message_tree),
 ]
 
 _schema_migrations = sa.Table(

@@ -1,5 +1,16 @@
 """Replies: the messages of a conversation, and the writes a reply makes over its life.
 
+A conversation's messages form a tree: each names the one it follows (`parent_id`; None for a
+first message). A reply regenerated is a sibling of the first under the same user message; a
+user message edited is a sibling of the old one under the same parent, with its own reply;
+whatever followed the old ones stays on their branch. The conversation shows one branch: the
+path from the first message down to its `active_leaf_id` (a leaf names its whole path, as each
+message has one parent; a pointer per message to its shown child would need a write on every
+level to switch). A new turn continues from that leaf and becomes the new one; switching to a
+message shows the latest branch through it (`show`). Only the shown path goes upstream as
+history. `seq` still counts a conversation's messages in the order they were written, so a
+child always comes after its parent.
+
 Write pattern, chosen so no token ever waits for the database:
 - a turn starts with one transaction: the user message and a `streaming` assistant row (and
   the conversation's row, new or touched);
@@ -21,7 +32,11 @@ import sqlalchemy as sa
 from databases import Database
 
 from app.replies.states import MessageStatus
-from app.storage.conversations import NEW_CONVERSATION, TOUCH_CONVERSATION
+from app.storage.conversations import (
+    NEW_CONVERSATION,
+    TOUCH_CONVERSATION,
+    TURN_IN_CONVERSATION,
+)
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
 from app.storage.tables import conversations, messages, new_id, now
 from app.storage.writer import Step, Writer, binds
@@ -45,6 +60,7 @@ NEW_MESSAGE = messages.insert().values(
         "event_lengths",
         "created_at",
         "updated_at",
+        "parent_id",
     ),
 )
 CHECKPOINT_MESSAGE = (
@@ -75,10 +91,40 @@ FINISH_MESSAGE = (
 )
 
 
-def messages_with_usage(conversation_id: str) -> sa.Select[Any]:
-    """A conversation's messages in order, with their generations' sums: this conversation's
-    only, through the `(conversation_id, seq)` and `ix_generations_conversation` indexes."""
+def path_to(leaf_id: str, *columns: str) -> sa.CTE:
+    """The messages from the first down to `leaf_id` (their ids and `columns`), walked up
+    parent by parent: the path's own rows, by primary key."""
+    path = (
+        sa.select(messages.c.id, messages.c.parent_id, *(messages.c[c] for c in columns))
+        .where(messages.c.id == leaf_id)
+        .cte("path", recursive=True)
+    )
+    parent = messages.alias("parent")
+    return path.union_all(
+        sa.select(parent.c.id, parent.c.parent_id, *(parent.c[c] for c in columns)).where(
+            parent.c.id == path.c.parent_id
+        )
+    )
+
+
+def history_query(leaf_id: str, limit: int) -> sa.Select[Any]:
+    """The last `limit` messages with content of the branch ending at `leaf_id`, latest first,
+    read off the walk itself (joined back to `messages`, PostgreSQL read all of it)."""
+    path = path_to(leaf_id, "seq", "role", "content", "reasoning_details")
+    return (
+        sa.select(path.c.role, path.c.content, path.c.reasoning_details)
+        .where(path.c.content != "")
+        .order_by(path.c.seq.desc())
+        .limit(limit)
+    )
+
+
+def messages_with_usage(conversation_id: str, leaf_id: str) -> sa.Select[Any]:
+    """The messages of the conversation's branch ending at `leaf_id`, in order, with their
+    generations' sums: this conversation's only, through the primary key, the `(conversation_id,
+    seq)` and `ix_generations_conversation` indexes."""
     usage = usage_by_message(conversation_id=conversation_id)
+    path = path_to(leaf_id)
     return (
         sa.select(
             messages,
@@ -88,7 +134,13 @@ def messages_with_usage(conversation_id: str) -> sa.Select[Any]:
             usage.c.cost_picousd,
             usage.c.generation_count,
         )
-        .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
+        .select_from(
+            messages.join(path, path.c.id == messages.c.id).outerjoin(
+                usage, usage.c.message_id == messages.c.id
+            )
+        )
+        # Redundant for the result, not for the plan: PostgreSQL cannot tell how few rows the
+        # recursive walk gives and would read all of `messages` to join them.
         .where(messages.c.conversation_id == conversation_id)
         .order_by(messages.c.seq)
     )
@@ -106,11 +158,25 @@ class TurnIds:
     user_message_id: str
     message_id: str  # the assistant's reply
     new_conversation: bool
+    parent_id: str | None = None  # what the user message follows (None: it comes first)
 
     @classmethod
-    def allocate(cls, conversation_id: str | None) -> TurnIds:
-        """Ids for a turn in `conversation_id`, or in a new conversation when it is None."""
-        return cls(conversation_id or new_id(), new_id(), new_id(), conversation_id is None)
+    def allocate(
+        cls,
+        conversation_id: str | None,
+        *,
+        parent_id: str | None = None,
+        user_message_id: str | None = None,
+    ) -> TurnIds:
+        """Ids for a turn in `conversation_id`, or in a new conversation when it is None;
+        `user_message_id` names the user message a regenerated reply answers again."""
+        return cls(
+            conversation_id or new_id(),
+            user_message_id or new_id(),
+            new_id(),
+            conversation_id is None,
+            parent_id,
+        )
 
 
 class Replies:
@@ -119,24 +185,34 @@ class Replies:
         self._writer = writer
         self._ledger = ledger
 
-    async def in_conversation(self, *, conversation_id: str) -> list[dict[str, Any]]:
-        """The conversation's messages in order, each with its usage and cost (the ledger's
-        sums over its generations)."""
-        rows = await self._database.fetch_all(messages_with_usage(conversation_id))
-        return [dict(row._mapping) for row in rows]
-
-    async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-        """The last `limit` messages with content, oldest first, in OpenRouter's message shape:
-        an assistant turn with the `reasoning_details` it was given, as OpenRouter asks, so the
-        model continues from its own reasoning."""
-        if limit <= 0:
+    async def in_conversation(
+        self, *, conversation_id: str, leaf_id: str | None
+    ) -> list[dict[str, Any]]:
+        """The messages of the branch ending at `leaf_id`, in order, each with its usage and
+        cost (the ledger's sums over its generations) and its siblings: `sibling_ids`, all
+        the messages with its parent, itself included, oldest first."""
+        if leaf_id is None:
             return []
-        rows = await self._database.fetch_all(
-            sa.select(messages.c.role, messages.c.content, messages.c.reasoning_details)
-            .where(messages.c.conversation_id == conversation_id, messages.c.content != "")
-            .order_by(messages.c.seq.desc())
-            .limit(limit)
+        rows = await self._database.fetch_all(messages_with_usage(conversation_id, leaf_id))
+        tree = await self._database.fetch_all(
+            sa.select(messages.c.id, messages.c.parent_id)
+            .where(messages.c.conversation_id == conversation_id)
+            .order_by(messages.c.seq)
         )
+        children: dict[str | None, list[str]] = {}
+        for node in tree:
+            children.setdefault(node[1], []).append(node[0])
+        return [
+            {**row._mapping, "sibling_ids": children[row._mapping["parent_id"]]} for row in rows
+        ]
+
+    async def history(self, *, leaf_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` messages with content of the branch ending at `leaf_id`, oldest
+        first, in OpenRouter's message shape: an assistant turn with the `reasoning_details`
+        it was given, as OpenRouter asks, so the model continues from its own reasoning."""
+        if limit <= 0 or leaf_id is None:
+            return []
+        rows = await self._database.fetch_all(history_query(leaf_id, limit))
         turns: list[dict[str, Any]] = []
         for row in reversed(rows):
             turn: dict[str, Any] = {"role": row[0], "content": row[1]}
@@ -145,9 +221,47 @@ class Replies:
             turns.append(turn)
         return turns
 
+    async def message(self, *, message_id: str) -> dict[str, Any] | None:
+        """A message of any role, without its costs: where it sits in its conversation."""
+        row = await self._database.fetch_one(
+            sa.select(
+                messages.c.id,
+                messages.c.conversation_id,
+                messages.c.parent_id,
+                messages.c.role,
+                messages.c.content,
+                messages.c.agent,
+            ).where(messages.c.id == message_id)
+        )
+        return dict(row._mapping) if row else None
+
+    async def show(self, *, conversation_id: str, message_id: str) -> None:
+        """Show the branch through `message_id`: the latest one, down to its descendant written
+        last (the newest message under it has no children yet, so it is a leaf)."""
+        below = (
+            sa.select(messages.c.id, messages.c.seq)
+            .where(messages.c.id == message_id)
+            .cte("below", recursive=True)
+        )
+        child = messages.alias("child")
+        below = below.union_all(
+            sa.select(child.c.id, child.c.seq).where(child.c.parent_id == below.c.id)
+        )
+        leaf = await self._database.fetch_val(
+            sa.select(below.c.id).order_by(below.c.seq.desc()).limit(1)
+        )
+        await self._writer.write(
+            [
+                conversations.update()
+                .where(conversations.c.id == conversation_id)
+                .values(active_leaf_id=leaf)
+            ]
+        )
+
     async def get(self, *, message_id: str, user_id: str) -> dict[str, Any] | None:
-        """An assistant message of the user's with its user message's id and its generations'
-        sums (another user's answers as one that is not there: the owner is in the query)."""
+        """An assistant message of the user's with its user message's id (its parent) and its
+        generations' sums (another user's answers as one that is not there: the owner is in
+        the query)."""
         user_message = messages.alias("user_message")
         usage = usage_by_message(message_id=message_id)
         query = (
@@ -161,13 +275,7 @@ class Replies:
             )
             .select_from(
                 messages.join(conversations, conversations.c.id == messages.c.conversation_id)
-                .outerjoin(
-                    user_message,
-                    sa.and_(
-                        user_message.c.conversation_id == messages.c.conversation_id,
-                        user_message.c.seq == messages.c.seq - 1,
-                    ),
-                )
+                .outerjoin(user_message, user_message.c.id == messages.c.parent_id)
                 .outerjoin(usage, usage.c.message_id == messages.c.id)
             )
             .where(
@@ -186,15 +294,17 @@ class Replies:
         user_id: str,
         agent: str,
         title: str,
-        user_content: str,
+        user_content: str | None,
         requested_model: str,
         temperature: float,
         subject_conversation_id: str | None = None,
         claim: Step | None = None,
     ) -> None:
         """Save the user message and a `streaming` assistant row (and a new conversation's
-        row) in one transaction; `claim` (an idempotency key's, see `idempotency`) goes first,
-        so if it fails nothing of the turn is written."""
+        row) in one transaction, the reply becoming the leaf the conversation shows; `claim`
+        (an idempotency key's, see `idempotency`) goes first, so if it fails nothing of the
+        turn is written. `user_content` None: a regenerated reply, under the user message
+        `ids.user_message_id` already there."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -208,12 +318,17 @@ class Replies:
                     "subject_conversation_id": subject_conversation_id,
                     "created_at": stamp,
                     "updated_at": stamp,
+                    "active_leaf_id": ids.message_id,
                 },
             )
         else:
             opening = (
-                TOUCH_CONVERSATION,
-                {"conversation_id": conversation_id, "updated_at": stamp},
+                TURN_IN_CONVERSATION,
+                {
+                    "conversation_id": conversation_id,
+                    "updated_at": stamp,
+                    "active_leaf_id": ids.message_id,
+                },
             )
         common = {
             "conversation_id": conversation_id,
@@ -222,15 +337,15 @@ class Replies:
             "created_at": stamp,
             "updated_at": stamp,
         }
-        await self._writer.write(
-            [
-                *([claim] if claim is not None else []),
-                opening,
+        asked: list[Step] = []
+        if user_content is not None:
+            asked.append(
                 (
                     NEW_MESSAGE,
                     {
                         **common,
                         "id": ids.user_message_id,
+                        "parent_id": ids.parent_id,
                         "role": "user",
                         "content": user_content,
                         "status": MessageStatus.COMPLETE,
@@ -238,12 +353,19 @@ class Replies:
                         "temperature": None,
                         "event_lengths": None,
                     },
-                ),
+                )
+            )
+        await self._writer.write(
+            [
+                *([claim] if claim is not None else []),
+                opening,
+                *asked,
                 (
                     NEW_MESSAGE,
                     {
                         **common,
                         "id": ids.message_id,
+                        "parent_id": ids.user_message_id,
                         "role": "assistant",
                         "content": "",
                         "status": MessageStatus.STREAMING,

@@ -44,6 +44,8 @@ conversations = sa.Table(
     sa.Column("subject_conversation_id", sa.String(36)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The last message of the branch the conversation shows (see `app/storage/replies.py`).
+    sa.Column("active_leaf_id", sa.String(36)),
 )
 
 messages = sa.Table(
@@ -74,6 +76,8 @@ messages = sa.Table(
     sa.Column("annotations", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The message this one follows in the conversation's tree; None for a first message.
+    sa.Column("parent_id", sa.String(36)),
 )
 
 generations = sa.Table(

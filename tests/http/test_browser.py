@@ -747,3 +747,92 @@ def test_the_page_shows_the_days_spend_and_says_when_a_budget_refused(page, star
     )
     expect(page.get_by_test_id("composer-input")).to_have_value("Second")
     screenshot(page, "chat-budget-refused")
+
+
+# -- regenerate, edit, the branch switcher, titles and timestamps (issue 22) --
+
+PHONE = {"width": 390, "height": 844}
+
+
+def user_message(page: Page, index: int = 0):
+    return page.locator('[data-testid="message"][data-role="user"]').nth(index)
+
+
+def answered(page: Page, text: str) -> None:
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-content")).to_have_text(text)
+
+
+def on_a_phone(page: Page, name: str) -> None:
+    """The same state on a 390 px screen: nothing wider than it, and its screenshot."""
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, f"{name}-phone-390", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_regenerate_shows_2_of_2_and_switching_back_shows_the_first_answer(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=["First answer."]), Behaviour(tokens=["Second answer."]))
+    page.goto(app_url)
+    send(page, "Tell me something")
+    answered(page, "First answer.")
+    expect(page.get_by_test_id("message-time")).to_have_count(2)
+
+    assistant(page).get_by_test_id("regenerate").click()
+    answered(page, "Second answer.")
+    expect(page.get_by_test_id("message")).to_have_count(2)
+    expect(assistant(page).get_by_test_id("branch-position")).to_have_text("2 / 2")
+    expect(assistant(page).get_by_test_id("branch-next")).to_be_disabled()
+    screenshot(page, "chat-regenerated")
+    on_a_phone(page, "chat-regenerated")
+
+    assistant(page).get_by_test_id("branch-prev").click()
+    answered(page, "First answer.")
+    expect(assistant(page).get_by_test_id("branch-position")).to_have_text("1 / 2")
+    screenshot(page, "chat-first-answer-again")
+
+
+def test_edit_makes_a_branch_and_the_old_one_stays(page, app_url, fake):
+    fake.enqueue(
+        Behaviour(tokens=["A1"]), Behaviour(tokens=["A2"]), Behaviour(tokens=["A1 edited"])
+    )
+    page.goto(app_url)
+    send(page, "Q1")
+    answered(page, "A1")
+    send(page, "Q2")
+    answered(page, "A2")
+
+    user_message(page, 0).get_by_test_id("edit").click()
+    page.get_by_test_id("edit-input").fill("Q1 edited")
+    screenshot(page, "chat-editing")
+    page.get_by_test_id("edit-save").click()
+    answered(page, "A1 edited")
+    expect(page.get_by_test_id("message")).to_have_count(2)
+    first = user_message(page, 0)
+    expect(first.get_by_test_id("message-content")).to_have_text("Q1 edited")
+    expect(first.get_by_test_id("branch-position")).to_have_text("2 / 2")
+    screenshot(page, "chat-edited")
+    on_a_phone(page, "chat-edited")
+
+    user_message(page, 0).get_by_test_id("branch-prev").click()
+    expect(page.get_by_test_id("message")).to_have_count(4)
+    expect(user_message(page, 1).get_by_test_id("message-content")).to_have_text("Q2")
+    answered(page, "A2")
+
+
+def test_the_titlers_title_appears_in_the_header_and_the_list(page, start_server, fake):
+    server = start_server(auto_titles=True)
+    fake.enqueue(
+        Behaviour(tokens=["Bring a light jacket."]), Behaviour(tokens=["Packing for Lisbon"])
+    )
+    page.goto(server.url)
+    send(page, "what should I pack for a week in Lisbon in May")
+    answered(page, "Bring a light jacket.")
+
+    expect(page.get_by_test_id("chat-title")).to_have_text(
+        "Packing for Lisbon", timeout=STREAM_TIMEOUT
+    )
+    expect(page.get_by_test_id("conversation-title")).to_have_text(["Packing for Lisbon"])
+    screenshot(page, "chat-titled")
+    on_a_phone(page, "chat-titled")

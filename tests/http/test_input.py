@@ -38,6 +38,8 @@ def shared(fake_server, tmp_path_factory) -> Iterator[tuple[httpx.Client, Databa
             max_message_chars=LIMIT,
             # Room for the bodies below that are bad in other ways than size (test_body_limit).
             max_body_bytes=1_000_000,
+            # A title's upstream call after a first reply would land in a later test's requests.
+            auto_titles=False,
         )
         with (
             ThreadedServer(create_app(settings)) as server,

@@ -1,11 +1,11 @@
 """Every conversation its owner's alone, through a real server in AUTH_MODE=jwt.
 
 User B calls every route that takes a conversation or message id with user A's ids (reading,
-streaming, resuming with Last-Event-ID, stopping, deleting, the coach reviewing, a stream token
-of B's for A's reply) and gets exactly what the same call with an id that does not exist gets.
-Afterwards every table is as it was, and A's live reply went on to its end. The routes come
-from the app itself: a new route fails here until it is put in the corpus or said to hold no
-user's ids.
+exporting, renaming, streaming, resuming with Last-Event-ID, stopping, regenerating, editing,
+switching branches, deleting, the coach reviewing, a stream token of B's for A's reply) and
+gets exactly what the same call with an id that does not exist gets. Afterwards every table is
+as it was, and A's live reply went on to its end. The routes come from the app itself: a new
+route fails here until it is put in the corpus or said to hold no user's ids.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def corpus(b_stream_token: Callable[[], str]) -> list[Probe]:
         probe("GET", "/api/conversations/{conversation_id}/export", "export json", "conversation",
               lambda http, cid: http.get(
                   f"/api/conversations/{cid}/export?format=json", headers=as_b)),
+        probe("PATCH", "/api/conversations/{conversation_id}", "rename", "conversation",
+              lambda http, cid: http.patch(
+                  f"/api/conversations/{cid}", headers=as_b, json={"title": "B's now"})),
         probe("DELETE", "/api/conversations/{conversation_id}", "delete", "conversation",
               lambda http, cid: http.delete(f"/api/conversations/{cid}", headers=as_b)),
         probe("POST", "/api/chat", "chat turn", "conversation",
@@ -143,6 +146,13 @@ def corpus(b_stream_token: Callable[[], str]) -> list[Probe]:
               status=401),
         probe("POST", "/api/messages/{message_id}/stop", "stop", "message",
               lambda http, mid: http.post(f"/api/messages/{mid}/stop", headers=as_b)),
+        probe("POST", "/api/messages/{message_id}/regenerate", "regenerate", "message",
+              lambda http, mid: http.post(f"/api/messages/{mid}/regenerate", headers=as_b)),
+        probe("POST", "/api/messages/{message_id}/edit", "edit", "message",
+              lambda http, mid: http.post(
+                  f"/api/messages/{mid}/edit", headers=as_b, json={"message": "B says"})),
+        probe("POST", "/api/messages/{message_id}/activate", "activate", "message",
+              lambda http, mid: http.post(f"/api/messages/{mid}/activate", headers=as_b)),
     ]  # fmt: skip
 
 
@@ -230,7 +240,7 @@ def test_another_users_ids_answer_as_ids_that_do_not_exist(jwt_server, http, fak
         same_as_a_random_id(probe, http, own_id) for probe in probes for own_id in ids[probe.kind]
     )
     assert snapshot(database) == before, "a call of B's changed a row"
-    assert calls == 2 * 11 + 4 * 7  # every probe, with each of A's ids of its kind
+    assert calls == 2 * 12 + 4 * 10  # every probe, with each of A's ids of its kind
 
     # A live reply of A's: B's stop, delete, stream and resume change nothing of it.
     fake.enqueue(Behaviour(tokens=LIVE_TOKENS, delay=0.06))
@@ -276,9 +286,14 @@ def test_the_list_is_the_callers_and_admins_may_list_anyones(http, fake):
 
     read = http.get(f"/api/conversations/{mine['conversation_id']}", headers=as_admin)
     assert read.status_code == 200 and len(read.json()["messages"]) == 2
-    # Reading is all: an admin's turns, coach reviews and deletes are their own user's.
+    # Reading is all: an admin's turns, coach reviews, renames, branch switches and deletes are
+    # their own user's.
     path = f"/api/conversations/{mine['conversation_id']}"
     assert http.delete(path, headers=as_admin).status_code == 404
+    assert http.patch(path, headers=as_admin, json={"title": "admin's"}).status_code == 404
+    for action in ("regenerate", "activate"):
+        response = http.post(f"/api/messages/{mine['message_id']}/{action}", headers=as_admin)
+        assert response.status_code == 404, action
     coach = http.post(
         "/api/coach/messages", headers=as_admin, json={"conversation_id": mine["conversation_id"]}
     )

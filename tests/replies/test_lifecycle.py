@@ -22,6 +22,8 @@ import pytest
 from databases import Database
 from httpx_sse import EventSource
 
+from app.agents.config import load_agents
+from app.agents.overrides import Agents
 from app.dev.simulator import Behaviour, Generation
 from app.dev.threaded_server import free_port
 from app.replies.registry import Runs
@@ -145,7 +147,8 @@ async def runs_in_process(
         client = OpenRouterClient(
             http, base_url=settings.base_url, api_key=None, app_url="x", app_title="t"
         )
-        yield Runs(store=store, client=client, settings=settings)
+        agents = Agents(load_agents(settings.agents_file))
+        yield Runs(store=store, client=client, settings=settings, agents=agents)
 
 
 def start_chat_run(runs: Runs) -> Run:

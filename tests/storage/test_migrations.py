@@ -25,7 +25,7 @@ from app.storage.migrations import (
 )
 from app.storage.search import FTS_TABLE
 from app.storage.tables import metadata
-from tests.support import make_database
+from tests.support import make_database, migrated_store, run_async
 
 
 async def _opened(url: str) -> Database:
@@ -226,3 +226,67 @@ def test_processes_migrating_at_once_apply_the_schema_once(database, tmp_path):
     ]
     rows = database.query("SELECT version FROM schema_migrations ORDER BY version")
     assert [r["version"] for r in rows] == applied
+
+
+def test_the_message_tree_keeps_what_conversations_written_before_it_show(database, monkeypatch):
+    """Rows the old schema wrote (messages in `seq` order only) become one branch each: every
+    message's parent is the one before it, the branch shown ends at the last."""
+    tree = next(m for m in MIGRATIONS if m.statements is migrations._message_tree)
+    old_schema = MIGRATIONS[: MIGRATIONS.index(tree)]
+    stamp = "'2026-01-01 00:00:00'"
+    # Ids against `seq` order, so a parent found by id order would be wrong.
+    rows = {"c1": ["m9", "m3", "m7", "m1"], "c2": ["m5", "m4"]}
+
+    async def run() -> None:
+        db = await _opened(database.url)
+        try:
+            monkeypatch.setattr(migrations, "MIGRATIONS", old_schema)
+            await migrate(db, url=database.url)
+            for conversation_id, ids in rows.items():
+                await db.execute(
+                    "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
+                    f" VALUES ('{conversation_id}', 'dev', 'chat', 't', {stamp}, {stamp})"
+                )
+                for seq, message_id in enumerate(ids, 1):
+                    role = "user" if seq % 2 else "assistant"
+                    await db.execute(
+                        "INSERT INTO messages (id, conversation_id, seq, role, content, status,"
+                        f" agent, created_at, updated_at) VALUES ('{message_id}',"
+                        f" '{conversation_id}', {seq}, '{role}', '{message_id} said',"
+                        f" 'complete', 'chat', {stamp}, {stamp})"
+                    )
+            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+            assert tree.version in await migrate(db, url=database.url)
+        finally:
+            await db.disconnect()
+
+    asyncio.run(run())
+
+    parents = {
+        row["id"]: row["parent_id"] for row in database.query("SELECT id, parent_id FROM messages")
+    }
+    assert parents == {"m9": None, "m3": "m9", "m7": "m3", "m1": "m7", "m5": None, "m4": "m5"}
+    leaves = database.query("SELECT id, active_leaf_id FROM conversations ORDER BY id")
+    assert leaves == [{"id": "c1", "active_leaf_id": "m1"}, {"id": "c2", "active_leaf_id": "m4"}]
+
+    async def read() -> tuple[list[dict], list[dict], list[dict]]:
+        async with migrated_store(database.url) as store:
+            shown = await store.replies.in_conversation(conversation_id="c1", leaf_id="m1")
+            history = await store.replies.history(leaf_id="m1", limit=3)
+            # The full-text index (migration 6) still finds the rows the tree's update rewrote.
+            found = await store.search.find(user_id="dev", text="m7", limit=5)
+            return shown, history, found
+
+    shown, history, found = run_async(read())
+    assert [(f["conversation_id"], f["message_id"]) for f in found] == [("c1", "m7")]
+    assert [(m["id"], m["sibling_ids"]) for m in shown] == [
+        ("m9", ["m9"]),
+        ("m3", ["m3"]),
+        ("m7", ["m7"]),
+        ("m1", ["m1"]),
+    ]
+    assert history == [
+        {"role": "assistant", "content": "m3 said"},
+        {"role": "user", "content": "m7 said"},
+        {"role": "assistant", "content": "m1 said"},
+    ]

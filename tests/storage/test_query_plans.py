@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage.conversations import Position, conversations_page
 from app.storage.database import is_sqlite
-from app.storage.replies import messages_with_usage
+from app.storage.replies import history_query, messages_with_usage
 from app.storage.search import (
     FTS_TABLE,
     fts5_query,
@@ -59,11 +59,12 @@ def seed(database: DatabaseHandle) -> None:
     )
     database.execute(
         "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
-        " created_at, updated_at) "
+        " created_at, updated_at, parent_id) "
         f"WITH RECURSIVE s(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM s WHERE j < {MESSAGES})"
         " SELECT c.id || '-' || j, c.id, j,"
         " CASE WHEN j - (j / 2) * 2 = 1 THEN 'user' ELSE 'assistant' END, 'x', 'complete',"
-        " 'chat', c.created_at, c.updated_at FROM conversations c CROSS JOIN s"
+        " 'chat', c.created_at, c.updated_at,"
+        " CASE WHEN j > 1 THEN c.id || '-' || (j - 1) END FROM conversations c CROSS JOIN s"
     )
     database.execute(
         "INSERT INTO generations (id, message_id, conversation_id, agent, attempt,"
@@ -130,7 +131,11 @@ def seeded(database: DatabaseHandle) -> DatabaseHandle:
 
 
 def test_opening_a_conversation_reads_only_its_own_rows(seeded):
-    assert whole_table_reads(seeded, messages_with_usage("c1234")) == []
+    assert whole_table_reads(seeded, messages_with_usage("c1234", "c1234-10")) == []
+
+
+def test_the_history_sent_upstream_reads_only_its_branch(seeded):
+    assert whole_table_reads(seeded, history_query("c1234-10", 20)) == []
 
 
 @pytest.mark.parametrize("agent", [None, "coach"])

@@ -116,12 +116,21 @@ def _sample(bind: sa.BindParameter) -> object:
     [
         conversations.NEW_CONVERSATION,
         conversations.TOUCH_CONVERSATION,
+        conversations.TURN_IN_CONVERSATION,
         replies.NEW_MESSAGE,
         replies.CHECKPOINT_MESSAGE,
         replies.FINISH_MESSAGE,
         upsert_generation_statement(sqlite_dialect.insert),
     ],
-    ids=["new_conversation", "touch", "new_message", "checkpoint", "finish", "upsert_generation"],
+    ids=[
+        "new_conversation",
+        "touch",
+        "turn",
+        "new_message",
+        "checkpoint",
+        "finish",
+        "upsert_generation",
+    ],
 )
 def test_a_reply_s_statements_reach_sqlite_as_sqlalchemy_would_send_them(tmp_path, statement):
     """The writer executes a built-once statement itself, skipping SQLAlchemy's execution but

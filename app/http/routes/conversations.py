@@ -1,9 +1,10 @@
-"""Conversations: list (newest first, a page at a time) or search, one with its messages,
-export, delete.
+"""Conversations: list (newest first, a page at a time) or search, one with the messages of the
+branch it shows, export, rename, delete; and switching the branch a conversation shows.
 
 The caller's own, always; an admin (the JWT's admin claim) may also list and read any user's:
 `GET /api/conversations?user_id=…` (403 `forbidden` for anyone else, rather than quietly
-answering with their own list) and `GET /api/conversations/{id}`. Deleting is the owner's only.
+answering with their own list) and `GET /api/conversations/{id}`. Renaming, switching branches,
+exporting and deleting are the owner's only.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from app.billing.money import from_picos, usd
 from app.errors import ApiError
 from app.http.auth.identity import identify
 from app.http.auth.jwt_tokens import MAX_USER_ID_CHARS, user_id_from
-from app.http.input import path_id, query_body
+from app.http.input import json_body, path_id, query_body
 from app.replies.states import MessageStatus
-from app.state import app_state
+from app.replies.titles import MAX_TITLE
+from app.state import AppState, app_state
 from app.storage.conversations import Position
 
 DEFAULT_PAGE = 50
@@ -52,8 +54,15 @@ def _conversation(row: dict[str, Any]) -> dict[str, Any]:
 def _message(row: dict[str, Any]) -> dict[str, Any]:
     prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
     assistant = row["role"] == "assistant"
+    siblings = row["sibling_ids"]
     return {
         "id": row["id"],
+        "parent_id": row["parent_id"],
+        # Its place among the messages with its parent (other replies to one question, other
+        # versions of one question): `POST /api/messages/{id}/activate` shows another.
+        "siblings": len(siblings),
+        "sibling_index": siblings.index(row["id"]) + 1,
+        "sibling_ids": siblings,
         "role": row["role"],
         "content": row["content"],
         # The readable thinking and the citations; reasoning_details stay server-side (they
@@ -202,6 +211,20 @@ async def search_conversations(request: Request) -> Response:
     )
 
 
+async def _with_messages(state: AppState, row: dict[str, Any]) -> dict[str, Any]:
+    """A conversation with the messages of the branch it shows, and its total cost: every
+    branch's, its title's and its coach reviews' (`ledger.conversation_cost`)."""
+    messages = await state.store.replies.in_conversation(
+        conversation_id=row["id"], leaf_id=row["active_leaf_id"]
+    )
+    total = await state.store.conversations.total_cost(conversation_id=row["id"])
+    return {
+        **_conversation(row),
+        "total_cost_usd": usd(from_picos(total)),
+        "messages": [_message(m) for m in messages],
+    }
+
+
 async def get_conversation(request: Request) -> Response:
     state = app_state(request)
     caller = await identify(request)
@@ -211,15 +234,50 @@ async def get_conversation(request: Request) -> Response:
     )
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
-    messages = await state.store.replies.in_conversation(conversation_id=conversation_id)
-    costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
-    return JSONResponse(
-        {
-            **_conversation(row),
-            "total_cost_usd": usd(from_picos(sum(costs))) if costs else None,
-            "messages": [_message(m) for m in messages],
-        }
+    return JSONResponse(await _with_messages(state, row))
+
+
+async def rename_conversation(request: Request) -> Response:
+    """`PATCH /api/conversations/{id}` `{"title"}`: the user's own title, kept from then on."""
+    state = app_state(request)
+    caller = await identify(request)
+    conversation_id = path_id(request, "conversation_id")
+    body = await json_body(request)
+    title = body.get("title")
+    if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
+        raise ApiError(422, "invalid_field", f"`title` must be text of 1 to {MAX_TITLE} characters")
+    renamed = await state.store.conversations.rename(
+        conversation_id=conversation_id, user_id=caller.user_id, title=" ".join(title.split())
     )
+    if not renamed:
+        raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
+    row = await state.store.conversations.get(
+        conversation_id=conversation_id, user_id=caller.user_id
+    )
+    assert row is not None
+    return JSONResponse(_conversation(row))
+
+
+async def activate_message(request: Request) -> Response:
+    """`POST /api/messages/{id}/activate`: the conversation shows the branch through message
+    `id` (its latest, see `Replies.show`); answers with the conversation as `GET` does."""
+    state = app_state(request)
+    caller = await identify(request)
+    message_id = path_id(request, "message_id")
+    message = await state.store.replies.message(message_id=message_id)
+    row = (
+        await state.store.conversations.get(
+            conversation_id=message["conversation_id"], user_id=caller.user_id
+        )
+        if message is not None
+        else None
+    )
+    if row is None:
+        raise ApiError(404, "message_not_found", f"no message {message_id!r}")
+    await state.store.replies.show(conversation_id=row["id"], message_id=message_id)
+    row = await state.store.conversations.get(conversation_id=row["id"], user_id=caller.user_id)
+    assert row is not None
+    return JSONResponse(await _with_messages(state, row))
 
 
 def _exact_usd(picos: int | None) -> str | None:
@@ -280,7 +338,8 @@ def _file_name(title: str, updated_at: datetime, suffix: str) -> tuple[str, str]
 
 async def export_conversation(request: Request) -> Response:
     """The conversation's messages, as `GET /api/conversations/{id}` lists them (the store's
-    one function for that), as a Markdown or JSON file to download."""
+    one function for that: the branch the conversation shows), as a Markdown or JSON file to
+    download."""
     caller = await identify(request)
     state = app_state(request)
     conversation_id = path_id(request, "conversation_id")
@@ -292,15 +351,19 @@ async def export_conversation(request: Request) -> Response:
     )
     if row is None:
         raise ApiError(404, "conversation_not_found", f"no conversation {conversation_id!r}")
-    messages = await state.store.replies.in_conversation(conversation_id=conversation_id)
-    costs = [m["cost_picousd"] for m in messages if m["cost_picousd"] is not None]
+    # The branch the conversation shows, and its total as `GET` gives it (every branch's, its
+    # title's and its coach reviews').
+    messages = await state.store.replies.in_conversation(
+        conversation_id=conversation_id, leaf_id=row["active_leaf_id"]
+    )
+    total = await state.store.conversations.total_cost(conversation_id=conversation_id)
     export = {
         "id": row["id"],
         "title": row["title"],
         "agent": row["agent"],
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
-        "total_cost_usd": _exact_usd(sum(costs)) if costs else None,
+        "total_cost_usd": _exact_usd(total),
         "messages": [_export_message(m) for m in messages],
     }
     body = (
@@ -340,6 +403,8 @@ async def delete_conversation(request: Request) -> Response:
 routes = [
     Route("/api/conversations", list_conversations, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", get_conversation, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}", rename_conversation, methods=["PATCH"]),
     Route("/api/conversations/{conversation_id}/export", export_conversation, methods=["GET"]),
     Route("/api/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
+    Route("/api/messages/{message_id}/activate", activate_message, methods=["POST"]),
 ]

@@ -22,7 +22,15 @@ from app.replies.events import LogEvent
 from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
 from app.replies.states import MessageStatus
-from app.replies.turns import Turn, chat_turn, claim_run, coach_turn, start_run
+from app.replies.turns import (
+    Turn,
+    chat_turn,
+    claim_run,
+    coach_turn,
+    edit_turn,
+    regenerate_turn,
+    start_run,
+)
 from app.state import AppState, app_state
 
 # What keeps a slow `"stream": false` answer's connection alive: JSON allows whitespace before
@@ -137,11 +145,12 @@ def _resumed(
 
 
 async def _posted_turn(
-    request: Request, state: AppState, build: TurnBuilder, user_id: str
+    request: Request, state: AppState, build: TurnBuilder, user_id: str, *, bodiless: bool = False
 ) -> tuple[Turn, Run | dict[str, Any]]:
     """The turn a POST asks for, and its new run; or, if its `Idempotency-Key` named a turn
-    already, that key's row (see `claim_run`), once sure it came with the same request."""
-    body = await json_body(request)
+    already, that key's row (see `claim_run`), once sure it came with the same request.
+    `bodiless`: the POST may come without a body."""
+    body = await json_body(request, optional=bodiless)
     key = idempotency_key(request)
     turn = await build(state, body, user_id=user_id)
     if key is None:
@@ -210,31 +219,60 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
     same `202` again for a retry with the turn's `Idempotency-Key`."""
 
     async def endpoint(request: Request) -> Response:
-        state = app_state(request)
-        caller = await identify(request)
-        _, run = await _posted_turn(request, state, build, caller.user_id)
-        if not isinstance(run, Run):
-            return _accepted(
-                state,
-                caller,
-                conversation_id=run["conversation_id"],
-                user_message_id=run["user_message_id"],
-                message_id=run["message_id"],
-            )
-        # The ids given out must be there to find (the stream's own answer would say
-        # storage_error; this one says so at once).
-        if not await run.turn_saved():
-            raise ApiError(503, "storage_error", "the conversation could not be saved")
-        meta = run.log.events[0].payload
+        return await _accept(request, build)
+
+    return endpoint
+
+
+async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = False) -> Response:
+    state = app_state(request)
+    caller = await identify(request)
+    _, run = await _posted_turn(request, state, build, caller.user_id, bodiless=bodiless)
+    if not isinstance(run, Run):
         return _accepted(
             state,
             caller,
-            conversation_id=meta["conversation_id"],
-            user_message_id=meta["user_message_id"],
-            message_id=run.message_id,
+            conversation_id=run["conversation_id"],
+            user_message_id=run["user_message_id"],
+            message_id=run["message_id"],
         )
+    # The ids given out must be there to find (the stream's own answer would say
+    # storage_error; this one says so at once).
+    if not await run.turn_saved():
+        raise ApiError(503, "storage_error", "the conversation could not be saved")
+    meta = run.log.events[0].payload
+    return _accepted(
+        state,
+        caller,
+        conversation_id=meta["conversation_id"],
+        user_message_id=meta["user_message_id"],
+        message_id=run.message_id,
+    )
 
-    return endpoint
+
+async def regenerate(request: Request) -> Response:
+    """`POST /api/messages/{id}/regenerate`: another reply to the user message reply `id`
+    answered, beside it (two-step, as `POST /api/chat/messages`); the branch shown is the new
+    reply's."""
+
+    async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
+        # Read after the caller is identified: a bad token answers 401 whatever the id.
+        message_id = path_id(request, "message_id")
+        return await regenerate_turn(state, message_id, user_id=user_id)
+
+    return await _accept(request, build, bodiless=True)
+
+
+async def edit(request: Request) -> Response:
+    """`POST /api/messages/{id}/edit` `{"message"}`: user message `id` said otherwise, a new
+    user message beside it with its own reply (two-step); what followed the old one stays on
+    its branch."""
+
+    async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
+        message_id = path_id(request, "message_id")
+        return await edit_turn(state, message_id, body, user_id=user_id)
+
+    return await _accept(request, build)
 
 
 async def reply_stream(request: Request) -> Response:
@@ -279,4 +317,6 @@ routes = [
     Route("/api/coach/messages", two_step(coach_turn), methods=["POST"]),
     Route("/api/messages/{message_id}/stream", reply_stream, methods=["GET"]),
     Route("/api/messages/{message_id}/stop", stop_reply, methods=["POST"]),
+    Route("/api/messages/{message_id}/regenerate", regenerate, methods=["POST"]),
+    Route("/api/messages/{message_id}/edit", edit, methods=["POST"]),
 ]
