@@ -143,18 +143,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     live_replies=lambda: len(runs.live),
                 )
                 metrics.time_writes(store.writer)
-            runs = Runs(
-                store=store,
-                client=client,
-                settings=settings,
-                agents=agents,
-                observers=[ReplyLog()] if metrics is None else [ReplyLog(), metrics],
-            )
-            stack.push_async_callback(runs.shutdown)
-            await _recover(store, runs)
-            runs.recovery.start()
-            watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
-            stack.callback(watcher.cancel)
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
             model_catalog = ModelCatalog(
                 client=client,
@@ -163,6 +151,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 recommended=settings.recommended_models,
             )
             stack.push_async_callback(model_catalog.aclose)
+            spend = SpendControl(settings=settings, store=store, models=model_catalog, clock=clock)
+            runs = Runs(
+                store=store,
+                client=client,
+                settings=settings,
+                agents=agents,
+                spend=spend,
+                observers=[ReplyLog()] if metrics is None else [ReplyLog(), metrics],
+            )
+            stack.push_async_callback(runs.shutdown)
+            await _recover(store, runs)
+            runs.recovery.start()
+            watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
+            stack.callback(watcher.cancel)
             stack.enter_context(start_up_frozen())
             yield {
                 "app": AppState(
@@ -175,9 +177,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     runs=runs,
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
-                    spend=SpendControl(
-                        settings=settings, store=store, models=model_catalog, clock=clock
-                    ),
+                    spend=spend,
                     limits=RequestLimits(settings=settings, runs=runs),
                     metrics=metrics,
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),

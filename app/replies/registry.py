@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
 from app.agents.overrides import Agents
+from app.billing.budgets import SpendControl
 from app.replies.recovery import Recovery
 from app.replies.runs import Run, RunRequest
 from app.replies.states import MessageStatus
@@ -37,6 +38,7 @@ class Runs:
         client: OpenRouterClient,
         settings: Settings,
         agents: Agents,
+        spend: SpendControl,
         observers: Sequence[ReplyObserver] = (),
     ) -> None:
         self.store = store
@@ -56,6 +58,7 @@ class Runs:
                 client=client,
                 agents=agents,
                 settings=settings,
+                spend=spend,
                 reconcile=self.recovery.reconcile,
             )
             if settings.auto_titles and TITLER in agents

@@ -16,11 +16,15 @@ then says so. The page learns the title by reading the conversation list again
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from app.agents.overrides import Agents
+from app.billing.budgets import SpendControl
+from app.errors import ApiError
 from app.replies.runs import RunRequest, record_usage
 from app.replies.states import CostSource, GenerationStatus
 from app.settings import Settings
@@ -70,8 +74,10 @@ class Titler:
         client: OpenRouterClient,
         agents: Agents,
         settings: Settings,
+        spend: SpendControl,
         reconcile: Callable[..., None],
     ) -> None:
+        self._spend = spend
         self._store = store
         self._client = client
         self._agents = agents
@@ -99,6 +105,35 @@ class Titler:
         if agent.reasoning is not None:
             body["reasoning"] = agent.reasoning.upstream()
         record = GenerationRecord(id=new_id(), attempt=1, requested_model=model, started_at=now())
+        # The title is spent like a reply: its worst case is reserved against the user's budgets
+        # first (under the generation's own id, which its cost row carries as its message id),
+        # and a title that does not fit is not asked for: the first words stay.
+        try:
+            await self._spend.reserve(
+                dataclasses.replace(
+                    request,
+                    message_id=record.id,
+                    agent=AGENT,
+                    model=model,
+                    fallback_models=(),
+                    temperature=agent.temperature,
+                    max_tokens=agent.max_tokens,
+                    messages=body["messages"],
+                    stream=False,
+                    reasoning=body.get("reasoning"),
+                )
+            )
+        except ApiError as refused:
+            log.info("no title for %s: %s", request.conversation_id, refused.code)
+            return
+        try:
+            await self._ask(request, body, record, question)
+        finally:
+            await asyncio.shield(self._store.budgets.end(message_id=record.id))
+
+    async def _ask(
+        self, request: RunRequest, body: dict[str, Any], record: GenerationRecord, question: str
+    ) -> None:
         title = None
         try:
             events = await self._client.complete(body)

@@ -56,6 +56,9 @@ def server_process(
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "GENERATION_LOOKUP_TIMEOUT": "5",
         "UPSTREAM_READ_TIMEOUT": "30",
+        # As in every test app (tests/conftest.py): a title's upstream call would take the
+        # fake's scripted costs, which here are every reply's worst case, and its requests.
+        "AUTO_TITLES": "false",
         **settings,
     }
     with open(tmp_path / f"server-{port}.log", "wb") as log:

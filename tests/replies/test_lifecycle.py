@@ -24,6 +24,7 @@ from httpx_sse import EventSource
 
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
+from app.billing.budgets import SpendControl, utc_now
 from app.dev.simulator import Behaviour, Generation
 from app.dev.threaded_server import free_port
 from app.replies.registry import Runs
@@ -34,6 +35,7 @@ from app.storage.ledger import GenerationRecord, Ledger
 from app.storage.replies import Replies, TurnIds
 from app.storage.store import Store
 from app.storage.tables import new_id, now
+from app.upstream.models_catalog import ModelCatalog
 from app.upstream.openrouter import OpenRouterClient
 from tests.support import (
     SHARED_STREAM_SECRET,
@@ -148,7 +150,9 @@ async def runs_in_process(
             http, base_url=settings.base_url, api_key=None, app_url="x", app_title="t"
         )
         agents = Agents(load_agents(settings.agents_file))
-        yield Runs(store=store, client=client, settings=settings, agents=agents)
+        models = ModelCatalog(client=client, store=store, ttl=60, recommended=())
+        spend = SpendControl(settings=settings, store=store, models=models, clock=utc_now)
+        yield Runs(store=store, client=client, settings=settings, agents=agents, spend=spend)
 
 
 def start_chat_run(runs: Runs) -> Run:
