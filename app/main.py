@@ -30,7 +30,9 @@ from app.http.routes import catalog, conversations, health, me, models, pages, r
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import configure_logging
+from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
+from app.replies.signals import Signals
 from app.settings import ConfigError, Settings, load_settings, refuse_to_start
 from app.state import AppState
 from app.storage.database import connect_database, is_sqlite
@@ -116,7 +118,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 app_url=settings.app_url,
                 app_title=settings.app_title,
             )
-            runs = Runs(store=store, client=client, settings=settings)
+            streams = None
+            if settings.redis_url is not None:
+                # Closed after the runs' shutdown, so their final events reach the streams.
+                streams = ReplyStreams(settings)
+                stack.push_async_callback(streams.close)
+                streams.start()
+            runs = Runs(
+                store=store,
+                client=client,
+                settings=settings,
+                outbox=streams.outbox if streams else None,
+            )
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
             runs.recovery.start()
@@ -124,6 +137,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             stack.callback(watcher.cancel)
             agents = Agents(defaults)
             await agents.load(store)
+            signals = Signals(
+                store=store, runs=runs, agents=agents, settings=settings, streams=streams
+            )
+            signals.start()
+            stack.push_async_callback(signals.close)
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
             model_catalog = ModelCatalog(
                 client=client,
@@ -144,6 +162,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     runs=runs,
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
+                    signals=signals,
+                    streams=streams,
                 )
             }
 

@@ -9,7 +9,9 @@ from starlette.requests import Request
 
 from app.agents.overrides import Agents
 from app.http.auth.authenticator import Authenticator
+from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
+from app.replies.signals import Signals
 from app.settings import Settings
 from app.storage.store import Store
 from app.upstream.models_catalog import ModelCatalog
@@ -28,6 +30,8 @@ class AppState:
     runs: Runs
     models: ModelCatalog
     auth: Authenticator  # who is calling: JWTs, the JWKS cache, stream tokens
+    signals: Signals  # stop requests and agent changes to and from the other processes
+    streams: ReplyStreams | None = None  # live replies through Redis (REDIS_URL)
 
 
 def app_state(request: Request) -> AppState:

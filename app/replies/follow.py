@@ -1,18 +1,19 @@
 """Following a reply from an event id, wherever its events are: the one place that picks.
 
-    this process's live run     its log, event by event (`runs.Run`)
-    the database                a finished reply, or another process's live one through its
-                                checkpoints (`replay.StoredReply`)
-
-and, next, another process's live reply from its Redis Stream (see `find_reply`).
+this process's live run     its log, event by event (`runs.Run`)
+a Redis Stream              another process's live reply, event by event, when REDIS_URL
+                            is set (`redis_log.RedisReply`)
+the database                a finished reply, or another process's live one through its
+                            checkpoints (`replay.StoredReply`)
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol
 
 from app.replies.events import LogEvent
+from app.replies.redis_log import RedisReply, ReplyStreams
 from app.replies.registry import Runs
 from app.replies.replay import StoredReply
 from app.settings import Settings
@@ -31,17 +32,27 @@ class ReplySource(Protocol):
 
 
 async def find_reply(
-    message_id: str, *, runs: Runs, store: Store, settings: Settings
+    message_id: str,
+    *,
+    runs: Runs,
+    store: Store,
+    settings: Settings,
+    streams: ReplyStreams | None = None,
 ) -> ReplySource | None:
     """Where the reply's events can be read from; None if there is no such reply."""
     run = runs.get(message_id)
     if run is not None:
         return run
-    # The slot for a Redis Stream source: a reply live in another process, read event by
-    # event there rather than at checkpoint granularity from the database.
-    return await StoredReply.load(
-        store,
-        message_id=message_id,
-        poll_interval=settings.checkpoint_interval,
-        ping_interval=settings.ping_interval,
-    )
+
+    def stored() -> Awaitable[StoredReply | None]:
+        return StoredReply.load(
+            store,
+            message_id=message_id,
+            poll_interval=settings.checkpoint_interval,
+            ping_interval=settings.ping_interval,
+        )
+
+    if streams is not None and (copy := await streams.mirrors.open(message_id)) is not None:
+        # Live in another process (or just ended): event by event, not by checkpoints.
+        return RedisReply(copy, fallback=stored)
+    return await stored()

@@ -28,6 +28,7 @@ from typing import Any
 
 from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
+from app.replies.redis_log import Outbox
 from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.settings import Settings
 from app.storage.store import GenerationRecord, Store, new_id, now
@@ -97,6 +98,7 @@ class Run:
         reconcile: Callable[..., None],
         on_deserted: Callable[[Run], None],
         on_finished: Callable[[Run], None],
+        outbox: Outbox | None = None,
     ) -> None:
         self.request = request
         self.message_id = request.message_id
@@ -108,6 +110,8 @@ class Run:
         self._on_deserted = on_deserted
         self._on_finished = on_finished
         self.log = ReplyLog(ping_interval=settings.ping_interval)
+        if outbox is not None:  # REDIS_URL: other processes follow it live, from its stream
+            self.log.feed = outbox.feed(request.message_id, self.log.events)
         self.parts: list[str] = []
         self.records: list[GenerationRecord] = []
         self.status = MessageStatus.STREAMING

@@ -143,9 +143,17 @@ def _catalog_tables(dialect: sa.engine.Dialect) -> list[str]:
     return _ddl(md, dialect)
 
 
+def _stop_requests(dialect: sa.engine.Dialect) -> list[str]:
+    # When POST /stop reached a process other than the reply's owner: the owner's heartbeat
+    # reads it (app/replies/signals.py), so Stop works across processes without Redis too.
+    column = sa.DateTime(timezone=True).compile(dialect=dialect)
+    return [f"ALTER TABLE messages ADD COLUMN stop_requested_at {column}"]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
+    Migration(3, "stop requests of streaming replies", _stop_requests),
 ]
 
 _schema_migrations = sa.Table(

@@ -67,6 +67,8 @@ messages = sa.Table(
     sa.Column("event_lengths", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Set by a stop request that reached a process not generating the reply (migration 3).
+    sa.Column("stop_requested_at", UTCDateTime),
 )
 
 generations = sa.Table(
