@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     log.error("refusing to start: %s", exc)
                     raise
             store = Store(database, sqlite_db=is_sqlite(settings.database_url))
-            stack.push_async_callback(store.close)
+            stack.push_async_callback(store.writer.close)
             http = _http_client(settings)
             stack.push_async_callback(http.aclose)
             client = OpenRouterClient(
@@ -185,5 +185,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 async def _recover(store: Store, runs: Runs) -> None:
     """Costs a previous process left unknown get looked up; orphans are swept by `Recovery`."""
-    for row in await store.pending_generations():
+    for row in await store.ledger.pending_generations():
         runs.recovery.reconcile(record_id=row["id"], generation_id=row["generation_id"])

@@ -16,7 +16,8 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+from app.upstream.model_id import ModelId
+
 ORIGIN = re.compile(r"^https?://[^/\s]+$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
 # The model the development simulator pretends to be when none is configured.
@@ -113,7 +114,7 @@ class DatabaseSettings(BaseSettings):
 class Settings(DatabaseSettings):
     app_env: Literal["development", "production", "test"] = "development"
     openrouter_api_key: SecretStr | None = None
-    openrouter_model: str | None = None
+    openrouter_model: ModelId | None = None
     openrouter_base_url: AnyHttpUrl = AnyHttpUrl("https://openrouter.ai/api/v1")
     # None means "decide from APP_ENV and the key": on in development without a key, off otherwise.
     openrouter_simulator: bool | None = None
@@ -138,6 +139,9 @@ class Settings(DatabaseSettings):
     # Origins whose pages may call the API (the coach widget embedded elsewhere); comma-separated.
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     ping_interval: float = Field(15.0, gt=0, le=15.0)
+    # A `"stream": false` answer not ready by then commits a 200 and keeps the connection alive
+    # with whitespace every PING_INTERVAL: Heroku's router gives up on a first byte after 30 s.
+    nonstream_keepalive_after: float = Field(20.0, gt=0, lt=30.0)
     dev_user_id: str = "dev"
 
     # Runs: what happens to a reply whatever way its stream ends.
@@ -166,19 +170,15 @@ class Settings(DatabaseSettings):
     # The model catalog (GET /api/models) and run-time agent changes.
     models_cache_ttl: float = Field(3600.0, ge=0)
     # Comma-separated in the environment (NoDecode: not parsed as JSON).
-    recommended_models: Annotated[tuple[str, ...], NoDecode] = DEFAULT_RECOMMENDED_MODELS
+    recommended_models: Annotated[tuple[ModelId, ...], NoDecode] = DEFAULT_RECOMMENDED_MODELS
     # Guards PUT/DELETE /api/catalog/agents/*; unset means those writes are refused.
     admin_token: SecretStr | None = None
 
-    @field_validator("openrouter_model")
+    @field_validator("openrouter_model", mode="before")
     @classmethod
-    def _model_id(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip()
-        if not MODEL_ID.match(value):
-            raise ValueError(f"must look like provider/model, e.g. openai/gpt-4o (got {value!r})")
-        return value
+    def _blank_model(cls, value: object) -> object:
+        # OPENROUTER_MODEL= (blank, as .env.example leaves it) means unset, not a bad id.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_url")
     @classmethod
@@ -195,10 +195,6 @@ class Settings(DatabaseSettings):
     def _recommended(cls, value: object) -> object:
         if isinstance(value, str):
             value = [part for part in (p.strip() for p in value.split(",")) if part]
-        if isinstance(value, list | tuple):
-            for model_id in value:
-                if not isinstance(model_id, str) or not MODEL_ID.match(model_id):
-                    raise ValueError(f"{model_id!r} does not look like provider/model")
         return value
 
     @field_validator("cors_origins", mode="before")

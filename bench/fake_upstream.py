@@ -1,6 +1,7 @@
 """Serve the OpenRouter simulator in its own process: the upstream every benchmark target calls.
 
 python -m bench.fake_upstream --port 9001 --tokens 50 --delay 0.01
+python -m bench.fake_upstream --port 9001 --reasoning 20   # a reasoning model: thinking first
 python -m bench.fake_upstream --port 9001 --server hypercorn   # also HTTP/2 (bench.http2)
 """
 
@@ -21,6 +22,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=50, help="content chunks per reply")
     parser.add_argument("--delay", type=float, default=0.01, help="seconds before each chunk")
     parser.add_argument(
+        "--reasoning", type=int, default=0, help="reasoning chunks before the content (0)"
+    )
+    parser.add_argument(
         "--server",
         choices=["uvicorn", "hypercorn"],
         default="uvicorn",
@@ -28,7 +32,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     tokens = [f" tok{i}" for i in range(args.tokens)]
-    fake = FakeOpenRouter(default=Behaviour(tokens=tokens, delay=args.delay))
+    reasoning = [f" thought{i}" for i in range(args.reasoning)]
+    fake = FakeOpenRouter(default=Behaviour(tokens=tokens, delay=args.delay, reasoning=reasoning))
     if args.server == "hypercorn":
         _serve_hypercorn(fake, args.host, args.port)
         return

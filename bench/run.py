@@ -3,11 +3,15 @@
     .venv/bin/python -m bench                      # levels 1, 50, 200 and the idle-memory test
     .venv/bin/python -m bench --quick              # a short run, for a quick look
     .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
+    .venv/bin/python -m bench --auth               # ours verifying a user's JWT on every reply
     .venv/bin/python -m bench --processes 2 --redis  # two servers, one database, with(out) Redis
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
-the httpcore pool trap), and ours (`python -m app serve`, SQLite, APP_ENV=production). The load
+the httpcore pool trap), and ours (`python -m app serve`, SQLite; with `--auth`, APP_ENV=production
+and AUTH_MODE=jwt, each request carrying an HS256 token this driver signs with the AUTH_JWT_SECRET
+it gives the server; without, AUTH_MODE=dev, which production refuses, so APP_ENV=development
+against the same fake upstream). The load
 driver is this process: raw asyncio sockets speaking HTTP/1.1, one connection per stream, so it
 stays lean; it still shares the machine's cores with the servers, which is why results are
 given as ratios to the pass-through. Targets run one after another, never at the same time;
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -32,12 +37,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
+
 from app.dev.threaded_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
 MESSAGE = "Tell me about benchmarks"
+AUTH_JWT_SECRET = "bench-not-a-real-secret-0123456789abcdef"
 
 
 # --- the processes ------------------------------------------------------------------------------
@@ -105,9 +113,10 @@ class Processes:
         return server
 
     def fake_upstream(
-        self, name: str, *, tokens: int, delay: float, server: str = "uvicorn"
+        self, name: str, *, tokens: int, delay: float, server: str = "uvicorn", reasoning: int = 0
     ) -> Server:
         args = ["-m", "bench.fake_upstream", "--port", "{port}", "--server", server]
+        args += ["--reasoning", str(reasoning)]
         return self.start(name, [*args, "--tokens", str(tokens), "--delay", str(delay)])
 
     def passthrough(self, name: str, upstream: Server, *, clients: int | None = None) -> Server:
@@ -119,15 +128,18 @@ class Processes:
         name: str,
         upstream: Server,
         *,
+        auth: bool,
         settings: dict[str, str] | None = None,
         serve: tuple[str, ...] = ("-m", "app", "serve"),
     ) -> Server:
         env = {
-            "APP_ENV": "production",
+            **(
+                {"APP_ENV": "production", "AUTH_JWT_SECRET": AUTH_JWT_SECRET}
+                if auth
+                else {"APP_ENV": "development", "AUTH_MODE": "dev"}
+            ),
             "OPENROUTER_API_KEY": "bench-not-a-real-key",
             "OPENROUTER_MODEL": "openai/gpt-4o",
-            # Production refuses to start without a way to verify users' tokens.
-            "AUTH_JWT_SECRET": "bench-not-a-real-secret-0123456789abcdef",
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,
@@ -166,11 +178,14 @@ class Protocol:
     body: bytes
     first_token: re.Pattern[bytes]
     end: bytes
+    # Set when the upstream thinks first (--reasoning): its first reasoning is timed too.
+    first_reasoning: re.Pattern[bytes] | None = None
+    headers: str = ""  # more header lines, each ending in CRLF
 
     def request(self, port: int) -> bytes:
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n{self.headers}"
             f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
         )
         return head.encode() + self.body
@@ -191,6 +206,21 @@ PASSTHROUGH = Protocol(
     "/api/chat", f'{{"message":"{MESSAGE}"}}'.encode(), OPENROUTER.first_token, OPENROUTER.end
 )
 OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"event: done")
+# The markers of a first reasoning delta: OpenRouter's (relayed as is by the pass-through), ours.
+UPSTREAM_REASONING = re.compile(rb'"reasoning": "[^"]')
+OURS_REASONING = re.compile(rb"event: reasoning")
+
+
+def ours_protocol(auth: bool) -> Protocol:
+    """OURS, signed in as one user with a token signed once (the server verifies it on every
+    request, which is the cost `--auth` measures)."""
+    if not auth:
+        return OURS
+    claims = {"sub": "bench-user", "exp": int(time.time()) + 86400}
+    signed = jwt.encode(claims, AUTH_JWT_SECRET, algorithm="HS256")
+    return dataclasses.replace(OURS, headers=f"Authorization: Bearer {signed}\r\n")
+
+
 TAIL = 64  # bytes kept between reads, so a marker split across two reads is still seen
 
 
@@ -199,11 +229,12 @@ class Sample:
     ok: bool
     ttft: float | None = None
     total: float | None = None
+    ttfr: float | None = None  # time to the first reasoning delta, when timed
 
 
 async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample:
     start = time.perf_counter()
-    first = None
+    first = thought = None
     writer = None
     try:
         async with asyncio.timeout(time_limit):
@@ -215,9 +246,18 @@ async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample
             while window:
                 if first is None and protocol.first_token.search(window):
                     first = time.perf_counter()
+                if (
+                    thought is None
+                    and protocol.first_reasoning is not None
+                    and protocol.first_reasoning.search(window)
+                ):
+                    thought = time.perf_counter()
                 if protocol.end in window:
                     return Sample(
-                        first is not None, first and first - start, time.perf_counter() - start
+                        first is not None,
+                        first and first - start,
+                        time.perf_counter() - start,
+                        thought and thought - start,
                     )
                 more = await reader.read(65536)
                 if not more:  # closed before its end: at EOF, read() returns without waiting
@@ -264,6 +304,7 @@ class Result:
     cpu: float
     peak_rss_kb: int
     driver_cpu: float
+    ttfr: list[float] = dataclasses.field(default_factory=list)  # first reasoning (--reasoning)
 
     @property
     def replies_per_s(self) -> float:
@@ -291,6 +332,7 @@ def pooled(results: list[Result]) -> Result:
         cpu=sum(r.cpu for r in results),
         peak_rss_kb=max(r.peak_rss_kb for r in results),
         driver_cpu=sum(r.driver_cpu for r in results),
+        ttfr=[t for r in results for t in r.ttfr],
     )
 
 
@@ -328,6 +370,7 @@ async def measure(
         cpu=cpu,
         peak_rss_kb=server.memory_kb("VmHWM"),
         driver_cpu=driver,
+        ttfr=[s.ttfr for s in good if s.ttfr is not None],
     )
 
 
@@ -375,14 +418,20 @@ def table(results: list[Result]) -> str:
         f"{'ttft p50':>10}{'p95':>8}{'p99':>8}{'total p50':>11}{'cpu ms/reply':>14}"
         f"{'peak MB':>9}{'driver cpu%':>12}"
     )
+    timed_thinking = any(r.ttfr for r in results)
+    if timed_thinking:
+        header += f"{'reasoning p50':>15}"  # time to the first reasoning delta
     lines = [header, "-" * len(header)]
     for r in results:
-        lines.append(
+        line = (
             f"{r.target:<15}{r.level:>6}{r.streams:>8}{r.errors:>7}{r.replies_per_s:>9.1f}"
             f"{r.ttft_ms(0.5):>10.1f}{r.ttft_ms(0.95):>8.1f}{r.ttft_ms(0.99):>8.1f}"
             f"{1000 * quantile(r.totals, 0.5):>11.1f}{r.cpu_ms_per_reply:>14.2f}"
             f"{r.peak_rss_kb / 1024:>9.1f}{100 * r.driver_cpu / r.elapsed:>12.0f}"
         )
+        if timed_thinking:
+            line += f"{1000 * quantile(r.ttfr, 0.5):>15.1f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -452,6 +501,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--levels", default=None, help="concurrent streams, e.g. 1,50,200")
     parser.add_argument("--tokens", type=int, default=None, help="upstream chunks per reply (50)")
     parser.add_argument("--delay", type=float, default=0.01, help="seconds between chunks")
+    parser.add_argument(
+        "--reasoning",
+        type=int,
+        default=0,
+        help="reasoning chunks before the content; times the first reasoning too (0)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="seconds per measurement (8)")
     parser.add_argument("--idle", type=int, default=None, help="idle streams for memory (1000)")
     parser.add_argument(
@@ -461,6 +516,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shared", action="store_true", help="skip the one-client pass-through")
     parser.add_argument("--quick", action="store_true", help="levels 1,20, 2 s each, 200 idle")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
+    parser.add_argument(
+        "--auth", action="store_true", help="ours in AUTH_MODE=jwt, every request with a JWT"
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -494,14 +552,37 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
     results: list[Result] = []
     with processes() as procs:
-        upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
+        upstream = procs.fake_upstream(
+            "upstream", tokens=args.tokens, delay=args.delay, reasoning=args.reasoning
+        )
+
+        def timed(protocol: Protocol, first_reasoning: re.Pattern[bytes]) -> Protocol:
+            """The protocol, timing the first reasoning as well when the upstream thinks."""
+            if not args.reasoning:
+                return protocol
+            return dataclasses.replace(protocol, first_reasoning=first_reasoning)
+
+        upstream_mark = UPSTREAM_REASONING
         targets = [
-            (upstream, OPENROUTER),
-            (procs.passthrough("passthrough", upstream, clients=args.clients), PASSTHROUGH),
+            (upstream, timed(OPENROUTER, upstream_mark)),
+            (
+                procs.passthrough("passthrough", upstream, clients=args.clients),
+                timed(PASSTHROUGH, upstream_mark),
+            ),
         ]
         if not args.no_shared:
-            targets.append((procs.passthrough("passthrough-1", upstream, clients=1), PASSTHROUGH))
-        targets.append((procs.ours("ours", upstream), OURS))
+            targets.append(
+                (
+                    procs.passthrough("passthrough-1", upstream, clients=1),
+                    timed(PASSTHROUGH, upstream_mark),
+                )
+            )
+        targets.append(
+            (
+                procs.ours("ours", upstream, auth=args.auth),
+                timed(ours_protocol(args.auth), OURS_REASONING),
+            )
+        )
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):
@@ -531,7 +612,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             per_stream = {}
             for server, protocol in [
                 (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
-                (procs.ours("ours", slow), OURS),
+                (procs.ours("ours", slow, auth=args.auth), ours_protocol(args.auth)),
             ]:
                 per_stream[server.name] = await idle_memory(
                     server, protocol, streams=args.idle, time_limit=120.0
@@ -556,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     print(
         f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
-        f"{args.rounds} x {args.duration:.0f} s per measurement; machine: {os.cpu_count()} cores, "
+        f"{args.rounds} x {args.duration:.0f} s per measurement, "
+        f"auth {'on' if args.auth else 'off'}; machine: {os.cpu_count()} cores, "
         f"{_cpu_model()}, Python {sys.version.split()[0]}",
         flush=True,
     )

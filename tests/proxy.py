@@ -53,6 +53,16 @@ class CuttingProxy:
         with self._lock:
             return [bytes(r) for r in self._requests if is_stream_request(r)]
 
+    def requests_to(self, path: str) -> list[bytes]:
+        """Every request for `path` (any query string) so far, as the app received it."""
+        line = f" {path}".encode()
+        with self._lock:
+            return [
+                bytes(r)
+                for r in self._requests
+                if r.split(b"\r\n", 1)[0].split(b"?")[0].endswith(line)
+            ]
+
     def cut_streams(self) -> int:
         """Drop every open reply-stream connection; returns how many were cut."""
         with self._lock:

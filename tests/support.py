@@ -23,8 +23,14 @@ from httpx_sse import connect_sse
 from app.dev.threaded_server import ThreadedServer
 from app.settings import Settings, normalize_database_url
 from app.storage.database import is_sqlite, open_database
+from app.storage.ledger import GenerationRecord
 from app.storage.migrations import migrate
-from app.storage.store import GenerationRecord, Store, TurnIds
+from app.storage.replies import TurnIds
+from app.storage.store import Store
+
+# Every process serving one database signs stream tokens with the same key (production requires
+# STREAM_TOKEN_SECRET or AUTH_JWT_SECRET), so a stream_url one server gave out works on another.
+SHARED_STREAM_SECRET = "stream-token-secret-shared-by-every-process"
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Store)
@@ -107,14 +113,14 @@ async def migrated_store(url: str, store_class: type[S] = Store) -> AsyncIterato
         try:
             yield store
         finally:
-            await store.close()
+            await store.writer.close()
     finally:
         await db.disconnect()
 
 
 def turn_rows(store: Store, ids: TurnIds) -> Coroutine[Any, Any, None]:
     """The rows a run's start writes for a chat turn: the question, and its reply `streaming`."""
-    return store.start_turn(
+    return store.replies.start_turn(
         ids=ids,
         user_id="dev",
         agent="chat",
@@ -136,7 +142,7 @@ async def save_reply(
     """A whole turn written through the store, as a run would: a one-letter reply."""
     ids = TurnIds.allocate(conversation_id)
     await turn_rows(store, ids)
-    await store.finish_reply(
+    await store.replies.finish(
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,
         agent="chat",
@@ -150,6 +156,17 @@ async def save_reply(
         records=records,
     )
     return ids
+
+
+def save_conversations(database: DatabaseHandle, count: int) -> None:
+    """`count` one-turn chat conversations of the dev user, written through a store of our own."""
+
+    async def save() -> None:
+        async with migrated_store(database.url) as store:
+            for _ in range(count):
+                await save_reply(store, records=[])
+
+    run_async(save())
 
 
 @dataclass

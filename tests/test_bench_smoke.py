@@ -38,6 +38,7 @@ def run_bench(module: str, *args: str, timeout: float) -> subprocess.CompletedPr
 
 def test_benchmark_runs_every_target_without_errors():
     args = ["--levels", "1,3", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    args += ["--reasoning", "2"]  # a thinking upstream: the first reasoning is timed too
     finished = run_bench("bench", *args, "--idle", "10", "--rounds", "2", timeout=120)
     lines = finished.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("target"))
@@ -45,12 +46,26 @@ def test_benchmark_runs_every_target_without_errors():
     assert [(row[0], int(row[1])) for row in rows] == [
         (target, level) for level in (1, 3) for target in TARGETS
     ]
+    assert lines[header].split()[-2:] == ["reasoning", "p50"]
     for row in rows:
         streams, errors = int(row[2]), int(row[3])
         assert streams >= 1 and errors == 0, row
+        assert row[-1] != "nan", row  # every target relayed the thinking
     assert "KB RSS per open stream" in finished.stdout
     budget = lines[lines.index("budget:") + 1 :]
     assert budget and all(line.startswith(("PASS", "FAIL")) for line in budget)
+
+
+def test_benchmark_runs_ours_with_auth_on():
+    # The driver signs a JWT with the AUTH_JWT_SECRET it gives the server: a refused token
+    # would make every stream of ours an error.
+    args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = run_bench("bench", *args, "--idle", "5", "--no-shared", "--auth", timeout=120)
+    assert "auth on" in finished.stdout.splitlines()[0]
+    [ours] = [line.split() for line in finished.stdout.splitlines() if line.startswith("ours ")]
+    streams, errors = int(ours[2]), int(ours[3])
+    assert streams >= 2 and errors == 0, ours
+    assert "ours" in finished.stdout.split("idle streams", 1)[1]
 
 
 def test_rounds_are_pooled_into_one_measurement():

@@ -11,9 +11,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from app.dev.threaded_server import free_port
@@ -34,6 +36,9 @@ def _path() -> str:
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+JWT_SECRET = "deploy-test-secret-0123456789abcdef"
+
+
 def _env(database_url: str, port: int) -> dict[str, str]:
     return {
         "PATH": _path(),
@@ -41,7 +46,7 @@ def _env(database_url: str, port: int) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "OPENROUTER_SIMULATOR": "true",
         # Production verifies the host app's JWTs (and derives the stream-token key from this).
-        "AUTH_JWT_SECRET": "deploy-test-secret-0123456789abcdef",
+        "AUTH_JWT_SECRET": JWT_SECRET,
     }
 
 
@@ -105,14 +110,26 @@ def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    # A user of the host app, signed in with its shared secret.
+    user = jwt.encode({"sub": "user-1", "exp": int(time.time()) + 300}, JWT_SECRET, "HS256")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=5,
+            headers={"Authorization": f"Bearer {user}"},
+        ) as http:
             health = wait_for(lambda: _health(web, http), timeout=30, what="web to answer")
             assert health.json()["database"] == "ok"
             reply = http.post("/api/chat", json={"message": "hello", "stream": False})
             assert reply.status_code == 200, reply.text
             listed = http.get("/api/conversations").json()["conversations"]
             assert [c["message_count"] for c in listed] == [2]
+            # Whichever worker a new connection lands on accepts the stream token: every
+            # process derives its key from AUTH_JWT_SECRET alike.
+            started = http.post("/api/chat/messages", json={"message": "again"}).json()
+            for _ in range(4):
+                stream = httpx.get(f"http://127.0.0.1:{port}{started['stream_url']}", timeout=5)
+                assert stream.status_code == 200, stream.text
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         _, err = web.communicate(timeout=30)

@@ -7,9 +7,11 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from pydantic import ValidationError
 
@@ -228,9 +230,19 @@ def test_the_development_simulator_makes_a_long_reply_on_request(start_server):
 def test_production_with_a_key_calls_the_configured_upstream(start_server, fake):
     server = start_server(app_env="production", migrate_on_start=True, auth_jwt_secret=JWT_SECRET)
     fake.enqueue(Behaviour(tokens=["real"]))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    user = jwt.encode({"sub": "user-1", "exp": int(time.time()) + 300}, JWT_SECRET, "HS256")
+    signed_in = {"Authorization": f"Bearer {user}"}
+    with httpx.Client(base_url=server.url, timeout=10, headers=signed_in) as http:
         assert http.get("/healthz").json()["upstream"] == "openrouter"
-        events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
+        # Production signs its users in: the turn routes ask who is calling.
+        signed_in = jwt.encode({"sub": "u1", "exp": time.time() + 60}, JWT_SECRET, "HS256")
+        events = read_sse(
+            http,
+            "POST",
+            "/api/chat",
+            json={"message": "hi"},
+            headers={"Authorization": f"Bearer {signed_in}"},
+        )
     assert [e.data["content"] for e in events if e.event == "delta"] == ["real"]
     assert len(fake.requests) == 1
 

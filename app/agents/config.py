@@ -8,13 +8,48 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.settings import ConfigError
 from app.upstream.model_id import ModelId, check_model_id
 
 REQUIRED_AGENTS = ("chat", "coach")
+
+
+class ReasoningConfig(BaseModel):
+    """OpenRouter's `reasoning` request object, as an agent asks for it: how hard the model
+    thinks (`effort`, OpenAI-style, or `max_tokens`, Anthropic-style: one of the two, as
+    OpenRouter takes one) and whether its thinking is left out of the reply (`exclude`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    max_tokens: Annotated[int, Strict(), Field(ge=1)] | None = None
+    exclude: Annotated[bool, Strict()] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ReasoningConfig:
+        if self.effort is not None and self.max_tokens is not None:
+            raise ValueError("give `effort` or `max_tokens`, not both")
+        return self
+
+    @property
+    def thinks(self) -> bool:
+        """Whether this asks for reasoning at all (`effort = "none"` turns it off)."""
+        return self.effort != "none"
+
+    def upstream(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 class AgentConfig(BaseModel):
@@ -26,6 +61,7 @@ class AgentConfig(BaseModel):
     max_tokens: int = Field(1024, ge=1)
     history_messages: int = Field(20, ge=0)
     system_prompt: str = Field(min_length=1)
+    reasoning: ReasoningConfig | None = None  # None: the model's default
 
     @field_validator("model")
     @classmethod

@@ -1,7 +1,7 @@
 """Agents re-pointed at run time: the agents file is the default, the database holds overrides.
 
-Overrides (model, fallback models, temperature, max_tokens) are kept in memory, loaded at
-start-up and updated on every change, so resolving an agent costs no database read per message;
+Overrides (model, fallback models, temperature, max_tokens, reasoning) are kept in memory, loaded
+at start-up and updated on every change, so resolving an agent costs no database read per message;
 changes made by other processes are re-read (`refresh`, see app/replies/signals.py).
 A run copies its agent's effective config when it starts, so a change applies to the next reply
 and never to one in flight.
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from app.agents.config import AgentConfig
+from app.agents.config import AgentConfig, ReasoningConfig
 from app.errors import ApiError
 from app.storage.store import Store
 from app.upstream.model_id import ModelId
@@ -31,6 +31,7 @@ class AgentOverride:
     fallback_models: tuple[str, ...] | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    reasoning: ReasoningConfig | None = None
     updated_at: datetime | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -42,6 +43,7 @@ class AgentOverride:
             "fallback_models": None if self.fallback_models is None else list(self.fallback_models),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            "reasoning": None if self.reasoning is None else self.reasoning.upstream(),
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
         }
 
@@ -86,12 +88,13 @@ class Agents:
         for row in await store.config.agent_overrides():
             if row["agent"] not in self.defaults:
                 continue  # an agent since removed from the file: its override is moot
-            fallbacks = row["fallback_models"]
+            fallbacks, reasoning = row["fallback_models"], row["reasoning"]
             overrides[row["agent"]] = AgentOverride(
                 model=row["model"],
                 fallback_models=None if fallbacks is None else tuple(fallbacks),
                 temperature=row["temperature"],
                 max_tokens=row["max_tokens"],
+                reasoning=None if reasoning is None else ReasoningConfig.model_validate(reasoning),
                 updated_at=row["updated_at"],
             )
         return overrides
@@ -106,6 +109,7 @@ class Agents:
                 else list(override.fallback_models),
                 temperature=override.temperature,
                 max_tokens=override.max_tokens,
+                reasoning=None if override.reasoning is None else override.reasoning.upstream(),
             )
             saved = replace(override, updated_at=updated_at)
             self._overrides[name] = saved
@@ -131,6 +135,7 @@ class OverrideChange(BaseModel):
     fallback_models: tuple[ModelId, ...] | None = None
     temperature: Annotated[float, Strict(), Field(ge=0, le=2, allow_inf_nan=False)] | None = None
     max_tokens: Annotated[int, Strict(), Field(ge=1)] | None = None
+    reasoning: ReasoningConfig | None = None
 
 
 FIELDS = tuple(OverrideChange.model_fields)
@@ -141,6 +146,10 @@ _FAULTS = {
     "fallback_models[]": "`fallback_models[]` must be an OpenRouter model id like openai/gpt-4o",
     "temperature": "`temperature` must be a number from 0 to 2",
     "max_tokens": "`max_tokens` must be a whole number of at least 1",
+    "reasoning": "`reasoning` must be an object with `effort` or `max_tokens` (not both), "
+    "and `exclude`",
+    "reasoning[]": "`reasoning` takes `effort` (none, minimal, low, medium, high or xhigh) or "
+    "`max_tokens` (a whole number of at least 1), not both, and `exclude` (true or false)",
 }
 
 
@@ -154,7 +163,11 @@ def parse_override(body: dict[str, Any]) -> AgentOverride:
         change = OverrideChange.model_validate(body)
     except ValidationError as exc:
         errors = exc.errors()
-        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        unknown = sorted(
+            str(e["loc"][0])
+            for e in errors
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 1  # not inside `reasoning`
+        )
         if unknown:
             raise _invalid(
                 f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}"
@@ -163,7 +176,8 @@ def parse_override(body: dict[str, Any]) -> AgentOverride:
         raise _invalid(_FAULTS[f"{field}[]" if item else str(field)]) from None
     if not change.model_fields_set:
         raise _invalid(f"give at least one of {', '.join(FIELDS)}")
-    return AgentOverride(**change.model_dump())
+    # Attributes, not model_dump(): `reasoning` stays a ReasoningConfig, not a dict.
+    return AgentOverride(**{name: getattr(change, name) for name in FIELDS})
 
 
 def check_against_catalog(
@@ -187,6 +201,17 @@ def check_against_catalog(
             f"{', '.join(missing)} is not in OpenRouter's model catalog; "
             "see GET /api/models for the ids",
         )
+    if merged.reasoning is not None and merged.reasoning.thinks:
+        # `supported_parameters` names "reasoning" for the models that take it; sent to
+        # another model, it is ignored or refused, and the agent would not think as set.
+        unable = [m for m in named if "reasoning" not in catalog.find(m).capabilities]
+        if unable:
+            raise ApiError(
+                422,
+                "reasoning_not_supported",
+                f"{', '.join(unable)} does not take `reasoning` (see the model's "
+                "capabilities in GET /api/models); leave `reasoning` out or set effort none",
+            )
     limit = catalog.find(model).output_limit
     if limit is not None and merged.max_tokens > limit:
         origin = "" if override.max_tokens is not None else " (from the agents file)"

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.billing.money import parse_amount
 from app.replies.states import CostSource
-from app.upstream.openrouter import OpenRouterClient, UpstreamError
+from app.upstream.openrouter import OpenRouterClient, UpstreamError, token_count
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ async def find_cost(
     first_delay: float = 0.5,
     max_delay: float = 8.0,
 ) -> dict[str, Any]:
-    """What `Store.settle_cost` should record for a generation: its cost, or source `none`.
+    """What `Ledger.settle_cost` should record for a generation: its cost, or source `none`.
 
     Only reads: the caller writes, so that a lookup cancelled by shutdown never cuts a write.
     """
@@ -46,8 +46,8 @@ async def find_cost(
             return {
                 "cost": cost,
                 "source": CostSource.GENERATION,
-                "prompt_tokens": _tokens(record.get("tokens_prompt")),
-                "completion_tokens": _tokens(record.get("tokens_completion")),
+                "prompt_tokens": token_count(record.get("tokens_prompt")),
+                "completion_tokens": token_count(record.get("tokens_completion")),
                 "model": record.get("model") if isinstance(record.get("model"), str) else None,
             }
         if time.monotonic() + delay > deadline:
@@ -55,7 +55,3 @@ async def find_cost(
             return {"cost": None, "source": CostSource.NONE}
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay)
-
-
-def _tokens(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

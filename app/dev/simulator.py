@@ -1,10 +1,11 @@
 """A local simulator of OpenRouter's API: the fake upstream of the tests, benchmarks and dev mode.
 
-It speaks the wire format in `docs/openrouter.md` (comment lines, a finish chunk, a usage
-chunk after it, `[DONE]`, `X-Generation-Id`, both error shapes) and can be told to misbehave in
-every way the real one does. Each `/chat/completions` request takes the next queued `Behaviour`
-(or the default one); the simulator records the requests it received and the generations it
-served, so tests can check what went upstream and what was billed.
+It speaks the wire format in `docs/openrouter.md` (comment lines, reasoning and its details of
+each type, citations, a finish chunk, a usage chunk after it, `[DONE]`, `X-Generation-Id` or
+not, every error shape) and can be told to misbehave in every way the real one does. Each
+`/chat/completions` request takes the next queued `Behaviour` (or the default one); the
+simulator records the requests it received and the generations it served, so tests can check
+what went upstream and what was billed.
 
 Its replies say that they come from the simulator, so nobody mistakes it for a model.
 """
@@ -33,8 +34,10 @@ from app.dev.simulator_models import simulated_models
 # In the last user message, asks for a long reply at a pace (`[[sim tokens=300 delay=0.1]]`):
 # how a person tries stop and resume by hand against `scripts/serve`. Replies a test or the
 # benchmark scripted (Behaviour.tokens) ignore it.
+# `think=K` adds K reasoning chunks before the answer, to watch the page's thinking block.
 DIRECTIVE = re.compile(
-    r"\[\[sim(?:\s+tokens=(?P<tokens>\d{1,5}))?(?:\s+delay=(?P<delay>\d+(?:\.\d+)?))?\s*\]\]"
+    r"\[\[sim(?:\s+tokens=(?P<tokens>\d{1,5}))?(?:\s+delay=(?P<delay>\d+(?:\.\d+)?))?"
+    r"(?:\s+think=(?P<think>\d{1,4}))?\s*\]\]"
 )
 
 # Per-token prices the simulator bills at (USD), so costs look like real ones.
@@ -49,6 +52,7 @@ class Behaviour:
     tokens: list[str] | None = None  # None: a reply derived from the last user message
     delay: float = 0.0  # seconds between chunks
     headers_delay: float = 0.0  # seconds before the response starts
+    gate: threading.Event | None = None  # if set: the response starts once it opens (30 s at most)
     status: int = 200  # non-200: an error response before any stream
     error_body: dict[str, Any] | None = None  # overrides the standard error body
     retry_after: str | None = None
@@ -69,10 +73,74 @@ class Behaviour:
     # at its token limit sends it), "done" ([DONE]). The stream closes after the last one.
     ending: tuple[str, ...] | None = None
     comments: bool = True  # ": OPENROUTER PROCESSING" lines between chunks
+    # Seconds of ": OPENROUTER PROCESSING" comments, one each `processing_interval`, before the
+    # first data chunk (a long queue, a reasoning model thinking out of sight).
+    processing: float = 0.0
+    processing_interval: float = 0.5
+    generation_header: bool = True  # False: no X-Generation-Id, as most recorded streams
+    # Reasoning chunks before the content, as Claude streams them: `delta.reasoning` and a
+    # `reasoning.text` fragment of block 0 (the last fragment carries the signature).
     reasoning: list[str] = field(default_factory=list)
+    reasoning_at: dict[int, list[str]] = field(default_factory=dict)  # before content chunk i
+    # Details sent as they are in one chunk of their own after `reasoning`, with no readable
+    # `delta.reasoning` (o3's `reasoning.encrypted`, a `reasoning.summary`).
+    reasoning_details: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # with the last content
     model: str | None = None  # the answering model; default: the first requested one
     cost: Decimal | None = None  # default: priced from the token counts
     finish_reason: str = "stop"
+    is_byok: bool = False
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    upstream_cost: Decimal | None = None  # cost_details.upstream_inference_cost
+
+
+def error_behaviour(kind: str) -> Behaviour:
+    """An error response before the stream, in the shape OpenRouter sends for `kind`."""
+    shapes: dict[str, tuple[int, str, dict[str, Any], str | None]] = {
+        "in_flight_budget": (
+            402,
+            "Too many requests in flight for this key's remaining credits",
+            {"limit_source": "openrouter_in_flight_budget"},
+            "1",
+        ),
+        "insufficient_credits": (
+            402,
+            "Insufficient credits. Add more using https://openrouter.ai/credits",
+            {},
+            None,
+        ),
+        "moderation": (
+            403,
+            'openai/gpt-4o requires moderation. Your input was flagged for "violence": '
+            "SECRET FLAGGED TEXT",
+            {
+                "reasons": ["violence", "harassment"],
+                "flagged_input": "SECRET FLAGGED TEXT",
+                "provider_name": "OpenAI",
+                "model_slug": "openai/gpt-4o",
+            },
+            None,
+        ),
+        "timeout": (408, "Request timed out", {}, None),
+        "provider_down": (
+            502,
+            "Provider returned error",
+            {"provider_name": "Simulator", "raw": "upstream connect error"},
+            None,
+        ),
+        "no_provider": (
+            503,
+            "No allowed providers are available for the selected model",
+            {"provider_name": "Simulator"},
+            None,
+        ),
+    }
+    status, message, metadata, retry_after = shapes[kind]
+    error: dict[str, Any] = {"code": status, "message": message}
+    if metadata:
+        error["metadata"] = metadata
+    return Behaviour(status=status, error_body={"error": error}, retry_after=retry_after)
 
 
 @dataclass
@@ -88,6 +156,24 @@ class Generation:
     # Like OpenRouter's, the record is only served (else 404) once the generation is over: a
     # lookup never sees a cost still growing.
     ended: bool = False
+
+
+def _reasoning_tokens(behaviour: Behaviour) -> int:
+    """One token per reasoning chunk: billed as output, counted apart in the usage details."""
+    return len(behaviour.reasoning) + sum(len(texts) for texts in behaviour.reasoning_at.values())
+
+
+def _text_detail(
+    text: str, generation: Generation, *, signed: bool = True, index: int = 0
+) -> dict[str, Any]:
+    return {
+        "type": "reasoning.text",
+        "text": text,
+        "signature": f"sig-{generation.id}-{index}" if signed else None,
+        "id": None,
+        "format": "anthropic-claude-v1",
+        "index": index,
+    }
 
 
 def _words(text: str) -> list[str]:
@@ -116,7 +202,9 @@ def directed(behaviour: Behaviour, messages: list[dict[str, Any]]) -> Behaviour:
     count = int(found["tokens"] or 100)
     tokens = ["[simulated reply]", *(f" {i}" for i in range(2, count + 1))][:count]
     delay = float(found["delay"]) if found["delay"] else behaviour.delay
-    return replace(behaviour, tokens=tokens, delay=delay)
+    think = int(found["think"] or 0)
+    reasoning = [f"[simulated thinking {i}] " for i in range(1, think + 1)]
+    return replace(behaviour, tokens=tokens, delay=delay, reasoning=reasoning)
 
 
 class FakeOpenRouter:
@@ -191,6 +279,8 @@ class FakeOpenRouter:
         behaviour = directed(self._next(), body.get("messages") or [])
         if behaviour.headers_delay:
             await asyncio.sleep(behaviour.headers_delay)
+        if behaviour.gate is not None:
+            await asyncio.to_thread(behaviour.gate.wait, 30)
         if behaviour.status != 200:
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
             payload = behaviour.error_body or {
@@ -218,10 +308,13 @@ class FakeOpenRouter:
 
         if not body.get("stream"):
             return self._complete(generation, tokens, behaviour)
+        headers = {"Cache-Control": "no-cache"}
+        if behaviour.generation_header:
+            headers["X-Generation-Id"] = generation.id
         return StreamingResponse(
             self._stream(generation, tokens, behaviour),
             media_type="text/event-stream",
-            headers={"X-Generation-Id": generation.id, "Cache-Control": "no-cache"},
+            headers=headers,
         )
 
     def _price(self, generation: Generation, behaviour: Behaviour) -> Decimal:
@@ -238,30 +331,42 @@ class FakeOpenRouter:
             "completion_tokens": generation.completion_tokens,
             "total_tokens": generation.prompt_tokens + generation.completion_tokens,
             "cost": float(generation.cost),
-            "is_byok": False,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": len(behaviour.reasoning)},
-            "cost_details": {"upstream_inference_cost": None},
+            "is_byok": behaviour.is_byok,
+            "prompt_tokens_details": {
+                "cached_tokens": behaviour.cached_tokens,
+                "cache_write_tokens": behaviour.cache_write_tokens,
+            },
+            "completion_tokens_details": {"reasoning_tokens": _reasoning_tokens(behaviour)},
+            "cost_details": {
+                "upstream_inference_cost": None
+                if behaviour.upstream_cost is None
+                else float(behaviour.upstream_cost)
+            },
         }
 
     def _complete(
         self, generation: Generation, tokens: list[str], behaviour: Behaviour
     ) -> Response:
-        generation.completion_tokens = len(tokens)
+        generation.completion_tokens = len(tokens) + _reasoning_tokens(behaviour)
         generation.cost = self._price(generation, behaviour)
         generation.finish_reason = behaviour.finish_reason
         generation.ended = True
+        thoughts = [*behaviour.reasoning, *itertools.chain(*behaviour.reasoning_at.values())]
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+        if thoughts:
+            message["reasoning"] = "".join(thoughts)
+        details = [_text_detail("".join(thoughts), generation)] if thoughts else []
+        if details or behaviour.reasoning_details:
+            message["reasoning_details"] = [*details, *behaviour.reasoning_details]
+        if behaviour.annotations:
+            message["annotations"] = behaviour.annotations
         return JSONResponse(
             {
                 "id": generation.id,
                 "model": generation.model,
                 "object": "chat.completion",
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(tokens)},
-                        "finish_reason": behaviour.finish_reason,
-                    }
+                    {"index": 0, "message": message, "finish_reason": behaviour.finish_reason}
                 ],
                 "usage": self._usage(generation, behaviour),
             },
@@ -290,13 +395,33 @@ class FakeOpenRouter:
             }
             return f"data: {json.dumps(payload)}\n\n".encode()
 
+        def thinking(texts: list[str], block: int) -> list[bytes]:
+            """One thinking block's chunks: the text, and the same as a fragment of detail
+            block `block`, the last fragment signed (as Claude's are)."""
+            out = []
+            for number, text in enumerate(texts, 1):
+                fragment = _text_detail(text, generation, signed=number == len(texts), index=block)
+                generation.completion_tokens += 1
+                out.append(chunk({"reasoning": text, "reasoning_details": [fragment]}))
+            return out
+
         comment = b": OPENROUTER PROCESSING\n\n" if behaviour.comments else b""
         completed = False
         try:
+            waited = 0.0
+            while waited < behaviour.processing:
+                yield b": OPENROUTER PROCESSING\n\n"
+                await asyncio.sleep(behaviour.processing_interval)
+                waited += behaviour.processing_interval
             yield comment + chunk({"role": "assistant", "content": ""})
-            for text in behaviour.reasoning:
-                yield chunk({"reasoning": text})
+            for piece in thinking(behaviour.reasoning, 0):
+                yield piece
+            if behaviour.reasoning_details:
+                yield chunk({"reasoning": None, "reasoning_details": behaviour.reasoning_details})
             for index, text in enumerate(tokens):
+                if index in behaviour.reasoning_at:
+                    for piece in thinking(behaviour.reasoning_at[index], index + 1):
+                        yield piece
                 if index == behaviour.error_after:
                     error = {
                         "code": behaviour.error_code,
@@ -320,7 +445,10 @@ class FakeOpenRouter:
                 if behaviour.delay:
                     await asyncio.sleep(behaviour.delay)
                 generation.completion_tokens += 1
-                yield chunk({"content": text}) + (comment if index % 8 == 7 else b"")
+                delta: dict[str, Any] = {"content": text}
+                if behaviour.annotations and index == len(tokens) - 1:
+                    delta["annotations"] = behaviour.annotations
+                yield chunk(delta) + (comment if index % 8 == 7 else b"")
             generation.cost = self._price(generation, behaviour)
             generation.finish_reason = behaviour.finish_reason
             if behaviour.ending is not None:

@@ -9,6 +9,7 @@ body or query string, so a field added later is covered without anyone rememberi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from app.errors import ApiError
 # What `app.storage.store.new_id()` makes (uuid4().hex): anything else names nothing we stored.
 ID_FORMAT = re.compile(r"[0-9a-f]{32}")
 _UNSENDABLE = re.compile("[\x00\ud800-\udfff]")
+# Printable ASCII, space included: what every HTTP client can send in a header as it is.
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
 # The code for each text field over MAX_MESSAGE_CHARS: spelled out, not built from the field's
 # name, so the README's table of codes can be checked against the source.
 TOO_LONG = {
@@ -123,3 +126,20 @@ def stream_flag(body: dict[str, Any]) -> bool:
     if not isinstance(value, bool):
         raise ApiError(422, "invalid_field", "`stream` must be true or false")
     return value
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's `Idempotency-Key`, if it sent one (see `app/storage/idempotency.py`)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            422, "invalid_field", "`Idempotency-Key` must be 1 to 200 printable ASCII characters"
+        )
+    return key
+
+
+def fingerprint(request: Request, body: dict[str, Any]) -> str:
+    """What makes two requests with one idempotency key the same request: the path and the
+    body as JSON values (so key order and spacing do not matter)."""
+    canonical = json.dumps([request.url.path, body], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

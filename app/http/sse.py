@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
@@ -19,6 +20,10 @@ SHUTDOWN_MARGIN = 3.0
 RETRY_FIELD = b"retry: 1000\n"
 # Proxies (Heroku's router: 55 s) close a connection that stays silent; browsers ignore comments.
 PING = b": ping\n\n"
+# Every event's frame starts with its id field (`LogEvent.make`).
+ID_FIELD = b"id: "
+# The one-step GET forms' event ids: `<message_id>:<n>`.
+REPLY_EVENT_ID = re.compile(r"([0-9a-f]{32}):([0-9]{1,18})")
 
 
 def last_event_id(request: Request) -> int:
@@ -34,13 +39,35 @@ def last_event_id(request: Request) -> int:
     return value
 
 
-async def _frames(batches: AsyncIterator[list[LogEvent]]) -> AsyncIterator[bytes]:
+def reply_event_id(request: Request) -> tuple[str, int] | None:
+    """(message_id, n) from a one-step GET form's `Last-Event-ID` (or `?last_event_id=`): the
+    reply a reconnecting EventSource is in, and the last event it has. None: a new turn."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if not raw:
+        return None
+    found = REPLY_EVENT_ID.fullmatch(raw.strip())
+    if found is None:
+        raise ApiError(
+            400, "invalid_last_event_id", "Last-Event-ID must be an event id: <message_id>:<n>"
+        )
+    return found.group(1), int(found.group(2))
+
+
+async def _frames(
+    batches: AsyncIterator[list[LogEvent]], id_prefix: bytes | None
+) -> AsyncIterator[bytes]:
     """The wire bytes of each batch; an empty batch is a keep-alive ping."""
     async for batch in batches:
         if not batch:
             yield PING
             continue
-        frames = b"".join(event.frame for event in batch)
+        if id_prefix is None:
+            frames = b"".join(event.frame for event in batch)
+        else:
+            # The shared frame with its id field rewritten for this follower: one slice and
+            # one join per event, no encoding.
+            cut = len(ID_FIELD)
+            frames = b"".join([id_prefix + event.frame[cut:] for event in batch])
         # A browser's EventSource waits ~3 s by default before reconnecting; a dropped reply
         # should resume sooner. It keeps the `retry:` it was given across reconnections.
         yield RETRY_FIELD + frames if batch[0].id == 1 else frames
@@ -58,9 +85,14 @@ async def drain_on_shutdown(runs: Runs) -> None:
     runs.begin_drain()
 
 
-def sse_response(batches: AsyncIterator[list[LogEvent]], *, state: AppState) -> EventSourceResponse:
+def sse_response(
+    batches: AsyncIterator[list[LogEvent]], *, state: AppState, reply_ids: str | None = None
+) -> EventSourceResponse:
+    """`reply_ids`: a message id, to number the events `<message_id>:<n>` (the one-step GET
+    forms, whose reconnecting EventSource must name its reply: see `reply_event_id`)."""
+    id_prefix = None if reply_ids is None else ID_FIELD + f"{reply_ids}:".encode()
     return EventSourceResponse(
-        _frames(batches),
+        _frames(batches, id_prefix),
         # Our batch sources send the pings (an empty batch): no ping task per response.
         ping=0,
         headers=STREAM_HEADERS,

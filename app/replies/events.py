@@ -1,7 +1,8 @@
 """The events of one assistant reply, as clients see them on the wire.
 
-A reply's events are numbered from 1: `meta`, then one `delta` per upstream content delta, then
-exactly one final event, `done` or `error`. The same numbering is rebuilt from the database for
+A reply's events are numbered from 1: `meta`, then, in the order they streamed, one `reasoning`
+per upstream reasoning delta, one `delta` per content delta and one `annotation` per citation,
+then exactly one final event, `done` or `error`. The same numbering is rebuilt from the database for
 a reply that has finished (see `replay`), so `Last-Event-ID` means the same thing live and later.
 """
 
@@ -23,7 +24,14 @@ FINAL_STATUSES = {
     MessageStatus.INTERRUPTED: "error",
 }
 RETRYABLE_CODES = frozenset(
-    {"interrupted", "upstream_timeout", "upstream_connection_error", "upstream_408", "upstream_429"}
+    {
+        "interrupted",
+        "upstream_timeout",
+        "upstream_connection_error",
+        "upstream_402",  # only the in-flight budget: out of credits is `insufficient_credits`
+        "upstream_408",
+        "upstream_429",
+    }
 )
 
 
@@ -64,6 +72,7 @@ def final_event(
     model: str | None,
     prompt_tokens: int,
     completion_tokens: int,
+    reasoning_tokens: int,
     cost: Decimal | None,
     error_code: str | None,
     error_message: str | None,
@@ -79,6 +88,7 @@ def final_event(
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "reasoning_tokens": reasoning_tokens,  # counted in completion_tokens too
             },
             "cost_usd": usd(cost),
         }

@@ -1,7 +1,7 @@
 """What keeps replies and costs whole across crashes and processes: the heartbeat of our live
 replies (which also brings the stop requests other processes left for them in the database),
-the sweep of dead processes' orphans, and the cost lookups of generations whose usage never came
-(a stopped stream, a crash)."""
+the sweep of dead processes' orphans (and of expired idempotency keys), and the cost lookups of
+generations whose usage never came (a stopped stream, a crash)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 
 from app.billing.costs import find_cost
 from app.settings import Settings
-from app.storage.store import Store, now
+from app.storage.store import Store
+from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,16 @@ class Recovery:
         )
         # Shutdown cancels the lookup, never the write it led to: the write lands, and the
         # database is closed only after it (shutdown waits for spawned writes).
-        await asyncio.shield(self._spawn(self._store.settle_cost(record_id=record_id, **found)))
+        await asyncio.shield(
+            self._spawn(self._store.ledger.settle_cost(record_id=record_id, **found))
+        )
 
     def start(self) -> None:
         self._tending = asyncio.create_task(self._tend(), name="tend-runs")
 
     async def _tend(self) -> None:
-        """Heartbeat our live replies and sweep up the orphans of dead processes, forever.
+        """Heartbeat our live replies, sweep up the orphans of dead processes and delete the
+        expired idempotency keys, forever.
 
         The first sweep runs at start-up: replies a crashed process left `streaming` become
         `interrupted` (once STALE_REPLY_AFTER has passed since it last touched them), and their
@@ -76,11 +80,12 @@ class Recovery:
                 if live and (stop := await self._store.replies.touch(message_ids=live)):
                     self._stop(stop)
                 idle_since = now() - timedelta(seconds=self._settings.stale_reply_after)
-                orphans = await self._store.interrupt_orphans(idle_since=idle_since)
+                orphans = await self._store.replies.interrupt_orphans(idle_since=idle_since)
                 if orphans:
                     log.warning("marked %d orphaned replies as interrupted", len(orphans))
-                    for row in await self._store.pending_generations(message_ids=orphans):
+                    for row in await self._store.ledger.pending_generations(message_ids=orphans):
                         self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+                await self._store.idempotency.expire(at=now())
             except Exception:  # a database hiccup must not end the heartbeat
                 log.exception("tending live replies failed")
             # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.

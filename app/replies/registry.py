@@ -43,8 +43,9 @@ class Runs:
             stop=self.stop,
         )
 
-    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None]) -> Run:
-        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way."""
+    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None] | None) -> Run:
+        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way
+        (None: they are written already)."""
         run = Run(
             request,
             store=self.store,

@@ -1,8 +1,9 @@
 """A reply's events rebuilt from the database, for followers after the run left memory.
 
-The rebuilt log has the ids the live run used: meta (1), one delta per recorded event length,
-and the final event. A reply still `streaming` here belongs to another process (another dyno,
-or one that died before start-up recovery): it is followed through its checkpoints.
+The rebuilt log has the ids the live run used: meta (1), one reasoning, delta or annotation
+event per recorded event length (see `messages.event_lengths`), and the final event. A reply
+still `streaming` here belongs to another process (another dyno, or one that died before
+start-up recovery): it is followed through its checkpoints.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from app.replies.states import MessageStatus
 from app.storage.store import Store
 
 
-async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], bool] | None:
-    """(events, finished) for an assistant message, or None if there is no such message."""
-    row = await store.replies.get(message_id=message_id)
+async def replay_log(
+    store: Store, *, message_id: str, user_id: str
+) -> tuple[list[LogEvent], bool] | None:
+    """(events, finished) for the user's assistant message, or None if they have no such
+    message."""
+    row = await store.replies.get(message_id=message_id, user_id=user_id)
     if row is None:
         return None
     events = [
@@ -35,12 +39,19 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
             ),
         )
     ]
-    content, offset = row["content"], 0
+    content, reasoning = row["content"], row["reasoning"]
+    citations = iter(json.loads(row["annotations"] or "[]"))
+    at = thought_at = 0
     for length in json.loads(row["event_lengths"] or "[]"):
-        events.append(
-            LogEvent.make(len(events) + 1, "delta", {"content": content[offset : offset + length]})
-        )
-        offset += length
+        if length > 0:
+            name, payload = "delta", {"content": content[at : at + length]}
+            at += length
+        elif length < 0:
+            name, payload = "reasoning", {"content": reasoning[thought_at : thought_at - length]}
+            thought_at -= length
+        else:
+            name, payload = "annotation", next(citations)
+        events.append(LogEvent.make(len(events) + 1, name, payload))
     if row["status"] == MessageStatus.STREAMING:
         return events, False
     name, payload = final_event(
@@ -50,6 +61,7 @@ async def replay_log(store: Store, *, message_id: str) -> tuple[list[LogEvent], 
         model=row["model"] or row["requested_model"],  # none answered: the one asked
         prompt_tokens=row["prompt_tokens"] or 0,
         completion_tokens=row["completion_tokens"] or 0,
+        reasoning_tokens=row["reasoning_tokens"] or 0,
         cost=from_picos(row["cost_picousd"]),
         error_code=row["error_code"],
         error_message=row["error_message"],
@@ -67,6 +79,7 @@ class StoredReply:
         store: Store,
         *,
         message_id: str,
+        user_id: str,
         events: list[LogEvent],
         finished: bool,
         poll_interval: float,
@@ -74,6 +87,7 @@ class StoredReply:
     ) -> None:
         self._store = store
         self._message_id = message_id
+        self._user_id = user_id
         self._events = events
         self._finished = finished
         self._poll_interval = poll_interval
@@ -81,16 +95,23 @@ class StoredReply:
 
     @classmethod
     async def load(
-        cls, store: Store, *, message_id: str, poll_interval: float, ping_interval: float
+        cls,
+        store: Store,
+        *,
+        message_id: str,
+        user_id: str,
+        poll_interval: float,
+        ping_interval: float,
     ) -> StoredReply | None:
-        """The stored reply, or None if there is no such assistant message."""
-        found = await replay_log(store, message_id=message_id)
+        """The user's stored reply, or None if they have no such assistant message."""
+        found = await replay_log(store, message_id=message_id, user_id=user_id)
         if found is None:
             return None
         events, finished = found
         return cls(
             store,
             message_id=message_id,
+            user_id=user_id,
             events=events,
             finished=finished,
             poll_interval=poll_interval,
@@ -119,7 +140,9 @@ class StoredReply:
             await asyncio.sleep(
                 min(self._poll_interval, sent_at + self._ping_interval - loop.time())
             )
-            found = await replay_log(self._store, message_id=self._message_id)
+            found = await replay_log(
+                self._store, message_id=self._message_id, user_id=self._user_id
+            )
             if found is None:
                 return  # deleted meanwhile
             events, finished = found

@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,16 +32,21 @@ from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
 from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.settings import Settings
-from app.storage.store import GenerationRecord, Store, new_id, now
+from app.storage.ledger import GenerationRecord
+from app.storage.store import Store
+from app.storage.tables import new_id, now
 from app.upstream.openrouter import (
+    Citation,
     Delta,
     Finish,
     Opened,
     OpenRouterClient,
+    Reasoning,
     UpstreamError,
     UpstreamStatusError,
     UpstreamStreamError,
     Usage,
+    merge_reasoning_details,
 )
 
 log = logging.getLogger(__name__)
@@ -59,8 +65,9 @@ class RunRequest:
     fallback_models: tuple[str, ...]
     temperature: float
     max_tokens: int
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
+    reasoning: dict[str, Any] | None = None  # OpenRouter's `reasoning` object, as the agent says
 
     def upstream_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -72,6 +79,8 @@ class RunRequest:
         }
         if self.fallback_models:
             body["models"] = [self.model, *self.fallback_models]
+        if self.reasoning:
+            body["reasoning"] = self.reasoning
         return body
 
 
@@ -112,7 +121,10 @@ class Run:
         self.log = ReplyLog(ping_interval=settings.ping_interval)
         if outbox is not None:  # REDIS_URL: other processes follow it live, from its stream
             self.log.feed = outbox.feed(request.message_id, self.log.events)
-        self.parts: list[str] = []
+        self.parts: list[str] = []  # each `delta` event's content
+        self.thoughts: list[str] = []  # each `reasoning` event's content
+        self.details: list[dict[str, Any]] = []  # reasoning_details fragments, as streamed
+        self.citations: list[dict[str, Any]] = []  # each `annotation` event's payload
         self.records: list[GenerationRecord] = []
         self.status = MessageStatus.STREAMING
         self._abandoned: asyncio.TimerHandle | None = None
@@ -136,10 +148,12 @@ class Run:
         )
         self.task: asyncio.Task[None] | None = None
 
-    def start(self, save_turn: Coroutine[Any, Any, None]) -> None:
-        """Generate; `save_turn` writes the turn's rows meanwhile, never in the way."""
-        self.saving = self._spawn(save_turn)
-        self.saving.add_done_callback(self._on_saved)
+    def start(self, save_turn: Coroutine[Any, Any, None] | None) -> None:
+        """Generate; `save_turn` writes the turn's rows meanwhile, never in the way (None: they
+        are written already, as an idempotent turn's are)."""
+        if save_turn is not None:
+            self.saving = self._spawn(save_turn)
+            self.saving.add_done_callback(self._on_saved)
         self.task = asyncio.create_task(self.run(), name=f"run:{self.message_id}")
 
     # -- following it (a `ReplySource`) -----------------------------------------------------------
@@ -176,8 +190,23 @@ class Run:
     def content(self) -> str:
         return "".join(self.parts)
 
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thoughts)
+
     def event_lengths(self) -> list[int]:
-        return [len(part) for part in self.parts]
+        """What `messages.event_lengths` records: the events in the order streamed, read off
+        the log at checkpoints, so streaming a token costs no more than its two appends."""
+        parts, thoughts = iter(self.parts), iter(self.thoughts)
+        lengths = []
+        for event in self.log.events:
+            if event.event == "delta":
+                lengths.append(len(next(parts)))
+            elif event.event == "reasoning":
+                lengths.append(-len(next(thoughts)))
+            elif event.event == "annotation":
+                lengths.append(0)
+        return lengths
 
     # -- ending it from outside -------------------------------------------------------------------
 
@@ -246,7 +275,10 @@ class Run:
                 elif isinstance(exc, UpstreamStreamError) and exc.usage is not None:
                     self._apply_usage(record, exc.usage)
                 delay = self._retry_delay(exc, attempt)
-                if self.parts or delay is None or waited + delay > settings.upstream_retry_budget:
+                # Once the client has seen thinking or text, a new attempt would stream another
+                # answer after it: the reply failed.
+                relayed = self.parts or self.thoughts
+                if relayed or delay is None or waited + delay > settings.upstream_retry_budget:
                     raise
                 log.info(
                     "retrying upstream in %.2fs after %s (attempt %d)", delay, exc.code, attempt
@@ -276,12 +308,23 @@ class Run:
                         >= self._settings.checkpoint_interval
                     ):
                         self._checkpoint_soon()
-                elif isinstance(event, Opened):
-                    record.generation_id = event.generation_id
-                    if record.generation_id:
-                        # Saved at once, not at the first checkpoint: after a crash this id is
-                        # what the generation's cost is looked up by.
+                elif type(event) is Reasoning:  # as hot as a delta while a model thinks
+                    if event.text:
+                        if not self.thoughts:
+                            record.first_reasoning_at = now()
+                        self.thoughts.append(event.text)
+                        self.log.append("reasoning", {"content": event.text})
+                    if event.details:
+                        self.details.extend(event.details)
+                    if (
+                        time.monotonic() - self._last_checkpoint
+                        >= self._settings.checkpoint_interval
+                    ):
                         self._checkpoint_soon()
+                elif isinstance(event, Citation):
+                    self._cite(event)
+                elif isinstance(event, Opened):
+                    self._apply_opened(record, event)
                 elif isinstance(event, Finish):
                     finished = True
                     self._apply_finish(record, event)
@@ -297,6 +340,42 @@ class Run:
                 "upstream stream for %s ended after finish_reason without usage", self.message_id
             )
         record.status, record.ended_at = GenerationStatus.COMPLETE, now()
+        self._log_first_tokens(record)
+
+    def _log_first_tokens(self, record: GenerationRecord) -> None:
+        """Time to first token both ways: a reasoning model's answer may start long after its
+        thinking did, and only the two together say where the wait was."""
+
+        def after(moment: datetime | None) -> str:
+            if moment is None:
+                return "none"
+            return f"{(moment - record.started_at).total_seconds() * 1000:.0f} ms"
+
+        log.info(
+            "reply %s (%s): first reasoning %s, first content %s",
+            self.message_id,
+            record.model or record.requested_model,
+            after(record.first_reasoning_at),
+            after(record.first_token_at),
+        )
+
+    def _apply_opened(self, record: GenerationRecord, opened: Opened) -> None:
+        changed = False
+        if opened.generation_id and opened.generation_id != record.generation_id:
+            record.generation_id, changed = opened.generation_id, True
+        if opened.model:
+            # The model answering, known from the first chunk: a reply stopped from now on
+            # names it in `done`, not the one asked for.
+            record.model = self._answering_model = opened.model
+        if changed:
+            # Saved at once, not at the first checkpoint: after a crash this id is what the
+            # generation's cost is looked up by.
+            self._checkpoint_soon()
+
+    def _cite(self, citation: Citation) -> None:
+        payload = citation.to_json()
+        self.citations.append(payload)
+        self.log.append("annotation", payload)
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
         for event in await self._client.complete(body):
@@ -304,6 +383,14 @@ class Run:
                 record.first_token_at = now()
                 self.parts.append(event.content)
                 self.log.append("delta", {"content": event.content})
+            elif isinstance(event, Reasoning):
+                if event.text:
+                    record.first_reasoning_at = now()
+                    self.thoughts.append(event.text)
+                    self.log.append("reasoning", {"content": event.text})
+                self.details.extend(event.details)
+            elif isinstance(event, Citation):
+                self._cite(event)
             elif isinstance(event, Finish):
                 self._apply_finish(record, event)
             elif isinstance(event, Usage):
@@ -321,6 +408,9 @@ class Run:
         record.completion_tokens = usage.completion_tokens
         record.reasoning_tokens = usage.reasoning_tokens
         record.cached_tokens = usage.cached_tokens
+        record.cache_write_tokens = usage.cache_write_tokens
+        record.is_byok = usage.is_byok
+        record.upstream_cost = usage.upstream_cost
         record.model = usage.model or record.model
         self._answering_model = usage.model or self._answering_model
         record.generation_id = record.generation_id or usage.generation_id
@@ -358,13 +448,15 @@ class Run:
         self._checkpoint_again = True
         while self._checkpoint_again:
             self._checkpoint_again = False
-            await self._store.checkpoint(
+            await self._store.replies.checkpoint(
                 message_id=self.message_id,
                 conversation_id=self.request.conversation_id,
                 agent=self.request.agent,
                 content=self.content,
                 event_lengths=self.event_lengths(),
                 records=[record for record in self.records if record.generation_id],
+                reasoning=self.reasoning,
+                annotations=self.citations,
             )
 
     async def _finish(self, status: MessageStatus, error: UpstreamError | None) -> None:
@@ -386,7 +478,7 @@ class Run:
             )
         content = self.content
         try:
-            await self._store.finish_reply(
+            await self._store.replies.finish(
                 message_id=self.message_id,
                 conversation_id=self.request.conversation_id,
                 agent=self.request.agent,
@@ -398,6 +490,9 @@ class Run:
                 error_code=error.code if error else None,
                 error_message=error.message if error else None,
                 records=self.records,
+                reasoning=self.reasoning,
+                reasoning_details=merge_reasoning_details(self.details),
+                annotations=self.citations,
             )
         except Exception:
             # Left `streaming` in the database, it is marked interrupted at the next start-up.
@@ -412,6 +507,7 @@ class Run:
             model=self._answering_model or self.request.model,
             prompt_tokens=sum(r.prompt_tokens for r in self.records),
             completion_tokens=sum(r.completion_tokens for r in self.records),
+            reasoning_tokens=sum(r.reasoning_tokens for r in self.records),
             cost=sum(known, Decimal(0)) if known else None,
             error_code=error.code if error else None,
             error_message=error.message if error else None,

@@ -74,25 +74,27 @@ class Signals:
 
     # -- sending ----------------------------------------------------------------------------------
 
-    async def stop_elsewhere(self, message_id: str) -> str:
-        """Stop a reply another process generates; its status once it has ended (`streaming`
-        if it has not within STALE_REPLY_AFTER: its process is gone, and the sweep will
-        mark it interrupted)."""
+    async def stop_elsewhere(self, message_id: str, *, user_id: str) -> str:
+        """Stop the user's reply another process generates (the caller has checked it is
+        theirs); its status once it has ended (`streaming` if it has not within
+        STALE_REPLY_AFTER: its process is gone, and the sweep will mark it interrupted)."""
         await self._store.replies.request_stop(message_id=message_id)
         await self._publish(STOP + message_id.encode())
         source = await find_reply(
             message_id,
+            user_id=user_id,
             runs=self._runs,
             store=self._store,
             settings=self._settings,
             streams=self._streams,
+            owner_checked=True,
         )
         if source is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.stale_reply_after):
                     async for _ in source.follow(0):
                         pass
-        row = await self._store.replies.get(message_id=message_id)
+        row = await self._store.replies.get(message_id=message_id, user_id=user_id)
         return row["status"] if row else "streaming"
 
     async def agents_changed(self) -> None:

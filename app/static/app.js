@@ -1,5 +1,10 @@
 'use strict';
 // Chat page: conversation list, message view and streamed replies (SSE).
+// Sign-in (docs/auth.md): the host app's token from `data-token` on this script tag, or from
+// `window.streamchatGetToken()`; none in development. coach.js (loaded first) holds the
+// session, shared with the coach panel.
+
+const auth = window.Coach.session({ token: document.currentScript?.dataset.token });
 
 const $ = (sel) => document.querySelector(sel);
 const els = {
@@ -18,6 +23,8 @@ const els = {
 
 const state = {
   conversations: [],
+  next: null, // the URL of the list's next page (GET /api/conversations answers 50 at a time)
+  loadingMore: false,
   openId: null,
   views: new Map(), // message id -> DOM refs of the open conversation
   stream: null,
@@ -30,6 +37,11 @@ const state = {
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
 const STATUS_LABELS = { streaming: 'streaming…', reconnecting: 'reconnecting…' };
+// A reply that ended on its own but not whole: said under the answer.
+const FINISH_NOTES = {
+  length: 'Cut off at the token limit.',
+  content_filter: 'Stopped by the provider\'s content filter.',
+};
 
 // ---------- helpers ----------
 
@@ -53,7 +65,7 @@ function formatUsd(v) {
 async function api(method, url, body) {
   let res;
   try {
-    res = await fetch(url, {
+    res = await auth.fetch(url, {
       method,
       headers: body ? { 'Content-Type': 'application/json', Accept: 'application/json' } : { Accept: 'application/json' },
       body: body ? JSON.stringify(body) : undefined,
@@ -63,6 +75,7 @@ async function api(method, url, body) {
   }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
+  if (res.status === 401) throw new Error(window.Coach.signInMessage(data));
   if (!res.ok) throw new Error(data?.error?.message || `Request failed (HTTP ${res.status}).`);
   return data;
 }
@@ -110,15 +123,28 @@ function openStream(url, on) {
   };
   const end = () => { ended = true; es.close(); };
 
+  // Guard against an event replayed after a reconnect: appending it twice would corrupt the text.
+  const fresh = (e) => {
+    const id = Number(e.lastEventId);
+    if (id && id <= seen) return false;
+    if (id) seen = id;
+    return true;
+  };
+
   es.onopen = () => on.open?.();
   es.addEventListener('meta', (e) => on.meta?.(parse(e)));
+  es.addEventListener('reasoning', (e) => {
+    if (!fresh(e)) return;
+    const d = parse(e);
+    if (typeof d.content === 'string') on.reasoning(d.content);
+  });
   es.addEventListener('delta', (e) => {
-    // Guard against a replayed delta after reconnect: appending it twice would corrupt the text.
-    const id = Number(e.lastEventId);
-    if (id && id <= seen) return;
-    if (id) seen = id;
+    if (!fresh(e)) return;
     const d = parse(e);
     if (typeof d.content === 'string') on.delta(d.content);
+  });
+  es.addEventListener('annotation', (e) => {
+    if (fresh(e)) on.annotation(parse(e));
   });
   es.addEventListener('done', (e) => { end(); on.done(parse(e)); });
   es.addEventListener('error', (e) => {
@@ -139,11 +165,19 @@ function createView(m) {
   v.text = document.createTextNode(m.content || '');
   v.content = h('div', { class: 'msg-content', 'data-testid': 'message-content' }, v.text);
   v.error = h('p', { class: 'msg-error', 'data-testid': 'message-error', hidden: true });
+  // The model's thinking: collapsed (the user opens it), hidden until there is some.
+  v.thoughts = document.createTextNode(m.reasoning || '');
+  v.thinkingLabel = h('summary', { 'data-testid': 'thinking-label' }, 'Thinking…');
+  v.thinking = h('details', { class: 'msg-thinking', 'data-testid': 'thinking', hidden: !m.reasoning },
+    v.thinkingLabel, h('div', { class: 'msg-thinking-text', 'data-testid': 'thinking-text' }, v.thoughts));
+  v.citations = h('ol', { class: 'msg-citations', 'data-testid': 'citations', hidden: true });
+  v.note = h('p', { class: 'msg-note', 'data-testid': 'finish-note', hidden: true });
   v.el = h('article', {
     class: `msg msg-${m.role}`, 'data-testid': 'message', 'data-role': m.role, 'data-message-id': m.id,
   },
   h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.badge),
-  v.content, v.error);
+  v.thinking, v.content, v.note, v.citations, v.error);
+  for (const a of m.annotations || []) addCitation(v, a);
 
   if (m.role === 'assistant') {
     v.content.setAttribute('aria-live', 'polite');
@@ -166,6 +200,13 @@ function updateView(v, m) {
     v.badge.hidden = s === 'complete';
     // aria-busy holds screen-reader announcements until the reply has finished.
     v.content.setAttribute('aria-busy', String(s === 'streaming'));
+    // Once the reply is over, the model is no longer thinking: it thought.
+    v.thinkingLabel.textContent = s === 'streaming' ? 'Thinking…' : 'Thought';
+  }
+  if ('finish_reason' in m) {
+    const note = FINISH_NOTES[m.finish_reason];
+    v.note.hidden = !note;
+    v.note.textContent = note || '';
   }
   if (v.model && 'model' in m && (m.model || !v.model.textContent)) v.model.textContent = m.model || 'model —';
   if (v.tokens && 'usage' in m) {
@@ -179,6 +220,29 @@ function updateView(v, m) {
     v.error.hidden = !msg;
     v.error.textContent = msg || '';
   }
+}
+
+// Citations become links under the answer; only http(s) URLs are made clickable.
+function addCitation(v, a) {
+  if (!a || typeof a.url !== 'string') return;
+  const safe = /^https?:\/\//i.test(a.url);
+  const label = a.title || a.url;
+  const link = safe ? h('a', { href: a.url, target: '_blank', rel: 'noopener noreferrer' }, label) : label;
+  v.citations.append(h('li', { 'data-testid': 'citation', title: a.content || null }, link));
+  v.citations.hidden = false;
+}
+
+function appendThought(v, text) {
+  v.thinking.hidden = false;
+  v.thoughts.appendData(text);
+}
+
+function clearReply(v) {
+  v.text.data = '';
+  v.thoughts.data = '';
+  v.thinking.hidden = true;
+  v.citations.replaceChildren();
+  v.citations.hidden = true;
 }
 
 function appendMessage(m) {
@@ -231,15 +295,22 @@ function startStream(url, v, { focusStop = false } = {}) {
     open: () => { if (v.el.dataset.status === 'streaming') updateView(v, { status: 'streaming' }); },
     reconnecting: () => { v.badge.textContent = STATUS_LABELS.reconnecting; },
     meta: (d) => updateView(v, { model: d.model }),
+    reasoning: (text) => {
+      const stick = nearBottom();
+      appendThought(v, text);
+      if (stick) scrollToEnd();
+    },
     delta: (text) => {
       const stick = nearBottom();
       v.text.appendData(text);
       if (stick) scrollToEnd();
     },
+    annotation: (a) => addCitation(v, a),
     done: (d) => {
       const costKnown = d.cost_usd != null;
       updateView(v, {
         status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
+        finish_reason: d.finish_reason,
         // Without a cost the run saw no usage chunk either, so its token counts are not real.
         model: d.model, usage: costKnown ? d.usage ?? null : null, cost_usd: d.cost_usd ?? null,
       });
@@ -339,6 +410,14 @@ async function send() {
 
 // ---------- conversations ----------
 
+// The list comes a page at a time: the next page loads when the end of the list (this sentinel)
+// scrolls within 200px of view. Observing again after each render makes the observer report
+// where the sentinel is now, so pages keep coming while it stays in view (a tall screen).
+const listEnd = h('li', { class: 'conv-more', 'data-testid': 'conversation-list-end', 'aria-hidden': 'true' });
+const listEndWatcher = new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) loadMore();
+}, { root: els.list, rootMargin: '0px 0px 200px 0px' });
+
 function renderList() {
   const items = state.conversations.map((c) => {
     const title = c.title || 'New conversation';
@@ -357,7 +436,30 @@ function renderList() {
       }, '×'));
   });
   if (!items.length && state.loaded) items.push(h('li', { class: 'conv-empty' }, 'No conversations yet.'));
+  if (state.next) items.push(listEnd);
   els.list.replaceChildren(...items);
+  listEndWatcher.disconnect();
+  if (state.next) listEndWatcher.observe(listEnd);
+}
+
+async function loadMore() {
+  const url = state.next;
+  if (!url || state.loadingMore) return;
+  state.loadingMore = true;
+  let data;
+  try {
+    data = await api('GET', url);
+  } catch (err) {
+    showError(err);
+    return;
+  } finally {
+    state.loadingMore = false;
+  }
+  if (url !== state.next) return; // the list was reloaded meanwhile
+  const known = new Set(state.conversations.map((c) => c.id));
+  state.conversations.push(...(data?.conversations || []).filter((c) => !known.has(c.id)));
+  state.next = data?.next || null;
+  renderList();
 }
 
 async function loadConversations() {
@@ -365,6 +467,8 @@ async function loadConversations() {
     const data = await api('GET', '/api/conversations?agent=chat');
     // Coach calls are stored as conversations too; the sidebar lists chats only.
     state.conversations = (data?.conversations || []).filter((c) => (c.agent ?? 'chat') === 'chat');
+    // A reload starts again from the first page; the sentinel brings the rest back on scroll.
+    state.next = data?.next || null;
     state.loaded = true;
     renderList();
     const open = state.conversations.find((c) => c.id === state.openId);
@@ -403,8 +507,11 @@ async function openConversation(id, { resume = true } = {}) {
   const last = [...messages].reverse().find((m) => m.role === 'assistant');
   if (resume && last?.status === 'streaming') {
     const v = state.views.get(last.id);
-    v.text.data = '';
-    startStream(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`, v);
+    clearReply(v);
+    // No stream_url here (that was the page before the reload): the user's own token, in the URL.
+    const url = await auth.streamUrl(`/api/messages/${encodeURIComponent(last.id)}/stream?last_event_id=0`);
+    if (seq !== state.navSeq) return conv;
+    startStream(url, v);
   }
   return conv;
 }
@@ -452,7 +559,7 @@ window.addEventListener('hashchange', () => {
   if (id && id !== state.openId) openConversation(id);
 });
 
-window.Coach?.mount(document.getElementById('coach'), { getConversationId: () => state.openId });
+window.Coach.mount(document.getElementById('coach'), { getConversationId: () => state.openId, session: auth });
 
 loadConversations();
 const initial = hashId();

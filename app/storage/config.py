@@ -45,7 +45,8 @@ class Config:
         )
 
     async def agent_overrides(self) -> list[dict[str, Any]]:
-        """Every agent's override row, `fallback_models` decoded (None: as in the agents file)."""
+        """Every agent's override row, `fallback_models` and `reasoning` decoded (None: as in
+        the agents file)."""
         rows = await self._database.fetch_all(agent_overrides.select())
         return [
             {
@@ -53,6 +54,7 @@ class Config:
                 "fallback_models": None
                 if row.fallback_models is None
                 else json.loads(row.fallback_models),
+                "reasoning": None if row.reasoning is None else json.loads(row.reasoning),
             }
             for row in rows
         ]
@@ -65,6 +67,7 @@ class Config:
         fallback_models: list[str] | None,
         temperature: float | None,
         max_tokens: int | None,
+        reasoning: dict[str, Any] | None = None,
     ) -> datetime:
         """Replace the agent's override (None fields follow the agents file); return its time."""
         stamp = now()
@@ -73,6 +76,7 @@ class Config:
             "fallback_models": None if fallback_models is None else json.dumps(fallback_models),
             "temperature": temperature,
             "max_tokens": max_tokens,
+            "reasoning": None if reasoning is None else json.dumps(reasoning),
             "updated_at": stamp,
         }
         await self._writer.write(

@@ -143,6 +143,56 @@ def _catalog_tables(dialect: sa.engine.Dialect) -> list[str]:
     return _ddl(md, dialect)
 
 
+def _conversation_pages(dialect: sa.engine.Dialect) -> list[str]:
+    # A page of a user's conversations is a keyset range over (updated_at, id), newest first
+    # (`app/storage/conversations.py`): with `id` in the index, the page is read backwards off
+    # it and stops after `limit` rows, instead of sorting all of the user's conversations to
+    # break ties. The old index is its prefix, so it goes.
+    return [
+        "DROP INDEX ix_conversations_user_updated",
+        "CREATE INDEX ix_conversations_user_updated_id ON conversations (user_id, updated_at, id)",
+    ]
+
+
+def _reasoning_columns(dialect: sa.engine.Dialect) -> list[str]:
+    """Reasoning, its details and citations on messages; usage details on generations; an
+    agent's reasoning settings. Defaults give the rows already there what they had: none."""
+
+    def add(table: str, column: str, kind: sa.types.TypeEngine, extra: str = "") -> str:
+        return f"ALTER TABLE {table} ADD COLUMN {column} {kind.compile(dialect=dialect)}{extra}"
+
+    ts = sa.DateTime(timezone=True)
+    return [
+        add("messages", "reasoning", sa.Text(), " NOT NULL DEFAULT ''"),
+        add("messages", "reasoning_details", sa.Text()),
+        add("messages", "annotations", sa.Text()),
+        add("generations", "cache_write_tokens", sa.Integer(), " NOT NULL DEFAULT 0"),
+        add("generations", "is_byok", sa.Boolean(), " NOT NULL DEFAULT false"),
+        add("generations", "upstream_cost_picousd", sa.BigInteger()),
+        add("generations", "first_reasoning_at", ts),
+        add("agent_overrides", "reasoning", sa.Text()),
+    ]
+
+
+def _idempotency_keys(dialect: sa.engine.Dialect) -> list[str]:
+    md = sa.MetaData()
+    sa.Table(
+        "idempotency_keys",
+        md,
+        # The primary key is what makes two requests with one key start one turn: the second
+        # insert fails, and the turn's rows written in its transaction with it.
+        sa.Column("user_id", sa.String(64), primary_key=True),
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("fingerprint", sa.String(64), nullable=False),  # sha256 of path and body
+        sa.Column("conversation_id", sa.String(36), nullable=False),
+        sa.Column("user_message_id", sa.String(36), nullable=False),
+        sa.Column("message_id", sa.String(36), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_idempotency_keys_created", "created_at"),  # the sweep of expired keys
+    )
+    return _ddl(md, dialect)
+
+
 def _stop_requests(dialect: sa.engine.Dialect) -> list[str]:
     # When POST /stop reached a process other than the reply's owner: the owner's heartbeat
     # reads it (app/replies/signals.py), so Stop works across processes without Redis too.
@@ -153,7 +203,10 @@ def _stop_requests(dialect: sa.engine.Dialect) -> list[str]:
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
-    Migration(3, "stop requests of streaming replies", _stop_requests),
+    Migration(3, "conversations paged by (updated_at, id)", _conversation_pages),
+    Migration(4, "reasoning, citations and usage details", _reasoning_columns),
+    Migration(5, "idempotency keys of turns", _idempotency_keys),
+    Migration(6, "stop requests of streaming replies", _stop_requests),
 ]
 
 _schema_migrations = sa.Table(

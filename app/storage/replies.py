@@ -23,7 +23,7 @@ from databases import Database
 from app.replies.states import MessageStatus
 from app.storage.conversations import NEW_CONVERSATION, TOUCH_CONVERSATION
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
-from app.storage.tables import messages, new_id, now
+from app.storage.tables import conversations, messages, new_id, now
 from app.storage.writer import Step, Writer, binds
 
 # A message takes the next `seq` of its conversation, computed by the insert itself.
@@ -52,7 +52,7 @@ CHECKPOINT_MESSAGE = (
     .where(
         messages.c.id == sa.bindparam("message_id"), messages.c.status == MessageStatus.STREAMING
     )
-    .values(binds("content", "event_lengths", "updated_at"))
+    .values(binds("content", "event_lengths", "reasoning", "annotations", "updated_at"))
 )
 FINISH_MESSAGE = (
     messages.update()
@@ -62,6 +62,9 @@ FINISH_MESSAGE = (
             "status",
             "content",
             "event_lengths",
+            "reasoning",
+            "reasoning_details",
+            "annotations",
             "model",
             "finish_reason",
             "error_code",
@@ -70,6 +73,29 @@ FINISH_MESSAGE = (
         )
     )
 )
+
+
+def messages_with_usage(conversation_id: str) -> sa.Select[Any]:
+    """A conversation's messages in order, with their generations' sums: this conversation's
+    only, through the `(conversation_id, seq)` and `ix_generations_conversation` indexes."""
+    usage = usage_by_message(conversation_id=conversation_id)
+    return (
+        sa.select(
+            messages,
+            usage.c.prompt_tokens,
+            usage.c.completion_tokens,
+            usage.c.reasoning_tokens,
+            usage.c.cost_picousd,
+            usage.c.generation_count,
+        )
+        .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
+        .where(messages.c.conversation_id == conversation_id)
+        .order_by(messages.c.seq)
+    )
+
+
+def _json_or_null(items: list[dict[str, Any]] | None) -> str | None:
+    return json.dumps(items, ensure_ascii=False) if items else None
 
 
 @dataclass(frozen=True)
@@ -96,35 +122,32 @@ class Replies:
     async def in_conversation(self, *, conversation_id: str) -> list[dict[str, Any]]:
         """The conversation's messages in order, each with its usage and cost (the ledger's
         sums over its generations)."""
-        usage = usage_by_message()
-        query = (
-            sa.select(
-                messages,
-                usage.c.prompt_tokens,
-                usage.c.completion_tokens,
-                usage.c.cost_picousd,
-                usage.c.generation_count,
-            )
-            .select_from(messages.outerjoin(usage, usage.c.message_id == messages.c.id))
-            .where(messages.c.conversation_id == conversation_id)
-            .order_by(messages.c.seq)
-        )
-        return [dict(row._mapping) for row in await self._database.fetch_all(query)]
+        rows = await self._database.fetch_all(messages_with_usage(conversation_id))
+        return [dict(row._mapping) for row in rows]
 
-    async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, str]]:
-        """The last `limit` messages with content, oldest first, in OpenRouter's message shape."""
+    async def history(self, *, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` messages with content, oldest first, in OpenRouter's message shape:
+        an assistant turn with the `reasoning_details` it was given, as OpenRouter asks, so the
+        model continues from its own reasoning."""
         if limit <= 0:
             return []
         rows = await self._database.fetch_all(
-            sa.select(messages.c.role, messages.c.content)
+            sa.select(messages.c.role, messages.c.content, messages.c.reasoning_details)
             .where(messages.c.conversation_id == conversation_id, messages.c.content != "")
             .order_by(messages.c.seq.desc())
             .limit(limit)
         )
-        return [{"role": row[0], "content": row[1]} for row in reversed(rows)]
+        turns: list[dict[str, Any]] = []
+        for row in reversed(rows):
+            turn: dict[str, Any] = {"role": row[0], "content": row[1]}
+            if row[2]:
+                turn["reasoning_details"] = json.loads(row[2])
+            turns.append(turn)
+        return turns
 
-    async def get(self, *, message_id: str) -> dict[str, Any] | None:
-        """An assistant message with its user message's id and its generations' sums."""
+    async def get(self, *, message_id: str, user_id: str) -> dict[str, Any] | None:
+        """An assistant message of the user's with its user message's id and its generations'
+        sums (another user's answers as one that is not there: the owner is in the query)."""
         user_message = messages.alias("user_message")
         usage = usage_by_message(message_id=message_id)
         query = (
@@ -133,18 +156,25 @@ class Replies:
                 user_message.c.id.label("user_message_id"),
                 usage.c.prompt_tokens,
                 usage.c.completion_tokens,
+                usage.c.reasoning_tokens,
                 usage.c.cost_picousd,
             )
             .select_from(
-                messages.outerjoin(
+                messages.join(conversations, conversations.c.id == messages.c.conversation_id)
+                .outerjoin(
                     user_message,
                     sa.and_(
                         user_message.c.conversation_id == messages.c.conversation_id,
                         user_message.c.seq == messages.c.seq - 1,
                     ),
-                ).outerjoin(usage, usage.c.message_id == messages.c.id)
+                )
+                .outerjoin(usage, usage.c.message_id == messages.c.id)
             )
-            .where(messages.c.id == message_id, messages.c.role == "assistant")
+            .where(
+                messages.c.id == message_id,
+                messages.c.role == "assistant",
+                conversations.c.user_id == user_id,
+            )
         )
         row = await self._database.fetch_one(query)
         return dict(row._mapping) if row else None
@@ -160,9 +190,11 @@ class Replies:
         requested_model: str,
         temperature: float,
         subject_conversation_id: str | None = None,
+        claim: Step | None = None,
     ) -> None:
         """Save the user message and a `streaming` assistant row (and a new conversation's
-        row) in one transaction."""
+        row) in one transaction; `claim` (an idempotency key's, see `idempotency`) goes first,
+        so if it fails nothing of the turn is written."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -192,6 +224,7 @@ class Replies:
         }
         await self._writer.write(
             [
+                *([claim] if claim is not None else []),
                 opening,
                 (
                     NEW_MESSAGE,
@@ -231,8 +264,11 @@ class Replies:
         content: str,
         event_lengths: list[int],
         records: list[GenerationRecord],
+        reasoning: str = "",
+        annotations: list[dict[str, Any]] | None = None,
     ) -> None:
-        """A streaming reply's progress so far, with its generation rows."""
+        """A streaming reply's progress so far, with its generation rows: all its events' text,
+        so a follower in another process replays them with their ids."""
         await self._writer.write(
             [
                 (
@@ -241,6 +277,8 @@ class Replies:
                         "message_id": message_id,
                         "content": content,
                         "event_lengths": json.dumps(event_lengths),
+                        "reasoning": reasoning,
+                        "annotations": _json_or_null(annotations),
                         "updated_at": now(),
                     },
                 ),
@@ -267,6 +305,9 @@ class Replies:
         error_code: str | None,
         error_message: str | None,
         records: list[GenerationRecord],
+        reasoning: str = "",
+        reasoning_details: list[dict[str, Any]] | None = None,
+        annotations: list[dict[str, Any]] | None = None,
     ) -> None:
         """The reply's final state and all its generation rows, in one transaction."""
         stamp = now()
@@ -279,6 +320,9 @@ class Replies:
                         "status": status,
                         "content": content,
                         "event_lengths": json.dumps(event_lengths),
+                        "reasoning": reasoning,
+                        "reasoning_details": _json_or_null(reasoning_details),
+                        "annotations": _json_or_null(annotations),
                         "model": model,
                         "finish_reason": finish_reason,
                         "error_code": error_code,

@@ -62,12 +62,19 @@ messages = sa.Table(
     sa.Column("finish_reason", sa.String(32)),
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
-    # JSON list: the length of each delta event's content, so a reply replays from the database
-    # with the same event ids it streamed with (resumption after a restart).
+    # JSON list, one entry per event between `meta` and the final one, in the order streamed,
+    # so a reply replays from the database with the same event ids (resumption after a
+    # restart): n > 0 a `delta` of the next n characters of `content`, -n a `reasoning` event
+    # of the next n characters of `reasoning`, 0 an `annotation` (the next of `annotations`).
     sa.Column("event_lengths", sa.Text),
+    sa.Column("reasoning", sa.Text, nullable=False, server_default=""),  # the thinking shown
+    # JSON: the `reasoning_details` blocks, sent back upstream with this turn (may be encrypted:
+    # never shown), and the citations (`annotation` events' payloads).
+    sa.Column("reasoning_details", sa.Text),
+    sa.Column("annotations", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    # Set by a stop request that reached a process not generating the reply (migration 3).
+    # Set by a stop request that reached a process not generating the reply (migration 6).
     sa.Column("stop_requested_at", UTCDateTime),
 )
 
@@ -93,6 +100,12 @@ generations = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("first_token_at", UTCDateTime),
     sa.Column("ended_at", UTCDateTime),
+    sa.Column("cache_write_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("is_byok", sa.Boolean, nullable=False, server_default=sa.false()),
+    # What the provider charged a BYOK key (cost_details.upstream_inference_cost); the cost
+    # billed is always `cost_picousd`.
+    sa.Column("upstream_cost_picousd", sa.BigInteger),
+    sa.Column("first_reasoning_at", UTCDateTime),
 )
 
 model_catalog = sa.Table(
@@ -112,6 +125,22 @@ agent_overrides = sa.Table(
     sa.Column("temperature", sa.Float),
     sa.Column("max_tokens", sa.Integer),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("reasoning", sa.Text),  # JSON: the agent's `reasoning` settings
+)
+
+
+# A client's key for one turn (`Idempotency-Key`), per user: a retry with the same key gets the
+# same reply. Written in the turn's own transaction, so a key names rows that exist.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(36), nullable=False),
+    sa.Column("user_message_id", sa.String(36), nullable=False),
+    sa.Column("message_id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 

@@ -2,15 +2,19 @@
 
 Events, in the order a stream yields them (`complete` returns the same, without Opened)::
 
-    Opened(generation_id)          HTTP 200 arrived; id from the X-Generation-Id header
-    Delta(content) / Reasoning(text)   any number, content relayed as it arrives
+    Opened(generation_id, model)   at HTTP 200 when the X-Generation-Id header names the id, and
+                                   again at the first data chunk with the chunk's id and model
+                                   (recorded streams mostly carry no header: the chunk is sure)
+    Reasoning(text, details) / Delta(content) / Citation(...)   any number, in stream order
     Finish(reason, native_reason, model, generation_id)
     Usage(tokens..., cost)         exactly once when the upstream sends it, after Finish
 
 Failures are raised, never yielded, so no caller can mistake one for a short answer::
 
     UpstreamError                  code, message, retryable, retry_after
-    ├── UpstreamStatusError        HTTP error before the stream (status: 400, 401, 402, 429, 5xx…)
+    ├── UpstreamStatusError        HTTP error before the stream (status: 400, 401, 402, 429, 5xx…;
+    │                              code `insufficient_credits` for a 402 that is not the in-flight
+    │                              budget, `moderation` for a 403 with reasons)
     ├── UpstreamStreamError        an `error` chunk inside a 200 stream, any time (.usage if it had)
     ├── UpstreamProtocolError      a data line that is not a chunk we can read
     ├── UpstreamTimeout            no connection, or no bytes, within the timeout
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,6 +37,8 @@ from httpx_sse import SSEError, aconnect_sse
 
 from app.billing.money import parse_amount
 from app.upstream.pool import ClientPool
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Seconds a stream may take to end after [DONE] before its connection is given up instead.
@@ -63,11 +70,19 @@ class UpstreamError(Exception):
 
 
 class UpstreamStatusError(UpstreamError):
-    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
         super().__init__(
             message,
-            code=f"upstream_{status}",
-            retryable=status in RETRYABLE_STATUSES,
+            code=code or f"upstream_{status}",
+            retryable=status in RETRYABLE_STATUSES if retryable is None else retryable,
             retry_after=retry_after,
         )
         self.status = status
@@ -103,6 +118,7 @@ class UpstreamConnectionError(UpstreamError):
 @dataclass(frozen=True, slots=True)
 class Opened:
     generation_id: str | None
+    model: str | None = None  # known from the first data chunk, not from the headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +128,32 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class Reasoning:
+    """Thinking as it streams: `text` is what a person may read (`delta.reasoning`, else the
+    readable details' text or summary; never encrypted data), `details` the chunk's
+    `reasoning_details` as they came, to be sent back with the assistant turn."""
+
     text: str
+    details: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """One `url_citation` annotation (web search), flattened."""
+
+    url: str
+    title: str | None = None
+    content: str | None = None
+    start_index: int | None = None
+    end_index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "title": self.title,
+            "content": self.content,
+            "start_index": self.start_index,
+            "end_index": self.end_index,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +171,16 @@ class Usage:
     total_tokens: int
     reasoning_tokens: int
     cached_tokens: int
-    cost: Decimal | None
+    cost: Decimal | None  # `usage.cost`: what OpenRouter bills, BYOK or not
     model: str | None
     generation_id: str | None
+    cache_write_tokens: int = 0
+    is_byok: bool = False
+    # `cost_details.upstream_inference_cost`: what the provider charged a BYOK key (informative)
+    upstream_cost: Decimal | None = None
 
 
-Event = Opened | Delta | Reasoning | Finish | Usage
+Event = Opened | Delta | Reasoning | Citation | Finish | Usage
 
 
 # --- parsing helpers ----------------------------------------------------------------------------
@@ -197,8 +242,40 @@ async def _status_error(response: httpx.Response) -> UpstreamStatusError:
         payload = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         payload = None
-    _, message = _error_message(payload, f"OpenRouter answered HTTP {response.status_code}")
-    return UpstreamStatusError(response.status_code, message, retry_after=_retry_after(response))
+    status = response.status_code
+    _, message = _error_message(payload, f"OpenRouter answered HTTP {status}")
+    error = payload.get("error") if isinstance(payload, dict) else None
+    metadata = error.get("metadata") if isinstance(error, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    retry_after = _retry_after(response)
+    if status == 402:
+        # Only the in-flight budget clears by itself; any other 402 is out of credits, and
+        # asking again before someone pays only bills nothing more slowly.
+        if metadata.get("limit_source") == "openrouter_in_flight_budget":
+            return UpstreamStatusError(status, message, retry_after=retry_after, retryable=True)
+        return UpstreamStatusError(status, message, code="insufficient_credits", retryable=False)
+    reasons = _strings(metadata.get("reasons"))
+    if status == 403 and reasons:
+        # Our own words around the reasons: OpenRouter's message may quote the flagged input,
+        # which the person already has, and which must not travel into logs and replays.
+        return UpstreamStatusError(
+            status,
+            f"the input was flagged by moderation ({', '.join(reasons)})",
+            code="moderation",
+            retryable=False,
+        )
+    if status in (502, 503):
+        log.warning(
+            "OpenRouter answered %d for provider %s: %s",
+            status,
+            metadata.get("provider_name") or "unknown",
+            message,
+        )
+    return UpstreamStatusError(status, message, retry_after=retry_after)
+
+
+def _strings(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 def _in_band_error(
@@ -213,24 +290,103 @@ def _in_band_error(
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def token_count(value: object) -> int | None:
+    """A token count as OpenRouter sends it (a JSON integer), or None for anything else: a
+    missing field, null, a string, a float, or a bool (an int to Python, never a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def parse_usage(usage: dict[str, Any], *, model: str | None, generation_id: str | None) -> Usage:
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    prompt_details = _object(usage.get("prompt_tokens_details"))
+    completion_details = _object(usage.get("completion_tokens_details"))
+    cost_details = _object(usage.get("cost_details"))
+    prompt = token_count(usage.get("prompt_tokens")) or 0
+    completion = token_count(usage.get("completion_tokens")) or 0
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
-        cached_tokens=_int(prompt_details.get("cached_tokens")),
+        total_tokens=token_count(usage.get("total_tokens")) or prompt + completion,
+        reasoning_tokens=token_count(completion_details.get("reasoning_tokens")) or 0,
+        cached_tokens=token_count(prompt_details.get("cached_tokens")) or 0,
         cost=parse_amount(usage.get("cost")),
         model=model,
         generation_id=generation_id,
+        cache_write_tokens=token_count(prompt_details.get("cache_write_tokens")) or 0,
+        is_byok=usage.get("is_byok") is True,
+        upstream_cost=parse_amount(cost_details.get("upstream_inference_cost")),
     )
+
+
+# The readable part of each reasoning detail type; `reasoning.encrypted` has none, by design.
+_READABLE_DETAIL = {"reasoning.text": "text", "reasoning.summary": "summary"}
+
+
+def _reasoning(text: Any, details: Any) -> Reasoning | None:
+    """A message's or a delta's reasoning, if it has any."""
+    kept = tuple(d for d in details if isinstance(d, dict)) if isinstance(details, list) else ()
+    if not isinstance(text, str) or not text:
+        # Some providers send only details: show their readable text, never the encrypted data.
+        text = "".join(
+            d[field]
+            for d in kept
+            if (field := _READABLE_DETAIL.get(d.get("type"))) and isinstance(d.get(field), str)
+        )
+    return Reasoning(text, kept) if text or kept else None
+
+
+def _citations(annotations: Any) -> list[Citation]:
+    if not isinstance(annotations, list):
+        return []
+    citations = []
+    for annotation in annotations:
+        if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+            continue
+        # OpenRouter nests the fields under `url_citation`; a flat one is read the same.
+        cited = _object(annotation.get("url_citation")) or annotation
+        url = cited.get("url")
+        if not isinstance(url, str) or not url:
+            continue
+        start, end = cited.get("start_index"), cited.get("end_index")
+        citations.append(
+            Citation(
+                url=url,
+                title=cited.get("title") if isinstance(cited.get("title"), str) else None,
+                content=cited.get("content") if isinstance(cited.get("content"), str) else None,
+                start_index=start if isinstance(start, int) else None,
+                end_index=end if isinstance(end, int) else None,
+            )
+        )
+    return citations
+
+
+def merge_reasoning_details(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The streamed fragments of `reasoning_details` as the whole blocks they make up.
+
+    A stream sends each block in pieces (same `type` and `index`, the text split, the
+    signature in the last one); the blocks go back upstream whole, in their order, as the
+    non-streaming answer would have given them. Encrypted blocks come whole and stay as they are.
+    """
+    merged: list[dict[str, Any]] = []
+    for detail in details:
+        last = merged[-1] if merged else None
+        field = _READABLE_DETAIL.get(detail.get("type"))
+        if (
+            field is not None
+            and last is not None
+            and last.get("type") == detail.get("type")
+            and last.get("index") == detail.get("index")
+        ):
+            last[field] = (last.get(field) or "") + (detail.get(field) or "")
+            for key, value in detail.items():
+                if key != field and value is not None:
+                    last[key] = value
+        else:
+            merged.append(dict(detail))
+    return merged
 
 
 def _decode_chunk(data: str) -> list[Event]:
@@ -241,6 +397,23 @@ def _decode_chunk(data: str) -> list[Event]:
     except json.JSONDecodeError as exc:
         raise UpstreamProtocolError("OpenRouter sent a data line that is not JSON") from exc
     return parse_chunk(chunk)
+
+
+def _decode_first_chunk(data: str, header_id: str | None) -> list[Event]:
+    """The first data chunk's events, after an Opened with its generation id and model: a
+    reply stopped from now on knows both, header or not."""
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise UpstreamProtocolError("OpenRouter sent a data line that is not JSON") from exc
+    if not isinstance(chunk, dict):
+        raise UpstreamProtocolError("OpenRouter sent a chunk that is not a JSON object")
+    generation_id, model = chunk.get("id"), chunk.get("model")
+    opened = Opened(
+        generation_id if isinstance(generation_id, str) and generation_id else header_id,
+        model if isinstance(model, str) and model else None,
+    )
+    return [opened, *parse_chunk(chunk)]
 
 
 def parse_chunk(chunk: Any) -> list[Event]:
@@ -258,12 +431,17 @@ def parse_chunk(chunk: Any) -> list[Event]:
         choice = choices[0]
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            reasoning = delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                events.append(Reasoning(reasoning))
+            reasoning, details = delta.get("reasoning"), delta.get("reasoning_details")
+            if reasoning or details:
+                thought = _reasoning(reasoning, details)
+                if thought is not None:
+                    events.append(thought)
             content = delta.get("content")
             if isinstance(content, str) and content:
                 events.append(Delta(content))
+            annotations = delta.get("annotations")
+            if annotations:
+                events.extend(_citations(annotations))
         reason = choice.get("finish_reason")
         if reason == "error":
             raise UpstreamStreamError("OpenRouter ended the generation with an error", usage=usage)
@@ -285,7 +463,7 @@ def _chunk_usage(
 
 def parse_completion(payload: dict[str, Any]) -> list[Event]:
     """A non-streaming completion body as events: Reasoning and Delta (each whole, if any),
-    Finish, and Usage when the body carries it; raise on an error body."""
+    Citations, Finish, and Usage when the body carries it; raise on an error body."""
     model, generation_id = payload.get("model"), payload.get("id")
     usage = _chunk_usage(payload, model=model, generation_id=generation_id)
     if payload.get("error") is not None:
@@ -297,11 +475,13 @@ def parse_completion(payload: dict[str, Any]) -> list[Event]:
     events: list[Event] = []
     message = choice.get("message")
     if isinstance(message, dict):
-        reasoning, content = message.get("reasoning"), message.get("content")
-        if isinstance(reasoning, str) and reasoning:
-            events.append(Reasoning(reasoning))
+        thought = _reasoning(message.get("reasoning"), message.get("reasoning_details"))
+        if thought is not None:
+            events.append(thought)
+        content = message.get("content")
         if isinstance(content, str) and content:
             events.append(Delta(content))
+        events.extend(_citations(message.get("annotations")))
     reason = choice.get("finish_reason")
     events.append(
         Finish(
@@ -372,7 +552,12 @@ class OpenRouterClient:
                 response = source.response
                 if response.status_code != 200:
                     raise await _status_error(response)
-                yield Opened(response.headers.get("x-generation-id"))
+                header_id = response.headers.get("x-generation-id")
+                if header_id:
+                    # Known before any chunk: a reply stopped while the upstream still thinks
+                    # (only `: OPENROUTER PROCESSING` so far) can look its cost up by it.
+                    yield Opened(header_id)
+                first = True
                 events = source.aiter_sse()
                 async for sse in events:
                     data = sse.data
@@ -381,7 +566,12 @@ class OpenRouterClient:
                         break
                     if not data:
                         continue
-                    for event in _decode_chunk(data):
+                    if first:
+                        first = False
+                        decoded = _decode_first_chunk(data, header_id)
+                    else:
+                        decoded = _decode_chunk(data)
+                    for event in decoded:
                         if isinstance(event, Finish):
                             if finished:
                                 continue  # repeated in the usage chunk: the reply ended once

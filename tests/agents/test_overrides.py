@@ -8,9 +8,11 @@ import threading
 import httpx
 import pytest
 
+from app.agents.config import load_agents
 from app.agents.overrides import AgentOverride, parse_override
 from app.dev.simulator import Behaviour
 from app.errors import ApiError
+from app.settings import ConfigError
 from tests.support import read_sse, wait_for
 
 TOKEN = "test-admin-token"
@@ -254,3 +256,74 @@ def test_a_put_body_is_trimmed_and_null_means_as_in_the_file():
         model=CLAUDE, temperature=1.0
     )
     assert parse_override({"max_tokens": None}) == AgentOverride()
+
+
+# --- reasoning ----------------------------------------------------------------------------------
+
+R1 = "deepseek/deepseek-r1"  # its `supported_parameters` name "reasoning"; gpt-4o's do not
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "fragment"),
+    [
+        ({"effort": "extreme"}, "`effort` (none, minimal, low, medium, high or xhigh)"),
+        ({"effort": "high", "max_tokens": 100}, "not both"),
+        ({"max_tokens": 0}, "`max_tokens` (a whole number of at least 1)"),
+        ({"max_tokens": "100"}, "`max_tokens` (a whole number of at least 1)"),
+        ({"exclude": "yes"}, "`exclude` (true or false)"),
+        ({"budget": 3}, "`reasoning` takes"),
+        ("high", "`reasoning` must be an object"),
+    ],
+)
+def test_reasoning_settings_are_validated(reasoning, fragment):
+    with pytest.raises(ApiError) as raised:
+        parse_override({"reasoning": reasoning})
+    assert (raised.value.status, raised.value.code) == (422, "invalid_field")
+    assert fragment in raised.value.message
+
+
+def test_reasoning_is_checked_against_the_models_supported_parameters(admin, fake):
+    refused = admin.put(
+        "/api/catalog/agents/chat", json={"reasoning": {"effort": "high"}}, headers=ADMIN
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "reasoning_not_supported"
+    assert "openai/gpt-4o does not take `reasoning`" in refused.json()["error"]["message"]
+    # Turning reasoning off asks nothing a model could refuse.
+    off = admin.put(
+        "/api/catalog/agents/chat", json={"reasoning": {"effort": "none"}}, headers=ADMIN
+    )
+    assert off.status_code == 200, off.text
+
+    change = {"model": R1, "reasoning": {"effort": "xhigh", "exclude": True}}
+    response = admin.put("/api/catalog/agents/chat", json=change, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["reasoning"] == {"effort": "xhigh", "exclude": True}
+    chat = admin.get("/api/catalog").json()["agents"]["chat"]
+    assert chat["reasoning"] == {"effort": "xhigh", "exclude": True}
+    assert chat["override"]["reasoning"] == {"effort": "xhigh", "exclude": True}
+    assert chat["file_default"]["reasoning"] is None
+    read_sse(admin, "POST", "/api/chat", json={"message": "think"})
+    assert fake.requests[-1]["body"]["reasoning"] == {"effort": "xhigh", "exclude": True}
+
+
+def test_catalog_warns_when_the_files_reasoning_meets_a_model_without_it(start_server, tmp_path):
+    agents = tmp_path / "agents.toml"
+    agents.write_text(
+        "[chat]\nsystem_prompt = 'x'\nreasoning = {max_tokens = 2000}\n"
+        "[coach]\nsystem_prompt = 'y'\n"
+    )
+    server = start_server(agents_file=str(agents))
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        chat = http.get("/api/catalog").json()["agents"]["chat"]
+    assert chat["reasoning"] == {"max_tokens": 2000}
+    assert "openai/gpt-4o does not take `reasoning`: the setting is not applied" in chat["warnings"]
+
+
+def test_a_bad_reasoning_effort_in_the_agents_file_stops_the_start(tmp_path):
+    agents = tmp_path / "agents.toml"
+    agents.write_text(
+        "[chat]\nsystem_prompt = 'x'\nreasoning = {effort = 'max'}\n[coach]\nsystem_prompt = 'y'\n"
+    )
+    with pytest.raises(ConfigError, match=r"agent 'chat', field 'reasoning\.effort'"):
+        load_agents(agents)

@@ -22,7 +22,10 @@ from starlette.routing import Route
 
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import ThreadedServer
+from app.http.routes.pages import STATIC_DIR
+from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
 from tests.proxy import CuttingProxy
+from tests.support import save_conversations
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -229,6 +232,54 @@ def test_a_dropped_stream_resumes_from_the_last_event_id(page, start_server, fak
         proxy.close()
 
 
+@pytest.mark.parametrize(
+    ("path", "agent"),
+    [("/api/chat/stream?message=hi", "chat"), ("/api/coach/stream?question=hi", "coach")],
+)
+def test_a_plain_eventsource_on_the_one_step_form_makes_one_turn_and_stops(
+    page, start_server, fake, database, path, agent
+):
+    server = start_server()
+    host, port = server.url.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port))
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/stream?" in r.url else None)
+    fake.enqueue(Behaviour(tokens=words(10), delay=0.02))
+    try:
+        page.goto(f"{proxy.url}/healthz")
+        # Nothing around the EventSource: its events recorded, and no code that closes it.
+        page.evaluate(
+            """(path) => {
+              window.__got = [];
+              const source = new EventSource(path);
+              for (const name of ['meta', 'delta', 'done']) {
+                source.addEventListener(name, (e) => window.__got.push([e.lastEventId, name]));
+              }
+            }""",
+            path,
+        )
+        # CLOSED: the browser will not reconnect again (it only does so after a 204 here).
+        page.wait_for_function(
+            "window.__eventSources[0].readyState === EventSource.CLOSED", timeout=STREAM_TIMEOUT
+        )
+        got = page.evaluate("window.__got")
+        message_id = got[0][0].split(":")[0]
+        assert got == [
+            [f"{message_id}:1", "meta"],
+            *[[f"{message_id}:{n}", "delta"] for n in range(2, 12)],
+            [f"{message_id}:12", "done"],
+        ]
+        first, reconnect = proxy.requests_to(path.split("?")[0])
+        assert b"last-event-id" not in first.lower()
+        assert f"last-event-id: {message_id}:12".encode() in reconnect.lower()
+        assert statuses == [200, 204]
+        assert len(fake.requests) == 1
+        rows = database.query("SELECT agent, role FROM messages ORDER BY seq")
+        assert rows == [{"agent": agent, "role": "user"}, {"agent": agent, "role": "assistant"}]
+    finally:
+        proxy.close()
+
+
 def test_the_coach_widget_advises_on_the_open_conversation(page, app_url, fake):
     fake.enqueue(
         Behaviour(tokens=["Paris is the capital."]),
@@ -427,3 +478,252 @@ def test_the_coach_widget_says_which_request_failed_and_how(page, start_server, 
     expect(panel).to_have_attribute("data-status", "idle")
     assert fake.requests == []
     screenshot(page, "coach-request-failed")
+
+
+def test_the_conversation_list_loads_the_next_page_when_scrolled_to_its_end(
+    page, app_url, database
+):
+    save_conversations(database, 65)  # the list asks for 50 at a time
+    newest_first = [
+        row["id"]
+        for row in database.query("SELECT id FROM conversations ORDER BY updated_at DESC, id DESC")
+    ]
+    items = page.get_by_test_id("conversation-item")
+
+    page.goto(app_url)
+    expect(items).to_have_count(50)  # the end of the list is out of view: no second page yet
+    items.nth(49).scroll_into_view_if_needed()
+
+    expect(items).to_have_count(65)
+    shown = [item.get_attribute("data-conversation-id") for item in items.all()]
+    assert shown == newest_first
+    expect(page.get_by_test_id("conversation-list-end")).to_have_count(0)  # no page after
+    screenshot(page, "conversation-list-second-page")
+
+
+CITED = {
+    "type": "url_citation",
+    "url_citation": {
+        "url": "https://example.org/tides",
+        "title": "Tides and the moon",
+        "content": "Tides follow the moon.",
+        "start_index": 0,
+        "end_index": 5,
+    },
+}
+
+
+def test_thinking_shows_live_collapsed_then_the_answer_its_citations_and_its_cut(
+    page, app_url, fake
+):
+    thoughts, answer = words(12, "think"), words(20, "ans")
+    fake.enqueue(
+        Behaviour(
+            reasoning=thoughts,
+            tokens=answer,
+            delay=0.05,
+            annotations=[CITED],
+            finish_reason="length",
+        )
+    )
+    page.goto(app_url)
+    send(page, "Why are there tides?")
+
+    reply = assistant(page)
+    thinking = reply.get_by_test_id("thinking")
+    expect(reply).to_have_attribute("data-status", "streaming")
+    expect(thinking).to_be_visible()
+    expect(reply.get_by_test_id("thinking-label")).to_have_text("Thinking…")
+    expect(thinking).not_to_have_attribute("open", "")  # collapsed until the user opens it
+    expect(reply.get_by_test_id("thinking-text")).to_have_text("".join(thoughts))
+    expect(reply.get_by_test_id("message-content")).to_contain_text("ans2 ")
+    screenshot(page, "chat-thinking-collapsed")
+    reply.get_by_test_id("thinking-label").click()
+    expect(reply.get_by_test_id("thinking-text")).to_be_visible()
+    screenshot(page, "chat-thinking-open")
+
+    expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-content")).to_have_text("".join(answer))
+    expect(reply.get_by_test_id("thinking-label")).to_have_text("Thought")
+    link = reply.get_by_test_id("citation").get_by_role("link")
+    expect(link).to_have_text("Tides and the moon")
+    expect(link).to_have_attribute("href", "https://example.org/tides")
+    expect(reply.get_by_test_id("finish-note")).to_have_text("Cut off at the token limit.")
+    screenshot(page, "chat-thinking-answer-citations")
+
+    # Opened again later, from what was saved: the same thinking, citation and note.
+    page.reload()
+    reply = assistant(page)
+    expect(reply.get_by_test_id("thinking")).to_be_visible()
+    expect(reply.get_by_test_id("thinking-text")).to_have_text("".join(thoughts))
+    expect(reply.get_by_test_id("citation")).to_have_count(1)
+    expect(reply.get_by_test_id("finish-note")).to_have_text("Cut off at the token limit.")
+
+
+def test_a_reply_filtered_by_the_provider_says_so(page, app_url, fake):
+    fake.enqueue(Behaviour(tokens=["Part"], finish_reason="content_filter"))
+    page.goto(app_url)
+    send(page, "Something")
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "complete")
+    expect(reply.get_by_test_id("finish-note")).to_have_text(
+        "Stopped by the provider's content filter."
+    )
+    expect(reply.get_by_test_id("thinking")).to_be_hidden()  # no thinking, no block
+
+
+def test_the_coach_shows_its_thinking_then_its_advice(page, app_url, fake):
+    fake.enqueue(
+        Behaviour(reasoning=["Weigh the tone. ", "Then the length."], tokens=words(10, "tip"))
+    )
+    page.goto(app_url)
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("Is this polite?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    thinking = panel.get_by_test_id("coach-thinking")
+    expect(thinking).to_be_visible()
+    expect(thinking).to_contain_text("Thought")
+    thinking.locator("summary").click()
+    expect(thinking).to_contain_text("Weigh the tone. Then the length.")
+    expect(panel.get_by_test_id("coach-output")).to_have_text("".join(words(10, "tip")))
+    screenshot(page, "coach-thinking")
+
+
+# --- Signed in: AUTH_MODE=jwt, the host app's HS256 tokens --------------------------------------
+
+JWT_SETTINGS = {
+    "auth_mode": "jwt",
+    "auth_jwt_secret": SECRET,
+    "auth_jwt_audience": AUDIENCE,
+    "auth_jwt_issuer": ISSUER,
+}
+
+
+def host_gives_tokens(page: Page, *tokens: str) -> None:
+    """The host app's `getToken()`: hands out `tokens` in turn (the last one from then on)."""
+    page.add_init_script(
+        f"window.__tokens = {list(tokens)!r}; window.__asked = 0;"
+        "window.streamchatGetToken = async () => "
+        "window.__tokens[Math.min(window.__asked++, window.__tokens.length - 1)];"
+    )
+
+
+def the_page_with(token_attribute: str) -> str:
+    """Our chat page as a host app would serve it, with the user's token on the script tag."""
+    html = (STATIC_DIR / "index.html").read_text()
+    tag = '<script src="/static/app.js" defer>'
+    assert tag in html
+    return html.replace(tag, f'<script src="/static/app.js" defer data-token="{token_attribute}">')
+
+
+def test_a_signed_in_page_streams_and_gets_a_fresh_token_when_its_own_expires(
+    page, start_server, fake
+):
+    fake.enqueue(Behaviour(tokens=words(20), delay=0.02))
+    app_url = start_server(**JWT_SETTINGS).url
+    expired = token(SECRET, "HS256", sub="ann", exp=1_000_000_000)
+    host_gives_tokens(page, expired, token(SECRET, "HS256", sub="ann"))
+    page.goto(app_url)
+    expect(page.get_by_test_id("conversation-list")).to_contain_text("No conversations yet.")
+    # The first token was refused as expired; the page asked the host again and went on.
+    assert page.evaluate("window.__asked") == 2
+    expect(page.get_by_test_id("app-error")).to_be_hidden()
+
+    send(page, "Signed in")
+    expect(assistant(page)).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(assistant(page).get_by_test_id("message-content")).to_have_text("".join(words(20)))
+    expect(page.get_by_test_id("conversation-item")).to_have_count(1)
+    [stream_url] = page.evaluate("window.__eventSources.map((s) => s.url)")
+    assert "stream_token=" in stream_url and "access_token" not in stream_url
+    screenshot(page, "signed-in-complete")
+
+
+def test_a_signed_in_page_resumes_a_dropped_stream_with_its_stream_token(page, start_server, fake):
+    user_token = token(SECRET, "HS256", sub="ann")
+    server = start_server(**JWT_SETTINGS)
+    host, port = server.url.removeprefix("http://").split(":")
+    proxy = CuttingProxy(host, int(port))
+    try:
+        page.route(
+            f"{proxy.url}/host",
+            lambda route: route.fulfill(body=the_page_with(user_token), content_type="text/html"),
+        )
+        tokens = words(40)
+        fake.enqueue(Behaviour(tokens=tokens, delay=0.1))
+        page.goto(f"{proxy.url}/host")
+        send(page, "Keep going")
+        reply = assistant(page)
+        expect(reply.get_by_test_id("message-content")).to_contain_text("w3 ")
+
+        assert proxy.cut_streams() == 1
+        expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+        expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
+        first, resumed = proxy.stream_requests()
+        assert re.search(rb"(?i)last-event-id: *\d+", resumed), resumed
+        for request in (first, resumed):
+            request_line = request.split(b"\r\n", 1)[0]
+            assert b"stream_token=" in request_line, request_line
+            assert user_token.encode() not in request, "the user's JWT never goes in a stream URL"
+        assert open_event_sources(page) == 0
+        screenshot(page, "signed-in-resumed")
+    finally:
+        proxy.close()
+
+
+def test_a_page_without_a_valid_token_says_to_sign_in(page, start_server, fake):
+    app_url = start_server(**JWT_SETTINGS).url
+    page.goto(app_url)  # no data-token, no getToken
+    error = page.get_by_test_id("app-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Sign-in needed: you are not signed in.")
+    send(page, "Hello?")
+    expect(error).to_contain_text("Sign-in needed")
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-question").fill("Anything?")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-error")).to_contain_text("Sign-in needed")
+    screenshot(page, "signed-out")
+
+    # A token the server refuses (signed with another secret) reads the same way.
+    page.route(
+        f"{app_url}/host",
+        lambda route: route.fulfill(
+            body=the_page_with(token("another-secret-of-32-bytes-or-more!!", "HS256")),
+            content_type="text/html",
+        ),
+    )
+    page.goto(f"{app_url}/host")
+    expect(page.get_by_test_id("app-error")).to_contain_text(
+        "Sign-in needed: your sign-in was not accepted."
+    )
+    # A host whose user signed out: its getToken() throws.
+    page.add_init_script("window.streamchatGetToken = async () => { throw new Error('out'); };")
+    page.goto(app_url)
+    expect(page.get_by_test_id("app-error")).to_contain_text(
+        "Sign-in needed: you are not signed in."
+    )
+    assert fake.requests == []
+
+
+def test_the_coach_widget_sends_the_token_of_its_script_tag(page, start_server, fake):
+    fake.enqueue(Behaviour(tokens=["Say which Monday."]))
+    app_url = start_server(**JWT_SETTINGS).url
+    user_token = token(SECRET, "HS256", sub="ann")
+    html = EMBEDDING_PAGE.replace(
+        'data-target="#coach"', f'data-target="#coach" data-token="{user_token}"'
+    )
+    page.route(
+        f"{app_url}/embedded", lambda route: route.fulfill(body=html, content_type="text/html")
+    )
+    page.goto(f"{app_url}/embedded")
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-output")).to_have_text("Say which Monday.")
+    listed = httpx.get(
+        f"{app_url}/api/conversations",
+        headers={"Authorization": f"Bearer {user_token}"},
+        timeout=5,
+    ).json()["conversations"]
+    assert [c["agent"] for c in listed] == ["coach"], "saved as the token's user"

@@ -4,6 +4,8 @@ request the fake OpenRouter received, and in the database."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import threading
 from decimal import Decimal
 
 import httpx
@@ -35,6 +37,7 @@ def test_chat_turn_streams_events_in_order_and_persists_everything(client, fake,
             "prompt_tokens": generation.prompt_tokens,
             "completion_tokens": len(TOKENS),
             "total_tokens": generation.prompt_tokens + len(TOKENS),
+            "reasoning_tokens": 0,
         },
         "cost_usd": 0.00046,
     }
@@ -239,3 +242,31 @@ def test_meta_goes_out_before_the_upstream_answers(start_server, fake, path):
     first_delta = seen.index("event: delta")
     assert ":" in seen[1:first_delta]
     assert seen[-1] == "event: done"
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_a_slow_stream_false_answer_is_kept_alive_and_still_parses_as_json(
+    start_server, fake, failing
+):
+    server = start_server(nonstream_keepalive_after=0.1, ping_interval=0.1)
+    upstream_answers = threading.Event()
+    fake.enqueue(Behaviour(tokens=["Hello"], gate=upstream_answers, status=400 if failing else 200))
+    with (
+        httpx.Client(base_url=server.url, timeout=10) as http,
+        http.stream("POST", "/api/chat", json={"message": "hi", "stream": False}) as response,
+    ):
+        # Committed while the upstream has not answered: the router sees a first byte.
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        assert first.strip() == b"" and first
+        upstream_answers.set()
+        body = json.loads(first + b"".join(chunks))
+    if failing:
+        assert body["status"] == "error" and body["code"] == "upstream_400"
+        assert body["retryable"] is False
+    else:
+        assert body["status"] == "complete" and body["content"] == "Hello"
+    assert {"conversation_id", "message_id", "user_message_id", "model"} <= body.keys()
+    assert len(fake.requests) == 1

@@ -1,6 +1,7 @@
 """No token in any log line: requests carrying tokens (header, `?access_token=`,
-`?stream_token=`, good and bad) go through a real uvicorn server with its access log on, and
-everything logged, formatted as uvicorn formats it, is searched for the tokens."""
+`?stream_token=`, good and bad; a two-step turn's stream_url, read and resumed) go through a
+real uvicorn server with its access log on, and everything logged, formatted as uvicorn formats
+it, is searched for the tokens."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from app.http.auth.redact import redact
 from app.http.auth.stream_tokens import StreamTokens, derive_key
 from app.main import create_app
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.support import read_sse
 
 
 class Capture(logging.Handler):
@@ -55,6 +57,17 @@ def test_tokens_never_reach_the_logs(make_settings):
             assert bad.status_code == 401
             assert http.get(f"/api/me?%61ccess_token={bad_token}").status_code == 401
             responses = [bad.text, *bad.headers.values()]
+            # The two-step flow: the stream_url carries a stream token the server signed.
+            started = http.post(
+                "/api/chat/messages",
+                headers={"Authorization": f"Bearer {user_token}"},
+                json={"message": "hi"},
+            )
+            assert started.status_code == 202, started.text
+            issued = started.json()["stream_url"].split("stream_token=", 1)[1]
+            assert read_sse(http, "GET", started.json()["stream_url"])[-1].event == "done"
+            resumed = http.get(started.json()["stream_url"], headers={"Last-Event-ID": "1"})
+            assert resumed.status_code == 200
     finally:
         server.stop()
         logging.getLogger().removeHandler(everything_else)
@@ -62,8 +75,9 @@ def test_tokens_never_reach_the_logs(make_settings):
     access = printed.getvalue()
     assert "/api/me?access_token=[redacted]&stream_token=[redacted]&q=kept" in access, access
     assert "/api/me?%61ccess_token=[redacted] HTTP/1.1" in access, access
+    assert "/stream?stream_token=[redacted] HTTP/1.1" in access, access
     logged = "\n".join([access, *everything_else.lines, *responses])
-    for secret in (user_token, bad_token, stream_token):
+    for secret in (user_token, bad_token, stream_token, issued):
         # The whole token, and each of its parts (a signature alone is a secret too).
         for part in (secret, *secret.split(".")):
             assert part not in logged, part[:12]

@@ -31,31 +31,31 @@ def assert_ends_in_one_error(events: list[SSE], deltas: list[str]) -> dict[str, 
     return error
 
 
-@pytest.mark.parametrize("status", [400, 401, 402, 403])
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "upstream_400"),
+        (401, "upstream_401"),
+        (402, "insufficient_credits"),  # not the in-flight budget: out of credits
+        (403, "upstream_403"),  # no moderation reasons
+    ],
+)
 def test_refused_before_the_stream_is_an_error_not_retried_and_not_billed(
-    client, fake, database, status
+    client, fake, database, status, code
 ):
     fake.default = Behaviour(status=status)  # a retry would be refused again, and counted
 
     events = read_sse(client, "POST", "/api/chat", json={"message": "hi"})
 
     error = assert_ends_in_one_error(events, [])
-    assert error["code"] == f"upstream_{status}" and error["retryable"] is False
+    assert error["code"] == code and error["retryable"] is False
     assert error["message"] == f"simulated upstream error {status}"
     assert len(fake.requests) == 1
     message_id = events[0].data["message_id"]
     reply = reply_row(database, message_id)
-    assert (reply["status"], reply["content"], reply["error_code"]) == (
-        "error",
-        "",
-        f"upstream_{status}",
-    )
+    assert (reply["status"], reply["content"], reply["error_code"]) == ("error", "", code)
     [row] = settled_generations(database, message_id)
-    assert (row["status"], row["error_code"], row["generation_id"]) == (
-        "error",
-        f"upstream_{status}",
-        None,
-    )
+    assert (row["status"], row["error_code"], row["generation_id"]) == ("error", code, None)
     assert (row["cost_picousd"], row["cost_source"]) == (0, "not_billed")
     assert fake.generation_lookups == {}
 
@@ -244,15 +244,16 @@ def test_usage_inside_a_chunk_that_still_has_a_choice_is_counted_once(client, fa
     assert fake.generation_lookups == {}
 
 
-def test_reasoning_is_not_relayed_as_content(client, fake, database):
+def test_reasoning_is_never_relayed_or_saved_as_content(client, fake, database):
     fake.enqueue(Behaviour(tokens=["Yes", "."], reasoning=["Let me think", " it over"]))
 
     events = read_sse(client, "POST", "/api/chat", json={"message": "Is it?"})
 
-    assert [e.event for e in events] == ["meta", "delta", "delta", "done"]
+    assert [e.event for e in events] == ["meta", "reasoning", "reasoning", "delta", "delta", "done"]
     assert content_of(events) == "Yes."
     message_id = events[0].data["message_id"]
-    assert reply_row(database, message_id)["content"] == "Yes."
+    row = reply_row(database, message_id)
+    assert (row["content"], row["reasoning"]) == ("Yes.", "Let me think it over")
     [row] = settled_generations(database, message_id)
     assert row["reasoning_tokens"] == 2
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from databases import Database
 from httpx_sse import EventSource
 
 from app.dev.simulator import Behaviour, Generation
@@ -27,12 +28,13 @@ from app.replies.registry import Runs
 from app.replies.replay import StoredReply
 from app.replies.runs import Run, RunRequest
 from app.settings import Settings
-from app.storage.ledger import GenerationRecord
-from app.storage.replies import TurnIds
+from app.storage.ledger import GenerationRecord, Ledger
+from app.storage.replies import Replies, TurnIds
 from app.storage.store import Store
 from app.storage.tables import new_id, now
 from app.upstream.openrouter import OpenRouterClient
 from tests.support import (
+    SHARED_STREAM_SECRET,
     SSE,
     content_of,
     generation_rows,
@@ -61,6 +63,7 @@ class ServerProcess:
             "PORT": str(self.port),
             "CHECKPOINT_INTERVAL": "0.2",
             "GENERATION_LOOKUP_TIMEOUT": "3",
+            "STREAM_TOKEN_SECRET": SHARED_STREAM_SECRET,
             **settings,
         }
         # cwd has no .env: the process sees exactly these settings.
@@ -250,7 +253,7 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     checkpointed = reply_row(database, message_id)
     assert checkpointed["status"] == "streaming"
 
-    restarted = start_server(stale_reply_after=0.5)
+    restarted = start_server(stale_reply_after=0.5, stream_token_secret=SHARED_STREAM_SECRET)
     wait_for(lambda: reply_row(database, message_id)["status"] != "streaming", what="the sweep")
     row = reply_row(database, message_id)
     assert row["status"] == "interrupted" and row["content"] == checkpointed["content"]
@@ -274,7 +277,9 @@ def test_another_process_follows_a_live_reply_and_leaves_it_alone(
     and its orphan sweep does not take a reply that is being heartbeaten for a dead one's."""
     fake.enqueue(Behaviour(tokens=TOKENS[:60], delay=0.05))  # 3 s, longer than STALE_REPLY_AFTER
     first = server_process()
-    second = start_server(stale_reply_after=1.0, checkpoint_interval=0.1)
+    second = start_server(
+        stale_reply_after=1.0, checkpoint_interval=0.1, stream_token_secret=SHARED_STREAM_SECRET
+    )
     started = httpx.post(f"{first.url}/api/chat/messages", json={"message": "hi"}).json()
 
     with (
@@ -296,12 +301,16 @@ def test_a_reply_followed_through_the_database_is_pinged_while_nothing_changes(d
             ids = TurnIds.allocate(None)
             await turn_rows(store, ids)
             stored = await StoredReply.load(
-                store, message_id=ids.message_id, poll_interval=0.02, ping_interval=0.1
+                store,
+                message_id=ids.message_id,
+                user_id="dev",
+                poll_interval=0.02,
+                ping_interval=0.1,
             )
             assert stored is not None
             batches = stored.follow(0)
             seen = [await anext(batches), await anext(batches), await anext(batches)]
-            await store.checkpoint(
+            await store.replies.checkpoint(
                 message_id=ids.message_id,
                 conversation_id=ids.conversation_id,
                 agent="chat",
@@ -328,7 +337,7 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
         ended=True,
     )
 
-    class StoreShutDownMidWrite(Store):
+    class LedgerShutDownMidWrite(Ledger):
         runs: Runs
         shutdown: asyncio.Future[asyncio.Task[None]]
 
@@ -339,10 +348,15 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
             await asyncio.wait(set(self.runs.recovery._lookups))
             await super().settle_cost(**values)
 
+    class StoreShutDownMidWrite(Store):
+        def __init__(self, database: Database, **options) -> None:
+            super().__init__(database, **options)
+            self.ledger = LedgerShutDownMidWrite(database=database, writer=self.writer)
+
     async def scenario() -> list[dict]:
         async with runs_in_process(make_settings(), StoreShutDownMidWrite) as runs:
-            store = runs.store
-            store.runs, store.shutdown = runs, asyncio.get_running_loop().create_future()
+            store, ledger = runs.store, runs.store.ledger
+            ledger.runs, ledger.shutdown = runs, asyncio.get_running_loop().create_future()
             record = GenerationRecord(
                 id=new_id(),
                 attempt=1,
@@ -354,7 +368,7 @@ def test_shutdown_cancels_a_cost_lookup_but_not_the_write_it_started(make_settin
             )
             await save_reply(store, records=[record], status="stopped", finish_reason="stopped")
             runs.recovery.reconcile(record_id=record.id, generation_id=generation_id)
-            await asyncio.wait_for(await store.shutdown, 10)
+            await asyncio.wait_for(await ledger.shutdown, 10)
         return database.query("SELECT * FROM generations WHERE id = :id", id=record.id)
 
     [row] = asyncio.run(scenario())
@@ -370,7 +384,7 @@ def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_writt
     # (this retry never sends content: it stalls).
     fake.enqueue(Behaviour(error_after=0, error_code=502), Behaviour(tokens=["x"], stall_after=0))
 
-    class StoreWithSlowFirstCheckpoint(Store):
+    class RepliesWithSlowFirstCheckpoint(Replies):
         gate: asyncio.Event
         holding: asyncio.Event
 
@@ -380,11 +394,18 @@ def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_writt
                 await self.gate.wait()
             await super().checkpoint(**values)
 
+    class StoreWithSlowFirstCheckpoint(Store):
+        def __init__(self, database: Database, **options) -> None:
+            super().__init__(database, **options)
+            self.replies = RepliesWithSlowFirstCheckpoint(
+                database=database, writer=self.writer, ledger=self.ledger
+            )
+
     async def scenario() -> tuple[list[str | None], list[dict]]:
         settings = make_settings(checkpoint_interval=60)
         async with runs_in_process(settings, StoreWithSlowFirstCheckpoint) as runs:
-            store = runs.store
-            store.gate, store.holding = asyncio.Event(), asyncio.Event()
+            replies = runs.store.replies
+            replies.gate, replies.holding = asyncio.Event(), asyncio.Event()
             run = start_chat_run(runs)
 
             def retry_named() -> bool:
@@ -394,9 +415,9 @@ def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_writt
                 saved = generation_rows(database, run.message_id)
                 return saved if len(saved) == 2 else []
 
-            await asyncio.wait_for(store.holding.wait(), 10)
+            await asyncio.wait_for(replies.holding.wait(), 10)
             await asyncio.to_thread(wait_for, retry_named, what="the retry's generation id")
-            store.gate.set()
+            replies.gate.set()
             # While the retry still streams: what a crash from now on would leave behind.
             saved = await asyncio.to_thread(wait_for, both_saved, what="both generation rows")
             named = [record.generation_id for record in run.records]

@@ -13,6 +13,7 @@ from httpx_sse import EventSource
 
 from app.dev.simulator import Behaviour
 from tests.support import (
+    SHARED_STREAM_SECRET,
     SSE,
     content_of,
     generation_rows,
@@ -32,7 +33,7 @@ def start_reply(
     response = client.post(path, json={"message": message})
     assert response.status_code == 202, response.text
     body = response.json()
-    assert body["stream_url"] == f"/api/messages/{body['message_id']}/stream"
+    assert body["stream_url"].startswith(f"/api/messages/{body['message_id']}/stream?stream_token=")
     return body
 
 
@@ -62,14 +63,15 @@ def test_query_parameter_works_for_clients_that_cannot_set_headers(client, fake)
 
 
 def test_a_finished_reply_replays_from_the_database_after_a_restart(start_server, fake, database):
+    shared = {"stream_token_secret": SHARED_STREAM_SECRET}
     fake.enqueue(Behaviour(tokens=TOKENS))
-    first = start_server()
+    first = start_server(**shared)
     with httpx.Client(base_url=first.url, timeout=10) as http:
         reply = start_reply(http)
         live = read_sse(http, "GET", reply["stream_url"])
     first.stop()
 
-    second = start_server()
+    second = start_server(**shared)
     with httpx.Client(base_url=second.url, timeout=10) as http:
         replayed = read_sse(http, "GET", reply["stream_url"])
         middle = read_sse(http, "GET", reply["stream_url"], headers={"Last-Event-ID": "10"})

@@ -108,7 +108,7 @@ def _sample(bind: sa.BindParameter) -> object:
         kind = str
     # Not UTC, so a timestamp sent without the store's conversion would not match.
     stamp = datetime(2026, 11, 22, 10, 30, 1, 250, tzinfo=timezone(timedelta(hours=2)))
-    return {str: f"v-{bind.key}", int: 7, float: 0.25, datetime: stamp}[kind]
+    return {str: f"v-{bind.key}", int: 7, float: 0.25, bool: True, datetime: stamp}[kind]
 
 
 @pytest.mark.parametrize(

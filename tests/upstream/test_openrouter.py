@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.dev.simulator import Behaviour
+from app.dev.simulator import Behaviour, error_behaviour
 from app.dev.threaded_server import ThreadedServer, free_port
 from app.upstream.openrouter import (
+    Citation,
     Delta,
     Event,
     Finish,
@@ -34,6 +35,7 @@ from app.upstream.openrouter import (
     UpstreamStreamError,
     UpstreamTimeout,
     Usage,
+    merge_reasoning_details,
 )
 
 GEN = "gen-1"
@@ -64,6 +66,16 @@ USAGE = {
     "completion_tokens_details": {"reasoning_tokens": 2},
 }
 EXPECTED_USAGE = Usage(17, 3, 20, 2, 5, Decimal("0.00046"), MODEL, GEN)
+REASONING_FRAGMENT = {
+    "type": "reasoning.text",
+    "text": "hmm",
+    "signature": None,
+    "id": None,
+    "format": "anthropic-claude-v1",
+    "index": 0,
+}
+# With an X-Generation-Id header: its id at HTTP 200, then the first chunk's id and model.
+OPENED = [Opened(GEN), Opened(GEN, MODEL)]
 
 
 def frames(*lines: str, newline: str = "\n") -> bytes:
@@ -98,7 +110,7 @@ REPRESENTATIVE = [
     "",
 ]
 REPRESENTATIVE_EVENTS = [
-    Opened(GEN),
+    *OPENED,
     Reasoning("think"),
     Delta("Hél"),
     Delta("lo 👋"),
@@ -246,7 +258,7 @@ def test_usage_inside_a_chunk_that_still_has_a_choice_is_read(raw, raw_url, fini
     )
     events, error = run_raw(raw, raw_url, Script(parts=[data]))
     assert error is None
-    assert events == [Opened(GEN), Delta("Hi"), Finish("stop", "stop", MODEL, GEN), EXPECTED_USAGE]
+    assert events == [*OPENED, Delta("Hi"), Finish("stop", "stop", MODEL, GEN), EXPECTED_USAGE]
 
 
 def test_a_stream_cut_after_finish_reason_without_usage_or_done_ends_quietly(raw, raw_url):
@@ -254,7 +266,7 @@ def test_a_stream_cut_after_finish_reason_without_usage_or_done_ends_quietly(raw
     data = frames(chunk([choice("Hi")]), "", chunk([choice("", "length")]), "")
     events, error = run_raw(raw, raw_url, Script(parts=[data]))
     assert error is None
-    assert events == [Opened(GEN), Delta("Hi"), Finish("length", "length", MODEL, GEN)]
+    assert events == [*OPENED, Delta("Hi"), Finish("length", "length", MODEL, GEN)]
 
 
 @pytest.mark.parametrize(
@@ -283,7 +295,7 @@ def test_an_error_chunk_mid_stream_raises_stream_error(
     choices = [choice("", "error")] if with_choices else []
     data = frames(chunk([choice("Hi")]), "", chunk(choices, error=error), "", "data: [DONE]", "")
     events, exc = run_raw(raw, raw_url, Script(parts=[data]))
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamStreamError
     assert (exc.code, exc.message, exc.retryable) == (code, "provider down", retryable)
 
@@ -291,7 +303,7 @@ def test_an_error_chunk_mid_stream_raises_stream_error(
 def test_finish_reason_error_without_an_error_object_is_an_error(raw, raw_url):
     data = frames(chunk([choice("Hi")]), "", chunk([choice("", "error")]), "", "data: [DONE]", "")
     events, exc = run_raw(raw, raw_url, Script(parts=[data]))
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamStreamError and exc.code == "upstream_stream_error"
 
 
@@ -299,7 +311,7 @@ def test_finish_reason_error_without_an_error_object_is_an_error(raw, raw_url):
 def test_a_malformed_data_line_raises_protocol_error(raw, raw_url, line):
     data = frames(chunk([choice("Hi")]), "", line, "", chunk([choice("", "stop")]), "")
     events, exc = run_raw(raw, raw_url, Script(parts=[data]))
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamProtocolError and exc.retryable is False
 
 
@@ -313,20 +325,20 @@ def test_a_stall_or_drop_after_done_does_not_spoil_a_finished_reply(raw, raw_url
 def test_done_before_any_finish_reason_is_not_a_short_answer(raw, raw_url):
     data = frames(chunk([choice("Hi")]), "", "data: [DONE]", "")
     events, exc = run_raw(raw, raw_url, Script(parts=[data]))
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamConnectionError
 
 
 def test_a_stream_ending_before_finish_without_done_is_an_error(raw, raw_url):
     events, exc = run_raw(raw, raw_url, Script(parts=[frames(chunk([choice("Hi")]), "")]))
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamConnectionError and exc.retryable is True
 
 
 def test_a_dropped_connection_raises_connection_error(raw, raw_url):
     script = Script(parts=[frames(chunk([choice("Hi")]), "")], ending="drop")
     events, exc = run_raw(raw, raw_url, script)
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamConnectionError and exc.code == "upstream_connection_error"
 
 
@@ -334,7 +346,7 @@ def test_a_stall_past_the_read_timeout_raises_timeout(raw, raw_url):
     script = Script(parts=[frames(": OPENROUTER PROCESSING", "", chunk([choice("Hi")]), "")])
     script.ending = "stall"
     events, exc = run_raw(raw, raw_url, script)
-    assert events == [Opened(GEN), Delta("Hi")]
+    assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamTimeout and exc.retryable is True
 
 
@@ -404,16 +416,17 @@ def test_a_whole_stream_from_the_fake(fake, fake_url):
     events, error = asyncio.run(stream(fake_url))
     assert error is None
     [generation] = fake.generations.values()
-    assert events[:5] == [
+    assert events[:6] == [
         Opened(generation.id),
-        Reasoning("hmm"),
+        Opened(generation.id, MODEL),
+        Reasoning("hmm", (REASONING_FRAGMENT | {"signature": f"sig-{generation.id}-0"},)),
         Delta("Hel"),
         Delta("lo"),
         Finish("stop", "stop", MODEL, generation.id),
     ]
-    [usage] = events[5:]
+    [usage] = events[6:]
     assert isinstance(usage, Usage) and usage.cost == Decimal("0.0002")
-    assert (usage.completion_tokens, usage.reasoning_tokens) == (2, 1)
+    assert (usage.completion_tokens, usage.reasoning_tokens) == (3, 1)  # reasoning is output
     sent = fake.requests[0]
     assert sent["body"]["stream"] is True and sent["body"]["model"] == MODEL
     assert sent["headers"]["authorization"] == "Bearer sk-or-test"
@@ -450,8 +463,12 @@ def test_complete_returns_the_events_a_stream_would_have_carried(fake, fake_url)
     assert fake.requests[0]["body"]["stream"] is False
 
 
-@pytest.mark.parametrize("status", [400, 402, 503])
-def test_complete_raises_status_error(fake, fake_url, status):
+@pytest.mark.parametrize(
+    ("status", "code"),
+    # A 402 without the in-flight budget's `limit_source` is out of credits.
+    [(400, "upstream_400"), (402, "insufficient_credits"), (503, "upstream_503")],
+)
+def test_complete_raises_status_error(fake, fake_url, status, code):
     fake.enqueue(Behaviour(status=status))
 
     async def call() -> list[Event]:
@@ -460,7 +477,7 @@ def test_complete_raises_status_error(fake, fake_url, status):
 
     with pytest.raises(UpstreamStatusError) as caught:
         asyncio.run(call())
-    assert (caught.value.status, caught.value.code) == (status, f"upstream_{status}")
+    assert (caught.value.status, caught.value.code) == (status, code)
     assert caught.value.message == f"simulated upstream error {status}"
 
 
@@ -519,3 +536,135 @@ def test_get_generation_with_an_unreadable_body(raw, raw_url, body, expected):
     else:
         with pytest.raises(expected):
             asyncio.run(call())
+
+
+# --- reasoning, citations, usage details, the first chunk ------------------------------------
+
+TEXT_1 = {"type": "reasoning.text", "text": "Let me ", "signature": None, "format": "f", "index": 0}
+TEXT_2 = {"type": "reasoning.text", "text": "think.", "signature": "sig", "format": "f", "index": 0}
+SUMMARY = {"type": "reasoning.summary", "summary": "Weighed both.", "format": "f", "index": 1}
+ENCRYPTED = {"type": "reasoning.encrypted", "data": "gAAAA-opaque", "id": "rs_1", "format": "f"}
+
+
+def test_without_a_generation_id_header_the_first_chunk_names_generation_and_model(raw, raw_url):
+    # Recorded streams mostly carry no X-Generation-Id: the first chunk's `id` is the id.
+    data = frames(
+        ": OPENROUTER PROCESSING", "", chunk([choice("Hi")]), "", chunk([choice("", "stop")]), ""
+    )
+    events, error = run_raw(raw, raw_url, Script(parts=[data], headers={}))
+    assert error is None
+    assert events == [Opened(GEN, MODEL), Delta("Hi"), Finish("stop", "stop", MODEL, GEN)]
+
+
+def test_reasoning_details_of_each_type_come_out_with_only_readable_text_shown(raw, raw_url):
+    data = frames(
+        chunk([choice(reasoning="Let me ", reasoning_details=[TEXT_1])]),
+        "",
+        chunk([choice(reasoning="think.", reasoning_details=[TEXT_2])]),
+        "",
+        # A summary with no `reasoning` string: its summary is what a person reads.
+        chunk([choice(reasoning=None, reasoning_details=[SUMMARY])]),
+        "",
+        # o3: only an encrypted block, nothing readable.
+        chunk([choice(reasoning=None, reasoning_details=[ENCRYPTED])]),
+        "",
+        chunk([choice("Yes.", reasoning=None, reasoning_details=[])]),
+        "",
+        chunk([choice("", "stop")]),
+        "",
+    )
+    events, error = run_raw(raw, raw_url, Script(parts=[data], headers={}))
+    assert error is None
+    assert events[1:6] == [
+        Reasoning("Let me ", (TEXT_1,)),
+        Reasoning("think.", (TEXT_2,)),
+        Reasoning("Weighed both.", (SUMMARY,)),
+        Reasoning("", (ENCRYPTED,)),
+        Delta("Yes."),
+    ]
+    fragments = [
+        detail for event in events if isinstance(event, Reasoning) for detail in event.details
+    ]
+    # Sent back upstream whole: the text block's fragments joined, signature kept, order kept.
+    assert merge_reasoning_details(fragments) == [
+        {
+            "type": "reasoning.text",
+            "text": "Let me think.",
+            "signature": "sig",
+            "format": "f",
+            "index": 0,
+        },
+        SUMMARY,
+        ENCRYPTED,
+    ]
+
+
+def test_url_citations_come_out_as_citations(raw, raw_url):
+    cited = {
+        "type": "url_citation",
+        "url_citation": {
+            "url": "https://example.org/a",
+            "title": "A",
+            "content": "about a",
+            "start_index": 0,
+            "end_index": 4,
+        },
+    }
+    other = {"type": "file_citation", "file": "x"}
+    data = frames(
+        chunk([choice("Yes. [a]", annotations=[cited, other])]), "", chunk([choice("", "stop")]), ""
+    )
+    events, error = run_raw(raw, raw_url, Script(parts=[data]))
+    assert error is None
+    assert events[2:4] == [
+        Delta("Yes. [a]"),
+        Citation("https://example.org/a", "A", "about a", 0, 4),
+    ]
+
+
+def test_usage_details_byok_cache_writes_and_upstream_cost_are_read(raw, raw_url):
+    usage = {
+        **USAGE,
+        "is_byok": True,
+        "prompt_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 7},
+        "cost_details": {"upstream_inference_cost": 0.0019},
+    }
+    data = frames(chunk([choice("Hi", "stop")]), "", chunk(usage=usage), "", "data: [DONE]", "")
+    events, error = run_raw(raw, raw_url, Script(parts=[data]))
+    assert error is None
+    found = events[-1]
+    assert isinstance(found, Usage)
+    assert (found.cached_tokens, found.cache_write_tokens, found.is_byok) == (5, 7, True)
+    # The cost billed is always usage.cost; the provider's BYOK charge is recorded apart.
+    assert (found.cost, found.upstream_cost) == (Decimal("0.00046"), Decimal("0.0019"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code", "retryable", "retry_after"),
+    [
+        ("in_flight_budget", 402, "upstream_402", True, 1.0),
+        ("insufficient_credits", 402, "insufficient_credits", False, None),
+        ("moderation", 403, "moderation", False, None),
+        ("timeout", 408, "upstream_408", True, None),
+        ("provider_down", 502, "upstream_502", True, None),
+        ("no_provider", 503, "upstream_503", True, None),
+    ],
+)
+def test_each_error_shape_before_the_stream(
+    fake, fake_url, caplog, kind, status, code, retryable, retry_after
+):
+    fake.enqueue(error_behaviour(kind))
+    with caplog.at_level("WARNING", logger="app.upstream.openrouter"):
+        events, exc = asyncio.run(stream(fake_url))
+    assert events == [] and type(exc) is UpstreamStatusError
+    assert (exc.status, exc.code, exc.retryable, exc.retry_after) == (
+        status,
+        code,
+        retryable,
+        retry_after,
+    )
+    if kind == "moderation":
+        assert "violence" in exc.message and "harassment" in exc.message
+        assert "SECRET FLAGGED TEXT" not in exc.message
+    if status in (502, 503):
+        assert "provider Simulator" in caplog.text

@@ -24,6 +24,7 @@ def _config(agent: AgentConfig, default_model: str) -> dict[str, Any]:
         "fallback_models": list(agent.fallback_models),
         "temperature": agent.temperature,
         "max_tokens": agent.max_tokens,
+        "reasoning": None if agent.reasoning is None else agent.reasoning.upstream(),
     }
 
 
@@ -42,6 +43,9 @@ def _agent(state: AppState, name: str, view: CatalogView) -> dict[str, Any]:
             for model_id in [config["model"], *config["fallback_models"]]
             if view.find(model_id) is None
         ]
+    thinks = agent.reasoning is not None and agent.reasoning.thinks
+    if thinks and info is not None and "reasoning" not in info.capabilities:
+        warnings.append(f"{info.id} does not take `reasoning`: the setting is not applied")
     model_info = None
     if info is not None and view.available:
         model_info = {

@@ -1,55 +1,228 @@
 """Chat and coach turns: one-step SSE (`POST /api/chat`, `GET /api/chat/stream`), two-step
-(`POST /api/chat/messages` then the `stream_url`), and stopping a reply."""
+(`POST /api/chat/messages` then the `stream_url`), and stopping a reply.
+
+Every one is the caller's: a turn goes into their conversation, and a reply of another user's
+answers 404 exactly as an id that does not exist (docs/auth.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import ApiError
-from app.http.input import json_body, path_id, query_body
-from app.http.sse import last_event_id, sse_response
-from app.replies.follow import find_reply
+from app.http.auth.identity import Caller, identify, identify_from_query, identify_stream
+from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
+from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
+from app.replies.events import LogEvent
+from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
 from app.replies.states import MessageStatus
-from app.replies.turns import Turn, chat_turn, coach_turn, start_run
+from app.replies.turns import Turn, chat_turn, claim_run, coach_turn, start_run
 from app.state import AppState, app_state
 
-TurnBuilder = Callable[[AppState, dict[str, Any]], Awaitable[Turn]]
+# What keeps a slow `"stream": false` answer's connection alive: JSON allows whitespace before
+# its value, so the body still parses.
+KEEPALIVE = b" "
 
 
-def stream_url(message_id: str) -> str:
-    return f"/api/messages/{message_id}/stream"
+class TurnBuilder(Protocol):
+    def __call__(
+        self, state: AppState, body: dict[str, Any], *, user_id: str
+    ) -> Awaitable[Turn]: ...
 
 
-async def _answer(state: AppState, run: Run, *, stream: bool) -> Response:
-    if stream:
-        return sse_response(run.follow(0), state=state)
-    await run.wait()
-    events = run.log.events
-    body = {**events[0].payload, **events[-1].payload, "content": run.content}
-    return JSONResponse(body, status_code=200 if events[-1].event == "done" else 502)
+def stream_url(state: AppState, message_id: str, caller: Caller) -> str:
+    """The reply's stream, with a stream token of its own: a browser's EventSource cannot send
+    the caller's Authorization header, and their JWT should not travel in a URL."""
+    token = state.auth.issue_stream_token(message_id, caller.user_id)
+    return f"/api/messages/{message_id}/stream?stream_token={token}"
 
 
-def one_step(build: TurnBuilder, *, from_query: bool) -> Callable[[Request], Awaitable[Response]]:
+async def _whole_reply(source: ReplySource) -> list[LogEvent]:
+    """All of a reply's events, once its final one is there."""
+    events: list[LogEvent] = []
+    async for batch in source.follow(0):
+        events.extend(batch)
+    return events
+
+
+def _final_body(events: list[LogEvent]) -> dict[str, Any]:
+    """A `"stream": false` answer: the `meta` and final event's fields, and the content (an
+    error's `status` and `code` among them)."""
+    content = "".join(event.payload["content"] for event in events if event.event == "delta")
+    return {**events[0].payload, **events[-1].payload, "content": content}
+
+
+async def _final_json(state: AppState, source: ReplySource) -> Response:
+    """The reply as one JSON answer: at once if it is over within NONSTREAM_KEEPALIVE_AFTER
+    seconds (a 502 if it failed); else a 200 committed then, kept alive with whitespace (legal
+    before a JSON value) every PING_INTERVAL, then the body, which says if the reply failed."""
+    whole = asyncio.ensure_future(_whole_reply(source))
+    try:
+        await asyncio.wait([whole], timeout=state.settings.nonstream_keepalive_after)
+    except asyncio.CancelledError:
+        whole.cancel()
+        raise
+    if whole.done():
+        events = whole.result()
+        return JSONResponse(
+            _final_body(events), status_code=200 if events[-1].event == "done" else 502
+        )
+    return StreamingResponse(
+        _kept_alive(whole, interval=state.settings.ping_interval),
+        media_type="application/json",
+        headers=STREAM_HEADERS,
+    )
+
+
+async def _kept_alive(
+    whole: asyncio.Future[list[LogEvent]], *, interval: float
+) -> AsyncIterator[bytes]:
+    try:
+        yield KEEPALIVE
+        while not (await asyncio.wait([whole], timeout=interval))[0]:
+            yield KEEPALIVE
+        yield JSONResponse(_final_body(whole.result())).body
+    finally:
+        # Over already, unless the client left: then stop following (the run goes on).
+        whole.cancel()
+
+
+def _accepted(
+    state: AppState, caller: Caller, *, conversation_id: str, user_message_id: str, message_id: str
+) -> Response:
+    return JSONResponse(
+        {
+            "conversation_id": conversation_id,
+            "user_message_id": user_message_id,
+            "message_id": message_id,
+            "stream_url": stream_url(state, message_id, caller),
+        },
+        status_code=202,
+    )
+
+
+async def _own_reply(state: AppState, *, message_id: str, user_id: str, agent: str) -> ReplySource:
+    """The caller's own reply of `agent`, wherever it is followed from; else 404, the same for
+    another user's reply as for none."""
+    row = await state.store.replies.get(message_id=message_id, user_id=user_id)
+    source = (
+        await find_reply(
+            message_id,
+            user_id=user_id,
+            runs=state.runs,
+            store=state.store,
+            settings=state.settings,
+            streams=state.streams,
+            owner_checked=True,
+        )
+        if row is not None and row["agent"] == agent
+        else None
+    )
+    if source is None:
+        raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
+    return source
+
+
+def _resumed(
+    state: AppState, source: ReplySource, after: int, *, reply_ids: str | None = None
+) -> Response:
+    if not source.has_events_after(after):
+        # 204 is what tells a browser's EventSource to stop reconnecting.
+        return Response(status_code=204)
+    return sse_response(source.follow(after), state=state, reply_ids=reply_ids)
+
+
+async def _posted_turn(
+    request: Request, state: AppState, build: TurnBuilder, user_id: str
+) -> tuple[Turn, Run | dict[str, Any]]:
+    """The turn a POST asks for, and its new run; or, if its `Idempotency-Key` named a turn
+    already, that key's row (see `claim_run`), once sure it came with the same request."""
+    body = await json_body(request)
+    key = idempotency_key(request)
+    turn = await build(state, body, user_id=user_id)
+    if key is None:
+        return turn, start_run(state, turn)
+    sent = fingerprint(request, body)
+    run = await claim_run(state, turn, key=key, fingerprint=sent)
+    if not isinstance(run, Run) and run["fingerprint"] != sent:
+        # A key used again must come with the same request: another one is a client's bug.
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request: use a new key for a new turn",
+        )
+    return turn, run
+
+
+def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /api/chat` and `/api/coach`: SSE, or JSON with `"stream": false`. A retry with
+    the `Idempotency-Key` of a turn gets that turn's reply: its stream from the start or after
+    `Last-Event-ID`, or its JSON."""
+
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        body = query_body(request) if from_query else await json_body(request)
-        turn = await build(state, body)
+        caller = await identify(request)
+        turn, run = await _posted_turn(request, state, build, caller.user_id)
+        if isinstance(run, Run):
+            return _resumed(state, run, 0) if turn.stream else await _final_json(state, run)
+        source = await _own_reply(
+            state, message_id=run["message_id"], user_id=caller.user_id, agent=agent
+        )
+        if turn.stream:
+            return _resumed(state, source, last_event_id(request))
+        return await _final_json(state, source)
+
+    return endpoint
+
+
+def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awaitable[Response]]:
+    """`GET /api/chat/stream` and `/api/coach/stream`, for a browser's `EventSource`.
+
+    An EventSource reconnects to the same URL whenever a response ends, the message in its
+    query string included: its events are numbered `<message_id>:<n>`, so the `Last-Event-ID`
+    it reconnects with names the reply to resume (from the live run, or from the database
+    after a restart), never a new turn; `204` once it has everything stops it.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        state = app_state(request)
+        caller = await identify_from_query(request)
+        resume = reply_event_id(request)
+        if resume is not None:
+            message_id, after = resume
+            source = await _own_reply(
+                state, message_id=message_id, user_id=caller.user_id, agent=agent
+            )
+            return _resumed(state, source, after, reply_ids=message_id)
+        turn = await build(state, query_body(request), user_id=caller.user_id)
         run = start_run(state, turn)
-        return await _answer(state, run, stream=turn.stream)
+        return _resumed(state, run, 0, reply_ids=run.message_id)
 
     return endpoint
 
 
 def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
+    """`POST /api/chat/messages` and `/api/coach/messages`: `202` with the reply's ids; the
+    same `202` again for a retry with the turn's `Idempotency-Key`."""
+
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
-        run = start_run(state, await build(state, await json_body(request)))
+        caller = await identify(request)
+        _, run = await _posted_turn(request, state, build, caller.user_id)
+        if not isinstance(run, Run):
+            return _accepted(
+                state,
+                caller,
+                conversation_id=run["conversation_id"],
+                user_message_id=run["user_message_id"],
+                message_id=run["message_id"],
+            )
         # The ids given out must be there to find (the stream's own answer would say
         # storage_error; this one says so at once).
         if not await run.turn_saved():
@@ -59,14 +232,12 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
             # is served live by whichever process the client reaches, not from checkpoints.
             await state.streams.outbox.flushed()
         meta = run.log.events[0].payload
-        return JSONResponse(
-            {
-                "conversation_id": meta["conversation_id"],
-                "user_message_id": meta["user_message_id"],
-                "message_id": run.message_id,
-                "stream_url": stream_url(run.message_id),
-            },
-            status_code=202,
+        return _accepted(
+            state,
+            caller,
+            conversation_id=meta["conversation_id"],
+            user_message_id=meta["user_message_id"],
+            message_id=run.message_id,
         )
 
     return endpoint
@@ -74,10 +245,12 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
 
 async def reply_stream(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify_stream(request, request.path_params["message_id"])
     message_id = path_id(request, "message_id")
     after = last_event_id(request)
     source = await find_reply(
         message_id,
+        user_id=caller.user_id,
         runs=state.runs,
         store=state.store,
         settings=state.settings,
@@ -85,37 +258,35 @@ async def reply_stream(request: Request) -> Response:
     )
     if source is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
-    if not source.has_events_after(after):
-        # 204 is what tells a browser's EventSource to stop reconnecting.
-        return Response(status_code=204)
-    return sse_response(source.follow(after), state=state)
+    return _resumed(state, source, after)
 
 
 async def stop_reply(request: Request) -> Response:
     state = app_state(request)
+    caller = await identify(request)
     message_id = path_id(request, "message_id")
-    run = state.runs.get(message_id)
+    run = live_run(state.runs, message_id=message_id, user_id=caller.user_id)
     if run is not None:
         run.cancel(MessageStatus.STOPPED)
         await run.wait()
         return JSONResponse({"message_id": message_id, "status": run.status}, status_code=202)
-    row = await state.store.reply(message_id=message_id)
+    row = await state.store.replies.get(message_id=message_id, user_id=caller.user_id)
     if row is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
     if row["status"] != MessageStatus.STREAMING:
         # Already over: say how it ended, change nothing.
         return JSONResponse({"message_id": message_id, "status": row["status"]}, status_code=200)
     # Another process generates it: have it stopped there, and answer once it has.
-    status = await state.signals.stop_elsewhere(message_id)
+    status = await state.signals.stop_elsewhere(message_id, user_id=caller.user_id)
     return JSONResponse({"message_id": message_id, "status": status}, status_code=202)
 
 
 routes = [
-    Route("/api/chat", one_step(chat_turn, from_query=False), methods=["POST"]),
-    Route("/api/chat/stream", one_step(chat_turn, from_query=True), methods=["GET"]),
+    Route("/api/chat", one_step_post(chat_turn, agent="chat"), methods=["POST"]),
+    Route("/api/chat/stream", one_step_get(chat_turn, agent="chat"), methods=["GET"]),
     Route("/api/chat/messages", two_step(chat_turn), methods=["POST"]),
-    Route("/api/coach", one_step(coach_turn, from_query=False), methods=["POST"]),
-    Route("/api/coach/stream", one_step(coach_turn, from_query=True), methods=["GET"]),
+    Route("/api/coach", one_step_post(coach_turn, agent="coach"), methods=["POST"]),
+    Route("/api/coach/stream", one_step_get(coach_turn, agent="coach"), methods=["GET"]),
     Route("/api/coach/messages", two_step(coach_turn), methods=["POST"]),
     Route("/api/messages/{message_id}/stream", reply_stream, methods=["GET"]),
     Route("/api/messages/{message_id}/stop", stop_reply, methods=["POST"]),
