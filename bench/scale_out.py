@@ -7,7 +7,9 @@ Redis), as two dynos are.
     cpu per reply    A's CPU per reply under load, Redis against none (what publishing costs)
     replies/s        the same load on A alone, then split over A and B
 
-Each configuration gets fresh processes; the load driver is `bench.run`'s.
+Each configuration gets fresh processes; the load driver is `bench.run`'s. With `--auth`, both
+servers verify a user's JWT on every request (and share the stream tokens' key, as production
+needs); with `--reasoning`, the fake upstream thinks first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.dev.threaded_server import free_port
-from bench.run import HOST, OURS, Result, Server, drive, measure, processes, quantile
+from bench.run import (
+    HOST,
+    Protocol,
+    Result,
+    Server,
+    drive,
+    measure,
+    ours_protocol,
+    processes,
+    quantile,
+)
+
+STREAM_TOKEN_SECRET = "bench-stream-token-secret-of-both-processes"
 
 
 @contextlib.contextmanager
@@ -68,12 +82,13 @@ async def _request(
         writer.close()
 
 
-async def start_reply(port: int) -> str:
-    """POST /api/chat/messages on `port`: the stream URL of the reply it starts."""
+async def start_reply(port: int, protocol: Protocol) -> str:
+    """POST /api/chat/messages on `port`, as `protocol`'s user: the stream URL of the reply it
+    starts (its stream token is good on either process)."""
     body = json.dumps({"message": "Tell me about benchmarks"}).encode()
     head = (
         f"POST /api/chat/messages HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json"
-        f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"\r\n{protocol.headers}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     async with _request(port, head, body) as (reader, headers):
         assert headers.startswith(b"HTTP/1.1 202"), headers
@@ -102,11 +117,11 @@ async def arrivals(port: int, path: str) -> dict[int, float]:
     return seen
 
 
-async def follower_delays(a: Server, b: Server, *, replies: int) -> list[float]:
+async def follower_delays(a: Server, b: Server, protocol: Protocol, *, replies: int) -> list[float]:
     """Per token, seconds from A's follower getting it to B's, over `replies` replies."""
     delays: list[float] = []
     for _ in range(replies):
-        path = await start_reply(a.port)
+        path = await start_reply(a.port, protocol)
         on_a, on_b = await asyncio.gather(arrivals(a.port, path), arrivals(b.port, path))
         attached = min(on_b.values())  # what came before B's follower was there, came at once
         delays += [on_b[i] - t for i, t in on_a.items() if i in on_b and t > attached]
@@ -123,16 +138,24 @@ class Outcome:
 async def configuration(args: argparse.Namespace, *, redis: bool) -> Outcome:
     time_limit = 60.0 + args.tokens * args.delay
     with processes() as procs, contextlib.ExitStack() as stack:
-        upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
-        settings = {"DATABASE_URL": f"sqlite:///{procs.workdir / 'shared'}.db"}
+        upstream = procs.fake_upstream(
+            "upstream", tokens=args.tokens, delay=args.delay, reasoning=args.reasoning
+        )
+        protocol = ours_protocol(args.auth)
+        settings = {
+            "DATABASE_URL": f"sqlite:///{procs.workdir / 'shared'}.db",
+            # The stream_url's token is checked by whichever process it reaches: one key for
+            # both (without --auth, each would make a random one of its own).
+            "STREAM_TOKEN_SECRET": STREAM_TOKEN_SECRET,
+        }
         if redis:
             settings["REDIS_URL"] = stack.enter_context(throwaway_redis(procs.workdir))
-        a = procs.ours("ours-a", upstream, settings=settings)
-        b = procs.ours("ours-b", upstream, settings=settings)
-        outcome = Outcome(await follower_delays(a, b, replies=3 * args.rounds), {}, {})
+        a = procs.ours("ours-a", upstream, auth=args.auth, settings=settings)
+        b = procs.ours("ours-b", upstream, auth=args.auth, settings=settings)
+        outcome = Outcome(await follower_delays(a, b, protocol, replies=3 * args.rounds), {}, {})
         for level in args.levels:
             outcome.one[level] = await measure(
-                a, OURS, level=level, duration=args.duration, time_limit=time_limit
+                a, protocol, level=level, duration=args.duration, time_limit=time_limit
             )
             cpu = a.cpu_seconds() + b.cpu_seconds()
             split = [(a, max(1, level // 2)), (b, max(1, level - level // 2))]
@@ -140,7 +163,7 @@ async def configuration(args: argparse.Namespace, *, redis: bool) -> Outcome:
                 *(
                     drive(
                         server.port,
-                        OURS,
+                        protocol,
                         concurrency=streams,
                         duration=args.duration,
                         time_limit=time_limit,
