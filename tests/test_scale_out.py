@@ -31,7 +31,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import free_port
 from app.replies.redis_log import stream_key
-from tests.support import SSE, content_of, read_some, read_sse, reply_row, wait_for
+from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.support import (
+    SHARED_STREAM_SECRET,
+    SSE,
+    content_of,
+    read_some,
+    read_sse,
+    reply_row,
+    wait_for,
+)
 
 ADMIN = "scale-out-admin-token-0123456789"
 TOKENS = [f"t{i} " for i in range(8)]
@@ -346,3 +355,64 @@ def _agent_change_seen(a: Process, b: Process) -> None:
         )
         assert reset.status_code == 200, reset.text
         wait_for(lambda: temperature(on_b) == before, timeout=20, what="B to see the reset")
+
+
+# --- whose reply: every source checks the owner ------------------------------------------------
+
+
+def test_another_users_reply_followed_through_redis_is_not_there_for_them(
+    fake, start_process, redis_url
+):
+    """On a process that would serve the reply from Redis (it is live on the other one), user B
+    gets for A's reply exactly what an id that does not exist gets: streaming it, resuming it on
+    a one-step GET form, stopping it. A, on that same process, follows it live from Redis,
+    resumes it by `<message_id>:<n>` and stops it there."""
+    jwt_mode = {
+        "AUTH_MODE": "jwt",
+        "AUTH_JWT_SECRET": SECRET,
+        "AUTH_JWT_AUDIENCE": AUDIENCE,
+        "AUTH_JWT_ISSUER": ISSUER,
+        "STREAM_TOKEN_SECRET": SHARED_STREAM_SECRET,
+    }
+    a = start_process(REDIS_URL=redis_url, CHECKPOINT_INTERVAL="60", **jwt_mode)
+    b = start_process(REDIS_URL=redis_url, CHECKPOINT_INTERVAL="60", **jwt_mode)
+    as_a = {"Authorization": f"Bearer {token(SECRET, 'HS256', sub='user-a')}"}
+    as_b = {"Authorization": f"Bearer {token(SECRET, 'HS256', sub='user-b')}"}
+    fake.enqueue(Behaviour(tokens=TOKENS, stall_after=3))
+    with a.client() as on_a, b.client() as on_b:
+        accepted = on_a.post("/api/chat/messages", json={"message": "hi"}, headers=as_a)
+        assert accepted.status_code == 202, accepted.text
+        message_id = accepted.json()["message_id"]
+        head = read_some(on_a, accepted.json()["stream_url"], 4)  # it is streaming
+        assert [e.event for e in head] == ["meta", "delta", "delta", "delta"]
+        nobody = "0" * 32
+
+        def on_b_as_b(method: str, url: str, **kwargs) -> tuple[int, object]:
+            answer = on_b.request(method, url, headers={**as_b, **kwargs.pop("headers", {})})
+            return answer.status_code, answer.json()
+
+        for reply in (message_id, nobody):
+            # The same answer for A's reply as for none, with the reply's id in the message.
+            calls = [
+                on_b_as_b("GET", f"/api/messages/{reply}/stream"),
+                on_b_as_b("POST", f"/api/messages/{reply}/stop"),
+                on_b_as_b("GET", "/api/chat/stream", headers={"Last-Event-ID": f"{reply}:1"}),
+            ]
+            for status, body in calls:
+                assert status == 404, body
+                assert body["error"]["code"] == "message_not_found", body
+        with Redis.from_url(redis_url) as check:  # B's calls left A's stream alone
+            assert check.xlen(stream_key(message_id)) == 4
+
+        # A, on B's process: the reply from Redis, resumed on the one-step GET form.
+        resumed = read_some(
+            on_b, "/api/chat/stream", 2, headers={**as_a, "Last-Event-ID": f"{message_id}:2"}
+        )
+        assert [e.id for e in resumed] == [f"{message_id}:3", f"{message_id}:4"]
+        assert [e.data for e in resumed] == [e.data for e in head[2:]]
+        stopped = on_b.post(f"/api/messages/{message_id}/stop", headers=as_a)
+        assert stopped.status_code == 202, stopped.text
+        assert stopped.json() == {"message_id": message_id, "status": "stopped"}
+        events = read_sse(on_b, "GET", f"/api/messages/{message_id}/stream", headers=as_a)
+    assert content_of(events) == "".join(TOKENS[:3])
+    assert events[-1].data["status"] == "stopped"
