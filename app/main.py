@@ -45,7 +45,9 @@ from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import ReplyLog, RequestLog, configure_logging
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
+from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
+from app.replies.signals import Signals
 from app.settings import ConfigError, Settings, load_settings, refuse_to_start
 from app.state import AppState
 from app.storage.database import connect_database, is_sqlite
@@ -143,6 +145,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     live_replies=lambda: len(runs.live),
                 )
                 metrics.time_writes(store.writer)
+            streams = None
+            if settings.redis_url is not None:
+                # Closed after the runs' shutdown, so their final events reach the streams.
+                streams = ReplyStreams(settings)
+                stack.push_async_callback(streams.close)
+                streams.start()
             # Fetched on first use, never awaited here: start-up must not wait on OpenRouter.
             model_catalog = ModelCatalog(
                 client=client,
@@ -159,12 +167,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 agents=agents,
                 spend=spend,
                 observers=[ReplyLog()] if metrics is None else [ReplyLog(), metrics],
+                outbox=streams.outbox if streams else None,
             )
             stack.push_async_callback(runs.shutdown)
             await _recover(store, runs)
             runs.recovery.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
+            signals = Signals(
+                store=store, runs=runs, agents=agents, settings=settings, streams=streams
+            )
+            signals.start()
+            stack.push_async_callback(signals.close)
             stack.enter_context(start_up_frozen())
             yield {
                 "app": AppState(
@@ -181,6 +195,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     limits=RequestLimits(settings=settings, runs=runs),
                     metrics=metrics,
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
+                    signals=signals,
+                    streams=streams,
                 )
             }
 

@@ -161,6 +161,16 @@ class Settings(DatabaseSettings):
     # agent: the question's first words stay the title).
     auto_titles: bool = True
 
+    # Several processes (docs/deploy.md): with Redis, every process serves every live reply
+    # token by token, and stops and agent changes arrive at once. Heroku's Key-Value Store
+    # sets REDIS_URL (rediss://). Without it, all of that goes through the database.
+    redis_url: str | None = None
+    # Entries kept per reply stream (about one per token); a longer reply's followers in
+    # other processes read it from the database's checkpoints.
+    redis_stream_maxlen: int = Field(10_000, ge=100)
+    # Seconds a finished reply's stream stays in Redis for late followers.
+    redis_stream_ttl: float = Field(300.0, gt=0)
+
     # The model catalog (GET /api/models) and run-time agent changes.
     models_cache_ttl: float = Field(3600.0, ge=0)
     # Comma-separated in the environment (NoDecode: not parsed as JSON).
@@ -191,6 +201,16 @@ class Settings(DatabaseSettings):
     def _blank_model(cls, value: object) -> object:
         # OPENROUTER_MODEL= (blank, as .env.example leaves it) means unset, not a bad id.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
 
     @field_validator("recommended_models", mode="before")
     @classmethod
@@ -251,6 +271,13 @@ class Settings(DatabaseSettings):
         seconds for their final saves and events (SHUTDOWN_MARGIN in app/http/sse.py) and the
         lifespan's close. Heroku sends SIGKILL 30 s after SIGTERM: keep this under it."""
         return int(self.shutdown_grace) + 5
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between the heartbeats of a process's live replies: often enough that an
+        orphan is told from a live reply, and that a stop request through the database
+        arrives within one."""
+        return min(self.checkpoint_interval, self.stale_reply_after / 3)
 
     @property
     def migrate_at_start(self) -> bool:

@@ -13,7 +13,9 @@ from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
+from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
+from app.replies.signals import Signals
 from app.settings import Settings
 from app.storage.store import Store
 from app.upstream.models_catalog import ModelCatalog
@@ -36,6 +38,8 @@ class AppState:
     limits: RequestLimits  # request rate per user, live replies per process
     metrics: Metrics | None  # None when METRICS_TOKEN is unset: nothing is counted
     key_check: KeyCheck  # /readyz's OpenRouter key check, cached
+    signals: Signals  # stop requests and agent changes to and from the other processes
+    streams: ReplyStreams | None = None  # live replies through Redis (REDIS_URL)
 
 
 def app_state(request: Request) -> AppState:

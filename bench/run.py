@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --rounds 3           # each measurement 3 times, in turns, pooled
     .venv/bin/python -m bench --auth               # ours verifying a user's JWT on every reply
     .venv/bin/python -m bench --budgets            # ours with every spend limit on (never reached)
+    .venv/bin/python -m bench --processes 2 --redis  # two servers, one database, with(out) Redis
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
@@ -530,7 +531,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="ours with /metrics on (METRICS_TOKEN) and JSON logs; default: neither, text logs",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: two servers on one database instead (bench.scale_out)",
+    )
+    parser.add_argument("--redis", action="store_true", help="with --processes 2: and Redis too")
     args = parser.parse_args(argv)
+    if args.redis and args.processes != 2:
+        parser.error("--redis goes with --processes 2")
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
     args.tokens = args.tokens if args.tokens is not None else (20 if quick else 50)
@@ -671,6 +682,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{_cpu_model()}, Python {sys.version.split()[0]}",
         flush=True,
     )
+    if args.processes == 2:
+        from bench import scale_out  # it imports this module
+
+        print("\n".join(asyncio.run(scale_out.main_async(args))))
+        return 0
     verdicts = asyncio.run(main_async(args))
     print("\nbudget:")
     for line in verdicts:

@@ -21,13 +21,35 @@ from app.main import create_app
 from app.settings import Settings, normalize_database_url
 from tests.support import AppServer, DatabaseHandle, make_database
 
+REDIS_HOW_TO = (
+    "run scripts/test (it starts a throwaway redis-server: apt-get install redis-server) "
+    "or set TEST_REDIS_URL=redis://127.0.0.1:6379/0"
+)
 
-def pytest_report_header(config) -> str:
+
+def pytest_report_header(config) -> list[str]:
     admin_url = os.environ.get("TEST_POSTGRES_URL")
+    redis = os.environ.get("TEST_REDIS_URL")
+    redis_line = f"redis: {redis}" if redis else f"redis: none, its tests skip ({REDIS_HOW_TO})"
     if not admin_url:
-        return "database: SQLite (a file per test; set TEST_POSTGRES_URL to run on PostgreSQL)"
+        return [
+            "database: SQLite (a file per test; set TEST_POSTGRES_URL to run on PostgreSQL)",
+            redis_line,
+        ]
     url = DatabaseURL(normalize_database_url(admin_url)).obscure_password
-    return f"database: PostgreSQL (a new database per test, created through {url})"
+    return [f"database: PostgreSQL (a new database per test, created through {url})", redis_line]
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """TEST_REDIS_URL (scripts/test starts a throwaway redis-server); without it the test
+    skips, except in CI, where it fails: CI installs redis-server for it."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"TEST_REDIS_URL is unset in CI ({REDIS_HOW_TO})")
+        pytest.skip(f"no TEST_REDIS_URL: {REDIS_HOW_TO}")
+    return url
 
 
 @pytest.fixture(scope="session")

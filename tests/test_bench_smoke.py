@@ -6,10 +6,14 @@ Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
@@ -123,3 +127,19 @@ def test_the_driver_counts_a_stream_cut_short_as_an_error_and_goes_on():
     thread.join(timeout=10)
     assert not thread.is_alive(), "the driver is stuck on a closed connection"
     assert outcome == [Sample(False)]
+
+
+def test_the_scale_out_benchmark_measures_both_configurations():
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is missing in CI")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = run_bench("bench", "--processes", "2", "--redis", *args, timeout=180)
+    lines = finished.stdout.splitlines()
+    for label in ("database", "redis"):
+        [delay] = [line for line in lines if line.startswith(f"{label} ") and "delay" in line]
+        assert "p50" in delay and "(0 tokens)" not in delay
+        [load] = [line for line in lines if line.startswith(f"{label} ") and "level" in line]
+        assert load.count(", 0 errors") == 2, load
+    assert any("owner's cpu per reply with Redis" in line for line in lines)

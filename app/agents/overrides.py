@@ -1,7 +1,8 @@
 """Agents re-pointed at run time: the agents file is the default, the database holds overrides.
 
-Overrides (model, fallback models, temperature, max_tokens, reasoning) are kept in memory, loaded at
-start-up and updated on every change, so resolving an agent costs no database read per message.
+Overrides (model, fallback models, temperature, max_tokens, reasoning) are kept in memory, loaded
+at start-up and updated on every change, so resolving an agent costs no database read per message;
+changes made by other processes are re-read (`refresh`, see app/replies/signals.py).
 A run copies its agent's effective config when it starts, so a change applies to the next reply
 and never to one in flight.
 """
@@ -71,11 +72,24 @@ class Agents:
         return default.model_copy(update=override.changes()) if override else default
 
     async def load(self, store: Store) -> None:
+        self._overrides = await self._read(store)
+
+    async def refresh(self, store: Store) -> None:
+        """Re-read the overrides: another process may have changed them (app/replies/signals.py).
+        Under the lock, so a change this process makes meanwhile is never undone by an older
+        read."""
+        async with self._lock:
+            overrides = await self._read(store)
+            if overrides != self._overrides:
+                self._overrides = overrides
+
+    async def _read(self, store: Store) -> dict[str, AgentOverride]:
+        overrides = {}
         for row in await store.config.agent_overrides():
             if row["agent"] not in self.defaults:
                 continue  # an agent since removed from the file: its override is moot
             fallbacks, reasoning = row["fallback_models"], row["reasoning"]
-            self._overrides[row["agent"]] = AgentOverride(
+            overrides[row["agent"]] = AgentOverride(
                 model=row["model"],
                 fallback_models=None if fallbacks is None else tuple(fallbacks),
                 temperature=row["temperature"],
@@ -83,6 +97,7 @@ class Agents:
                 reasoning=None if reasoning is None else ReasoningConfig.model_validate(reasoning),
                 updated_at=row["updated_at"],
             )
+        return overrides
 
     async def put(self, store: Store, name: str, override: AgentOverride) -> AgentOverride:
         async with self._lock:

@@ -73,6 +73,10 @@ class Behaviour:
     malformed_after: int | None = None  # a data line that is not JSON
     drop_after: int | None = None  # close the connection abruptly
     stall_after: int | None = None  # stop sending, keep the connection open
+    # Stop sending after this many content chunks until `resume` is set, then carry on: a test
+    # acts mid-reply (kills a process, a Redis) with no timing to hope on.
+    pause_after: int | None = None
+    resume: threading.Event | None = None
     no_usage: bool = False  # end without a usage chunk (and without [DONE])
     usage_in_choice_chunk: bool = False  # usage inside a chunk that still has a choice
     # What follows the content, in this order, instead of finish, usage, [DONE]: any of
@@ -455,6 +459,8 @@ class FakeOpenRouter:
                     raise ConnectionAbortedError("simulated dropped connection")
                 if index == behaviour.stall_after:
                     await asyncio.Event().wait()
+                if index == behaviour.pause_after and behaviour.resume is not None:
+                    await asyncio.to_thread(behaviour.resume.wait, 60)
                 if behaviour.delay:
                     await asyncio.sleep(behaviour.delay)
                 generation.completion_tokens += 1

@@ -1,36 +1,59 @@
 """A live reply's event log: numbered events appended in memory, followed from any event id.
 
 No I/O and no knowledge of the run that writes it: the run appends, followers read. It is the
-live `ReplySource` (see `follow`) of the process that generates the reply.
+live `ReplySource` (see `follow`) of the process that generates the reply, and, fed from a Redis
+Stream, the local copy other processes follow it by (`redis_log.Mirrors`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.replies.events import LogEvent
 
+if TYPE_CHECKING:
+    from app.replies.redis_log import Feed
+
 
 class ReplyLog:
-    __slots__ = ("_ping_interval", "_waiters", "events", "finished", "followers")
+    __slots__ = ("_ping_interval", "_waiters", "events", "feed", "finished", "followers", "lost")
 
     def __init__(self, *, ping_interval: float) -> None:
         self.events: list[LogEvent] = []
         self.finished = False  # the final event is appended: nothing more will come
+        # A copy cut off from its source (Redis went away): followers end here without the
+        # final event and carry on from the database.
+        self.lost = False
         self.followers = 0
+        # Where the owner publishes the events to other processes (REDIS_URL), if anywhere.
+        self.feed: Feed | None = None
         self._ping_interval = ping_interval
         # Followers and `wait` callers asleep until the log grows: a future each while they
         # wait, rather than a new Event per event appended (an Event's deque is ~0.7 KB).
         self._waiters: list[asyncio.Future[None]] = []
 
     def append(self, event: str, payload: dict[str, Any]) -> None:
-        self.events.append(LogEvent.make(len(self.events) + 1, event, payload))
+        self.add(LogEvent.make(len(self.events) + 1, event, payload))
+
+    def add(self, event: LogEvent) -> None:
+        """Append an event already made (the next id), waking the followers."""
+        self.events.append(event)
+        if self.feed is not None:
+            self.feed.queue()  # sent with the others of this loop pass, not one by one
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def lose(self) -> None:
+        """Nothing more will come here, final event or not: followers end where they are."""
+        self.lost = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters = []
 
     def finish(self, event: str, payload: dict[str, Any]) -> None:
         """Append the final event (`done` or `error`)."""
@@ -88,7 +111,7 @@ class ReplyLog:
                     # A send to a slow client can take a while, and the run goes on meanwhile:
                     # look again before waiting, or before taking the run's end for ours.
                     continue
-                if self.finished:
+                if self.finished or self.lost:
                     return
                 if pings.due:
                     pings.due = False

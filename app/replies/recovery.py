@@ -1,6 +1,7 @@
 """What keeps replies and costs whole across crashes and processes: the heartbeat of our live
-replies, the sweep of dead processes' orphans (and of expired idempotency keys), and the cost
-lookups of generations whose usage never came (a stopped stream, a crash)."""
+replies (which also brings the stop requests other processes left for them in the database),
+the sweep of dead processes' orphans (and of expired idempotency keys), and the cost lookups of
+generations whose usage never came (a stopped stream, a crash)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ class Recovery:
         settings: Settings,
         spawn: Spawn,
         live: Callable[[], list[str]],
+        stop: Callable[[list[str]], None],
     ) -> None:
         self._store = store
         self._client = client
         self._settings = settings
         self._spawn = spawn  # background work that shutdown waits for
         self._live = live  # the message ids of this process's live replies
+        self._stop = stop  # stops those of them another process was asked to stop
         self._lookups: set[asyncio.Task[Any]] = set()
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
@@ -73,11 +76,12 @@ class Recovery:
         `interrupted` (once STALE_REPLY_AFTER has passed since it last touched them), and their
         cost is looked up in the generation record.
         """
-        interval = min(self._settings.checkpoint_interval, self._settings.stale_reply_after / 3)
+        interval = self._settings.heartbeat_interval
         while True:
             try:
-                if live := self._live():
-                    await self._store.replies.touch(message_ids=live)
+                live = self._live()
+                if live and (stop := await self._store.replies.touch(message_ids=live)):
+                    self._stop(stop)
                 idle_since = now() - timedelta(seconds=self._settings.stale_reply_after)
                 orphans = await self._store.replies.interrupt_orphans(idle_since=idle_since)
                 if orphans:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
 from app.replies.recovery import Recovery
+from app.replies.redis_log import Outbox
 from app.replies.runs import Run, RunRequest
 from app.replies.states import MessageStatus
 from app.replies.titles import AGENT as TITLER
@@ -40,17 +41,24 @@ class Runs:
         agents: Agents,
         spend: SpendControl,
         observers: Sequence[ReplyObserver] = (),
+        outbox: Outbox | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.settings = settings
         self.observers = observers
+        self.outbox = outbox  # where live replies are published for other processes (Redis)
         self.live: dict[str, Run] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._titling: set[asyncio.Task[Any]] = set()  # background too, but cut at shutdown
         self._drain: asyncio.Task[None] | None = None
         self.recovery = Recovery(
-            store=store, client=client, settings=settings, spawn=self.spawn, live=self._live_ids
+            store=store,
+            client=client,
+            settings=settings,
+            spawn=self.spawn,
+            live=self._live_ids,
+            stop=self.stop,
         )
         self.titler = (
             Titler(
@@ -77,6 +85,7 @@ class Runs:
             reconcile=self.recovery.reconcile,
             on_deserted=self._on_deserted,
             on_finished=self._on_finished,
+            outbox=self.outbox,
         )
         self.live[run.message_id] = run
         run.start(save_turn)
@@ -88,6 +97,13 @@ class Runs:
 
     def _live_ids(self) -> list[str]:
         return list(self.live)
+
+    def stop(self, message_ids: list[str]) -> None:
+        """Stop these replies if they are live here: a stop request that reached another
+        process (through Redis, or the database at the next heartbeat)."""
+        for message_id in message_ids:
+            if (run := self.live.get(message_id)) is not None:
+                run.cancel(MessageStatus.STOPPED)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Background work that shutdown waits for (database writes)."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
+from app.replies.redis_log import Outbox
 from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
@@ -122,6 +123,7 @@ class Run:
         reconcile: Callable[..., None],
         on_deserted: Callable[[Run], None],
         on_finished: Callable[[Run], None],
+        outbox: Outbox | None = None,
     ) -> None:
         self.request = request
         self.message_id = request.message_id
@@ -134,6 +136,8 @@ class Run:
         self._on_deserted = on_deserted
         self._on_finished = on_finished
         self.log = ReplyLog(ping_interval=settings.ping_interval)
+        if outbox is not None:  # REDIS_URL: other processes follow it live, from its stream
+            self.log.feed = outbox.feed(request.message_id, self.log.events)
         self.parts: list[str] = []  # each `delta` event's content
         self.thoughts: list[str] = []  # each `reasoning` event's content
         self.details: list[dict[str, Any]] = []  # reasoning_details fragments, as streamed

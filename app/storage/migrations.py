@@ -301,6 +301,13 @@ def _message_tree(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _stop_requests(dialect: sa.engine.Dialect) -> list[str]:
+    # When POST /stop reached a process other than the reply's owner: the owner's heartbeat
+    # reads it (app/replies/signals.py), so Stop works across processes without Redis too.
+    column = sa.DateTime(timezone=True).compile(dialect=dialect)
+    return [f"ALTER TABLE messages ADD COLUMN stop_requested_at {column}"]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -311,6 +318,7 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "budget reservations and overrides", _budget_tables),
     Migration(8, "generations by start time, for cost reports", _generations_by_start),
     Migration(9, "messages as a tree, the branch each conversation shows", _message_tree),
+    Migration(10, "stop requests of streaming replies", _stop_requests),
 ]
 
 _schema_migrations = sa.Table(

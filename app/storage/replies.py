@@ -462,13 +462,26 @@ class Replies:
             ]
         )
 
-    async def touch(self, *, message_ids: list[str]) -> None:
-        """The heartbeat of live replies: a reply no process touches is an orphan."""
-        await self._writer.write(
+    async def touch(self, *, message_ids: list[str]) -> list[str]:
+        """The heartbeat of live replies: a reply no process touches is an orphan. Returns
+        those of them another process was asked to stop (`request_stop`)."""
+        (touched,) = await self._writer.write(
             [
                 messages.update()
                 .where(messages.c.id.in_(message_ids), messages.c.status == MessageStatus.STREAMING)
                 .values(updated_at=now())
+                .returning(messages.c.id, messages.c.stop_requested_at)
+            ]
+        )
+        return [row[0] for row in touched if row[1] is not None]
+
+    async def request_stop(self, *, message_id: str) -> None:
+        """Ask whichever process generates the reply to stop it, at its next heartbeat."""
+        await self._writer.write(
+            [
+                messages.update()
+                .where(messages.c.id == message_id, messages.c.status == MessageStatus.STREAMING)
+                .values(stop_requested_at=now())
             ]
         )
 

@@ -78,6 +78,8 @@ messages = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The message this one follows in the conversation's tree; None for a first message.
     sa.Column("parent_id", sa.String(36)),
+    # Set by a stop request that reached a process not generating the reply (migration 10).
+    sa.Column("stop_requested_at", UTCDateTime),
 )
 
 generations = sa.Table(

@@ -94,6 +94,7 @@ async def put_agent(request: Request) -> Response:
         catalog=view,
     )
     await state.agents.put(state.store, name, override)
+    await state.signals.agents_changed()
     return JSONResponse({"agent": name, **_agent(state, name, view), "warnings": warnings})
 
 
@@ -102,6 +103,7 @@ async def delete_agent(request: Request) -> Response:
     await require_admin(request)
     name = _agent_name(request, state)
     removed = await state.agents.reset(state.store, name)
+    await state.signals.agents_changed()
     view = await state.models.get()
     return JSONResponse({"agent": name, "reset": removed, **_agent(state, name, view)})
 

@@ -126,6 +126,8 @@ async def _own_reply(state: AppState, *, message_id: str, user_id: str, agent: s
             runs=state.runs,
             store=state.store,
             settings=state.settings,
+            streams=state.streams,
+            owner_checked=True,
         )
         if row is not None and row["agent"] == agent
         else None
@@ -240,6 +242,10 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
     # storage_error; this one says so at once).
     if not await run.turn_saved():
         raise ApiError(503, "storage_error", "the conversation could not be saved")
+    if state.streams is not None:
+        # And in its Redis Stream (a round trip, alongside the save), so the stream_url
+        # is served live by whichever process the client reaches, not from checkpoints.
+        await state.streams.outbox.flushed()
     meta = run.log.events[0].payload
     return _accepted(
         state,
@@ -286,6 +292,7 @@ async def reply_stream(request: Request) -> Response:
         runs=state.runs,
         store=state.store,
         settings=state.settings,
+        streams=state.streams,
     )
     if source is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
@@ -304,8 +311,12 @@ async def stop_reply(request: Request) -> Response:
     row = await state.store.replies.get(message_id=message_id, user_id=caller.user_id)
     if row is None:
         raise ApiError(404, "message_not_found", f"no assistant message {message_id!r}")
-    # Already over (or owned by another process): say how it ended, change nothing.
-    return JSONResponse({"message_id": message_id, "status": row["status"]}, status_code=200)
+    if row["status"] != MessageStatus.STREAMING:
+        # Already over: say how it ended, change nothing.
+        return JSONResponse({"message_id": message_id, "status": row["status"]}, status_code=200)
+    # Another process generates it: have it stopped there, and answer once it has.
+    status = await state.signals.stop_elsewhere(message_id, user_id=caller.user_id)
+    return JSONResponse({"message_id": message_id, "status": status}, status_code=202)
 
 
 routes = [
