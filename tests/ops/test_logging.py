@@ -34,6 +34,9 @@ def json_server(fake_url, database, tmp_path):
         "PORT": str(port),
         "APP_ENV": "test",
         "LOG_FORMAT": "json",
+        # As in every test app (tests/conftest.py): a title's upstream call would take the
+        # fake's queued answers, meant for the turns below.
+        "AUTO_TITLES": "false",
         "DATABASE_URL": database.url,
         "OPENROUTER_API_KEY": KEY,
         "OPENROUTER_MODEL": "openai/gpt-4o",
