@@ -144,6 +144,9 @@ class Processes:
             "OPENROUTER_BASE_URL": _api(upstream),
             "DATABASE_URL": f"sqlite:///{self.workdir / name}.db",
             "HOST": HOST,
+            # Every bench reply opens a conversation, so titles would add an upstream call per
+            # reply that the pass-through never makes: measured apart from the reply, if at all.
+            "AUTO_TITLES": "false",
             **(settings or {}),
         }
         migrate = subprocess.run(
