@@ -23,6 +23,7 @@ reasoning tokens included, as OpenRouter counts them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import unicodedata
@@ -38,6 +39,7 @@ from app.replies.runs import RunRequest
 from app.settings import Settings
 from app.storage.budgets import Limits, Usage
 from app.storage.store import Store
+from app.storage.writer import Step, WriteRefused
 from app.upstream.models_catalog import MILLION, ModelCatalog, Pricing
 
 PER_MESSAGE_TOKENS = 16
@@ -104,8 +106,26 @@ def _usd(picos: int | None) -> float | None:
     return usd(from_picos(picos))
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A turn's reservation, to ride in its write (`Replies.start_turn`)."""
+
+    steps: list[Step]
+    # A limit applies: the write is awaited before the upstream call, and `WriteRefused`
+    # means the turn does not fit (`SpendControl.refusal`). Else it runs beside the call.
+    gated: bool
+    user_id: str
+    amount: int
+    periods: Periods
+
+
 class SpendControl:
-    """Budgets and the per-user live-reply limit, checked and reserved per turn."""
+    """Budgets and the per-user live-reply limit, checked and reserved per turn.
+
+    With server-wide budgets, the user's override (if any) is read by the reservation's own
+    statement. Without, only the user's override can make a limit: it is read first, one
+    primary-key lookup, and a turn no limit applies to is not held up by the database at all.
+    """
 
     def __init__(
         self, *, settings: Settings, store: Store, models: ModelCatalog, clock: Clock
@@ -114,43 +134,32 @@ class SpendControl:
         self._store = store
         self._models = models
         self.clock = clock
+        self._defaults = Limits(
+            daily=to_picos(settings.budget_user_daily_usd),
+            monthly=to_picos(settings.budget_user_monthly_usd),
+            global_daily=to_picos(settings.budget_global_daily_usd),
+            concurrent=settings.limit_user_concurrent,
+        )
 
     async def limits_for(self, user_id: str) -> Limits:
         """The server defaults, with the user's override (set by an admin) where it has one."""
-        settings = self._settings
-        daily = to_picos(settings.budget_user_daily_usd)
-        monthly = to_picos(settings.budget_user_monthly_usd)
+        daily, monthly = self._defaults.daily, self._defaults.monthly
         override = await self._store.budgets.override(user_id=user_id)
         if override is not None:
             if override["daily_overridden"]:
                 daily = override["daily_picousd"]
             if override["monthly_overridden"]:
                 monthly = override["monthly_picousd"]
-        return Limits(
-            daily=daily,
-            monthly=monthly,
-            global_daily=to_picos(settings.budget_global_daily_usd),
-            concurrent=settings.limit_user_concurrent,
-        )
+        return dataclasses.replace(self._defaults, daily=daily, monthly=monthly)
 
-    async def _worst_case(self, request: RunRequest, limits: Limits) -> int:
-        """The turn's worst case; 0 when no budget applies and a price is unknown (the real
-        cost still counts once known). Raises 409 price_unknown when a budget applies."""
-        await self._models.get()  # the catalog's first load (memory, else the database)
+    def _worst_case(self, request: RunRequest) -> int | None:
+        """The turn's worst case, or None when a model's price is unknown."""
         prompt_tokens = prompt_token_bound(request.upstream_body())
         worst = 0
         for model_id in (request.model, *request.fallback_models):
             pricing = self._models.known_pricing(model_id)
             if pricing is None:
-                if not limits.budgeted:
-                    return 0
-                raise ApiError(
-                    409,
-                    "price_unknown",
-                    f"the price of {model_id} is not known, and a budget applies: "
-                    "the turn cannot be priced in advance",
-                    details={"model": model_id},
-                )
+                return None
             worst = max(
                 worst,
                 worst_case(
@@ -159,22 +168,64 @@ class SpendControl:
             )
         return worst
 
-    async def reserve(self, request: RunRequest) -> None:
-        """Reserve the turn's worst case (its message id is the reservation's), or raise the
-        refusal: 402 budget_exceeded, 409 price_unknown, 429 rate_limited (live replies)."""
-        limits = await self.limits_for(request.user_id)
-        amount = await self._worst_case(request, limits)
+    async def plan(self, request: RunRequest) -> Reservation:
+        """The turn's reservation of its worst case (its message id is the reservation's), or
+        409 price_unknown when a budget applies and a model's price is not known (no budget:
+        0 is reserved, and the real cost still counts once known)."""
+        await self._models.get()  # the catalog's first load (memory, else the database)
+        # With server budgets the statement reads the override; else it is read here.
+        folded = self._defaults.budgeted
+        limits = self._defaults if folded else await self.limits_for(request.user_id)
+        amount = self._worst_case(request)
+        if amount is None:
+            if limits.budgeted and (
+                not folded or (await self.limits_for(request.user_id)).budgeted
+            ):
+                model = next(
+                    m
+                    for m in (request.model, *request.fallback_models)
+                    if self._models.known_pricing(m) is None
+                )
+                raise ApiError(
+                    409,
+                    "price_unknown",
+                    f"the price of {model} is not known, and a budget applies: "
+                    "the turn cannot be priced in advance",
+                    details={"model": model},
+                )
+            amount = 0
         periods = Periods.at(self.clock())
-        if await self._store.budgets.reserve(
+        steps = self._store.budgets.reservation(
             message_id=request.message_id,
             user_id=request.user_id,
             day=periods.day,
             month=periods.month,
             amount=amount,
             limits=limits,
-        ):
-            return
-        raise await self._refusal(request.user_id, limits, periods, amount)
+            overrides=folded,
+        )
+        return Reservation(
+            steps=steps,
+            gated=limits.gated,
+            user_id=request.user_id,
+            amount=amount,
+            periods=periods,
+        )
+
+    async def reserve(self, request: RunRequest) -> None:
+        """Reserve a call's worst case in a write of its own (a title: no turn rows to ride
+        in), or raise the refusal: 402 budget_exceeded, 409 price_unknown, 429 rate_limited."""
+        reservation = await self.plan(request)
+        try:
+            await self._store.budgets.reserve(reservation.steps)
+        except WriteRefused:
+            raise await self.refusal(reservation) from None
+
+    async def refusal(self, reservation: Reservation) -> ApiError:
+        """Why a reservation did not fit: 402 budget_exceeded or 429 rate_limited."""
+        user_id = reservation.user_id
+        limits = await self.limits_for(user_id)
+        return await self._refusal(user_id, limits, reservation.periods, reservation.amount)
 
     async def _refusal(
         self, user_id: str, limits: Limits, periods: Periods, amount: int

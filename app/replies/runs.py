@@ -500,16 +500,14 @@ class Run:
                 reasoning=self.reasoning,
                 reasoning_details=merge_reasoning_details(self.details),
                 annotations=self.citations,
+                # Before the final event: a client that reads its usage on `done` sees it
+                # settled.
+                then=self._store.budgets.end_steps(message_id=self.message_id),
             )
         except Exception:
-            # Left `streaming` in the database, it is marked interrupted at the next start-up.
+            # Left `streaming` in the database, it is marked interrupted at the next start-up,
+            # and its reservation live, ended by the sweep within STALE_REPLY_AFTER.
             log.exception("could not save reply %s", self.message_id)
-        try:
-            # Before the final event: a client that reads its usage on `done` sees it settled.
-            await self._store.budgets.end(message_id=self.message_id)
-        except Exception:
-            # Still live in the database; the sweep ends it within STALE_REPLY_AFTER.
-            log.exception("could not end the budget reservation of %s", self.message_id)
         known = [r.cost for r in self.records if r.cost is not None]
         name, payload = final_event(
             status=status,

@@ -1,10 +1,14 @@
 """Budget reservations: the check and the reservation of a turn's worst-case cost in one step.
 
-A turn's row in `budget_reservations` is written before its upstream call, by a conditional
-INSERT … SELECT … WHERE that inserts nothing when the turn does not fit: the user's live replies
-under LIMIT_USER_CONCURRENT, and for each budget that applies, everything counted in its period
-(held reservations, settled costs, kept reservations) plus this turn's worst case under the
-limit. Sums are computed by the statement itself, so the check sees every process's rows:
+A turn's row in `budget_reservations` rides in the turn's own write (`Replies.start_turn`),
+never a write of its own. When a limit applies, that write is awaited before the upstream call,
+and its first step is a conditional INSERT … SELECT … WHERE (a `Guard`): when the turn does not
+fit, it inserts nothing and the whole write is refused, so nothing of the turn is saved. It
+fits when the user's live replies are under LIMIT_USER_CONCURRENT and, for each budget that
+applies (the user's override, read by the statement, else the server default), everything
+counted in its period (held reservations, settled costs, kept reservations) plus this turn's
+worst case is under the limit. Sums are computed by the statement itself, so the check sees
+every process's rows:
 
 - SQLite: one writer at a time (the writer's BEGIN IMMEDIATE), so each INSERT sees all the
   reservations committed before it, from any process on the same file.
@@ -14,6 +18,10 @@ limit. Sums are computed by the statement itself, so the check sees every proces
   locks are granted, so it sees the reservation of whoever held them before. Advisory locks
   rather than `SELECT … FOR UPDATE` on a counter row: no row has to exist (or be upserted) first,
   and PostgreSQL releases them at commit or rollback, crash included.
+
+With no limit at all, the reservation is a plain insert in the turn's write, which runs beside
+the upstream call: the spend is still counted (for `/api/me/usage`, and for a budget set later
+in the period), and the first token waits for no database.
 
 A reservation ends with its reply (`end`), then is settled once its generations' costs are all
 known: its amount becomes their sum (`settled`), or, if any cost stayed unknown (or no
@@ -32,7 +40,7 @@ from databases import Database
 
 from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.storage.tables import budget_overrides, budget_reservations, generations, messages, now
-from app.storage.writer import Writer
+from app.storage.writer import Guard, Step, Writer, binds
 
 # Advisory lock classes (the two-key form, a key space of its own: the migration lock's
 # one-bigint key never meets these). The second key is hashtext(user_id); two users whose
@@ -57,6 +65,11 @@ class Limits:
     @property
     def budgeted(self) -> bool:
         return any(v is not None for v in (self.daily, self.monthly, self.global_daily))
+
+    @property
+    def gated(self) -> bool:
+        """Whether a turn must be checked before its upstream call."""
+        return self.budgeted or self.concurrent is not None
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,22 @@ def _settle_statement(*where: Any) -> sa.Update:
 
 SETTLE_ONE = _settle_statement(_r.c.id == sa.bindparam("message_id"))
 SETTLE_READY = _settle_statement()
+COLUMNS = [
+    "id",
+    "user_id",
+    "day",
+    "month",
+    "reserved_picousd",
+    "amount_picousd",
+    "state",
+    "created_at",
+]
+OPEN_RESERVATION = _r.insert().values(binds(*COLUMNS))
+END_RESERVATION = (
+    _r.update()
+    .where(_r.c.id == sa.bindparam("message_id"), _r.c.ended_at.is_(None))
+    .values(ended_at=sa.bindparam("ended_at", type_=_r.c.ended_at.type))
+)
 
 
 class Budgets:
@@ -113,7 +142,7 @@ class Budgets:
         self._writer = writer
         self._postgres = postgres
 
-    async def reserve(
+    def reservation(
         self,
         *,
         message_id: str,
@@ -122,10 +151,30 @@ class Budgets:
         month: str,
         amount: int,
         limits: Limits,
-    ) -> bool:
-        """Reserve `amount` for the turn if it fits every limit, in one transaction; whether
-        it did (nothing is written when it does not)."""
-        fits = []
+        overrides: bool,
+    ) -> list[Step]:
+        """The steps that reserve `amount` for the turn, to ride in its write: when a limit
+        applies, a `Guard` that inserts nothing, refusing the whole write, unless the turn fits
+        every limit. With `overrides`, each user budget is the user's override where they have
+        one, read by the statement itself, else `limits`'. With no limit at all, a plain
+        insert: the reservation still counts the spend."""
+        if not limits.gated:
+            return [
+                (
+                    OPEN_RESERVATION,
+                    {
+                        "id": message_id,
+                        "user_id": user_id,
+                        "day": day,
+                        "month": month,
+                        "reserved_picousd": amount,
+                        "amount_picousd": amount,
+                        "state": HELD,
+                        "created_at": now(),
+                    },
+                )
+            ]
+        fits: list[sa.ColumnElement[bool]] = []
         if limits.concurrent is not None:
             live = (
                 sa.select(sa.func.count())
@@ -139,13 +188,32 @@ class Budgets:
             # One parameter per use: used twice, asyncpg deduces two types and refuses it.
             return sa.literal(amount, sa.BigInteger)
 
-        for limit, where in (
-            (limits.daily, (_r.c.user_id == user_id, _r.c.day == day)),
-            (limits.monthly, (_r.c.user_id == user_id, _r.c.month == month)),
-            (limits.global_daily, (_r.c.day == day,)),
+        o = budget_overrides
+        for default, flag, value, where in (
+            (
+                limits.daily,
+                o.c.daily_overridden,
+                o.c.daily_picousd,
+                (_r.c.user_id == user_id, _r.c.day == day),
+            ),
+            (
+                limits.monthly,
+                o.c.monthly_overridden,
+                o.c.monthly_picousd,
+                (_r.c.user_id == user_id, _r.c.month == month),
+            ),
         ):
-            if limit is not None:
-                fits.append(_total(*where) + new() <= limit)
+            if overrides:
+                mine = o.c.user_id == user_id
+                limit: Any = sa.case(
+                    (sa.exists().where(mine, flag), sa.select(value).where(mine).scalar_subquery()),
+                    else_=sa.literal(default, sa.BigInteger),
+                )
+                fits.append(sa.or_(limit.is_(None), _total(*where) + new() <= limit))
+            elif default is not None:
+                fits.append(_total(*where) + new() <= default)
+        if limits.global_daily is not None:
+            fits.append(_total(_r.c.day == day) + new() <= limits.global_daily)
         row = sa.select(
             sa.literal(message_id, sa.String),
             sa.literal(user_id, sa.String),
@@ -156,47 +224,31 @@ class Budgets:
             sa.literal(HELD, sa.String),
             sa.literal(now(), _r.c.created_at.type),
         ).where(*fits)
-        insert = (
-            _r.insert()
-            .from_select(
-                [
-                    "id",
-                    "user_id",
-                    "day",
-                    "month",
-                    "reserved_picousd",
-                    "amount_picousd",
-                    "state",
-                    "created_at",
-                ],
-                row,
-            )
-            .returning(_r.c.id)
-        )
-        steps: list[sa.Executable] = []
+        insert = _r.insert().from_select(COLUMNS, row).returning(_r.c.id)
+        steps: list[Step] = []
         if self._postgres:
             steps.append(_advisory_lock(USER_LOCK_CLASS, sa.func.hashtext(user_id)))
             if limits.global_daily is not None:
                 steps.append(_advisory_lock(GLOBAL_LOCK_CLASS, 0))
-        outcome = await self._writer.write([*steps, insert])
-        return bool(outcome[-1])
+        return [*steps, Guard(insert)]
+
+    def end_steps(self, *, message_id: str) -> list[Step]:
+        """The steps that end the reservation with its reply (however it ended): no longer
+        live; settled if its cost is known. They ride in the reply's final write."""
+        stamp = now()
+        return [
+            (END_RESERVATION, {"message_id": message_id, "ended_at": stamp}),
+            (SETTLE_ONE, {"message_id": message_id, "settled_at": stamp}),
+        ]
+
+    async def reserve(self, steps: list[Step]) -> None:
+        """A `reservation`'s steps in a write of their own; raises `WriteRefused` when the
+        reservation does not fit."""
+        await self._writer.write(steps)
 
     async def end(self, *, message_id: str) -> None:
-        """The reply is over (however it ended): no longer live; settled if its cost is known."""
-        stamp = now()
-        await self._writer.write(
-            [
-                _r.update()
-                .where(_r.c.id == message_id, _r.c.ended_at.is_(None))
-                .values(ended_at=stamp),
-                (SETTLE_ONE, {"message_id": message_id, "settled_at": stamp}),
-            ]
-        )
-
-    async def release(self, *, message_id: str) -> None:
-        """Delete the held reservation of a turn that never started (its rows were not saved,
-        e.g. a keyed turn that lost the race for its key): nothing was sent, nothing is owed."""
-        await self._writer.write([_r.delete().where(_r.c.id == message_id, _r.c.state == HELD)])
+        """`end_steps` in a write of their own (a title's reservation: no reply row to ride in)."""
+        await self._writer.write(self.end_steps(message_id=message_id))
 
     async def settle_ready(self) -> None:
         """Settle every ended reservation whose costs have all become known (after a lookup)."""

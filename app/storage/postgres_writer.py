@@ -13,7 +13,7 @@ from databases import Database
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Insert
 
-from app.storage.writer import Outcome, Write
+from app.storage.writer import Guard, Outcome, Write, WriteRefused
 
 
 class PostgresWriter:
@@ -27,9 +27,15 @@ class PostgresWriter:
         outcome: Outcome = []
         async with self._database.transaction():
             for step in steps:
+                guarded = isinstance(step, Guard)
+                if guarded:
+                    step = step.statement
                 statement = _with_values(*step) if isinstance(step, tuple) else step
                 if statement.exported_columns:
-                    outcome.append(await self._database.fetch_all(statement))
+                    rows = await self._database.fetch_all(statement)
+                    if guarded and not rows:
+                        raise WriteRefused()  # rolls the transaction back
+                    outcome.append(rows)
                 else:
                     await self._database.execute(statement)
                     outcome.append([])

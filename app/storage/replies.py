@@ -24,6 +24,7 @@ orphan of a process that died (`interrupt_orphans`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -299,10 +300,12 @@ class Replies:
         temperature: float,
         subject_conversation_id: str | None = None,
         claim: Step | None = None,
+        reservation: Sequence[Step] = (),
     ) -> None:
         """Save the user message and a `streaming` assistant row (and a new conversation's
-        row) in one transaction, the reply becoming the leaf the conversation shows; `claim`
-        (an idempotency key's, see `idempotency`) goes first, so if it fails nothing of the
+        row) in one transaction, the reply becoming the leaf the conversation shows. `claim`
+        (an idempotency key's, see `idempotency`) goes first, then `reservation` (the turn's
+        budget reservation, see `budgets`), so if either fails or is refused, nothing of the
         turn is written. `user_content` None: a regenerated reply, under the user message
         `ids.user_message_id` already there."""
         stamp = now()
@@ -358,6 +361,7 @@ class Replies:
         await self._writer.write(
             [
                 *([claim] if claim is not None else []),
+                *reservation,
                 opening,
                 *asked,
                 (
@@ -430,8 +434,10 @@ class Replies:
         reasoning: str = "",
         reasoning_details: list[dict[str, Any]] | None = None,
         annotations: list[dict[str, Any]] | None = None,
+        then: Sequence[Step] = (),
     ) -> None:
-        """The reply's final state and all its generation rows, in one transaction."""
+        """The reply's final state and all its generation rows, in one transaction, and `then`
+        after them (the end of its budget reservation, which settles on those rows)."""
         stamp = now()
         await self._writer.write(
             [
@@ -459,6 +465,7 @@ class Replies:
                     conversation_id=conversation_id,
                     agent=agent,
                 ),
+                *then,
             ]
         )
 

@@ -22,7 +22,8 @@ SQLite hands control back, so a three-statement write took 30 ms under load. So 
 - the loop never waits on another process's lock: BEGIN IMMEDIATE is tried with no busy
   timeout, and while another writer holds the lock the group waits in `asyncio.sleep`, up to
   the busy timeout, instead of in SQLite's busy handler;
-- if a group fails, its writes are tried again one per transaction, so a bad write fails alone.
+- if a group fails, its writes are tried again one per transaction, so a bad write (or one its
+  `Guard` refuses) fails alone.
 
 A write handed over is carried out even if its caller stops waiting (a cancelled request, a
 shutdown): what a reply saves is never dropped halfway.
@@ -42,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
-from app.storage.writer import Outcome, Step, Write
+from app.storage.writer import Guard, Outcome, Step, Write, WriteRefused
 
 _REQUIRED = object()  # a bind parameter with no value of its own
 FIRST_RETRY_DELAY = 0.001
@@ -128,6 +129,13 @@ class SQLiteWriter:
                 return [[self._run(connection, step) for step in steps] for steps in writes]
 
     def _run(self, connection: sa.Connection, step: Step) -> list[Any]:
+        if isinstance(step, Guard):
+            rows = self._run(connection, step.statement)
+            if not rows:
+                # Rolls back the group; its writes are then tried one per transaction (see
+                # `_apply`), so only this one is refused.
+                raise WriteRefused()
+            return rows
         if isinstance(step, tuple):
             statement, values = step
             try:

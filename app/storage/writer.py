@@ -14,13 +14,28 @@ applied in one transaction with no reads in between: what a write needs to know 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.sql.dml import Insert
 
-# A statement, or one built once with bind parameters and the values for them.
-Step = sa.Executable | tuple[sa.Executable, dict[str, Any]]
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A statement with a RETURNING clause that must return a row: when it returns none, the
+    whole write is rolled back and refused (`WriteRefused`). A conditional insert (a budget
+    reservation) that gates the rest of its write."""
+
+    statement: sa.Executable
+
+
+class WriteRefused(Exception):
+    """A write's `Guard` returned no row: nothing of the write was applied."""
+
+
+# A statement, or one built once with bind parameters and the values for them, or a guard.
+Step = sa.Executable | tuple[sa.Executable, dict[str, Any]] | Guard
 Write = Sequence[Step]
 # One list of rows per statement: the rows of its RETURNING clause, else empty.
 Outcome = list[list[Any]]
@@ -32,7 +47,8 @@ class Writer(Protocol):
         ...
 
     async def write(self, steps: Write) -> Outcome:
-        """Apply `steps` in one transaction; the rows of each one's RETURNING clause."""
+        """Apply `steps` in one transaction; the rows of each one's RETURNING clause. Raises
+        `WriteRefused`, having applied nothing, when a `Guard` returns no row."""
         ...
 
     async def close(self) -> None:

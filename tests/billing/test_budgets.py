@@ -193,6 +193,39 @@ def test_a_model_without_a_known_price_cannot_be_used_under_a_budget(start_app, 
         assert fake.requests == []
 
 
+def test_with_no_server_limit_a_turn_still_counts_and_a_users_override_alone_gates_it(
+    start_app, fake, database
+):
+    """No server-wide limit: the reservation rides in the turn's write beside the upstream
+    call, and still counts the spend; an unpriced model may be used. A user's override is the
+    one limit then, and it gates their turns (and makes prices needed) at once."""
+    server = start_app(Clock(DAY))
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        first = settled(database, finished_turn(http))
+        assert first["state"] == "settled" and first["amount_picousd"] > 0
+        usage = http.get("/api/me/usage").json()
+        assert usage["day"]["spent_usd"] == usd(first["amount_picousd"])
+        assert usage["day"]["limit_usd"] is None
+
+        unpriced = "cognitivecomputations/dolphin-mixtral-8x22b"
+        http.put("/api/catalog/agents/chat", json={"model": unpriced}, headers=ADMIN)
+        assert reservation(database, finished_turn(http))["reserved_picousd"] == 0
+        set_budget(http, daily_usd=1)
+        refused = turn(http)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "price_unknown"
+
+        assert http.delete("/api/catalog/agents/chat", headers=ADMIN).status_code == 200
+        sent = len(fake.requests)
+        set_budget(http, daily_usd=0)
+        refused = turn(http)
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["error"]["limit_usd"] == 0
+        assert len(fake.requests) == sent
+        set_budget(http, daily_usd=None)
+        assert turn(http).status_code == 202
+
+
 def test_a_catalog_refresh_that_loses_a_price_keeps_the_last_known_one(start_app, fake):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1), models_cache_ttl=0)
     with httpx.Client(base_url=server.url, timeout=10) as http:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from app.storage import conversations, replies
 from app.storage.ledger import upsert_generation_statement
 from app.storage.sqlite_writer import SQLiteWriter, _Plan
+from app.storage.writer import Guard, WriteRefused
 from tests.support import migrated_store, run_async
 
 notes = sa.table("notes", sa.column("id"), sa.column("text"))
@@ -60,6 +61,35 @@ def test_concurrent_writes_all_land_and_a_bad_one_fails_alone(path):
     assert isinstance(bad, sa.exc.IntegrityError)
     assert bound == [[]]
     assert texts(path) == [f"{p}{i}" for i in range(20) for p in "ab"] + ["bound"]
+
+
+def test_a_guard_that_returns_no_row_refuses_its_write_alone(path):
+    """A `Guard` (a budget reservation's conditional insert) that inserts nothing rolls back
+    its whole write, steps before it included, and the writes grouped with it still land."""
+    fits = notes.insert().from_select(
+        ["id", "text"], sa.select(sa.literal(100), sa.literal("fits"))
+    )
+
+    def conditional(text: str, *, when: bool):
+        row = sa.select(sa.literal(None, sa.Integer), sa.literal(text)).where(sa.literal(when))
+        return Guard(notes.insert().from_select(["id", "text"], row).returning(notes.c.id))
+
+    async def scenario():
+        writer = SQLiteWriter(path, busy_timeout=1.0)
+        try:
+            return await asyncio.gather(
+                writer.write([add("before")]),
+                writer.write([add("refused first"), conditional("no", when=False), fits]),
+                writer.write([conditional("yes", when=True), add("after yes")]),
+                return_exceptions=True,
+            )
+        finally:
+            await writer.close()
+
+    before, refused, accepted = run_async(scenario())
+    assert before == [[(1,)]] and isinstance(refused, WriteRefused)
+    assert accepted[0] == [(2,)]
+    assert texts(path) == ["before", "yes", "after yes"]
 
 
 def test_another_writer_is_waited_for_then_given_up_on(path):
