@@ -187,7 +187,8 @@ class Settings(DatabaseSettings):
     limit_user_concurrent: int | None = Field(None, ge=1)
     limit_process_concurrent: int | None = Field(None, ge=1)
     # Where the request-rate windows live: memory:// (per process) or redis://… (shared).
-    limits_storage_uri: str = "memory://"
+    # Unset: REDIS_URL's Redis when it is set, else memory://.
+    limits_storage_uri: str | None = None
     # Operations (docs/operations.md). GET /metrics needs `Authorization: Bearer METRICS_TOKEN`;
     # unset: /metrics answers 404, as if it did not exist.
     metrics_token: SecretStr | None = None
@@ -210,6 +211,17 @@ class Settings(DatabaseSettings):
         value = value.strip()
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @field_validator("limits_storage_uri")
+    @classmethod
+    def _limits_storage_uri(cls, value: str | None) -> str | None:
+        # The message never repeats the value: a Redis URI carries its password.
+        if value is None or not value.strip():
+            return None
+        value = value.strip().removeprefix("async+")
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("must start with memory://, redis:// or rediss://")
         return value
 
     @field_validator("recommended_models", mode="before")

@@ -542,7 +542,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="2: two servers on one database instead (bench.scale_out)",
     )
     parser.add_argument("--redis", action="store_true", help="with --processes 2: and Redis too")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help=f"more targets, ours with features on, in the same rounds: a comma list of "
+        f"{', '.join(VARIANTS)}; each is compared with ours (features off) in the same run",
+    )
     args = parser.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
     if args.redis and args.processes != 2:
         parser.error("--redis goes with --processes 2")
     quick = args.quick
@@ -580,6 +590,48 @@ SPEND_LIMITS = {
     "LIMIT_USER_CONCURRENT": "100000",
     "LIMIT_USER_RPM": "10000000",
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Ours with features on, measured as a target of its own beside plain ours."""
+
+    auth: bool = False
+    budgets: bool = False
+    ops: bool = False
+
+    def settings(self) -> dict[str, str]:
+        return {
+            **(SPEND_LIMITS if self.budgets else {}),
+            **ops_settings(argparse.Namespace(ops=self.ops)),
+        }
+
+
+# `--variants`: what each feature costs, on against off in one run (interleaved rounds, so a
+# machine that drifts weighs on both alike; separate runs vary by more than the features cost).
+VARIANTS = {
+    "auth": Variant(auth=True),
+    "budgets": Variant(budgets=True),
+    "ops": Variant(ops=True),
+    "all": Variant(auth=True, budgets=True, ops=True),
+}
+
+
+def variant_lines(by: dict[tuple[str, int], Result], names: list[str], levels: list[int]) -> str:
+    """Each variant against plain ours, per level: CPU per reply and time to first token."""
+    lines = []
+    for level in levels:
+        ours, up = by[("ours", level)], by[("upstream", level)]
+        for name in names:
+            v = by[(f"ours+{name}", level)]
+            lines.append(
+                f"level {level:>4}: ours+{name:<8} cpu/reply {v.cpu_ms_per_reply:.2f} ms vs "
+                f"{ours.cpu_ms_per_reply:.2f} ms "
+                f"({100 * (v.cpu_ms_per_reply / ours.cpu_ms_per_reply - 1):+.1f}%); ttft added "
+                f"{added_ttft_ms(v, up):.1f} ms vs {added_ttft_ms(ours, up):.1f} ms; replies/s "
+                f"x{v.replies_per_s / ours.replies_per_s:.2f}; errors {v.errors}"
+            )
+    return "\n".join(lines)
 
 
 async def main_async(args: argparse.Namespace) -> list[str]:
@@ -623,6 +675,16 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                 timed(ours_protocol(args.auth), OURS_REASONING),
             )
         )
+        for name in args.variants:
+            variant = VARIANTS[name]
+            targets.append(
+                (
+                    procs.ours(
+                        f"ours+{name}", upstream, auth=variant.auth, settings=variant.settings()
+                    ),
+                    timed(ours_protocol(variant.auth), OURS_REASONING),
+                )
+            )
         for level in args.levels:
             rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
             for round_ in range(args.rounds):
@@ -645,6 +707,9 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     summary, verdicts = ratios(by, args.levels)
     print("\nratios to the pass-through (pool), ttft at p50:")
     print(summary)
+    if args.variants:
+        print("\nfeatures on against off (ours), same run:")
+        print(variant_lines(by, args.variants, args.levels))
     if args.idle:
         print(f"\nidle streams ({args.idle}, upstream silent after its first chunk):")
         with processes() as procs:

@@ -7,7 +7,8 @@ Redis), as two dynos are.
     cpu per reply    A's CPU per reply under load, Redis against none (what publishing costs)
     replies/s        the same load on A alone, then split over A and B
 
-Each configuration gets fresh processes; the load driver is `bench.run`'s. With `--auth`, both
+Each configuration gets fresh processes; the load driver is `bench.run`'s. With `--rounds N`,
+each configuration runs N times in alternating order, pooled. With `--auth`, both
 servers verify a user's JWT on every request (and share the stream tokens' key, as production
 needs); with `--reasoning`, the fake upstream thinks first.
 """
@@ -36,6 +37,7 @@ from bench.run import (
     drive,
     measure,
     ours_protocol,
+    pooled,
     processes,
     quantile,
 )
@@ -129,10 +131,40 @@ async def follower_delays(a: Server, b: Server, protocol: Protocol, *, replies: 
 
 
 @dataclass
+class Split:
+    """The load split over A and B: replies, the wall time of the longer half, both CPUs."""
+
+    good: int
+    elapsed: float
+    cpu: float
+    errors: int
+
+    def __add__(self, other: Split) -> Split:
+        return Split(
+            self.good + other.good,
+            self.elapsed + other.elapsed,
+            self.cpu + other.cpu,
+            self.errors + other.errors,
+        )
+
+
+@dataclass
 class Outcome:
     delays: list[float]
     one: dict[int, Result]  # by level: the load on A alone
-    two: dict[int, tuple[float, float, int]]  # by level: replies/s, cpu ms/reply, errors
+    two: dict[int, Split]  # by level: the same load over A and B
+
+
+def pooled_outcome(outcomes: list[Outcome]) -> Outcome:
+    levels = outcomes[0].one
+    return Outcome(
+        [delay for outcome in outcomes for delay in outcome.delays],
+        {level: pooled([outcome.one[level] for outcome in outcomes]) for level in levels},
+        {
+            level: sum((o.two[level] for o in outcomes[1:]), outcomes[0].two[level])
+            for level in levels
+        },
+    )
 
 
 async def configuration(args: argparse.Namespace, *, redis: bool) -> Outcome:
@@ -152,7 +184,7 @@ async def configuration(args: argparse.Namespace, *, redis: bool) -> Outcome:
             settings["REDIS_URL"] = stack.enter_context(throwaway_redis(procs.workdir))
         a = procs.ours("ours-a", upstream, auth=args.auth, settings=settings)
         b = procs.ours("ours-b", upstream, auth=args.auth, settings=settings)
-        outcome = Outcome(await follower_delays(a, b, protocol, replies=3 * args.rounds), {}, {})
+        outcome = Outcome(await follower_delays(a, b, protocol, replies=3), {}, {})
         for level in args.levels:
             outcome.one[level] = await measure(
                 a, protocol, level=level, duration=args.duration, time_limit=time_limit
@@ -174,18 +206,21 @@ async def configuration(args: argparse.Namespace, *, redis: bool) -> Outcome:
             cpu = a.cpu_seconds() + b.cpu_seconds() - cpu
             samples = [sample for run, _ in both for sample in run]
             good = sum(sample.ok for sample in samples)
-            outcome.two[level] = (
-                good / max(elapsed for _, elapsed in both),
-                1000 * cpu / max(1, good),
-                len(samples) - good,
+            outcome.two[level] = Split(
+                good, max(elapsed for _, elapsed in both), cpu, len(samples) - good
             )
         return outcome
 
 
 async def main_async(args: argparse.Namespace) -> list[str]:
-    outcomes = {"database": await configuration(args, redis=False)}
-    if args.redis:
-        outcomes["redis"] = await configuration(args, redis=True)
+    # `--rounds N`: each configuration N times, in alternating order, pooled (a machine that
+    # drifts weighs on both alike).
+    labels = ["database", "redis"] if args.redis else ["database"]
+    runs: dict[str, list[Outcome]] = {label: [] for label in labels}
+    for round_ in range(args.rounds):
+        for label in labels[:: -1 if round_ % 2 else 1]:
+            runs[label].append(await configuration(args, redis=label == "redis"))
+    outcomes = {label: pooled_outcome(runs[label]) for label in labels}
     lines = []
     for label, outcome in outcomes.items():
         lines.append(
@@ -194,7 +229,12 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             f"p99 {1000 * quantile(outcome.delays, 0.99):.2f} ms ({len(outcome.delays)} tokens)"
         )
         for level, one in outcome.one.items():
-            rate, cpu, errors = outcome.two[level]
+            two = outcome.two[level]
+            rate, cpu, errors = (
+                two.good / two.elapsed,
+                1000 * two.cpu / max(1, two.good),
+                two.errors,
+            )
             lines.append(
                 f"{label:<9} level {level:>4}: one process {one.replies_per_s:.1f} replies/s, "
                 f"{one.cpu_ms_per_reply:.2f} cpu ms/reply, {one.errors} errors; two processes "

@@ -56,15 +56,29 @@ def test_benchmark_runs_every_target_without_errors():
     assert budget and all(line.startswith(("PASS", "FAIL")) for line in budget)
 
 
-def test_benchmark_runs_ours_with_auth_on():
+def test_benchmark_runs_ours_with_auth_on_and_every_variant():
     # The driver signs a JWT with the AUTH_JWT_SECRET it gives the server: a refused token
-    # would make every stream of ours an error.
+    # would make every stream of ours an error. The variants are servers of their own, each
+    # with its features on (a budget refusal or a bad token would show as errors too).
     args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
-    finished = run_bench("bench", *args, "--idle", "5", "--no-shared", "--auth", timeout=120)
-    assert "auth on" in finished.stdout.splitlines()[0]
-    [ours] = [line.split() for line in finished.stdout.splitlines() if line.startswith("ours ")]
-    streams, errors = int(ours[2]), int(ours[3])
-    assert streams >= 2 and errors == 0, ours
+    variants = ["auth", "budgets", "ops", "all"]
+    finished = run_bench(
+        "bench", *args, "--idle", "5", "--no-shared", "--auth",
+        "--variants", ",".join(variants), timeout=180,
+    )  # fmt: skip
+    lines = finished.stdout.splitlines()
+    assert "auth on" in lines[0]
+    header = next(i for i, line in enumerate(lines) if line.startswith("target"))
+    table = lines[header + 2 : lines.index("", header)]
+    rows = {row[0]: row for row in (line.split() for line in table) if "ours" in row[0]}
+    assert set(rows) == {"ours", *(f"ours+{name}" for name in variants)}
+    for row in rows.values():
+        streams, errors = int(row[2]), int(row[3])
+        assert streams >= 2 and errors == 0, row
+    compared = lines[lines.index("features on against off (ours), same run:") + 1 :]
+    assert [line.split()[2] for line in compared[: len(variants)]] == [
+        f"ours+{name}" for name in variants
+    ]
     assert "ours" in finished.stdout.split("idle streams", 1)[1]
 
 

@@ -307,6 +307,35 @@ def test_redis_killed_mid_stream_loses_nothing_and_new_replies_use_it_again(
                     assert check.xlen(stream_key(again["message_id"])) == len(done)
 
 
+def test_the_request_rate_window_is_shared_through_redis_and_outlives_it(
+    fake, start_process, tmp_path
+):
+    """LIMIT_USER_RPM with REDIS_URL: one window for both processes; with Redis gone, each
+    process counts on its own, and no turn fails for it."""
+    with own_redis(tmp_path) as (redis_url, redis_server):
+        a = start_process(REDIS_URL=redis_url, LIMIT_USER_RPM="4")
+        b = start_process(REDIS_URL=redis_url, LIMIT_USER_RPM="4")
+        with a.client() as on_a, b.client() as on_b:
+
+            def turn(http: httpx.Client) -> httpx.Response:
+                return http.post("/api/chat/messages", json={"message": "hi"})
+
+            assert [turn(http).status_code for http in (on_a, on_b, on_a, on_b)] == [202] * 4
+            for http in (on_a, on_b):
+                refused = turn(http)
+                assert refused.status_code == 429, refused.text
+                assert refused.json()["error"]["code"] == "rate_limited"
+                assert refused.headers["RateLimit-Limit"] == "4"
+                assert refused.headers["RateLimit-Remaining"] == "0"
+                assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+            redis_server.kill()
+            redis_server.wait()
+            # Each process's own window: four more turns each, then 429, never a 5xx.
+            for http in (on_a, on_b):
+                assert [turn(http).status_code for _ in range(5)] == [202] * 4 + [429]
+
+
 # --- without Redis: the database carries it -----------------------------------------------------
 
 

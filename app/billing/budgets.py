@@ -144,7 +144,7 @@ class SpendControl:
     async def limits_for(self, user_id: str) -> Limits:
         """The server defaults, with the user's override (set by an admin) where it has one."""
         daily, monthly = self._defaults.daily, self._defaults.monthly
-        override = await self._store.budgets.override(user_id=user_id)
+        override = await self._store.budgets.override_limits(user_id=user_id)
         if override is not None:
             if override["daily_overridden"]:
                 daily = override["daily_picousd"]

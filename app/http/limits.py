@@ -8,35 +8,55 @@
 
 The rate windows use the `limits` library: its moving window gives an exact "N in any 60 s"
 rather than a fixed window's burst of 2N at a minute's edge, and the same code runs on its
-`redis://` storage, so several processes share one window by changing a setting. With the
-default `memory://` each process keeps its own window. Only turns count: reconnecting to a
-stream and reading one's own data do not.
+Redis storage (through redis-py, the client REDIS_URL already uses), so several processes share
+one window. They live in LIMITS_STORAGE_URI, by default REDIS_URL's Redis when it is set, else
+`memory://` (each process its own window). Redis is never a single point of failure: while it
+is away, each process counts in a window of its own, and turns are never refused for it. Only
+turns count: reconnecting to a stream and reading one's own data do not.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from app.errors import ApiError
+from app.ops.redis import REDIS_FAULTS, client_options
 from app.replies.registry import Runs
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # A full process is usually free again within a reply's length; a retry sooner would only
 # find it full again.
 BUSY_RETRY_AFTER = 5
 
 
-def async_storage_uri(uri: str) -> str:
-    """The `limits` async storage for a URI as users write it (`memory://`, `redis://…`)."""
-    return uri if uri.startswith("async+") else f"async+{uri}"
+def window_storage(settings: Settings) -> Storage:
+    """Where the rate windows live: LIMITS_STORAGE_URI, else REDIS_URL's Redis, else memory.
+    A Redis one goes through redis-py with REDIS_URL's options (TLS as Heroku needs it, fast
+    failure: see app/ops/redis.py)."""
+    uri = settings.limits_storage_uri or settings.redis_url or "memory://"
+    uri = uri.removeprefix("async+")
+    options = {}
+    if uri.startswith(("redis://", "rediss://")):
+        options = {
+            "implementation": "redispy",
+            "key_prefix": "streamchat-limits",
+            **client_options(uri, read_timeout=2.0),
+        }
+    storage = storage_from_string(f"async+{uri}", **options)
+    assert isinstance(storage, Storage)
+    return storage
 
 
 class RequestLimits:
@@ -47,9 +67,9 @@ class RequestLimits:
         self._rpm = (
             RateLimitItemPerMinute(settings.limit_user_rpm) if settings.limit_user_rpm else None
         )
-        storage = storage_from_string(async_storage_uri(settings.limits_storage_uri))
-        assert isinstance(storage, Storage)
-        self._limiter = MovingWindowRateLimiter(storage)
+        self._limiter = MovingWindowRateLimiter(window_storage(settings))
+        self._local = MovingWindowRateLimiter(MemoryStorage())  # while the shared one is away
+        self._shared_away = False
 
     @contextmanager
     def process_slot(self) -> Iterator[None]:
@@ -74,9 +94,21 @@ class RequestLimits:
         """Count one turn of `user_id` against LIMIT_USER_RPM; 429 rate_limited past it."""
         if self._rpm is None:
             return
-        if await self._limiter.hit(self._rpm, user_id):
+        limiter = self._limiter
+        try:
+            allowed = await limiter.hit(self._rpm, user_id)
+            if self._shared_away:
+                log.info("the rate-limit storage is back: windows are shared again")
+                self._shared_away = False
+        except (*REDIS_FAULTS, StorageError) as exc:
+            if not self._shared_away:
+                log.warning("the rate-limit storage is unavailable (%s): counting per process", exc)
+                self._shared_away = True
+            limiter = self._local
+            allowed = await limiter.hit(self._rpm, user_id)
+        if allowed:
             return
-        reset_at, remaining = await self._limiter.get_window_stats(self._rpm, user_id)
+        reset_at, remaining = await limiter.get_window_stats(self._rpm, user_id)
         wait = max(1, math.ceil(reset_at - time.time()))
         raise ApiError(
             429,

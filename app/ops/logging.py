@@ -21,6 +21,7 @@ import contextvars
 import logging
 import time
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +156,10 @@ def _open_streams(scope: Scope) -> Any:
     return app.metrics.open_streams if app is not None and app.metrics is not None else None
 
 
+def _ms_since(start: datetime, moment: datetime | None) -> float | None:
+    return None if moment is None else round((moment - start).total_seconds() * 1000, 1)
+
+
 class ReplyLog:
     """A reply observer (app/replies/registry.py): one line when a reply has ended."""
 
@@ -165,6 +170,9 @@ class ReplyLog:
         records = run.records
         known = [r.cost for r in records if r.cost is not None]
         first = next((r.first_token_at for r in records if r.first_token_at), None)
+        # A reasoning model's answer may start long after its thinking did: only the two
+        # together say where the wait was.
+        thought = next((r.first_reasoning_at for r in records if r.first_reasoning_at), None)
         sources = sorted({str(r.cost_source) for r in records})
         fields = {
             "message_id": run.message_id,
@@ -176,9 +184,8 @@ class ReplyLog:
             "generation_ids": [r.generation_id for r in records if r.generation_id],
             "attempts": len(records),
             "status": str(run.status),
-            "time_to_first_token_ms": None
-            if first is None
-            else round((first - run.created_at).total_seconds() * 1000, 1),
+            "time_to_first_token_ms": _ms_since(run.created_at, first),
+            "time_to_first_reasoning_ms": _ms_since(run.created_at, thought),
             "duration_ms": round((now() - run.created_at).total_seconds() * 1000, 1),
             "prompt_tokens": sum(r.prompt_tokens for r in records),
             "completion_tokens": sum(r.completion_tokens for r in records),

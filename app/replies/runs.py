@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -357,24 +356,6 @@ class Run:
                 "upstream stream for %s ended after finish_reason without usage", self.message_id
             )
         record.status, record.ended_at = GenerationStatus.COMPLETE, now()
-        self._log_first_tokens(record)
-
-    def _log_first_tokens(self, record: GenerationRecord) -> None:
-        """Time to first token both ways: a reasoning model's answer may start long after its
-        thinking did, and only the two together say where the wait was."""
-
-        def after(moment: datetime | None) -> str:
-            if moment is None:
-                return "none"
-            return f"{(moment - record.started_at).total_seconds() * 1000:.0f} ms"
-
-        log.info(
-            "reply %s (%s): first reasoning %s, first content %s",
-            self.message_id,
-            record.model or record.requested_model,
-            after(record.first_reasoning_at),
-            after(record.first_token_at),
-        )
 
     def _apply_opened(self, record: GenerationRecord, opened: Opened) -> None:
         changed = False

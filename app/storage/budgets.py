@@ -128,6 +128,12 @@ COLUMNS = [
     "state",
     "created_at",
 ]
+OVERRIDE_LIMITS = sa.select(
+    budget_overrides.c.daily_overridden,
+    budget_overrides.c.daily_picousd,
+    budget_overrides.c.monthly_overridden,
+    budget_overrides.c.monthly_picousd,
+).where(budget_overrides.c.user_id == sa.bindparam("user_id"))
 OPEN_RESERVATION = _r.insert().values(binds(*COLUMNS))
 END_RESERVATION = (
     _r.update()
@@ -310,6 +316,11 @@ class Budgets:
             budget_overrides.select().where(budget_overrides.c.user_id == user_id)
         )
         return dict(row._mapping) if row else None
+
+    async def override_limits(self, *, user_id: str) -> dict[str, Any] | None:
+        """The user's override, its limits only: read before every turn when there is no
+        server budget (app/billing/budgets.py), so the writer's hot-path read."""
+        return await self._writer.read_row(OVERRIDE_LIMITS, {"user_id": user_id})
 
     async def put_override(
         self,

@@ -41,6 +41,10 @@ class PostgresWriter:
                     outcome.append([])
         return outcome
 
+    async def read_row(self, statement: sa.Select[Any], values: dict[str, Any]) -> Any | None:
+        row = await self._database.fetch_one(_with_values(statement, values))
+        return None if row is None else dict(row._mapping)
+
     async def close(self) -> None:
         """Nothing of its own to release: the pool is the `Database`'s, closed by its owner."""
 

@@ -73,6 +73,17 @@ class SQLiteWriter:
         # Shielded: the write goes on if the caller is cancelled; it just stops waiting for it.
         return await asyncio.shield(future)
 
+    async def read_row(self, statement: sa.Select[Any], values: dict[str, Any]) -> Any | None:
+        # Between transactions: this connection is only ever in one within `_transaction`,
+        # which never awaits once BEGIN has succeeded. A read sees every committed write (WAL).
+        connection = self._connect()
+        plan = self._plan(statement, connection)
+        assert plan is not None, "a read_row statement must compile to a plan"
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        row = driver.execute(plan.sql, plan.parameters(values)).fetchone()
+        return None if row is None else plan.row(row)
+
     async def close(self) -> None:
         """Let the queued writes commit, then close the connection."""
         while self._committing is not None:
@@ -138,10 +149,7 @@ class SQLiteWriter:
             return rows
         if isinstance(step, tuple):
             statement, values = step
-            try:
-                plan = self._plans[statement]
-            except KeyError:
-                plan = self._plans[statement] = _Plan.of(statement, connection.dialect)
+            plan = self._plan(statement, connection)
             if plan is not None:
                 driver = connection.connection.driver_connection
                 assert isinstance(driver, sqlite3.Connection)
@@ -151,6 +159,13 @@ class SQLiteWriter:
         else:
             result = connection.execute(step)
         return result.all() if result.returns_rows else []
+
+    def _plan(self, statement: sa.Executable, connection: sa.Connection) -> _Plan | None:
+        try:
+            return self._plans[statement]
+        except KeyError:
+            plan = self._plans[statement] = _Plan.of(statement, connection.dialect)
+            return plan
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
@@ -184,6 +199,8 @@ class _Plan:
 
     sql: str
     slots: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]  # key, literal, converter
+    # A SELECT's columns: each one's name and its result converter, if it has one.
+    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...] = ()
 
     @classmethod
     def of(cls, statement: sa.Executable, dialect: sa.Dialect) -> _Plan | None:
@@ -205,7 +222,11 @@ class _Plan:
                 return None
             converter = bind.type.dialect_impl(dialect).bind_processor(dialect)
             slots.append((bind.key, _REQUIRED if bind.required else bind.value, converter))
-        return cls(compiled.string, tuple(slots))
+        columns = tuple(
+            (column.keyname, column.type.dialect_impl(dialect).result_processor(dialect, None))
+            for column in compiled._result_columns
+        )
+        return cls(compiled.string, tuple(slots), columns)
 
     def parameters(self, values: dict[str, Any]) -> list[Any]:
         """The values in the order of the `?`s, converted as SQLAlchemy would convert them."""
@@ -216,6 +237,13 @@ class _Plan:
                 raise sa.exc.ArgumentError(f"no value for the bind parameter {key!r}")
             parameters.append(value if converter is None else converter(value))
         return parameters
+
+    def row(self, values: tuple[Any, ...]) -> dict[str, Any]:
+        """A SELECT's row by column name, converted as SQLAlchemy would convert it."""
+        return {
+            name: value if convert is None else convert(value)
+            for (name, convert), value in zip(self.columns, values, strict=True)
+        }
 
 
 class _Locked(Exception):

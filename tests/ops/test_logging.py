@@ -119,6 +119,7 @@ def test_json_logs_one_line_per_request_and_per_reply_and_no_secrets(json_server
     assert (
         done["time_to_first_token_ms"] > 0 and done["duration_ms"] >= done["time_to_first_token_ms"]
     )
+    assert done["time_to_first_reasoning_ms"] is None  # the model did not think aloud
     failed = replies[started["message_id"]]
     assert failed["status"] == "error" and failed["cost_source"] == "not_billed"
     assert {r["level"] for r in records} <= {"INFO", "WARNING", "ERROR"}

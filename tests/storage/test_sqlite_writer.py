@@ -201,3 +201,35 @@ def test_a_built_once_statement_missing_a_value_fails_as_in_sqlalchemy(path):
 
     run_async(scenario())
     assert texts(path) == ["next"]  # all or nothing: the first insert went with the second
+
+
+def test_a_hot_path_read_gives_what_sqlalchemy_would_and_sees_every_commit(tmp_path):
+    """`read_row` on the writer's connection: values converted as through `databases` (the
+    override read every turn makes without server budgets), a committed write seen at once."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+
+    async def scenario():
+        async with migrated_store(url) as store:
+            budgets = store.budgets
+            before = await budgets.override_limits(user_id="ann")
+            await budgets.put_override(
+                user_id="ann",
+                daily_overridden=True,
+                daily_picousd=5 * 10**12,
+                monthly_overridden=False,
+                monthly_picousd=None,
+            )
+            fast = await budgets.override_limits(user_id="ann")
+            slow = await budgets.override(user_id="ann")
+            return before, fast, slow
+
+    before, fast, slow = run_async(scenario())
+    assert before is None
+    assert fast == {
+        "daily_overridden": True,
+        "daily_picousd": 5 * 10**12,
+        "monthly_overridden": False,
+        "monthly_picousd": None,
+    }
+    assert fast["daily_overridden"] is True and fast["monthly_overridden"] is False
+    assert {key: slow[key] for key in fast} == fast
