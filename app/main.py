@@ -40,11 +40,13 @@ from app.http.routes import (
     pages,
     replies,
 )
+from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import ReplyLog, RequestLog, configure_logging
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
+from app.ops.stages import StageProbe, StartMarks
 from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
 from app.replies.signals import Signals
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         return create_app(settings)
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
     install_access_log_redaction()
+    stages = StageProbe() if settings.stage_probe else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
@@ -197,6 +200,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                     signals=signals,
                     streams=streams,
+                    stages=stages,
                 )
             }
 
@@ -210,12 +214,17 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *health.routes,
             *me.routes,
             *budgets.routes,
+            *stages_routes.routes,
             *pages.routes,
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
         # The request log outermost: its line and X-Request-ID cover every answer, a 413 too.
-        middleware=[Middleware(RequestLog), *http_middleware(settings)],
+        middleware=[
+            *([Middleware(StartMarks)] if stages is not None else []),
+            Middleware(RequestLog),
+            *http_middleware(settings),
+        ],
     )
 
 

@@ -192,6 +192,9 @@ class Settings(DatabaseSettings):
     # Operations (docs/operations.md). GET /metrics needs `Authorization: Bearer METRICS_TOKEN`;
     # unset: /metrics answers 404, as if it did not exist.
     metrics_token: SecretStr | None = None
+    # Time each turn's way to its first token, stage by stage, for `bench --stages`
+    # (app/ops/stages.py; read at GET /api/admin/stages). Off: no cost but a check per stage.
+    stage_probe: bool = False
     # json: one JSON object per log line. None: json in production, text otherwise.
     log_format: Literal["json", "text"] | None = None
     # /readyz logs a warning (still ready) when the key's remaining credit is below this (USD).

@@ -13,6 +13,7 @@ from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
+from app.ops.stages import StageProbe
 from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
 from app.replies.signals import Signals
@@ -40,6 +41,7 @@ class AppState:
     key_check: KeyCheck  # /readyz's OpenRouter key check, cached
     signals: Signals  # stop requests and agent changes to and from the other processes
     streams: ReplyStreams | None = None  # live replies through Redis (REDIS_URL)
+    stages: StageProbe | None = None  # STAGE_PROBE: where first tokens spend their time
 
 
 def app_state(request: Request) -> AppState:

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import jwt
 
 from app.dev.threaded_server import free_port
@@ -47,6 +48,7 @@ HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
 MESSAGE = "Tell me about benchmarks"
 AUTH_JWT_SECRET = "bench-not-a-real-secret-0123456789abcdef"
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 
 
 # --- the processes ------------------------------------------------------------------------------
@@ -58,6 +60,16 @@ class Server:
     port: int
     process: subprocess.Popen
     log: Path
+    probed: bool = False  # ours with STAGE_PROBE on (--stages), read with ADMIN_TOKEN
+
+    async def stages(self, method: str) -> dict[str, list[float]]:
+        """The stage probe's samples (GET) or none, having cleared them (DELETE)."""
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{self.port}") as http:
+            response = await http.request(
+                method, "/api/admin/stages", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            )
+            response.raise_for_status()
+            return response.json()["stages"] if method == "GET" else {}
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -132,6 +144,7 @@ class Processes:
         auth: bool,
         settings: dict[str, str] | None = None,
         serve: tuple[str, ...] = ("-m", "app", "serve"),
+        stages: bool = False,
     ) -> Server:
         env = {
             **(
@@ -147,6 +160,7 @@ class Processes:
             # Every bench reply opens a conversation, so titles would add an upstream call per
             # reply that the pass-through never makes: measured apart from the reply, if at all.
             "AUTO_TITLES": "false",
+            **({"STAGE_PROBE": "true", "ADMIN_TOKEN": ADMIN_TOKEN} if stages else {}),
             **(settings or {}),
         }
         migrate = subprocess.run(
@@ -159,7 +173,9 @@ class Processes:
         )
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}{migrate.stderr}")
-        return self.start(name, list(serve), env)
+        server = self.start(name, list(serve), env)
+        server.probed = stages
+        return server
 
     def stop_all(self) -> None:
         for server in reversed(self.servers):
@@ -309,6 +325,8 @@ class Result:
     peak_rss_kb: int
     driver_cpu: float
     ttfr: list[float] = dataclasses.field(default_factory=list)  # first reasoning (--reasoning)
+    # --stages: the server's own timing of each stage to the first delta, ms (app/ops/stages.py)
+    stages: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def replies_per_s(self) -> float:
@@ -337,6 +355,9 @@ def pooled(results: list[Result]) -> Result:
         peak_rss_kb=max(r.peak_rss_kb for r in results),
         driver_cpu=sum(r.driver_cpu for r in results),
         ttfr=[t for r in results for t in r.ttfr],
+        stages={
+            stage: [ms for r in results for ms in r.stages.get(stage, [])] for stage in first.stages
+        },
     )
 
 
@@ -357,11 +378,14 @@ async def measure(
 ) -> Result:
     # Warm-up: fill connection pools and caches the same way for every target.
     await drive(server.port, protocol, concurrency=level, duration=0.0, time_limit=time_limit)
+    if server.probed:
+        await server.stages("DELETE")
     cpu, driver = server.cpu_seconds(), _driver_cpu()
     samples, elapsed = await drive(
         server.port, protocol, concurrency=level, duration=duration, time_limit=time_limit
     )
     cpu, driver = server.cpu_seconds() - cpu, _driver_cpu() - driver
+    stages = await server.stages("GET") if server.probed else {}
     good = [s for s in samples if s.ok]
     return Result(
         target=server.name,
@@ -375,6 +399,7 @@ async def measure(
         peak_rss_kb=server.memory_kb("VmHWM"),
         driver_cpu=driver,
         ttfr=[s.ttfr for s in good if s.ttfr is not None],
+        stages=stages,
     )
 
 
@@ -543,6 +568,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--redis", action="store_true", help="with --processes 2: and Redis too")
     parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="ours (and variants) with STAGE_PROBE on: where the first token's time goes, "
+        "stage by stage (app/ops/stages.py)",
+    )
+    parser.add_argument(
         "--variants",
         default="",
         help=f"more targets, ours with features on, in the same rounds: a comma list of "
@@ -634,6 +665,46 @@ def variant_lines(by: dict[tuple[str, int], Result], names: list[str], levels: l
     return "\n".join(lines)
 
 
+# The upstream's own wait for its first token: in the time to first token, not in what we add.
+UPSTREAMS_OWN = "first_chunk"
+
+
+def stage_table(results: list[Result], levels: list[int]) -> str:
+    """Per probed target and level, each stage's mean and p50 (ms) and its share of what the
+    server adds (every stage but the upstream's own wait; means, so the shares add up)."""
+    lines = [
+        "stages to the first delta (server-side, STAGE_PROBE): mean / p50 ms, share of what "
+        f"the server adds (all but {UPSTREAMS_OWN}, the upstream's own wait)"
+    ]
+    for target in dict.fromkeys(r.target for r in results if r.stages):
+        by_level = {r.level: r.stages for r in results if r.target == target}
+        lines.append(f"{target:<14}" + "".join(f"{f'{level} streams':>26}" for level in levels))
+        names = [
+            n for n in next(iter(by_level.values())) if any(s.get(n) for s in by_level.values())
+        ]
+        added = {
+            level: sum(
+                sum(ms) / len(ms) for name, ms in stages.items() if ms and name != UPSTREAMS_OWN
+            )
+            for level, stages in by_level.items()
+        }
+        for name in names:
+            cells = []
+            for level in levels:
+                ms = by_level[level].get(name, [])
+                if not ms:
+                    cells.append(f"{'-':>26}")
+                    continue
+                mean = sum(ms) / len(ms)
+                share = "" if name == UPSTREAMS_OWN else f"{100 * mean / added[level]:.0f}%"
+                cells.append(f"{mean:>10.2f} /{quantile(ms, 0.5):>7.2f}{share:>7}")
+            lines.append(f"  {name:<12}" + "".join(cells))
+        lines.append(
+            f"  {'added':<12}" + "".join(f"{added[level]:>10.2f}{'':>16}" for level in levels)
+        )
+    return "\n".join(lines)
+
+
 async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
     results: list[Result] = []
@@ -671,6 +742,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                     upstream,
                     auth=args.auth,
                     settings={**(spend or {}), **ops_settings(args)},
+                    stages=args.stages,
                 ),
                 timed(ours_protocol(args.auth), OURS_REASONING),
             )
@@ -680,7 +752,11 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             targets.append(
                 (
                     procs.ours(
-                        f"ours+{name}", upstream, auth=variant.auth, settings=variant.settings()
+                        f"ours+{name}",
+                        upstream,
+                        auth=variant.auth,
+                        settings=variant.settings(),
+                        stages=args.stages,
                     ),
                     timed(ours_protocol(variant.auth), OURS_REASONING),
                 )
@@ -710,6 +786,8 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     if args.variants:
         print("\nfeatures on against off (ours), same run:")
         print(variant_lines(by, args.variants, args.levels))
+    if args.stages:
+        print("\n" + stage_table(results, args.levels))
     if args.idle:
         print(f"\nidle streams ({args.idle}, upstream silent after its first chunk):")
         with processes() as procs:

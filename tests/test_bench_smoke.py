@@ -64,7 +64,7 @@ def test_benchmark_runs_ours_with_auth_on_and_every_variant():
     variants = ["auth", "budgets", "ops", "all"]
     finished = run_bench(
         "bench", *args, "--idle", "5", "--no-shared", "--auth",
-        "--variants", ",".join(variants), timeout=180,
+        "--variants", ",".join(variants), "--stages", timeout=180,
     )  # fmt: skip
     lines = finished.stdout.splitlines()
     assert "auth on" in lines[0]
@@ -80,6 +80,13 @@ def test_benchmark_runs_ours_with_auth_on_and_every_variant():
         f"ours+{name}" for name in variants
     ]
     assert "ours" in finished.stdout.split("idle streams", 1)[1]
+    # --stages: every ours target's turns timed by its own probe, stage by stage.
+    probed = finished.stdout.split("stages to the first delta", 1)[1].split("idle streams")[0]
+    assert [line.split()[0] for line in probed.splitlines() if line and line[0] != " "] == [
+        "ours",
+        *(f"ours+{name}" for name in variants),
+    ]
+    assert "  relayed " in probed and "  saved " in probed  # budgets gate: the write is timed
 
 
 def test_rounds_are_pooled_into_one_measurement():

@@ -9,6 +9,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
 from app.errors import ApiError
+from app.ops.stages import StageProbe
 from app.replies.events import LogEvent
 from app.replies.registry import Runs
 from app.state import AppState
@@ -54,7 +55,7 @@ def reply_event_id(request: Request) -> tuple[str, int] | None:
 
 
 async def _frames(
-    batches: AsyncIterator[list[LogEvent]], id_prefix: bytes | None
+    batches: AsyncIterator[list[LogEvent]], id_prefix: bytes | None, probe: StageProbe | None
 ) -> AsyncIterator[bytes]:
     """The wire bytes of each batch; an empty batch is a keep-alive ping."""
     async for batch in batches:
@@ -71,6 +72,8 @@ async def _frames(
         # A browser's EventSource waits ~3 s by default before reconnecting; a dropped reply
         # should resume sooner. It keeps the `retry:` it was given across reconnections.
         yield RETRY_FIELD + frames if batch[0].id == 1 else frames
+        if probe is not None and any(event.event == "delta" for event in batch):
+            probe.relayed()  # resumed here once the frames were sent
 
 
 async def drain_on_shutdown(runs: Runs) -> None:
@@ -92,7 +95,7 @@ def sse_response(
     forms, whose reconnecting EventSource must name its reply: see `reply_event_id`)."""
     id_prefix = None if reply_ids is None else ID_FIELD + f"{reply_ids}:".encode()
     return EventSourceResponse(
-        _frames(batches, id_prefix),
+        _frames(batches, id_prefix, state.stages),
         # Our batch sources send the pings (an empty batch): no ping task per response.
         ping=0,
         headers=STREAM_HEADERS,

@@ -35,6 +35,7 @@ from app.storage.tables import now
 
 if TYPE_CHECKING:
     from app.replies.runs import Run
+    from app.storage.ledger import LateCost
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
@@ -161,7 +162,8 @@ def _ms_since(start: datetime, moment: datetime | None) -> float | None:
 
 
 class ReplyLog:
-    """A reply observer (app/replies/registry.py): one line when a reply has ended."""
+    """A reply observer (app/replies/registry.py): one line when a reply has ended, and one
+    when a cost it ended without is learnt (a stopped or interrupted reply's, say)."""
 
     def reply_started(self, run: Run) -> None:
         pass  # the request's own line says a turn was asked for
@@ -202,4 +204,19 @@ class ReplyLog:
             fields["completion_tokens"],
             fields["cost_usd"] or "?",
             extra=fields,
+        )
+
+    def cost_learnt(self, late: LateCost) -> None:
+        reply_log.info(
+            "reply %s: cost learnt later, $%s (%s)",
+            late.message_id,
+            late.cost if late.cost is not None else "?",
+            late.source,
+            extra={
+                "message_id": late.message_id,
+                "agent": late.agent,
+                "model": late.model,
+                "cost_usd": None if late.cost is None else str(late.cost),
+                "cost_source": str(late.source),
+            },
         )

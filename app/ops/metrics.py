@@ -19,7 +19,7 @@ codes are our own (`upstream_429`, ...). No user id, conversation or message id 
     streamchat_fallbacks_total{agent}
     streamchat_tokens_total{kind}                    prompt | completion | reasoning | cached
                                                      | cache_write
-    streamchat_cost_usd_total{model,agent}           costs known when the reply ended
+    streamchat_cost_usd_total{model,agent}           costs, when the reply ended or learnt later
     streamchat_generations_cost_unknown{source}      none | pending, read from the ledger per scrape
     streamchat_database_write_seconds
     streamchat_openrouter_limit_remaining_usd        from /readyz's key check
@@ -42,6 +42,7 @@ from app.storage.writer import Writer
 
 if TYPE_CHECKING:
     from app.replies.runs import Run
+    from app.storage.ledger import LateCost
 
 OTHER = "other"
 ERROR_CODE = re.compile(r"^[a-z0-9_]{1,48}$")
@@ -110,7 +111,7 @@ class Metrics:
         )
         self.cost = Counter(
             "streamchat_cost_usd",
-            "Cost in USD known when replies ended (later lookups: see the cost reports)",
+            "Cost in USD, counted when a reply ends or when its generation record gives it",
             ["model", "agent"],
             registry=registry,
         )
@@ -163,6 +164,10 @@ class Metrics:
         answered = next((r.model for r in reversed(records) if r.model), None)
         if answered is not None and answered in run.request.fallback_models:
             self.fallbacks.labels(agent).inc()
+
+    def cost_learnt(self, late: LateCost) -> None:
+        if late.cost:
+            self.cost.labels(self.model_label(late.model), late.agent).inc(float(late.cost))
 
     def model_label(self, model: str) -> str:
         return model if model in self._known_models() else OTHER

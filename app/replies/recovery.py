@@ -14,6 +14,7 @@ from typing import Any
 
 from app.billing.costs import find_cost
 from app.settings import Settings
+from app.storage.ledger import LateCost
 from app.storage.store import Store
 from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient
@@ -33,6 +34,7 @@ class Recovery:
         spawn: Spawn,
         live: Callable[[], list[str]],
         stop: Callable[[list[str]], None],
+        learnt: Callable[[LateCost], None],
     ) -> None:
         self._store = store
         self._client = client
@@ -40,6 +42,7 @@ class Recovery:
         self._spawn = spawn  # background work that shutdown waits for
         self._live = live  # the message ids of this process's live replies
         self._stop = stop  # stops those of them another process was asked to stop
+        self._learnt = learnt  # tells the observers of a cost learnt after its reply ended
         self._lookups: set[asyncio.Task[Any]] = set()
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
@@ -61,7 +64,9 @@ class Recovery:
         await asyncio.shield(self._spawn(self._settle(record_id, found)))
 
     async def _settle(self, record_id: str, found: dict[str, Any]) -> None:
-        await self._store.ledger.settle_cost(record_id=record_id, **found)
+        late = await self._store.ledger.settle_cost(record_id=record_id, **found)
+        if late is not None:
+            self._learnt(late)
         # The reply's budget reservation becomes its real cost once its last one is known.
         await self._store.budgets.settle_ready()
 

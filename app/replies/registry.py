@@ -16,6 +16,7 @@ from app.replies.states import MessageStatus
 from app.replies.titles import AGENT as TITLER
 from app.replies.titles import Titler
 from app.settings import Settings
+from app.storage.ledger import LateCost
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient
 
@@ -23,12 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class ReplyObserver(Protocol):
-    """Told when a run starts and when it has ended (its final event out): metrics, the reply's
-    log line. Called on the event loop, never per token: keep it cheap and never raise."""
+    """Told when a run starts and when it has ended (its final event out), and when a cost
+    still unknown then is learnt: metrics, the reply's log lines. Called on the event loop,
+    never per token: keep it cheap and never raise."""
 
     def reply_started(self, run: Run) -> None: ...
 
     def reply_ended(self, run: Run) -> None: ...
+
+    def cost_learnt(self, late: LateCost) -> None: ...
 
 
 class Runs:
@@ -59,6 +63,7 @@ class Runs:
             spawn=self.spawn,
             live=self._live_ids,
             stop=self.stop,
+            learnt=lambda late: self._tell("cost_learnt", late),
         )
         self.titler = (
             Titler(
@@ -133,12 +138,12 @@ class Runs:
             self._titling.add(task)
             task.add_done_callback(self._titling.discard)
 
-    def _tell(self, event: str, run: Run) -> None:
+    def _tell(self, event: str, subject: Run | LateCost) -> None:
         # A failing observer (a metrics or logging bug) must not cost a reply anything: it is
         # told inside the run's final steps, before the lookups of its pending costs.
         for observer in self.observers:
             try:
-                getattr(observer, event)(run)
+                getattr(observer, event)(subject)
             except Exception:
                 log.exception("reply observer %r failed on %s", observer, event)
 

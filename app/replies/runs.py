@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from app.ops.stages import Stage, mark
 from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
@@ -317,6 +318,7 @@ class Run:
                 if type(event) is Delta:  # the hot path: keep it short
                     if not self.parts:
                         record.first_token_at = now()
+                        mark(Stage.FIRST_DELTA)
                     self.parts.append(event.content)
                     self.log.append("delta", {"content": event.content})
                     if (

@@ -14,6 +14,7 @@ from typing import Any
 from app.billing.budgets import Reservation
 from app.errors import ApiError
 from app.http.input import optional_text, stream_flag, valid_id
+from app.ops.stages import Stage, mark
 from app.replies.runs import Run, RunRequest
 from app.replies.titles import first_words
 from app.state import AppState
@@ -257,11 +258,16 @@ async def start_run(state: AppState, turn: Turn) -> Run:
     request, rows = _prepare(state, turn)
     with state.limits.process_slot():
         reservation = await _admit(state, request)
+        mark(Stage.ADMITTED)
         if reservation.gated:
             await _save(state, reservation, rows)
-            return state.runs.start(request, save_turn=None)
-        save = state.store.replies.start_turn(**rows, reservation=reservation.steps)
-        return state.runs.start(request, save_turn=save)
+            mark(Stage.SAVED)
+            save = None
+        else:
+            save = state.store.replies.start_turn(**rows, reservation=reservation.steps)
+        run = state.runs.start(request, save_turn=save)
+        mark(Stage.STARTED)
+        return run
 
 
 async def claim_run(
@@ -285,6 +291,7 @@ async def claim_run(
     ids = rows["ids"]
     with state.limits.process_slot():
         reservation = await _admit(state, request)
+        mark(Stage.ADMITTED)
         claim = state.store.idempotency.claim(
             user_id=turn.user_id,
             key=key,
@@ -316,4 +323,7 @@ async def claim_run(
                     503, "storage_error", "the conversation could not be saved"
                 ) from None
             return claimed
-        return state.runs.start(request, save_turn=None)
+        mark(Stage.SAVED)
+        run = state.runs.start(request, save_turn=None)
+        mark(Stage.STARTED)
+        return run

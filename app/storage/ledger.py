@@ -163,6 +163,17 @@ def cancel_streaming(*, message_ids: sa.Select[Any], ended_at: datetime) -> sa.E
     )
 
 
+@dataclass(frozen=True)
+class LateCost:
+    """A generation's cost learnt after its reply ended (the generation record)."""
+
+    message_id: str
+    agent: str
+    model: str
+    cost: Decimal | None
+    source: CostSource
+
+
 class Ledger:
     def __init__(self, *, database: Database, writer: Writer) -> None:
         self._database = database
@@ -231,8 +242,9 @@ class Ledger:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         model: str | None = None,
-    ) -> None:
-        """Set a pending generation's cost once; a settled one is never overwritten."""
+    ) -> LateCost | None:
+        """Set a pending generation's cost once; a settled one is never overwritten. What was
+        settled (None: the generation was not pending)."""
         values: dict[str, Any] = {"cost_picousd": to_picos(cost), "cost_source": source}
         if prompt_tokens is not None:
             values["prompt_tokens"] = prompt_tokens
@@ -240,12 +252,22 @@ class Ledger:
             values["completion_tokens"] = completion_tokens
         if model is not None:
             values["model"] = model
-        await self._writer.write(
+        g = generations
+        [settled] = await self._writer.write(
             [
-                generations.update()
-                .where(
-                    generations.c.id == record_id, generations.c.cost_source == CostSource.PENDING
-                )
+                g.update()
+                .where(g.c.id == record_id, g.c.cost_source == CostSource.PENDING)
                 .values(**values)
+                .returning(g.c.message_id, g.c.agent, g.c.requested_model, g.c.model)
             ]
+        )
+        if not settled:
+            return None
+        message_id, agent, requested, answered = settled[0]
+        return LateCost(
+            message_id=message_id,
+            agent=agent,
+            model=answered or requested,
+            cost=cost,
+            source=source,
         )

@@ -36,6 +36,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from app.billing.money import parse_amount
+from app.ops.stages import Stage, mark
 from app.upstream.pool import ClientPool
 
 log = logging.getLogger(__name__)
@@ -550,6 +551,7 @@ class OpenRouterClient:
                 headers=self._headers,
             ) as source:
                 response = source.response
+                mark(Stage.UPSTREAM)
                 if response.status_code != 200:
                     raise await _status_error(response)
                 header_id = response.headers.get("x-generation-id")
@@ -567,6 +569,7 @@ class OpenRouterClient:
                     if not data:
                         continue
                     if first:
+                        mark(Stage.FIRST_CHUNK)
                         first = False
                         decoded = _decode_first_chunk(data, header_id)
                     else:

@@ -7,6 +7,7 @@ import json
 from decimal import Decimal
 
 import httpx
+import pytest
 from httpx_sse import EventSource
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -88,8 +89,11 @@ def test_metrics_count_replies_tokens_costs_errors_and_streams(start_server, fak
     # usage never came on its stream).
     assert value(samples, "streamchat_tokens_total", kind="completion") == 4
     assert value(samples, "streamchat_tokens_total", kind="prompt") > 0
+    # Every cost in the ledger, the stopped reply's too: learnt from its generation record
+    # after the reply ended, and counted then.
+    [ledger] = database.query("SELECT SUM(cost_picousd) AS total FROM generations")
     cost = value(samples, "streamchat_cost_usd_total", model="openai/gpt-4o", agent="chat")
-    assert cost >= 0.00025
+    assert cost == pytest.approx(ledger["total"] / 10**12) and cost > 0.00025
     assert value(samples, "streamchat_open_sse_connections") == 0
     assert value(samples, "streamchat_live_replies") == 0
     assert value(samples, "streamchat_database_write_seconds_count") > 0

@@ -18,6 +18,7 @@ from app.errors import ApiError
 from app.http.auth.identity import Caller, identify, identify_from_query, identify_stream
 from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
 from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
+from app.ops.stages import Stage, mark
 from app.replies.events import LogEvent
 from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
@@ -155,6 +156,7 @@ async def _posted_turn(
     body = await json_body(request, optional=bodiless)
     key = idempotency_key(request)
     turn = await build(state, body, user_id=user_id)
+    mark(Stage.VALIDATED)
     if key is None:
         return turn, await start_run(state, turn)
     sent = fingerprint(request, body)
@@ -177,6 +179,7 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
     async def endpoint(request: Request) -> Response:
         state = app_state(request)
         caller = await identify(request)
+        mark(Stage.IDENTIFIED)
         turn, run = await _posted_turn(request, state, build, caller.user_id)
         if isinstance(run, Run):
             return _resumed(state, run, 0) if turn.stream else await _final_json(state, run)
@@ -209,7 +212,9 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
                 state, message_id=message_id, user_id=caller.user_id, agent=agent
             )
             return _resumed(state, source, after, reply_ids=message_id)
+        mark(Stage.IDENTIFIED)
         turn = await build(state, query_body(request), user_id=caller.user_id)
+        mark(Stage.VALIDATED)
         run = await start_run(state, turn)
         return _resumed(state, run, 0, reply_ids=run.message_id)
 
@@ -229,6 +234,7 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
 async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = False) -> Response:
     state = app_state(request)
     caller = await identify(request)
+    mark(Stage.IDENTIFIED)
     _, run = await _posted_turn(request, state, build, caller.user_id, bodiless=bodiless)
     if not isinstance(run, Run):
         return _accepted(
