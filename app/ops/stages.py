@@ -11,7 +11,8 @@ applies, is left out):
     saved         the turn's rows and reservation written: only when a limit gates the call
     started       the run made (the upstream body built) and its task spawned
     upstream      the upstream's response headers: connect, send, and its own first wait
-    first_chunk   the upstream's first data chunk: its time to first token, not ours
+    first_chunk   the upstream's chunk with the first content (a role chunk, reasoning before
+                  it): its time to first token, not ours
     first_delta   that chunk parsed into the first delta
     relayed       the delta appended to the reply's log, the request's follower woken, its
                   frame handed to the client's connection
@@ -54,9 +55,12 @@ MAX_SAMPLES = 200_000
 
 
 def mark(stage: Stage) -> None:
-    """The current request reached `stage` (nothing when the probe is off)."""
+    """The current request reached `stage` (nothing when the probe is off); reached again
+    right after, the later time counts (the upstream's chunks before the first content)."""
     marks = _marks.get()
     if marks is not None:
+        if marks[-1][0] is stage:
+            marks.pop()
         marks.append((stage, time.perf_counter()))
 
 

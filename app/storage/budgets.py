@@ -7,8 +7,9 @@ fit, it inserts nothing and the whole write is refused, so nothing of the turn i
 fits when the user's live replies are under LIMIT_USER_CONCURRENT and, for each budget that
 applies (the user's override, read by the statement, else the server default), everything
 counted in its period (held reservations, settled costs, kept reservations) plus this turn's
-worst case is under the limit. Sums are computed by the statement itself, so the check sees
-every process's rows:
+worst case is under the limit. What is counted is read by the statement itself from the
+running totals triggers keep in the same transactions (`budget_totals`, migration 11), so the
+check sees every process's rows:
 
 - SQLite: one writer at a time (the writer's BEGIN IMMEDIATE), so each INSERT sees all the
   reservations committed before it, from any process on the same file.
@@ -39,7 +40,14 @@ import sqlalchemy as sa
 from databases import Database
 
 from app.replies.states import CostSource, GenerationStatus, MessageStatus
-from app.storage.tables import budget_overrides, budget_reservations, generations, messages, now
+from app.storage.tables import (
+    budget_overrides,
+    budget_reservations,
+    budget_totals,
+    generations,
+    messages,
+    now,
+)
 from app.storage.writer import Guard, Step, Writer, binds
 
 # Advisory lock classes (the two-key form, a key space of its own: the migration lock's
@@ -82,6 +90,18 @@ class Usage:
     month_spent: int
     month_reserved: int
     live: int  # the user's live replies, on every process
+
+
+def _counted(scope: str, subject: str, period: str) -> sa.ColumnElement[Any]:
+    """Everything counted in a period (held, settled and kept), from its running total: one row
+    read by primary key, whatever the number of reservations (migration 11)."""
+    t = budget_totals
+    return sa.func.coalesce(
+        sa.select(t.c.amount_picousd)
+        .where(t.c.scope == scope, t.c.subject == subject, t.c.period == period)
+        .scalar_subquery(),
+        0,
+    )
 
 
 def _total(*where: Any) -> sa.ScalarSelect[Any]:
@@ -195,18 +215,18 @@ class Budgets:
             return sa.literal(amount, sa.BigInteger)
 
         o = budget_overrides
-        for default, flag, value, where in (
+        for default, flag, value, counted in (
             (
                 limits.daily,
                 o.c.daily_overridden,
                 o.c.daily_picousd,
-                (_r.c.user_id == user_id, _r.c.day == day),
+                _counted("user_day", user_id, day),
             ),
             (
                 limits.monthly,
                 o.c.monthly_overridden,
                 o.c.monthly_picousd,
-                (_r.c.user_id == user_id, _r.c.month == month),
+                _counted("user_month", user_id, month),
             ),
         ):
             if overrides:
@@ -215,11 +235,11 @@ class Budgets:
                     (sa.exists().where(mine, flag), sa.select(value).where(mine).scalar_subquery()),
                     else_=sa.literal(default, sa.BigInteger),
                 )
-                fits.append(sa.or_(limit.is_(None), _total(*where) + new() <= limit))
+                fits.append(sa.or_(limit.is_(None), counted + new() <= limit))
             elif default is not None:
-                fits.append(_total(*where) + new() <= default)
+                fits.append(counted + new() <= default)
         if limits.global_daily is not None:
-            fits.append(_total(_r.c.day == day) + new() <= limits.global_daily)
+            fits.append(_counted("global_day", "", day) + new() <= limits.global_daily)
         row = sa.select(
             sa.literal(message_id, sa.String),
             sa.literal(user_id, sa.String),

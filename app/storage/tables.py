@@ -164,6 +164,16 @@ budget_reservations = sa.Table(
     sa.Column("settled_at", UTCDateTime),
 )
 
+# Kept by triggers (migration 11): the sum of `budget_reservations.amount_picousd` per scope.
+budget_totals = sa.Table(
+    "budget_totals",
+    metadata,
+    sa.Column("scope", sa.String(16), primary_key=True),  # global_day | user_day | user_month
+    sa.Column("subject", sa.String(64), primary_key=True),  # the user id; '' for global_day
+    sa.Column("period", sa.String(10), primary_key=True),  # the reservation's day or month
+    sa.Column("amount_picousd", sa.BigInteger, nullable=False),
+)
+
 budget_overrides = sa.Table(
     "budget_overrides",
     metadata,

@@ -559,7 +559,7 @@ class OpenRouterClient:
                     # Known before any chunk: a reply stopped while the upstream still thinks
                     # (only `: OPENROUTER PROCESSING` so far) can look its cost up by it.
                     yield Opened(header_id)
-                first = True
+                first = awaiting_content = True
                 events = source.aiter_sse()
                 async for sse in events:
                     data = sse.data
@@ -569,11 +569,13 @@ class OpenRouterClient:
                     if not data:
                         continue
                     if first:
-                        mark(Stage.FIRST_CHUNK)
                         first = False
                         decoded = _decode_first_chunk(data, header_id)
                     else:
                         decoded = _decode_chunk(data)
+                    if awaiting_content:
+                        mark(Stage.FIRST_CHUNK)  # until the chunk with the first content
+                        awaiting_content = not any(type(e) is Delta and e.content for e in decoded)
                     for event in decoded:
                         if isinstance(event, Finish):
                             if finished:

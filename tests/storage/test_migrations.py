@@ -290,3 +290,65 @@ def test_the_message_tree_keeps_what_conversations_written_before_it_show(databa
         {"role": "user", "content": "m7 said"},
         {"role": "assistant", "content": "m1 said"},
     ]
+
+
+def test_budget_totals_are_backfilled_then_kept_by_every_write_of_a_reservation(
+    database, monkeypatch
+):
+    """Migration 11's running totals: the sums of the reservations already there, then kept
+    equal to them through inserts, settlements (a change of amount), other updates and deletes,
+    on both databases (SQLite triggers, PostgreSQL's trigger function)."""
+    totals = next(m for m in MIGRATIONS if m.statements is migrations._budget_totals)
+    stamp = "'2026-01-01 00:00:00'"
+
+    def reservation(id_: str, user: str, day: str, amount: int) -> str:
+        return (
+            "INSERT INTO budget_reservations (id, user_id, day, month, reserved_picousd,"
+            f" amount_picousd, state, created_at) VALUES ('{id_}', '{user}', '{day}',"
+            f" '{day[:7]}', {amount}, {amount}, 'held', {stamp})"
+        )
+
+    async def run() -> None:
+        db = await _opened(database.url)
+        try:
+            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[: MIGRATIONS.index(totals)])
+            await migrate(db, url=database.url)
+            for statement in (
+                reservation("r1", "ann", "2026-03-01", 10),
+                reservation("r2", "ann", "2026-03-02", 20),
+                reservation("r3", "bob", "2026-03-01", 40),
+            ):
+                await db.execute(statement)
+            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+            assert totals.version in await migrate(db, url=database.url)
+            for statement in (
+                reservation("r4", "ann", "2026-04-01", 80),
+                "UPDATE budget_reservations SET amount_picousd = 3, state = 'settled'"
+                " WHERE id IN ('r1', 'r3')",
+                f"UPDATE budget_reservations SET ended_at = {stamp} WHERE id = 'r2'",
+                "DELETE FROM budget_reservations WHERE id = 'r4'",
+                reservation("r5", "bob", "2026-03-01", 160),
+            ):
+                await db.execute(statement)
+        finally:
+            await db.disconnect()
+
+    asyncio.run(run())
+    kept = {
+        (row["scope"], row["subject"], row["period"]): row["amount_picousd"]
+        for row in database.query("SELECT * FROM budget_totals")
+    }
+    summed = {}
+    for row in database.query(
+        "SELECT user_id, day, month, amount_picousd FROM budget_reservations"
+    ):
+        for key in (
+            ("global_day", "", row["day"]),
+            ("user_day", row["user_id"], row["day"]),
+            ("user_month", row["user_id"], row["month"]),
+        ):
+            summed[key] = summed.get(key, 0) + row["amount_picousd"]
+    assert {key: amount for key, amount in kept.items() if amount} == summed
+    assert summed[("user_month", "ann", "2026-03")] == 3 + 20
+    assert summed[("global_day", "", "2026-03-01")] == 3 + 3 + 160
+    assert kept[("user_month", "ann", "2026-04")] == 0  # inserted, then deleted
