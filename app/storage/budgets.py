@@ -32,6 +32,7 @@ process's reservations are ended by the sweep once their reply is no longer stre
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,7 +93,7 @@ class Usage:
     live: int  # the user's live replies, on every process
 
 
-def _counted(scope: str, subject: str, period: str) -> sa.ColumnElement[Any]:
+def _counted(scope: str, subject: Any, period: Any) -> sa.ColumnElement[Any]:
     """Everything counted in a period (held, settled and kept), from its running total: one row
     read by primary key, whatever the number of reservations (migration 11)."""
     t = budget_totals
@@ -162,6 +163,92 @@ END_RESERVATION = (
 )
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """Which checks a reservation's statement makes: one statement per shape, built once."""
+
+    daily: bool
+    monthly: bool
+    global_daily: bool
+    concurrent: bool
+    overrides: bool  # the user budgets are the user's override where they have one
+    returning: bool  # PostgreSQL: `databases` tells an insert's rows only by RETURNING
+
+
+@functools.cache
+def _conditional_reservation(shape: _Shape) -> tuple[sa.Insert, tuple[tuple[str, str], ...]]:
+    """INSERT … SELECT … WHERE the turn fits, with bind parameters, and what each parameter is
+    (its name, the value's key): built and compiled once per shape (building it per turn cost
+    more than running it; docs/budgets.md). Each use is a parameter of its own: one used twice,
+    asyncpg deduces two types for and refuses."""
+    params: list[tuple[str, str]] = []
+
+    def param(key: str, type_: Any) -> sa.BindParameter[Any]:
+        name = f"{key}_{len(params)}"
+        params.append((name, key))
+        return sa.bindparam(name, type_=type_)
+
+    def new() -> sa.BindParameter[int]:
+        return param("amount", sa.BigInteger)
+
+    def limit_param(name: str) -> sa.BindParameter[int]:
+        return param(name, sa.BigInteger)
+
+    def user() -> sa.BindParameter[str]:
+        return param("user_id", sa.String)
+
+    fits: list[sa.ColumnElement[bool]] = []
+    if shape.concurrent:
+        live = (
+            sa.select(sa.func.count())
+            .select_from(_r)
+            .where(_r.c.user_id == user(), _r.c.ended_at.is_(None))
+            .scalar_subquery()
+        )
+        fits.append(live < limit_param("concurrent_limit"))
+    o = budget_overrides
+    for wanted, name, flag, value, scope, period in (
+        (shape.daily, "daily_limit", o.c.daily_overridden, o.c.daily_picousd, "user_day", "day"),
+        (
+            shape.monthly,
+            "monthly_limit",
+            o.c.monthly_overridden,
+            o.c.monthly_picousd,
+            "user_month",
+            "month",
+        ),
+    ):
+        if not wanted:
+            continue
+        counted = _counted(scope, user(), param(period, sa.String))
+        if shape.overrides:
+            limit: Any = sa.case(
+                (
+                    sa.exists().where(o.c.user_id == user(), flag),
+                    sa.select(value).where(o.c.user_id == user()).scalar_subquery(),
+                ),
+                else_=limit_param(name),
+            )
+            fits.append(sa.or_(limit.is_(None), counted + new() <= limit))
+        else:
+            fits.append(counted + new() <= limit_param(name))
+    if shape.global_daily:
+        counted = _counted("global_day", "", param("day", sa.String))
+        fits.append(counted + new() <= limit_param("global_limit"))
+    row = sa.select(
+        param("id", sa.String),
+        user(),
+        param("day", sa.String),
+        param("month", sa.String),
+        new(),
+        new(),
+        param("state", sa.String),
+        param("created_at", _r.c.created_at.type),
+    ).where(*fits)
+    insert = _r.insert().from_select(COLUMNS, row)
+    return (insert.returning(_r.c.id) if shape.returning else insert), tuple(params)
+
+
 class Budgets:
     def __init__(self, *, database: Database, writer: Writer, postgres: bool) -> None:
         self._database = database
@@ -200,63 +287,35 @@ class Budgets:
                     },
                 )
             ]
-        fits: list[sa.ColumnElement[bool]] = []
-        if limits.concurrent is not None:
-            live = (
-                sa.select(sa.func.count())
-                .select_from(_r)
-                .where(_r.c.user_id == user_id, _r.c.ended_at.is_(None))
-                .scalar_subquery()
-            )
-            fits.append(live < limits.concurrent)
-
-        def new() -> sa.BindParameter[int]:
-            # One parameter per use: used twice, asyncpg deduces two types and refuses it.
-            return sa.literal(amount, sa.BigInteger)
-
-        o = budget_overrides
-        for default, flag, value, counted in (
-            (
-                limits.daily,
-                o.c.daily_overridden,
-                o.c.daily_picousd,
-                _counted("user_day", user_id, day),
-            ),
-            (
-                limits.monthly,
-                o.c.monthly_overridden,
-                o.c.monthly_picousd,
-                _counted("user_month", user_id, month),
-            ),
-        ):
-            if overrides:
-                mine = o.c.user_id == user_id
-                limit: Any = sa.case(
-                    (sa.exists().where(mine, flag), sa.select(value).where(mine).scalar_subquery()),
-                    else_=sa.literal(default, sa.BigInteger),
-                )
-                fits.append(sa.or_(limit.is_(None), counted + new() <= limit))
-            elif default is not None:
-                fits.append(counted + new() <= default)
-        if limits.global_daily is not None:
-            fits.append(_counted("global_day", "", day) + new() <= limits.global_daily)
-        row = sa.select(
-            sa.literal(message_id, sa.String),
-            sa.literal(user_id, sa.String),
-            sa.literal(day, sa.String),
-            sa.literal(month, sa.String),
-            new(),
-            new(),
-            sa.literal(HELD, sa.String),
-            sa.literal(now(), _r.c.created_at.type),
-        ).where(*fits)
-        insert = _r.insert().from_select(COLUMNS, row).returning(_r.c.id)
+        shape = _Shape(
+            daily=overrides or limits.daily is not None,
+            monthly=overrides or limits.monthly is not None,
+            global_daily=limits.global_daily is not None,
+            concurrent=limits.concurrent is not None,
+            overrides=overrides,
+            returning=self._postgres,
+        )
+        given: dict[str, Any] = {
+            "id": message_id,
+            "user_id": user_id,
+            "day": day,
+            "month": month,
+            "amount": amount,
+            "state": HELD,
+            "created_at": now(),
+            "daily_limit": limits.daily,
+            "monthly_limit": limits.monthly,
+            "global_limit": limits.global_daily,
+            "concurrent_limit": limits.concurrent,
+        }
+        statement, params = _conditional_reservation(shape)
+        values = {name: given[key] for name, key in params}
         steps: list[Step] = []
         if self._postgres:
             steps.append(_advisory_lock(USER_LOCK_CLASS, sa.func.hashtext(user_id)))
             if limits.global_daily is not None:
                 steps.append(_advisory_lock(GLOBAL_LOCK_CLASS, 0))
-        return [*steps, Guard(insert)]
+        return [*steps, Guard((statement, values))]
 
     def end_steps(self, *, message_id: str) -> list[Step]:
         """The steps that end the reservation with its reply (however it ended): no longer

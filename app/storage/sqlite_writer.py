@@ -139,26 +139,28 @@ class SQLiteWriter:
             with transaction:
                 return [[self._run(connection, step) for step in steps] for steps in writes]
 
-    def _run(self, connection: sa.Connection, step: Step) -> list[Any]:
+    def _run(self, connection: sa.Connection, step: Step, *, guarded: bool = False) -> list[Any]:
         if isinstance(step, Guard):
-            rows = self._run(connection, step.statement)
-            if not rows:
-                # Rolls back the group; its writes are then tried one per transaction (see
-                # `_apply`), so only this one is refused.
-                raise WriteRefused()
-            return rows
+            # Rolls back the group when it writes nothing; its writes are then tried one per
+            # transaction (see `_apply`), so only this one is refused.
+            return self._run(connection, step.statement, guarded=True)
         if isinstance(step, tuple):
             statement, values = step
             plan = self._plan(statement, connection)
             if plan is not None:
                 driver = connection.connection.driver_connection
                 assert isinstance(driver, sqlite3.Connection)
-                driver.execute(plan.sql, plan.parameters(values))
+                cursor = driver.execute(plan.sql, plan.parameters(values))
+                if guarded and cursor.rowcount < 1:
+                    raise WriteRefused()
                 return []
             result = connection.execute(statement, values)
         else:
             result = connection.execute(step)
-        return result.all() if result.returns_rows else []
+        rows = result.all() if result.returns_rows else []
+        if guarded and not rows and result.rowcount < 1:
+            raise WriteRefused()
+        return rows
 
     def _plan(self, statement: sa.Executable, connection: sa.Connection) -> _Plan | None:
         try:

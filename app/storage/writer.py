@@ -23,9 +23,9 @@ from sqlalchemy.sql.dml import Insert
 
 @dataclass(frozen=True, slots=True)
 class Guard:
-    """A statement with a RETURNING clause that must return a row: when it returns none, the
-    whole write is rolled back and refused (`WriteRefused`). A conditional insert (a budget
-    reservation) that gates the rest of its write."""
+    """A step that must write a row (its RETURNING rows, or else its row count, tell): when it
+    writes none, the whole write is rolled back and refused (`WriteRefused`). A conditional
+    insert (a budget reservation) that gates the rest of its write."""
 
     statement: sa.Executable
 
