@@ -153,6 +153,8 @@ class Run:
         self._checkpointing: asyncio.Task[None] | None = None
         self._checkpoint_again = False  # something to save arrived while a checkpoint was written
         self.saving: asyncio.Task[None] | None = None  # the turn's rows, written alongside
+        self._unsaved: Coroutine[Any, Any, None] | None = None  # that write, not yet begun
+        self._save_begun: asyncio.Future[None] | None = None
         self.log.append(
             "meta",
             meta_payload(
@@ -167,11 +169,27 @@ class Run:
 
     def start(self, save_turn: Coroutine[Any, Any, None] | None) -> None:
         """Generate; `save_turn` writes the turn's rows meanwhile, never in the way (None: they
-        are written already, as an idempotent turn's are)."""
+        are written already, as a keyed or gated turn's are).
+
+        The write starts once the upstream request is on the wire (or has failed): started
+        with the run, SQLite's transaction ran on the event loop between the run's first
+        steps and its request's bytes (the stage probe, `bench --stages`: the upstream stage
+        held the write). It still lands before the first event is sent (`follow` waits for
+        it), while the upstream works on its answer."""
         if save_turn is not None:
-            self.saving = self._spawn(save_turn)
-            self.saving.add_done_callback(self._on_saved)
+            self._unsaved = save_turn
+            self._save_begun = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(self.run(), name=f"run:{self.message_id}")
+
+    def _save_now(self) -> None:
+        """Start writing the turn's rows, if they wait to be."""
+        if self._unsaved is None:
+            return
+        save_turn, self._unsaved = self._unsaved, None
+        self.saving = self._spawn(save_turn)
+        self.saving.add_done_callback(self._on_saved)
+        if self._save_begun is not None and not self._save_begun.done():
+            self._save_begun.set_result(None)
 
     # -- following it (a `ReplySource`) -----------------------------------------------------------
 
@@ -262,6 +280,7 @@ class Run:
                         now(),
                     )
         self._ending = True
+        self._save_now()  # ended before its request was out (stopped, a bug): saved all the same
         # A cancellation arriving now (shutdown after stop) must not cut the final write short.
         await asyncio.shield(self._spawn(self._finish(status, error)))
 
@@ -281,6 +300,7 @@ class Run:
                     await self._complete_attempt(record, body)
                 return
             except UpstreamError as exc:
+                self._save_now()  # written while a retry waits, or before the reply ends
                 record.status, record.error_code, record.ended_at = (
                     GenerationStatus.ERROR,
                     exc.code,
@@ -314,7 +334,11 @@ class Run:
     async def _stream_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
         finished = False
         try:
-            async for event in self._client.stream_chat(body):
+            # The turn's write starts when the request is on the wire; at the first event at
+            # the latest (a transport without httpcore's trace).
+            async for event in self._client.stream_chat(body, on_sent=self._save_now):
+                if self._unsaved is not None:
+                    self._save_now()
                 if type(event) is Delta:  # the hot path: keep it short
                     if not self.parts:
                         record.first_token_at = now()
@@ -378,6 +402,7 @@ class Run:
         self.log.append("annotation", payload)
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
+        self._save_now()  # no first token to hurry: written alongside the whole call
         for event in await self._client.complete(body):
             if isinstance(event, Delta):
                 record.first_token_at = now()
@@ -425,6 +450,8 @@ class Run:
 
     async def turn_saved(self) -> bool:
         """Whether the turn's rows are written, once they are (or could not be)."""
+        if self.saving is None and self._save_begun is not None:
+            await asyncio.shield(self._save_begun)  # the run starts the write
         if self.saving is None:
             return True
         if not self.saving.done():

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -500,6 +500,19 @@ def parse_completion(payload: dict[str, Any]) -> list[Event]:
 # --- the client ---------------------------------------------------------------------------------
 
 
+def _when_sent(callback: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore trace hook that calls `callback` when the request's body is sent. Called,
+    it lets go of `callback`: the request outlives the call in the connection pool, and a run's
+    bound method held there would keep the run for the cyclic collector to find."""
+    pending = [callback]
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if pending and event.endswith("send_request_body.complete"):
+            pending.pop()()
+
+    return trace
+
+
 async def _read_to_the_end(events: AsyncIterator[Any]) -> None:
     """Read what follows [DONE], so the connection goes back to the pool for the next reply.
 
@@ -539,9 +552,14 @@ class OpenRouterClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
-    async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[Event]:
-        """Yield the events of one streaming completion; the response is closed on every exit."""
+    async def stream_chat(
+        self, body: dict[str, Any], *, on_sent: Callable[[], None] | None = None
+    ) -> AsyncIterator[Event]:
+        """Yield the events of one streaming completion; the response is closed on every exit.
+        `on_sent` is called once the request is on the wire (httpcore's trace), before its
+        answer: what the caller does meanwhile is then never in the request's way."""
         finished = False
+        extensions = {} if on_sent is None else {"trace": _when_sent(on_sent)}
         with _TRANSPORT_ERRORS:
             async with aconnect_sse(
                 self._http,
@@ -549,6 +567,7 @@ class OpenRouterClient:
                 f"{self.base_url}/chat/completions",
                 json={**body, "stream": True},
                 headers=self._headers,
+                extensions=extensions,
             ) as source:
                 response = source.response
                 mark(Stage.UPSTREAM)
