@@ -8,7 +8,7 @@ fits when the user's live replies are under LIMIT_USER_CONCURRENT and, for each 
 applies (the user's override, read by the statement, else the server default), everything
 counted in its period (held reservations, settled costs, kept reservations) plus this turn's
 worst case is under the limit. What is counted is read by the statement itself from the
-running totals triggers keep in the same transactions (`budget_totals`, migration 11), so the
+running totals triggers keep in the same transactions (`budget_totals`, migration 13), so the
 check sees every process's rows:
 
 - SQLite: one writer at a time (the writer's BEGIN IMMEDIATE), so each INSERT sees all the
@@ -95,7 +95,7 @@ class Usage:
 
 def _counted(scope: str, subject: Any, period: Any) -> sa.ColumnElement[Any]:
     """Everything counted in a period (held, settled and kept), from its running total: one row
-    read by primary key, whatever the number of reservations (migration 11)."""
+    read by primary key, whatever the number of reservations (migration 13)."""
     t = budget_totals
     return sa.func.coalesce(
         sa.select(t.c.amount_picousd)

@@ -401,7 +401,7 @@ MIGRATIONS: list[Migration] = [
     Migration(8, "generations by start time, for cost reports", _generations_by_start),
     Migration(9, "messages as a tree, the branch each conversation shows", _message_tree),
     Migration(10, "stop requests of streaming replies", _stop_requests),
-    Migration(11, "running totals of budget reservations", _budget_totals),
+    Migration(13, "running totals of budget reservations", _budget_totals),
 ]
 
 _schema_migrations = sa.Table(

@@ -164,7 +164,7 @@ budget_reservations = sa.Table(
     sa.Column("settled_at", UTCDateTime),
 )
 
-# Kept by triggers (migration 11): the sum of `budget_reservations.amount_picousd` per scope.
+# Kept by triggers (migration 13): the sum of `budget_reservations.amount_picousd` per scope.
 budget_totals = sa.Table(
     "budget_totals",
     metadata,

@@ -295,7 +295,7 @@ def test_the_message_tree_keeps_what_conversations_written_before_it_show(databa
 def test_budget_totals_are_backfilled_then_kept_by_every_write_of_a_reservation(
     database, monkeypatch
 ):
-    """Migration 11's running totals: the sums of the reservations already there, then kept
+    """Migration 13's running totals: the sums of the reservations already there, then kept
     equal to them through inserts, settlements (a change of amount), other updates and deletes,
     on both databases (SQLite triggers, PostgreSQL's trigger function)."""
     totals = next(m for m in MIGRATIONS if m.statements is migrations._budget_totals)
