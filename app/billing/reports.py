@@ -20,9 +20,12 @@ What a row says:
 - `cost_per_complete_reply_usd`: `cost_usd` over `complete_replies`, to the pico-dollar
   (half-even), empty when there is none.
 
-The user of a generation is its conversation's: a generation whose conversation was deleted
-has no user any more (`user` empty, and not in that user's `/api/me/costs`). The ledger keeps no
-user id of its own; adding one is a write-path change (docs/operations.md, "Known gaps").
+The user of a generation is the ledger's own `generations.user_id`, written with the row by the
+run that spent it (the reply's or the title's user; migration 11 gave the rows before it their
+conversation's, or their budget reservation's when the conversation was gone). So a deleted
+conversation's spend stays its user's, in `group_by=user` and in `/api/me/costs`; only
+generations of no user (`python -m app check` pings) have an empty `user`. No query here joins
+`conversations`: a report reads `generations` alone, on PostgreSQL from its covering index.
 
 The queries are here rather than in `app/storage/ledger.py`'s subqueries: they are the one
 reader that groups generations by time, and they stream (`Database.iterate`, keyset pages).
@@ -41,7 +44,7 @@ from databases import Database
 
 from app.billing.money import PICOS
 from app.replies.states import CostSource, GenerationStatus
-from app.storage.tables import conversations, generations
+from app.storage.tables import generations
 
 GROUPS = ("day", "model", "agent", "user")
 LINE_ITEMS = "generation"  # group_by=generation: one row per generation, CSV only
@@ -138,7 +141,7 @@ def _keys(dialect: str) -> dict[str, sa.ColumnElement[Any]]:
         # The model that answered; the one asked for when none did (an error before any token).
         "model": sa.func.coalesce(generations.c.model, generations.c.requested_model),
         "agent": generations.c.agent,
-        "user": conversations.c.user_id,
+        "user": generations.c.user_id,
     }
 
 
@@ -149,23 +152,13 @@ def _count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
     return sa.func.coalesce(sa.func.sum(sa.case((condition, one), else_=zero)), zero)
 
 
-def _source(range_: ReportRange, *, with_user: bool) -> Any:
-    if range_.user_id is not None:
-        return generations.join(conversations, conversations.c.id == generations.c.conversation_id)
-    if with_user:
-        return generations.outerjoin(
-            conversations, conversations.c.id == generations.c.conversation_id
-        )
-    return generations
-
-
 def _filters(range_: ReportRange) -> list[sa.ColumnElement[bool]]:
     filters = [
         generations.c.started_at >= range_.since,
         generations.c.started_at < range_.until,
     ]
     if range_.user_id is not None:
-        filters.append(conversations.c.user_id == range_.user_id)
+        filters.append(generations.c.user_id == range_.user_id)
     return filters
 
 
@@ -174,30 +167,26 @@ def report_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
     grouped = [keys[name].label(name) for name in range_.group_by]
     cost = generations.c.cost_picousd
     source = generations.c.cost_source
-    query = (
-        sa.select(
-            *grouped,
-            sa.func.count().label("generations"),
-            # Counted without DISTINCT (which sorts every row of the range, spilling to disk
-            # over a year: 4.5 s against 0.6 s for 1M generations on PostgreSQL): a reply has
-            # exactly one first attempt, and at most one generation that completed (a run only
-            # retries after an error).
-            _count_if(generations.c.attempt == 1).label("replies"),
-            _count_if(generations.c.status == GenerationStatus.COMPLETE).label("complete_replies"),
-            *(
-                sa.func.coalesce(sa.func.sum(generations.c[name]), 0).label(name)
-                for name in TOKEN_KINDS
-            ),
-            sa.func.sum(cost).label("cost_picousd"),
-            sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
-            _count_if(source.in_(EXACT_SOURCES)).label("exact_generations"),
-            _count_if(source == CostSource.NOT_BILLED).label("not_billed_generations"),
-            _count_if(source == CostSource.NONE).label("unknown_generations"),
-            _count_if(source == CostSource.PENDING).label("pending_generations"),
-        )
-        .select_from(_source(range_, with_user="user" in range_.group_by))
-        .where(*_filters(range_))
-    )
+    query = sa.select(
+        *grouped,
+        sa.func.count().label("generations"),
+        # Counted without DISTINCT (which sorts every row of the range, spilling to disk
+        # over a year: 4.5 s against 0.6 s for 1M generations on PostgreSQL): a reply has
+        # exactly one first attempt, and at most one generation that completed (a run only
+        # retries after an error).
+        _count_if(generations.c.attempt == 1).label("replies"),
+        _count_if(generations.c.status == GenerationStatus.COMPLETE).label("complete_replies"),
+        *(
+            sa.func.coalesce(sa.func.sum(generations.c[name]), 0).label(name)
+            for name in TOKEN_KINDS
+        ),
+        sa.func.sum(cost).label("cost_picousd"),
+        sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
+        _count_if(source.in_(EXACT_SOURCES)).label("exact_generations"),
+        _count_if(source == CostSource.NOT_BILLED).label("not_billed_generations"),
+        _count_if(source == CostSource.NONE).label("unknown_generations"),
+        _count_if(source == CostSource.PENDING).label("pending_generations"),
+    ).where(*_filters(range_))
     if grouped:
         query = query.group_by(*(keys[name] for name in range_.group_by)).order_by(
             *(keys[name] for name in range_.group_by)
@@ -263,7 +252,7 @@ async def line_items(
         generations.c.generation_id,
         generations.c.message_id,
         generations.c.conversation_id,
-        conversations.c.user_id.label("user"),
+        generations.c.user_id.label("user"),
         generations.c.agent,
         generations.c.attempt,
         generations.c.requested_model,
@@ -278,12 +267,7 @@ async def line_items(
         generations.c.cost_picousd,
         generations.c.cost_source,
     ]
-    base = (
-        sa.select(*columns)
-        .select_from(_source(range_, with_user=True))
-        .order_by(generations.c.started_at, generations.c.id)
-        .limit(PAGE)
-    )
+    base = sa.select(*columns).order_by(generations.c.started_at, generations.c.id).limit(PAGE)
     after: tuple[datetime, str] | None = None
     while True:
         query = base.where(*_filters(range_))
