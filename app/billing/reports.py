@@ -132,7 +132,10 @@ def usd_text(picos: int | None) -> str | None:
 def _day(dialect: str) -> sa.ColumnElement[Any]:
     if dialect == "sqlite":  # stored as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'
         return sa.func.date(generations.c.started_at)
-    return sa.func.date(sa.func.timezone("UTC", generations.c.started_at))
+    # 'UTC' written in the SQL, not a bind parameter: the expression must be the very one
+    # migration 12 keeps statistics on, in a prepared statement's generic plan too (with a
+    # parameter there, the planner would not know a year has 365 days and would sort again).
+    return sa.func.date(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.started_at))
 
 
 def _keys(dialect: str) -> dict[str, sa.ColumnElement[Any]]:

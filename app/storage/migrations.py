@@ -352,6 +352,34 @@ def _generation_users(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _report_group_statistics(dialect: sa.engine.Dialect) -> list[str]:
+    """What PostgreSQL's planner needs to know to aggregate a report by hashing: how many
+    groups its keys make (app/billing/reports.py groups by these very expressions).
+
+    Without it, the planner takes a report's day, `date(timezone('UTC', started_at))`, to have
+    as many values as `started_at` (one per row), so a year of 1M generations looks like 1M
+    groups: too many to hash in `work_mem`, it sorted all 1M rows instead, on disk. With
+    statistics on the keys (ndistinct of each and of their combinations), it knows a year has
+    365 days and ~2,000 (day, model) pairs and hashes them in a few MB: measured in
+    docs/operations.md, "Measured". Expression statistics need PostgreSQL 14; on an older
+    server this does nothing (and reports sort, as before). ANALYZE fills them now rather
+    than whenever autovacuum next analyzes a big table (a sample of its rows: under a second
+    for 1M). SQLite has no such planner choice: nothing to do.
+    """
+    if dialect.name != "postgresql":
+        return []
+    create = (
+        "CREATE STATISTICS generations_report_groups (ndistinct) ON"
+        " (date(timezone('UTC'::text, started_at))), (COALESCE(model, requested_model)),"
+        " agent, user_id FROM generations"
+    )
+    return [
+        "DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN"
+        f" EXECUTE $sql${create}$sql$; END IF; END $$",
+        "ANALYZE generations",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -364,6 +392,7 @@ MIGRATIONS: list[Migration] = [
     Migration(9, "messages as a tree, the branch each conversation shows", _message_tree),
     Migration(10, "stop requests of streaming replies", _stop_requests),
     Migration(11, "generations' own user id, for cost reports", _generation_users),
+    Migration(12, "statistics of cost reports' groups", _report_group_statistics),
 ]
 
 _schema_migrations = sa.Table(

@@ -411,6 +411,31 @@ def test_a_100k_generation_export_streams_in_bounded_memory(start_server, databa
     assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB export"
 
 
+async def _plan(url: str, range_: ReportRange) -> str:
+    """The plan of `range_`'s report, its values inlined, after ANALYZE (as autovacuum would)."""
+    db = await open_database(url, max_size=1)
+    try:
+        dialect = db.url.dialect
+        query = report_query(range_, dialect=dialect)
+        compiled = str(
+            query.compile(
+                dialect=sa.dialects.sqlite.dialect()
+                if dialect == "sqlite"
+                else sa.dialects.postgresql.dialect(),
+                compile_kwargs={"literal_binds": True},
+            )
+        )
+        if is_sqlite(url):
+            await db.execute("ANALYZE")
+            rows = await db.fetch_all(f"EXPLAIN QUERY PLAN {compiled}")
+            return "\n".join(str(row[3]) for row in rows)
+        await db.execute("VACUUM ANALYZE generations")  # index-only scans need the visibility map
+        rows = await db.fetch_all(f"EXPLAIN {compiled}")
+        return "\n".join(row[0] for row in rows)
+    finally:
+        await db.disconnect()
+
+
 @pytest.mark.parametrize(
     "group_by, user_id",
     [(("day", "model"), None), (("day", "model", "agent", "user"), None), (("day",), "user7")],
@@ -419,36 +444,24 @@ def test_a_report_over_a_range_reads_the_started_at_index(database, group_by, us
     asyncio.run(_bulk(database.url, 20_000))
     # A week of the ~70 days the rows span: a range report reads only its part of the table.
     week = ReportRange(date(2026, 1, 10), date(2026, 1, 16), group_by, user_id)
-
-    async def plan() -> str:
-        db = await open_database(database.url, max_size=1)
-        try:
-            dialect = db.url.dialect
-            query = report_query(week, dialect=dialect)
-            compiled = str(
-                query.compile(
-                    dialect=sa.dialects.sqlite.dialect()
-                    if dialect == "sqlite"
-                    else sa.dialects.postgresql.dialect(),
-                    compile_kwargs={"literal_binds": True},
-                )
-            )
-            if is_sqlite(database.url):
-                await db.execute("ANALYZE")
-                rows = await db.fetch_all(f"EXPLAIN QUERY PLAN {compiled}")
-                return "\n".join(str(row[3]) for row in rows)
-            await db.execute(
-                "VACUUM ANALYZE generations"
-            )  # index-only scans need the visibility map
-            rows = await db.fetch_all(f"EXPLAIN {compiled}")
-            return "\n".join(row[0] for row in rows)
-        finally:
-            await db.disconnect()
-
-    text = asyncio.run(plan())
+    text = asyncio.run(_plan(database.url, week))
     assert "ix_generations_started_at" in text, text
     if not is_sqlite(database.url):
         # The index carries every column a report reads, its user too (migration 11): the
         # table itself is not read at all.
         assert "Index Only Scan using ix_generations_started_at" in text, text
     assert "conversations" not in text, text
+
+
+@pytest.mark.parametrize("group_by", [("day",), ("day", "model"), ("day", "model", "agent")])
+def test_a_years_report_hashes_its_groups_instead_of_sorting_every_row(database, group_by):
+    """PostgreSQL knows how few groups a year makes (migration 12's statistics), so it hashes
+    them in memory; without that it took each row for a group of its own and sorted them all,
+    on disk for a big ledger (docs/operations.md, "Measured")."""
+    if is_sqlite(database.url):
+        pytest.skip("a PostgreSQL planner's choice: SQLite's aggregation is the same either way")
+    asyncio.run(_bulk(database.url, 20_000))
+    year = ReportRange(date(2026, 1, 1), date(2026, 12, 31), group_by)
+    text = asyncio.run(_plan(database.url, year))
+    assert "HashAggregate" in text, text
+    assert "GroupAggregate" not in text, text
