@@ -465,3 +465,15 @@ def test_a_years_report_hashes_its_groups_instead_of_sorting_every_row(database,
     text = asyncio.run(_plan(database.url, year))
     assert "HashAggregate" in text, text
     assert "GroupAggregate" not in text, text
+
+
+def test_a_reports_range_is_written_into_its_sql_not_sent_as_a_parameter():
+    """A prepared statement's generic plan cannot see a parameter: after a few runs PostgreSQL
+    could plan a year's report as if it were a small range (serial, twice as slow)."""
+    year = ReportRange(date(2026, 1, 1), date(2026, 12, 31), ("day",), "dev")
+    compiled = report_query(year, dialect="postgresql").compile(
+        dialect=sa.dialects.postgresql.dialect(), compile_kwargs={"render_postcompile": True}
+    )
+    assert "'2026-01-01 00:00:00+00:00'" in compiled.string, compiled.string
+    assert "'2027-01-01 00:00:00+00:00'" in compiled.string, compiled.string
+    assert not any(isinstance(value, datetime) for value in compiled.params.values())
