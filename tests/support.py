@@ -152,6 +152,7 @@ async def save_reply(
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,
         agent="chat",
+        user_id="dev",
         status=status,
         content="a",
         event_lengths=[1],

@@ -164,3 +164,16 @@ def test_the_scale_out_benchmark_measures_both_configurations():
         [load] = [line for line in lines if line.startswith(f"{label} ") and "level" in line]
         assert load.count(", 0 errors") == 2, load
     assert any("owner's cpu per reply with Redis" in line for line in lines)
+
+
+def test_the_reports_benchmark_builds_a_ledger_and_times_both_variants():
+    """On the suite's PostgreSQL (a database of its own there, dropped at exit)."""
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("the reports benchmark is PostgreSQL's (set TEST_POSTGRES_URL)")
+    finished = run_bench(
+        "bench.reports", "--url", admin_url, "--rows", "2000", "--rounds", "1", timeout=120
+    )
+    out = finished.stdout
+    assert "built: 2,000 generations (0 without a user)" in out, out
+    assert out.count("  before: ") == out.count("  now: ") == 4, out

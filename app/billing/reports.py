@@ -4,8 +4,10 @@ Every amount is summed by the database as integers (`SUM(cost_picousd)` over a B
 an integer on SQLite, `numeric` on PostgreSQL), and only turned into a decimal string of USD at
 the edge (`usd_text`), so a report over a million generations is exact to the pico-dollar.
 
-    report(...)      one row per group, JSON and CSV (`GET /api/admin/costs`, `/api/me/costs`)
-    line_items(...)  one row per generation, in keyset pages (the CSV of `group_by=generation`)
+    report_with_totals(...)  the groups and their sum, in one query (the JSON of
+                             `GET /api/admin/costs`, `/api/me/costs`)
+    report(...)              one row per group, through a cursor (their CSV)
+    line_items(...)          one row per generation, in keyset pages (`group_by=generation`)
 
 What a row says:
 - `generations`, `replies` (first attempts: a reply is in the group of its first generation),
@@ -20,9 +22,14 @@ What a row says:
 - `cost_per_complete_reply_usd`: `cost_usd` over `complete_replies`, to the pico-dollar
   (half-even), empty when there is none.
 
-The user of a generation is its conversation's: a generation whose conversation was deleted
-has no user any more (`user` empty, and not in that user's `/api/me/costs`). The ledger keeps no
-user id of its own; adding one is a write-path change (docs/operations.md, "Known gaps").
+The user of a generation is the ledger's own `generations.user_id`, written with the row by the
+run that spent it (the reply's or the title's user; migration 11 gave the rows before it their
+conversation's, or their budget reservation's when the conversation was gone). So a deleted
+conversation's spend stays its user's, in `group_by=user` and in `/api/me/costs`; only
+generations of no user (`python -m app check` pings) have an empty `user`. No query here joins
+`conversations`: a report reads `generations` alone, on PostgreSQL a month from its covering
+index (migrations 8 and 11) and a year in a parallel scan whose groups are hashed, not sorted
+(migration 12's statistics; docs/operations.md, "Measured").
 
 The queries are here rather than in `app/storage/ledger.py`'s subqueries: they are the one
 reader that groups generations by time, and they stream (`Database.iterate`, keyset pages).
@@ -41,7 +48,7 @@ from databases import Database
 
 from app.billing.money import PICOS
 from app.replies.states import CostSource, GenerationStatus
-from app.storage.tables import conversations, generations
+from app.storage.tables import generations
 
 GROUPS = ("day", "model", "agent", "user")
 LINE_ITEMS = "generation"  # group_by=generation: one row per generation, CSV only
@@ -99,6 +106,20 @@ TOKEN_KINDS = (
     "cache_write_tokens",
 )
 PAGE = 1000  # rows per keyset page of line items: one query per page, no transaction held
+# The columns of `report_query` after its group keys: each a count or a sum (None: no row had
+# a cost), so the groups' add up to the whole range's.
+SUMMED = (
+    "generations",
+    "replies",
+    "complete_replies",
+    *TOKEN_KINDS,
+    "cost_picousd",
+    "exact_picousd",
+    "exact_generations",
+    "not_billed_generations",
+    "unknown_generations",
+    "pending_generations",
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +150,10 @@ def usd_text(picos: int | None) -> str | None:
 def _day(dialect: str) -> sa.ColumnElement[Any]:
     if dialect == "sqlite":  # stored as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff'
         return sa.func.date(generations.c.started_at)
-    return sa.func.date(sa.func.timezone("UTC", generations.c.started_at))
+    # 'UTC' written in the SQL, not a bind parameter: the expression must be the very one
+    # migration 12 keeps statistics on, in a prepared statement's generic plan too (with a
+    # parameter there, the planner would not know a year has 365 days and would sort again).
+    return sa.func.date(sa.func.timezone(sa.literal_column("'UTC'"), generations.c.started_at))
 
 
 def _keys(dialect: str) -> dict[str, sa.ColumnElement[Any]]:
@@ -138,7 +162,7 @@ def _keys(dialect: str) -> dict[str, sa.ColumnElement[Any]]:
         # The model that answered; the one asked for when none did (an error before any token).
         "model": sa.func.coalesce(generations.c.model, generations.c.requested_model),
         "agent": generations.c.agent,
-        "user": conversations.c.user_id,
+        "user": generations.c.user_id,
     }
 
 
@@ -149,23 +173,22 @@ def _count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
     return sa.func.coalesce(sa.func.sum(sa.case((condition, one), else_=zero)), zero)
 
 
-def _source(range_: ReportRange, *, with_user: bool) -> Any:
-    if range_.user_id is not None:
-        return generations.join(conversations, conversations.c.id == generations.c.conversation_id)
-    if with_user:
-        return generations.outerjoin(
-            conversations, conversations.c.id == generations.c.conversation_id
-        )
-    return generations
+def _at(moment: datetime) -> sa.BindParameter[datetime]:
+    # Written into the SQL rather than sent as a parameter. A report's range decides its plan
+    # (a month: an index-only scan; a year: a parallel scan of the whole table), and asyncpg
+    # prepares each statement once per connection: from its sixth run PostgreSQL may plan a
+    # parameter it cannot see, estimate a small range, and keep that plan for every range
+    # after (a year's report then took 0.78 s serially instead of 0.40-0.50 s in parallel).
+    return sa.bindparam(None, moment, type_=generations.c.started_at.type, literal_execute=True)
 
 
 def _filters(range_: ReportRange) -> list[sa.ColumnElement[bool]]:
     filters = [
-        generations.c.started_at >= range_.since,
-        generations.c.started_at < range_.until,
+        generations.c.started_at >= _at(range_.since),
+        generations.c.started_at < _at(range_.until),
     ]
     if range_.user_id is not None:
-        filters.append(conversations.c.user_id == range_.user_id)
+        filters.append(generations.c.user_id == range_.user_id)
     return filters
 
 
@@ -174,30 +197,26 @@ def report_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
     grouped = [keys[name].label(name) for name in range_.group_by]
     cost = generations.c.cost_picousd
     source = generations.c.cost_source
-    query = (
-        sa.select(
-            *grouped,
-            sa.func.count().label("generations"),
-            # Counted without DISTINCT (which sorts every row of the range, spilling to disk
-            # over a year: 4.5 s against 0.6 s for 1M generations on PostgreSQL): a reply has
-            # exactly one first attempt, and at most one generation that completed (a run only
-            # retries after an error).
-            _count_if(generations.c.attempt == 1).label("replies"),
-            _count_if(generations.c.status == GenerationStatus.COMPLETE).label("complete_replies"),
-            *(
-                sa.func.coalesce(sa.func.sum(generations.c[name]), 0).label(name)
-                for name in TOKEN_KINDS
-            ),
-            sa.func.sum(cost).label("cost_picousd"),
-            sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
-            _count_if(source.in_(EXACT_SOURCES)).label("exact_generations"),
-            _count_if(source == CostSource.NOT_BILLED).label("not_billed_generations"),
-            _count_if(source == CostSource.NONE).label("unknown_generations"),
-            _count_if(source == CostSource.PENDING).label("pending_generations"),
-        )
-        .select_from(_source(range_, with_user="user" in range_.group_by))
-        .where(*_filters(range_))
-    )
+    query = sa.select(
+        *grouped,
+        sa.func.count().label("generations"),
+        # Counted without DISTINCT (which sorts every row of the range, spilling to disk
+        # over a year: 4.5 s against 0.6 s for 1M generations on PostgreSQL): a reply has
+        # exactly one first attempt, and at most one generation that completed (a run only
+        # retries after an error).
+        _count_if(generations.c.attempt == 1).label("replies"),
+        _count_if(generations.c.status == GenerationStatus.COMPLETE).label("complete_replies"),
+        *(
+            sa.func.coalesce(sa.func.sum(generations.c[name]), 0).label(name)
+            for name in TOKEN_KINDS
+        ),
+        sa.func.sum(cost).label("cost_picousd"),
+        sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
+        _count_if(source.in_(EXACT_SOURCES)).label("exact_generations"),
+        _count_if(source == CostSource.NOT_BILLED).label("not_billed_generations"),
+        _count_if(source == CostSource.NONE).label("unknown_generations"),
+        _count_if(source == CostSource.PENDING).label("pending_generations"),
+    ).where(*_filters(range_))
     if grouped:
         query = query.group_by(*(keys[name] for name in range_.group_by)).order_by(
             *(keys[name] for name in range_.group_by)
@@ -233,18 +252,31 @@ def _report_row(record: Any, group_by: Sequence[str]) -> dict[str, Any]:
 
 
 async def report(database: Database, range_: ReportRange) -> AsyncIterator[dict[str, Any]]:
-    """The grouped rows, in group order, read through a cursor (one group at a time)."""
+    """The grouped rows, in group order, read through a cursor (one group at a time): the CSV,
+    in bounded memory however many groups there are."""
     query = report_query(range_, dialect=database.url.dialect)
     async for record in database.iterate(query):
         yield _report_row(record, range_.group_by)
 
 
-async def totals(database: Database, range_: ReportRange) -> dict[str, Any]:
-    """The whole range as one row (not a sum of the groups': a reply may span two models)."""
-    whole = ReportRange(range_.start, range_.end, (), range_.user_id)
-    record = await database.fetch_one(report_query(whole, dialect=database.url.dialect))
-    assert record is not None  # an aggregate without GROUP BY is always one row
-    return _report_row(record, ())
+async def report_with_totals(
+    database: Database, range_: ReportRange
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The grouped rows and the whole range as one row (`totals`), from one query: the JSON.
+
+    Fetched whole, not through a cursor: the answer holds every row anyway, and PostgreSQL runs
+    a query with parallel workers only when it is not read through a cursor (a year of 1M
+    generations: 0.42 s against 0.69 s; docs/operations.md, "Measured"). The totals are the
+    groups' sums, not a second query over the range: every measure is a count or a sum over
+    generations, and each generation is in exactly one group (a reply's retries too: `replies`
+    counts first attempts), so the sum is exact.
+    """
+    records = await database.fetch_all(report_query(range_, dialect=database.url.dialect))
+    sums = dict.fromkeys(SUMMED, 0)
+    for record in records:
+        for name in SUMMED:
+            sums[name] += int(record[name] or 0)
+    return [_report_row(record, range_.group_by) for record in records], _report_row(sums, ())
 
 
 async def line_items(
@@ -263,7 +295,7 @@ async def line_items(
         generations.c.generation_id,
         generations.c.message_id,
         generations.c.conversation_id,
-        conversations.c.user_id.label("user"),
+        generations.c.user_id.label("user"),
         generations.c.agent,
         generations.c.attempt,
         generations.c.requested_model,
@@ -278,12 +310,7 @@ async def line_items(
         generations.c.cost_picousd,
         generations.c.cost_source,
     ]
-    base = (
-        sa.select(*columns)
-        .select_from(_source(range_, with_user=True))
-        .order_by(generations.c.started_at, generations.c.id)
-        .limit(PAGE)
-    )
+    base = sa.select(*columns).order_by(generations.c.started_at, generations.c.id).limit(PAGE)
     after: tuple[datetime, str] | None = None
     while True:
         query = base.where(*_filters(range_))

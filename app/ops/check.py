@@ -176,7 +176,11 @@ async def _ping(client: OpenRouterClient, store: Store, model: str, settings: Se
     record.ended_at = now()
     await store.writer.write(
         store.ledger.generation_steps(
-            records=[record], message_id=new_id(), conversation_id=new_id(), agent=CHECK_AGENT
+            records=[record],
+            message_id=new_id(),
+            conversation_id=new_id(),
+            agent=CHECK_AGENT,
+            user_id=None,  # a ping is nobody's spend: in every total, in no user's report
         )
     )
     if result.result == OK:

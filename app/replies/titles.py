@@ -177,5 +177,6 @@ class Titler:
                 message_id=record.id,
                 conversation_id=request.conversation_id,
                 agent=AGENT,
+                user_id=request.user_id,
             ),
         )

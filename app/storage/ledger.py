@@ -6,7 +6,9 @@ twice. Queries that need such sums (cost reports, spend control, the conversatio
 them from the subqueries here rather than summing `generations` themselves.
 
 A reply's generation rows are written in the same transactions as its message (see
-`app/storage/replies.py`), from the steps `Ledger.generation_steps` builds.
+`app/storage/replies.py`), from the steps `Ledger.generation_steps` builds. Each row carries
+its user (`user_id`, migration 11), not only its conversation: a conversation can be deleted,
+what its user spent cannot.
 """
 
 from __future__ import annotations
@@ -187,8 +189,13 @@ class Ledger:
         message_id: str,
         conversation_id: str,
         agent: str,
+        user_id: str | None,
     ) -> list[Step]:
-        """The steps that save `records` as they stand, for a write of their reply's."""
+        """The steps that save `records` as they stand, for a write of their reply's.
+
+        `user_id` is whose spend they are (the reply's, a title's, None for no user's): kept on
+        each row, so the spend stays theirs after the conversation is deleted. It is set when a
+        row is first saved and never changed after (it is not in GENERATION_PROGRESS)."""
         return [
             (
                 self._upsert_generation,
@@ -197,6 +204,7 @@ class Ledger:
                     "message_id": message_id,
                     "conversation_id": conversation_id,
                     "agent": agent,
+                    "user_id": user_id,
                     "attempt": record.attempt,
                     "requested_model": record.requested_model,
                     "started_at": record.started_at,

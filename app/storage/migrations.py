@@ -390,6 +390,78 @@ def _budget_totals(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+# The report's covering index (migration 8) as of migration 11: `user_id` in place of
+# `conversation_id`, which reports no longer read (they group and filter by the ledger's own
+# user). Frozen here; a later change to it is a later migration.
+_REPORT_INCLUDE_11 = (
+    "agent, model, requested_model, attempt, status, cost_source, cost_picousd, user_id, "
+    "prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens, cache_write_tokens"
+)
+
+
+def _generation_users(dialect: sa.engine.Dialect) -> list[str]:
+    """Each generation's user on its own row, so a report counts a deleted conversation's
+    spend for its user (app/billing/reports.py); `app/storage/ledger.py` writes it from now on.
+
+    Rows already there take the user of their conversation, or, when it was deleted, of their
+    budget reservation (whose id is the reply's message id, or a title's own generation id: the
+    generation's `message_id` either way; every turn and title writes one, limits or not, and
+    none is ever deleted). Rows with neither keep none: `python -m app check` pings, and those
+    of conversations deleted before reservations existed (migration 7). Every row is rewritten
+    once, in the migration's transaction (on PostgreSQL the covering index is dropped first and
+    built again after, with `user_id` in it): measured in docs/operations.md.
+    """
+    statements = ["ALTER TABLE generations ADD COLUMN user_id VARCHAR(64)"]
+    if dialect.name == "postgresql":
+        # Joins (hashed) rather than a subquery per row: one pass over each table.
+        return [
+            "DROP INDEX ix_generations_started_at",
+            *statements,
+            "UPDATE generations SET user_id = c.user_id FROM conversations c"
+            " WHERE c.id = generations.conversation_id",
+            "UPDATE generations SET user_id = r.user_id FROM budget_reservations r"
+            " WHERE r.id = generations.message_id AND generations.user_id IS NULL",
+            "CREATE INDEX ix_generations_started_at ON generations (started_at, id)"
+            f" INCLUDE ({_REPORT_INCLUDE_11})",
+        ]
+    # A primary-key lookup per row (UPDATE ... FROM needs SQLite 3.33).
+    return [
+        *statements,
+        "UPDATE generations SET user_id = (SELECT c.user_id FROM conversations c"
+        " WHERE c.id = generations.conversation_id)",
+        "UPDATE generations SET user_id = (SELECT r.user_id FROM budget_reservations r"
+        " WHERE r.id = generations.message_id) WHERE user_id IS NULL",
+    ]
+
+
+def _report_group_statistics(dialect: sa.engine.Dialect) -> list[str]:
+    """What PostgreSQL's planner needs to know to aggregate a report by hashing: how many
+    groups its keys make (app/billing/reports.py groups by these very expressions).
+
+    Without it, the planner takes a report's day, `date(timezone('UTC', started_at))`, to have
+    as many values as `started_at` (one per row), so a year of 1M generations looks like 1M
+    groups: too many to hash in `work_mem`, it sorted all 1M rows instead, on disk. With
+    statistics on the keys (ndistinct of each and of their combinations), it knows a year has
+    365 days and ~2,000 (day, model) pairs and hashes them in a few MB: measured in
+    docs/operations.md, "Measured". Expression statistics need PostgreSQL 14; on an older
+    server this does nothing (and reports sort, as before). ANALYZE fills them now rather
+    than whenever autovacuum next analyzes a big table (a sample of its rows: under a second
+    for 1M). SQLite has no such planner choice: nothing to do.
+    """
+    if dialect.name != "postgresql":
+        return []
+    create = (
+        "CREATE STATISTICS generations_report_groups (ndistinct) ON"
+        " (date(timezone('UTC'::text, started_at))), (COALESCE(model, requested_model)),"
+        " agent, user_id FROM generations"
+    )
+    return [
+        "DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN"
+        f" EXECUTE $sql${create}$sql$; END IF; END $$",
+        "ANALYZE generations",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -401,6 +473,8 @@ MIGRATIONS: list[Migration] = [
     Migration(8, "generations by start time, for cost reports", _generations_by_start),
     Migration(9, "messages as a tree, the branch each conversation shows", _message_tree),
     Migration(10, "stop requests of streaming replies", _stop_requests),
+    Migration(11, "generations' own user id, for cost reports", _generation_users),
+    Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
 ]
 

@@ -387,6 +387,7 @@ class Replies:
         message_id: str,
         conversation_id: str,
         agent: str,
+        user_id: str,
         content: str,
         event_lengths: list[int],
         records: list[GenerationRecord],
@@ -413,6 +414,7 @@ class Replies:
                     message_id=message_id,
                     conversation_id=conversation_id,
                     agent=agent,
+                    user_id=user_id,
                 ),
             ]
         )
@@ -423,6 +425,7 @@ class Replies:
         message_id: str,
         conversation_id: str,
         agent: str,
+        user_id: str,
         status: MessageStatus,
         content: str,
         event_lengths: list[int],
@@ -464,6 +467,7 @@ class Replies:
                     message_id=message_id,
                     conversation_id=conversation_id,
                     agent=agent,
+                    user_id=user_id,
                 ),
                 *then,
             ]

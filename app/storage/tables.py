@@ -110,6 +110,9 @@ generations = sa.Table(
     # billed is always `cost_picousd`.
     sa.Column("upstream_cost_picousd", sa.BigInteger),
     sa.Column("first_reasoning_at", UTCDateTime),
+    # Whose spend it is, written with the row (migration 11): the ledger outlives a deleted
+    # conversation, and so does its user. None: spent for no user (`python -m app check`).
+    sa.Column("user_id", sa.String(64)),
 )
 
 model_catalog = sa.Table(

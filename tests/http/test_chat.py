@@ -64,10 +64,11 @@ def test_chat_turn_streams_events_in_order_and_persists_everything(client, fake,
     assert (assistant["model"], assistant["temperature"]) == ("openai/gpt-4o", 0.7)
     [row] = database.query("SELECT * FROM generations")
     assert row["generation_id"] == generation.id
-    assert (row["message_id"], row["conversation_id"], row["agent"]) == (
+    assert (row["message_id"], row["conversation_id"], row["agent"], row["user_id"]) == (
         meta["message_id"],
         meta["conversation_id"],
         "chat",
+        "dev",
     )
     assert (row["requested_model"], row["model"]) == ("openai/gpt-4o", "openai/gpt-4o")
     assert (row["cost_picousd"], row["cost_source"]) == (460_000_000, "usage")

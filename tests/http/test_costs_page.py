@@ -43,7 +43,11 @@ async def _seed(url: str) -> None:
             )
             await store.writer.write(
                 store.ledger.generation_steps(
-                    records=[record], message_id=new_id(), conversation_id=new_id(), agent=agent
+                    records=[record],
+                    message_id=new_id(),
+                    conversation_id=new_id(),
+                    agent=agent,
+                    user_id="dev",
                 )
             )
 

@@ -56,6 +56,7 @@ def test_check_with_ping_passes_and_records_each_ping_in_the_ledger(
     pings = database.query("SELECT * FROM generations WHERE agent = 'check'")
     assert len(pings) == len(pinged) >= 1
     assert all(p["cost_source"] == "usage" and p["cost_picousd"] > 0 for p in pings)
+    assert all(p["user_id"] is None for p in pings)  # no user's spend: in totals only
     assert all(r["body"]["max_tokens"] == 1 for r in fake.requests[-len(pinged) :])
 
 

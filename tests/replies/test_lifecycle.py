@@ -321,6 +321,7 @@ def test_a_reply_followed_through_the_database_is_pinged_while_nothing_changes(d
                 message_id=ids.message_id,
                 conversation_id=ids.conversation_id,
                 agent="chat",
+                user_id="dev",
                 content="hello",
                 event_lengths=[5],
                 records=[],

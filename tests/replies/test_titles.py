@@ -50,10 +50,11 @@ def test_the_first_reply_gets_a_title_without_waiting_for_it(titled, fake, datab
             what="the titler's title",
         )
         [row] = title_rows(database)
-        assert (row["status"], row["cost_source"], row["cost_picousd"]) == (
+        assert (row["status"], row["cost_source"], row["cost_picousd"], row["user_id"]) == (
             "complete",
             "usage",
             2_000_000,
+            "dev",  # the title is its chat's user's spend
         )
         asked = fake.requests[1]["body"]
         assert (asked["model"], asked["stream"], asked["max_tokens"]) == (

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import date
 
 import pytest
 from databases import Database
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
+from app.billing.reports import ReportRange, report
 from app.storage import migrations
 from app.storage.database import is_sqlite, open_database
 from app.storage.migrations import (
@@ -290,6 +292,86 @@ def test_the_message_tree_keeps_what_conversations_written_before_it_show(databa
         {"role": "user", "content": "m7 said"},
         {"role": "assistant", "content": "m1 said"},
     ]
+
+
+def test_generations_take_their_user_from_the_conversation_or_the_reservation(
+    database, monkeypatch
+):
+    """Migration 11 on rows the old schema wrote: a generation's user is its conversation's;
+    when the conversation was deleted, its budget reservation's (id: the generation's message
+    id, a reply's or a title's own); with neither (a `check` ping), none."""
+    users = next(m for m in MIGRATIONS if m.statements is migrations._generation_users)
+    old_schema = MIGRATIONS[: MIGRATIONS.index(users)]
+    stamp = "'2026-03-02 10:00:00'"
+    ledger = {  # generation id: (message id, conversation id)
+        "g-reply": ("m-reply", "c-alice"),  # conversation present
+        "g-title": ("g-title", "c-alice"),  # a title's row: its own id as its message id
+        "g-gone": ("m-gone", "c-deleted"),  # conversation deleted, its reservation kept
+        "g-gone-retry": ("m-gone", "c-deleted"),  # a second attempt of the same reply
+        "g-gone-title": ("g-gone-title", "c-deleted"),
+        "g-ping": ("m-ping", "c-ping"),  # `python -m app check`: neither
+    }
+    reservations = {"m-reply": "alice", "m-gone": "bob", "g-gone-title": "bob"}
+
+    async def run() -> None:
+        db = await _opened(database.url)
+        try:
+            monkeypatch.setattr(migrations, "MIGRATIONS", old_schema)
+            await migrate(db, url=database.url)
+            await db.execute(
+                "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
+                f" VALUES ('c-alice', 'alice', 'chat', 't', {stamp}, {stamp})"
+            )
+            for generation_id, (message_id, conversation_id) in ledger.items():
+                await db.execute(
+                    "INSERT INTO generations (id, message_id, conversation_id, agent, attempt,"
+                    " requested_model, status, prompt_tokens, completion_tokens,"
+                    " reasoning_tokens, cached_tokens, cost_picousd, cost_source, started_at)"
+                    f" VALUES ('{generation_id}', '{message_id}', '{conversation_id}', 'chat',"
+                    f" 1, 'openai/gpt-4o', 'complete', 10, 5, 0, 0, 1000, 'usage', {stamp})"
+                )
+            for reservation_id, user_id in reservations.items():
+                await db.execute(
+                    "INSERT INTO budget_reservations (id, user_id, day, month,"
+                    " reserved_picousd, amount_picousd, state, created_at) VALUES"
+                    f" ('{reservation_id}', '{user_id}', '2026-03-02', '2026-03', 5000, 1000,"
+                    f" 'settled', {stamp})"
+                )
+            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+            assert users.version in await migrate(db, url=database.url)
+        finally:
+            await db.disconnect()
+
+    asyncio.run(run())
+
+    found = {
+        row["id"]: row["user_id"] for row in database.query("SELECT id, user_id FROM generations")
+    }
+    assert found == {
+        "g-reply": "alice",
+        "g-title": "alice",
+        "g-gone": "bob",
+        "g-gone-retry": "bob",
+        "g-gone-title": "bob",
+        "g-ping": None,
+    }
+
+    async def by_user() -> list[dict]:
+        db = await _opened(database.url)
+        try:
+            day = date(2026, 3, 2)
+            return [row async for row in report(db, ReportRange(day, day, ("user",)))]
+        finally:
+            await db.disconnect()
+
+    rows = {row["user"]: row["generations"] for row in asyncio.run(by_user())}
+    assert rows == {"alice": 2, "bob": 3, None: 1}
+    if not is_sqlite(database.url):
+        # The report's covering index was built again with the user in it.
+        [index] = database.query(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_generations_started_at'"
+        )
+        assert "user_id" in index["indexdef"] and "conversation_id" not in index["indexdef"]
 
 
 def test_budget_totals_are_backfilled_then_kept_by_every_write_of_a_reservation(

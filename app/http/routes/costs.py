@@ -29,7 +29,7 @@ from app.billing.reports import (
     ReportRange,
     line_items,
     report,
-    totals,
+    report_with_totals,
 )
 from app.errors import ApiError
 from app.http.admin import require_admin
@@ -133,15 +133,15 @@ async def _answer(request: Request, range_: ReportRange, fmt: str, *, mine: bool
                 "Cache-Control": "no-store",
             },
         )
-    database = app_state(request).database
+    rows, totals = await report_with_totals(app_state(request).database, range_)
     return JSONResponse(
         {
             "from": range_.start.isoformat(),
             "to": range_.end.isoformat(),
             "group_by": list(range_.group_by),
             "currency": "USD",
-            "rows": [row async for row in report(database, range_)],
-            "totals": await totals(database, range_),
+            "rows": rows,
+            "totals": totals,
         },
         headers={"Cache-Control": "no-store"},
     )
