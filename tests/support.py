@@ -8,6 +8,8 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -244,3 +246,38 @@ def accepted(body: dict[str, Any]) -> dict[str, Any]:
     """A two-step turn's `202` body less its stream token, which is issued anew for each answer
     (its expiry is in whole seconds: two answers a second apart differ in it)."""
     return {**body, "stream_url": body["stream_url"].split("?", 1)[0]}
+
+
+def serve_env(
+    *, tmp_path: Path, port: int, database_url: str, fake_url: str, **settings: str
+) -> dict[str, str]:
+    """The environment of `python -m app serve` in a process of its own: the test's database,
+    the fake OpenRouter, `settings` (names as in the environment) over the rest."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "PORT": str(port),
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "OPENROUTER_API_KEY": "sk-or-test-secret-key",
+        "OPENROUTER_MODEL": "openai/gpt-4o",
+        "OPENROUTER_BASE_URL": fake_url,
+        **settings,
+    }
+
+
+def wait_until_serving(
+    process: subprocess.Popen, url: str, *, output: Callable[[], str], timeout: float = 30
+) -> None:
+    """Until the server process at `url` answers /healthz; if it dies first, fail with its
+    `output()`."""
+    with httpx.Client(base_url=url, timeout=5) as http:
+
+        def healthy() -> bool:
+            assert process.poll() is None, output()
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what="the server process to answer")

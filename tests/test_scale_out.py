@@ -39,7 +39,9 @@ from tests.support import (
     read_some,
     read_sse,
     reply_row,
+    serve_env,
     wait_for,
+    wait_until_serving,
 )
 
 ADMIN = "scale-out-admin-token-0123456789"
@@ -72,19 +74,15 @@ def start_process(database, fake_url, tmp_path) -> Iterator[Callable[..., Proces
 
     def start(**settings: str) -> Process:
         port = free_port()
-        env = {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "HOME": str(tmp_path),
-            "PORT": str(port),
-            "APP_ENV": "test",
-            "DATABASE_URL": database.url,
-            "OPENROUTER_API_KEY": "sk-or-test-secret-key",
-            "OPENROUTER_MODEL": "openai/gpt-4o",
-            "OPENROUTER_BASE_URL": fake_url,
-            "ADMIN_TOKEN": ADMIN,
-            "SHUTDOWN_GRACE": "10",
+        env = serve_env(
+            tmp_path=tmp_path,
+            port=port,
+            database_url=database.url,
+            fake_url=fake_url,
+            ADMIN_TOKEN=ADMIN,
+            SHUTDOWN_GRACE="10",
             **settings,
-        }
+        )
         popen = subprocess.Popen(
             [sys.executable, "-m", "app", "serve"],
             cwd=tmp_path,
@@ -95,21 +93,12 @@ def start_process(database, fake_url, tmp_path) -> Iterator[Callable[..., Proces
         )
         process = Process(f"http://127.0.0.1:{port}", popen)
         started.append(process)
-        with httpx.Client(base_url=process.url, timeout=5) as http:
-            wait_for(lambda: _healthy(process, http), timeout=30, what="the server to answer")
+        wait_until_serving(popen, process.url, output=popen.stderr.read)
         return process
 
     yield start
     for process in reversed(started):
         process.stop()
-
-
-def _healthy(process: Process, http: httpx.Client) -> bool:
-    assert process.popen.poll() is None, process.popen.stderr.read()
-    try:
-        return http.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @contextmanager

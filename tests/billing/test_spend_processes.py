@@ -20,7 +20,7 @@ import httpx
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import free_port
 from tests.billing.budget_support import ADMIN, ADMIN_TOKEN, reservation, settled, turn, usd
-from tests.support import read_sse, wait_for
+from tests.support import read_sse, serve_env, wait_for, wait_until_serving
 
 TURNS = 60
 FIT = 10
@@ -44,24 +44,21 @@ def server_process(
     """`python -m app serve` on the suite's database, in a process of its own. Sent SIGTERM at
     the end unless the test has already ended it."""
     port = free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "PORT": str(port),
-        "APP_ENV": "test",
-        "DATABASE_URL": database.url,
-        "OPENROUTER_API_KEY": "sk-or-test-secret-key",
-        "OPENROUTER_MODEL": "openai/gpt-4o",
-        "OPENROUTER_BASE_URL": fake_url,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "GENERATION_LOOKUP_TIMEOUT": "5",
-        "UPSTREAM_READ_TIMEOUT": "30",
+    env = serve_env(
+        tmp_path=tmp_path,
+        port=port,
+        database_url=database.url,
+        fake_url=fake_url,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        GENERATION_LOOKUP_TIMEOUT="5",
+        UPSTREAM_READ_TIMEOUT="30",
         # As in every test app (tests/conftest.py): a title's upstream call would take the
         # fake's scripted costs, which here are every reply's worst case, and its requests.
-        "AUTO_TITLES": "false",
+        AUTO_TITLES="false",
         **settings,
-    }
-    with open(tmp_path / f"server-{port}.log", "wb") as log:
+    )
+    log_path = tmp_path / f"server-{port}.log"
+    with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve"],
             cwd=tmp_path,
@@ -72,16 +69,7 @@ def server_process(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            with httpx.Client(base_url=url, timeout=5) as http:
-
-                def healthy() -> bool:
-                    assert process.poll() is None, (tmp_path / f"server-{port}.log").read_text()
-                    try:
-                        return http.get("/healthz").status_code == 200
-                    except httpx.TransportError:
-                        return False
-
-                wait_for(healthy, timeout=30, what="the server process to answer")
+            wait_until_serving(process, url, output=log_path.read_text)
             yield ServerProcess(url, process)
         finally:
             if process.poll() is None:

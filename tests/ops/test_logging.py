@@ -5,12 +5,10 @@ secret (the OpenRouter key, a user's token, a stream token)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +17,7 @@ from app.dev.simulator import Behaviour
 from app.dev.threaded_server import free_port
 from app.http.auth.redact import redact
 from app.ops.logging import valid_request_id
-from tests.support import read_sse, wait_for
+from tests.support import read_sse, serve_env, wait_until_serving
 
 KEY = "sk-or-v1-log-test-secret-0123456789"
 ACCESS_TOKEN = "user-token-that-must-not-be-logged"
@@ -28,21 +26,18 @@ ACCESS_TOKEN = "user-token-that-must-not-be-logged"
 @pytest.fixture
 def json_server(fake_url, database, tmp_path):
     port = free_port()
-    env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "HOME": str(tmp_path),
-        "PORT": str(port),
-        "APP_ENV": "test",
-        "LOG_FORMAT": "json",
+    env = serve_env(
+        tmp_path=tmp_path,
+        port=port,
+        database_url=database.url,
+        fake_url=fake_url,
+        OPENROUTER_API_KEY=KEY,
+        LOG_FORMAT="json",
         # As in every test app (tests/conftest.py): a title's upstream call would take the
         # fake's queued answers, meant for the turns below.
-        "AUTO_TITLES": "false",
-        "DATABASE_URL": database.url,
-        "OPENROUTER_API_KEY": KEY,
-        "OPENROUTER_MODEL": "openai/gpt-4o",
-        "OPENROUTER_BASE_URL": fake_url,
-        "GENERATION_LOOKUP_TIMEOUT": "3",
-    }
+        AUTO_TITLES="false",
+        GENERATION_LOOKUP_TIMEOUT="3",
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve"],
         cwd=tmp_path,
@@ -52,15 +47,7 @@ def json_server(fake_url, database, tmp_path):
         text=True,
     )
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def up() -> bool:
-        assert process.poll() is None, process.stderr.read()
-        try:
-            return http.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, timeout=30, what="the server to answer")
+    wait_until_serving(process, f"http://127.0.0.1:{port}", output=process.stderr.read)
 
     def stop() -> list[dict]:
         process.send_signal(signal.SIGINT)
