@@ -1,22 +1,24 @@
 """Request limits a turn passes before anything is saved or sent upstream.
 
     LIMIT_PROCESS_CONCURRENT   live replies in this process          503 server_busy
-    LIMIT_USER_RPM             a user's turns per minute (sliding    429 rate_limited
+    LIMIT_USER_RPM             a user's turns per minute (moving     429 rate_limited
                                window, in LIMITS_STORAGE_URI)
     LIMIT_USER_CONCURRENT      a user's live replies, every process  429 rate_limited
                                (checked with the budgets, in the database: app/billing/budgets.py)
 
-The rate windows use the `limits` library's sliding window counter: this minute's count plus
-the last minute's, weighted by how much of it is still within 60 s, so a burst at a minute's
-edge gets nowhere near a fixed window's 2N. Not its exact moving window: in memory, that one's
-expiry task holds each user's lock while it hops to a thread (`asyncio.to_thread`), and a turn
-counted meanwhile waited for it (the stage probe measured tens of ms at 50 streams, bench
---stages). The same code runs on its Redis storage (through redis-py, the client REDIS_URL
-already uses), so several processes share one window. The windows live in LIMITS_STORAGE_URI,
-by default REDIS_URL's Redis when it is set, else `memory://` (each process its own window).
-Redis is never a single point of failure: while it is away, each process counts in a window
-of its own, and turns are never refused for it. Only turns count: reconnecting to a stream and
-reading one's own data do not.
+The rate windows use the `limits` library: its moving window gives an exact "N in any 60 s"
+rather than a fixed window's burst of 2N at a minute's edge. The same code runs on its Redis
+storage (through redis-py, the client REDIS_URL already uses), so several processes share one
+window. They live in LIMITS_STORAGE_URI, by default REDIS_URL's Redis when it is set, else
+`memory://` (each process its own window). Redis is never a single point of failure: while it
+is away, each process counts in a window of its own, and turns are never refused for it. Only
+turns count: reconnecting to a stream and reading one's own data do not.
+
+A known cost: the in-memory moving window's expiry task holds each user's lock while it hops
+to a thread (`asyncio.to_thread`), and a turn counted meanwhile waits for it; under load that
+is a loop pass or more before the upstream call (the stage probe's `admitted`). Its sliding
+window counter has no such wait but is approximate: it let a second turn through at a
+minute's edge under a limit of 1 (`test_streams_and_reads_are_not_turns`), so it is not used.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
@@ -71,10 +73,8 @@ class RequestLimits:
         self._rpm = (
             RateLimitItemPerMinute(settings.limit_user_rpm) if settings.limit_user_rpm else None
         )
-        self._limiter = SlidingWindowCounterRateLimiter(window_storage(settings))
-        self._local = SlidingWindowCounterRateLimiter(
-            MemoryStorage()
-        )  # while the shared one is away
+        self._limiter = MovingWindowRateLimiter(window_storage(settings))
+        self._local = MovingWindowRateLimiter(MemoryStorage())  # while the shared one is away
         self._shared_away = False
 
     @contextmanager
