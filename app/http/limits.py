@@ -14,11 +14,8 @@ window. They live in LIMITS_STORAGE_URI, by default REDIS_URL's Redis when it is
 is away, each process counts in a window of its own, and turns are never refused for it. Only
 turns count: reconnecting to a stream and reading one's own data do not.
 
-A known cost: the in-memory moving window's expiry task holds each user's lock while it hops
-to a thread (`asyncio.to_thread`), and a turn counted meanwhile waits for it; under load that
-is a loop pass or more before the upstream call (the stage probe's `admitted`). Its sliding
-window counter has no such wait but is approximate: it let a second turn through at a
-minute's edge under a limit of 1 (`test_streams_and_reads_are_not_turns`), so it is not used.
+In memory, the window is ours (app/http/rate_window.py): the same exact window as `limits`'
+memory storage, without the expiry task that made a counted turn wait behind a thread hop.
 """
 
 from __future__ import annotations
@@ -30,12 +27,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from app.errors import ApiError
+from app.http.rate_window import LocalMovingWindow
 from app.ops.redis import REDIS_FAULTS, client_options
 from app.replies.registry import Runs
 from app.settings import Settings
@@ -53,6 +51,8 @@ def window_storage(settings: Settings) -> Storage:
     failure: see app/ops/redis.py)."""
     uri = settings.limits_storage_uri or settings.redis_url or "memory://"
     uri = uri.removeprefix("async+")
+    if uri.startswith("memory://"):
+        return LocalMovingWindow()
     options = {}
     if uri.startswith(("redis://", "rediss://")):
         options = {
@@ -74,7 +74,7 @@ class RequestLimits:
             RateLimitItemPerMinute(settings.limit_user_rpm) if settings.limit_user_rpm else None
         )
         self._limiter = MovingWindowRateLimiter(window_storage(settings))
-        self._local = MovingWindowRateLimiter(MemoryStorage())  # while the shared one is away
+        self._local = MovingWindowRateLimiter(LocalMovingWindow())  # while the shared one is away
         self._shared_away = False
 
     @contextmanager
