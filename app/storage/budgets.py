@@ -56,6 +56,18 @@ from app.storage.writer import Guard, Step, Writer, binds
 # hashes collide only wait for each other.
 USER_LOCK_CLASS = 0x5C0B1
 GLOBAL_LOCK_CLASS = 0x5C0B2
+# Built once, as every statement of a turn's write (app/storage/writer.py: `binds`).
+USER_LOCK = sa.select(
+    sa.func.pg_advisory_xact_lock(
+        sa.literal(USER_LOCK_CLASS, sa.Integer),
+        sa.func.hashtext(sa.bindparam("user_id", sa.String)),
+    )
+)
+GLOBAL_LOCK = sa.select(
+    sa.func.pg_advisory_xact_lock(
+        sa.literal(GLOBAL_LOCK_CLASS, sa.Integer), sa.literal(0, sa.Integer)
+    )
+)
 
 HELD, SETTLED, KEPT = "held", "settled", "kept"
 
@@ -312,9 +324,9 @@ class Budgets:
         values = {name: given[key] for name, key in params}
         steps: list[Step] = []
         if self._postgres:
-            steps.append(_advisory_lock(USER_LOCK_CLASS, sa.func.hashtext(user_id)))
+            steps.append((USER_LOCK, {"user_id": user_id}))
             if limits.global_daily is not None:
-                steps.append(_advisory_lock(GLOBAL_LOCK_CLASS, 0))
+                steps.append((GLOBAL_LOCK, {}))
         return [*steps, Guard((statement, values))]
 
     def end_steps(self, *, message_id: str) -> list[Step]:
@@ -427,7 +439,3 @@ class Budgets:
             ]
         )
         return stamp
-
-
-def _advisory_lock(lock_class: int, key: Any) -> sa.Select[Any]:
-    return sa.select(sa.func.pg_advisory_xact_lock(sa.literal(lock_class, sa.Integer), key))

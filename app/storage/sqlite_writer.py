@@ -34,8 +34,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +41,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
+from app.storage.plans import Plan
 from app.storage.writer import Guard, Outcome, Step, Write, WriteRefused
 
-_REQUIRED = object()  # a bind parameter with no value of its own
 FIRST_RETRY_DELAY = 0.001
 MAX_RETRY_DELAY = 0.05
 
@@ -58,7 +56,7 @@ class SQLiteWriter:
         self._queue: list[tuple[Write, asyncio.Future[Outcome]]] = []
         self._committing: asyncio.Task[None] | None = None
         # Weak keys: a statement built for one call (a test's) does not stay for good.
-        self._plans: weakref.WeakKeyDictionary[sa.Executable, _Plan | None] = (
+        self._plans: weakref.WeakKeyDictionary[sa.Executable, Plan | None] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -162,11 +160,11 @@ class SQLiteWriter:
             raise WriteRefused()
         return rows
 
-    def _plan(self, statement: sa.Executable, connection: sa.Connection) -> _Plan | None:
+    def _plan(self, statement: sa.Executable, connection: sa.Connection) -> Plan | None:
         try:
             return self._plans[statement]
         except KeyError:
-            plan = self._plans[statement] = _Plan.of(statement, connection.dialect)
+            plan = self._plans[statement] = Plan.of(statement, connection.dialect, returning=False)
             return plan
 
     def _open(self) -> sqlite3.Connection:
@@ -192,60 +190,6 @@ class SQLiteWriter:
             sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
             self._connection = engine.connect()
         return self._connection
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A statement compiled once: its SQL, and for each `?` the value's name (or a value of
-    its own, for a literal in the statement) and the type's converter, if it has one."""
-
-    sql: str
-    slots: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]  # key, literal, converter
-    # A SELECT's columns: each one's name and its result converter, if it has one.
-    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...] = ()
-
-    @classmethod
-    def of(cls, statement: sa.Executable, dialect: sa.Dialect) -> _Plan | None:
-        """The plan, or None for what only SQLAlchemy's execution does right: rows to return,
-        or values it fills in itself (Python-side defaults, `onupdate`)."""
-        compiled = statement.compile(dialect=dialect)
-        if (
-            not isinstance(compiled, sa.sql.compiler.SQLCompiler)
-            or compiled.positiontup is None
-            or compiled.effective_returning
-            or compiled.insert_prefetch
-            or compiled.update_prefetch
-        ):
-            return None
-        slots = []
-        for name in compiled.positiontup:
-            bind = compiled.binds[name]
-            if bind.expanding or bind.callable is not None:
-                return None
-            converter = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            slots.append((bind.key, _REQUIRED if bind.required else bind.value, converter))
-        columns = tuple(
-            (column.keyname, column.type.dialect_impl(dialect).result_processor(dialect, None))
-            for column in compiled._result_columns
-        )
-        return cls(compiled.string, tuple(slots), columns)
-
-    def parameters(self, values: dict[str, Any]) -> list[Any]:
-        """The values in the order of the `?`s, converted as SQLAlchemy would convert them."""
-        parameters = []
-        for key, literal, converter in self.slots:
-            value = values.get(key, literal)
-            if value is _REQUIRED:
-                raise sa.exc.ArgumentError(f"no value for the bind parameter {key!r}")
-            parameters.append(value if converter is None else converter(value))
-        return parameters
-
-    def row(self, values: tuple[Any, ...]) -> dict[str, Any]:
-        """A SELECT's row by column name, converted as SQLAlchemy would convert it."""
-        return {
-            name: value if convert is None else convert(value)
-            for (name, convert), value in zip(self.columns, values, strict=True)
-        }
 
 
 class _Locked(Exception):

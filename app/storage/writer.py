@@ -3,7 +3,8 @@
     Writer (this protocol)
       ├── PostgresWriter  app/storage/postgres_writer.py: the pool, one transaction per write
       └── SQLiteWriter    app/storage/sqlite_writer.py: one connection on the event loop,
-                          writes grouped into transactions, statements compiled once
+                          writes grouped into transactions
+    both run a statement compiled once (app/storage/plans.py) straight on their driver
 
 The shape of encode/databases' `interfaces.py` and `backends/`. A write is a list of steps,
 applied in one transaction with no reads in between: what a write needs to know (the next

@@ -18,7 +18,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from app.storage import conversations, replies
 from app.storage.ledger import upsert_generation_statement
-from app.storage.sqlite_writer import SQLiteWriter, _Plan
+from app.storage.plans import Plan
+from app.storage.sqlite_writer import SQLiteWriter
 from app.storage.writer import Guard, WriteRefused
 from tests.support import migrated_store, run_async
 
@@ -181,7 +182,7 @@ def test_a_reply_s_statements_reach_sqlite_as_sqlalchemy_would_send_them(tmp_pat
     values = {bind.key: _sample(bind) for bind in compiled.binds.values() if bind.value is None}
     with engine.connect() as connection, connection.begin():
         connection.execute(statement, values)
-    plan = _Plan.of(statement, engine.dialect)
+    plan = Plan.of(statement, engine.dialect, returning=False)
     assert plan is not None
     assert sent == [(plan.sql, tuple(plan.parameters(values)))]
     assert any(isinstance(value, str) and "08:30:01.000250" in value for value in sent[0][1])
