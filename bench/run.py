@@ -62,6 +62,10 @@ class Server:
     log: Path
     probed: bool = False  # ours with STAGE_PROBE on (--stages), read with ADMIN_TOKEN
 
+    @property
+    def ports(self) -> list[int]:
+        return [self.port]
+
     async def stages(self, method: str) -> dict[str, list[float]]:
         """The stage probe's samples (GET) or none, having cleared them (DELETE)."""
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{self.port}") as http:
@@ -89,6 +93,26 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+@dataclass
+class Group:
+    """Several processes measured as one target (two dynos, as a router would spread them):
+    the streams go to each in turn, and their CPU and memory are summed."""
+
+    name: str
+    servers: list[Server]
+    probed: bool = False  # the stage probe is read from one process only: not for groups
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def cpu_seconds(self) -> float:
+        return sum(server.cpu_seconds() for server in self.servers)
+
+    def memory_kb(self, key: str) -> int:
+        return sum(server.memory_kb(key) for server in self.servers)
 
 
 def _wait_for_port(server: Server, timeout: float = 20.0) -> None:
@@ -292,20 +316,21 @@ async def one_stream(port: int, protocol: Protocol, time_limit: float) -> Sample
 
 
 async def drive(
-    port: int, protocol: Protocol, *, concurrency: int, duration: float, time_limit: float
+    ports: list[int], protocol: Protocol, *, concurrency: int, duration: float, time_limit: float
 ) -> tuple[list[Sample], float]:
-    """`concurrency` workers each start streams back to back until `duration` has passed."""
+    """`concurrency` workers each start streams back to back until `duration` has passed; worker
+    i on `ports[i % len(ports)]` (one port per process of the target)."""
     samples: list[Sample] = []
     deadline = time.perf_counter() + duration
 
-    async def worker() -> None:
+    async def worker(port: int) -> None:
         while True:  # at least one stream each, so a warm-up is `duration=0`
             samples.append(await one_stream(port, protocol, time_limit))
             if time.perf_counter() >= deadline:
                 return
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(concurrency)))
     return samples, time.perf_counter() - start
 
 
@@ -374,15 +399,15 @@ def _driver_cpu() -> float:
 
 
 async def measure(
-    server: Server, protocol: Protocol, *, level: int, duration: float, time_limit: float
+    server: Server | Group, protocol: Protocol, *, level: int, duration: float, time_limit: float
 ) -> Result:
     # Warm-up: fill connection pools and caches the same way for every target.
-    await drive(server.port, protocol, concurrency=level, duration=0.0, time_limit=time_limit)
+    await drive(server.ports, protocol, concurrency=level, duration=0.0, time_limit=time_limit)
     if server.probed:
         await server.stages("DELETE")
     cpu, driver = server.cpu_seconds(), _driver_cpu()
     samples, elapsed = await drive(
-        server.port, protocol, concurrency=level, duration=duration, time_limit=time_limit
+        server.ports, protocol, concurrency=level, duration=duration, time_limit=time_limit
     )
     cpu, driver = server.cpu_seconds() - cpu, _driver_cpu() - driver
     stages = await server.stages("GET") if server.probed else {}
@@ -568,6 +593,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--redis", action="store_true", help="with --processes 2: and Redis too")
     parser.add_argument(
+        "--profile",
+        choices=("production",),
+        help="production: auth, budgets, limits, metrics and JSON logs on, SQLite and "
+        "PostgreSQL; with --processes 2 --redis, two processes on one PostgreSQL and Redis too "
+        "(bench.production)",
+    )
+    parser.add_argument(
         "--stages",
         action="store_true",
         help="ours (and variants) with STAGE_PROBE on: where the first token's time goes, "
@@ -586,6 +618,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
     if args.redis and args.processes != 2:
         parser.error("--redis goes with --processes 2")
+    if args.profile and (args.auth or args.budgets or args.ops or args.variants or args.reasoning):
+        parser.error("--profile production sets its own features; it takes no feature flags")
+    if args.profile and args.processes == 2 and not args.redis:
+        parser.error("--profile production runs two processes with Redis: add --redis")
     quick = args.quick
     args.levels = [int(x) for x in (args.levels or ("1,20" if quick else "1,50,200")).split(",")]
     args.tokens = args.tokens if args.tokens is not None else (20 if quick else 50)
@@ -705,9 +741,36 @@ def stage_table(results: list[Result], levels: list[int]) -> str:
     return "\n".join(lines)
 
 
+Target = tuple[Server | Group, Protocol]
+
+
+async def measure_rounds(
+    targets: list[Target], args: argparse.Namespace, *, time_limit: float
+) -> list[Result]:
+    """Every target at every level, `args.rounds` times each, pooled per target and level."""
+    results: list[Result] = []
+    for level in args.levels:
+        rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
+        for round_ in range(args.rounds):
+            # Turn by turn, in alternating order: a machine that slows down or speeds up
+            # during a level weighs on every target alike.
+            for server, protocol in targets[:: -1 if round_ % 2 else 1]:
+                result = await measure(
+                    server, protocol, level=level, duration=args.duration, time_limit=time_limit
+                )
+                rounds[server.name].append(result)
+                print(
+                    f"  measured {result.target} at {level} streams "
+                    f"(round {round_ + 1} of {args.rounds})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        results.extend(pooled(rounds[server.name]) for server, _ in targets)
+    return results
+
+
 async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
-    results: list[Result] = []
     with processes() as procs:
         upstream = procs.fake_upstream(
             "upstream", tokens=args.tokens, delay=args.delay, reasoning=args.reasoning
@@ -720,7 +783,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
             return dataclasses.replace(protocol, first_reasoning=first_reasoning)
 
         upstream_mark = UPSTREAM_REASONING
-        targets = [
+        targets: list[Target] = [
             (upstream, timed(OPENROUTER, upstream_mark)),
             (
                 procs.passthrough("passthrough", upstream, clients=args.clients),
@@ -761,23 +824,7 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                     timed(ours_protocol(variant.auth), OURS_REASONING),
                 )
             )
-        for level in args.levels:
-            rounds: dict[str, list[Result]] = {server.name: [] for server, _ in targets}
-            for round_ in range(args.rounds):
-                # Turn by turn, in alternating order: a machine that slows down or speeds up
-                # during a level weighs on every target alike.
-                for server, protocol in targets[:: -1 if round_ % 2 else 1]:
-                    result = await measure(
-                        server, protocol, level=level, duration=args.duration, time_limit=time_limit
-                    )
-                    rounds[server.name].append(result)
-                    print(
-                        f"  measured {result.target} at {level} streams "
-                        f"(round {round_ + 1} of {args.rounds})",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            results.extend(pooled(rounds[server.name]) for server, _ in targets)
+        results = await measure_rounds(targets, args, time_limit=time_limit)
     print(table(results))
     by = {(r.target, r.level): r for r in results}
     summary, verdicts = ratios(by, args.levels)
@@ -821,19 +868,25 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    features = f"profile {args.profile}" if args.profile else f"auth {'on' if args.auth else 'off'}"
     print(
         f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
         f"{args.rounds} x {args.duration:.0f} s per measurement, "
-        f"auth {'on' if args.auth else 'off'}; machine: {os.cpu_count()} cores, "
+        f"{features}; machine: {os.cpu_count()} cores, "
         f"{_cpu_model()}, Python {sys.version.split()[0]}",
         flush=True,
     )
-    if args.processes == 2:
+    if args.profile == "production":
+        from bench import production  # it imports this module
+
+        verdicts = asyncio.run(production.main_async(args))
+    elif args.processes == 2:
         from bench import scale_out  # it imports this module
 
         print("\n".join(asyncio.run(scale_out.main_async(args))))
         return 0
-    verdicts = asyncio.run(main_async(args))
+    else:
+        verdicts = asyncio.run(main_async(args))
     print("\nbudget:")
     for line in verdicts:
         print(line)

@@ -194,7 +194,7 @@ async def configuration(args: argparse.Namespace, *, redis: bool) -> Outcome:
             both = await asyncio.gather(
                 *(
                     drive(
-                        server.port,
+                        server.ports,
                         protocol,
                         concurrency=streams,
                         duration=args.duration,
