@@ -4,14 +4,16 @@ pass-through in the same run.
     .venv/bin/python -m bench --profile production --rounds 3
     .venv/bin/python -m bench --profile production --processes 2 --redis --rounds 3
     .venv/bin/python -m bench --profile production --stages --levels 1,50   # where time goes
+    .venv/bin/python -m bench --profile production --postgres-url postgresql://u@host/postgres
 
 Production shape: APP_ENV=production with AUTH_MODE=jwt (every request carries a token the
 driver signs), every spend limit and the per-user rate window on (`SPEND_LIMITS`: every check
-made, none ever reached), /metrics and JSON logs on, as `ours` on SQLite (`prod-sqlite`) and on
-PostgreSQL (`prod-pg`: a throwaway server started as scripts/test starts one, on loopback,
-without fsync). With `--processes 2 --redis`, also two processes on one PostgreSQL database and
-one Redis (`prod-pg-x2`: REDIS_URL carries the live replies and the rate windows), the streams
-dealt to each in turn, against two pass-through processes dealt the same way (`passthrough-x2`).
+made, none ever reached), /metrics and JSON logs on, as `ours` on SQLite (`prod-sqlite`) and
+on PostgreSQL (`prod-pg`: a throwaway server started as scripts/test starts one, on loopback,
+without fsync; or a database of its own, dropped at exit, on `--postgres-url`'s server). With
+`--processes 2 --redis`, also two processes on one PostgreSQL database and one Redis
+(`prod-pg-x2`: REDIS_URL carries the live replies and the rate windows), the streams dealt to
+each in turn, against two pass-through processes dealt the same way (`passthrough-x2`).
 
 Each figure is set against the pass-through with as many processes, measured in the same
 rounds; the lines are issue #23's: at 50 streams, the time to first delta added over the
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+from collections.abc import Iterator
 
 from databases import Database, DatabaseURL
 
@@ -68,22 +72,48 @@ def production_settings() -> dict[str, str]:
     }
 
 
-async def new_database(admin_url: str, name: str) -> str:
-    """A database of its own for one target, on the throwaway server (gone with it)."""
-    admin = Database(admin_url)
-    await admin.connect()
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.disconnect()
-    return str(DatabaseURL(admin_url).replace(database=name))
+class Databases:
+    """A database of its own for each PostgreSQL target, on one server; dropped at the end
+    (a throwaway server goes with them anyway; `--postgres-url`'s stays)."""
+
+    def __init__(self, admin_url: str) -> None:
+        self._admin_url = admin_url
+        self._names: list[str] = []
+
+    async def new(self, name: str) -> str:
+        name = f"bench_{name}_{os.getpid()}"
+        await self._admin(f'CREATE DATABASE "{name}"')
+        self._names.append(name)
+        return str(DatabaseURL(self._admin_url).replace(database=name))
+
+    async def drop_all(self) -> None:
+        while self._names:
+            await self._admin(f'DROP DATABASE IF EXISTS "{self._names.pop()}" WITH (FORCE)')
+
+    async def _admin(self, statement: str) -> None:
+        admin = Database(self._admin_url)
+        await admin.connect()
+        try:
+            await admin.execute(statement)
+        finally:
+            await admin.disconnect()
+
+
+@contextlib.contextmanager
+def postgres_server(url: str | None) -> Iterator[tuple[str, str]]:
+    """`--postgres-url`'s server, or a throwaway one: (admin URL, what it is)."""
+    if url:
+        yield url, "the server at --postgres-url"
+        return
+    with throwaway_postgres() as (admin_url, version):
+        yield admin_url, f"a throwaway {version}"
 
 
 async def start_targets(
     procs: Processes,
     args: argparse.Namespace,
     *,
-    admin_url: str,
+    databases: Databases,
     redis_url: str | None,
 ) -> list[Target]:
     upstream = procs.fake_upstream("upstream", tokens=args.tokens, delay=args.delay)
@@ -101,7 +131,7 @@ async def start_targets(
                 "prod-pg",
                 upstream,
                 auth=True,
-                settings={**settings, "DATABASE_URL": await new_database(admin_url, "prod_pg")},
+                settings={**settings, "DATABASE_URL": await databases.new("prod_pg")},
                 stages=args.stages,
             ),
             protocol,
@@ -113,7 +143,7 @@ async def start_targets(
         ]
         shared = {
             **settings,
-            "DATABASE_URL": await new_database(admin_url, "prod_pg_x2"),
+            "DATABASE_URL": await databases.new("prod_pg_x2"),
             "REDIS_URL": redis_url,
         }
         pair = [procs.ours(f"prod-pg-{n}", upstream, auth=True, settings=shared) for n in "ab"]
@@ -169,14 +199,16 @@ def production_lines(
     return lines, verdicts
 
 
-async def idle_lines(args: argparse.Namespace, *, admin_url: str) -> tuple[list[str], list[str]]:
+async def idle_lines(
+    args: argparse.Namespace, *, databases: Databases
+) -> tuple[list[str], list[str]]:
     """Memory per idle stream: the pass-through, production ours on SQLite and PostgreSQL."""
     lines = [f"idle streams ({args.idle}, upstream silent after its first chunk):"]
     per_stream: dict[str, float] = {}
     with processes() as procs:
         slow = procs.fake_upstream("slow-upstream", tokens=1, delay=3600.0)
         settings = production_settings()
-        idle_pg = await new_database(admin_url, "prod_pg_idle")
+        idle_pg = await databases.new("prod_pg_idle")
         for server, protocol in [
             (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
             (procs.ours("prod-sqlite", slow, auth=True, settings=settings), ours_protocol(True)),
@@ -207,22 +239,31 @@ async def idle_lines(args: argparse.Namespace, *, admin_url: str) -> tuple[list[
 
 async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
-    with throwaway_postgres() as (admin_url, version):
-        print(f"bench: production profile; PostgreSQL: {version}", flush=True)
-        # Redis goes after the servers that use it (exit order is the reverse).
-        with contextlib.ExitStack() as stack, processes() as procs:
-            redis_url = stack.enter_context(throwaway_redis(procs.workdir)) if args.redis else None
-            targets = await start_targets(procs, args, admin_url=admin_url, redis_url=redis_url)
-            results = await measure_rounds(targets, args, time_limit=time_limit)
-        print(table(results))
-        lines, verdicts = production_lines({(r.target, r.level): r for r in results}, args.levels)
-        print("\nproduction shape against the pass-through (as many processes), ttft at p50:")
-        print("\n".join(lines))
-        if args.stages:
-            print("\n" + stage_table(results, args.levels))
-        if args.idle:
-            idle, more = await idle_lines(args, admin_url=admin_url)
-            print("\n" + "\n".join(idle))
-            verdicts += more
+    with postgres_server(args.postgres_url) as (admin_url, which):
+        print(f"bench: production profile; PostgreSQL: {which}", flush=True)
+        databases = Databases(admin_url)
+        try:
+            verdicts = await _run(args, databases, time_limit=time_limit)
+        finally:
+            await databases.drop_all()
     sys.stdout.flush()
+    return verdicts
+
+
+async def _run(args: argparse.Namespace, databases: Databases, *, time_limit: float) -> list[str]:
+    # Redis goes after the servers that use it (exit order is the reverse).
+    with contextlib.ExitStack() as stack, processes() as procs:
+        redis_url = stack.enter_context(throwaway_redis(procs.workdir)) if args.redis else None
+        targets = await start_targets(procs, args, databases=databases, redis_url=redis_url)
+        results = await measure_rounds(targets, args, time_limit=time_limit)
+    print(table(results))
+    lines, verdicts = production_lines({(r.target, r.level): r for r in results}, args.levels)
+    print("\nproduction shape against the pass-through (as many processes), ttft at p50:")
+    print("\n".join(lines))
+    if args.stages:
+        print("\n" + stage_table(results, args.levels))
+    if args.idle:
+        idle, more = await idle_lines(args, databases=databases)
+        print("\n" + "\n".join(idle))
+        verdicts += more
     return verdicts

@@ -611,6 +611,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"more targets, ours with features on, in the same rounds: a comma list of "
         f"{', '.join(VARIANTS)}; each is compared with ours (features off) in the same run",
     )
+    parser.add_argument(
+        "--postgres-url",
+        help="with --profile: a PostgreSQL server (an account that may CREATE DATABASE) to use "
+        "instead of a throwaway one",
+    )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(args.variants) - set(VARIANTS))
@@ -620,6 +625,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--redis goes with --processes 2")
     if args.profile and (args.auth or args.budgets or args.ops or args.variants or args.reasoning):
         parser.error("--profile production sets its own features; it takes no feature flags")
+    if args.postgres_url and not args.profile:
+        parser.error("--postgres-url goes with --profile production")
     if args.profile and args.processes == 2 and not args.redis:
         parser.error("--profile production runs two processes with Redis: add --redis")
     quick = args.quick

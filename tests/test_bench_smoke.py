@@ -177,3 +177,40 @@ def test_the_reports_benchmark_builds_a_ledger_and_times_both_variants():
     out = finished.stdout
     assert "built: 2,000 generations (0 without a user)" in out, out
     assert out.count("  before: ") == out.count("  now: ") == 4, out
+
+
+def test_the_production_profile_runs_every_target_on_both_databases():
+    """On the suite's PostgreSQL (databases of its own there, dropped at exit) and a
+    throwaway redis-server: the production-shape servers answer every stream, signed in."""
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("the production profile needs PostgreSQL (set TEST_POSTGRES_URL)")
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is missing in CI")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = run_bench(
+        "bench", "--profile", "production", "--processes", "2", "--redis",
+        "--postgres-url", admin_url, *args, "--idle", "5", "--stages", timeout=240,
+    )  # fmt: skip
+    lines = finished.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("target"))
+    rows = {row[0]: row for row in (line.split() for line in lines[header + 2 : header + 8])}
+    assert set(rows) == {
+        "upstream", "passthrough", "prod-sqlite", "prod-pg", "passthrough-x2", "prod-pg-x2"
+    }  # fmt: skip
+    for row in rows.values():
+        streams, errors = int(row[2]), int(row[3])
+        assert streams >= 2 and errors == 0, row
+    compared = [line for line in lines if line.startswith("level    2:")]
+    assert [line.split()[2] for line in compared] == ["prod-sqlite", "prod-pg", "prod-pg-x2"]
+    probed = finished.stdout.split("stages to the first delta", 1)[1].split("idle streams")[0]
+    assert [line.split()[0] for line in probed.splitlines() if line and line[0] != " "] == [
+        "prod-sqlite",
+        "prod-pg",
+    ]
+    idle = finished.stdout.split("idle streams", 1)[1]
+    assert all(f"{name} " in idle for name in ("passthrough", "prod-sqlite", "prod-pg"))
+    budget = lines[lines.index("budget:") + 1 :]
+    assert len(budget) == 2 and all(line.startswith(("PASS", "FAIL")) for line in budget)
