@@ -147,6 +147,34 @@ def messages_with_usage(conversation_id: str, leaf_id: str) -> sa.Select[Any]:
     )
 
 
+def reply_with_usage(message_id: str, user_id: str) -> sa.Select[Any]:
+    """One assistant message of the user's, with its user message's id and its generations'
+    sums (a finished reply's replay reads it): by primary key, and the message's generations
+    through `ix_generations_message`."""
+    user_message = messages.alias("user_message")
+    usage = usage_by_message(message_id=message_id)
+    return (
+        sa.select(
+            messages,
+            user_message.c.id.label("user_message_id"),
+            usage.c.prompt_tokens,
+            usage.c.completion_tokens,
+            usage.c.reasoning_tokens,
+            usage.c.cost_picousd,
+        )
+        .select_from(
+            messages.join(conversations, conversations.c.id == messages.c.conversation_id)
+            .outerjoin(user_message, user_message.c.id == messages.c.parent_id)
+            .outerjoin(usage, usage.c.message_id == messages.c.id)
+        )
+        .where(
+            messages.c.id == message_id,
+            messages.c.role == "assistant",
+            conversations.c.user_id == user_id,
+        )
+    )
+
+
 def _json_or_null(items: list[dict[str, Any]] | None) -> str | None:
     return json.dumps(items, ensure_ascii=False) if items else None
 
@@ -263,29 +291,7 @@ class Replies:
         """An assistant message of the user's with its user message's id (its parent) and its
         generations' sums (another user's answers as one that is not there: the owner is in
         the query)."""
-        user_message = messages.alias("user_message")
-        usage = usage_by_message(message_id=message_id)
-        query = (
-            sa.select(
-                messages,
-                user_message.c.id.label("user_message_id"),
-                usage.c.prompt_tokens,
-                usage.c.completion_tokens,
-                usage.c.reasoning_tokens,
-                usage.c.cost_picousd,
-            )
-            .select_from(
-                messages.join(conversations, conversations.c.id == messages.c.conversation_id)
-                .outerjoin(user_message, user_message.c.id == messages.c.parent_id)
-                .outerjoin(usage, usage.c.message_id == messages.c.id)
-            )
-            .where(
-                messages.c.id == message_id,
-                messages.c.role == "assistant",
-                conversations.c.user_id == user_id,
-            )
-        )
-        row = await self._database.fetch_one(query)
+        row = await self._database.fetch_one(reply_with_usage(message_id, user_id))
         return dict(row._mapping) if row else None
 
     async def start_turn(
