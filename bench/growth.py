@@ -244,8 +244,8 @@ async def upstream_request_size(upstream: Server) -> dict[str, int]:
 
 async def long_conversation(
     http: httpx.AsyncClient, server: Server, upstream: Server, args: argparse.Namespace, db: str
-) -> tuple[Findings, str]:
-    """`--turns` turns in one conversation; returns the findings and the conversation's id."""
+) -> Findings:
+    """`--turns` turns in one conversation."""
     found = Findings()
     user, window = "long-conversation", args.window
     turns: list[Turn] = []
@@ -257,7 +257,7 @@ async def long_conversation(
             server,
             user=user,
             message=f"turn {i}: tell me more",
-            conversation_id=(conversation_id),
+            conversation_id=conversation_id,
         )
         conversation_id = done.conversation_id
         turns.append(done)
@@ -317,7 +317,7 @@ async def long_conversation(
         f"messages, {early['upstream']['bytes']:,} bytes; after {args.turns} turns "
         f"{late['upstream']['messages']} messages, {late['upstream']['bytes']:,} bytes"
     )
-    return found, conversation_id
+    return found
 
 
 # --- 2. a long reply ----------------------------------------------------------------------------
@@ -769,7 +769,7 @@ async def one_database(kind: str, args: argparse.Namespace, admin_url: str | Non
                     base_url=f"http://{HOST}:{server.port}", timeout=600
                 ) as http:
                     for part in (
-                        (await long_conversation(http, server, upstream, args, kind))[0],
+                        await long_conversation(http, server, upstream, args, kind),
                         await long_reply(http, server, args, kind),
                         await big_database(http, url, args, kind),
                     ):
