@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
-from databases import Database, DatabaseURL
-
-from bench.reports import throwaway_postgres
+from bench.postgres import fresh_database, throwaway_postgres
 from bench.run import (
     MIN_ADDED_MS,
     OPENROUTER,
@@ -72,31 +69,7 @@ def production_settings() -> dict[str, str]:
     }
 
 
-class Databases:
-    """A database of its own for each PostgreSQL target, on one server; dropped at the end
-    (a throwaway server goes with them anyway; `--postgres-url`'s stays)."""
-
-    def __init__(self, admin_url: str) -> None:
-        self._admin_url = admin_url
-        self._names: list[str] = []
-
-    async def new(self, name: str) -> str:
-        name = f"bench_{name}_{os.getpid()}"
-        await self._admin(f'CREATE DATABASE "{name}"')
-        self._names.append(name)
-        return str(DatabaseURL(self._admin_url).replace(database=name))
-
-    async def drop_all(self) -> None:
-        while self._names:
-            await self._admin(f'DROP DATABASE IF EXISTS "{self._names.pop()}" WITH (FORCE)')
-
-    async def _admin(self, statement: str) -> None:
-        admin = Database(self._admin_url)
-        await admin.connect()
-        try:
-            await admin.execute(statement)
-        finally:
-            await admin.disconnect()
+Databases = Callable[[str], Awaitable[str]]  # a new database's URL for a target's name
 
 
 @contextlib.contextmanager
@@ -131,7 +104,7 @@ async def start_targets(
                 "prod-pg",
                 upstream,
                 auth=True,
-                settings={**settings, "DATABASE_URL": await databases.new("prod_pg")},
+                settings={**settings, "DATABASE_URL": await databases("prod_pg")},
                 stages=args.stages,
             ),
             protocol,
@@ -143,7 +116,7 @@ async def start_targets(
         ]
         shared = {
             **settings,
-            "DATABASE_URL": await databases.new("prod_pg_x2"),
+            "DATABASE_URL": await databases("prod_pg_x2"),
             "REDIS_URL": redis_url,
         }
         pair = [procs.ours(f"prod-pg-{n}", upstream, auth=True, settings=shared) for n in "ab"]
@@ -208,7 +181,7 @@ async def idle_lines(
     with processes() as procs:
         slow = procs.fake_upstream("slow-upstream", tokens=1, delay=3600.0)
         settings = production_settings()
-        idle_pg = await databases.new("prod_pg_idle")
+        idle_pg = await databases("prod_pg_idle")
         for server, protocol in [
             (procs.passthrough("passthrough", slow, clients=args.clients), PASSTHROUGH),
             (procs.ours("prod-sqlite", slow, auth=True, settings=settings), ours_protocol(True)),
@@ -241,11 +214,13 @@ async def main_async(args: argparse.Namespace) -> list[str]:
     time_limit = 60.0 + args.tokens * args.delay
     with postgres_server(args.postgres_url) as (admin_url, which):
         print(f"bench: production profile; PostgreSQL: {which}", flush=True)
-        databases = Databases(admin_url)
-        try:
-            verdicts = await _run(args, databases, time_limit=time_limit)
-        finally:
-            await databases.drop_all()
+        async with contextlib.AsyncExitStack() as created:  # each dropped at exit
+
+            async def new_database(name: str) -> str:
+                database = fresh_database(admin_url, prefix=f"bench_{name}")
+                return await created.enter_async_context(database)
+
+            verdicts = await _run(args, new_database, time_limit=time_limit)
     sys.stdout.flush()
     return verdicts
 

@@ -4,8 +4,8 @@
     .venv/bin/python -m bench.reports --rows 100000 --rounds 5
     .venv/bin/python -m bench.reports --url postgresql://postgres@127.0.0.1:5432/postgres
 
-Starts a throwaway PostgreSQL of its own (initdb and pg_ctl from PATH, or Debian's
-/usr/lib/postgresql/*/bin; as in scripts/test: loopback, a free port, no fsync, removed at exit)
+Starts a throwaway PostgreSQL of its own (bench/postgres.py: initdb and pg_ctl, as in
+scripts/test: loopback, a free port, no fsync, removed at exit)
 unless `--url` names a server, in which case it creates and drops a database `bench_reports_*`
 of its own there. The server keeps its defaults (`work_mem` 4 MB among them): a report has to
 answer on the database as it is configured, not on one tuned for the benchmark.
@@ -31,31 +31,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from databases import Database, DatabaseURL
+from databases import Database
 from sqlalchemy.dialects import postgresql
 
 from app.billing import reports
 from app.billing.reports import ReportRange
-from app.dev.threaded_server import free_port
 from app.storage import migrations
 from app.storage.database import open_database
+from bench.postgres import fresh_database, throwaway_postgres
 
 USERS = 1000
-INITDB = ("--auth=trust", "-E", "UTF8", "--no-sync")
 MODELS = (
     "openai/gpt-4o",
     "openai/gpt-4o-mini",
@@ -130,73 +123,6 @@ FROM (SELECT i, timestamptz '2026-01-01 00:00:00+00' + (i * {step}) * interval '
       FROM generate_series(0, {rows} - 1) AS i) AS g
 WHERE i % 10 <> 4  -- a retry is the same reply: one reservation
 """
-
-
-def postgres_bindir() -> Path:
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(found).parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not candidates:
-        raise SystemExit("error: no PostgreSQL found (initdb); install it or pass --url")
-    return candidates[-1].parent
-
-
-@contextlib.contextmanager
-def throwaway_postgres() -> Iterator[tuple[str, str]]:
-    """A PostgreSQL server on a free loopback port, removed at exit: (admin URL, version)."""
-    bindir = postgres_bindir()
-    as_postgres: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix="streamchat-bench-pg."))
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(workdir, "postgres")
-        as_postgres = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = workdir / "data"
-    try:
-        subprocess.run(
-            [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", *INITDB],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                *as_postgres,
-                *(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(workdir / "server.log")),
-                *("-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {port} -k {workdir} -F", "start"),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        version = subprocess.run(
-            [str(bindir / "postgres"), "--version"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", version
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(
-                [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                capture_output=True,
-            )
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(admin_url: str, *, keep: bool = False) -> AsyncIterator[str]:
-    """A new database on the server `admin_url` names, dropped at exit (unless `keep`)."""
-    name = "bench_reports" if keep else f"bench_reports_{os.getpid()}"
-    admin = Database(admin_url)
-    await admin.connect()
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield str(DatabaseURL(admin_url).replace(database=name))
-        finally:
-            if not keep:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.disconnect()
 
 
 async def build(url: str, rows: int) -> dict[str, Any]:
@@ -365,7 +291,7 @@ def timing(json_ms: list[float], csv_ms: list[float], plan: dict[str, Any]) -> T
 
 
 async def run(args: argparse.Namespace, admin_url: str, version: str) -> dict[str, Any]:
-    async with fresh_database(admin_url, keep=args.keep) as url:
+    async with fresh_database(admin_url, prefix="bench_reports", keep=args.keep) as url:
         print(f"{version}; building {args.rows:,} generations ...", flush=True)
         built = await build(url, args.rows)
         print(

@@ -214,3 +214,60 @@ def test_the_production_profile_runs_every_target_on_both_databases():
     assert all(f"{name} " in idle for name in ("passthrough", "prod-sqlite", "prod-pg"))
     budget = lines[lines.index("budget:") + 1 :]
     assert len(budget) == 2 and all(line.startswith(("PASS", "FAIL")) for line in budget)
+
+
+GROWTH_CASES = {
+    "conversation: time to first delta",
+    "conversation: server CPU per turn",
+    "conversation: list (GET)",
+    "conversation: replay (GET /{id})",
+    "reply: gap between deltas",
+    "reply: server CPU per token (us)",
+    "reply: replay (GET stream)",
+    "reply: its conversation (GET)",
+    "db: list, first page, light user",
+    "db: conversation (GET /{id}), light user",
+    "db: replay of a finished reply, light user",
+    "db: /api/me/costs, light user",
+    "db: list, first page",
+    "db: conversation (GET /{id})",
+    "db: replay of a finished reply",
+    "db: /api/me/costs",
+    "db: list, heavy user",
+    "db: /api/admin/costs",
+    "db: /api/me/costs, heavy user",
+}
+GROWTH_PLANS = [
+    "list, first page",
+    "list, a later page",
+    "conversation (GET /{id})",
+    "replay of a finished reply",
+    "history sent upstream",
+    "/api/me/costs",
+    "/api/admin/costs",
+]
+
+
+def test_the_growth_benchmark_measures_every_case_on_each_database():
+    """Tiny sizes: every case measured and given a verdict, /api/me/costs before and after
+    migration 14, a plan for every query; on PostgreSQL too when the suite has one."""
+    databases = ["sqlite"]
+    args = ["--turns", "4", "--window", "2", "--tokens", "60", "--messages", "6000"]
+    args += ["--requests", "2", "--deep", "2"]  # the heavy user: 60 conversations, 2 pages
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if admin_url:
+        databases.append("postgresql")
+        args += ["--postgres-url", admin_url]
+    finished = run_bench("bench.growth", *args, "--databases", ",".join(databases), timeout=120)
+    lines = finished.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case"))
+    rows = lines[header + 2 : lines.index("", header)]
+    for database in databases:
+        mine = [row for row in rows if row[45:56].strip() == database]
+        cases = [row[:44].strip() for row in mine]
+        assert set(cases) == GROWTH_CASES, cases
+        assert cases.count("db: /api/me/costs, light user") == 2  # empty db; before and after
+        assert all(row.endswith(("flat", "grows")) or "with its answer" in row for row in mine)
+        plans = [line for line in lines if line.startswith(f"{database:<10} ")]
+        assert [line[11:40].strip() for line in plans] == GROWTH_PLANS
+        assert f"{database}: history sent upstream: after 2 turns 4 messages" in finished.stdout

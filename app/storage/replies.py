@@ -110,8 +110,32 @@ def path_to(leaf_id: str, *columns: str) -> sa.CTE:
 
 def history_query(leaf_id: str, limit: int) -> sa.Select[Any]:
     """The last `limit` messages with content of the branch ending at `leaf_id`, latest first,
-    read off the walk itself (joined back to `messages`, PostgreSQL read all of it)."""
-    path = path_to(leaf_id, "seq", "role", "content", "reasoning_details")
+    read off the walk itself (joined back to `messages`, PostgreSQL read all of it).
+
+    The walk up stops at the `limit`-th message with content (`kept` counts them), so a turn
+    reads what its history sends, however long the conversation. Walked to the first message,
+    it read the whole branch: on PostgreSQL, where the planner takes each step through a small
+    table as a scan of it, 24 ms for a branch of 400 messages against 1.2 ms for 20, and the
+    200th turn's first token 2.3 times as late as the 10th's (`python -m bench.growth`,
+    docs/benchmarks.md, "Growth")."""
+    has_content = sa.case(
+        (messages.c.content != "", sa.literal_column("1")), else_=sa.literal_column("0")
+    )
+    columns = ("parent_id", "seq", "role", "content", "reasoning_details")
+    path = (
+        sa.select(messages.c.id, *(messages.c[c] for c in columns), has_content.label("kept"))
+        .where(messages.c.id == leaf_id)
+        .cte("path", recursive=True)
+    )
+    parent = messages.alias("parent")
+    parent_has_content = sa.case(
+        (parent.c.content != "", sa.literal_column("1")), else_=sa.literal_column("0")
+    )
+    path = path.union_all(
+        sa.select(
+            parent.c.id, *(parent.c[c] for c in columns), path.c.kept + parent_has_content
+        ).where(parent.c.id == path.c.parent_id, path.c.kept < limit)
+    )
     return (
         sa.select(path.c.role, path.c.content, path.c.reasoning_details)
         .where(path.c.content != "")
@@ -144,6 +168,34 @@ def messages_with_usage(conversation_id: str, leaf_id: str) -> sa.Select[Any]:
         # recursive walk gives and would read all of `messages` to join them.
         .where(messages.c.conversation_id == conversation_id)
         .order_by(messages.c.seq)
+    )
+
+
+def reply_with_usage(message_id: str, user_id: str) -> sa.Select[Any]:
+    """One assistant message of the user's, with its user message's id and its generations'
+    sums (a finished reply's replay reads it): by primary key, and the message's generations
+    through `ix_generations_message`."""
+    user_message = messages.alias("user_message")
+    usage = usage_by_message(message_id=message_id)
+    return (
+        sa.select(
+            messages,
+            user_message.c.id.label("user_message_id"),
+            usage.c.prompt_tokens,
+            usage.c.completion_tokens,
+            usage.c.reasoning_tokens,
+            usage.c.cost_picousd,
+        )
+        .select_from(
+            messages.join(conversations, conversations.c.id == messages.c.conversation_id)
+            .outerjoin(user_message, user_message.c.id == messages.c.parent_id)
+            .outerjoin(usage, usage.c.message_id == messages.c.id)
+        )
+        .where(
+            messages.c.id == message_id,
+            messages.c.role == "assistant",
+            conversations.c.user_id == user_id,
+        )
     )
 
 
@@ -263,29 +315,7 @@ class Replies:
         """An assistant message of the user's with its user message's id (its parent) and its
         generations' sums (another user's answers as one that is not there: the owner is in
         the query)."""
-        user_message = messages.alias("user_message")
-        usage = usage_by_message(message_id=message_id)
-        query = (
-            sa.select(
-                messages,
-                user_message.c.id.label("user_message_id"),
-                usage.c.prompt_tokens,
-                usage.c.completion_tokens,
-                usage.c.reasoning_tokens,
-                usage.c.cost_picousd,
-            )
-            .select_from(
-                messages.join(conversations, conversations.c.id == messages.c.conversation_id)
-                .outerjoin(user_message, user_message.c.id == messages.c.parent_id)
-                .outerjoin(usage, usage.c.message_id == messages.c.id)
-            )
-            .where(
-                messages.c.id == message_id,
-                messages.c.role == "assistant",
-                conversations.c.user_id == user_id,
-            )
-        )
-        row = await self._database.fetch_one(query)
+        row = await self._database.fetch_one(reply_with_usage(message_id, user_id))
         return dict(row._mapping) if row else None
 
     async def start_turn(

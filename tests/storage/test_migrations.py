@@ -7,13 +7,14 @@ import asyncio
 import os
 import sys
 from datetime import date
+from decimal import Decimal
 
 import pytest
 from databases import Database
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
-from app.billing.reports import ReportRange, report
+from app.billing.reports import ReportRange, report, report_query
 from app.storage import migrations
 from app.storage.database import is_sqlite, open_database
 from app.storage.migrations import (
@@ -32,6 +33,24 @@ from tests.support import make_database, migrated_store, run_async
 
 async def _opened(url: str) -> Database:
     return await open_database(url, max_size=2)
+
+
+async def _migrate_over_rows(
+    db: Database,
+    *,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    migration: Migration,
+    rows: list[str],
+) -> None:
+    """The schema as it was before `migration`, `rows` written into it (its statements), then
+    every migration from `migration` on: what a database written by the old code goes through."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[: MIGRATIONS.index(migration)])
+    await migrate(db, url=url)
+    for statement in rows:
+        await db.execute(statement)
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    assert migration.version in await migrate(db, url=url)
 
 
 def test_migrations_apply_in_order_are_recorded_and_apply_once(database):
@@ -234,31 +253,29 @@ def test_the_message_tree_keeps_what_conversations_written_before_it_show(databa
     """Rows the old schema wrote (messages in `seq` order only) become one branch each: every
     message's parent is the one before it, the branch shown ends at the last."""
     tree = next(m for m in MIGRATIONS if m.statements is migrations._message_tree)
-    old_schema = MIGRATIONS[: MIGRATIONS.index(tree)]
     stamp = "'2026-01-01 00:00:00'"
     # Ids against `seq` order, so a parent found by id order would be wrong.
-    rows = {"c1": ["m9", "m3", "m7", "m1"], "c2": ["m5", "m4"]}
+    written = {"c1": ["m9", "m3", "m7", "m1"], "c2": ["m5", "m4"]}
+    rows = []
+    for conversation_id, ids in written.items():
+        rows.append(
+            "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
+            f" VALUES ('{conversation_id}', 'dev', 'chat', 't', {stamp}, {stamp})"
+        )
+        rows.extend(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
+            f" created_at, updated_at) VALUES ('{message_id}', '{conversation_id}', {seq},"
+            f" '{'user' if seq % 2 else 'assistant'}', '{message_id} said', 'complete', 'chat',"
+            f" {stamp}, {stamp})"
+            for seq, message_id in enumerate(ids, 1)
+        )
 
     async def run() -> None:
         db = await _opened(database.url)
         try:
-            monkeypatch.setattr(migrations, "MIGRATIONS", old_schema)
-            await migrate(db, url=database.url)
-            for conversation_id, ids in rows.items():
-                await db.execute(
-                    "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
-                    f" VALUES ('{conversation_id}', 'dev', 'chat', 't', {stamp}, {stamp})"
-                )
-                for seq, message_id in enumerate(ids, 1):
-                    role = "user" if seq % 2 else "assistant"
-                    await db.execute(
-                        "INSERT INTO messages (id, conversation_id, seq, role, content, status,"
-                        f" agent, created_at, updated_at) VALUES ('{message_id}',"
-                        f" '{conversation_id}', {seq}, '{role}', '{message_id} said',"
-                        f" 'complete', 'chat', {stamp}, {stamp})"
-                    )
-            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
-            assert tree.version in await migrate(db, url=database.url)
+            await _migrate_over_rows(
+                db, url=database.url, monkeypatch=monkeypatch, migration=tree, rows=rows
+            )
         finally:
             await db.disconnect()
 
@@ -301,7 +318,6 @@ def test_generations_take_their_user_from_the_conversation_or_the_reservation(
     when the conversation was deleted, its budget reservation's (id: the generation's message
     id, a reply's or a title's own); with neither (a `check` ping), none."""
     users = next(m for m in MIGRATIONS if m.statements is migrations._generation_users)
-    old_schema = MIGRATIONS[: MIGRATIONS.index(users)]
     stamp = "'2026-03-02 10:00:00'"
     ledger = {  # generation id: (message id, conversation id)
         "g-reply": ("m-reply", "c-alice"),  # conversation present
@@ -313,32 +329,31 @@ def test_generations_take_their_user_from_the_conversation_or_the_reservation(
     }
     reservations = {"m-reply": "alice", "m-gone": "bob", "g-gone-title": "bob"}
 
+    rows = [
+        "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
+        f" VALUES ('c-alice', 'alice', 'chat', 't', {stamp}, {stamp})",
+        *(
+            "INSERT INTO generations (id, message_id, conversation_id, agent, attempt,"
+            " requested_model, status, prompt_tokens, completion_tokens, reasoning_tokens,"
+            " cached_tokens, cost_picousd, cost_source, started_at)"
+            f" VALUES ('{generation_id}', '{message_id}', '{conversation_id}', 'chat', 1,"
+            f" 'openai/gpt-4o', 'complete', 10, 5, 0, 0, 1000, 'usage', {stamp})"
+            for generation_id, (message_id, conversation_id) in ledger.items()
+        ),
+        *(
+            "INSERT INTO budget_reservations (id, user_id, day, month, reserved_picousd,"
+            f" amount_picousd, state, created_at) VALUES ('{reservation_id}', '{user_id}',"
+            f" '2026-03-02', '2026-03', 5000, 1000, 'settled', {stamp})"
+            for reservation_id, user_id in reservations.items()
+        ),
+    ]
+
     async def run() -> None:
         db = await _opened(database.url)
         try:
-            monkeypatch.setattr(migrations, "MIGRATIONS", old_schema)
-            await migrate(db, url=database.url)
-            await db.execute(
-                "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
-                f" VALUES ('c-alice', 'alice', 'chat', 't', {stamp}, {stamp})"
+            await _migrate_over_rows(
+                db, url=database.url, monkeypatch=monkeypatch, migration=users, rows=rows
             )
-            for generation_id, (message_id, conversation_id) in ledger.items():
-                await db.execute(
-                    "INSERT INTO generations (id, message_id, conversation_id, agent, attempt,"
-                    " requested_model, status, prompt_tokens, completion_tokens,"
-                    " reasoning_tokens, cached_tokens, cost_picousd, cost_source, started_at)"
-                    f" VALUES ('{generation_id}', '{message_id}', '{conversation_id}', 'chat',"
-                    f" 1, 'openai/gpt-4o', 'complete', 10, 5, 0, 0, 1000, 'usage', {stamp})"
-                )
-            for reservation_id, user_id in reservations.items():
-                await db.execute(
-                    "INSERT INTO budget_reservations (id, user_id, day, month,"
-                    " reserved_picousd, amount_picousd, state, created_at) VALUES"
-                    f" ('{reservation_id}', '{user_id}', '2026-03-02', '2026-03', 5000, 1000,"
-                    f" 'settled', {stamp})"
-                )
-            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
-            assert users.version in await migrate(db, url=database.url)
         finally:
             await db.disconnect()
 
@@ -393,16 +408,17 @@ def test_budget_totals_are_backfilled_then_kept_by_every_write_of_a_reservation(
     async def run() -> None:
         db = await _opened(database.url)
         try:
-            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[: MIGRATIONS.index(totals)])
-            await migrate(db, url=database.url)
-            for statement in (
-                reservation("r1", "ann", "2026-03-01", 10),
-                reservation("r2", "ann", "2026-03-02", 20),
-                reservation("r3", "bob", "2026-03-01", 40),
-            ):
-                await db.execute(statement)
-            monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
-            assert totals.version in await migrate(db, url=database.url)
+            await _migrate_over_rows(
+                db,
+                url=database.url,
+                monkeypatch=monkeypatch,
+                migration=totals,
+                rows=[
+                    reservation("r1", "ann", "2026-03-01", 10),
+                    reservation("r2", "ann", "2026-03-02", 20),
+                    reservation("r3", "bob", "2026-03-01", 40),
+                ],
+            )
             for statement in (
                 reservation("r4", "ann", "2026-04-01", 80),
                 "UPDATE budget_reservations SET amount_picousd = 3, state = 'settled'"
@@ -434,3 +450,50 @@ def test_budget_totals_are_backfilled_then_kept_by_every_write_of_a_reservation(
     assert summed[("user_month", "ann", "2026-03")] == 3 + 20
     assert summed[("global_day", "", "2026-03-01")] == 3 + 3 + 160
     assert kept[("user_month", "ann", "2026-04")] == 0  # inserted, then deleted
+
+
+def test_a_users_costs_read_their_own_rows_once_migration_14_applies(database, monkeypatch):
+    """Migration 14 over a ledger the old schema wrote, on both databases: a user's report
+    (`/api/me/costs`) then reads `ix_generations_user_started`, the caller's rows alone, and
+    sums what it summed before."""
+    by_user = next(m for m in MIGRATIONS if m.statements is migrations._generations_by_user)
+    rows = [
+        "INSERT INTO generations (id, message_id, conversation_id, agent, attempt,"
+        " requested_model, status, prompt_tokens, completion_tokens, reasoning_tokens,"
+        " cached_tokens, cost_picousd, cost_source, started_at, user_id)"
+        f" VALUES ('g{i}', 'm{i}', 'c{i % 3}', 'chat', 1, 'openai/gpt-4o', 'complete', 10, 5, 0,"
+        f" 0, {1000 * (i + 1)}, 'usage', '2026-03-0{1 + i % 3} 10:00:00', '{user}')"
+        for i, user in enumerate(["ann", "bob", "ann", "bob", "bob", "ann"])
+    ]
+    march = ReportRange(date(2026, 3, 1), date(2026, 3, 31), ("day",), "ann")
+
+    async def run() -> tuple[str, list[dict]]:
+        db = await _opened(database.url)
+        try:
+            await _migrate_over_rows(
+                db, url=database.url, monkeypatch=monkeypatch, migration=by_user, rows=rows
+            )
+            sql = report_query(march, dialect=db.url.dialect).compile(
+                dialect=sqlite.dialect() if is_sqlite(database.url) else postgresql.dialect(),
+                compile_kwargs={"literal_binds": True},
+            )
+            async with db.connection() as connection, connection.transaction():
+                if is_sqlite(database.url):
+                    plan = await connection.fetch_all(f"EXPLAIN QUERY PLAN {sql}")
+                    text = "\n".join(str(row[3]) for row in plan)
+                else:
+                    # Six rows: a whole-table read is rightly cheapest; with it ruled out, the
+                    # planner says which index answers a user's report.
+                    await connection.execute("SET LOCAL enable_seqscan = off")
+                    plan = await connection.fetch_all(f"EXPLAIN {sql}")
+                    text = "\n".join(row[0] for row in plan)
+            return text, [row async for row in report(db, march)]
+        finally:
+            await db.disconnect()
+
+    plan, found = asyncio.run(run())
+    assert "ix_generations_user_started" in plan, plan
+    assert [(row["day"], row["generations"], Decimal(row["cost_usd"])) for row in found] == [
+        ("2026-03-01", 1, Decimal("1E-9")),
+        ("2026-03-03", 2, Decimal("9E-9")),
+    ]

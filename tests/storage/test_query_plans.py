@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.storage.conversations import Position, conversations_page
-from app.storage.database import is_sqlite
+from app.storage.database import is_sqlite, open_database
 from app.storage.replies import history_query, messages_with_usage
 from app.storage.search import (
     FTS_TABLE,
@@ -162,3 +162,26 @@ def test_a_search_reads_the_matches_not_the_messages(seeded):
         ]
     for query in queries:
         assert whole_table_reads(seeded, query) == []
+
+
+def test_the_history_walk_stops_at_its_limit_of_messages_with_content(seeded):
+    """A turn reads what its history sends, not the whole branch: the walk up from the leaf
+    stops at the `limit`-th message with content, skipping the empty ones (docs/benchmarks.md,
+    "Growth": walked to the first message, the 200th turn of a conversation waited longer)."""
+    seeded.execute("UPDATE messages SET content = id WHERE conversation_id = 'c1234'")
+    seeded.execute("UPDATE messages SET content = '' WHERE id IN ('c1234-9', 'c1234-7')")
+    query = history_query("c1234-10", 3)
+    [path] = query.get_final_froms()
+
+    async def read() -> tuple[list[str], int]:
+        database = await open_database(seeded.url, max_size=1)
+        try:
+            rows = await database.fetch_all(query)
+            walked = await database.fetch_val(sa.select(sa.func.count()).select_from(path))
+            return [row[1] for row in rows], walked
+        finally:
+            await database.disconnect()
+
+    contents, walked = run_async(read())
+    assert contents == ["c1234-10", "c1234-8", "c1234-6"]
+    assert walked == 5  # 10 down to 6, of the branch's 10
