@@ -278,21 +278,19 @@ async def long_conversation(
     small, big = f"turns 1-{window}", f"turns {args.turns - window + 1}-{args.turns}"
     early, late = at[str(window)], at[str(args.turns)]
     found.rows += [
-        Row(
-            "conversation: time to first delta",
-            db,
-            small,
-            big,
-            [t.first_delta_ms for t in first],
-            [t.first_delta_ms for t in last],
-        ),
-        Row(
-            "conversation: server CPU per turn",
-            db,
-            small,
-            big,
-            [t.cpu_ms for t in first],
-            [t.cpu_ms for t in last],
+        *(
+            Row(
+                f"conversation: {case}",
+                db,
+                small,
+                big,
+                [of(t) for t in first],
+                [of(t) for t in last],
+            )
+            for case, of in (
+                ("time to first delta", lambda turn: turn.first_delta_ms),
+                ("server CPU per turn", lambda turn: turn.cpu_ms),
+            )
         ),
         Row(
             "conversation: list (GET)",
