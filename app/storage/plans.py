@@ -11,6 +11,7 @@ plan, and goes through SQLAlchemy as before.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,24 @@ class Plan:
             value if convert is None else convert(value)
             for (_, convert), value in zip(self.columns, values, strict=True)
         )
+
+
+class Plans:
+    """Each statement's plan (or None), compiled the first time the statement runs. Keyed by
+    the statement object, weakly: a statement built for one call does not stay for good."""
+
+    def __init__(self, *, returning: bool) -> None:
+        self._returning = returning  # see `Plan.of`
+        self._plans: weakref.WeakKeyDictionary[sa.Executable, Plan | None] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def of(self, statement: sa.Executable, dialect: sa.Dialect) -> Plan | None:
+        try:
+            return self._plans[statement]
+        except KeyError:
+            plan = self._plans[statement] = Plan.of(statement, dialect, returning=self._returning)
+            return plan
 
 
 def _result_converter(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> Any:

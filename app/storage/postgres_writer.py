@@ -14,7 +14,6 @@ shares the pool, and a write made inside a `databases` transaction is a savepoin
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import asyncpg
@@ -25,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.sql.dml import Insert
 
-from app.storage.plans import Plan
+from app.storage.plans import Plans
 from app.storage.writer import Guard, Outcome, Step, Write, WriteRefused
 
 
@@ -33,10 +32,7 @@ class PostgresWriter:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._dialect = PGDialect_asyncpg(paramstyle="numeric_dollar")
-        # Weak keys: a statement built for one call does not stay for good.
-        self._plans: weakref.WeakKeyDictionary[sa.Executable, Plan | None] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._plans = Plans(returning=True)
 
     def insert(self, table: sa.Table) -> Insert:
         return postgresql.insert(table)
@@ -48,7 +44,7 @@ class PostgresWriter:
                 return [await self._run(connection, driver, step) for step in steps]
 
     async def read_row(self, statement: sa.Select[Any], values: dict[str, Any]) -> Any | None:
-        plan = self._plan(statement)
+        plan = self._plans.of(statement, self._dialect)
         assert plan is not None, "a read_row statement must compile to a plan"
         async with self._database.connection() as connection:
             row = await connection.raw_connection.fetchrow(plan.sql, *plan.parameters(values))
@@ -61,10 +57,10 @@ class PostgresWriter:
         self, connection: Connection, driver: asyncpg.Connection, step: Step
     ) -> list[Any]:
         guarded = isinstance(step, Guard)
-        if isinstance(step, Guard):
+        if guarded:
             step = step.statement
         statement, values = step if isinstance(step, tuple) else (step, {})
-        plan = self._plan(statement)
+        plan = self._plans.of(statement, self._dialect)
         if plan is None:
             rows, written = await _through_databases(connection, statement, values)
         elif plan.returns_rows:
@@ -77,13 +73,6 @@ class PostgresWriter:
         if guarded and written < 1:
             raise WriteRefused()  # rolls the transaction back
         return rows
-
-    def _plan(self, statement: sa.Executable) -> Plan | None:
-        try:
-            return self._plans[statement]
-        except KeyError:
-            plan = self._plans[statement] = Plan.of(statement, self._dialect, returning=True)
-            return plan
 
 
 def _row_count(status: str) -> int:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.dml import Insert
 
-from app.storage.plans import Plan
+from app.storage.plans import Plans
 from app.storage.writer import Guard, Outcome, Step, Write, WriteRefused
 
 FIRST_RETRY_DELAY = 0.001
@@ -55,10 +54,7 @@ class SQLiteWriter:
         self._connection: sa.Connection | None = None
         self._queue: list[tuple[Write, asyncio.Future[Outcome]]] = []
         self._committing: asyncio.Task[None] | None = None
-        # Weak keys: a statement built for one call (a test's) does not stay for good.
-        self._plans: weakref.WeakKeyDictionary[sa.Executable, Plan | None] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._plans = Plans(returning=False)
 
     def insert(self, table: sa.Table) -> Insert:
         return sqlite.insert(table)
@@ -75,7 +71,7 @@ class SQLiteWriter:
         # Between transactions: this connection is only ever in one within `_transaction`,
         # which never awaits once BEGIN has succeeded. A read sees every committed write (WAL).
         connection = self._connect()
-        plan = self._plan(statement, connection)
+        plan = self._plans.of(statement, connection.dialect)
         assert plan is not None, "a read_row statement must compile to a plan"
         driver = connection.connection.driver_connection
         assert isinstance(driver, sqlite3.Connection)
@@ -144,7 +140,7 @@ class SQLiteWriter:
             return self._run(connection, step.statement, guarded=True)
         if isinstance(step, tuple):
             statement, values = step
-            plan = self._plan(statement, connection)
+            plan = self._plans.of(statement, connection.dialect)
             if plan is not None:
                 driver = connection.connection.driver_connection
                 assert isinstance(driver, sqlite3.Connection)
@@ -159,13 +155,6 @@ class SQLiteWriter:
         if guarded and not rows and result.rowcount < 1:
             raise WriteRefused()
         return rows
-
-    def _plan(self, statement: sa.Executable, connection: sa.Connection) -> Plan | None:
-        try:
-            return self._plans[statement]
-        except KeyError:
-            plan = self._plans[statement] = Plan.of(statement, connection.dialect, returning=False)
-            return plan
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
