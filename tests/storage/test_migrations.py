@@ -8,6 +8,7 @@ import os
 import sys
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from databases import Database
@@ -51,6 +52,19 @@ async def _migrate_over_rows(
         await db.execute(statement)
     monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
     assert migration.version in await migrate(db, url=url)
+
+
+def _migrate_database_over_rows(url: str, **over: Any) -> None:
+    """`_migrate_over_rows` on a connection of its own to the test's database."""
+
+    async def run() -> None:
+        db = await _opened(url)
+        try:
+            await _migrate_over_rows(db, url=url, **over)
+        finally:
+            await db.disconnect()
+
+    asyncio.run(run())
 
 
 def test_migrations_apply_in_order_are_recorded_and_apply_once(database):
@@ -270,16 +284,7 @@ def test_the_message_tree_keeps_what_conversations_written_before_it_show(databa
             for seq, message_id in enumerate(ids, 1)
         )
 
-    async def run() -> None:
-        db = await _opened(database.url)
-        try:
-            await _migrate_over_rows(
-                db, url=database.url, monkeypatch=monkeypatch, migration=tree, rows=rows
-            )
-        finally:
-            await db.disconnect()
-
-    asyncio.run(run())
+    _migrate_database_over_rows(database.url, monkeypatch=monkeypatch, migration=tree, rows=rows)
 
     parents = {
         row["id"]: row["parent_id"] for row in database.query("SELECT id, parent_id FROM messages")
@@ -348,16 +353,7 @@ def test_generations_take_their_user_from_the_conversation_or_the_reservation(
         ),
     ]
 
-    async def run() -> None:
-        db = await _opened(database.url)
-        try:
-            await _migrate_over_rows(
-                db, url=database.url, monkeypatch=monkeypatch, migration=users, rows=rows
-            )
-        finally:
-            await db.disconnect()
-
-    asyncio.run(run())
+    _migrate_database_over_rows(database.url, monkeypatch=monkeypatch, migration=users, rows=rows)
 
     found = {
         row["id"]: row["user_id"] for row in database.query("SELECT id, user_id FROM generations")
