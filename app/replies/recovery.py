@@ -15,6 +15,7 @@ from typing import Any
 from app.billing.costs import find_cost
 from app.settings import Settings
 from app.storage.ledger import LateCost
+from app.storage.outage import Outage
 from app.storage.store import Store
 from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient
@@ -46,6 +47,7 @@ class Recovery:
         self._lookups: set[asyncio.Task[Any]] = set()
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
+        self._outage = Outage("the heartbeat of live replies and the sweep of orphans")
 
     def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
         """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
@@ -98,8 +100,10 @@ class Recovery:
                 if ended:
                     log.warning("ended %d budget reservations of dead replies", ended)
                 await self._store.idempotency.expire(at=now())
-            except Exception:  # a database hiccup must not end the heartbeat
-                log.exception("tending live replies failed")
+                self._outage.ok()
+            except Exception as exc:  # a database hiccup must not end the heartbeat
+                if not self._outage.failed(exc):
+                    log.exception("tending live replies failed")
             # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_tending.wait(), interval)

@@ -17,6 +17,7 @@ from app.replies.titles import AGENT as TITLER
 from app.replies.titles import Titler
 from app.settings import Settings
 from app.storage.ledger import LateCost
+from app.storage.outage import Outage
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient
 
@@ -56,6 +57,9 @@ class Runs:
         self._background: set[asyncio.Task[Any]] = set()
         self._titling: set[asyncio.Task[Any]] = set()  # background too, but cut at shutdown
         self._drain: asyncio.Task[None] | None = None
+        # Live replies' checkpoints and final writes, and the background writes, while the
+        # database is away: told once, not once per reply and beat.
+        self.writes = Outage("live replies' checkpoints and final writes")
         self.recovery = Recovery(
             store=store,
             client=client,
@@ -91,6 +95,7 @@ class Runs:
             on_deserted=self._on_deserted,
             on_finished=self._on_finished,
             outbox=self.outbox,
+            outage=self.writes,
         )
         self.live[run.message_id] = run
         run.start(save_turn)
@@ -115,7 +120,7 @@ class Runs:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(self._log_failure)
         return task
 
     def _on_deserted(self, run: Run) -> None:
@@ -183,7 +188,8 @@ class Runs:
         while self._background:
             await asyncio.wait(list(self._background))
 
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())
+    def _log_failure(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or (failure := task.exception()) is None:
+            return
+        if not self.writes.failed(failure):
+            log.error("background task failed", exc_info=failure)

@@ -22,6 +22,7 @@ from app.replies.follow import find_reply
 from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
 from app.settings import Settings
+from app.storage.outage import Outage
 from app.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Signals:
         self._tasks: set[asyncio.Task[Any]] = set()  # database reads: never cut off mid-query
         self._stopping = asyncio.Event()
         self._listening: asyncio.Task[None] | None = None
+        self._outage = Outage("re-reading the agent overrides")
 
     def start(self) -> None:
         self._spawn(self._refresh_agents_forever(), name="refresh-agents")
@@ -121,8 +123,11 @@ class Signals:
     async def _refresh_agents(self) -> None:
         try:
             await self._agents.refresh(self._store)
-        except Exception:  # a database hiccup must not end the refreshing
-            log.exception("re-reading the agent overrides failed")
+        except Exception as exc:  # a database hiccup must not end the refreshing
+            if not self._outage.failed(exc):
+                log.exception("re-reading the agent overrides failed")
+        else:
+            self._outage.ok()
 
     async def _listen_forever(self, url: str) -> None:
         # Its own client: a subscribed connection waits for messages without a read timeout.

@@ -15,16 +15,23 @@ from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
 from app.state import app_state
 from app.storage.migrations import pending_migrations
+from app.storage.outage import RETRY_AFTER_SECONDS, is_unavailable
 
 log = logging.getLogger(__name__)
 
 
 async def healthz(request: Request) -> Response:
+    """Alive, and the database answers; 503 while it does not (nothing escapes as an error:
+    a probe must get an answer, not a dropped connection)."""
     state = app_state(request)
     try:
         await state.database.fetch_val("SELECT 1")
     except Exception:
-        return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "database": "down"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return JSONResponse(
         {
             "status": "ok",
@@ -41,9 +48,15 @@ async def readyz(request: Request) -> Response:
     state = app_state(request)
     try:
         pending = await pending_migrations(state.database, url=state.settings.database_url)
-    except Exception:
-        log.exception("readiness: the database does not answer")
-        return error_response(503, "database_unavailable", "the database does not answer")
+    except Exception as exc:
+        if not is_unavailable(exc):
+            log.exception("readiness: the database does not answer")
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database does not answer",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if pending:
         return error_response(
             503,
