@@ -54,6 +54,7 @@ from app.settings import ConfigError, Settings, load_settings, refuse_to_start
 from app.state import AppState
 from app.storage.database import connect_database, is_sqlite
 from app.storage.migrations import MigrationsPending, migrate, require_migrated
+from app.storage.outage import quiet_pool_reconnections
 from app.storage.store import Store
 from app.upstream.models_catalog import ModelCatalog
 from app.upstream.openrouter import OpenRouterClient
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         return create_app(settings)
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
     install_access_log_redaction()
+    quiet_pool_reconnections()
     stages = StageProbe() if settings.stage_probe else None
 
     @asynccontextmanager
@@ -126,7 +128,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 except MigrationsPending as exc:
                     log.error("refusing to start: %s", exc)
                     raise
-            store = Store(database, sqlite_db=is_sqlite(settings.database_url))
+            store = Store(
+                database,
+                sqlite_db=is_sqlite(settings.database_url),
+                busy_timeout=settings.database_busy_timeout,
+            )
             stack.push_async_callback(store.writer.close)
             http = _http_client(settings)
             stack.push_async_callback(http.aclose)

@@ -100,3 +100,25 @@ class Outage:
         if self.down:
             self.down = False
             log.info("database is back: %s resumes", self.what)
+
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs its failed reconnections (backing off from 1 s to 60 s) with their
+    traceback: while the database is away that says nothing the first line does not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.exc_info
+            and record.exc_info[1] is not None
+            and is_unavailable(record.exc_info[1])
+        ):
+            record.msg = f"{record.getMessage()} ({describe(record.exc_info[1])})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def quiet_pool_reconnections() -> None:
+    """Install `_OneLine` on asyncpg's pool logger, once per process."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
