@@ -520,12 +520,16 @@ class Run:
                 self._outage.ok()
                 break
             except Exception as exc:
-                if self._outage.failed(exc) and time.monotonic() < deadline:
+                away = self._outage.failed(exc)
+                if away and time.monotonic() < deadline:
                     await asyncio.sleep(FINAL_WRITE_RETRY_DELAY)
                     continue
                 # Left `streaming` in the database, it is marked interrupted by the sweep, and
                 # its reservation ended by it, within STALE_REPLY_AFTER.
-                log.exception("could not save reply %s", self.message_id)
+                if away:
+                    log.warning("could not save reply %s: the database is away", self.message_id)
+                else:
+                    log.exception("could not save reply %s", self.message_id)
                 break
         known = [r.cost for r in self.records if r.cost is not None]
         name, payload = final_event(
