@@ -516,7 +516,8 @@ class Run:
         deadline = time.monotonic() + (self._settings.stale_reply_after if saved else 0)
         while True:
             try:
-                await self._save_final(status, error, content, finish_reason)
+                # A task a try: see `Recovery._tend`.
+                await asyncio.create_task(self._save_final(status, error, content, finish_reason))
                 self._outage.ok()
                 break
             except Exception as exc:

@@ -118,7 +118,9 @@ class Signals:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.heartbeat_interval)
                 return
-            await self._refresh_agents()
+            # A task a read: see `Recovery._tend` (a connection cut by an outage stays broken
+            # for the task that held it).
+            await asyncio.create_task(self._refresh_agents())
 
     async def _refresh_agents(self) -> None:
         try:

@@ -170,6 +170,7 @@ def test_nothing_is_lost_and_callers_get_503(
             }
             # New turns work at once, with no restart.
             assert http.post("/api/chat", json={"message": "back?", "stream": False}).is_success
+        server.stop()  # before its database goes for good
 
     # One warning as it went, one info line as it came back, per loop; no traceback.
     for what, levels in outage_lines(caplog).items():
