@@ -244,10 +244,7 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
             user_message_id=run["user_message_id"],
             message_id=run["message_id"],
         )
-    # The ids given out must be there to find (the stream's own answer would say
-    # storage_error; this one says so at once).
-    if not await run.turn_saved():
-        raise ApiError(503, "storage_error", "the conversation could not be saved")
+    # The ids given out are there to find: `start_run` answered 503 unless the turn was saved.
     if state.streams is not None:
         # And in its Redis Stream (a round trip, alongside the save), so the stream_url
         # is served live by whichever process the client reaches, not from checkpoints.
