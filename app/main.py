@@ -29,6 +29,7 @@ from app.http.auth.authenticator import Authenticator
 from app.http.auth.redact import install_access_log_redaction
 from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
+from app.http.openapi import routes as openapi_routes
 from app.http.routes import (
     budgets,
     catalog,
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *budgets.routes,
             *stages_routes.routes,
             *pages.routes,
+            *openapi_routes,
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
