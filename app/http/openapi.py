@@ -15,7 +15,8 @@ OpenAPI's own form, filled in here so each route says only what is its own:
 - every route gets the errors any route can answer (405 method_not_allowed, 503
   database_unavailable where it needs the database); `/api/` routes the identity errors (401,
   503 auth_unavailable); a route with a body 400 invalid_json and 413 body_too_large;
-- path parameters are declared from the path, as strings, unless the YAML declares them.
+- path parameters are declared from the path (ids as 32 hex digits), unless the YAML does;
+- a `text/event-stream` answer's schema is that of one event (`SSE_EVENT`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,27 @@ IDENTITY = {
     "503": "auth_unavailable",
 }
 WITH_BODY = {"400": "invalid_json", "413": "body_too_large"}
+# One event of a reply's stream (app/replies/events.py), as every `text/event-stream` answer's
+# schema: a tester reads the stream and checks each event against it.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data", "id"],
+    "properties": {
+        "event": {"enum": ["meta", "reasoning", "delta", "annotation", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}:[0-9]+$|^[0-9]+$"},
+        "retry": {"type": "integer"},
+    },
+}
 _CODE = re.compile(r"^[a-z_]+( [a-z_]+)*$")
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    """Our ids are 32 lowercase hex digits (app/http/input.py `valid_id`); a user id or an
+    agent's name is any text."""
+    if name.endswith("_id") and name != "user_id":
+        return {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+    return {"type": "string"}
 
 
 def _error(codes: list[str]) -> dict[str, Any]:
@@ -126,10 +147,13 @@ class Document(SchemaGenerator):
         if path not in NO_DATABASE:
             _merge(responses, "503", "database_unavailable")
         _merge(responses, "405", "method_not_allowed")
+        for response in responses.values():
+            if "text/event-stream" in response.get("content", {}):
+                response["content"]["text/event-stream"] = {"schema": SSE_EVENT}
         operation["responses"] = dict(sorted(responses.items()))
         declared = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "path"}
         path_params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
             for name in re.findall(r"{(\w+)}", path)
             if name not in declared
         ]

@@ -197,7 +197,7 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
           200:
             description: 'the reply: SSE events, or with `"stream": false` one JSON answer'
             content:
-              text/event-stream: {schema: {type: string}}
+              text/event-stream: {}
               application/json: {schema: {type: object}}
           502:
             description: '`"stream": false`: the reply failed (its final event''s fields)'
@@ -249,7 +249,7 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
         responses:
           200:
             description: the reply's events
-            content: {text/event-stream: {schema: {type: string}}}
+            content: {text/event-stream: {}}
           204: the client has every event of the reply
           400: invalid_last_event_id
           404: message_not_found
@@ -422,7 +422,7 @@ async def reply_stream(request: Request) -> Response:
     responses:
       200:
         description: the reply's events, from the start or after `Last-Event-ID`
-        content: {text/event-stream: {schema: {type: string}}}
+        content: {text/event-stream: {}}
       204: the client has every event of the reply
       400: invalid_last_event_id
       404: message_not_found
@@ -450,7 +450,10 @@ async def stop_reply(request: Request) -> Response:
     ---
     responses:
       200:
-        description: the reply, stopped (or ended already)
+        description: the reply had ended already; its status
+        content: {application/json: {schema: {type: object}}}
+      202:
+        description: the reply is stopped; its status once it has ended
         content: {application/json: {schema: {type: object}}}
       404: message_not_found
       422: invalid_field
