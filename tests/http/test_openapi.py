@@ -70,9 +70,13 @@ def test_the_served_document_is_openapi_3_1(client) -> None:
     assert "/openapi.json" in body["paths"]
 
 
-def test_a_property_based_tester_finds_no_5xx_and_nothing_undocumented(start_server) -> None:
+def test_a_property_based_tester_finds_no_5xx_and_nothing_undocumented(
+    start_server, tmp_path
+) -> None:
     # What the tester sends, and in which order, is the same each run (--generation-
     # deterministic), and bounded (--max-examples per operation): tens of seconds per database.
+    # It runs in `tmp_path`: the failures it remembers (.schemathesis/, .hypothesis/) would
+    # otherwise be replayed by the next run, which would no longer be the same.
     server = start_server(admin_token=ADMIN_TOKEN)
     checks = [
         "not_a_server_error",
@@ -89,6 +93,7 @@ def test_a_property_based_tester_finds_no_5xx_and_nothing_undocumented(start_ser
             *("--max-examples", "5", "--generation-deterministic"),
             *("--workers", "1", "--request-timeout", "10", "--no-color"),
         ],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
