@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.storage.outage import CANDIDATES, RETRY_AFTER_SECONDS, describe, is_unavailable
+from app.core.outage import CANDIDATES, RETRY_AFTER_SECONDS, describe, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def database_away() -> ApiError:
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The database is away (app/storage/outage.py): a 503 the caller may retry, and one log
+    """The database is away (app/core/outage.py): a 503 the caller may retry, and one log
     line, not a traceback; any other error of these classes is the bug it is (a 500)."""
     if not is_unavailable(exc):
         raise exc

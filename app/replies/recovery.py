@@ -13,9 +13,9 @@ from datetime import timedelta
 from typing import Any
 
 from app.billing.costs import find_cost
+from app.core.outage import Outage
 from app.settings import Settings
 from app.storage.ledger import LateCost
-from app.storage.outage import Outage
 from app.storage.store import Store
 from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient

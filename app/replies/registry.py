@@ -9,15 +9,16 @@ from typing import Any, Protocol
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.outage import Outage
+from app.core.run_request import RunRequest
+from app.core.states import MessageStatus
 from app.replies.recovery import Recovery
 from app.replies.redis_log import Outbox
-from app.replies.runs import Run, RunRequest
-from app.replies.states import MessageStatus
+from app.replies.runs import Run
 from app.replies.titles import AGENT as TITLER
 from app.replies.titles import Titler
 from app.settings import Settings
 from app.storage.ledger import LateCost
-from app.storage.outage import Outage
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient
 

@@ -17,12 +17,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.agents.overrides import Agents
+from app.core.outage import Outage
 from app.ops.redis import REDIS_FAULTS, connect_redis
 from app.replies.follow import find_reply
 from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
 from app.settings import Settings
-from app.storage.outage import Outage
 from app.storage.store import Store
 
 log = logging.getLogger(__name__)

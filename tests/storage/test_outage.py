@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.billing.money import to_picos
+from app.core.money import to_picos
 from app.dev.simulator import Behaviour
 from bench.postgres import postgres_server
 from tests.support import DatabaseHandle, content_of, read_sse, wait_for
@@ -74,10 +74,10 @@ def own_database(tmp_path: Path) -> Iterator[Outage]:
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> dict[str, list[str]]:
-    """The outage lines of the background loops (app/storage/outage.py), per loop."""
+    """The outage lines of the background loops (app/core/outage.py), per loop."""
     lines: dict[str, list[str]] = {}
     for record in caplog.records:
-        if record.name == "app.storage.outage":
+        if record.name == "app.core.outage":
             message = record.getMessage()
             what = message.split(": ", 1)[1] if "is back" in message else message.split("): ")[-1]
             what = what.removesuffix(" waits for it").removesuffix(" resumes")

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.core.outage import RETRY_AFTER_SECONDS, is_unavailable
 from app.errors import ApiError, error_response
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
-from app.state import app_state
+from app.http.state import app_state
 from app.storage.migrations import pending_migrations
-from app.storage.outage import RETRY_AFTER_SECONDS, is_unavailable
 
 log = logging.getLogger(__name__)
 
