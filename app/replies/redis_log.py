@@ -2,7 +2,7 @@
 
     Outbox    the owner's side: each live reply's new events go to its stream, a pipeline per
               event-loop pass (never a round trip per token), with the owner's event ids
-              (stream entry `0-<id>`), trimmed to REDIS_STREAM_MAXLEN, expiring
+              (`wire.entry_id`, `wire.to_entry`), trimmed to REDIS_STREAM_MAXLEN, expiring
               REDIS_STREAM_TTL seconds after the final event (STALE_REPLY_AFTER while live
               and silent: a dead owner's stream goes away on its own)
     Mirrors   the followers' side: one blocking reader per process (`XREAD BLOCK` over every

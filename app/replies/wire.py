@@ -44,7 +44,7 @@ class Event(StrEnum):
     META = "meta"  # the turn is saved: its ids, the agent and the model asked for
     REASONING = "reasoning"  # `{"content"}`: the model's thinking, one per upstream delta
     DELTA = "delta"  # `{"content"}`: the answer, one per upstream content delta
-    ANNOTATION = "annotation"  # a citation (url_citation), as OpenRouter gave it
+    ANNOTATION = "annotation"  # a citation (`url_citation`): `Citation.to_json`
     DONE = "done"  # final: complete or stopped, with usage and cost
     ERROR = "error"  # final: error or interrupted, with a code and whether to retry
 
@@ -240,7 +240,23 @@ class FrameDecoder:
 
 
 def decode_frame(frame: bytes) -> LogEvent:
-    """The one event of a whole frame; ValueError if it holds none or more."""
+    """The one event of a whole frame; ValueError if it holds none or more.
+
+    A frame as `LogEvent.make` writes it (every entry of the mirror, decoded per token by each
+    following process) is read in one split and keeps its bytes: a quarter of the decoder's
+    cost. Anything else goes through the decoder."""
+    lines = frame.split(b"\n", 3)
+    if (
+        len(lines) == 4
+        and lines[3] == b"\n"
+        and lines[0].startswith(b"id: ")
+        and lines[1].startswith(b"event: ")
+        and lines[2].startswith(b"data: ")
+        and lines[0][4:].isdigit()
+        and b"\r" not in frame
+        and (name := _BY_NAME.get(lines[1][7:].decode())) is not None
+    ):
+        return LogEvent(int(lines[0][4:]), name, lines[2][6:].decode(), frame)
     decoder = FrameDecoder()
     events = decoder.feed(frame) + decoder.close()
     if len(events) != 1:
@@ -263,8 +279,9 @@ def to_entry(event: LogEvent) -> dict[bytes, bytes]:
 
 def from_entry(entry: bytes, fields: dict[bytes, bytes]) -> LogEvent:
     """The event of a stream entry; ValueError if the entry is not one (`to_entry`'s)."""
-    event = decode_frame(fields[FIELD]) if FIELD in fields else None
-    if event is None or entry != entry_id(event.id).encode():
+    frame = fields.get(FIELD)
+    event = None if frame is None else decode_frame(frame)
+    if event is None or entry != b"0-%d" % event.id:  # `entry_id`, as Redis answers it
         raise ValueError(f"stream entry {entry!r} is not its event's")
     return event
 

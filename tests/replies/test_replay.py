@@ -20,9 +20,12 @@ from app.storage.tables import new_id, now
 from tests.support import migrated_store, turn_rows
 
 MODEL = "openai/gpt-4o"  # what `turn_rows` asks for
-CITATION = {
-    "type": "url_citation",
-    "url_citation": {"url": "https://example.com", "title": "Ex", "start_index": 0, "end_index": 2},
+CITATION = {  # `Citation.to_json`'s shape
+    "url": "https://example.com",
+    "title": "Ex",
+    "content": "a quote",
+    "start_index": 0,
+    "end_index": 2,
 }
 
 

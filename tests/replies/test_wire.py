@@ -36,14 +36,12 @@ from app.replies.wire import (
 )
 
 MESSAGE_ID = "0123456789abcdef0123456789abcdef"
-CITATION = {
-    "type": "url_citation",
-    "url_citation": {
-        "url": "https://example.com/é",
-        "title": "Ex",
-        "start_index": 0,
-        "end_index": 3,
-    },
+CITATION = {  # `Citation.to_json`'s shape
+    "url": "https://example.com/é",
+    "title": "Ex",
+    "content": "a quote",
+    "start_index": 0,
+    "end_index": 3,
 }
 
 
@@ -173,6 +171,15 @@ def test_the_one_step_forms_ids_name_the_reply():
 def test_what_is_not_a_reply_event_is_refused(text):
     with pytest.raises(ValueError):
         decode_frame(text)
+
+
+def test_a_frame_written_otherwise_decodes_to_the_same_event():
+    """SSE allows more than `LogEvent.make` writes: a comment, no space after the colon, the
+    fields in another order, `retry:`. The event is the same, and so is its frame."""
+    event = LogEvent.make(5, Event.DELTA, {"content": "a"})
+    text = b': hi\nevent:delta\nretry: 10\ndata:{"content":"a"}\nid:5\n\n'
+    assert decode_frame(text) == event
+    assert decode_frame(text).frame == event.frame
 
 
 def test_a_frame_holds_one_event():
