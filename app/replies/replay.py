@@ -12,8 +12,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from app.billing.money import from_picos
-from app.replies.states import MessageStatus
+from app.core.money import from_picos
+from app.core.states import MessageStatus
 from app.replies.wire import LogEvent, final_event, meta_payload, stored_events
 from app.storage.store import Store
 

@@ -36,8 +36,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from app.billing.money import usd
-from app.replies.states import MessageStatus
+from app.core.money import usd
+from app.core.states import MessageStatus
 
 
 class Event(StrEnum):

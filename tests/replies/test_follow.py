@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from app.core.states import GenerationStatus, MessageStatus
 from app.replies.follow import find_reply
 from app.replies.log import ReplyLog
 from app.replies.redis_log import RedisReply, ReplyStreams
 from app.replies.replay import StoredReply
-from app.replies.states import GenerationStatus, MessageStatus
 from app.replies.wire import Event, LogEvent, meta_payload
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord

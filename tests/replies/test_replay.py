@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from app.core.states import CostSource, GenerationStatus, MessageStatus
 from app.replies.log import ReplyLog
 from app.replies.replay import StoredReply, replay_log
-from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.replies.wire import Event, event_lengths, final_event, meta_payload
 from app.storage.ledger import GenerationRecord
 from app.storage.replies import TurnIds

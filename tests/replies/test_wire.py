@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from httpx_sse._decoders import SSEDecoder
 
-from app.replies.states import MessageStatus
+from app.core.states import MessageStatus
 from app.replies.wire import (
     FIELD,
     FINAL_EVENTS,
