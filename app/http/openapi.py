@@ -31,6 +31,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
+from app.replies.wire import Event
+
 INFO = {
     "title": "streamchat",
     "version": "1",
@@ -51,13 +53,13 @@ IDENTITY = {
     "503": "auth_unavailable",
 }
 WITH_BODY = {"400": "invalid_json", "413": "body_too_large"}
-# One event of a reply's stream (app/replies/events.py), as every `text/event-stream` answer's
+# One event of a reply's stream (app/replies/wire.py), as every `text/event-stream` answer's
 # schema: a tester reads the stream and checks each event against it.
 SSE_EVENT = {
     "type": "object",
     "required": ["event", "data", "id"],
     "properties": {
-        "event": {"enum": ["meta", "reasoning", "delta", "annotation", "done", "error"]},
+        "event": {"enum": [event.value for event in Event]},
         "data": {"type": "string", "contentMediaType": "application/json"},
         "id": {"type": "string", "pattern": "^[0-9a-f]{32}:[0-9]+$|^[0-9]+$"},
         "retry": {"type": "integer"},
