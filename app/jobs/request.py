@@ -152,7 +152,7 @@ def _tools(body: dict[str, Any]) -> None:
                     param=f"tools[{index}]",
                 )
     choice = body.get("tool_choice")
-    if choice is None or choice in TOOL_CHOICES:
+    if choice is None or (isinstance(choice, str) and choice in TOOL_CHOICES):
         return
     if not isinstance(choice, dict) or choice.get("type") != "function":
         raise invalid(
