@@ -222,7 +222,8 @@ def test_store_content_keeps_what_a_job_sent_and_got(server, database):
     with sdk(server, keeping["key"]) as client:
         answer = client.chat.completions.create(model="openai/gpt-4o", messages=HI)
         stream = client.chat.completions.create(model="openai/gpt-4o", messages=HI, stream=True)
-        streamed_id = [chunk.id for chunk in stream][0]
+        streamed = list(stream)  # read to its end: the job is over
+        streamed_id = streamed[0].id
     rows = wait_for(
         lambda: (r := database.query("SELECT * FROM job_contents")) and len(r) == 2 and r,
         what="two content rows",

@@ -67,9 +67,8 @@ def test_a_model_the_key_may_not_use_is_forbidden_and_an_unknown_one_not_found(s
 
 def test_a_budget_a_call_cannot_fit_is_refused_with_402(server, fake):
     tight = make_key(server, daily_usd=0.000001)
-    with sdk(server, tight["key"]) as client:
-        with pytest.raises(openai.APIStatusError) as refused:
-            client.chat.completions.create(model="openai/gpt-4o", messages=HI, max_tokens=100)
+    with sdk(server, tight["key"]) as client, pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="openai/gpt-4o", messages=HI, max_tokens=100)
     assert refused.value.status_code == 402
     assert refused.value.code == "budget_exceeded"
     assert refused.value.type == "insufficient_quota"
