@@ -28,9 +28,19 @@ TYPES = {
 }
 
 
-def invalid(message: str, *, param: str | None, code: str = "invalid_value") -> ApiError:
+def invalid(message: str, *, param: str | None) -> ApiError:
     """A request OpenAI's API would refuse as it stands: 400 with the parameter named."""
-    return ApiError(400, code, message, details={"param": param})
+    return ApiError(400, "invalid_value", message, details={"param": param})
+
+
+def unknown_parameter(name: str) -> ApiError:
+    """A field OpenAI's API does not take (or we do not pass on), in OpenAI's own words."""
+    return ApiError(
+        400,
+        "unknown_parameter",
+        f"Unrecognized request argument supplied: {name}",
+        details={"param": name},
+    )
 
 
 def unprocessable(message: str, *, param: str | None) -> ApiError:
@@ -68,7 +78,7 @@ def upstream_refusal(exc: UpstreamError) -> ApiError:
     headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
     if status == 401 or exc.code == "insufficient_credits":
         return ApiError(
-            502, "upstream_unavailable", "the platform's OpenRouter account refused the call"
+            502, "upstream_account_refused", "the platform's OpenRouter account refused the call"
         )
     if status == 402:  # the in-flight budget: clears by itself, as a rate limit does
         return ApiError(429, "upstream_rate_limited", exc.message, headers=headers)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.jobs.errors import invalid, unprocessable
+from app.jobs.errors import invalid, unknown_parameter, unprocessable
 from app.upstream.model_id import MODEL_ID
 
 # Passed upstream as they came (after the checks below).
@@ -164,11 +164,7 @@ def job_request(body: dict[str, Any], *, header_job: str | None) -> JobRequest:
     """The checked request; 400 (or 422 for a value out of range) naming the parameter."""
     unknown = sorted(set(body) - ACCEPTED)
     if unknown:
-        raise invalid(
-            f"Unrecognized request argument supplied: {unknown[0]}",
-            param=unknown[0],
-            code="unknown_parameter",
-        )
+        raise unknown_parameter(unknown[0])
     model = body.get("model")
     if not isinstance(model, str) or not MODEL_ID.match(model):
         raise invalid("`model` must be an OpenRouter model id such as openai/gpt-4o", param="model")
