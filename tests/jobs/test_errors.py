@@ -8,6 +8,7 @@ import pytest
 
 from app.dev.simulator import Behaviour, error_behaviour
 from tests.jobs.conftest import make_key, sdk
+from tests.support import wait_for
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -123,7 +124,15 @@ def test_openrouters_refusals_reach_the_sdk_as_their_class(
             list(answer) if stream else None
         assert refused.value.status_code == status
         assert "SECRET FLAGGED TEXT" not in str(refused.value.body)
-    rows = database.query("SELECT status, cost_source, cost_picousd FROM generations")
+    # A stream's row is written as its response ends: read once both are over.
+    rows = wait_for(
+        lambda: (
+            (r := database.query("SELECT status, cost_source, cost_picousd FROM generations"))
+            and all(row["status"] != "streaming" for row in r)
+            and r
+        ),
+        what="both jobs' rows",
+    )
     assert rows == [{"status": "error", "cost_source": "not_billed", "cost_picousd": 0}] * 2
 
 
@@ -142,7 +151,14 @@ def test_an_error_mid_stream_is_raised_by_the_sdk_not_a_short_answer(client, fak
         for chunk in stream:
             seen.extend(c.delta.content or "" for c in chunk.choices)
     assert "".join(seen) == "ab"
-    [row] = database.query("SELECT status, error_code FROM generations")
+    [row] = wait_for(
+        lambda: (
+            (r := database.query("SELECT status FROM generations"))
+            and r[0]["status"] != "streaming"
+            and r
+        ),
+        what="the job's row",
+    )
     assert row["status"] == "error"
 
 
