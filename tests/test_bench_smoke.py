@@ -96,7 +96,8 @@ def test_benchmark_runs_the_jobs_target_with_a_service_key():
     finished = run_bench("bench", *args, "--idle", "0", "--no-shared", "--jobs", timeout=120)
     lines = finished.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("target"))
-    rows = {row[0]: row for row in (line.split() for line in lines[header + 2 :]) if row}
+    table = lines[header + 2 : lines.index("", header)]
+    rows = {row[0]: row for row in (line.split() for line in table)}
     assert int(rows["jobs"][2]) >= 2 and int(rows["jobs"][3]) == 0, rows["jobs"]
     compared = lines[
         lines.index("jobs (/v1/chat/completions) against the pass-through, same run:") + 1

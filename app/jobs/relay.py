@@ -239,6 +239,8 @@ class Job:
             relay.cancel()
             watcher.cancel()
             await asyncio.gather(relay, watcher, return_exceptions=True)
+        if not relay.cancelled() and relay.exception() is not None:
+            log.error("job %s failed", self.id, exc_info=relay.exception())
 
     async def _relay(self, send: Send) -> None:
         started = finished = False
