@@ -26,20 +26,22 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from app.core.states import CostSource, GenerationStatus
 from app.errors import ApiError
 from app.jobs.errors import openai_error, upstream_refusal
 from app.jobs.keys import ServiceKey
 from app.jobs.request import JobRequest
 from app.replies.runs import record_usage
-from app.replies.states import CostSource, GenerationStatus
 from app.storage.ledger import GenerationRecord
+from app.storage.store import Store
 from app.storage.tables import job_contents, new_id, now
 from app.storage.writer import Step, WriteRefused
 from app.upstream.openrouter import (
     Finish,
     Opened,
+    OpenRouterClient,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
@@ -49,9 +51,6 @@ from app.upstream.openrouter import (
     parse_chunk,
     parse_completion,
 )
-
-if TYPE_CHECKING:
-    from app.jobs.service import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +70,20 @@ def _error_chunk(message: str, code: str) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
+class Host(Protocol):
+    """What a job uses of `Jobs` (app/jobs/service.py), which admits it."""
+
+    store: Store
+    client: OpenRouterClient
+    live: dict[str, Job]  # this process's live jobs, heartbeated
+    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]  # writes shutdown waits for
+    reconcile: Callable[..., None]  # a cost looked up in the generation record, then settled
+
+
 class Job:
     def __init__(
         self,
-        jobs: Jobs,
+        jobs: Host,
         *,
         job_id: str,
         key: ServiceKey,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.model_id import MODEL_ID
 from app.jobs.errors import invalid, unknown_parameter, unprocessable
-from app.upstream.model_id import MODEL_ID
 
 # Passed upstream as they came (after the checks below).
 PASSED = (

@@ -27,19 +27,18 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from databases import Database
 
 from app.billing.budgets import Periods, SpendControl, prompt_token_bound, worst_case
-from app.billing.money import to_picos
+from app.core.money import to_picos
+from app.core.states import GenerationStatus
 from app.errors import ApiError
-from app.http.limits import RequestLimits
 from app.jobs.keys import ServiceKey, ServiceKeys
 from app.jobs.relay import Job
 from app.jobs.request import JobRequest
-from app.replies.states import GenerationStatus
 from app.settings import Settings
 from app.storage.budgets import Limits
 from app.storage.store import Store
@@ -54,6 +53,12 @@ _g = generations
 LIVE_JOB = sa.and_(_g.c.key_id.is_not(None), _g.c.status == GenerationStatus.STREAMING)
 
 
+class RateWindows(Protocol):
+    """The moving windows chat's turns are counted in (app/http/limits.py's RequestLimits)."""
+
+    async def count_turn(self, user_id: str, *, per_minute: int | None = None) -> None: ...
+
+
 class Jobs:
     def __init__(
         self,
@@ -63,7 +68,7 @@ class Jobs:
         client: OpenRouterClient,
         models: ModelCatalog,
         spend: SpendControl,
-        limits: RequestLimits,
+        limits: RateWindows,
         settings: Settings,
         spawn: Spawn,
         reconcile: Callable[..., None],

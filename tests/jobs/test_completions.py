@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 
-from app.billing.money import parse_amount, to_picos
+from app.core.money import parse_amount, to_picos
 from app.dev.simulator import Behaviour
 from tests.jobs.conftest import make_key, sdk
 from tests.support import wait_for

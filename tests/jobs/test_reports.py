@@ -8,8 +8,8 @@ import io
 
 import httpx
 
-from app.billing.money import to_picos
 from app.billing.reports import usd_text
+from app.core.money import to_picos
 from tests.jobs.conftest import ADMIN, make_key, sdk
 from tests.jobs.test_completions import ledger
 

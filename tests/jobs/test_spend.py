@@ -11,7 +11,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from app.billing.money import to_picos
+from app.core.money import to_picos
 from app.dev.simulator import Behaviour, Generation
 from app.storage.tables import budget_reservations, generations, new_id, now
 from tests.jobs.conftest import make_key, sdk

@@ -13,11 +13,11 @@ from starlette.routing import Route
 from app.errors import ApiError
 from app.http.auth.identity import bearer_token
 from app.http.input import json_body
+from app.http.state import app_state
 from app.jobs.errors import openai_error
 from app.jobs.keys import ServiceKey
 from app.jobs.request import job_request
 from app.jobs.service import Jobs
-from app.state import app_state
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -10,13 +10,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.billing.money import from_picos, parse_amount, to_picos, usd
+from app.core.model_id import check_model_id
+from app.core.money import from_picos, parse_amount, to_picos, usd
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.input import json_body, valid_id
+from app.http.state import app_state
 from app.jobs.keys import ANY_MODEL, ServiceKey
-from app.state import app_state
-from app.upstream.model_id import check_model_id
 
 FIELDS = ("label", "models", "daily_usd", "monthly_usd", "rpm", "concurrency", "store_content")
 MAX_LABEL = 100
