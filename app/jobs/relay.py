@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import Any, Protocol
@@ -54,6 +55,9 @@ from app.upstream.openrouter import (
 
 log = logging.getLogger(__name__)
 
+# A key `usage` or `error`, or a finish reason that is a string: what a chunk must show (in its
+# JSON text, where a quote inside content is escaped) to be worth decoding.
+MAY_MATTER = re.compile(r'"(?:usage|error)"|"finish_reason":\s*"')
 AGENT = "jobs"  # the ledger's `agent` of every job's row
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -105,6 +109,7 @@ class Job:
         self._writes: asyncio.Task[Any] | None = None  # the last write, each after the one before
         self._relayed: list[str] = []  # the stream's payloads, kept for `store_content` only
         self._answer: dict[str, Any] | None = None
+        self._first_chunk = True  # the stream's first chunk is always read: the id, the model
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -318,7 +323,18 @@ class Job:
 
     def _read(self, data: str) -> bool:
         """What one chunk tells the ledger; whether it carried the finish. An in-band error
-        ends the job (relayed as it came); a chunk we cannot read ends it too."""
+        ends the job (relayed as it came); a chunk we cannot read ends it too.
+
+        Only a chunk that may matter is decoded: the first (its id, its model; its content is
+        empty), and one whose text names
+        `usage`, `error` or a finish reason (a string, not null). A content chunk is passed on
+        undecoded: the relay's work per token is then the SSE line, as close to the
+        pass-through's as a relay that reads the stream can be."""
+        if not self._first_chunk and not MAY_MATTER.search(data):
+            if self.record.first_token_at is None:
+                self.record.first_token_at = now()
+            return False
+        self._first_chunk = False
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError:
