@@ -124,24 +124,25 @@ class Conversations:
             [
                 conversations.update()
                 .where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-                .values(title=title)
+                .values(title=title, titled=True)
                 .returning(conversations.c.id)
             ]
         )
         return bool(renamed)
 
     async def save_title(
-        self, *, conversation_id: str, old: str, new: str | None, generation: list[Step]
+        self, *, conversation_id: str, new: str | None, generation: list[Step]
     ) -> None:
         """The titler's outcome, in one transaction: its generation's row (`generation`, the
-        ledger's steps) and its title `new`, unless that is None (it failed) or the title
-        changed since the turn gave it `old` (the user renamed it meanwhile: theirs stays)."""
+        ledger's steps) and its title `new`, unless that is None (it failed: the next complete
+        reply asks again) or the title is settled already (the user renamed it meanwhile, or
+        another reply's title came first: that one stays)."""
         steps = list(generation)
         if new is not None:
             steps.append(
                 conversations.update()
-                .where(conversations.c.id == conversation_id, conversations.c.title == old)
-                .values(title=new)
+                .where(conversations.c.id == conversation_id, conversations.c.titled.is_(False))
+                .values(title=new, titled=True)
             )
         await self._writer.write(steps)
 

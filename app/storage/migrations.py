@@ -469,6 +469,22 @@ _REPORT_INCLUDE_14 = (
 )
 
 
+def _titled_conversations(dialect: sa.engine.Dialect) -> list[str]:
+    """Whether a conversation's title is settled (the titler's, or its user's): the titler ran
+    only after a complete first reply, so a conversation whose first reply was stopped or
+    failed kept the question's first words for good; now the first complete reply, whenever
+    it comes, gets it a title, and a rename settles it. The conversations already there with a
+    complete reply had their one chance (or are renamed): settled; the others get a title with
+    their next complete reply."""
+    column = sa.Boolean().compile(dialect=dialect)
+    return [
+        f"ALTER TABLE conversations ADD COLUMN titled {column} NOT NULL DEFAULT false",
+        "UPDATE conversations SET titled = true WHERE EXISTS (SELECT 1 FROM messages"
+        " WHERE messages.conversation_id = conversations.id"
+        " AND messages.role = 'assistant' AND messages.status = 'complete')",
+    ]
+
+
 def _generations_by_user(dialect: sa.engine.Dialect) -> list[str]:
     """A user's generations by start time: what `/api/me/costs` reads (app/billing/reports.py
     filters the ledger's `user_id` within a range of `started_at`).
@@ -504,6 +520,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
+    Migration(15, "titled conversations", _titled_conversations),
 ]
 
 _schema_migrations = sa.Table(

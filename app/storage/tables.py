@@ -46,6 +46,9 @@ conversations = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The last message of the branch the conversation shows (see `app/storage/replies.py`).
     sa.Column("active_leaf_id", sa.String(36)),
+    # Its title is no longer the question's first words: the titler named it, or its user did
+    # (then the titler never will). Until then each complete chat reply asks for a title.
+    sa.Column("titled", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 messages = sa.Table(
