@@ -36,5 +36,5 @@ def test_frame_ancestors_come_from_the_setting(start_server):
     "value", ["", "'self'; script-src *", "javascript:", "https://host.example/path"]
 )
 def test_a_frame_ancestors_that_is_not_sources_is_refused(value):
-    with pytest.raises(ValidationError, match="frame|origin"):
+    with pytest.raises(ValidationError, match=r"frame|origin"):
         Settings(_env_file=None, csp_frame_ancestors=value)
