@@ -34,6 +34,7 @@ from app.http.routes import (
     catalog,
     conversations,
     costs,
+    feedback,
     health,
     me,
     models,
@@ -208,6 +209,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         routes=[
             *replies.routes,
             *conversations.routes,
+            *feedback.routes,
             *catalog.routes,
             *costs.routes,
             *models.routes,

@@ -402,6 +402,7 @@ function addMessageTools(v, m) {
     tools.append(copy, h('button', {
       type: 'button', class: 'btn-link', 'data-testid': 'regenerate', onclick: () => regenerate(m.id),
     }, 'Regenerate'));
+    addFeedback(v, tools);
   } else if (m.role === 'user') {
     tools.append(h('button', {
       type: 'button', class: 'btn-link', 'data-testid': 'edit', onclick: () => startEdit(v),
@@ -409,6 +410,80 @@ function addMessageTools(v, m) {
   }
   v.tools = tools;
   v.el.append(tools);
+}
+
+// ---------- feedback ----------
+
+// Thumbs up or down under a reply, and then an optional comment; pressing the chosen thumb
+// again takes the rating back. Stored per reply and user (PUT/DELETE /api/messages/{id}/feedback).
+function addFeedback(v, tools) {
+  const thumb = (rating, label, mark) => h('button', {
+    type: 'button', class: 'btn-icon thumb', 'data-testid': `rate-${rating}`, 'aria-label': label,
+    'aria-pressed': 'false', onclick: () => rate(v, rating),
+  }, mark);
+  v.thumbs = { up: thumb('up', 'Good reply', '👍'), down: thumb('down', 'Bad reply', '👎') };
+  const input = h('input', {
+    type: 'text', class: 'feedback-input', 'data-testid': 'feedback-comment-input', maxlength: 2000,
+    'aria-label': 'What made this reply good or bad? (optional)', placeholder: 'Add a comment (optional)',
+  });
+  v.commentForm = h('form', { class: 'feedback-comment', 'data-testid': 'feedback-comment', hidden: true },
+    input, h('button', { type: 'submit', class: 'btn', 'data-testid': 'feedback-save' }, 'Save'));
+  v.commentInput = input;
+  v.commentForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    saveRating(v, v.rating, input.value.trim() || null).then(() => { v.commentForm.hidden = true; });
+  });
+  v.feedbackNote = h('span', { class: 'feedback-note', 'data-testid': 'feedback-note', role: 'status' });
+  tools.append(h('span', { class: 'feedback', role: 'group', 'aria-label': 'Rate this reply' },
+    v.thumbs.up, v.thumbs.down), v.feedbackNote, v.commentForm);
+}
+
+function showRating(v, rating, comment) {
+  v.rating = rating;
+  v.comment = comment;
+  for (const [name, button] of Object.entries(v.thumbs)) button.setAttribute('aria-pressed', String(name === rating));
+  v.commentInput.value = comment || '';
+}
+
+async function saveRating(v, rating, comment) {
+  try {
+    await api('PUT', `/api/messages/${encodeURIComponent(v.id)}/feedback`, { rating, comment });
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  showRating(v, rating, comment);
+  v.feedbackNote.textContent = 'Thanks for the feedback.';
+}
+
+async function rate(v, rating) {
+  if (v.rating === rating) {
+    try {
+      await api('DELETE', `/api/messages/${encodeURIComponent(v.id)}/feedback`);
+    } catch (err) {
+      showError(err);
+      return;
+    }
+    showRating(v, null, null);
+    v.commentForm.hidden = true;
+    v.feedbackNote.textContent = 'Rating removed.';
+    return;
+  }
+  await saveRating(v, rating, v.comment || null);
+  if (v.rating === rating) {
+    v.commentForm.hidden = false;
+    v.commentInput.focus();
+  }
+}
+
+// The caller's ratings of the open conversation's replies, every branch's.
+async function loadFeedback(conversationId, seq) {
+  const data = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}/feedback`).catch(() => null);
+  if (!data || seq !== state.navSeq) return;
+  for (const [id, f] of Object.entries(data.feedback || {})) {
+    const v = state.views.get(id);
+    if (v?.thumbs) showRating(v, f.rating, f.comment);
+  }
 }
 
 function busy() {
@@ -762,6 +837,7 @@ async function showConversation(conv, { resume = true, seq = state.navSeq } = {}
   const messages = conv.messages || [];
   for (const m of messages) appendMessage(m);
   scrollToEnd(); // a conversation opens at its latest message
+  loadFeedback(conv.id, seq);
 
   // After a reload mid-reply: replay the reply from the start into a cleared message.
   const last = [...messages].reverse().find((m) => m.role === 'assistant');

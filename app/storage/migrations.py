@@ -477,11 +477,26 @@ def _titled_conversations(dialect: sa.engine.Dialect) -> list[str]:
     complete reply had their one chance (or are renamed): settled; the others get a title with
     their next complete reply."""
     column = sa.Boolean().compile(dialect=dialect)
+    # Feedback on replies (thumbs and a comment), per reply and user: its primary key is how
+    # it is read, by reply (a conversation's, a report's).
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    feedback = sa.Table(
+        "feedback",
+        md,
+        sa.Column("message_id", sa.String(36), primary_key=True),
+        sa.Column("user_id", sa.String(64), primary_key=True),
+        sa.Column("rating", sa.SmallInteger, nullable=False),
+        sa.Column("comment", sa.Text),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("updated_at", ts, nullable=False),
+    )
     return [
         f"ALTER TABLE conversations ADD COLUMN titled {column} NOT NULL DEFAULT false",
         "UPDATE conversations SET titled = true WHERE EXISTS (SELECT 1 FROM messages"
         " WHERE messages.conversation_id = conversations.id"
         " AND messages.role = 'assistant' AND messages.status = 'complete')",
+        str(CreateTable(feedback).compile(dialect=dialect)),
     ]
 
 
@@ -520,7 +535,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
-    Migration(15, "titled conversations", _titled_conversations),
+    Migration(15, "titled conversations, feedback on replies", _titled_conversations),
 ]
 
 _schema_migrations = sa.Table(

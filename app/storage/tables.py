@@ -51,6 +51,19 @@ conversations = sa.Table(
     sa.Column("titled", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
+# A user's thumbs up (1) or down (-1) on a reply, with an optional comment: one per reply and
+# user, changed in place, removed on request or with the reply's conversation.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("message_id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("rating", sa.SmallInteger, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
 messages = sa.Table(
     "messages",
     metadata,

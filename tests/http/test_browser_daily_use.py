@@ -461,3 +461,42 @@ def test_an_image_in_a_reply_becomes_a_link_and_is_never_fetched(
     expect(assistant(page)).to_have_attribute("data-status", "complete")
     assert leaving == [] or all("&csp" in url for url in leaving)
     assert image_host["paths"] == [], "no request left for the foreign image"
+
+
+# -- feedback on replies ---------------------------------------------------------------------
+
+
+def test_a_reply_is_rated_with_a_comment_kept_after_a_reload_and_taken_back(
+    page, app_url, fake, database, tmp_path
+):
+    fake.enqueue(Behaviour(tokens=["Take the 8:15 train."]))
+    page.goto(app_url)
+    send(page, "How do I get there?")
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "complete")
+
+    reply.get_by_test_id("rate-up").click()
+    expect(reply.get_by_test_id("rate-up")).to_have_attribute("aria-pressed", "true")
+    comment = reply.get_by_test_id("feedback-comment-input")
+    expect(comment).to_be_focused()
+    comment.fill("Exactly what I needed")
+    both_sizes(page, tmp_path, "rating-with-comment")
+    reply.get_by_test_id("feedback-save").click()
+    expect(reply.get_by_test_id("feedback-comment")).to_be_hidden()
+    expect(reply.get_by_test_id("feedback-note")).to_have_text("Thanks for the feedback.")
+    assert database.query("SELECT rating, comment FROM feedback") == [
+        {"rating": 1, "comment": "Exactly what I needed"}
+    ]
+
+    page.reload()
+    reply = assistant(page)
+    expect(reply.get_by_test_id("rate-up")).to_have_attribute("aria-pressed", "true")
+    expect(reply.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "false")
+    both_sizes(page, tmp_path, "rated")
+
+    reply.get_by_test_id("rate-down").click()
+    expect(reply.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "true")
+    reply.get_by_test_id("rate-down").click()
+    expect(reply.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "false")
+    expect(reply.get_by_test_id("feedback-note")).to_have_text("Rating removed.")
+    assert database.query("SELECT rating FROM feedback") == []
