@@ -40,6 +40,7 @@ from app.http.routes import (
     models,
     pages,
     replies,
+    shares,
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
@@ -210,6 +211,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *replies.routes,
             *conversations.routes,
             *feedback.routes,
+            *shares.routes,
             *catalog.routes,
             *costs.routes,
             *models.routes,

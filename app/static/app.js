@@ -28,6 +28,11 @@ const els = {
   exportMarkdown: $('[data-testid="export-markdown"]'),
   exportJson: $('[data-testid="export-json"]'),
   rename: $('[data-testid="rename"]'),
+  share: $('[data-testid="share"]'),
+  shareBox: $('[data-testid="share-box"]'),
+  shareUrl: $('[data-testid="share-url"]'),
+  shareCopy: $('[data-testid="share-copy"]'),
+  shareRevoke: $('[data-testid="share-revoke"]'),
   jump: $('[data-testid="jump-latest"]'),
   undo: $('[data-testid="undo-bar"]'),
   signIn: $('[data-testid="sign-in-needed"]'),
@@ -191,6 +196,7 @@ function setHash(id) {
 // The open conversation's export links (plain links: the browser downloads the attachment).
 function showExport(id) {
   els.exportLinks.hidden = !id;
+  els.shareBox.hidden = true;
   if (!id) return;
   const url = `/api/conversations/${encodeURIComponent(id)}/export`;
   els.exportMarkdown.href = `${url}?format=markdown`;
@@ -1006,6 +1012,33 @@ const keepEnd = new ResizeObserver(() => { if (state.follow && state.views.size)
 for (const el of [document.body, els.messages, els.list, els.form]) keepEnd.observe(el);
 window.addEventListener('scroll', onScroll, { passive: true });
 els.jump.addEventListener('click', () => { scrollToEnd(); els.input.focus({ preventScroll: true }); });
+// A read-only link to the branch shown now (a new one takes the place of the one before).
+els.share.addEventListener('click', async () => {
+  if (!state.openId) return;
+  let made;
+  try {
+    made = await api('POST', `/api/conversations/${encodeURIComponent(state.openId)}/share`);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  els.shareUrl.value = new URL(made.url, location.href).href;
+  els.shareBox.hidden = false;
+  els.shareUrl.focus();
+  els.shareUrl.select();
+});
+els.shareCopy.addEventListener('click', () => markdown.copyText(els.shareUrl.value, els.shareCopy));
+els.shareRevoke.addEventListener('click', async () => {
+  if (!state.openId) return;
+  try {
+    await api('DELETE', `/api/conversations/${encodeURIComponent(state.openId)}/share`);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  els.shareBox.hidden = true;
+  els.share.focus();
+});
 els.rename.addEventListener('click', () => {
   if (state.openId) editTitle(els.title, state.openId, els.title.textContent);
 });

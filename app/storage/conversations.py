@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from app.storage.ledger import conversation_cost
-from app.storage.tables import conversations, feedback, messages
+from app.storage.tables import conversations, feedback, messages, shares
 from app.storage.writer import Step, Writer, binds
 
 NEW_CONVERSATION = conversations.insert().values(
@@ -158,8 +158,11 @@ class Conversations:
         """Delete the user's conversation and its messages; its generations stay in the ledger
         (what was spent stays spent). False if there was no such conversation of theirs."""
         owned = sa.and_(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-        _, _, deleted = await self._writer.write(
+        _, _, _, deleted = await self._writer.write(
             [
+                shares.delete().where(
+                    shares.c.conversation_id.in_(sa.select(conversations.c.id).where(owned))
+                ),
                 feedback.delete().where(
                     feedback.c.message_id.in_(
                         sa.select(messages.c.id).where(

@@ -491,12 +491,25 @@ def _titled_conversations(dialect: sa.engine.Dialect) -> list[str]:
         sa.Column("created_at", ts, nullable=False),
         sa.Column("updated_at", ts, nullable=False),
     )
+    # Read-only links to a branch as it was: read by token, revoked by conversation.
+    shares = sa.Table(
+        "shares",
+        md,
+        sa.Column("token", sa.String(64), primary_key=True),
+        sa.Column("conversation_id", sa.String(36), nullable=False, index=True),
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("leaf_id", sa.String(36), nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("revoked_at", ts),
+    )
     return [
         f"ALTER TABLE conversations ADD COLUMN titled {column} NOT NULL DEFAULT false",
         "UPDATE conversations SET titled = true WHERE EXISTS (SELECT 1 FROM messages"
         " WHERE messages.conversation_id = conversations.id"
         " AND messages.role = 'assistant' AND messages.status = 'complete')",
         str(CreateTable(feedback).compile(dialect=dialect)),
+        str(CreateTable(shares).compile(dialect=dialect)),
+        *(str(CreateIndex(index).compile(dialect=dialect)) for index in shares.indexes),
     ]
 
 
@@ -535,7 +548,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
-    Migration(15, "titled conversations, feedback on replies", _titled_conversations),
+    Migration(15, "titled conversations, feedback on replies, shared links", _titled_conversations),
 ]
 
 _schema_migrations = sa.Table(

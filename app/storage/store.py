@@ -8,6 +8,7 @@
     store.search          app/storage/search.py          full-text search of a user's messages
     store.budgets         app/storage/budgets.py         spend reservations, budget overrides
     store.feedback        app/storage/feedback.py        users' thumbs and comments on replies
+    store.shares          app/storage/shares.py          read-only links to a conversation
 
 Routes hold no SQL: they, the Run and recovery call the aggregates themselves
 (`store.replies.finish(...)`); the store only picks the writer and builds the aggregates on it. The
@@ -28,6 +29,7 @@ from app.storage.ledger import Ledger
 from app.storage.postgres_writer import PostgresWriter
 from app.storage.replies import Replies
 from app.storage.search import Search
+from app.storage.shares import Shares
 from app.storage.sqlite_writer import SQLiteWriter
 from app.storage.writer import Writer
 
@@ -50,3 +52,4 @@ class Store:
         self.search = Search(database=database, sqlite_db=sqlite_db)
         self.budgets = Budgets(database=database, writer=self.writer, postgres=not sqlite_db)
         self.feedback = Feedback(database=database, writer=self.writer)
+        self.shares = Shares(database=database, writer=self.writer)

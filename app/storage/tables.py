@@ -64,6 +64,19 @@ feedback = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# A read-only link to a conversation's branch as it was when the link was made (`leaf_id`);
+# revoked links stay, with the time they were revoked, and answer as if they never were.
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(36), nullable=False, index=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("leaf_id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
 messages = sa.Table(
     "messages",
     metadata,

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import ThreadedServer
 from tests.http import test_browser
-from tests.http.identity_support import token
+from tests.http.identity_support import SECRET, token
 from tests.http.test_browser import (
     JWT_SETTINGS,
     STREAM_TIMEOUT,
@@ -500,3 +500,54 @@ def test_a_reply_is_rated_with_a_comment_kept_after_a_reload_and_taken_back(
     expect(reply.get_by_test_id("rate-down")).to_have_attribute("aria-pressed", "false")
     expect(reply.get_by_test_id("feedback-note")).to_have_text("Rating removed.")
     assert database.query("SELECT rating FROM feedback") == []
+
+
+# -- a shared conversation -------------------------------------------------------------------
+
+
+def test_a_shared_link_shows_the_conversation_read_only_and_sends_no_token(
+    browser, page, start_server, fake, tmp_path
+):
+    server = start_server(**JWT_SETTINGS)
+    user_token = token(SECRET, "HS256", sub="ann")
+    page.add_init_script(f"window.streamchatGetToken = async () => {json.dumps(user_token)};")
+    fake.enqueue(Behaviour(tokens=["Take **the 8:15** train."]))
+    page.goto(server.url)
+    send(page, "How do I get there?")
+    expect(assistant(page)).to_have_attribute("data-status", "complete")
+    page.get_by_test_id("share").click()
+    link = page.get_by_test_id("share-url")
+    expect(link).to_have_value(re.compile(rf"^{re.escape(server.url)}/shared/[\w-]{{43}}$"))
+    both_sizes(page, tmp_path, "sharing")
+    url = link.input_value()
+
+    # Anyone with the link: a browser of its own, signed in nowhere.
+    other = browser.new_context(viewport=DESKTOP)
+    try:
+        reader = other.new_page()
+        sent: list[tuple[str, str | None]] = []
+        reader.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+        reader.goto(url)
+        expect(reader.get_by_test_id("chat-title")).to_have_text("How do I get there?")
+        messages = reader.get_by_test_id("message-content")
+        expect(messages).to_have_text(["How do I get there?", "Take the 8:15 train."])
+        expect(messages.nth(1).locator("strong")).to_have_text("the 8:15")
+        assert (
+            reader.locator("[data-testid=composer], textarea, [data-testid=message-cost]").count()
+            == 0
+        )
+        both_sizes(reader, tmp_path, "shared-page")
+        assert all(u.startswith(server.url) for u, _ in sent), sent
+        assert all(auth is None for _, auth in sent), "a shared page sends no token"
+    finally:
+        other.close()
+
+    page.get_by_test_id("share-revoke").click()
+    expect(page.get_by_test_id("share-box")).to_be_hidden()
+    again = browser.new_context(viewport=DESKTOP)
+    try:
+        reader = again.new_page()
+        reader.goto(url)
+        expect(reader.get_by_test_id("app-error")).to_contain_text("its owner took it back")
+    finally:
+        again.close()
