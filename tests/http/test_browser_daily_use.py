@@ -551,3 +551,28 @@ def test_a_shared_link_shows_the_conversation_read_only_and_sends_no_token(
         expect(reader.get_by_test_id("app-error")).to_contain_text("its owner took it back")
     finally:
         again.close()
+
+
+# -- keyboard and screen readers --------------------------------------------------------------
+
+
+def test_a_streaming_reply_is_announced_politely_and_esc_stops_it(page, app_url, fake, tmp_path):
+    fake.enqueue(Behaviour(tokens=words(80), delay=0.1))
+    page.goto(app_url)
+    accessible(page, "an empty page")
+    send(page, "Write at length")
+    reply = assistant(page)
+    content = reply.get_by_test_id("message-content")
+    expect(content).to_contain_text("w2 ")
+    expect(content).to_have_attribute("aria-live", "polite")
+    expect(content).to_have_attribute("aria-busy", "true")
+    both_sizes(page, tmp_path, "streaming")
+
+    page.keyboard.press("Escape")
+    expect(reply).to_have_attribute("data-status", "stopped", timeout=STREAM_TIMEOUT)
+    expect(content).to_have_attribute("aria-busy", "false")
+    # Focus comes back to the message box, visibly.
+    expect(page.get_by_test_id("composer-input")).to_be_focused()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"
+    both_sizes(page, tmp_path, "stopped-by-esc")
