@@ -21,7 +21,7 @@ from starlette.routing import Route
 from app.errors import ApiError
 from app.http.auth.identity import identify
 from app.http.input import json_body, path_id
-from app.state import AppState, app_state
+from app.http.state import AppState, app_state
 from app.storage.feedback import DOWN, UP
 from app.storage.tables import now
 

@@ -10,7 +10,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from app.http.page_headers import WithPageHeaders, page_headers
-from app.state import app_state
+from app.http.state import app_state
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 

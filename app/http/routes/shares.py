@@ -26,7 +26,7 @@ from app.http.auth.identity import identify
 from app.http.input import path_id
 from app.http.page_headers import page_headers
 from app.http.routes.pages import STATIC_DIR
-from app.state import AppState, app_state
+from app.http.state import AppState, app_state
 from app.storage.tables import now
 
 TOKEN_BYTES = 32

@@ -14,53 +14,10 @@ import argparse
 import asyncio
 import sys
 
+from app.commands.migrate import migrate_database
+from app.commands.serve import serve
 from app.ops.logging import configure_logging
-from app.settings import ConfigError, DatabaseSettings, Settings, load_settings, refuse_to_start
-
-
-async def _migrate(settings: DatabaseSettings) -> None:
-    from app.storage.database import open_database
-    from app.storage.migrations import migrate
-
-    # One connection is all migrating needs, and no statement timeout: DDL on a big table, or
-    # waiting for another process's migration to finish, may take longer than a query should.
-    database = await open_database(
-        settings.database_url, max_size=1, connect_timeout=settings.database_connect_timeout
-    )
-    try:
-        applied = await migrate(database, url=settings.database_url)
-    finally:
-        await database.disconnect()
-    print(f"migrations applied: {applied or 'none, the schema is up to date'}")
-
-
-def _serve(settings: Settings) -> None:
-    import uvicorn
-
-    from app.agents.config import load_agents
-    from app.main import create_app
-
-    if settings.web_concurrency > 1:
-        # Each worker process builds its own app (uvicorn calls the factory); a bad agents
-        # file fails here first, in one line, instead of once per worker.
-        load_agents(settings.agents_file)
-        app = "app.main:create_app"
-    else:
-        app = create_app(settings)  # a bad agents file fails here, with its message
-    uvicorn.run(
-        app,
-        factory=isinstance(app, str),
-        workers=settings.web_concurrency,
-        host=settings.host,
-        port=settings.port,
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-        timeout_graceful_shutdown=settings.shutdown_timeout,
-        # Ours (configure_logging): uvicorn's lines go through the same handler and format.
-        log_config=None,
-        # app.access (app/ops/logging.py) logs each request once, with its duration and id.
-        access_log=False,
-    )
+from app.settings import ConfigError, DatabaseSettings, load_settings, refuse_to_start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             configure_logging()
-            asyncio.run(_migrate(load_settings(DatabaseSettings)))
+            asyncio.run(migrate_database(load_settings(DatabaseSettings)))
             return 0
         settings = load_settings()
         # After the settings, which say the format (LOG_FORMAT); a refusal prints its one line.
         configure_logging(json_lines=settings.logs_as_json)
         if args.command == "token":
-            from app.http.auth.mint import mint_token
+            from app.commands.token import mint_token
 
             if not args.user:
                 raise ConfigError("`token` needs --user <user id>")
@@ -99,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("note: AUTH_MODE is dev here: this server takes no token", file=sys.stderr)
             return 0
         if args.command == "check":
-            from app.ops.check import run_checks
+            from app.commands.check import run_checks
 
             return asyncio.run(run_checks(settings, ping=args.ping))
-        _serve(settings)  # a bad agents file is a ConfigError too
+        serve(settings)  # a bad agents file is a ConfigError too
     except ConfigError as exc:
         refuse_to_start(exc)
     return 0
