@@ -745,6 +745,8 @@ const listEndWatcher = new IntersectionObserver((entries) => {
 }, { root: els.list, rootMargin: '0px 0px 200px 0px' });
 
 function renderList() {
+  // Not under a title being typed in the list: the list is drawn again once it is saved.
+  if (els.list.querySelector('.title-input')) return;
   const items = state.conversations.filter((c) => !state.deleting.has(c.id)).map((c) => {
     const title = c.title || 'New conversation';
     const active = c.id === state.openId;
@@ -920,7 +922,10 @@ function editTitle(shown, id, title) {
     const text = input.value.trim();
     input.replaceWith(shown);
     shown.hidden = false;
-    if (!save || !text || text === title) return;
+    if (!save || !text || text === title) {
+      renderList();
+      return;
+    }
     try {
       await api('PATCH', `/api/conversations/${encodeURIComponent(id)}`, { title: text });
     } catch (err) {
