@@ -19,17 +19,20 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from app.admission.limits import RequestLimits
+from app.admission.service import Admission
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import Clock, SpendControl, utc_now
 from app.core.redact import install_access_log_redaction
+from app.core.refusals import Refusal
 from app.core.stages import StageProbe, StartMarks
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
-from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
+from app.http.refusals import refusal_response
 from app.http.routes import (
     budgets,
     catalog,
@@ -195,7 +198,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                     spend=spend,
-                    limits=RequestLimits(settings=settings, runs=runs),
+                    admission=Admission(
+                        store=store,
+                        spend=spend,
+                        limits=RequestLimits(settings=settings, live=lambda: len(runs.live)),
+                    ),
                     metrics=metrics,
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                     signals=signals,
@@ -218,7 +225,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *pages.routes,
         ],
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, Refusal: refusal_response},
         # The request log outermost: its line and X-Request-ID cover every answer, a 413 too.
         middleware=[
             *([Middleware(StartMarks)] if stages is not None else []),

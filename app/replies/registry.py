@@ -7,6 +7,7 @@ import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
+from app.admission.turn_write import TurnWrite
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
 from app.core.run_request import RunRequest
@@ -79,11 +80,11 @@ class Runs:
             else None
         )
 
-    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None] | None) -> Run:
-        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way
-        (None: they are written already)."""
+    def start(self, request: RunRequest, *, turn: TurnWrite) -> Run:
+        """Start generating; the run begins the turn's write, unless admission wrote it."""
         run = Run(
             request,
+            turn=turn,
             store=self.store,
             client=self.client,
             settings=self.settings,
@@ -94,7 +95,7 @@ class Runs:
             outbox=self.outbox,
         )
         self.live[run.message_id] = run
-        run.start(save_turn)
+        run.start()
         self._tell("reply_started", run)
         return run
 

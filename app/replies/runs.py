@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from decimal import Decimal
 from typing import Any
 
+from app.admission.turn_write import TurnWrite
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
 from app.core.states import CostSource, GenerationStatus, MessageStatus
@@ -83,6 +84,7 @@ class Run:
         self,
         request: RunRequest,
         *,
+        turn: TurnWrite,
         store: Store,
         client: OpenRouterClient,
         settings: Settings,
@@ -119,9 +121,9 @@ class Run:
         self._last_checkpoint = time.monotonic()
         self._checkpointing: asyncio.Task[None] | None = None
         self._checkpoint_again = False  # something to save arrived while a checkpoint was written
-        self.saving: asyncio.Task[None] | None = None  # the turn's rows, written alongside
-        self._unsaved: Coroutine[Any, Any, None] | None = None  # that write, not yet begun
-        self._save_begun: asyncio.Future[None] | None = None
+        # The turn's rows: written already (admission awaited them), or begun by the run once
+        # its upstream request is out.
+        self.turn = turn
         self.log.append(
             "meta",
             meta_payload(
@@ -134,29 +136,22 @@ class Run:
         )
         self.task: asyncio.Task[None] | None = None
 
-    def start(self, save_turn: Coroutine[Any, Any, None] | None) -> None:
-        """Generate; `save_turn` writes the turn's rows meanwhile, never in the way (None: they
-        are written already, as a keyed or gated turn's are).
+    def start(self) -> None:
+        """Generate; the turn's write, unless written already (as a keyed or gated turn's is),
+        begins meanwhile, never in the way.
 
         The write starts once the upstream request is on the wire (or has failed): started
         with the run, SQLite's transaction ran on the event loop between the run's first
         steps and its request's bytes (the stage probe, `bench --stages`: the upstream stage
         held the write). It still lands before the first event is sent (`follow` waits for
         it), while the upstream works on its answer."""
-        if save_turn is not None:
-            self._unsaved = save_turn
-            self._save_begun = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(self.run(), name=f"run:{self.message_id}")
 
     def _save_now(self) -> None:
         """Start writing the turn's rows, if they wait to be."""
-        if self._unsaved is None:
-            return
-        save_turn, self._unsaved = self._unsaved, None
-        self.saving = self._spawn(save_turn)
-        self.saving.add_done_callback(self._on_saved)
-        if self._save_begun is not None and not self._save_begun.done():
-            self._save_begun.set_result(None)
+        saving = self.turn.begin(self._spawn)
+        if saving is not None:
+            saving.add_done_callback(self._on_saved)
 
     # -- following it (a `ReplySource`) -----------------------------------------------------------
 
@@ -304,7 +299,7 @@ class Run:
             # The turn's write starts when the request is on the wire; at the first event at
             # the latest (a transport without httpcore's trace).
             async for event in self._client.stream_chat(body, on_sent=self._save_now):
-                if self._unsaved is not None:
+                if not self.turn.begun:
                     self._save_now()
                 if type(event) is Delta:  # the hot path: keep it short
                     if not self.parts:
@@ -408,7 +403,7 @@ class Run:
             # written; waiting for the next content checkpoint would leave a crash without it.
             self._checkpoint_again = True
 
-    def _on_saved(self, saving: asyncio.Task[None]) -> None:
+    def _on_saved(self, saving: asyncio.Future[None]) -> None:
         if not saving.cancelled() and saving.exception() is not None:
             log.error("could not save the turn of %s", self.message_id, exc_info=saving.exception())
             self.cancel(
@@ -417,13 +412,7 @@ class Run:
 
     async def turn_saved(self) -> bool:
         """Whether the turn's rows are written, once they are (or could not be)."""
-        if self.saving is None and self._save_begun is not None:
-            await asyncio.shield(self._save_begun)  # the run starts the write
-        if self.saving is None:
-            return True
-        if not self.saving.done():
-            await asyncio.wait([self.saving])
-        return not self.saving.cancelled() and self.saving.exception() is None
+        return await self.turn.written()
 
     async def _checkpoint(self) -> None:
         """Partial content, and the generation rows: their ids recover the cost after a crash."""
