@@ -14,7 +14,7 @@ from app.core.run_request import RunRequest
 from app.core.states import MessageStatus
 from app.replies.recovery import Recovery
 from app.replies.redis_log import Outbox
-from app.replies.runs import Run
+from app.replies.runs import Run, RunConfig
 from app.replies.titles import AGENT as TITLER
 from app.replies.titles import Titler
 from app.settings import Settings
@@ -52,6 +52,7 @@ class Runs:
         self.store = store
         self.client = client
         self.settings = settings
+        self._run_config = RunConfig.of(settings)
         self.observers = observers
         self.outbox = outbox  # where live replies are published for other processes (Redis)
         self.live: dict[str, Run] = {}
@@ -87,7 +88,7 @@ class Runs:
             turn=turn,
             store=self.store,
             client=self.client,
-            settings=self.settings,
+            config=self._run_config,
             spawn=self.spawn,
             reconcile=self.recovery.reconcile,
             on_deserted=self._on_deserted,

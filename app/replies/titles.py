@@ -27,7 +27,7 @@ from app.billing.budgets import SpendControl
 from app.core.refusals import Refusal
 from app.core.run_request import RunRequest
 from app.core.states import CostSource, GenerationStatus
-from app.replies.runs import record_usage
+from app.replies.draft import record_usage
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
