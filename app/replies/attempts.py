@@ -23,6 +23,7 @@ from app.core.stages import Stage, mark
 from app.core.states import CostSource, GenerationStatus
 from app.replies.draft import Draft
 from app.replies.log import ReplyLog
+from app.replies.wire import Event
 from app.replies.writer import ReplyWriter
 from app.storage.ledger import GenerationRecord
 from app.storage.tables import new_id, now
@@ -132,7 +133,7 @@ class Attempts:
                         record.first_token_at = now()
                         mark(Stage.FIRST_DELTA)
                     draft.parts.append(event.content)
-                    reply_log.append("delta", {"content": event.content})
+                    reply_log.append(Event.DELTA, {"content": event.content})
                     if time.monotonic() >= writer.next_checkpoint_at:
                         writer.checkpoint_soon()
                 elif type(event) is Reasoning:  # as hot as a delta while a model thinks
@@ -140,13 +141,13 @@ class Attempts:
                         if not draft.thoughts:
                             record.first_reasoning_at = now()
                         draft.thoughts.append(event.text)
-                        reply_log.append("reasoning", {"content": event.text})
+                        reply_log.append(Event.REASONING, {"content": event.text})
                     if event.details:
                         draft.details.extend(event.details)
                     if time.monotonic() >= writer.next_checkpoint_at:
                         writer.checkpoint_soon()
                 elif isinstance(event, Citation):
-                    reply_log.append("annotation", draft.cite(event))
+                    reply_log.append(Event.ANNOTATION, draft.cite(event))
                 elif isinstance(event, Opened):
                     if draft.opened(record, event):
                         # Saved at once, not at the first checkpoint: after a crash this id is
@@ -179,15 +180,15 @@ class Attempts:
             if isinstance(event, Delta):
                 record.first_token_at = now()
                 draft.parts.append(event.content)
-                self._log.append("delta", {"content": event.content})
+                self._log.append(Event.DELTA, {"content": event.content})
             elif isinstance(event, Reasoning):
                 if event.text:
                     record.first_reasoning_at = now()
                     draft.thoughts.append(event.text)
-                    self._log.append("reasoning", {"content": event.text})
+                    self._log.append(Event.REASONING, {"content": event.text})
                 draft.details.extend(event.details)
             elif isinstance(event, Citation):
-                self._log.append("annotation", draft.cite(event))
+                self._log.append(Event.ANNOTATION, draft.cite(event))
             elif isinstance(event, Finish):
                 draft.finished(record, event)
             elif isinstance(event, Usage):

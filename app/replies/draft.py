@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.states import CostSource
-from app.replies.events import LogEvent
+from app.replies.wire import LogEvent, event_lengths
 from app.storage.ledger import GenerationRecord
 from app.upstream.openrouter import Citation, Finish, Opened, Usage
 
@@ -62,18 +62,9 @@ class Draft:
         return bool(self.parts or self.thoughts)
 
     def event_lengths(self, events: list[LogEvent]) -> list[int]:
-        """What `messages.event_lengths` records: the events in the order streamed, read off
-        the log at checkpoints, so streaming a token costs no more than its two appends."""
-        parts, thoughts = iter(self.parts), iter(self.thoughts)
-        lengths = []
-        for event in events:
-            if event.event == "delta":
-                lengths.append(len(next(parts)))
-            elif event.event == "reasoning":
-                lengths.append(-len(next(thoughts)))
-            elif event.event == "annotation":
-                lengths.append(0)
-        return lengths
+        """What `messages.event_lengths` records, read off the log at checkpoints
+        (`wire.event_lengths`)."""
+        return event_lengths(events, self.parts, self.thoughts)
 
     def cite(self, citation: Citation) -> dict[str, Any]:
         payload = citation.to_json()

@@ -33,9 +33,9 @@ from app.core.run_request import RunRequest
 from app.core.states import GenerationStatus, MessageStatus
 from app.replies.attempts import Attempts, RetryPolicy
 from app.replies.draft import Draft
-from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
+from app.replies.wire import Event, LogEvent, final_event, meta_payload
 from app.replies.writer import ReplyWriter
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
@@ -136,7 +136,7 @@ class Run:
         self._end_status: MessageStatus | None = None  # set by cancel() before cancelling the task
         self._ending = False  # generation is over; only the final write remains
         self.log.append(
-            "meta",
+            Event.META,
             meta_payload(
                 conversation_id=request.conversation_id,
                 message_id=request.message_id,
