@@ -6,6 +6,7 @@ from a test), so every test can run the app against its own database and fake up
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from decimal import Decimal
@@ -76,6 +77,17 @@ def normalize_database_url(url: str) -> str:
         ]
         url = f"{base}?{urlencode(params)}"
     return url
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address (HOST) or a URL's host is reachable from this machine only."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class DatabaseSettings(BaseSettings):
@@ -363,6 +375,19 @@ class Settings(DatabaseSettings):
         # Each message names settings only: never a value (two of them are secrets).
         if self.app_env == "production" and self.auth == "dev":
             raise ValueError("AUTH_MODE=dev is not allowed when APP_ENV=production (use jwt)")
+        if self.auth_mode is None and self.auth == "dev":
+            # Dev mode lets anyone spend the key and read every conversation: chosen, never
+            # fallen into by leaving APP_ENV unset on a machine others can reach.
+            if not is_loopback(self.host):
+                raise ValueError(
+                    "AUTH_MODE must be set (jwt, or dev: every caller is DEV_USER_ID) when HOST "
+                    "is not a loopback address"
+                )
+            if self.app_env == "development" and self.openrouter_api_key is not None:
+                raise ValueError(
+                    "AUTH_MODE must be set (jwt, or dev: every caller is DEV_USER_ID) when "
+                    "OPENROUTER_API_KEY is set in development"
+                )
         for name, secret in (
             ("AUTH_JWT_SECRET", self.auth_jwt_secret),
             ("STREAM_TOKEN_SECRET", self.stream_token_secret),

@@ -32,6 +32,8 @@ SETTINGS_ENV = (
     "DATABASE_URL",
     "AGENTS_FILE",
     "AUTH_JWT_SECRET",
+    "AUTH_MODE",
+    "HOST",
 )
 
 
@@ -93,6 +95,12 @@ def test_the_start_up_message_names_only_what_is_wrong(
     message = str(caught.value)
     assert named in message and not_named not in message and KEY not in message
     assert "\n" not in message
+
+
+def test_a_key_without_app_env_will_not_start_an_open_proxy(tmp_path):
+    # APP_ENV unset is development, whose default AUTH_MODE=dev lets anyone spend the key.
+    line = assert_one_clear_line(serve(tmp_path, OPENROUTER_API_KEY=KEY))
+    assert "AUTH_MODE must be set" in line and "OPENROUTER_API_KEY" in line
 
 
 def test_production_with_a_bad_agents_file_names_agent_and_field(tmp_path):
@@ -167,7 +175,7 @@ def test_an_unsupported_database_url_is_rejected(clean_env):
     ("env", "simulator"),
     [
         ({}, True),  # development is the default
-        ({"APP_ENV": "development", "OPENROUTER_API_KEY": KEY}, False),
+        ({"APP_ENV": "development", "OPENROUTER_API_KEY": KEY, "AUTH_MODE": "dev"}, False),
         ({"APP_ENV": "development", "OPENROUTER_API_KEY": "  "}, True),
         ({"APP_ENV": "test"}, False),
         (

@@ -62,3 +62,25 @@ def test_settings_that_refuse_to_start_name_the_setting_and_never_a_secret():
         assert "must-not-leak" not in message and "0123456789" not in message, message
     production_jwks = settings(**PRODUCTION, auth_jwks_url=jwks_url, stream_token_secret=secret)
     assert production_jwks.stream_token_root == secret.encode()
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"app_env": "development", "openrouter_api_key": "sk-or-v1-real"}, "OPENROUTER_API_KEY"),
+        ({"app_env": "development", "host": "0.0.0.0"}, "HOST"),
+        ({"app_env": "test", "host": "192.168.1.20"}, "HOST"),
+    ],
+    ids=["real-key", "all-interfaces", "lan-address"],
+)
+def test_dev_mode_with_a_real_key_or_a_reachable_host_must_be_chosen(values, named):
+    # Fallen into, dev mode is an open proxy: anyone spends the key and reads every chat.
+    message = refusal(**values)
+    assert "AUTH_MODE must be set" in message and named in message
+    assert "sk-or-v1-real" not in message
+    assert settings(**values, auth_mode="dev").auth == "dev"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_dev_mode_without_a_key_on_loopback_is_still_the_default(host):
+    assert settings(app_env="development", host=host).auth == "dev"
