@@ -229,10 +229,8 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
 
 
 async def _admit(state: AppState, request: RunRequest) -> Reservation:
-    """The caller's turn passes their request rate (429), and is priced (409 price_unknown):
-    its reservation, to ride in its write. Called within `state.limits.process_slot()` (503
-    server_busy)."""
-    await state.limits.count_turn(request.user_id)
+    """The caller's turn is priced (409 price_unknown): its reservation, to ride in its write.
+    Called within `state.limits.process_slot()` (503 server_busy), after `count_turn` (429)."""
     return await state.spend.plan(request)
 
 
@@ -248,13 +246,17 @@ async def _save(
 
 
 async def start_run(state: AppState, turn: Turn) -> Run:
-    """Admit the turn (limits, then the caller's budget reservation: 503, 429, 402 or 409 with
-    nothing saved or sent), then start its run.
+    """Admit the turn (the caller's rate, the process's slots, then the caller's budget
+    reservation: 429, 503, 402 or 409 with nothing saved or sent), then start its run.
 
     When a limit applies, the turn's rows and its reservation are one write, awaited before
     the upstream call: the check gates the call. Else they are saved while the upstream call
     starts, so a turn nothing gates waits for no database before its first token."""
     request, rows = _prepare(state, turn)
+    # The caller's own rate first, outside the process's slots: a flood of one user's refused
+    # turns, each awaiting its count (a Redis round trip), must not hold the slots other
+    # users' turns need (503 server_busy).
+    await state.limits.count_turn(request.user_id)
     with state.limits.process_slot():
         reservation = await _admit(state, request)
         mark(Stage.ADMITTED)
@@ -288,6 +290,10 @@ async def claim_run(
         return used
     request, rows = _prepare(state, turn)
     ids = rows["ids"]
+    # The caller's own rate first, outside the process's slots: a flood of one user's refused
+    # turns, each awaiting its count (a Redis round trip), must not hold the slots other
+    # users' turns need (503 server_busy).
+    await state.limits.count_turn(request.user_id)
     with state.limits.process_slot():
         reservation = await _admit(state, request)
         mark(Stage.ADMITTED)
