@@ -18,6 +18,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.billing.money import MAX_BUDGET_USD
 from app.upstream.model_id import ModelId
 
 ORIGIN = re.compile(r"^https?://[^/\s]+$")
@@ -217,6 +218,16 @@ class Settings(DatabaseSettings):
     def _blank_model(cls, value: object) -> object:
         # OPENROUTER_MODEL= (blank, as .env.example leaves it) means unset, not a bad id.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("budget_user_daily_usd", "budget_user_monthly_usd", "budget_global_daily_usd")
+    @classmethod
+    def _budget(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value > MAX_BUDGET_USD:
+            raise ValueError(
+                f"must be at most {MAX_BUDGET_USD:,} USD (amounts are counted in 64-bit "
+                "pico-dollars)"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod

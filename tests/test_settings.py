@@ -103,6 +103,15 @@ def test_a_key_without_app_env_will_not_start_an_open_proxy(tmp_path):
     assert "AUTH_MODE must be set" in line and "OPENROUTER_API_KEY" in line
 
 
+@pytest.mark.parametrize(
+    "name", ["BUDGET_USER_DAILY_USD", "BUDGET_USER_MONTHLY_USD", "BUDGET_GLOBAL_DAILY_USD"]
+)
+def test_a_budget_past_the_databases_integers_will_not_start(tmp_path, name):
+    # $10,000,000 is 10^19 pico-dollars, past a 64-bit integer: every turn was a 500.
+    line = assert_one_clear_line(serve(tmp_path, **{name: "10000000"}))
+    assert line.startswith(f"error: invalid configuration: {name}: must be at most"), line
+
+
 def test_production_with_a_bad_agents_file_names_agent_and_field(tmp_path):
     agents = tmp_path / "agents.toml"
     agents.write_text(VALID_AGENTS.replace("temperature = 0.3", "temperature = 3"))
