@@ -325,6 +325,9 @@ def test_a_deleted_conversations_spend_stays_its_users(start_server, fake, datab
         {"group_by": "day,day"},
         {"group_by": "generation"},  # line items are CSV only
         {"format": "xml"},
+        {"to": "9999-12-31"},  # its day's end is past the last date Python has
+        {"to": "0001-01-05"},  # the default `from`, 30 days before, is before the first
+        {"from": "0001-01-01", "to": "0001-01-02"},
     ],
 )
 def test_bad_parameters_are_422_invalid_query(start_server, params):
