@@ -120,8 +120,19 @@ async def _csv_body(request: Request, range_: ReportRange) -> AsyncIterator[str]
         yield _csv_text(batch)
 
 
+# A spreadsheet evaluates a cell starting with these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
-    return "" if value is None else value
+    """A CSV cell. Text from users and from upstream (a `sub`, a model id, an error code) that
+    a spreadsheet would run as a formula is prefixed with a single quote, as OWASP advises: it
+    shows as text. Numbers are written as they are (amounts and counts are never negative)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _filename(range_: ReportRange, *, mine: bool) -> str:
