@@ -406,6 +406,25 @@ class Settings(DatabaseSettings):
             # RFC 7518 3.2: an HMAC key at least as long as the hash (32 bytes for SHA-256).
             if secret is not None and len(secret.get_secret_value().encode()) < 32:
                 raise ValueError(f"{name} must be at least 32 bytes long")
+        if self.app_env == "production":
+            # A public service's operator tokens: guessable ones hand out the admin routes
+            # and the metrics. `openssl rand -hex 32` makes one.
+            for name, token in (
+                ("ADMIN_TOKEN", self.admin_token),
+                ("METRICS_TOKEN", self.metrics_token),
+            ):
+                if token is not None and len(token.get_secret_value().encode()) < 32:
+                    raise ValueError(
+                        f"{name} must be at least 32 bytes long when APP_ENV=production "
+                        "(random: `openssl rand -hex 32`)"
+                    )
+            jwks = self.auth_jwks_url
+            if jwks is not None and jwks.scheme != "https" and not is_loopback(jwks.host or ""):
+                # Whoever can change the keys on the wire can sign any user's token.
+                raise ValueError(
+                    "AUTH_JWKS_URL must be https:// when APP_ENV=production (http:// only on "
+                    "a loopback address)"
+                )
         if (self.auth_admin_claim is None) != (self.auth_admin_value is None):
             raise ValueError("set both AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE, or neither")
         if self.auth == "dev":

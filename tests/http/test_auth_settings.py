@@ -55,6 +55,18 @@ def test_settings_that_refuse_to_start_name_the_setting_and_never_a_secret():
         ),
         ({"auth_admin_claim": "role"}, "AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE"),
         ({**PRODUCTION, "auth_jwks_url": jwks_url}, "STREAM_TOKEN_SECRET"),
+        (
+            {**PRODUCTION, "auth_jwt_secret": secret, "admin_token": "must-not-leak-1"},
+            "ADMIN_TOKEN must be at least 32 bytes",
+        ),
+        (
+            {**PRODUCTION, "auth_jwt_secret": secret, "metrics_token": "x"},
+            "METRICS_TOKEN must be at least 32 bytes",
+        ),
+        (
+            {**PRODUCTION, "auth_jwt_secret": secret, "auth_jwks_url": "http://idp.example/jwks"},
+            "AUTH_JWKS_URL must be https",
+        ),
     ]
     for values, reason in cases:
         message = refusal(**values)
@@ -62,6 +74,23 @@ def test_settings_that_refuse_to_start_name_the_setting_and_never_a_secret():
         assert "must-not-leak" not in message and "0123456789" not in message, message
     production_jwks = settings(**PRODUCTION, auth_jwks_url=jwks_url, stream_token_secret=secret)
     assert production_jwks.stream_token_root == secret.encode()
+
+
+def test_production_takes_long_operator_tokens_and_a_jwks_over_https_or_loopback():
+    long_token = "0123456789abcdef0123456789abcdef"  # 32 bytes: `openssl rand -hex 16` and up
+    for jwks_url in ("https://idp.example/jwks", "http://127.0.0.1:9000/jwks"):
+        production = settings(
+            **PRODUCTION,
+            auth_jwks_url=jwks_url,
+            stream_token_secret=SECRET,
+            admin_token=long_token,
+            metrics_token=long_token,
+        )
+        assert production.auth == "jwt"
+    # Outside production, short tokens and an http JWKS stay possible (tests, a laptop).
+    assert settings(
+        auth_mode="jwt", auth_jwks_url="http://idp.example/j", admin_token="a"
+    ).admin_token
 
 
 @pytest.mark.parametrize(
