@@ -354,7 +354,7 @@ class Settings(DatabaseSettings):
     auth_user_claim: str = Field("sub", min_length=1)
     auth_admin_claim: str | None = None
     auth_admin_value: str | None = None
-    # Bounds one JWKS fetch (connect, read, all): a slow JWKS must not hold requests long.
+    # Bounds one JWKS fetch, start to end (not per read): a slow JWKS must not hold requests long.
     auth_jwks_timeout: float = Field(5.0, gt=0, le=30)
     # Signs the stream_url's stream tokens; see `stream_token_root` for what happens when unset.
     stream_token_secret: SecretStr | None = None
