@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import ApiError, error_response
+from app.http.admin import require_admin
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
 from app.state import app_state
@@ -35,28 +36,54 @@ async def healthz(request: Request) -> Response:
     )
 
 
+async def _is_operator(request: Request) -> bool:
+    """Whether the caller sent METRICS_TOKEN or is an admin (ADMIN_TOKEN, the admin claim)."""
+    sent = bearer_token(request)
+    if sent is None:
+        return False
+    token = app_state(request).settings.metrics_token
+    if token is not None and secrets.compare_digest(
+        sent.encode(), token.get_secret_value().encode()
+    ):
+        return True
+    try:
+        await require_admin(request)
+    except ApiError:
+        return False
+    return True
+
+
 async def readyz(request: Request) -> Response:
     """Ready: the database answers and is migrated, and OpenRouter accepts our key (503 with
-    the reason's code otherwise; app/ops/readiness.py)."""
+    the reason's code otherwise; app/ops/readiness.py).
+
+    Public (probes): ready, or the reason's code. The details (the key's label, usage and
+    remaining credit, what failed) only for METRICS_TOKEN or an admin."""
     state = app_state(request)
+    detailed = await _is_operator(request)
+
+    def not_ready(code: str, message: str) -> Response:
+        if not detailed:
+            message = "not ready: send METRICS_TOKEN or an admin's token for the details"
+        return error_response(503, code, message)
+
     try:
         pending = await pending_migrations(state.database, url=state.settings.database_url)
     except Exception:
         log.exception("readiness: the database does not answer")
-        return error_response(503, "database_unavailable", "the database does not answer")
+        return not_ready("database_unavailable", "the database does not answer")
     if pending:
-        return error_response(
-            503,
+        return not_ready(
             "migrations_pending",
             f"the database lacks {len(pending)} migration(s): run `python -m app migrate`",
         )
     key = await state.key_check.status()
     if state.metrics is not None and key.limit_remaining is not None:
         state.metrics.limit_remaining.set(float(key.limit_remaining))
-    if key.code == "upstream_key_invalid":
-        return error_response(503, "upstream_key_invalid", key.message)
-    if key.code == "upstream_unavailable":
-        return error_response(503, "upstream_unavailable", key.message)
+    if key.code in ("upstream_key_invalid", "upstream_unavailable"):
+        return not_ready(key.code, key.message)
+    if not detailed:
+        return JSONResponse({"status": "ready"})
     return JSONResponse(
         {"status": "ready", "database": "ok", "migrations": "ok", "openrouter": key.to_json()}
     )
