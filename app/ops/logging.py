@@ -55,6 +55,31 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Characters a terminal or a log viewer takes as a line break or a command: C0 and C1 controls
+# (NEL, U+0085, breaks a line in some viewers), DEL, and Unicode's line and paragraph separators.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
+class TextFormatter(logging.Formatter):
+    """Text lines whose message cannot break the line: a request path with an encoded newline
+    (`%0a`, decoded by the server) would otherwise start a line of its own, forging any log
+    line the attacker likes. Control characters are written escaped, as Python writes them.
+    A traceback after the message keeps its lines (JSON lines escape everything anyway)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+
 def configure_logging(*, json_lines: bool = False) -> None:
     """INFO and up to stderr, as text or JSON lines, unless the process's logging is set up.
 
@@ -75,7 +100,7 @@ def configure_logging(*, json_lines: bool = False) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(TextFormatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     # httpx logs every request it makes at INFO: a second line per reply beside the access
