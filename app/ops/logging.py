@@ -25,6 +25,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,6 +97,9 @@ def configure_logging(*, json_lines: bool = False) -> None:
             JsonFormatter(
                 JSON_FIELDS,
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                # uvicorn passes its message again with terminal colours (ANSI escapes) as the
+                # `color_message` extra: noise in a JSON line, which has the plain one.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
                 json_default=_json_default,
             )
         )
