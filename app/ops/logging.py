@@ -21,6 +21,7 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -67,18 +68,32 @@ _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80
 }
 
 
-def escape_controls(text: str) -> str:
-    return text.translate(_CONTROLS)
+def _escaped(value: Any) -> Any:
+    # Numbers stay numbers (`%d`, `%.1f`); anything else is text once formatted.
+    if isinstance(value, int | float | Decimal):
+        return value
+    return str(value).translate(_CONTROLS)
 
 
 class TextFormatter(logging.Formatter):
-    """Text lines whose message cannot break the line: a request path with an encoded newline
-    (`%0a`, decoded by the server) would otherwise start a line of its own, forging any log
-    line the attacker likes. Control characters are written escaped, as Python writes them.
-    A traceback after the message keeps its lines (JSON lines escape everything anyway)."""
+    """Text lines no logged value can break: a request path with an encoded newline (`%0a`,
+    decoded by the server) would otherwise start a line of its own, forging any log line the
+    attacker likes. The values put into a message (its `args`: every value our code logs is
+    one, no message is an f-string) have their control characters written escaped, as Python
+    writes them; the message's own template is the code's, and may span lines (the simulator's
+    banner). A traceback keeps its lines. (JSON lines escape everything anyway.)"""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().formatMessage(record))
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if args:
+            escaped = (
+                {key: _escaped(value) for key, value in args.items()}
+                if isinstance(args, Mapping)
+                else tuple(_escaped(value) for value in args)
+            )
+            # A copy: other handlers (a test's capture) see the record as it was logged.
+            record = logging.makeLogRecord({**record.__dict__, "args": escaped})
+        return super().format(record)
 
 
 def configure_logging(*, json_lines: bool = False) -> None:
