@@ -4,13 +4,15 @@ The one way to start the server, in development (`scripts/serve`) and in product
 Procfile): it owns what uvicorn's command line would otherwise hold (host, port, workers,
 the graceful-shutdown timeout), all read from the settings. Configuration errors end the
 process with one clear line naming the setting, never a traceback and never a setting's value
-(one of them is the API key).
+(one of them is the API key); so does a database that cannot be reached (where and why, never
+its password).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from app.ops.logging import configure_logging
 from app.settings import ConfigError, DatabaseSettings, Settings, load_settings, refuse_to_start
@@ -32,6 +34,17 @@ async def _migrate(settings: DatabaseSettings) -> None:
     print(f"migrations applied: {applied or 'none, the schema is up to date'}")
 
 
+async def _reachable(settings: Settings) -> None:
+    """Connect once before serving: an unreachable database is then one line (DatabaseUnreachable)
+    instead of uvicorn's report of a failed start-up, a traceback."""
+    from app.storage.database import open_database
+
+    database = await open_database(
+        settings.database_url, max_size=1, connect_timeout=settings.database_connect_timeout
+    )
+    await database.disconnect()
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
@@ -45,6 +58,7 @@ def _serve(settings: Settings) -> None:
         app = "app.main:create_app"
     else:
         app = create_app(settings)  # a bad agents file fails here, with its message
+    asyncio.run(_reachable(settings))
     uvicorn.run(
         app,
         factory=isinstance(app, str),
@@ -72,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         help="check: also ask each model for one token (recorded in the ledger as agent `check`)",
     )
     args = parser.parse_args(argv)
+    from app.storage.database import DatabaseUnreachable
+
     try:
         if args.command == "migrate":
             configure_logging()
@@ -87,4 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         _serve(settings)  # a bad agents file is a ConfigError too
     except ConfigError as exc:
         refuse_to_start(exc)
+    except DatabaseUnreachable as exc:
+        # One line, as for a configuration error: the release phase or the dyno's log says
+        # what is wrong, and a platform sees the nonzero exit.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

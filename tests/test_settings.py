@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.dev.simulator import Behaviour
+from app.dev.threaded_server import free_port
 from app.main import create_app
 from app.settings import ConfigError, Settings, load_settings
 from tests.support import read_sse
@@ -45,10 +46,11 @@ def clean_env(monkeypatch, tmp_path) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`python -m app serve` with only `env` set, in a directory without a `.env` file."""
+def serve(tmp_path: Path, command: str = "serve", **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app serve` (or `command`) with only `env` set, in a directory without a
+    `.env` file."""
     return subprocess.run(
-        [sys.executable, "-m", "app", "serve"],
+        [sys.executable, "-m", "app", command],
         cwd=tmp_path,
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env},
         capture_output=True,
@@ -138,6 +140,24 @@ def test_the_key_never_shows_in_the_settings(clean_env):
     assert settings.openrouter_api_key.get_secret_value() == KEY
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert KEY not in text
+
+
+# --- the database cannot be reached ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_an_unreachable_database_ends_migrate_and_serve_in_one_line(tmp_path, command, backend):
+    # Nobody listens on the port; the SQLite file's directory cannot be made (under a file).
+    (tmp_path / "a-file").write_text("")
+    url = {
+        "postgresql": f"postgresql://app:db-password-0123456789@127.0.0.1:{free_port()}/app",
+        "sqlite": f"sqlite:///{tmp_path}/a-file/streamchat.db",
+    }[backend]
+    result = serve(tmp_path, command, DATABASE_URL=url, DATABASE_CONNECT_TIMEOUT="3")
+    line = assert_one_clear_line(result)
+    assert line.startswith("error: cannot connect to the database"), line
+    assert "db-password" not in line
 
 
 # --- values -------------------------------------------------------------------------------------
