@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             configure_logging()
-            asyncio.run(_migrate(load_settings(DatabaseSettings)))
+            database_settings = load_settings(DatabaseSettings)
+            database_settings.require_database_for_release()
+            asyncio.run(_migrate(database_settings))
             return 0
         settings = load_settings()
         # After the settings, which say the format (LOG_FORMAT); a refusal prints its one line.

@@ -23,6 +23,7 @@ from app.upstream.model_id import ModelId
 
 ORIGIN = re.compile(r"^https?://[^/\s]+$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
+DEFAULT_DATABASE_URL = "sqlite:///./data/streamchat.db"
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
 # The algorithms AUTH_JWT_ALGORITHMS may name: HMAC ones verify with AUTH_JWT_SECRET only, the
@@ -104,7 +105,8 @@ class DatabaseSettings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    database_url: str = "sqlite:///./data/streamchat.db"
+    app_env: Literal["development", "production", "test"] = "development"
+    database_url: str = DEFAULT_DATABASE_URL
     # PostgreSQL only. Per process: Heroku's Essential plans allow 20 connections in all, and a
     # deploy briefly runs old and new web dynos plus the release phase side by side.
     database_pool_min: int = Field(1, ge=1)
@@ -124,9 +126,19 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
         return self
 
+    def require_database_for_release(self) -> None:
+        """`python -m app migrate` in production with DATABASE_URL unset would migrate the
+        default SQLite file, on a disk the platform discards, and exit 0: a release phase that
+        looks like success. `serve` warns as loudly (app/main.py); this one refuses."""
+        if self.app_env == "production" and "database_url" not in self.model_fields_set:
+            raise ConfigError(
+                "invalid configuration: DATABASE_URL must be set when APP_ENV=production "
+                "(migrate would migrate ./data/streamchat.db, a file the "
+                "platform discards)"
+            )
+
 
 class Settings(DatabaseSettings):
-    app_env: Literal["development", "production", "test"] = "development"
     openrouter_api_key: SecretStr | None = None
     openrouter_model: ModelId | None = None
     openrouter_base_url: AnyHttpUrl = AnyHttpUrl("https://openrouter.ai/api/v1")

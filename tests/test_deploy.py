@@ -167,6 +167,19 @@ def test_the_release_phase_needs_no_openrouter_settings(database, tmp_path):
     assert result.stdout.startswith("migrations applied: [1")
 
 
+def test_the_release_phase_without_a_database_url_refuses_instead_of_migrating_a_file(tmp_path):
+    # It used to migrate ./data/streamchat.db, on a disk the platform discards, and exit 0: a
+    # release that looked like success. The Procfile's release runs as production (as its web).
+    result = _run(_procfile()["release"], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert [line for line in output.splitlines() if line.strip()] == [
+        "error: invalid configuration: DATABASE_URL must be set when APP_ENV=production "
+        "(migrate would migrate ./data/streamchat.db, a file the platform discards)"
+    ]
+    assert not (tmp_path / "data").exists()
+
+
 def test_production_on_sqlite_because_database_url_is_unset_warns_loudly(tmp_path):
     # Unmigrated, so it stops right after the warning (production does not migrate at start).
     result = _run(
