@@ -14,7 +14,7 @@ from app.errors import ApiError, error_response
 from app.http.admin import require_admin
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
-from app.state import app_state
+from app.http.state import app_state
 from app.storage.migrations import pending_migrations
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ import httpx
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.costs import find_cost
+from app.core.states import CostSource, GenerationStatus
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.ops.readiness import check_key
-from app.replies.states import CostSource, GenerationStatus
 from app.settings import ConfigError, Settings
 from app.storage.database import DatabaseUnreachable, connect_database, is_sqlite
 from app.storage.ledger import GenerationRecord
