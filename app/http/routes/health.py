@@ -18,6 +18,9 @@ from app.http.state import app_state
 from app.storage.migrations import pending_migrations
 
 log = logging.getLogger(__name__)
+# What /readyz says of a failure to a caller without METRICS_TOKEN or an admin's token: the
+# code says which check failed; the rest is the operator's.
+NOT_READY = "not ready: send METRICS_TOKEN or an admin's token for the details"
 
 
 async def healthz(request: Request) -> Response:
@@ -62,26 +65,27 @@ async def readyz(request: Request) -> Response:
     state = app_state(request)
     detailed = await _is_operator(request)
 
-    def not_ready(code: str, message: str) -> Response:
-        if not detailed:
-            message = "not ready: send METRICS_TOKEN or an admin's token for the details"
-        return error_response(503, code, message)
+    def detail(message: str) -> str:
+        return message if detailed else NOT_READY
 
     try:
         pending = await pending_migrations(state.database, url=state.settings.database_url)
     except Exception:
         log.exception("readiness: the database does not answer")
-        return not_ready("database_unavailable", "the database does not answer")
+        return error_response(503, "database_unavailable", detail("the database does not answer"))
     if pending:
-        return not_ready(
+        return error_response(
+            503,
             "migrations_pending",
-            f"the database lacks {len(pending)} migration(s): run `python -m app migrate`",
+            detail(f"the database lacks {len(pending)} migration(s): run `python -m app migrate`"),
         )
     key = await state.key_check.status()
     if state.metrics is not None and key.limit_remaining is not None:
         state.metrics.limit_remaining.set(float(key.limit_remaining))
-    if key.code in ("upstream_key_invalid", "upstream_unavailable"):
-        return not_ready(key.code, key.message)
+    if key.code == "upstream_key_invalid":
+        return error_response(503, "upstream_key_invalid", detail(key.message))
+    if key.code == "upstream_unavailable":
+        return error_response(503, "upstream_unavailable", detail(key.message))
     if not detailed:
         return JSONResponse({"status": "ready"})
     return JSONResponse(
