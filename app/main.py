@@ -22,6 +22,7 @@ from starlette.middleware import Middleware
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import Clock, SpendControl, utc_now
+from app.core.outage import quiet_pool_reconnections
 from app.core.redact import install_access_log_redaction
 from app.core.stages import StageProbe, StartMarks
 from app.dev.simulator import Behaviour, FakeOpenRouter
@@ -30,20 +31,24 @@ from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
+from app.http.openapi import routes as openapi_routes
 from app.http.routes import (
     budgets,
     catalog,
     conversations,
     costs,
     health,
+    jobs,
     me,
     models,
     pages,
     replies,
+    service_keys,
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
 from app.http.state import AppState
+from app.jobs.service import Jobs
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import ReplyLog, RequestLog, configure_logging
 from app.ops.metrics import Metrics
@@ -98,6 +103,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         return create_app(settings)
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
     install_access_log_redaction()
+    quiet_pool_reconnections()
     stages = StageProbe() if settings.stage_probe else None
 
     @asynccontextmanager
@@ -126,7 +132,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 except MigrationsPending as exc:
                     log.error("refusing to start: %s", exc)
                     raise
-            store = Store(database, sqlite_db=is_sqlite(settings.database_url))
+            store = Store(
+                database,
+                sqlite_db=is_sqlite(settings.database_url),
+                busy_timeout=settings.database_busy_timeout,
+            )
             stack.push_async_callback(store.writer.close)
             http = _http_client(settings)
             stack.push_async_callback(http.aclose)
@@ -173,8 +183,22 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 outbox=streams.outbox if streams else None,
             )
             stack.push_async_callback(runs.shutdown)
+            limits = RequestLimits(settings=settings, runs=runs)
+            job_service = Jobs(
+                store=store,
+                database=database,
+                client=client,
+                models=model_catalog,
+                spend=spend,
+                limits=limits,
+                settings=settings,
+                spawn=runs.spawn,  # the final writes of jobs too, which shutdown waits for
+                reconcile=runs.recovery.reconcile,
+            )
+            stack.push_async_callback(job_service.stop)
             await _recover(store, runs)
             runs.recovery.start()
+            job_service.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
             signals = Signals(
@@ -195,12 +219,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                     spend=spend,
-                    limits=RequestLimits(settings=settings, runs=runs),
+                    limits=limits,
                     metrics=metrics,
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                     signals=signals,
                     streams=streams,
                     stages=stages,
+                    jobs=job_service,
                 )
             }
 
@@ -214,8 +239,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *health.routes,
             *me.routes,
             *budgets.routes,
+            *jobs.routes,
+            *service_keys.routes,
             *stages_routes.routes,
             *pages.routes,
+            *openapi_routes,
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
