@@ -8,6 +8,8 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,9 +24,9 @@ import httpx
 from databases import Database, DatabaseURL
 from httpx_sse import connect_sse
 
-from app.dev.threaded_server import ThreadedServer
+from app.dev.threaded_server import ThreadedServer, free_port
 from app.settings import Settings, normalize_database_url
-from app.storage.database import is_sqlite, open_database
+from app.storage.database import is_sqlite, open_database, sqlite_path
 from app.storage.ledger import GenerationRecord
 from app.storage.migrations import migrate
 from app.storage.replies import TurnIds
@@ -85,24 +87,53 @@ async def _on_own_connection(url: str, work: Callable[[Database], Awaitable[T]])
         await database.disconnect()
 
 
+def _postgres_admin(statement: str) -> None:
+    """One statement on TEST_POSTGRES_URL's server (CREATE and DROP DATABASE)."""
+    admin_url = normalize_database_url(os.environ["TEST_POSTGRES_URL"])
+    run_async(_on_own_connection(admin_url, lambda db: db.execute(statement)))
+
+
 @contextmanager
-def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
-    """A fresh database: a SQLite file, or a new PostgreSQL one when TEST_POSTGRES_URL is set."""
+def make_database(
+    tmp_path: Path, *, template: DatabaseHandle | None = None
+) -> Iterator[DatabaseHandle]:
+    """A database of the caller's own: a SQLite file, or a new PostgreSQL one when
+    TEST_POSTGRES_URL is set; empty, or a copy of `template` (from `migrated_template`), which
+    is much faster than migrating it again."""
     admin_url = os.environ.get("TEST_POSTGRES_URL")
     if not admin_url:
-        yield DatabaseHandle(normalize_database_url(f"sqlite:///{tmp_path / 'test.db'}"))
+        path = tmp_path / "test.db"
+        if template is not None:
+            shutil.copyfile(sqlite_path(template.url), path)
+        yield DatabaseHandle(normalize_database_url(f"sqlite:///{path}"))
         return
-    admin_url = normalize_database_url(admin_url)
     name = f"test_{uuid.uuid4().hex[:12]}"
-
-    def admin(statement: str) -> Coroutine[Any, Any, Any]:
-        return _on_own_connection(admin_url, lambda db: db.execute(statement))
-
-    run_async(admin(f'CREATE DATABASE "{name}"'))
+    # A template nobody is connected to is copied file by file, without replaying its DDL.
+    copy = f' TEMPLATE "{DatabaseURL(template.url).database}"' if template is not None else ""
+    _postgres_admin(f'CREATE DATABASE "{name}"{copy}')
     try:
-        yield DatabaseHandle(str(DatabaseURL(admin_url).replace(database=name)))
+        yield DatabaseHandle(
+            str(DatabaseURL(normalize_database_url(admin_url)).replace(database=name))
+        )
     finally:
-        run_async(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def migrated_template(tmp_path: Path) -> Iterator[DatabaseHandle]:
+    """A database with every migration applied, for `make_database(template=…)` to copy: one
+    per test process (each xdist worker has its own `tmp_path` and database name)."""
+    with make_database(tmp_path) as template:
+
+        async def migrate_it() -> None:
+            database = await open_database(template.url, max_size=1)
+            try:
+                await migrate(database, url=template.url)
+            finally:
+                await database.disconnect()
+
+        run_async(migrate_it())
+        yield template
 
 
 @asynccontextmanager
@@ -281,3 +312,66 @@ def wait_until_serving(
                 return False
 
         wait_for(healthy, timeout=timeout, what="the server process to answer")
+
+
+@dataclass
+class ServerProcess:
+    """`python -m app serve` in a process (group) of its own; its stderr, where it logs, goes
+    to a file (a pipe nobody reads would fill and stall the server)."""
+
+    url: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def output(self) -> str:
+        """What it has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, signal_number: int) -> None:
+        """Send a signal (SIGTERM: a graceful shutdown; SIGKILL: a crash) to its process group,
+        any worker processes included, unless it has exited."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal_number)
+
+    def stop(self, signal_number: int = signal.SIGTERM, *, timeout: float = 30) -> str:
+        """Signal it, wait for its exit (a kill after `timeout`), and return its log."""
+        self.send(signal_number)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            self.popen.wait()
+        return self.output()
+
+
+@contextmanager
+def serve_process(
+    *, tmp_path: Path, database_url: str, fake_url: str, **settings: str
+) -> Iterator[ServerProcess]:
+    """`python -m app serve` on `database_url` and the fake OpenRouter with `settings` (as in
+    `serve_env`), answering /healthz when entered; stopped (SIGTERM) on exit if still running.
+    The one way the tests start a server process: tests/conftest.py's `start_process` is this
+    as a fixture."""
+    port = free_port()
+    env = serve_env(
+        tmp_path=tmp_path, port=port, database_url=database_url, fake_url=fake_url, **settings
+    )
+    log_path = tmp_path / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=tmp_path,  # no .env there: the process sees exactly these settings
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    process = ServerProcess(f"http://127.0.0.1:{port}", popen, log_path)
+    try:
+        wait_until_serving(popen, process.url, output=process.output)
+        yield process
+    finally:
+        process.stop()

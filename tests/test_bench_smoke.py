@@ -166,6 +166,7 @@ def test_the_scale_out_benchmark_measures_both_configurations():
     assert any("owner's cpu per reply with Redis" in line for line in lines)
 
 
+@pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_reports_benchmark_builds_a_ledger_and_times_both_variants():
     """On the suite's PostgreSQL (a database of its own there, dropped at exit)."""
     admin_url = os.environ.get("TEST_POSTGRES_URL")
@@ -179,6 +180,7 @@ def test_the_reports_benchmark_builds_a_ledger_and_times_both_variants():
     assert out.count("  before: ") == out.count("  now: ") == 4, out
 
 
+@pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_production_profile_runs_every_target_on_both_databases():
     """On the suite's PostgreSQL (databases of its own there, dropped at exit) and a
     throwaway redis-server: the production-shape servers answer every stream, signed in."""
@@ -248,6 +250,7 @@ GROWTH_PLANS = [
 ]
 
 
+@pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_growth_benchmark_measures_every_case_on_each_database():
     """Tiny sizes: every case measured and given a verdict, /api/me/costs before and after
     migration 14, a plan for every query; on PostgreSQL too when the suite has one."""
