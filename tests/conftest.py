@@ -24,9 +24,9 @@ from app.settings import Settings, normalize_database_url
 from tests.support import (
     AppServer,
     DatabaseHandle,
+    MigratedDatabases,
     ServerProcess,
     make_database,
-    migrated_template,
     serve_process,
 )
 
@@ -106,16 +106,17 @@ def fake_url(fake_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory) -> Iterator[DatabaseHandle]:
-    """Every migration applied, once per test process: what `database` copies."""
-    with migrated_template(tmp_path_factory.mktemp("template")) as template:
-        yield template
+def migrated_databases(tmp_path_factory) -> Iterator[MigratedDatabases]:
+    """What `database` draws from: migrated once per test process (tests/support.py)."""
+    databases = MigratedDatabases(tmp_path_factory.mktemp("migrated"))
+    yield databases
+    databases.close()
 
 
 @pytest.fixture
-def database(tmp_path, migrated_database) -> Iterator[DatabaseHandle]:
-    """The test's own database, every migration applied (a copy of the session's template)."""
-    with make_database(tmp_path, template=migrated_database) as handle:
+def database(tmp_path, migrated_databases) -> Iterator[DatabaseHandle]:
+    """The test's own database, every migration applied and no rows."""
+    with migrated_databases.database(tmp_path) as handle:
         yield handle
 
 
