@@ -56,12 +56,16 @@ DATABASE_FIXTURES = frozenset({"database", "empty_database"})
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `db` every test whose fixtures include the test database, unless it is marked
-    `any_database`: scripts/test runs only the `db` tests again on PostgreSQL."""
+    `any_database`: scripts/test runs only the `db` tests again on PostgreSQL. Mark `slow`
+    every test that starts server processes, and run the `slow` ones first: pytest-xdist
+    hands tests out in this order, so a long one started last cannot hold up a whole run."""
     for item in items:
-        if item.get_closest_marker("any_database"):
-            continue
-        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DATABASE_FIXTURES & fixtures and not item.get_closest_marker("any_database"):
             item.add_marker(pytest.mark.db)
+        if "start_process" in fixtures:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 @pytest.fixture

@@ -17,6 +17,9 @@ import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
+# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
 # The load options of bench.client, bench.http2 and bench.collector, at their smallest.

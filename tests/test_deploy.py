@@ -24,6 +24,9 @@ from app.dev.threaded_server import free_port
 from app.ops.logging import configure_logging
 from tests.support import wait_for
 
+# Real processes, as Heroku starts them: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-or-v1-very-secret-0123456789abcdef"
 

@@ -10,10 +10,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.dev.simulator import Behaviour
 from tests.billing.budget_support import ADMIN, ADMIN_TOKEN, reservation, settled, turn, usd
 from tests.support import ServerProcess, read_sse, serve_process, wait_for
+
+# Real server processes: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 TURNS = 60
 FIT = 10
