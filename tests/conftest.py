@@ -1,9 +1,9 @@
 """Shared fixtures: a fake OpenRouter and our app, each under a real uvicorn server in a thread.
 
 Streaming, pings, disconnects and resumption only behave as in production over a real socket,
-so nothing here uses an in-process transport. Every test gets its own database: a SQLite file
-by default, or a fresh PostgreSQL database when TEST_POSTGRES_URL is set (see `support.py`).
-"""
+so nothing here uses an in-process transport. Every test gets a database of its own, migrated:
+a copy of a SQLite file by default, or, when TEST_POSTGRES_URL is set, its test process's
+PostgreSQL database, emptied after the test before it (see `support.MigratedDatabases`)."""
 
 from __future__ import annotations
 
@@ -42,11 +42,13 @@ def pytest_report_header(config) -> list[str]:
     redis_line = f"redis: {redis}" if redis else f"redis: none, its tests skip ({REDIS_HOW_TO})"
     if not admin_url:
         return [
-            "database: SQLite (a file per test; set TEST_POSTGRES_URL to run on PostgreSQL)",
+            "database: SQLite (a copy of a migrated file per test; set TEST_POSTGRES_URL to run"
+            " on PostgreSQL)",
             redis_line,
         ]
     url = DatabaseURL(normalize_database_url(admin_url)).obscure_password
-    return [f"database: PostgreSQL (a new database per test, created through {url})", redis_line]
+    where = f"a migrated database per test process, emptied between tests, created through {url}"
+    return [f"database: PostgreSQL ({where})", redis_line]
 
 
 # A test that uses one of these opens the test database, so it runs on both (marked `db`).
@@ -78,10 +80,10 @@ def redis_url() -> str:
         if os.environ.get("CI") == "true":
             pytest.fail(f"TEST_REDIS_URL is unset in CI ({REDIS_HOW_TO})")
         pytest.skip(f"no TEST_REDIS_URL: {REDIS_HOW_TO}")
-    return url_for_worker(url)
+    return _url_for_worker(url)
 
 
-def url_for_worker(url: str) -> str:
+def _url_for_worker(url: str) -> str:
     """`url` with database number 1 + the xdist worker's index (gw0 → 1); as is outside xdist.
     Redis has 16 by default: enough for 15 workers."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
