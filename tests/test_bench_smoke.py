@@ -17,8 +17,10 @@ import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
-# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py).
-pytestmark = pytest.mark.slow
+# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), one
+# at a time on one worker (they measure CPU per reply, and each starts several servers that
+# must come up within the benchmark's own time limit).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("benchmarks")]
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
