@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from app.replies.events import LogEvent
+from app.replies.wire import Event, LogEvent
 
-if TYPE_CHECKING:
-    from app.replies.redis_log import Feed
+
+class Feed(Protocol):
+    """Where the log's new events go to other processes (`redis_log.Feed`): named here by
+    what the log calls, so the log knows nothing of Redis and imports nothing above it."""
+
+    def queue(self) -> None: ...
 
 
 class ReplyLog:
@@ -34,7 +38,7 @@ class ReplyLog:
         # wait, rather than a new Event per event appended (an Event's deque is ~0.7 KB).
         self._waiters: list[asyncio.Future[None]] = []
 
-    def append(self, event: str, payload: dict[str, Any]) -> None:
+    def append(self, event: Event, payload: dict[str, Any]) -> None:
         self.add(LogEvent.make(len(self.events) + 1, event, payload))
 
     def add(self, event: LogEvent) -> None:
@@ -55,7 +59,7 @@ class ReplyLog:
                 waiter.set_result(None)
         self._waiters = []
 
-    def finish(self, event: str, payload: dict[str, Any]) -> None:
+    def finish(self, event: Event, payload: dict[str, Any]) -> None:
         """Append the final event (`done` or `error`)."""
         self.finished = True
         self.append(event, payload)

@@ -22,15 +22,15 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.ops.stages import Stage, mark
-from app.replies.events import LogEvent, final_event, meta_payload
+from app.core.run_request import RunRequest
+from app.core.stages import Stage, mark
+from app.core.states import CostSource, GenerationStatus, MessageStatus
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
-from app.replies.states import CostSource, GenerationStatus, MessageStatus
+from app.replies.wire import Event, LogEvent, event_lengths, final_event, meta_payload
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
@@ -50,39 +50,6 @@ from app.upstream.openrouter import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """Everything a run needs to call upstream, resolved before the run starts."""
-
-    message_id: str
-    conversation_id: str
-    user_message_id: str
-    user_id: str
-    agent: str
-    model: str
-    fallback_models: tuple[str, ...]
-    temperature: float
-    max_tokens: int
-    messages: list[dict[str, Any]]
-    stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
-    reasoning: dict[str, Any] | None = None  # OpenRouter's `reasoning` object, as the agent says
-    wants_title: bool = False  # the first reply of a chat: the titler names it once it is over
-
-    def upstream_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "user": self.user_id,
-        }
-        if self.fallback_models:
-            body["models"] = [self.model, *self.fallback_models]
-        if self.reasoning:
-            body["reasoning"] = self.reasoning
-        return body
 
 
 def record_usage(record: GenerationRecord, usage: Usage) -> None:
@@ -156,7 +123,7 @@ class Run:
         self._unsaved: Coroutine[Any, Any, None] | None = None  # that write, not yet begun
         self._save_begun: asyncio.Future[None] | None = None
         self.log.append(
-            "meta",
+            Event.META,
             meta_payload(
                 conversation_id=request.conversation_id,
                 message_id=request.message_id,
@@ -231,17 +198,8 @@ class Run:
 
     def event_lengths(self) -> list[int]:
         """What `messages.event_lengths` records: the events in the order streamed, read off
-        the log at checkpoints, so streaming a token costs no more than its two appends."""
-        parts, thoughts = iter(self.parts), iter(self.thoughts)
-        lengths = []
-        for event in self.log.events:
-            if event.event == "delta":
-                lengths.append(len(next(parts)))
-            elif event.event == "reasoning":
-                lengths.append(-len(next(thoughts)))
-            elif event.event == "annotation":
-                lengths.append(0)
-        return lengths
+        the log at checkpoints (`wire.event_lengths`)."""
+        return event_lengths(self.log.events, self.parts, self.thoughts)
 
     # -- ending it from outside -------------------------------------------------------------------
 
@@ -344,7 +302,7 @@ class Run:
                         record.first_token_at = now()
                         mark(Stage.FIRST_DELTA)
                     self.parts.append(event.content)
-                    self.log.append("delta", {"content": event.content})
+                    self.log.append(Event.DELTA, {"content": event.content})
                     if (
                         time.monotonic() - self._last_checkpoint
                         >= self._settings.checkpoint_interval
@@ -355,7 +313,7 @@ class Run:
                         if not self.thoughts:
                             record.first_reasoning_at = now()
                         self.thoughts.append(event.text)
-                        self.log.append("reasoning", {"content": event.text})
+                        self.log.append(Event.REASONING, {"content": event.text})
                     if event.details:
                         self.details.extend(event.details)
                     if (
@@ -399,7 +357,7 @@ class Run:
     def _cite(self, citation: Citation) -> None:
         payload = citation.to_json()
         self.citations.append(payload)
-        self.log.append("annotation", payload)
+        self.log.append(Event.ANNOTATION, payload)
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
         self._save_now()  # no first token to hurry: written alongside the whole call
@@ -407,12 +365,12 @@ class Run:
             if isinstance(event, Delta):
                 record.first_token_at = now()
                 self.parts.append(event.content)
-                self.log.append("delta", {"content": event.content})
+                self.log.append(Event.DELTA, {"content": event.content})
             elif isinstance(event, Reasoning):
                 if event.text:
                     record.first_reasoning_at = now()
                     self.thoughts.append(event.text)
-                    self.log.append("reasoning", {"content": event.text})
+                    self.log.append(Event.REASONING, {"content": event.text})
                 self.details.extend(event.details)
             elif isinstance(event, Citation):
                 self._cite(event)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from app.billing.money import parse_amount
+from app.core.money import parse_amount
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient, UpstreamError
 

@@ -11,8 +11,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from app.core.redact import redact
 from app.dev.simulator import Behaviour
-from app.http.auth.redact import redact
 from app.ops.logging import valid_request_id
 from tests.support import read_sse
 
