@@ -98,7 +98,7 @@ def test_ttl_expiry_serves_the_stale_copy_while_one_refresh_runs(start_server, f
     gate = fake.models_gate = threading.Event()  # the refresh stays in flight until opened
 
     stale = wait_for(lambda: (a := get_models(server))["stale"] and a, what="the copy to age")
-    assert stale["source"] == "cache" and stale["age_seconds"] > 1.0
+    assert stale["source"] == "cache" and stale["age_seconds"] >= 1.0  # rounded to the ms
     assert stale["fetched_at"] == first["fetched_at"]
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         burst = list(pool.map(lambda _: get_models(server), range(20)))
