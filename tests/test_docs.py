@@ -4,6 +4,7 @@
   server (SQLite or PostgreSQL, the simulator, `AUTH_MODE=dev`), through the real `curl`: only
   the base URL is changed, and the placeholders `M` and `C` (the message and conversation ids a
   previous example answered with) are filled in.
+- docs/api.md's table of endpoints lists every route of the OpenAPI document, and no other.
 - Every settings table in the docs names settings that exist, with their real defaults.
 - `.env.example` lists every setting and no other, shows each default as the default, and a
   `.env` copied from it starts the server; `app.json` sets only settings that exist.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from app.http.openapi import document
+from app.main import create_app
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +190,30 @@ def test_a_dotenv_copied_from_the_example_is_the_defaults_plus_the_suggestions(t
 def test_app_json_sets_only_settings_that_exist():
     app_json = json.loads((ROOT / "app.json").read_text())
     assert sorted(set(app_json["env"]) - set(SETTINGS)) == []
+
+
+# --- the endpoint table against the OpenAPI document -----------------------------------------
+
+
+def _route(path: str) -> str:
+    return re.sub(r"\{[^}]*\}", "{}", path)  # the docs name ids as they read best
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    """(METHOD, path) of each route docs/api.md's "Endpoints" table lists in its first column:
+    `GET /a`, `GET`/`PUT /a`, `POST /a`, `POST /b` (a query after the path is left out)."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("### Endpoints", 1)[1].split("\n#", 1)[0]
+    routes = set()
+    for cell in re.findall(r"^\| (.*?) \|", section, re.M):
+        for methods, path in re.findall(r"((?:`[A-Z]+`/)*`[A-Z]+) (/[^`\s\[?]*)", cell):
+            routes |= {(method, _route(path)) for method in re.findall(r"[A-Z]+", methods)}
+    return routes
+
+
+def test_the_endpoint_table_lists_every_route_of_the_openapi_document(make_settings):
+    paths = document(create_app(make_settings()).routes)["paths"]
+    served = {(method.upper(), _route(path)) for path, ops in paths.items() for method in ops}
+    listed = documented_routes()
+    assert sorted(served - listed) == [], "routes missing from docs/api.md's Endpoints table"
+    assert sorted(listed - served) == [], "in docs/api.md's Endpoints table, served nowhere"
