@@ -37,6 +37,7 @@ from app.http.routes import (
     catalog,
     conversations,
     costs,
+    feedback,
     health,
     jobs,
     me,
@@ -44,6 +45,7 @@ from app.http.routes import (
     pages,
     replies,
     service_keys,
+    shares,
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
@@ -233,6 +235,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         routes=[
             *replies.routes,
             *conversations.routes,
+            *feedback.routes,
+            *shares.routes,
             *catalog.routes,
             *costs.routes,
             *models.routes,

@@ -40,6 +40,10 @@ class Turn:
     # regenerated reply, the user message it answers again (`user_content` is then its text).
     parent_id: str | None = None
     answers: str | None = None
+    # A chat whose title is still the question's first words: its reply, if complete, gets it
+    # one (see `app/replies/titles.py`). A coach call's conversation is never listed, so
+    # titling it would be money for nothing.
+    wants_title: bool = False
 
 
 async def _existing_conversation(
@@ -81,6 +85,7 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         prompt=[{"role": "system", "content": agent.system_prompt}, *history],
         stream=stream_flag(body),
         parent_id=leaf,
+        wants_title=conversation_id is None or not conversation["titled"],
     )
 
 
@@ -122,6 +127,7 @@ async def _branch_turn(
         prompt=[{"role": "system", "content": agent.system_prompt}, *history],
         parent_id=parent_id,
         answers=answers,
+        wants_title=conversation["agent"] == "chat" and not conversation["titled"],
     )
 
 
@@ -223,9 +229,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
         stream=turn.stream,
         reasoning=None if agent.reasoning is None else agent.reasoning.upstream(),
-        # A chat's first reply gets it a title (see `app/replies/titles.py`); a coach call's
-        # conversation is never listed, so titling it would be money for nothing.
-        wants_title=ids.new_conversation and turn.agent == "chat",
+        wants_title=turn.wants_title,
     )
     return request, rows
 
