@@ -56,11 +56,11 @@ INFO = {
 
 # Routes that answer without the database.
 NO_DATABASE = {
-    *("/", "/openapi.json", "/admin/costs", "/metrics"),
+    *("/", "/openapi.json", "/admin/costs", "/metrics", "/shared/{token}"),
     *("/api/me", "/api/catalog", "/api/models", "/api/admin/stages"),
 }
 # `/api/` routes anyone may call under AUTH_MODE=jwt (README: Endpoints).
-PUBLIC_API = {"/api/catalog", "/api/models"}
+PUBLIC_API = {"/api/catalog", "/api/models", "/api/shared/{token}"}
 IDENTITY = {
     "401": "unauthorized invalid_token token_expired",
     "503": "auth_unavailable",
