@@ -26,10 +26,10 @@ from typing import Any
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.refusals import Refusal
 from app.core.run_request import RunRequest
 from app.core.states import CostSource, GenerationStatus
-from app.errors import ApiError
-from app.replies.runs import record_usage
+from app.replies.draft import record_usage
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
@@ -126,8 +126,8 @@ class Titler:
                     reasoning=body.get("reasoning"),
                 )
             )
-        except ApiError as refused:
-            log.info("no title for %s: %s", request.conversation_id, refused.code)
+        except Refusal as refused:
+            log.info("no title for %s: %s", request.conversation_id, type(refused).__name__)
             return
         try:
             await self._ask(request, body, record)

@@ -25,6 +25,15 @@ ACCESS_TOKEN = "user-token-that-must-not-be-logged"
 
 @pytest.fixture
 def json_server(fake_url, database, tmp_path):
+    yield from _log_server(fake_url, database, tmp_path, "json")
+
+
+@pytest.fixture
+def text_server(fake_url, database, tmp_path):
+    yield from _log_server(fake_url, database, tmp_path, "text")
+
+
+def _log_server(fake_url, database, tmp_path, log_format: str):
     port = free_port()
     env = serve_env(
         tmp_path=tmp_path,
@@ -32,7 +41,7 @@ def json_server(fake_url, database, tmp_path):
         database_url=database.url,
         fake_url=fake_url,
         OPENROUTER_API_KEY=KEY,
-        LOG_FORMAT="json",
+        LOG_FORMAT=log_format,
         # As in every test app (tests/conftest.py): a title's upstream call would take the
         # fake's queued answers, meant for the turns below.
         AUTO_TITLES="false",
@@ -49,10 +58,12 @@ def json_server(fake_url, database, tmp_path):
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     wait_until_serving(process, f"http://127.0.0.1:{port}", output=process.stderr.read)
 
-    def stop() -> list[dict]:
+    def stop() -> list:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
         assert KEY not in err and ACCESS_TOKEN not in err and "stream_token=ey" not in err
+        if log_format == "text":
+            return err.splitlines()
         return [json.loads(line) for line in err.splitlines()]  # every line is JSON
 
     yield http, stop
@@ -110,6 +121,25 @@ def test_json_logs_one_line_per_request_and_per_reply_and_no_secrets(json_server
     failed = replies[started["message_id"]]
     assert failed["status"] == "error" and failed["cost_source"] == "not_billed"
     assert {r["level"] for r in records} <= {"INFO", "WARNING", "ERROR"}
+    # uvicorn's own lines (its start-up, its shutdown) were logged: without their terminal
+    # colours, which it passes in a `color_message` field of ANSI escapes.
+    assert any(r["logger"].startswith("uvicorn") for r in records)
+    assert not [r for r in records if "color_message" in r or "\\u001b" in json.dumps(r)]
+
+
+def test_text_logs_escape_control_characters_so_no_request_forges_a_line(text_server):
+    http, stop = text_server
+    forged = "2026-01-01 00:00:00,000 INFO app.access: GET /api/admin/costs 200 1.0ms"
+    assert http.get("/nowhere%0a" + forged.replace(" ", "%20")).status_code == 404
+    assert http.get("/nowhere%0d%1b[2J%c2%85" + "x").status_code == 404
+    lines = stop()
+
+    assert not [line for line in lines if line.startswith(forged[:24])]
+    assert not [line for line in lines if "\x1b" in line or "\r" in line or "\x85" in line]
+    access = [line for line in lines if " app.access: GET /nowhere" in line]
+    assert len(access) == 2, lines
+    assert "/nowhere\\n2026-01-01 00:00:00,000 INFO app.access" in access[0]
+    assert "/nowhere\\r\\x1b[2J\\x85x" in access[1]
 
 
 def test_request_ids_pass_through_when_printable_and_short(client):
