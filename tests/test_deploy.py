@@ -25,6 +25,9 @@ from app.ops.logging import configure_logging
 from app.settings import Settings
 from tests.support import wait_for
 
+# Real processes, as Heroku starts them: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-or-v1-very-secret-0123456789abcdef"
 
@@ -74,11 +77,11 @@ def _run(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
+def test_procfile_release_then_web_on_the_suites_database(empty_database, tmp_path):
     commands = _procfile()
     assert set(commands) == {"release", "web"}
     port = free_port()
-    env = _env(database.url, port)
+    env = _env(empty_database.url, port)
 
     refused = subprocess.run(
         ["bash", "-c", commands["web"]],
@@ -162,8 +165,9 @@ def test_a_configuration_error_is_one_line_naming_the_setting_without_the_key(co
     assert KEY[-8:] not in output
 
 
-def test_the_release_phase_needs_no_openrouter_settings(database, tmp_path):
-    result = _run(_procfile()["release"], tmp_path, APP_ENV="production", DATABASE_URL=database.url)
+def test_the_release_phase_needs_no_openrouter_settings(empty_database, tmp_path):
+    url = empty_database.url
+    result = _run(_procfile()["release"], tmp_path, APP_ENV="production", DATABASE_URL=url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("migrations applied: [1")
 

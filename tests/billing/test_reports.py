@@ -391,6 +391,7 @@ async def _bulk(url: str, count: int) -> None:
         await database.disconnect()
 
 
+@pytest.mark.slow
 def test_a_100k_generation_export_streams_in_bounded_memory(start_server, database):
     count = 100_000
     asyncio.run(_bulk(database.url, count))

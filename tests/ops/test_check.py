@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.dev.threaded_server import free_port
 from tests.support import migrated_store
+
+# A `python -m app check` process each: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 KEY = "sk-or-v1-check-secret-0123456789"
 

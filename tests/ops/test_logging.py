@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from decimal import Decimal
 
 import httpx
@@ -15,31 +13,25 @@ import pytest
 
 from app.core.redact import redact
 from app.dev.simulator import Behaviour
-from app.dev.threaded_server import free_port
 from app.ops.logging import valid_request_id
-from tests.support import read_sse, serve_env, wait_until_serving
+from tests.support import read_sse
 
 KEY = "sk-or-v1-log-test-secret-0123456789"
 ACCESS_TOKEN = "user-token-that-must-not-be-logged"
 
 
 @pytest.fixture
-def json_server(fake_url, database, tmp_path):
-    yield from _log_server(fake_url, database, tmp_path, "json")
+def json_server(start_process):
+    yield from _log_server(start_process, "json")
 
 
 @pytest.fixture
-def text_server(fake_url, database, tmp_path):
-    yield from _log_server(fake_url, database, tmp_path, "text")
+def text_server(start_process):
+    yield from _log_server(start_process, "text")
 
 
-def _log_server(fake_url, database, tmp_path, log_format: str):
-    port = free_port()
-    env = serve_env(
-        tmp_path=tmp_path,
-        port=port,
-        database_url=database.url,
-        fake_url=fake_url,
+def _log_server(start_process, log_format: str):
+    server = start_process(
         OPENROUTER_API_KEY=KEY,
         LOG_FORMAT=log_format,
         # As in every test app (tests/conftest.py): a title's upstream call would take the
@@ -47,20 +39,10 @@ def _log_server(fake_url, database, tmp_path, log_format: str):
         AUTO_TITLES="false",
         GENERATION_LOOKUP_TIMEOUT="3",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    wait_until_serving(process, f"http://127.0.0.1:{port}", output=process.stderr.read)
+    http = httpx.Client(base_url=server.url, timeout=10)
 
     def stop() -> list:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        err = server.stop(signal.SIGINT)
         assert KEY not in err and ACCESS_TOKEN not in err and "stream_token=ey" not in err
         if log_format == "text":
             return err.splitlines()
@@ -68,8 +50,6 @@ def _log_server(fake_url, database, tmp_path, log_format: str):
 
     yield http, stop
     http.close()
-    if process.poll() is None:
-        process.kill()
 
 
 def test_json_logs_one_line_per_request_and_per_reply_and_no_secrets(json_server, fake):
