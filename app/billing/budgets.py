@@ -61,6 +61,20 @@ def prompt_token_bound(body: dict[str, Any]) -> int:
     return size + PER_MESSAGE_TOKENS * len(body.get("messages", ())) + PER_REQUEST_TOKENS
 
 
+def message_token_bound(message: dict[str, Any]) -> int:
+    """What one message adds to `prompt_token_bound` of a body it joins: its JSON (the larger
+    size, plain or NFKC), the comma before it, its per-message allowance.
+
+    So the bound of a body is at most the bound of the body without some of its messages plus
+    theirs: the larger of two sums is at most the sum of each part's larger (NFKC cannot join
+    across the `},{` between messages, which compose with nothing). History is fitted to a
+    context window with it one message at a time (app/replies/fitting.py), never re-measuring
+    the whole request."""
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    size = max(len(text.encode("utf-8", "surrogatepass")), _nfkc_bytes(text))
+    return size + 1 + PER_MESSAGE_TOKENS
+
+
 def _nfkc_bytes(text: str) -> int:
     # Only non-ASCII text can expand (ASCII is NFKC-stable): skip the normalization otherwise.
     if text.isascii():

@@ -53,15 +53,26 @@ class LogEvent:
 
 
 def meta_payload(
-    *, conversation_id: str, message_id: str, user_message_id: str, agent: str, model: str
+    *,
+    conversation_id: str,
+    message_id: str,
+    user_message_id: str,
+    agent: str,
+    model: str,
+    history: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """`history` ({"sent", "left_out"}): earlier messages were left out to fit the model's
+    context window (app/replies/fitting.py)."""
+    payload = {
         "conversation_id": conversation_id,
         "message_id": message_id,
         "user_message_id": user_message_id,
         "agent": agent,
         "model": model,
     }
+    if history is not None:
+        payload["history"] = history
+    return payload
 
 
 def final_event(

@@ -489,6 +489,22 @@ def _generations_by_user(dialect: sa.engine.Dialect) -> list[str]:
     return [f"CREATE INDEX ix_generations_user_started ON {columns}"]
 
 
+def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
+    """The model each conversation last used, so its next turn uses it again (a user's choice
+    is per conversation), and the models an agent's run-time override lets users choose.
+
+    Conversations already there get the model their latest reply asked for (the agent's model
+    then): plain SQL that SQLite and PostgreSQL read alike. One with no reply keeps null, which
+    means the agent's default."""
+    return [
+        "ALTER TABLE conversations ADD COLUMN model VARCHAR(200)",
+        "ALTER TABLE agent_overrides ADD COLUMN allowed_models TEXT",
+        "UPDATE conversations SET model = (SELECT m.requested_model FROM messages m"
+        " WHERE m.conversation_id = conversations.id AND m.role = 'assistant'"
+        " AND m.requested_model IS NOT NULL ORDER BY m.seq DESC LIMIT 1)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -504,6 +520,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
+    Migration(17, "each conversation's model, the models agents allow", _chosen_models),
 ]
 
 _schema_migrations = sa.Table(

@@ -337,7 +337,8 @@ class Replies:
         (an idempotency key's, see `idempotency`) goes first, then `reservation` (the turn's
         budget reservation, see `budgets`), so if either fails or is refused, nothing of the
         turn is written. `user_content` None: a regenerated reply, under the user message
-        `ids.user_message_id` already there."""
+        `ids.user_message_id` already there. The conversation keeps `requested_model` as its
+        model (the next turn's, unless that one names another)."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -352,6 +353,7 @@ class Replies:
                     "created_at": stamp,
                     "updated_at": stamp,
                     "active_leaf_id": ids.message_id,
+                    "model": requested_model,
                 },
             )
         else:
@@ -361,6 +363,7 @@ class Replies:
                     "conversation_id": conversation_id,
                     "updated_at": stamp,
                     "active_leaf_id": ids.message_id,
+                    "model": requested_model,
                 },
             )
         common = {

@@ -46,6 +46,8 @@ conversations = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The last message of the branch the conversation shows (see `app/storage/replies.py`).
     sa.Column("active_leaf_id", sa.String(36)),
+    # The model of its last turn: the next turn's, unless that one names another.
+    sa.Column("model", sa.String(200)),
 )
 
 messages = sa.Table(
@@ -133,6 +135,7 @@ agent_overrides = sa.Table(
     sa.Column("max_tokens", sa.Integer),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("reasoning", sa.Text),  # JSON: the agent's `reasoning` settings
+    sa.Column("allowed_models", sa.Text),  # JSON: "*" or a list of model ids
 )
 
 

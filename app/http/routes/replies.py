@@ -263,14 +263,14 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
 
 
 async def regenerate(request: Request) -> Response:
-    """`POST /api/messages/{id}/regenerate`: another reply to the user message reply `id`
-    answered, beside it (two-step, as `POST /api/chat/messages`); the branch shown is the new
-    reply's."""
+    """`POST /api/messages/{id}/regenerate` [`{"model", "reasoning"}`]: another reply to the
+    user message reply `id` answered, beside it (two-step, as `POST /api/chat/messages`), with
+    another model if the body names one; the branch shown is the new reply's."""
 
     async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
         # Read after the caller is identified: a bad token answers 401 whatever the id.
         message_id = path_id(request, "message_id")
-        return await regenerate_turn(state, message_id, user_id=user_id)
+        return await regenerate_turn(state, message_id, body, user_id=user_id)
 
     return await _accept(request, build, bodiless=True)
 
