@@ -30,6 +30,7 @@ from app.http.auth.redact import install_access_log_redaction
 from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
 from app.http.routes import (
+    agent_models,
     budgets,
     catalog,
     conversations,
@@ -211,6 +212,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *catalog.routes,
             *costs.routes,
             *models.routes,
+            *agent_models.routes,
             *health.routes,
             *me.routes,
             *budgets.routes,

@@ -30,10 +30,19 @@ class AllowedModel:
     info: ModelInfo | None  # None: not in the catalog (any more, or it is unavailable)
     default: bool
 
+    def usable(self, catalog: CatalogView) -> bool:
+        """Whether a turn may choose it: the agent's own model always (as before choices
+        existed), another while the catalog lists it (or cannot say)."""
+        return self.default or self.info is not None or not catalog.available
+
     def warning(self, catalog: CatalogView) -> str | None:
-        if self.info is None and catalog.available:
-            return f"{self.id} is not in OpenRouter's model catalog: turns cannot use it"
-        return None
+        if self.info is not None or not catalog.available:
+            return None
+        if self.default:
+            return (
+                f"{self.id} is not in OpenRouter's model catalog: its price and context are unknown"
+            )
+        return f"{self.id} is not in OpenRouter's model catalog (any more): turns cannot use it"
 
 
 def allowed_models(agent: AgentConfig, *, model: str, catalog: CatalogView) -> list[AllowedModel]:
@@ -101,9 +110,7 @@ def choose(
     for a model that does not take `reasoning`)."""
     model = agent.effective_model(default_model)
     allowed = allowed_models(agent, model=model, catalog=catalog)
-    usable = {entry.id: entry for entry in allowed if entry.default or entry.info is not None}
-    if not catalog.available:
-        usable = {entry.id: entry for entry in allowed}  # nothing to check against
+    usable = {entry.id: entry for entry in allowed if entry.usable(catalog)}
     if requested is not None:
         entry = usable.get(requested)
         if entry is None:

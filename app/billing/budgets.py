@@ -307,6 +307,28 @@ class SpendControl:
             },
         )
 
+    async def headroom(self, user_id: str) -> list[tuple[str, int, int]]:
+        """What is left of each budget that applies to the user now: (scope, limit, left) in
+        pico-dollars, scope `daily`, `monthly` or `global`; [] when none applies. What the
+        model list's `affordable` is read against (reading, not reserving: a turn is still
+        checked and reserved on its own)."""
+        limits = await self.limits_for(user_id)
+        if not limits.budgeted:
+            return []
+        periods = Periods.at(self.clock())
+        usage = await self._store.budgets.usage(
+            user_id=user_id, day=periods.day, month=periods.month
+        )
+        left = []
+        if limits.daily is not None:
+            left.append(("daily", limits.daily, usage.day_spent + usage.day_reserved))
+        if limits.monthly is not None:
+            left.append(("monthly", limits.monthly, usage.month_spent + usage.month_reserved))
+        if limits.global_daily is not None:
+            spent, reserved = await self._store.budgets.global_usage(day=periods.day)
+            left.append(("global", limits.global_daily, spent + reserved))
+        return [(scope, limit, limit - counted) for scope, limit, counted in left]
+
     async def usage(self, user_id: str) -> dict[str, Any]:
         """`GET /api/me/usage`: today's and this month's spend, reservations, limits, resets."""
         limits = await self.limits_for(user_id)

@@ -42,12 +42,11 @@ class HistoryNote:
         return {"sent": self.sent, "left_out": self.left_out}
 
 
-def reply_allowance(request: RunRequest) -> int:
+def reply_allowance(max_tokens: int, reasoning: dict[str, Any] | None) -> int:
     """The window's tokens a request keeps for its answer: `max_tokens`, and the reasoning
     budget too when one is set in tokens (counted apart, as some providers do)."""
-    reasoning = request.reasoning or {}
-    budget = reasoning.get("max_tokens")
-    return request.max_tokens + (budget if isinstance(budget, int) else 0)
+    budget = (reasoning or {}).get("max_tokens")
+    return max_tokens + (budget if isinstance(budget, int) else 0)
 
 
 def kept_from(
@@ -83,7 +82,8 @@ def fit(
     message_too_long_for_model when that alone does not fit."""
     if window is None:
         return replace(request, messages=compose(history)), None
-    room = window - reply_allowance(request) - prompt_token_bound(request.upstream_body())
+    allowance = reply_allowance(request.max_tokens, request.reasoning)
+    room = window - allowance - prompt_token_bound(request.upstream_body())
     if room < 0:
         raise ApiError(
             422,

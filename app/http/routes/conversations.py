@@ -45,6 +45,9 @@ def _conversation(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "title": row["title"],
         "agent": row["agent"],
+        # Its last turn's model: the next turn's unless that one names another (null: the
+        # agent's default).
+        "model": row["model"],
         "subject_conversation_id": row["subject_conversation_id"],
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
