@@ -109,7 +109,9 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         remembered = conversation["model"]
     choice = await _choice(state, "chat", body, remembered=remembered)
     if leaf is not None:
-        history = await state.store.replies.history(leaf_id=leaf, limit=agent.history_messages)
+        history = await state.store.replies.history(
+            leaf_id=leaf, limit=agent.history_messages, max_chars=choice.context_length
+        )
     return Turn(
         user_id=user_id,
         agent="chat",
@@ -154,7 +156,9 @@ async def _branch_turn(
     message's path, whichever branch the conversation shows."""
     agent = state.agents.effective(conversation["agent"])
     choice = await _choice(state, conversation["agent"], body, remembered=conversation["model"])
-    history = await state.store.replies.history(leaf_id=parent_id, limit=agent.history_messages)
+    history = await state.store.replies.history(
+        leaf_id=parent_id, limit=agent.history_messages, max_chars=choice.context_length
+    )
     return Turn(
         user_id=conversation["user_id"],
         agent=conversation["agent"],
@@ -214,7 +218,9 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
         )
         # What the conversation shows: the branch the person is looking at.
         transcript = await state.store.replies.history(
-            leaf_id=subject["active_leaf_id"], limit=agent.history_messages
+            leaf_id=subject["active_leaf_id"],
+            limit=agent.history_messages,
+            max_chars=choice.context_length,
         )
         subject = subject["id"]
     if context is None and question is None and subject is None:
