@@ -283,6 +283,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         "requested_model": choice.model,
         "temperature": agent.temperature,
         "subject_conversation_id": turn.subject_conversation_id,
+        "history": None if note is None else note.to_json(),
     }
     request = replace(
         request,
@@ -292,7 +293,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         # A chat's first reply gets it a title (see `app/replies/titles.py`); a coach call's
         # conversation is never listed, so titling it would be money for nothing.
         wants_title=ids.new_conversation and turn.agent == "chat",
-        history=None if note is None else note.to_json(),
+        history=rows["history"],
     )
     return request, rows
 

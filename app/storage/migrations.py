@@ -491,7 +491,8 @@ def _generations_by_user(dialect: sa.engine.Dialect) -> list[str]:
 
 def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
     """The model each conversation last used, so its next turn uses it again (a user's choice
-    is per conversation), and the models an agent's run-time override lets users choose.
+    is per conversation), the models an agent's run-time override lets users choose, and what
+    a reply's history left out to fit its model.
 
     Conversations already there get the model their latest reply asked for (the agent's model
     then): plain SQL that SQLite and PostgreSQL read alike. One with no reply keeps null, which
@@ -499,6 +500,8 @@ def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
     return [
         "ALTER TABLE conversations ADD COLUMN model VARCHAR(200)",
         "ALTER TABLE agent_overrides ADD COLUMN allowed_models TEXT",
+        # A reply whose history was cut to fit its model's window says so, on replay too.
+        "ALTER TABLE messages ADD COLUMN history TEXT",
         "UPDATE conversations SET model = (SELECT m.requested_model FROM messages m"
         " WHERE m.conversation_id = conversations.id AND m.role = 'assistant'"
         " AND m.requested_model IS NOT NULL ORDER BY m.seq DESC LIMIT 1)",

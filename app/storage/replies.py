@@ -62,6 +62,7 @@ NEW_MESSAGE = messages.insert().values(
         "created_at",
         "updated_at",
         "parent_id",
+        "history",
     ),
 )
 CHECKPOINT_MESSAGE = (
@@ -348,6 +349,7 @@ class Replies:
         requested_model: str,
         temperature: float,
         subject_conversation_id: str | None = None,
+        history: dict[str, int] | None = None,
         claim: Step | None = None,
         reservation: Sequence[Step] = (),
     ) -> None:
@@ -357,7 +359,8 @@ class Replies:
         budget reservation, see `budgets`), so if either fails or is refused, nothing of the
         turn is written. `user_content` None: a regenerated reply, under the user message
         `ids.user_message_id` already there. The conversation keeps `requested_model` as its
-        model (the next turn's, unless that one names another)."""
+        model (the next turn's, unless that one names another). `history`: what the reply's
+        history left out to fit its model's window, kept with the reply."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -407,6 +410,7 @@ class Replies:
                         "requested_model": None,
                         "temperature": None,
                         "event_lengths": None,
+                        "history": None,
                     },
                 )
             )
@@ -428,6 +432,7 @@ class Replies:
                         "requested_model": requested_model,
                         "temperature": temperature,
                         "event_lengths": "[]",
+                        "history": None if history is None else json.dumps(history),
                     },
                 ),
             ]

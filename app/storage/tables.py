@@ -76,6 +76,8 @@ messages = sa.Table(
     # never shown), and the citations (`annotation` events' payloads).
     sa.Column("reasoning_details", sa.Text),
     sa.Column("annotations", sa.Text),
+    # JSON {"sent", "left_out"}: a reply whose history was cut to fit its model's window.
+    sa.Column("history", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The message this one follows in the conversation's tree; None for a first message.

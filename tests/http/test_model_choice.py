@@ -264,6 +264,11 @@ def test_a_200_turn_conversation_of_long_messages_on_a_4k_model_never_fails(
             history = sent["messages"][1:-1]
             assert history == [] or history[0]["role"] == "user"
             notes.append(events[0].data.get("history"))
+        # Kept with the reply: the conversation and a replay from the database say it too.
+        shown = http.get(f"/api/conversations/{conversation}").json()["messages"]
+        assert shown[-1]["history"] == notes[-1] and shown[1]["history"] is None
+        replayed = read_sse(http, "GET", response.json()["stream_url"])
+        assert replayed[0].data["history"] == notes[-1]
     # Early turns send everything; later ones leave the oldest out, and say so.
     assert notes[0] is None and notes[1] is None
     late = notes[-1]

@@ -78,6 +78,8 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
         "requested_model": row["requested_model"],
         "temperature": row["temperature"],
         "finish_reason": row["finish_reason"],
+        # {"sent", "left_out"}: earlier messages were left out to fit the model's window.
+        "history": None if row["history"] is None else json.loads(row["history"]),
         "usage": {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
