@@ -22,11 +22,12 @@ from starlette.middleware import Middleware
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import Clock, SpendControl, utc_now
+from app.core.redact import install_access_log_redaction
+from app.core.stages import StageProbe, StartMarks
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
-from app.http.auth.redact import install_access_log_redaction
 from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
 from app.http.routes import (
@@ -43,16 +44,15 @@ from app.http.routes import (
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
+from app.http.state import AppState
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import ReplyLog, RequestLog, configure_logging
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
-from app.ops.stages import StageProbe, StartMarks
 from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
 from app.replies.signals import Signals
 from app.settings import ConfigError, Settings, load_settings, refuse_to_start
-from app.state import AppState
 from app.storage.database import connect_database, is_sqlite
 from app.storage.migrations import MigrationsPending, migrate, require_migrated
 from app.storage.store import Store

@@ -17,7 +17,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.upstream.model_id import ModelId
+from app.core.model_id import ModelId
 
 ORIGIN = re.compile(r"^https?://[^/\s]+$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
@@ -193,7 +193,7 @@ class Settings(DatabaseSettings):
     # unset: /metrics answers 404, as if it did not exist.
     metrics_token: SecretStr | None = None
     # Time each turn's way to its first token, stage by stage, for `bench --stages`
-    # (app/ops/stages.py; read at GET /api/admin/stages). Off: no cost but a check per stage.
+    # (app/core/stages.py; read at GET /api/admin/stages). Off: no cost but a check per stage.
     stage_probe: bool = False
     # json: one JSON object per log line. None: json in production, text otherwise.
     log_format: Literal["json", "text"] | None = None

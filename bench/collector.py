@@ -36,7 +36,7 @@ GENERATIONS = ("young", "middle", "full")
 def serve() -> int:
     """Run `python -m app serve`, timing each collection (totals since start-up, and the
     longest since the last report)."""
-    from app.cli import main
+    from app.commands.cli import main
 
     counts, seconds, longest = [0, 0, 0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
     started = 0.0

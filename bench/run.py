@@ -350,7 +350,7 @@ class Result:
     peak_rss_kb: int
     driver_cpu: float
     ttfr: list[float] = dataclasses.field(default_factory=list)  # first reasoning (--reasoning)
-    # --stages: the server's own timing of each stage to the first delta, ms (app/ops/stages.py)
+    # --stages: the server's own timing of each stage to the first delta, ms (app/core/stages.py)
     stages: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
@@ -603,7 +603,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--stages",
         action="store_true",
         help="ours (and variants) with STAGE_PROBE on: where the first token's time goes, "
-        "stage by stage (app/ops/stages.py)",
+        "stage by stage (app/core/stages.py)",
     )
     parser.add_argument(
         "--variants",
@@ -865,40 +865,6 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                 )
             )
     return verdicts
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # A plain SIGTERM would skip the `finally` that stops the servers this run started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    features = f"profile {args.profile}" if args.profile else f"auth {'on' if args.auth else 'off'}"
-    print(
-        f"bench: levels {args.levels}, {args.tokens} tokens {1000 * args.delay:.0f} ms apart, "
-        f"{args.rounds} x {args.duration:.0f} s per measurement, "
-        f"{features}; machine: {os.cpu_count()} cores, "
-        f"{_cpu_model()}, Python {sys.version.split()[0]}",
-        flush=True,
-    )
-    if args.profile == "production":
-        from bench import production  # it imports this module
-
-        verdicts = asyncio.run(production.main_async(args))
-    elif args.processes == 2:
-        from bench import scale_out  # it imports this module
-
-        print("\n".join(asyncio.run(scale_out.main_async(args))))
-        return 0
-    else:
-        verdicts = asyncio.run(main_async(args))
-    print("\nbudget:")
-    for line in verdicts:
-        print(line)
-    failed = any(line.startswith("FAIL") for line in verdicts)
-    return 1 if failed and args.strict else 0
 
 
 def _cpu_model() -> str:

@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.model_id import ModelId, check_model_id
 from app.settings import ConfigError
-from app.upstream.model_id import ModelId, check_model_id
 
 REQUIRED_AGENTS = ("chat", "coach")
 

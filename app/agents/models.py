@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.agents.config import EVERY_PRICED_MODEL, AgentConfig, ReasoningConfig
+from app.core.model_id import check_model_id
 from app.errors import ApiError
-from app.upstream.model_id import check_model_id
 from app.upstream.models_catalog import CatalogView, ModelInfo
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")

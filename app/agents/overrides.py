@@ -18,9 +18,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from app.agents.config import AgentConfig, AllowedModels, ReasoningConfig
+from app.core.model_id import ModelId
 from app.errors import ApiError
 from app.storage.store import Store
-from app.upstream.model_id import ModelId
 from app.upstream.models_catalog import CatalogView
 
 

@@ -33,9 +33,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from app.billing.money import PICOS, from_picos, to_picos, usd
+from app.core.money import PICOS, from_picos, to_picos, usd
+from app.core.run_request import RunRequest
 from app.errors import ApiError
-from app.replies.runs import RunRequest
 from app.settings import Settings
 from app.storage.budgets import Limits, Usage
 from app.storage.store import Store

@@ -12,8 +12,8 @@ import logging
 import time
 from typing import Any
 
-from app.billing.money import parse_amount
-from app.replies.states import CostSource
+from app.core.money import parse_amount
+from app.core.states import CostSource
 from app.upstream.openrouter import OpenRouterClient, UpstreamError, token_count
 
 log = logging.getLogger(__name__)

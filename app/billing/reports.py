@@ -46,8 +46,8 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from app.billing.money import PICOS
-from app.replies.states import CostSource, GenerationStatus
+from app.core.money import PICOS
+from app.core.states import CostSource, GenerationStatus
 from app.storage.tables import generations
 
 GROUPS = ("day", "model", "agent", "user")

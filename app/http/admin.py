@@ -15,7 +15,7 @@ from starlette.requests import Request
 from app.errors import ApiError
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
-from app.state import app_state
+from app.http.state import app_state
 
 
 async def require_admin(request: Request) -> None:

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 
+from app.core.stages import StageProbe
 from app.errors import ApiError
-from app.ops.stages import StageProbe
+from app.http.state import AppState
 from app.replies.events import LogEvent
 from app.replies.registry import Runs
-from app.state import AppState
 
 # What keeps Heroku-like routers and nginx from holding the stream back.
 STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}

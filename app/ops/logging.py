@@ -29,12 +29,12 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.auth.redact import redact
-from app.replies.states import CostSource
+from app.core.redact import redact
+from app.core.states import CostSource
 from app.storage.tables import now
 
 if TYPE_CHECKING:
-    from app.replies.runs import Run
+    from app.ops.observed import ObservedReply
     from app.storage.ledger import LateCost
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -165,10 +165,10 @@ class ReplyLog:
     """A reply observer (app/replies/registry.py): one line when a reply has ended, and one
     when a cost it ended without is learnt (a stopped or interrupted reply's, say)."""
 
-    def reply_started(self, run: Run) -> None:
+    def reply_started(self, run: ObservedReply) -> None:
         pass  # the request's own line says a turn was asked for
 
-    def reply_ended(self, run: Run) -> None:
+    def reply_ended(self, run: ObservedReply) -> None:
         records = run.records
         known = [r.cost for r in records if r.cost is not None]
         first = next((r.first_token_at for r in records if r.first_token_at), None)

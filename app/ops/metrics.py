@@ -36,12 +36,12 @@ import sqlalchemy as sa
 from databases import Database
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.replies.states import CostSource, GenerationStatus
+from app.core.states import CostSource, GenerationStatus
 from app.storage.tables import generations, now
 from app.storage.writer import Writer
 
 if TYPE_CHECKING:
-    from app.replies.runs import Run
+    from app.ops.observed import ObservedReply
     from app.storage.ledger import LateCost
 
 OTHER = "other"
@@ -135,10 +135,10 @@ class Metrics:
 
     # -- a reply's two points ---------------------------------------------------------------------
 
-    def reply_started(self, run: Run) -> None:
+    def reply_started(self, run: ObservedReply) -> None:
         self.replies_started.labels(run.request.agent).inc()
 
-    def reply_ended(self, run: Run) -> None:
+    def reply_ended(self, run: ObservedReply) -> None:
         agent, records = run.request.agent, run.records
         self.replies_ended.labels(agent, run.status).inc()
         self.duration.labels(agent, run.status).observe((now() - run.created_at).total_seconds())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.billing.money import parse_amount
+from app.core.money import parse_amount
 from app.upstream.openrouter import OpenRouterClient, UpstreamError, UpstreamStatusError
 
 log = logging.getLogger(__name__)

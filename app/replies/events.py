@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.billing.money import usd
-from app.replies.states import MessageStatus
+from app.core.money import usd
+from app.core.states import MessageStatus
 
 # Which final event each ending of an assistant message ends with.
 FINAL_STATUSES = {

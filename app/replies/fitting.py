@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from app.billing.budgets import message_token_bound, prompt_token_bound
+from app.core.run_request import RunRequest
 from app.errors import ApiError
-from app.replies.runs import RunRequest
 
 # The shape of what is sent: the request's messages given the history kept (oldest first).
 Compose = Callable[[Sequence[dict[str, Any]]], list[dict[str, Any]]]

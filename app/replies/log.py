@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from app.replies.events import LogEvent
 
-if TYPE_CHECKING:
-    from app.replies.redis_log import Feed
+
+class Feed(Protocol):
+    """Where the log's new events go to other processes (`redis_log.Feed`): named here by
+    what the log calls, so the log knows nothing of Redis and imports nothing above it."""
+
+    def queue(self) -> None: ...
 
 
 class ReplyLog:

@@ -9,10 +9,11 @@ from typing import Any, Protocol
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.run_request import RunRequest
+from app.core.states import MessageStatus
 from app.replies.recovery import Recovery
 from app.replies.redis_log import Outbox
-from app.replies.runs import Run, RunRequest
-from app.replies.states import MessageStatus
+from app.replies.runs import Run
 from app.replies.titles import AGENT as TITLER
 from app.replies.titles import Titler
 from app.settings import Settings

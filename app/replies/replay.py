@@ -12,9 +12,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from app.billing.money import from_picos
+from app.core.money import from_picos
+from app.core.states import MessageStatus
 from app.replies.events import LogEvent, final_event, meta_payload
-from app.replies.states import MessageStatus
 from app.storage.store import Store
 
 

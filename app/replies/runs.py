@@ -22,15 +22,15 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.ops.stages import Stage, mark
+from app.core.run_request import RunRequest
+from app.core.stages import Stage, mark
+from app.core.states import CostSource, GenerationStatus, MessageStatus
 from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
-from app.replies.states import CostSource, GenerationStatus, MessageStatus
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
@@ -50,44 +50,6 @@ from app.upstream.openrouter import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """Everything a run needs to call upstream, resolved before the run starts."""
-
-    message_id: str
-    conversation_id: str
-    user_message_id: str
-    user_id: str
-    agent: str
-    model: str
-    fallback_models: tuple[str, ...]
-    temperature: float
-    max_tokens: int
-    messages: list[dict[str, Any]]
-    stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
-    reasoning: dict[str, Any] | None = None  # OpenRouter's `reasoning` object, as the agent says
-    wants_title: bool = False  # the first reply of a chat: the titler names it once it is over
-    # {"sent", "left_out"} when history was left out to fit the model's window (for `meta`).
-    history: dict[str, int] | None = None
-
-    def upstream_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "user": self.user_id,
-            # No middle-out: the history is fitted here (app/replies/fitting.py), so what is
-            # sent is what `meta` says was sent.
-            "transforms": [],
-        }
-        if self.fallback_models:
-            body["models"] = [self.model, *self.fallback_models]
-        if self.reasoning:
-            body["reasoning"] = self.reasoning
-        return body
 
 
 def record_usage(record: GenerationRecord, usage: Usage) -> None:

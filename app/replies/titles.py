@@ -24,9 +24,10 @@ from typing import Any
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.run_request import RunRequest
+from app.core.states import CostSource, GenerationStatus
 from app.errors import ApiError
-from app.replies.runs import RunRequest, record_usage
-from app.replies.states import CostSource, GenerationStatus
+from app.replies.runs import record_usage
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store

@@ -40,7 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from app.replies.states import CostSource, GenerationStatus, MessageStatus
+from app.core.states import CostSource, GenerationStatus, MessageStatus
 from app.storage.tables import (
     budget_overrides,
     budget_reservations,

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.sql.dml import Insert
 
-from app.billing.money import to_picos
-from app.replies.states import CostSource, GenerationStatus
+from app.core.money import to_picos
+from app.core.states import CostSource, GenerationStatus
 from app.storage.tables import conversations, generations
 from app.storage.writer import Step, Writer, binds
 

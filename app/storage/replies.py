@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
-from app.replies.states import MessageStatus
+from app.core.states import MessageStatus
 from app.storage.conversations import (
     NEW_CONVERSATION,
     TOUCH_CONVERSATION,

@@ -23,7 +23,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
 
-from app.billing.money import parse_amount
+from app.core.money import parse_amount
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient, UpstreamError
 

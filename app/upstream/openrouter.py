@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from app.billing.money import parse_amount
-from app.ops.stages import Stage, mark
+from app.core.money import parse_amount
+from app.core.stages import Stage, mark
 from app.upstream.pool import ClientPool
 
 log = logging.getLogger(__name__)

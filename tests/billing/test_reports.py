@@ -23,8 +23,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from app.billing.money import PICOS
 from app.billing.reports import MEASURES, ReportRange, report_query
+from app.core.money import PICOS
 from app.dev.simulator import Behaviour
 from app.storage.database import is_sqlite, open_database
 from app.storage.tables import conversations, generations

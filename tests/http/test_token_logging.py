@@ -12,8 +12,8 @@ import logging
 import httpx
 from uvicorn.config import LOGGING_CONFIG
 
+from app.core.redact import redact
 from app.dev.threaded_server import ThreadedServer
-from app.http.auth.redact import redact
 from app.http.auth.stream_tokens import StreamTokens, derive_key
 from app.main import create_app
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token

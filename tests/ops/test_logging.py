@@ -13,9 +13,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from app.core.redact import redact
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import free_port
-from app.http.auth.redact import redact
 from app.ops.logging import valid_request_id
 from tests.support import read_sse, serve_env, wait_until_serving
 

@@ -1,4 +1,4 @@
-"""The stage probe (STAGE_PROBE, app/ops/stages.py): a real turn through uvicorn, timed from
+"""The stage probe (STAGE_PROBE, app/core/stages.py): a real turn through uvicorn, timed from
 its request to its first delta on the client's connection, stage by stage, read back at
 `/api/admin/stages`."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.billing.money import to_picos
+from app.core.money import to_picos
 from app.dev.simulator import Behaviour
 from tests.support import SSE, content_of, read_sse, reply_row, settled_generations
 

@@ -9,11 +9,11 @@ from functools import partial
 import pytest
 
 from app.billing.budgets import message_token_bound, prompt_token_bound
+from app.core.run_request import RunRequest
 from app.errors import ApiError
+from app.http.turns import _coach_message
 from app.replies import fitting
 from app.replies.fitting import HistoryNote, fit, kept_from, reply_allowance
-from app.replies.runs import RunRequest
-from app.replies.turns import _coach_message
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 

@@ -25,11 +25,12 @@ from httpx_sse import EventSource
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl, utc_now
+from app.core.run_request import RunRequest
 from app.dev.simulator import Behaviour, Generation
 from app.dev.threaded_server import free_port
 from app.replies.registry import Runs
 from app.replies.replay import StoredReply
-from app.replies.runs import Run, RunRequest
+from app.replies.runs import Run
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord, Ledger
 from app.storage.replies import Replies, TurnIds

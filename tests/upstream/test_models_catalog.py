@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from app.billing.money import parse_amount
+from app.core.money import parse_amount
 from app.dev.simulator_models import simulated_models
 from app.settings import DEFAULT_RECOMMENDED_MODELS
 from app.upstream.models_catalog import CAPABILITIES, parse_model, select_models

@@ -15,7 +15,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from app.http.auth.jwt_tokens import Caller
-from app.state import app_state
+from app.http.state import app_state
 
 __all__ = ["Caller", "bearer_token", "identify", "identify_from_query", "identify_stream"]
 

@@ -12,11 +12,11 @@ from starlette.routing import Route
 
 from app.agents.models import AllowedModel, ModelChoice, allowed_models, choose
 from app.billing.budgets import worst_case
-from app.billing.money import from_picos, usd
+from app.core.money import from_picos, usd
 from app.errors import ApiError
 from app.http.auth.identity import identify
+from app.http.state import AppState, app_state
 from app.replies.fitting import reply_allowance
-from app.state import AppState, app_state
 from app.upstream.models_catalog import CatalogView, select_models
 
 

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.billing.money import from_picos, parse_amount, to_picos, usd
+from app.core.money import from_picos, parse_amount, to_picos, usd
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.auth.identity import identify
 from app.http.input import json_body
-from app.state import app_state
+from app.http.state import app_state
 
 FIELDS = ("daily_usd", "monthly_usd")
 MAX_USER_ID = 64  # the width of every user_id column

@@ -15,7 +15,7 @@ from app.agents.overrides import allowed_json, check_against_catalog, parse_over
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.input import json_body
-from app.state import AppState, app_state
+from app.http.state import AppState, app_state
 from app.upstream.models_catalog import CatalogView
 
 

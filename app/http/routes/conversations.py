@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.billing.money import from_picos, usd
+from app.core.money import from_picos, usd
+from app.core.states import MessageStatus
 from app.errors import ApiError
 from app.http.auth.identity import identify
 from app.http.auth.jwt_tokens import MAX_USER_ID_CHARS, user_id_from
 from app.http.input import json_body, path_id, query_body
-from app.replies.states import MessageStatus
+from app.http.state import AppState, app_state
 from app.replies.titles import MAX_TITLE
-from app.state import AppState, app_state
 from app.storage.conversations import Position
 
 DEFAULT_PAGE = 50

@@ -35,7 +35,7 @@ from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.auth.identity import identify
 from app.http.routes.pages import STATIC_DIR
-from app.state import app_state
+from app.http.state import app_state
 
 DEFAULT_DAYS = 30
 FORMATS = ("json", "csv")

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from app.errors import ApiError, error_response
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
-from app.state import app_state
+from app.http.state import app_state
 from app.storage.migrations import pending_migrations
 
 log = logging.getLogger(__name__)

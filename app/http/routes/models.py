@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.errors import ApiError
-from app.state import app_state
+from app.http.state import app_state
 from app.upstream.models_catalog import CAPABILITIES, SORTS, select_models
 
 

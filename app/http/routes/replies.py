@@ -14,16 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.core.stages import Stage, mark
+from app.core.states import MessageStatus
 from app.errors import ApiError
 from app.http.auth.identity import Caller, identify, identify_from_query, identify_stream
 from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
 from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
-from app.ops.stages import Stage, mark
-from app.replies.events import LogEvent
-from app.replies.follow import ReplySource, find_reply, live_run
-from app.replies.runs import Run
-from app.replies.states import MessageStatus
-from app.replies.turns import (
+from app.http.state import AppState, app_state
+from app.http.turns import (
     Turn,
     chat_turn,
     claim_run,
@@ -32,7 +30,9 @@ from app.replies.turns import (
     regenerate_turn,
     start_run,
 )
-from app.state import AppState, app_state
+from app.replies.events import LogEvent
+from app.replies.follow import ReplySource, find_reply, live_run
+from app.replies.runs import Run
 
 # What keeps a slow `"stream": false` answer's connection alive: JSON allows whitespace before
 # its value, so the body still parses.

@@ -1,4 +1,4 @@
-"""`/api/admin/stages`: the stage probe's samples (STAGE_PROBE, app/ops/stages.py), for
+"""`/api/admin/stages`: the stage probe's samples (STAGE_PROBE, app/core/stages.py), for
 `python -m bench --stages`. Admins only; 404 when the probe is off, as if it did not exist."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.core.stages import StageProbe
 from app.errors import ApiError
 from app.http.admin import require_admin
-from app.ops.stages import StageProbe
-from app.state import app_state
+from app.http.state import app_state
 
 
 async def _probe(request: Request) -> StageProbe:

@@ -15,13 +15,14 @@ from typing import Any
 
 from app.agents.models import ModelChoice, choose, requested_effort, requested_model
 from app.billing.budgets import Reservation
+from app.core.run_request import RunRequest
+from app.core.stages import Stage, mark
 from app.errors import ApiError
 from app.http.input import optional_text, stream_flag, valid_id
-from app.ops.stages import Stage, mark
+from app.http.state import AppState
 from app.replies.fitting import fit
-from app.replies.runs import Run, RunRequest
+from app.replies.runs import Run
 from app.replies.titles import first_words
-from app.state import AppState
 from app.storage.replies import TurnIds
 from app.storage.writer import WriteRefused
 

@@ -9,11 +9,11 @@ from starlette.requests import Request
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.stages import StageProbe
 from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
-from app.ops.stages import StageProbe
 from app.replies.redis_log import ReplyStreams
 from app.replies.registry import Runs
 from app.replies.signals import Signals

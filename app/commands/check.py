@@ -24,8 +24,8 @@ import httpx
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.costs import find_cost
+from app.core.states import CostSource, GenerationStatus
 from app.ops.readiness import check_key
-from app.replies.states import CostSource, GenerationStatus
 from app.settings import Settings
 from app.storage.database import connect_database, is_sqlite
 from app.storage.ledger import GenerationRecord

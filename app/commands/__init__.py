@@ -1,0 +1,1 @@
+"""`python -m app [serve|migrate|check]`: the process entry points, above everything they start."""
