@@ -28,9 +28,9 @@ from typing import Any
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
 from app.core.states import CostSource, GenerationStatus, MessageStatus
-from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
+from app.replies.wire import Event, LogEvent, event_lengths, final_event, meta_payload
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
@@ -123,7 +123,7 @@ class Run:
         self._unsaved: Coroutine[Any, Any, None] | None = None  # that write, not yet begun
         self._save_begun: asyncio.Future[None] | None = None
         self.log.append(
-            "meta",
+            Event.META,
             meta_payload(
                 conversation_id=request.conversation_id,
                 message_id=request.message_id,
@@ -199,17 +199,8 @@ class Run:
 
     def event_lengths(self) -> list[int]:
         """What `messages.event_lengths` records: the events in the order streamed, read off
-        the log at checkpoints, so streaming a token costs no more than its two appends."""
-        parts, thoughts = iter(self.parts), iter(self.thoughts)
-        lengths = []
-        for event in self.log.events:
-            if event.event == "delta":
-                lengths.append(len(next(parts)))
-            elif event.event == "reasoning":
-                lengths.append(-len(next(thoughts)))
-            elif event.event == "annotation":
-                lengths.append(0)
-        return lengths
+        the log at checkpoints (`wire.event_lengths`)."""
+        return event_lengths(self.log.events, self.parts, self.thoughts)
 
     # -- ending it from outside -------------------------------------------------------------------
 
@@ -312,7 +303,7 @@ class Run:
                         record.first_token_at = now()
                         mark(Stage.FIRST_DELTA)
                     self.parts.append(event.content)
-                    self.log.append("delta", {"content": event.content})
+                    self.log.append(Event.DELTA, {"content": event.content})
                     if (
                         time.monotonic() - self._last_checkpoint
                         >= self._settings.checkpoint_interval
@@ -323,7 +314,7 @@ class Run:
                         if not self.thoughts:
                             record.first_reasoning_at = now()
                         self.thoughts.append(event.text)
-                        self.log.append("reasoning", {"content": event.text})
+                        self.log.append(Event.REASONING, {"content": event.text})
                     if event.details:
                         self.details.extend(event.details)
                     if (
@@ -367,7 +358,7 @@ class Run:
     def _cite(self, citation: Citation) -> None:
         payload = citation.to_json()
         self.citations.append(payload)
-        self.log.append("annotation", payload)
+        self.log.append(Event.ANNOTATION, payload)
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
         self._save_now()  # no first token to hurry: written alongside the whole call
@@ -375,12 +366,12 @@ class Run:
             if isinstance(event, Delta):
                 record.first_token_at = now()
                 self.parts.append(event.content)
-                self.log.append("delta", {"content": event.content})
+                self.log.append(Event.DELTA, {"content": event.content})
             elif isinstance(event, Reasoning):
                 if event.text:
                     record.first_reasoning_at = now()
                     self.thoughts.append(event.text)
-                    self.log.append("reasoning", {"content": event.text})
+                    self.log.append(Event.REASONING, {"content": event.text})
                 self.details.extend(event.details)
             elif isinstance(event, Citation):
                 self._cite(event)

@@ -30,9 +30,9 @@ from app.http.turns import (
     regenerate_turn,
     start_run,
 )
-from app.replies.events import LogEvent
 from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
+from app.replies.wire import LogEvent, final_body, succeeded
 
 # What keeps a slow `"stream": false` answer's connection alive: JSON allows whitespace before
 # its value, so the body still parses.
@@ -60,13 +60,6 @@ async def _whole_reply(source: ReplySource) -> list[LogEvent]:
     return events
 
 
-def _final_body(events: list[LogEvent]) -> dict[str, Any]:
-    """A `"stream": false` answer: the `meta` and final event's fields, and the content (an
-    error's `status` and `code` among them)."""
-    content = "".join(event.payload["content"] for event in events if event.event == "delta")
-    return {**events[0].payload, **events[-1].payload, "content": content}
-
-
 async def _final_json(state: AppState, source: ReplySource) -> Response:
     """The reply as one JSON answer: at once if it is over within NONSTREAM_KEEPALIVE_AFTER
     seconds (a 502 if it failed); else a 200 committed then, kept alive with whitespace (legal
@@ -79,9 +72,7 @@ async def _final_json(state: AppState, source: ReplySource) -> Response:
         raise
     if whole.done():
         events = whole.result()
-        return JSONResponse(
-            _final_body(events), status_code=200 if events[-1].event == "done" else 502
-        )
+        return JSONResponse(final_body(events), status_code=200 if succeeded(events) else 502)
     return StreamingResponse(
         _kept_alive(whole, interval=state.settings.ping_interval),
         media_type="application/json",
@@ -96,7 +87,7 @@ async def _kept_alive(
         yield KEEPALIVE
         while not (await asyncio.wait([whole], timeout=interval))[0]:
             yield KEEPALIVE
-        yield JSONResponse(_final_body(whole.result())).body
+        yield JSONResponse(final_body(whole.result())).body
     finally:
         # Over already, unless the client left: then stop following (the run goes on).
         whole.cancel()
