@@ -41,7 +41,9 @@ from app.core.states import MessageStatus
 
 
 class Event(StrEnum):
-    META = "meta"  # the turn is saved: its ids, the agent and the model asked for
+    # The turn is saved: its ids, the agent, the model asked for, and what history was left
+    # out to fit that model's window, if any.
+    META = "meta"
     REASONING = "reasoning"  # `{"content"}`: the model's thinking, one per upstream delta
     DELTA = "delta"  # `{"content"}`: the answer, one per upstream content delta
     ANNOTATION = "annotation"  # a citation (`url_citation`): `Citation.to_json`
