@@ -49,6 +49,7 @@ def _entry(
     allowed: AllowedModel,
     view: CatalogView,
     headroom: list[tuple[str, int, int]],
+    every: list[AllowedModel],
 ) -> dict[str, Any]:
     if allowed.info is None:
         described: dict[str, Any] = {
@@ -78,6 +79,7 @@ def _entry(
         default_model=state.settings.default_model,
         catalog=view,
         requested=allowed.id,
+        allowed=every,
     )
     worst = largest_turn(state, choice)
     over = None
@@ -137,7 +139,7 @@ async def agent_models(request: Request) -> Response:
             "default_model": default,
             "models_catalog": view.meta(),
             "budgeted": bool(headroom),
-            "models": [_entry(state, agent, entry, view, headroom) for entry in ordered],
+            "models": [_entry(state, agent, entry, view, headroom, allowed) for entry in ordered],
         }
     )
 
