@@ -112,6 +112,20 @@ def _unpriced(state: AppState, choice: ModelChoice) -> bool:
 
 
 async def agent_models(request: Request) -> Response:
+    """The models the caller may choose for the agent's turns, recommended first, each with its
+    prices, context, capabilities, the worst case of one turn and whether the caller's budgets
+    cover it (docs/models.md).
+    ---
+    responses:
+      200:
+        description: the agent's default model and the models the caller may choose
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [agent, default_model, budgeted, models]
+      404: unknown_agent
+    """
     state = app_state(request)
     caller = await identify(request)
     agent = request.path_params["agent"]
