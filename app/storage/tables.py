@@ -46,8 +46,37 @@ conversations = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The last message of the branch the conversation shows (see `app/storage/replies.py`).
     sa.Column("active_leaf_id", sa.String(36)),
+    # Its title is no longer the question's first words: the titler named it, or its user did
+    # (then the titler never will). Until then each complete chat reply asks for a title.
+    sa.Column("titled", sa.Boolean, nullable=False, server_default=sa.false()),
     # The model of its last turn: the next turn's, unless that one names another.
     sa.Column("model", sa.String(200)),
+)
+
+# A user's thumbs up (1) or down (-1) on a reply, with an optional comment: one per reply and
+# user, changed in place, removed on request or with the reply's conversation.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("message_id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("rating", sa.SmallInteger, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# A read-only link to a conversation's branch as it was when the link was made (`leaf_id`);
+# revoked links stay, with the time they were revoked, and answer as if they never were.
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(36), nullable=False, index=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("leaf_id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
 )
 
 messages = sa.Table(
@@ -117,6 +146,11 @@ generations = sa.Table(
     # Whose spend it is, written with the row (migration 11): the ledger outlives a deleted
     # conversation, and so does its user. None: spent for no user (`python -m app check`).
     sa.Column("user_id", sa.String(64)),
+    # A job's (migration 16): the service key that called `/v1/chat/completions` and the job
+    # tag it sent; when the process running it last said it is alive (a crash is told by it).
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("job", sa.String(100)),
+    sa.Column("touched_at", UTCDateTime),
 )
 
 model_catalog = sa.Table(
@@ -191,6 +225,36 @@ budget_overrides = sa.Table(
     sa.Column("monthly_overridden", sa.Boolean, nullable=False),
     sa.Column("monthly_picousd", sa.BigInteger),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# The host app's service keys (migration 16, app/jobs/keys.py): only a hash of each is kept.
+service_keys = sa.Table(
+    "service_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("label", sa.String(100), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),  # SHA-256 of the key, hex
+    sa.Column("hint", sa.String(16), nullable=False),  # the key's first characters, to tell it
+    sa.Column("models", sa.Text, nullable=False),  # JSON: a list of model ids, or "*"
+    sa.Column("daily_picousd", sa.BigInteger),
+    sa.Column("monthly_picousd", sa.BigInteger),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("concurrency", sa.Integer),
+    sa.Column("store_content", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+# What a job sent and got, kept only for a key with `store_content` (migration 16).
+job_contents = sa.Table(
+    "job_contents",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the job's (its generation row's message)
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),  # the request body, JSON
+    sa.Column("response", sa.Text, nullable=False),  # the answer: JSON, or a stream's data lines
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 

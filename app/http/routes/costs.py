@@ -2,7 +2,9 @@
 (the caller's own), and the admins' cost page at `/admin/costs`.
 
     ?from=YYYY-MM-DD&to=YYYY-MM-DD   days in UTC, both included (default: the last 30 days)
-    &group_by=day,model,agent,user   any of these, comma-separated, in that nesting (default: day);
+    &group_by=day,model,agent,user,key,job
+                                     any of these, comma-separated, in that nesting (default: day;
+                                     key and job: the host app's jobs, app/jobs/);
                                      or `generation`: one row per generation (CSV only)
     &format=json|csv                 CSV: RFC 4180, a header row, streamed, a dated file name
 
@@ -34,6 +36,7 @@ from app.billing.reports import (
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.auth.identity import identify
+from app.http.page_headers import page_headers
 from app.http.routes.pages import STATIC_DIR
 from app.http.state import app_state
 
@@ -200,7 +203,8 @@ async def costs_page(request: Request) -> Response:
     """
     # The page itself is public and holds no data: it asks for the admin token and sends it
     # with each API call, as a script would.
-    return FileResponse(STATIC_DIR / "costs.html", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", **page_headers(app_state(request).settings)}
+    return FileResponse(STATIC_DIR / "costs.html", headers=headers)
 
 
 routes = [
