@@ -20,6 +20,7 @@ from app.core.stages import Stage, mark
 from app.errors import ApiError
 from app.http.input import optional_text, stream_flag, valid_id
 from app.http.state import AppState
+from app.replies.breakpoints import with_breakpoints
 from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
@@ -272,6 +273,11 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         compose=turn.compose,
     )
     sent = request.messages[-1]["content"]  # the coach's: with the transcript that fitted
+    if choice.breakpoints:
+        # On what is sent, once: a chat goes on from its new message, a coach call never does.
+        request = replace(
+            request, messages=with_breakpoints(request.messages, continues=turn.render is None)
+        )
     ids = TurnIds.allocate(
         turn.conversation_id, parent_id=turn.parent_id, user_message_id=turn.answers
     )
@@ -295,6 +301,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         # conversation is never listed, so titling it would be money for nothing.
         wants_title=ids.new_conversation and turn.agent == "chat",
         history=rows["history"],
+        cache_prices=choice.cache_prices,
     )
     return request, rows
 

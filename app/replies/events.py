@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.core.money import usd
+from app.core.money import from_picos, usd
 from app.core.states import MessageStatus
 
 # Which final event each ending of an assistant message ends with.
@@ -87,6 +87,7 @@ def final_event(
     cost: Decimal | None,
     error_code: str | None,
     error_message: str | None,
+    cache_saved: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """(event name, payload) of a reply's last event; live runs and replays both use it."""
     if FINAL_STATUSES[status] == "done":
@@ -102,6 +103,9 @@ def final_event(
                 "reasoning_tokens": reasoning_tokens,  # counted in completion_tokens too
             },
             "cost_usd": usd(cost),
+            # What prompt caching saved on this reply (negative: a first write cost more than
+            # the reads saved); null when a cache was used and its prices are not known.
+            "cache_saved_usd": usd(from_picos(cache_saved)),
         }
     return "error", {
         "message_id": message_id,

@@ -21,10 +21,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from app.core.caching import CachePrices, cache_saved
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
 from app.core.states import CostSource, GenerationStatus, MessageStatus
@@ -52,8 +53,11 @@ from app.upstream.openrouter import (
 log = logging.getLogger(__name__)
 
 
-def record_usage(record: GenerationRecord, usage: Usage) -> None:
-    """A generation's usage chunk, into its cost row (the cost too, when it carries one)."""
+def record_usage(
+    record: GenerationRecord, usage: Usage, *, prices: Mapping[str, CachePrices] | None = None
+) -> None:
+    """A generation's usage chunk, into its cost row (the cost too, when it carries one), and
+    what caching saved on it, at the answering model's cache `prices` (by model id)."""
     record.prompt_tokens = usage.prompt_tokens
     record.completion_tokens = usage.completion_tokens
     record.reasoning_tokens = usage.reasoning_tokens
@@ -63,8 +67,19 @@ def record_usage(record: GenerationRecord, usage: Usage) -> None:
     record.upstream_cost = usage.upstream_cost
     record.model = usage.model or record.model
     record.generation_id = record.generation_id or usage.generation_id
+    record.cache_saved = cache_saved(
+        (prices or {}).get(record.model or record.requested_model),
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
     if usage.cost is not None:
         record.cost, record.cost_source = usage.cost, CostSource.USAGE
+
+
+def _known_sum(values: Iterable[int | None]) -> int | None:
+    """The sum of the known values (None: none is known)."""
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
 
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
@@ -94,6 +109,7 @@ class Run:
     ) -> None:
         self.request = request
         self.message_id = request.message_id
+        self._cache_prices = dict(request.cache_prices)
         self.created_at = now()  # a reply's duration and time to first token start here
         self._store = store
         self._client = client
@@ -397,7 +413,7 @@ class Run:
         record.generation_id = record.generation_id or finish.generation_id
 
     def _apply_usage(self, record: GenerationRecord, usage: Usage) -> None:
-        record_usage(record, usage)
+        record_usage(record, usage, prices=self._cache_prices)
         self._answering_model = usage.model or self._answering_model
 
     def _checkpoint_soon(self) -> None:
@@ -500,6 +516,7 @@ class Run:
             completion_tokens=sum(r.completion_tokens for r in self.records),
             reasoning_tokens=sum(r.reasoning_tokens for r in self.records),
             cost=sum(known, Decimal(0)) if known else None,
+            cache_saved=_known_sum(r.cache_saved for r in self.records),
             error_code=error.code if error else None,
             error_message=error.message if error else None,
         )
