@@ -139,10 +139,11 @@ def conversation_cost(
     `app/storage/conversations.py` for figures). One subquery with `conversation_id IN (the
     reviews)` OR'd in read all of `generations` on PostgreSQL. A coach call's cost is in its own
     conversation's total too: totals are per conversation, never to be added up across
-    conversations (sum `generations` for that).
+    conversations (sum `generations` for that). `measure` is the column summed:
+    `cache_saved_picousd` says what caching saved on the same generations.
     """
     own = (
-        sa.select(sa.func.sum(generations.c.cost_picousd))
+        sa.select(sa.func.sum(generations.c[measure]))
         .where(generations.c.conversation_id == conversation_id)
         .scalar_subquery()
     )
