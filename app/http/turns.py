@@ -274,9 +274,18 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     )
     sent = request.messages[-1]["content"]  # the coach's: with the transcript that fitted
     if choice.breakpoints:
-        # On what is sent, once: a chat goes on from its new message, a coach call never does.
+        # On what is sent, once. The history is whole when it starts at the conversation's
+        # first message: nothing left out to fit, fewer messages than the agent reads (at
+        # exactly as many, some may be left before them). A coach call is never sent again.
+        read = len(turn.history)
+        whole = turn.render is None and note is None and read < agent.history_messages
         request = replace(
-            request, messages=with_breakpoints(request.messages, continues=turn.render is None)
+            request,
+            messages=with_breakpoints(
+                request.messages,
+                reads=whole,
+                writes=whole and read + 2 < agent.history_messages,
+            ),
         )
     ids = TurnIds.allocate(
         turn.conversation_id, parent_id=turn.parent_id, user_message_id=turn.answers

@@ -7,10 +7,17 @@ at a tenth of the input price. A conversation's prefix is stable where it ends a
 
 1. the system prompt (every turn of the agent starts with it);
 2. the last message sent last turn: the user message the history's last reply answered. Last
-   turn marked it as (3), so this turn reads everything up to it from the cache;
-3. the new user message, when the conversation goes on from it (a chat; not the coach, whose
-   one user message holds the transcript it reviews, and is never sent again): the next turn
-   reads up to here, as (2).
+   turn marked it as (3), so this turn reads everything up to it from the cache: marked when
+   the history sent is whole (`reads`: it starts at the conversation's first message, as last
+   turn's did);
+3. the new user message, when the next turn will send this same prefix and read it as (2)
+   (`writes`: a chat whose history is whole and still will be with one more turn; not the
+   coach, whose one user message holds the transcript it reviews, and is never sent again).
+
+A breakpoint is a write as much as a read: one on a prefix nobody sends again costs 1.25x the
+input price on its tokens for nothing. So once a conversation's oldest turns start being left
+out (its `history_messages`, or its model's window), its prefix changes every turn, and only
+the system prompt is marked (docs/caching.md: what that costs, and the way out).
 
 So each turn reads the whole history but its last reply, and writes that reply and the new
 message (a write costs 1.25x the input price on Anthropic: a one-turn conversation pays a
@@ -37,7 +44,7 @@ MAX_BREAKPOINTS = 4  # Anthropic's limit per request
 MIN_CACHEABLE_TOKENS = 1024
 
 
-def breakpoint_indexes(messages: list[dict[str, Any]], *, continues: bool) -> list[int]:
+def breakpoint_indexes(messages: list[dict[str, Any]], *, reads: bool, writes: bool) -> list[int]:
     """The indexes of the messages to mark, in order (see the module doc)."""
     count = len(messages)
     if count == 0:
@@ -49,12 +56,14 @@ def breakpoint_indexes(messages: list[dict[str, Any]], *, continues: bool) -> li
     if system:
         wanted.append(system - 1)
     last = count - 1
-    previous = next(
-        (i for i in range(last - 1, system - 1, -1) if messages[i].get("role") == "user"), None
-    )
-    if previous is not None:
-        wanted.append(previous)
-    if continues:
+    if reads:
+        previous = next(
+            (i for i in range(last - 1, system - 1, -1) if messages[i].get("role") == "user"),
+            None,
+        )
+        if previous is not None:
+            wanted.append(previous)
+    if writes:
         wanted.append(last)
     if not wanted:
         return []
@@ -79,10 +88,12 @@ def marked(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "content": parts}
 
 
-def with_breakpoints(messages: list[dict[str, Any]], *, continues: bool) -> list[dict[str, Any]]:
+def with_breakpoints(
+    messages: list[dict[str, Any]], *, reads: bool, writes: bool
+) -> list[dict[str, Any]]:
     """A copy of `messages` with the turn's breakpoints marked (the messages not marked are the
     same objects: nothing is copied that does not change)."""
-    indexes = breakpoint_indexes(messages, continues=continues)
+    indexes = breakpoint_indexes(messages, reads=reads, writes=writes)
     if not indexes:
         return messages
     out = list(messages)

@@ -64,14 +64,14 @@ def user_message(turn: int) -> str:
     )
 
 
-def agents_file(tmp_path: Path, *, model: str = SONNET, extra: str = "") -> str:
+def agents_file(tmp_path: Path, *, model: str = SONNET, extra: str = "", history: int = 80) -> str:
     path = tmp_path / "agents.toml"
     path.write_text(
         f"""
 [chat]
 model = "{model}"
 max_tokens = 400
-history_messages = 60
+history_messages = {history}
 system_prompt = \"\"\"{SYSTEM_PROMPT}\"\"\"
 {extra}
 
@@ -195,6 +195,35 @@ def test_thirty_turns_send_breakpoints_record_reads_and_writes_and_what_they_sav
     assert row["cache_saved_usd"] == exact and report["totals"]["cache_saved_usd"] == exact
     table = list(csv.DictReader(io.StringIO(report_csv, newline="")))
     assert [r["cache_saved_usd"] for r in table if r["model"] == SONNET] == [exact]
+
+
+def test_once_the_oldest_turns_are_left_out_only_the_system_prompt_is_marked(
+    start_server, fake, database, tmp_path
+):
+    """With `history_messages = 6`, turn 4 leaves turn 1 out: from then on the prefix past the
+    system prompt changes every turn, so nothing past it is marked (a breakpoint there would
+    be a write nobody reads); turn 3 reads what turn 2 wrote but writes nothing."""
+    server = start_server(agents_file=agents_file(tmp_path, history=6))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        _, replies = converse(http, 6)
+    assert [marked(r["body"]) for r in fake.requests] == [
+        [0, 1],
+        [0, 1, 3],
+        [0, 3],
+        [0],
+        [0],
+        [0],
+    ]
+    generations = sorted(fake.generations.values(), key=lambda g: int(g.id.rsplit("-", 1)[1]))
+    system = generations[0].cache_write_tokens - len(user_message(1).split())
+    assert [g.cache_write_tokens for g in generations[2:]] == [0, 0, 0, 0]
+    assert generations[2].cached_tokens == generations[1].prompt_tokens
+    assert [g.cached_tokens for g in generations[3:]] == [system, system, system]
+    for events, generation in zip(replies, generations, strict=True):
+        [row] = settled_generations(database, events[0].data["message_id"])
+        assert row["cache_saved_picousd"] == saved(
+            generation.cached_tokens, generation.cache_write_tokens
+        )
 
 
 def test_a_model_that_caches_by_itself_gets_no_breakpoints(start_server, fake, database, tmp_path):

@@ -35,12 +35,12 @@ def conversation(turns: int, *, system: str = LONG) -> list[dict]:
 
 
 def test_a_chat_marks_the_system_prompt_last_turns_end_and_the_new_message():
-    assert breakpoint_indexes(conversation(1), continues=True) == [0, 1]
+    assert breakpoint_indexes(conversation(1), reads=True, writes=True) == [0, 1]
     # Turn 5: [system, q1, a1, …, q4, a4, q5]: q4 (index 7) is what turn 4 ended with.
-    assert breakpoint_indexes(conversation(5), continues=True) == [0, 7, 9]
+    assert breakpoint_indexes(conversation(5), reads=True, writes=True) == [0, 7, 9]
     for turns in range(2, 31):
         messages = conversation(turns)
-        assert breakpoint_indexes(messages, continues=True) == [
+        assert breakpoint_indexes(messages, reads=True, writes=True) == [
             0,
             len(messages) - 3,
             len(messages) - 1,
@@ -52,42 +52,52 @@ def test_this_turns_read_point_is_where_last_turn_wrote():
     written is the prefix read."""
     for turns in range(1, 30):
         this, following = conversation(turns), conversation(turns + 1)
-        written = breakpoint_indexes(this, continues=True)[-1]
-        read = breakpoint_indexes(following, continues=True)[1]
+        written = breakpoint_indexes(this, reads=True, writes=True)[-1]
+        read = breakpoint_indexes(following, reads=True, writes=True)[1]
         assert this[: written + 1] == following[: read + 1]
 
 
 def test_a_coach_call_never_marks_its_one_message():
     messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "transcript"}]
-    assert breakpoint_indexes(messages, continues=False) == [0]
+    assert breakpoint_indexes(messages, reads=False, writes=False) == [0]
+
+
+def test_a_history_that_will_not_be_sent_again_is_neither_read_nor_written():
+    """Reads: last turn's end, marked only when it is there to read; writes: the new message,
+    only when the next turn sends it again. A breakpoint is a write too: one nobody reads
+    again costs more than none."""
+    messages = conversation(5)
+    assert breakpoint_indexes(messages, reads=True, writes=False) == [0, 7]
+    assert breakpoint_indexes(messages, reads=False, writes=False) == [0]
+    assert breakpoint_indexes(messages, reads=False, writes=True) == [0, 9]
 
 
 def test_no_breakpoint_on_a_prefix_shorter_than_the_minimum():
     short = conversation(3, system="Be brief.")
-    assert breakpoint_indexes(short, continues=True) == []
+    assert breakpoint_indexes(short, reads=True, writes=True) == []
     # Once the prefix reaches the minimum (by the budget's bound), the breakpoints from there on.
     history = [{"role": "user", "content": "x" * 300}, {"role": "assistant", "content": "y" * 300}]
     grown = [{"role": "system", "content": "Be brief."}, *history * 2]
     grown.append({"role": "user", "content": "new"})
     bounds = [message_token_bound(m) for m in grown]
     reach = next(i for i in range(len(grown)) if sum(bounds[: i + 1]) >= MIN_CACHEABLE_TOKENS)
-    marked_at = breakpoint_indexes(grown, continues=True)
+    marked_at = breakpoint_indexes(grown, reads=True, writes=True)
     assert marked_at and min(marked_at) >= reach
     assert marked_at == [i for i in [0, 3, 5] if i >= reach]
 
 
 def test_never_more_than_four_and_never_twice_the_same_message():
     one = [{"role": "system", "content": LONG}, {"role": "user", "content": "hi"}]
-    assert breakpoint_indexes(one, continues=True) == [0, 1]
+    assert breakpoint_indexes(one, reads=True, writes=True) == [0, 1]
     for turns in range(1, 40):
-        found = breakpoint_indexes(conversation(turns), continues=True)
+        found = breakpoint_indexes(conversation(turns), reads=True, writes=True)
         assert len(found) <= 4 and len(set(found)) == len(found) and found == sorted(found)
 
 
 def test_marking_makes_content_parts_and_leaves_the_messages_given_alone():
     messages = conversation(3)
     before = [dict(m) for m in messages]
-    out = with_breakpoints(messages, continues=True)
+    out = with_breakpoints(messages, reads=True, writes=True)
     assert messages == before  # nothing mutated
     assert out[0]["content"] == [{"type": "text", "text": LONG, "cache_control": CACHE_CONTROL}]
     assert out[1] is messages[1]  # not marked: the same object
