@@ -122,7 +122,7 @@ def simulated_models() -> dict[str, Any]:
                 cache_write="0.00000375",
                 image="0.0048",
                 inputs=("text", "image", "file"),
-                parameters=(*_TOOLS, "reasoning", "include_reasoning", "top_k"),
+                parameters=(*_TOOLS, "top_k"),
                 tokenizer="Claude",
             ),
             _model(

@@ -149,7 +149,8 @@ def test_recommended_models_come_first_in_their_configured_order():
 def test_search_capability_and_price_filters():
     assert select(q="LLAMA 70b") == ["meta-llama/llama-3.1-70b-instruct"]
     assert set(select(q="gpt")) == {"openai/gpt-4o", "openai/gpt-4o-mini"}
-    assert select(q="Claude") == ["anthropic/claude-3.5-sonnet"]  # matches the name, too
+    # Matches the name, too; the recommended one first.
+    assert select(q="Claude") == ["anthropic/claude-3.5-sonnet", "anthropic/claude-sonnet-4"]
     assert select(capabilities=["tools", "reasoning"]) == ["deepseek/deepseek-r1"]
     assert set(select(capabilities=["structured_outputs"])) == {
         "openai/gpt-4o",
