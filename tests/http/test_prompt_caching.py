@@ -14,10 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import EventSource
 
 from app.agents.config import load_agents
 from app.billing.budgets import prompt_token_bound, worst_case
 from app.core.money import PICOS
+from app.dev.simulator import Behaviour
 from app.settings import ConfigError
 from app.upstream.models_catalog import Pricing
 from tests.support import SSE, read_sse, settled_generations
@@ -224,6 +226,28 @@ def test_once_the_oldest_turns_are_left_out_only_the_system_prompt_is_marked(
         assert row["cache_saved_picousd"] == saved(
             generation.cached_tokens, generation.cache_write_tokens
         )
+
+
+def test_a_reply_stopped_before_its_usage_takes_the_saving_from_the_generation_record(
+    start_server, fake, database, tmp_path
+):
+    """No usage chunk (stopped): the cost and OpenRouter's `cache_discount` come from the
+    generation record, and the discount is the saving (a first turn: a write, negative)."""
+    server = start_server(agents_file=agents_file(tmp_path))
+    fake.enqueue(Behaviour(tokens=["word "] * 300, delay=0.02))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        reply = http.post("/api/chat/messages", json={"message": user_message(1)}).json()
+        with http.stream("GET", reply["stream_url"]) as response:
+            for sse in EventSource(response).iter_sse():
+                if sse.event == "delta":
+                    http.post(f"/api/messages/{reply['message_id']}/stop")
+                    break
+    [row] = settled_generations(database, reply["message_id"])
+    [generation] = fake.generations.values()
+    assert row["cost_source"] == "generation" and generation.cache_write_tokens > 0
+    discount = int(generation.cache_discount * PICOS)
+    assert discount == saved(0, generation.cache_write_tokens) < 0
+    assert row["cache_discount_picousd"] == row["cache_saved_picousd"] == discount
 
 
 def test_a_model_that_caches_by_itself_gets_no_breakpoints(start_server, fake, database, tmp_path):
