@@ -1,8 +1,9 @@
 """Errors a caller gets before any streaming starts: JSON `{"error": {"code", "message"}}`, 4xx.
 
 Every route raises `ApiError` for bad input; the handlers below turn Starlette's own HTTP errors
-(unknown path, wrong method) into the same shape, and an unexpected exception into a 500 whose
-body says nothing about the internals.
+(unknown path, wrong method) into the same shape, the database being away into a 503
+`database_unavailable` with `Retry-After`, and an unexpected exception into a 500 whose body says
+nothing about the internals.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from app.core.outage import CANDIDATES, RETRY_AFTER_SECONDS, describe, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,35 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, "http_error", exc.detail, exc.headers)
 
 
+def database_away() -> ApiError:
+    """What a caller gets while the database is away: nothing of the request was saved."""
+    return ApiError(
+        503,
+        "database_unavailable",
+        "the database is unavailable; nothing was saved, retry shortly",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database is away (app/core/outage.py): a 503 the caller may retry, and one log
+    line, not a traceback; any other error of these classes is the bug it is (a 500)."""
+    if not is_unavailable(exc):
+        raise exc
+    log.warning(
+        "database unavailable on %s %s (%s)", request.method, request.url.path, describe(exc)
+    )
+    return await api_error(request, database_away())
+
+
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "the server failed to handle this request")
 
 
-EXCEPTION_HANDLERS = {ApiError: api_error, HTTPException: http_error, Exception: server_error}
+EXCEPTION_HANDLERS = {
+    ApiError: api_error,
+    HTTPException: http_error,
+    **dict.fromkeys(CANDIDATES, database_unavailable),
+    Exception: server_error,
+}

@@ -22,6 +22,7 @@ from starlette.middleware import Middleware
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import Clock, SpendControl, utc_now
+from app.core.outage import quiet_pool_reconnections
 from app.core.redact import install_access_log_redaction
 from app.core.stages import StageProbe, StartMarks
 from app.dev.simulator import Behaviour, FakeOpenRouter
@@ -30,6 +31,7 @@ from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
+from app.http.openapi import routes as openapi_routes
 from app.http.routes import (
     agent_models,
     budgets,
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         return create_app(settings)
     defaults = load_agents(settings.agents_file)  # a bad file fails here, before serving
     install_access_log_redaction()
+    quiet_pool_reconnections()
     stages = StageProbe() if settings.stage_probe else None
 
     @asynccontextmanager
@@ -127,7 +130,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 except MigrationsPending as exc:
                     log.error("refusing to start: %s", exc)
                     raise
-            store = Store(database, sqlite_db=is_sqlite(settings.database_url))
+            store = Store(
+                database,
+                sqlite_db=is_sqlite(settings.database_url),
+                busy_timeout=settings.database_busy_timeout,
+            )
             stack.push_async_callback(store.writer.close)
             http = _http_client(settings)
             stack.push_async_callback(http.aclose)
@@ -218,6 +225,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *budgets.routes,
             *stages_routes.routes,
             *pages.routes,
+            *openapi_routes,
         ],
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -99,6 +99,9 @@ class DatabaseSettings(BaseSettings):
     database_connect_timeout: float = Field(10.0, gt=0)
     # Longest one statement may run before it is cancelled (0 = no limit).
     database_command_timeout: float = Field(30.0, ge=0)
+    # SQLite only: how long a statement waits for another process's lock on the file before
+    # the database counts as unavailable (a turn then answers 503 database_unavailable).
+    database_busy_timeout: float = Field(30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

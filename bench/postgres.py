@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL for the benchmarks that need one (bench.reports, bench.growth).
 
     with throwaway_postgres() as (admin_url, version): ...        # a server, removed at exit
+    with postgres_server() as server: server.stop("immediate"); server.start()   # an outage
     async with fresh_database(admin_url, prefix="bench_x") as url: ...   # a database on it
 
 The server is started as scripts/test starts its own: initdb and pg_ctl from PATH, or Debian's
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from databases import Database, DatabaseURL
@@ -34,43 +36,79 @@ def postgres_bindir() -> Path:
     return candidates[-1].parent
 
 
+@dataclass
+class PostgresServer:
+    """A throwaway server's handle: `stop` (as a crash would: `-m immediate` cuts every
+    connection) and `start` it again on the same port and data (tests of a database outage)."""
+
+    bindir: Path
+    workdir: Path
+    port: int
+    as_postgres: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        data, log = str(self.workdir / "data"), str(self.workdir / "server.log")
+        subprocess.run(
+            [*self.as_postgres, str(self.bindir / "pg_ctl"), "-D", data, "-l", log, *args],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -F"
+        self._pg_ctl("-w", "-t", "60", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.workdir / "data" / "postmaster.pid").exists()
+
+
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[tuple[str, str]]:
-    """A PostgreSQL server on a free loopback port, removed at exit: (admin URL, version)."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on a free loopback port, removed at exit."""
     bindir = postgres_bindir()
     as_postgres: list[str] = []
     workdir = Path(tempfile.mkdtemp(prefix="streamchat-bench-pg."))
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(workdir, "postgres")
         as_postgres = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = workdir / "data"
+    server = PostgresServer(bindir, workdir, free_port(), as_postgres)
     try:
-        subprocess.run(
-            [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", *INITDB],
-            check=True,
-            capture_output=True,
-        )
         subprocess.run(
             [
                 *as_postgres,
-                *(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(workdir / "server.log")),
-                *("-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {port} -k {workdir} -F", "start"),
+                *(str(bindir / "initdb"), "-D", str(workdir / "data"), "-U", "postgres", *INITDB),
             ],
             check=True,
             capture_output=True,
         )
-        version = subprocess.run(
-            [str(bindir / "postgres"), "--version"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", version
+        server.start()
+        yield server
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(
-                [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                capture_output=True,
-            )
+        if server.running:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                server.stop("fast")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL server on a free loopback port, removed at exit: (admin URL, version)."""
+    with postgres_server() as server:
+        version = subprocess.run(
+            [str(server.bindir / "postgres"), "--version"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        yield server.url, version
 
 
 @contextlib.asynccontextmanager

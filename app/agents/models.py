@@ -110,13 +110,16 @@ def choose(
     requested: str | None = None,
     remembered: str | None = None,
     effort: str | None = None,
+    allowed: list[AllowedModel] | None = None,
 ) -> ModelChoice:
     """The turn's model: `requested` (it must be allowed: 422 model_not_allowed, or
     unknown_model when it is not in the catalog), else the conversation's `remembered` one while
     it is still allowed and listed, else the agent's; with `effort` (422 reasoning_not_supported
-    for a model that does not take `reasoning`)."""
+    for a model that does not take `reasoning`). `allowed`: `allowed_models` of the same
+    agent and catalog, when the caller has it already (the model list chooses each in turn)."""
     model = agent.effective_model(default_model)
-    allowed = allowed_models(agent, model=model, catalog=catalog)
+    if allowed is None:
+        allowed = allowed_models(agent, model=model, catalog=catalog)
     usable = {entry.id: entry for entry in allowed if entry.usable(catalog)}
     if requested is not None:
         entry = usable.get(requested)

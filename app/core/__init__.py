@@ -1,2 +1,2 @@
 """The vocabulary every floor may import: states, money, stage names, the run request, model
-ids, redaction. It imports nothing else of ours."""
+ids, redaction, what says the database is away (`outage`). It imports nothing else of ours."""

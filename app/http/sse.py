@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
@@ -11,20 +10,21 @@ from starlette.requests import Request
 from app.core.stages import StageProbe
 from app.errors import ApiError
 from app.http.state import AppState
-from app.replies.events import LogEvent
 from app.replies.registry import Runs
+from app.replies.wire import (
+    PING,
+    REPLY_EVENT_ID,
+    RETRY_FIELD,
+    Event,
+    LogEvent,
+    frames,
+    reply_id_prefix,
+)
 
 # What keeps Heroku-like routers and nginx from holding the stream back.
 STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 # Seconds past SHUTDOWN_GRACE for a cancelled run's final write and event to get out.
 SHUTDOWN_MARGIN = 3.0
-RETRY_FIELD = b"retry: 1000\n"
-# Proxies (Heroku's router: 55 s) close a connection that stays silent; browsers ignore comments.
-PING = b": ping\n\n"
-# Every event's frame starts with its id field (`LogEvent.make`).
-ID_FIELD = b"id: "
-# The one-step GET forms' event ids: `<message_id>:<n>`.
-REPLY_EVENT_ID = re.compile(r"([0-9a-f]{32}):([0-9]{1,18})")
 
 
 def last_event_id(request: Request) -> int:
@@ -62,17 +62,9 @@ async def _frames(
         if not batch:
             yield PING
             continue
-        if id_prefix is None:
-            frames = b"".join(event.frame for event in batch)
-        else:
-            # The shared frame with its id field rewritten for this follower: one slice and
-            # one join per event, no encoding.
-            cut = len(ID_FIELD)
-            frames = b"".join([id_prefix + event.frame[cut:] for event in batch])
-        # A browser's EventSource waits ~3 s by default before reconnecting; a dropped reply
-        # should resume sooner. It keeps the `retry:` it was given across reconnections.
-        yield RETRY_FIELD + frames if batch[0].id == 1 else frames
-        if probe is not None and any(event.event == "delta" for event in batch):
+        sent = frames(batch, id_prefix)
+        yield RETRY_FIELD + sent if batch[0].id == 1 else sent
+        if probe is not None and any(event.event == Event.DELTA for event in batch):
             probe.relayed()  # resumed here once the frames were sent
 
 
@@ -93,7 +85,7 @@ def sse_response(
 ) -> EventSourceResponse:
     """`reply_ids`: a message id, to number the events `<message_id>:<n>` (the one-step GET
     forms, whose reconnecting EventSource must name its reply: see `reply_event_id`)."""
-    id_prefix = None if reply_ids is None else ID_FIELD + f"{reply_ids}:".encode()
+    id_prefix = None if reply_ids is None else reply_id_prefix(reply_ids)
     return EventSourceResponse(
         _frames(batches, id_prefix, state.stages),
         # Our batch sources send the pings (an empty batch): no ping task per response.

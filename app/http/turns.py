@@ -15,9 +15,10 @@ from typing import Any
 
 from app.agents.models import ModelChoice, choose, requested_effort, requested_model
 from app.billing.budgets import Reservation
+from app.core.outage import is_unavailable
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
-from app.errors import ApiError
+from app.errors import ApiError, database_away
 from app.http.input import optional_text, stream_flag, valid_id
 from app.http.state import AppState
 from app.replies.breakpoints import with_breakpoints
@@ -371,7 +372,20 @@ async def start_run(state: AppState, turn: Turn) -> Run:
             save = state.store.replies.start_turn(**rows, reservation=reservation.steps)
         run = state.runs.start(request, save_turn=save)
         mark(Stage.STARTED)
-        return run
+    await _saved(run)
+    return run
+
+
+async def _saved(run: Run) -> None:
+    """Once the run's turn is written (its `meta` event waits for that anyway): a turn the
+    database could not take is the caller's 503 (database_unavailable, with Retry-After, while
+    the database is away), not a stream that ends in `storage_error`."""
+    if await run.turn_saved():
+        return
+    failure = run.saving.exception() if run.saving and not run.saving.cancelled() else None
+    if failure is not None and is_unavailable(failure):
+        raise database_away()
+    raise ApiError(503, "storage_error", "the conversation could not be saved")
 
 
 async def claim_run(

@@ -10,7 +10,8 @@ with the budget's prompt bound (app/billing/budgets.py), which never counts fewe
 tokenizer would. The request without history (the system prompt, the new message, every other
 field) is measured once; then each history message from the newest back, by what it adds to that
 bound (`message_token_bound`), until one does not fit: the work is linear in what is sent, never
-in the conversation's length (`history_messages` already bounds what is read).
+in the conversation's length (what is read is bounded by `history_messages` and, in characters,
+by the window: `Replies.history(max_chars=…)`).
 
 Whole turns only: the history kept starts at a user message, so a reply is never sent without
 the question it answered. A new message that does not fit even with no history is refused before

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol
 
-from app.replies.events import LogEvent
 from app.replies.redis_log import RedisReply, ReplyStreams
 from app.replies.registry import Runs
 from app.replies.replay import StoredReply
 from app.replies.runs import Run
+from app.replies.wire import LogEvent
 from app.settings import Settings
 from app.storage.store import Store
 

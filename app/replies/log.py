@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from app.replies.events import LogEvent
+from app.replies.wire import Event, LogEvent
 
 
 class Feed(Protocol):
@@ -38,7 +38,7 @@ class ReplyLog:
         # wait, rather than a new Event per event appended (an Event's deque is ~0.7 KB).
         self._waiters: list[asyncio.Future[None]] = []
 
-    def append(self, event: str, payload: dict[str, Any]) -> None:
+    def append(self, event: Event, payload: dict[str, Any]) -> None:
         self.add(LogEvent.make(len(self.events) + 1, event, payload))
 
     def add(self, event: LogEvent) -> None:
@@ -59,7 +59,7 @@ class ReplyLog:
                 waiter.set_result(None)
         self._waiters = []
 
-    def finish(self, event: str, payload: dict[str, Any]) -> None:
+    def finish(self, event: Event, payload: dict[str, Any]) -> None:
         """Append the final event (`done` or `error`)."""
         self.finished = True
         self.append(event, payload)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from app.billing.costs import find_cost
+from app.core.outage import Outage
 from app.settings import Settings
 from app.storage.ledger import LateCost
 from app.storage.store import Store
@@ -46,6 +47,7 @@ class Recovery:
         self._lookups: set[asyncio.Task[Any]] = set()
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
+        self._outage = Outage("the heartbeat of live replies and the sweep of orphans")
 
     def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
         """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
@@ -84,26 +86,34 @@ class Recovery:
         interval = self._settings.heartbeat_interval
         while True:
             try:
-                live = self._live()
-                if live and (stop := await self._store.replies.touch(message_ids=live)):
-                    self._stop(stop)
-                idle_since = now() - timedelta(seconds=self._settings.stale_reply_after)
-                orphans = await self._store.replies.interrupt_orphans(idle_since=idle_since)
-                if orphans:
-                    log.warning("marked %d orphaned replies as interrupted", len(orphans))
-                    for row in await self._store.ledger.pending_generations(message_ids=orphans):
-                        self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
-                # After the orphans: their reservations end with them (settled once known).
-                ended = await self._store.budgets.sweep(idle_since=idle_since)
-                if ended:
-                    log.warning("ended %d budget reservations of dead replies", ended)
-                await self._store.idempotency.expire(at=now())
-            except Exception:  # a database hiccup must not end the heartbeat
-                log.exception("tending live replies failed")
+                # A task a beat: `databases` keeps a connection per task, and one the database
+                # cut mid-release stays unusable to its task for good (seen with PostgreSQL
+                # stopped: every later beat failed, "Connection is already acquired").
+                await asyncio.create_task(self._beat())
+                self._outage.ok()
+            except Exception as exc:  # a database hiccup must not end the heartbeat
+                if not self._outage.failed(exc):
+                    log.exception("tending live replies failed")
             # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_tending.wait(), interval)
                 return
+
+    async def _beat(self) -> None:
+        live = self._live()
+        if live and (stop := await self._store.replies.touch(message_ids=live)):
+            self._stop(stop)
+        idle_since = now() - timedelta(seconds=self._settings.stale_reply_after)
+        orphans = await self._store.replies.interrupt_orphans(idle_since=idle_since)
+        if orphans:
+            log.warning("marked %d orphaned replies as interrupted", len(orphans))
+            for row in await self._store.ledger.pending_generations(message_ids=orphans):
+                self.reconcile(record_id=row["id"], generation_id=row["generation_id"])
+        # After the orphans: their reservations end with them (settled once known).
+        ended = await self._store.budgets.sweep(idle_since=idle_since)
+        if ended:
+            log.warning("ended %d budget reservations of dead replies", ended)
+        await self._store.idempotency.expire(at=now())
 
     async def stop(self) -> None:
         """Stop tending; unfinished cost lookups are cancelled and wait for the next start-up

@@ -2,7 +2,7 @@
 
     Outbox    the owner's side: each live reply's new events go to its stream, a pipeline per
               event-loop pass (never a round trip per token), with the owner's event ids
-              (stream entry `0-<id>`), trimmed to REDIS_STREAM_MAXLEN, expiring
+              (`wire.entry_id`, `wire.to_entry`), trimmed to REDIS_STREAM_MAXLEN, expiring
               REDIS_STREAM_TTL seconds after the final event (STALE_REPLY_AFTER while live
               and silent: a dead owner's stream goes away on its own)
     Mirrors   the followers' side: one blocking reader per process (`XREAD BLOCK` over every
@@ -28,15 +28,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from redis.asyncio import Redis
 
 from app.ops.redis import REDIS_FAULTS, connect_redis
-from app.replies.events import LogEvent
 from app.replies.log import ReplyLog
 from app.replies.replay import StoredReply
+from app.replies.wire import FINAL_EVENTS, LogEvent, entry_id, from_entry, to_entry
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FINAL_EVENTS = frozenset({"done", "error"})
-FIELD = b"f"  # the entry's one field: the event's SSE frame, as the owner encoded it
 BROKEN = -1  # a feed's `sent` once publishing failed: it publishes nothing more
 
 
@@ -108,8 +106,8 @@ class Outbox:
                 for event in events:
                     pipe.xadd(
                         feed.key,
-                        {FIELD: event.frame},
-                        id=f"0-{event.id}",
+                        to_entry(event),
+                        id=entry_id(event.id),
                         maxlen=self._maxlen,
                         approximate=True,
                     )
@@ -241,7 +239,7 @@ class Mirrors:
         healthy = True
         while True:
             streams: dict[bytes, bytes | str] = {
-                key: f"0-{len(copy.events)}" for key, copy in self._copies.items()
+                key: entry_id(len(copy.events)) for key, copy in self._copies.items()
             }
             streams[self._wake_key] = woken_at
             try:
@@ -296,15 +294,15 @@ class Mirrors:
 
 def _extend(copy: ReplyLog, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
     """Add stream entries to a copy; False at a gap (a trimmed stream, a publisher that gave
-    up and began again): a copy with a hole must not be followed."""
-    for entry_id, fields in entries:
-        event_id = int(entry_id.rsplit(b"-", 1)[1])
-        if event_id != len(copy.events) + 1:
+    up and began again) or an entry that is not an event of ours (`wire.from_entry`): a copy
+    with a hole must not be followed."""
+    for entry, fields in entries:
+        try:
+            event = from_entry(entry, fields)
+        except ValueError:
             return False
-        frame = fields[FIELD]
-        # The frame is `id: N\nevent: NAME\ndata: JSON\n\n`, as `LogEvent.make` wrote it.
-        _, name, data = frame[:-2].split(b"\n", 2)
-        event = LogEvent(event_id, name[7:].decode(), data[6:].decode(), frame)
+        if event.id != len(copy.events) + 1:
+            return False
         if event.event in FINAL_EVENTS:
             copy.finished = True
         copy.add(event)

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.outage import Outage
 from app.core.run_request import RunRequest
 from app.core.states import MessageStatus
 from app.replies.recovery import Recovery
@@ -57,6 +58,9 @@ class Runs:
         self._background: set[asyncio.Task[Any]] = set()
         self._titling: set[asyncio.Task[Any]] = set()  # background too, but cut at shutdown
         self._drain: asyncio.Task[None] | None = None
+        # Live replies' checkpoints and final writes, and the background writes, while the
+        # database is away: told once, not once per reply and beat.
+        self.writes = Outage("live replies' checkpoints and final writes")
         self.recovery = Recovery(
             store=store,
             client=client,
@@ -92,6 +96,7 @@ class Runs:
             on_deserted=self._on_deserted,
             on_finished=self._on_finished,
             outbox=self.outbox,
+            outage=self.writes,
         )
         self.live[run.message_id] = run
         run.start(save_turn)
@@ -116,7 +121,7 @@ class Runs:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(self._log_failure)
         return task
 
     def _on_deserted(self, run: Run) -> None:
@@ -184,7 +189,8 @@ class Runs:
         while self._background:
             await asyncio.wait(list(self._background))
 
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())
+    def _log_failure(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or (failure := task.exception()) is None:
+            return
+        if not self.writes.failed(failure):
+            log.error("background task failed", exc_info=failure)

@@ -1,7 +1,7 @@
 """A reply's events rebuilt from the database, for followers after the run left memory.
 
 The rebuilt log has the ids the live run used: meta (1), one reasoning, delta or annotation
-event per recorded event length (see `messages.event_lengths`), and the final event. A reply
+event per recorded event length (`wire.stored_events`), and the final event. A reply
 still `streaming` here belongs to another process (another dyno, or one that died before
 start-up recovery): it is followed through its checkpoints.
 """
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from app.core.money import from_picos
 from app.core.states import MessageStatus
-from app.replies.events import LogEvent, final_event, meta_payload
+from app.replies.wire import LogEvent, final_event, meta_payload, stored_events
 from app.storage.store import Store
 
 
@@ -26,33 +26,20 @@ async def replay_log(
     row = await store.replies.get(message_id=message_id, user_id=user_id)
     if row is None:
         return None
-    events = [
-        LogEvent.make(
-            1,
-            "meta",
-            meta_payload(
-                conversation_id=row["conversation_id"],
-                message_id=message_id,
-                user_message_id=row["user_message_id"],
-                agent=row["agent"],
-                model=row["requested_model"],
-                history=None if row["history"] is None else json.loads(row["history"]),
-            ),
-        )
-    ]
-    content, reasoning = row["content"], row["reasoning"]
-    citations = iter(json.loads(row["annotations"] or "[]"))
-    at = thought_at = 0
-    for length in json.loads(row["event_lengths"] or "[]"):
-        if length > 0:
-            name, payload = "delta", {"content": content[at : at + length]}
-            at += length
-        elif length < 0:
-            name, payload = "reasoning", {"content": reasoning[thought_at : thought_at - length]}
-            thought_at -= length
-        else:
-            name, payload = "annotation", next(citations)
-        events.append(LogEvent.make(len(events) + 1, name, payload))
+    events = stored_events(
+        meta_payload(
+            conversation_id=row["conversation_id"],
+            message_id=message_id,
+            user_message_id=row["user_message_id"],
+            agent=row["agent"],
+            model=row["requested_model"],
+            history=None if row["history"] is None else json.loads(row["history"]),
+        ),
+        content=row["content"],
+        reasoning=row["reasoning"],
+        annotations=json.loads(row["annotations"] or "[]"),
+        lengths=json.loads(row["event_lengths"] or "[]"),
+    )
     if row["status"] == MessageStatus.STREAMING:
         return events, False
     name, payload = final_event(

@@ -26,12 +26,13 @@ from decimal import Decimal
 from typing import Any
 
 from app.core.caching import CachePrices, cache_saved
+from app.core.outage import Outage
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
 from app.core.states import CostSource, GenerationStatus, MessageStatus
-from app.replies.events import LogEvent, final_event, meta_payload
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Outbox
+from app.replies.wire import Event, LogEvent, event_lengths, final_event, meta_payload
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
@@ -84,6 +85,9 @@ def _known_sum(values: Iterable[int | None]) -> int | None:
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
 
+# How often a reply's final write is tried again while the database is away.
+FINAL_WRITE_RETRY_DELAY = 1.0
+
 
 class Run:
     """One reply: generated upstream, appended to its log, persisted however it ends.
@@ -106,6 +110,7 @@ class Run:
         on_deserted: Callable[[Run], None],
         on_finished: Callable[[Run], None],
         outbox: Outbox | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.request = request
         self.message_id = request.message_id
@@ -118,6 +123,9 @@ class Run:
         self._reconcile = reconcile
         self._on_deserted = on_deserted
         self._on_finished = on_finished
+        # The database's state as this process's replies see it, shared by them all: one
+        # warning when it goes, however many replies' writes fail.
+        self._outage = outage or Outage("live replies' checkpoints and final writes")
         self.log = ReplyLog(ping_interval=settings.ping_interval)
         if outbox is not None:  # REDIS_URL: other processes follow it live, from its stream
             self.log.feed = outbox.feed(request.message_id, self.log.events)
@@ -139,7 +147,7 @@ class Run:
         self._unsaved: Coroutine[Any, Any, None] | None = None  # that write, not yet begun
         self._save_begun: asyncio.Future[None] | None = None
         self.log.append(
-            "meta",
+            Event.META,
             meta_payload(
                 conversation_id=request.conversation_id,
                 message_id=request.message_id,
@@ -215,17 +223,8 @@ class Run:
 
     def event_lengths(self) -> list[int]:
         """What `messages.event_lengths` records: the events in the order streamed, read off
-        the log at checkpoints, so streaming a token costs no more than its two appends."""
-        parts, thoughts = iter(self.parts), iter(self.thoughts)
-        lengths = []
-        for event in self.log.events:
-            if event.event == "delta":
-                lengths.append(len(next(parts)))
-            elif event.event == "reasoning":
-                lengths.append(-len(next(thoughts)))
-            elif event.event == "annotation":
-                lengths.append(0)
-        return lengths
+        the log at checkpoints (`wire.event_lengths`)."""
+        return event_lengths(self.log.events, self.parts, self.thoughts)
 
     # -- ending it from outside -------------------------------------------------------------------
 
@@ -328,7 +327,7 @@ class Run:
                         record.first_token_at = now()
                         mark(Stage.FIRST_DELTA)
                     self.parts.append(event.content)
-                    self.log.append("delta", {"content": event.content})
+                    self.log.append(Event.DELTA, {"content": event.content})
                     if (
                         time.monotonic() - self._last_checkpoint
                         >= self._settings.checkpoint_interval
@@ -339,7 +338,7 @@ class Run:
                         if not self.thoughts:
                             record.first_reasoning_at = now()
                         self.thoughts.append(event.text)
-                        self.log.append("reasoning", {"content": event.text})
+                        self.log.append(Event.REASONING, {"content": event.text})
                     if event.details:
                         self.details.extend(event.details)
                     if (
@@ -383,7 +382,7 @@ class Run:
     def _cite(self, citation: Citation) -> None:
         payload = citation.to_json()
         self.citations.append(payload)
-        self.log.append("annotation", payload)
+        self.log.append(Event.ANNOTATION, payload)
 
     async def _complete_attempt(self, record: GenerationRecord, body: dict[str, Any]) -> None:
         self._save_now()  # no first token to hurry: written alongside the whole call
@@ -391,12 +390,12 @@ class Run:
             if isinstance(event, Delta):
                 record.first_token_at = now()
                 self.parts.append(event.content)
-                self.log.append("delta", {"content": event.content})
+                self.log.append(Event.DELTA, {"content": event.content})
             elif isinstance(event, Reasoning):
                 if event.text:
                     record.first_reasoning_at = now()
                     self.thoughts.append(event.text)
-                    self.log.append("reasoning", {"content": event.text})
+                    self.log.append(Event.REASONING, {"content": event.text})
                 self.details.extend(event.details)
             elif isinstance(event, Citation):
                 self._cite(event)
@@ -426,8 +425,9 @@ class Run:
             self._checkpoint_again = True
 
     def _on_saved(self, saving: asyncio.Task[None]) -> None:
-        if not saving.cancelled() and saving.exception() is not None:
-            log.error("could not save the turn of %s", self.message_id, exc_info=saving.exception())
+        if not saving.cancelled() and (failure := saving.exception()) is not None:
+            if not self._outage.failed(failure):
+                log.error("could not save the turn of %s", self.message_id, exc_info=failure)
             self.cancel(
                 MessageStatus.ERROR
             )  # streaming on would give a reply nobody can find again
@@ -449,17 +449,23 @@ class Run:
         self._checkpoint_again = True
         while self._checkpoint_again:
             self._checkpoint_again = False
-            await self._store.replies.checkpoint(
-                message_id=self.message_id,
-                conversation_id=self.request.conversation_id,
-                agent=self.request.agent,
-                user_id=self.request.user_id,
-                content=self.content,
-                event_lengths=self.event_lengths(),
-                records=[record for record in self.records if record.generation_id],
-                reasoning=self.reasoning,
-                annotations=self.citations,
-            )
+            try:
+                await self._store.replies.checkpoint(
+                    message_id=self.message_id,
+                    conversation_id=self.request.conversation_id,
+                    agent=self.request.agent,
+                    user_id=self.request.user_id,
+                    content=self.content,
+                    event_lengths=self.event_lengths(),
+                    records=[record for record in self.records if record.generation_id],
+                    reasoning=self.reasoning,
+                    annotations=self.citations,
+                )
+            except Exception as exc:
+                if not self._outage.failed(exc):
+                    raise
+                return  # the database is away: the next checkpoint (or the final write) catches up
+            self._outage.ok()
 
     async def _finish(self, status: MessageStatus, error: UpstreamError | None) -> None:
         if self._checkpointing is not None:
@@ -468,7 +474,8 @@ class Run:
         for record in self.records:
             if record.cost_source == CostSource.PENDING and record.generation_id is None:
                 record.cost_source = CostSource.NONE  # nothing upstream to ask about it
-        if not await self.turn_saved():
+        saved = await self.turn_saved()
+        if not saved:
             status, error = (
                 MessageStatus.ERROR,
                 UpstreamError("the conversation could not be saved", code="storage_error"),
@@ -479,31 +486,27 @@ class Run:
                 "the reply was interrupted before it finished", code="interrupted", retryable=True
             )
         content = self.content
-        try:
-            await self._store.replies.finish(
-                message_id=self.message_id,
-                conversation_id=self.request.conversation_id,
-                agent=self.request.agent,
-                user_id=self.request.user_id,
-                status=status,
-                content=content,
-                event_lengths=self.event_lengths(),
-                model=self._answering_model,
-                finish_reason=finish_reason,
-                error_code=error.code if error else None,
-                error_message=error.message if error else None,
-                records=self.records,
-                reasoning=self.reasoning,
-                reasoning_details=merge_reasoning_details(self.details),
-                annotations=self.citations,
-                # Before the final event: a client that reads its usage on `done` sees it
-                # settled.
-                then=self._store.budgets.end_steps(message_id=self.message_id),
-            )
-        except Exception:
-            # Left `streaming` in the database, it is marked interrupted at the next start-up,
-            # and its reservation live, ended by the sweep within STALE_REPLY_AFTER.
-            log.exception("could not save reply %s", self.message_id)
+        # The database away, the final write is tried again until it is back, for up to
+        # STALE_REPLY_AFTER (the run stays live meanwhile, so the heartbeat keeps it ours).
+        deadline = time.monotonic() + (self._settings.stale_reply_after if saved else 0)
+        while True:
+            try:
+                # A task a try: see `Recovery._tend`.
+                await asyncio.create_task(self._save_final(status, error, content, finish_reason))
+                self._outage.ok()
+                break
+            except Exception as exc:
+                away = self._outage.failed(exc)
+                if away and time.monotonic() < deadline:
+                    await asyncio.sleep(FINAL_WRITE_RETRY_DELAY)
+                    continue
+                # Left `streaming` in the database, it is marked interrupted by the sweep, and
+                # its reservation ended by it, within STALE_REPLY_AFTER.
+                if away:
+                    log.warning("could not save reply %s: the database is away", self.message_id)
+                else:
+                    log.exception("could not save reply %s", self.message_id)
+                break
         known = [r.cost for r in self.records if r.cost is not None]
         name, payload = final_event(
             status=status,
@@ -529,3 +532,31 @@ class Run:
         for record in self.records:
             if record.cost_source == CostSource.PENDING:
                 self._reconcile(record_id=record.id, generation_id=record.generation_id)
+
+    async def _save_final(
+        self,
+        status: MessageStatus,
+        error: UpstreamError | None,
+        content: str,
+        finish_reason: str | None,
+    ) -> None:
+        await self._store.replies.finish(
+            message_id=self.message_id,
+            conversation_id=self.request.conversation_id,
+            agent=self.request.agent,
+            user_id=self.request.user_id,
+            status=status,
+            content=content,
+            event_lengths=self.event_lengths(),
+            model=self._answering_model,
+            finish_reason=finish_reason,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+            records=self.records,
+            reasoning=self.reasoning,
+            reasoning_details=merge_reasoning_details(self.details),
+            annotations=self.citations,
+            # Before the final event: a client that reads its usage on `done` sees it
+            # settled.
+            then=self._store.budgets.end_steps(message_id=self.message_id),
+        )

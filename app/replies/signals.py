@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from app.agents.overrides import Agents
+from app.core.outage import Outage
 from app.ops.redis import REDIS_FAULTS, connect_redis
 from app.replies.follow import find_reply
 from app.replies.redis_log import ReplyStreams
@@ -50,6 +51,7 @@ class Signals:
         self._tasks: set[asyncio.Task[Any]] = set()  # database reads: never cut off mid-query
         self._stopping = asyncio.Event()
         self._listening: asyncio.Task[None] | None = None
+        self._outage = Outage("re-reading the agent overrides")
 
     def start(self) -> None:
         self._spawn(self._refresh_agents_forever(), name="refresh-agents")
@@ -116,13 +118,18 @@ class Signals:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.heartbeat_interval)
                 return
-            await self._refresh_agents()
+            # A task a read: see `Recovery._tend` (a connection cut by an outage stays broken
+            # for the task that held it).
+            await asyncio.create_task(self._refresh_agents())
 
     async def _refresh_agents(self) -> None:
         try:
             await self._agents.refresh(self._store)
-        except Exception:  # a database hiccup must not end the refreshing
-            log.exception("re-reading the agent overrides failed")
+        except Exception as exc:  # a database hiccup must not end the refreshing
+            if not self._outage.failed(exc):
+                log.exception("re-reading the agent overrides failed")
+        else:
+            self._outage.ok()
 
     async def _listen_forever(self, url: str) -> None:
         # Its own client: a subscribed connection waits for messages without a read timeout.

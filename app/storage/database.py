@@ -55,6 +55,7 @@ async def connect_database(settings: Settings) -> Database:
     """The app's database, with the pool size and timeouts the settings give."""
     return await open_database(
         settings.database_url,
+        busy_timeout=settings.database_busy_timeout,
         min_size=settings.database_pool_min,
         max_size=settings.database_pool_max,
         connect_timeout=settings.database_connect_timeout,

@@ -260,16 +260,16 @@ def test_reasoning_is_never_relayed_or_saved_as_content(client, fake, database):
 
 def test_a_turn_the_database_cannot_save_ends_in_storage_error(fake, database, client):
     # The turn's rows are written while the upstream request starts; when they cannot be, the
-    # reply stops at once with an error that says so, rather than streaming a reply nobody
-    # could find again.
+    # caller gets a 503 that says so before any event (the reply is stopped at once), rather
+    # than a stream of a reply nobody could find again.
     database.execute("ALTER TABLE messages RENAME TO messages_elsewhere")
     fake.default = Behaviour(tokens=["slow"] * 40, delay=0.05)
-    events = read_sse(client, "POST", "/api/chat", json={"message": "hello"})
-    assert events[0].event == "meta"
-    assert events[-1].event == "error"
-    assert events[-1].data["code"] == "storage_error"
-    assert events[-1].data["message"] == "the conversation could not be saved"
-    assert sum(event.event == "delta" for event in events) < 40
+    response = client.post("/api/chat", json={"message": "hello"})
+    assert response.status_code == 503
+    assert response.json()["error"] == {
+        "code": "storage_error",
+        "message": "the conversation could not be saved",
+    }
 
     # The two-step form hands out ids only once they can be found.
     response = client.post("/api/chat/messages", json={"message": "hello"})

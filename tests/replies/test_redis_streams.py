@@ -9,6 +9,7 @@ import uuid
 from app.ops.redis import client_options, connect_redis
 from app.replies.log import ReplyLog
 from app.replies.redis_log import Mirrors, Outbox, RedisReply, stream_key
+from app.replies.wire import Event
 
 
 async def _no_fallback() -> None:
@@ -28,12 +29,12 @@ def test_a_follower_arriving_as_the_reply_ends_still_gets_the_final_event(redis_
         owner = ReplyLog(ping_interval=15)
         owner.feed = outbox.feed(message_id, owner.events)
         try:
-            owner.append("meta", {"message_id": message_id})
-            owner.append("delta", {"content": "a"})
+            owner.append(Event.META, {"message_id": message_id})
+            owner.append(Event.DELTA, {"content": "a"})
             await outbox.flushed()
             copy = await mirrors.open(message_id)
             assert copy is not None and not copy.finished
-            owner.finish("done", {"status": "complete"})  # while the copy's reader waits
+            owner.finish(Event.DONE, {"status": "complete"})  # while the copy's reader waits
             source = RedisReply(copy, fallback=_no_fallback)
             followed = [event async for batch in source.follow(0) for event in batch]
             assert followed == owner.events  # the owner's ids, data and frames
@@ -67,7 +68,7 @@ def test_the_owner_sends_one_pipeline_per_loop_pass_not_a_round_trip_per_token(r
         owner.feed = outbox.feed(message_id, owner.events)
         try:
             for index in range(200):  # one loop pass: a burst of tokens
-                owner.append("delta", {"content": str(index)})
+                owner.append(Event.DELTA, {"content": str(index)})
             await outbox.flushed()
             assert pipelines == 1
             assert await redis.xlen(stream_key(message_id)) == 200

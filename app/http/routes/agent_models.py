@@ -49,6 +49,7 @@ def _entry(
     allowed: AllowedModel,
     view: CatalogView,
     headroom: list[tuple[str, int, int]],
+    every: list[AllowedModel],
 ) -> dict[str, Any]:
     if allowed.info is None:
         described: dict[str, Any] = {
@@ -78,6 +79,7 @@ def _entry(
         default_model=state.settings.default_model,
         catalog=view,
         requested=allowed.id,
+        allowed=every,
     )
     worst = largest_turn(state, choice)
     over = None
@@ -110,6 +112,20 @@ def _unpriced(state: AppState, choice: ModelChoice) -> bool:
 
 
 async def agent_models(request: Request) -> Response:
+    """The models the caller may choose for the agent's turns, recommended first, each with its
+    prices, context, capabilities, the worst case of one turn and whether the caller's budgets
+    cover it (docs/models.md).
+    ---
+    responses:
+      200:
+        description: the agent's default model and the models the caller may choose
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [agent, default_model, budgeted, models]
+      404: unknown_agent
+    """
     state = app_state(request)
     caller = await identify(request)
     agent = request.path_params["agent"]
@@ -137,7 +153,7 @@ async def agent_models(request: Request) -> Response:
             "default_model": default,
             "models_catalog": view.meta(),
             "budgeted": bool(headroom),
-            "models": [_entry(state, agent, entry, view, headroom) for entry in ordered],
+            "models": [_entry(state, agent, entry, view, headroom, allowed) for entry in ordered],
         }
     )
 

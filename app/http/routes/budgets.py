@@ -22,6 +22,13 @@ MAX_USER_ID = 64  # the width of every user_id column
 
 
 async def my_usage(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the caller's spend today and this month, and their limits
+        content: {application/json: {schema: {type: object}}}
+    """
     caller = await identify(request)
     return JSONResponse(await app_state(request).spend.usage(caller.user_id))
 
@@ -71,11 +78,32 @@ async def _override_body(request: Request, user_id: str) -> dict[str, Any]:
 
 
 async def get_budget(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the user's budget override
+        content: {application/json: {schema: {type: object}}}
+      403: forbidden admin_disabled
+      422: invalid_field
+    """
     await require_admin(request)
     return JSONResponse(await _override_body(request, _user_id(request)))
 
 
 async def put_budget(request: Request) -> Response:
+    """
+    ---
+    requestBody:
+      required: true
+      content: {application/json: {schema: {type: object}}}
+    responses:
+      200:
+        description: the user's budget override, changed
+        content: {application/json: {schema: {type: object}}}
+      403: forbidden admin_disabled
+      422: invalid_field
+    """
     await require_admin(request)
     user_id = _user_id(request)
     body = await json_body(request)

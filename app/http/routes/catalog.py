@@ -72,6 +72,13 @@ def _agent(state: AppState, name: str, view: CatalogView) -> dict[str, Any]:
 
 
 async def catalog(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: each agent's effective configuration
+        content: {application/json: {schema: {type: object}}}
+    """
     state = app_state(request)
     view = await state.models.get()
     return JSONResponse(
@@ -91,6 +98,19 @@ def _agent_name(request: Request, state: AppState) -> str:
 
 
 async def put_agent(request: Request) -> Response:
+    """
+    ---
+    requestBody:
+      required: true
+      content: {application/json: {schema: {type: object}}}
+    responses:
+      200:
+        description: the agent's configuration, changed
+        content: {application/json: {schema: {type: object}}}
+      403: forbidden admin_disabled
+      404: unknown_agent
+      422: invalid_field unknown_model reasoning_not_supported max_tokens_too_large
+    """
     state = app_state(request)
     await require_admin(request)
     name = _agent_name(request, state)
@@ -108,6 +128,15 @@ async def put_agent(request: Request) -> Response:
 
 
 async def delete_agent(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the agent's configuration, back to its file's
+        content: {application/json: {schema: {type: object}}}
+      403: forbidden admin_disabled
+      404: unknown_agent
+    """
     state = app_state(request)
     await require_admin(request)
     name = _agent_name(request, state)

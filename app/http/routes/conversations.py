@@ -134,6 +134,21 @@ def _agent(request: Request) -> str | None:
 
 
 async def list_conversations(request: Request) -> Response:
+    """
+    ---
+    parameters:
+      - {name: agent, in: query, schema: {type: string}}
+      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 100}}
+      - {name: cursor, in: query, schema: {type: string}}
+      - {name: q, in: query, schema: {type: string}, description: full-text search}
+      - {name: user_id, in: query, schema: {type: string}, description: admins only}
+    responses:
+      200:
+        description: 'a page of conversations: `{"conversations", "next"}`'
+        content: {application/json: {schema: {type: object, required: [conversations, next]}}}
+      403: forbidden
+      422: invalid_query unknown_agent invalid_field
+    """
     if "q" in request.query_params:
         return await search_conversations(request)
     state = app_state(request)
@@ -235,6 +250,15 @@ async def _with_messages(state: AppState, row: dict[str, Any]) -> dict[str, Any]
 
 
 async def get_conversation(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the conversation and the messages of the branch it shows
+        content: {application/json: {schema: {type: object}}}
+      404: conversation_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")
@@ -247,7 +271,20 @@ async def get_conversation(request: Request) -> Response:
 
 
 async def rename_conversation(request: Request) -> Response:
-    """`PATCH /api/conversations/{id}` `{"title"}`: the user's own title, kept from then on."""
+    """`PATCH /api/conversations/{id}` `{"title"}`: the user's own title, kept from then on.
+    ---
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {type: object, required: [title], properties: {title: {type: string}}}
+    responses:
+      200:
+        description: the conversation, renamed
+        content: {application/json: {schema: {type: object}}}
+      404: conversation_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")
@@ -269,7 +306,15 @@ async def rename_conversation(request: Request) -> Response:
 
 async def activate_message(request: Request) -> Response:
     """`POST /api/messages/{id}/activate`: the conversation shows the branch through message
-    `id` (its latest, see `Replies.show`); answers with the conversation as `GET` does."""
+    `id` (its latest, see `Replies.show`); answers with the conversation as `GET` does.
+    ---
+    responses:
+      200:
+        description: the conversation, showing the branch through the message
+        content: {application/json: {schema: {type: object}}}
+      404: message_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     message_id = path_id(request, "message_id")
@@ -348,7 +393,19 @@ def _file_name(title: str, updated_at: datetime, suffix: str) -> tuple[str, str]
 async def export_conversation(request: Request) -> Response:
     """The conversation's messages, as `GET /api/conversations/{id}` lists them (the store's
     one function for that: the branch the conversation shows), as a Markdown or JSON file to
-    download."""
+    download.
+    ---
+    parameters:
+      - {name: format, in: query, schema: {type: string, enum: [markdown, json]}}
+    responses:
+      200:
+        description: the conversation as a file to download
+        content:
+          text/markdown: {schema: {type: string}}
+          application/json: {schema: {type: object}}
+      404: conversation_not_found
+      422: invalid_query invalid_field
+    """
     caller = await identify(request)
     state = app_state(request)
     conversation_id = path_id(request, "conversation_id")
@@ -392,6 +449,13 @@ async def export_conversation(request: Request) -> Response:
 
 
 async def delete_conversation(request: Request) -> Response:
+    """
+    ---
+    responses:
+      204: deleted
+      404: conversation_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")

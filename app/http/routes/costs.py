@@ -148,18 +148,56 @@ async def _answer(request: Request, range_: ReportRange, fmt: str, *, mine: bool
 
 
 async def admin_costs(request: Request) -> Response:
+    """
+    ---
+    parameters: &report
+      - {name: from, in: query, schema: {type: string, format: date}}
+      - {name: to, in: query, schema: {type: string, format: date}}
+      - {name: group_by, in: query, schema: {type: string}}
+      - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
+    responses:
+      200:
+        description: the cost report
+        content:
+          application/json: {schema: {type: object}}
+          text/csv: {schema: {type: string}}
+      403: forbidden admin_disabled
+      422: invalid_query
+    """
     await require_admin(request)
     range_, fmt = parse_range(request, user_id=None)
     return await _answer(request, range_, fmt, mine=False)
 
 
 async def my_costs(request: Request) -> Response:
+    """
+    ---
+    parameters:
+      - {name: from, in: query, schema: {type: string, format: date}}
+      - {name: to, in: query, schema: {type: string, format: date}}
+      - {name: group_by, in: query, schema: {type: string}}
+      - {name: format, in: query, schema: {type: string, enum: [json, csv]}}
+    responses:
+      200:
+        description: the cost report of the caller's own generations
+        content:
+          application/json: {schema: {type: object}}
+          text/csv: {schema: {type: string}}
+      422: invalid_query
+    """
     user_id = (await identify(request)).user_id
     range_, fmt = parse_range(request, user_id=user_id)
     return await _answer(request, range_, fmt, mine=True)
 
 
 async def costs_page(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the admins' cost page
+        content: {text/html: {schema: {type: string}}}
+    """
     # The page itself is public and holds no data: it asks for the admin token and sends it
     # with each API call, as a script would.
     return FileResponse(STATIC_DIR / "costs.html", headers={"Cache-Control": "no-cache"})

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.core.outage import RETRY_AFTER_SECONDS, is_unavailable
 from app.errors import ApiError, error_response
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
@@ -20,11 +21,26 @@ log = logging.getLogger(__name__)
 
 
 async def healthz(request: Request) -> Response:
+    """Alive, and the database answers; 503 while it does not (nothing escapes as an error:
+    a probe must get an answer, not a dropped connection).
+    ---
+    responses:
+      200:
+        description: alive, and the database answers
+        content: {application/json: {schema: {type: object}}}
+      503:
+        description: the database does not answer (`Retry-After`)
+        content: {application/json: {schema: {type: object}}}
+    """
     state = app_state(request)
     try:
         await state.database.fetch_val("SELECT 1")
     except Exception:
-        return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "database": "down"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return JSONResponse(
         {
             "status": "ok",
@@ -37,13 +53,26 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready: the database answers and is migrated, and OpenRouter accepts our key (503 with
-    the reason's code otherwise; app/ops/readiness.py)."""
+    the reason's code otherwise; app/ops/readiness.py).
+    ---
+    responses:
+      200:
+        description: ready
+        content: {application/json: {schema: {type: object}}}
+      503: database_unavailable migrations_pending upstream_key_invalid upstream_unavailable
+    """
     state = app_state(request)
     try:
         pending = await pending_migrations(state.database, url=state.settings.database_url)
-    except Exception:
-        log.exception("readiness: the database does not answer")
-        return error_response(503, "database_unavailable", "the database does not answer")
+    except Exception as exc:
+        if not is_unavailable(exc):
+            log.exception("readiness: the database does not answer")
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database does not answer",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     if pending:
         return error_response(
             503,
@@ -64,7 +93,15 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus's text format, for `Authorization: Bearer METRICS_TOKEN`; without a
-    METRICS_TOKEN set the path does not exist (404), so it reveals nothing."""
+    METRICS_TOKEN set the path does not exist (404), so it reveals nothing.
+    ---
+    responses:
+      200:
+        description: Prometheus's text format
+        content: {text/plain: {schema: {type: string}}}
+      401: unauthorized invalid_token
+      404: not_found
+    """
     state = app_state(request)
     token = state.settings.metrics_token
     if token is None or state.metrics is None:

@@ -10,6 +10,13 @@ from app.http.auth.identity import identify
 
 
 async def me(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: who the caller is
+        content: {application/json: {schema: {type: object}}}
+    """
     caller = await identify(request)
     return JSONResponse({"user_id": caller.user_id, "is_admin": caller.is_admin})
 

@@ -40,6 +40,18 @@ def _max_price(value: str | None) -> Decimal | None:
 
 
 async def list_models(request: Request) -> Response:
+    """
+    ---
+    parameters:
+      - {name: sort, in: query, schema: {type: string}}
+      - {name: capability, in: query, schema: {type: string}}
+      - {name: max_price, in: query, schema: {type: string}}
+    responses:
+      200:
+        description: the models a caller may choose
+        content: {application/json: {schema: {type: object}}}
+      422: invalid_query
+    """
     state = app_state(request)
     params = request.query_params
     sort = params.get("sort") or None

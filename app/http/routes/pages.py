@@ -13,6 +13,13 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
 
 async def index(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the chat page
+        content: {text/html: {schema: {type: string}}}
+    """
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 

@@ -30,9 +30,9 @@ from app.http.turns import (
     regenerate_turn,
     start_run,
 )
-from app.replies.events import LogEvent
 from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
+from app.replies.wire import LogEvent, final_body, succeeded
 
 # What keeps a slow `"stream": false` answer's connection alive: JSON allows whitespace before
 # its value, so the body still parses.
@@ -60,13 +60,6 @@ async def _whole_reply(source: ReplySource) -> list[LogEvent]:
     return events
 
 
-def _final_body(events: list[LogEvent]) -> dict[str, Any]:
-    """A `"stream": false` answer: the `meta` and final event's fields, and the content (an
-    error's `status` and `code` among them)."""
-    content = "".join(event.payload["content"] for event in events if event.event == "delta")
-    return {**events[0].payload, **events[-1].payload, "content": content}
-
-
 async def _final_json(state: AppState, source: ReplySource) -> Response:
     """The reply as one JSON answer: at once if it is over within NONSTREAM_KEEPALIVE_AFTER
     seconds (a 502 if it failed); else a 200 committed then, kept alive with whitespace (legal
@@ -79,9 +72,7 @@ async def _final_json(state: AppState, source: ReplySource) -> Response:
         raise
     if whole.done():
         events = whole.result()
-        return JSONResponse(
-            _final_body(events), status_code=200 if events[-1].event == "done" else 502
-        )
+        return JSONResponse(final_body(events), status_code=200 if succeeded(events) else 502)
     return StreamingResponse(
         _kept_alive(whole, interval=state.settings.ping_interval),
         media_type="application/json",
@@ -96,7 +87,7 @@ async def _kept_alive(
         yield KEEPALIVE
         while not (await asyncio.wait([whole], timeout=interval))[0]:
             yield KEEPALIVE
-        yield JSONResponse(_final_body(whole.result())).body
+        yield JSONResponse(final_body(whole.result())).body
     finally:
         # Over already, unless the client left: then stop following (the run goes on).
         whole.cancel()
@@ -177,6 +168,44 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
     `Last-Event-ID`, or its JSON."""
 
     async def endpoint(request: Request) -> Response:
+        """
+        ---
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  message: {type: string, description: "chat: the user's message"}
+                  context: {type: string, description: "coach: what to coach on"}
+                  question: {type: string, description: "coach: the question"}
+                  conversation_id: {type: [string, "null"]}
+                  stream: {type: boolean, default: true, description: "false: one JSON answer"}
+                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+                  reasoning: {type: object, properties: {effort: {type: string}}}
+        parameters:
+          - {name: Idempotency-Key, in: header, schema: {type: string}}
+        responses:
+          200:
+            description: 'the reply: SSE events, or with `"stream": false` one JSON answer'
+            content:
+              text/event-stream: {}
+              application/json: {schema: {type: object}}
+          502:
+            description: '`"stream": false`: the reply failed (its final event''s fields)'
+            content: {application/json: {schema: {type: object}}}
+          402: budget_exceeded
+          404: conversation_not_found
+          409: price_unknown idempotency_key_reused
+          413: message_too_long context_too_long question_too_long
+          422: >-
+            message_required coach_input_required invalid_field model_not_allowed unknown_model
+            reasoning_not_supported message_too_long_for_model
+          429: rate_limited
+          503: server_busy storage_error
+          400: invalid_last_event_id
+        """
         state = app_state(request)
         caller = await identify(request)
         mark(Stage.IDENTIFIED)
@@ -203,6 +232,34 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
     """
 
     async def endpoint(request: Request) -> Response:
+        """
+        ---
+        parameters:
+          - {name: message, in: query, schema: {type: string}}
+          - {name: context, in: query, schema: {type: string}}
+          - {name: question, in: query, schema: {type: string}}
+          - {name: conversation_id, in: query, schema: {type: string}}
+          - {name: model, in: query, schema: {type: string}}
+          - {name: reasoning, in: query, schema: {type: string}, description: an effort}
+          - {name: access_token, in: query, schema: {type: string}}
+          - {name: Last-Event-ID, in: header, schema: {type: string}}
+        responses:
+          200:
+            description: the reply's events
+            content: {text/event-stream: {}}
+          204: the client has every event of the reply
+          400: invalid_last_event_id
+          404: message_not_found
+          402: budget_exceeded
+          404: conversation_not_found
+          409: price_unknown idempotency_key_reused
+          413: message_too_long context_too_long question_too_long
+          422: >-
+            message_required coach_input_required invalid_field model_not_allowed unknown_model
+            reasoning_not_supported message_too_long_for_model
+          429: rate_limited
+          503: server_busy storage_error
+        """
         state = app_state(request)
         caller = await identify_from_query(request)
         resume = reply_event_id(request)
@@ -226,6 +283,42 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
     same `202` again for a retry with the turn's `Idempotency-Key`."""
 
     async def endpoint(request: Request) -> Response:
+        """
+        ---
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  message: {type: string, description: "chat: the user's message"}
+                  context: {type: string, description: "coach: what to coach on"}
+                  question: {type: string, description: "coach: the question"}
+                  conversation_id: {type: [string, "null"]}
+                  stream: {type: boolean, default: true, description: "false: one JSON answer"}
+                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+                  reasoning: {type: object, properties: {effort: {type: string}}}
+        parameters:
+          - {name: Idempotency-Key, in: header, schema: {type: string}}
+        responses:
+          202:
+            description: the reply's ids and its `stream_url`
+            content:
+              application/json:
+                schema:
+                  type: object
+                  required: [conversation_id, user_message_id, message_id, stream_url]
+          402: budget_exceeded
+          404: conversation_not_found
+          409: price_unknown idempotency_key_reused
+          413: message_too_long context_too_long question_too_long
+          422: >-
+            message_required coach_input_required invalid_field model_not_allowed unknown_model
+            reasoning_not_supported message_too_long_for_model
+          429: rate_limited
+          503: server_busy storage_error
+        """
         return await _accept(request, build)
 
     return endpoint
@@ -244,10 +337,7 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
             user_message_id=run["user_message_id"],
             message_id=run["message_id"],
         )
-    # The ids given out must be there to find (the stream's own answer would say
-    # storage_error; this one says so at once).
-    if not await run.turn_saved():
-        raise ApiError(503, "storage_error", "the conversation could not be saved")
+    # The ids given out are there to find: `start_run` answered 503 unless the turn was saved.
     if state.streams is not None:
         # And in its Redis Stream (a round trip, alongside the save), so the stream_url
         # is served live by whichever process the client reaches, not from checkpoints.
@@ -265,7 +355,32 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
 async def regenerate(request: Request) -> Response:
     """`POST /api/messages/{id}/regenerate` [`{"model", "reasoning"}`]: another reply to the
     user message reply `id` answered, beside it (two-step, as `POST /api/chat/messages`), with
-    another model if the body names one; the branch shown is the new reply's."""
+    another model if the body names one; the branch shown is the new reply's.
+    ---
+    requestBody:
+      required: false
+      content:
+        application/json:
+          schema:
+            type: object
+            properties:
+              model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+              reasoning: {type: object, properties: {effort: {type: string}}}
+    parameters:
+      - {name: Idempotency-Key, in: header, schema: {type: string}}
+    responses:
+      202:
+        description: the new reply's ids and its `stream_url`
+        content: {application/json: {schema: {type: object}}}
+      404: message_not_found
+      422: >-
+        invalid_field model_not_allowed unknown_model reasoning_not_supported
+        message_too_long_for_model
+      402: budget_exceeded
+      409: price_unknown idempotency_key_reused
+      429: rate_limited
+      503: server_busy storage_error
+    """
 
     async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
         # Read after the caller is identified: a bad token answers 401 whatever the id.
@@ -278,7 +393,35 @@ async def regenerate(request: Request) -> Response:
 async def edit(request: Request) -> Response:
     """`POST /api/messages/{id}/edit` `{"message"}`: user message `id` said otherwise, a new
     user message beside it with its own reply (two-step); what followed the old one stays on
-    its branch."""
+    its branch.
+    ---
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [message]
+            properties:
+              message: {type: string}
+              model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+              reasoning: {type: object, properties: {effort: {type: string}}}
+    parameters:
+      - {name: Idempotency-Key, in: header, schema: {type: string}}
+    responses:
+      202:
+        description: the new reply's ids and its `stream_url`
+        content: {application/json: {schema: {type: object}}}
+      404: message_not_found
+      413: message_too_long
+      422: >-
+        message_required invalid_field model_not_allowed unknown_model reasoning_not_supported
+        message_too_long_for_model
+      402: budget_exceeded
+      409: price_unknown idempotency_key_reused
+      429: rate_limited
+      503: server_busy storage_error
+    """
 
     async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
         message_id = path_id(request, "message_id")
@@ -288,6 +431,22 @@ async def edit(request: Request) -> Response:
 
 
 async def reply_stream(request: Request) -> Response:
+    """
+    ---
+    parameters:
+      - {name: stream_token, in: query, schema: {type: string}}
+      - {name: access_token, in: query, schema: {type: string}}
+      - {name: last_event_id, in: query, schema: {type: string}}
+      - {name: Last-Event-ID, in: header, schema: {type: string}}
+    responses:
+      200:
+        description: the reply's events, from the start or after `Last-Event-ID`
+        content: {text/event-stream: {}}
+      204: the client has every event of the reply
+      400: invalid_last_event_id
+      404: message_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify_stream(request, request.path_params["message_id"])
     message_id = path_id(request, "message_id")
@@ -306,6 +465,18 @@ async def reply_stream(request: Request) -> Response:
 
 
 async def stop_reply(request: Request) -> Response:
+    """
+    ---
+    responses:
+      200:
+        description: the reply had ended already; its status
+        content: {application/json: {schema: {type: object}}}
+      202:
+        description: the reply is stopped; its status once it has ended
+        content: {application/json: {schema: {type: object}}}
+      404: message_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     message_id = path_id(request, "message_id")

@@ -22,12 +22,27 @@ async def _probe(request: Request) -> StageProbe:
 
 
 async def read_stages(request: Request) -> Response:
-    """Each stage's samples in milliseconds, in the order a request passes them."""
+    """Each stage's samples in milliseconds, in the order a request passes them.
+    ---
+    responses:
+      200:
+        description: each stage's samples
+        content: {application/json: {schema: {type: object}}}
+      403: forbidden admin_disabled
+      404: not_found
+    """
     probe = await _probe(request)
     return JSONResponse({"stages": {str(stage): list(ms) for stage, ms in probe.samples.items()}})
 
 
 async def clear_stages(request: Request) -> Response:
+    """
+    ---
+    responses:
+      204: cleared
+      403: forbidden admin_disabled
+      404: not_found
+    """
     (await _probe(request)).clear()
     return Response(status_code=204)
 
