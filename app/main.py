@@ -39,14 +39,17 @@ from app.http.routes import (
     conversations,
     costs,
     health,
+    jobs,
     me,
     models,
     pages,
     replies,
+    service_keys,
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
 from app.http.state import AppState
+from app.jobs.service import Jobs
 from app.ops.gc_freeze import start_up_frozen
 from app.ops.logging import ReplyLog, RequestLog, configure_logging
 from app.ops.metrics import Metrics
@@ -181,8 +184,22 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 outbox=streams.outbox if streams else None,
             )
             stack.push_async_callback(runs.shutdown)
+            limits = RequestLimits(settings=settings, runs=runs)
+            job_service = Jobs(
+                store=store,
+                database=database,
+                client=client,
+                models=model_catalog,
+                spend=spend,
+                limits=limits,
+                settings=settings,
+                spawn=runs.spawn,  # the final writes of jobs too, which shutdown waits for
+                reconcile=runs.recovery.reconcile,
+            )
+            stack.push_async_callback(job_service.stop)
             await _recover(store, runs)
             runs.recovery.start()
+            job_service.start()
             watcher = asyncio.create_task(drain_on_shutdown(runs), name="drain-on-shutdown")
             stack.callback(watcher.cancel)
             signals = Signals(
@@ -203,12 +220,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                     spend=spend,
-                    limits=RequestLimits(settings=settings, runs=runs),
+                    limits=limits,
                     metrics=metrics,
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                     signals=signals,
                     streams=streams,
                     stages=stages,
+                    jobs=job_service,
                 )
             }
 
@@ -223,6 +241,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *health.routes,
             *me.routes,
             *budgets.routes,
+            *jobs.routes,
+            *service_keys.routes,
             *stages_routes.routes,
             *pages.routes,
             *openapi_routes,

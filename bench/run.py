@@ -6,6 +6,7 @@
     .venv/bin/python -m bench --auth               # ours verifying a user's JWT on every reply
     .venv/bin/python -m bench --budgets            # ours with every spend limit on (never reached)
     .venv/bin/python -m bench --processes 2 --redis  # two servers, one database, with(out) Redis
+    .venv/bin/python -m bench --jobs               # and ours' /v1/chat/completions (issue 32)
 
 Every server is its own process: the fake upstream (`bench.fake_upstream`), the pass-through
 with the client pool (`passthrough`), the pass-through on one shared client (`passthrough-1`,
@@ -253,6 +254,53 @@ OURS = Protocol("/api/chat", PASSTHROUGH.body, re.compile(rb"event: delta"), b"e
 # The markers of a first reasoning delta: OpenRouter's (relayed as is by the pass-through), ours.
 UPSTREAM_REASONING = re.compile(rb'"reasoning": "[^"]')
 OURS_REASONING = re.compile(rb"event: reasoning")
+
+
+def jobs_protocol(key: str) -> Protocol:
+    """OpenAI-shaped requests to ours' `/v1/chat/completions` with a service key: the body the
+    upstream itself is sent, and its chunks relayed as they came, so the same markers."""
+    headers = f"Authorization: Bearer {key}\r\nX-Job: bench\r\n"
+    return dataclasses.replace(OPENROUTER, path="/v1/chat/completions", headers=headers)
+
+
+async def service_key(server: Server) -> str:
+    """A service key of ours with no limit of its own (a job's reservation rides beside its
+    call, as a turn's does with no budget)."""
+    async with httpx.AsyncClient(base_url=f"http://{HOST}:{server.port}") as http:
+        response = await http.post(
+            "/api/admin/keys",
+            json={"label": "bench", "models": "*"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        response.raise_for_status()
+        return response.json()["key"]
+
+
+def jobs_lines(by: dict[tuple[str, int], Result], levels: list[int]) -> tuple[str, list[str]]:
+    """The jobs target against the pass-through (issue 32's goals, at 50 and 200 streams: CPU
+    per reply <= 1.3x, first token added <= 1.5x, no errors)."""
+    lines, verdicts = [], []
+    for level in levels:
+        jobs, floor, up = by[("jobs", level)], by[("passthrough", level)], by[("upstream", level)]
+        added, floor_added = added_ttft_ms(jobs, up), added_ttft_ms(floor, up)
+        cpu = jobs.cpu_ms_per_reply / floor.cpu_ms_per_reply
+        ttft = added / max(MIN_ADDED_MS, floor_added)
+        lines.append(
+            f"level {level:>4}: jobs ttft added {added:.1f} ms vs pass-through "
+            f"{floor_added:.1f} ms (x{ttft:.2f}); cpu/reply x{cpu:.2f}; "
+            f"replies/s x{jobs.replies_per_s / floor.replies_per_s:.2f}; errors {jobs.errors}"
+        )
+        if level in (50, 200):
+            verdicts.append(
+                _verdict(cpu <= 1.3, f"jobs, {level} streams: cpu/reply x{cpu:.2f} <= 1.3")
+            )
+            verdicts.append(
+                _verdict(ttft <= 1.5, f"jobs, {level} streams: ttft added x{ttft:.2f} <= 1.5")
+            )
+            verdicts.append(
+                _verdict(jobs.errors == 0, f"jobs, {level} streams: {jobs.errors} errors == 0")
+            )
+    return "\n".join(lines), verdicts
 
 
 def ours_protocol(auth: bool) -> Protocol:
@@ -612,6 +660,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{', '.join(VARIANTS)}; each is compared with ours (features off) in the same run",
     )
     parser.add_argument(
+        "--jobs",
+        action="store_true",
+        help="and a target of ours' /v1/chat/completions, driven with OpenAI-shaped requests "
+        "and a service key (docs/jobs.md)",
+    )
+    parser.add_argument(
         "--postgres-url",
         help="with --profile: a PostgreSQL server (an account that may CREATE DATABASE) to use "
         "instead of a throwaway one",
@@ -625,6 +679,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--redis goes with --processes 2")
     if args.profile and (args.auth or args.budgets or args.ops or args.variants or args.reasoning):
         parser.error("--profile production sets its own features; it takes no feature flags")
+    if args.jobs and (args.profile or args.processes == 2):
+        parser.error("--jobs goes with the plain run (one process, no --profile)")
     if args.postgres_url and not args.profile:
         parser.error("--postgres-url goes with --profile production")
     if args.profile and args.processes == 2 and not args.redis:
@@ -831,12 +887,25 @@ async def main_async(args: argparse.Namespace) -> list[str]:
                     timed(ours_protocol(variant.auth), OURS_REASONING),
                 )
             )
+        if args.jobs:
+            jobs = procs.ours(
+                "jobs",
+                upstream,
+                auth=False,
+                settings={"ADMIN_TOKEN": ADMIN_TOKEN, **ops_settings(args)},
+            )
+            targets.append((jobs, timed(jobs_protocol(await service_key(jobs)), upstream_mark)))
         results = await measure_rounds(targets, args, time_limit=time_limit)
     print(table(results))
     by = {(r.target, r.level): r for r in results}
     summary, verdicts = ratios(by, args.levels)
     print("\nratios to the pass-through (pool), ttft at p50:")
     print(summary)
+    if args.jobs:
+        lines, jobs_verdicts = jobs_lines(by, args.levels)
+        print("\njobs (/v1/chat/completions) against the pass-through, same run:")
+        print(lines)
+        verdicts.extend(jobs_verdicts)
     if args.variants:
         print("\nfeatures on against off (ours), same run:")
         print(variant_lines(by, args.variants, args.levels))

@@ -30,7 +30,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("upstream", ["app.upstream"]),
     ("services", ["app.ops", "app.agents"]),
     ("billing", ["app.billing"]),
-    ("replies", ["app.replies"]),
+    ("replies", ["app.replies", "app.jobs"]),
     ("http", ["app.http"]),
     ("the app", ["app.main"]),
     ("commands", ["app.commands", "app.__main__", "app"]),

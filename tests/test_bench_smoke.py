@@ -89,6 +89,22 @@ def test_benchmark_runs_ours_with_auth_on_and_every_variant():
     assert "  relayed " in probed and "  saved " in probed  # budgets gate: the write is timed
 
 
+def test_benchmark_runs_the_jobs_target_with_a_service_key():
+    # Issue 32's target: OpenAI-shaped requests to /v1/chat/completions with a key the driver
+    # makes through the admin API; a refused key or request would show as errors.
+    args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    finished = run_bench("bench", *args, "--idle", "0", "--no-shared", "--jobs", timeout=120)
+    lines = finished.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("target"))
+    table = lines[header + 2 : lines.index("", header)]
+    rows = {row[0]: row for row in (line.split() for line in table)}
+    assert int(rows["jobs"][2]) >= 2 and int(rows["jobs"][3]) == 0, rows["jobs"]
+    compared = lines[
+        lines.index("jobs (/v1/chat/completions) against the pass-through, same run:") + 1
+    ]
+    assert compared.startswith("level    2: jobs ttft added")
+
+
 def test_rounds_are_pooled_into_one_measurement():
     def result(streams: int, errors: int, elapsed: float, cpu: float, ttft: list[float]):
         return Result("ours", 50, streams, errors, elapsed, ttft, ttft, cpu, 1000, 0.1)

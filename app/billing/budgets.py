@@ -239,13 +239,14 @@ class SpendControl:
         """Why a reservation did not fit: 402 budget_exceeded or 429 rate_limited."""
         user_id = reservation.user_id
         limits = await self.limits_for(user_id)
-        return await self._refusal(user_id, limits, reservation.periods, reservation.amount)
+        return await self.refusal_for(user_id, limits, reservation.periods, reservation.amount)
 
-    async def _refusal(
+    async def refusal_for(
         self, user_id: str, limits: Limits, periods: Periods, amount: int
     ) -> ApiError:
-        """Why a reservation did not fit, read after the fact: the limit with the least room
-        (another turn may have ended meanwhile; the figures are those of now)."""
+        """Why a reservation of `user_id`'s (a user's, or a service key's subject: app/jobs/)
+        did not fit, read after the fact: the limit with the least room (another turn may have
+        ended meanwhile; the figures are those of now)."""
         usage = await self._store.budgets.usage(
             user_id=user_id, day=periods.day, month=periods.month
         )

@@ -53,7 +53,7 @@ from app.core.money import PICOS
 from app.core.states import CostSource, GenerationStatus
 from app.storage.tables import generations
 
-GROUPS = ("day", "model", "agent", "user")
+GROUPS = ("day", "model", "agent", "user", "key", "job")  # key, job: jobs' (app/jobs/)
 LINE_ITEMS = "generation"  # group_by=generation: one row per generation, CSV only
 TWELVE_PLACES = Decimal("0.000000000001")
 EXACT_SOURCES = (CostSource.USAGE, CostSource.GENERATION)
@@ -85,6 +85,8 @@ LINE_ITEM_COLUMNS = (
     "message_id",
     "conversation_id",
     "user",
+    "key",
+    "job",
     "agent",
     "attempt",
     "requested_model",
@@ -169,6 +171,9 @@ def _keys(dialect: str) -> dict[str, sa.ColumnElement[Any]]:
         "model": sa.func.coalesce(generations.c.model, generations.c.requested_model),
         "agent": generations.c.agent,
         "user": generations.c.user_id,
+        # A job's service key and job tag (empty for replies): "cost per strategy per day".
+        "key": generations.c.key_id,
+        "job": generations.c.job,
     }
 
 
@@ -304,6 +309,8 @@ async def line_items(
         generations.c.message_id,
         generations.c.conversation_id,
         generations.c.user_id.label("user"),
+        generations.c.key_id.label("key"),
+        generations.c.job,
         generations.c.agent,
         generations.c.attempt,
         generations.c.requested_model,

@@ -341,6 +341,83 @@ def default_reply(messages: list[dict[str, Any]]) -> list[str]:
     return [parts[0], *(" " + part for part in parts[1:])]
 
 
+def sample(schema: Any) -> Any:
+    """A value that satisfies a JSON schema of the usual kinds (what structured outputs and tool
+    parameters use): every property of an object, the first of an enum, anyOf or oneOf."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return sample(schema[key][0])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        return {name: sample(sub) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [sample(schema.get("items") or {"type": "string"})]
+    return {
+        "string": "simulated",
+        "integer": 1,
+        "number": 1.5,
+        "boolean": True,
+        "null": None,
+    }.get(kind, "simulated")
+
+
+def _pieces(text: str, size: int = 8) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+def tool_call(body: dict[str, Any], number: int) -> ToolCall | None:
+    """The call a request with `tools` gets, unless it says `tool_choice: none` or its last
+    message is a tool's result (then the reply is text that quotes it): the tool `tool_choice`
+    names, else the first, with arguments that satisfy its parameters' schema."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    messages = body.get("messages") or []
+    choice = body.get("tool_choice")
+    if not tools or choice == "none" or (messages and messages[-1].get("role") == "tool"):
+        return None
+    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    tool = next((t for t in tools if t.get("function", {}).get("name") == named), tools[0])
+    function = tool.get("function") or {}
+    arguments = json.dumps(sample(function.get("parameters") or {"type": "object"}))
+    return ToolCall(id=f"call_sim_{number}", name=str(function.get("name")), arguments=arguments)
+
+
+def structured_reply(body: dict[str, Any]) -> list[str] | None:
+    """A reply that is JSON when `response_format` asks for it (an instance of its schema)."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        return _pieces(json.dumps(sample(schema)))
+    if response_format.get("type") == "json_object":
+        return _pieces(json.dumps({"simulated": True}))
+    return None
+
+
+def tool_result_reply(messages: list[dict[str, Any]]) -> list[str] | None:
+    """After a tool's result, a reply that says what the tool returned."""
+    if not messages or messages[-1].get("role") != "tool":
+        return None
+    text = f"[simulated reply] The tool returned: {messages[-1].get('content')}"
+    parts = text.split(" ")
+    return [parts[0], *(" " + part for part in parts[1:])]
+
+
 def directed(behaviour: Behaviour, messages: list[dict[str, Any]]) -> Behaviour:
     """The behaviour a `[[sim tokens=N delay=S]]` directive asks for: N chunks, S s apart."""
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
@@ -463,7 +540,21 @@ class FakeOpenRouter:
         if sum(1 for m in messages if _marked(m)) > PromptCache.MAX_BREAKPOINTS:
             message = f"A maximum of {PromptCache.MAX_BREAKPOINTS} blocks with cache_control"
             return JSONResponse({"error": {"code": 400, "message": message}}, status_code=400)
-        tokens = behaviour.tokens if behaviour.tokens is not None else default_reply(messages)
+        number = next(self._ids)
+        call = None
+        if behaviour.tokens is not None:
+            tokens = behaviour.tokens
+        else:
+            call = tool_call(body, number)
+            tokens = (
+                []
+                if call is not None
+                else structured_reply(body)
+                or tool_result_reply(messages)
+                or default_reply(messages)
+            )
+            if call is not None:
+                behaviour = replace(behaviour, finish_reason="tool_calls")
         prompt_tokens = sum(
             len(_words(text_of(m.get("content")))) for m in messages if isinstance(m, dict)
         )
@@ -474,7 +565,7 @@ class FakeOpenRouter:
         elif cache_prices is not None:
             cache = self.prompt_cache.use(model, messages)
         generation = Generation(
-            id=f"gen-sim-{next(self._ids)}",
+            id=f"gen-sim-{number}",
             model=model,
             prompt_tokens=prompt_tokens,
             prices=_prices(listed),
@@ -486,12 +577,12 @@ class FakeOpenRouter:
             self.generations[generation.id] = generation
 
         if not body.get("stream"):
-            return self._complete(generation, tokens, behaviour)
+            return self._complete(generation, tokens, behaviour, call)
         headers = {"Cache-Control": "no-cache"}
         if behaviour.generation_header:
             headers["X-Generation-Id"] = generation.id
         return StreamingResponse(
-            self._stream(generation, tokens, behaviour),
+            self._stream(generation, tokens, behaviour, call),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -546,14 +637,28 @@ class FakeOpenRouter:
         }
 
     def _complete(
-        self, generation: Generation, tokens: list[str], behaviour: Behaviour
+        self,
+        generation: Generation,
+        tokens: list[str],
+        behaviour: Behaviour,
+        call: ToolCall | None = None,
     ) -> Response:
-        generation.completion_tokens = len(tokens) + _reasoning_tokens(behaviour)
+        pieces = _pieces(call.arguments) if call is not None else []
+        generation.completion_tokens = len(tokens) + len(pieces) + _reasoning_tokens(behaviour)
         generation.cost = self._price(generation, behaviour)
         generation.finish_reason = behaviour.finish_reason
         generation.ended = True
         thoughts = [*behaviour.reasoning, *itertools.chain(*behaviour.reasoning_at.values())]
         message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+        if call is not None:
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+            ]
         if thoughts:
             message["reasoning"] = "".join(thoughts)
         details = [_text_detail("".join(thoughts), generation)] if thoughts else []
@@ -574,7 +679,13 @@ class FakeOpenRouter:
             headers={"X-Generation-Id": generation.id},
         )
 
-    async def _stream(self, generation: Generation, tokens: list[str], behaviour: Behaviour):
+    async def _stream(
+        self,
+        generation: Generation,
+        tokens: list[str],
+        behaviour: Behaviour,
+        call: ToolCall | None = None,
+    ):
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
             payload: dict[str, Any] = {
                 "id": generation.id,
@@ -650,6 +761,15 @@ class FakeOpenRouter:
                 if behaviour.annotations and index == len(tokens) - 1:
                     delta["annotations"] = behaviour.annotations
                 yield chunk(delta) + (comment if index % 8 == 7 else b"")
+            if call is not None:  # as OpenAI streams one: id and name first, then arguments
+                opening = {"index": 0, "id": call.id, "type": "function"}
+                opening["function"] = {"name": call.name, "arguments": ""}
+                yield chunk({"tool_calls": [opening]})
+                for piece in _pieces(call.arguments):
+                    if behaviour.delay:
+                        await asyncio.sleep(behaviour.delay)
+                    generation.completion_tokens += 1
+                    yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
             generation.cost = self._price(generation, behaviour)
             generation.finish_reason = behaviour.finish_reason
             if behaviour.ending is not None:

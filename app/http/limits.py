@@ -96,13 +96,15 @@ class RequestLimits:
         finally:
             self._admitting -= 1
 
-    async def count_turn(self, user_id: str) -> None:
-        """Count one turn of `user_id` against LIMIT_USER_RPM; 429 rate_limited past it."""
-        if self._rpm is None:
+    async def count_turn(self, user_id: str, *, per_minute: int | None = None) -> None:
+        """Count one turn of `user_id` against LIMIT_USER_RPM (or `per_minute`: a service
+        key's own rate, app/jobs/); 429 rate_limited past it."""
+        rpm = self._rpm if per_minute is None else RateLimitItemPerMinute(per_minute)
+        if rpm is None:
             return
         limiter = self._limiter
         try:
-            allowed = await limiter.hit(self._rpm, user_id)
+            allowed = await limiter.hit(rpm, user_id)
             if self._shared_away:
                 log.info("the rate-limit storage is back: windows are shared again")
                 self._shared_away = False
@@ -111,18 +113,18 @@ class RequestLimits:
                 log.warning("the rate-limit storage is unavailable (%s): counting per process", exc)
                 self._shared_away = True
             limiter = self._local
-            allowed = await limiter.hit(self._rpm, user_id)
+            allowed = await limiter.hit(rpm, user_id)
         if allowed:
             return
-        reset_at, remaining = await limiter.get_window_stats(self._rpm, user_id)
+        reset_at, remaining = await limiter.get_window_stats(rpm, user_id)
         wait = max(1, math.ceil(reset_at - time.time()))
         raise ApiError(
             429,
             "rate_limited",
-            f"more than {self._rpm.amount} messages in a minute; try again in {wait} s",
+            f"more than {rpm.amount} messages in a minute; try again in {wait} s",
             headers={
                 "Retry-After": str(wait),
-                "RateLimit-Limit": str(self._rpm.amount),
+                "RateLimit-Limit": str(rpm.amount),
                 "RateLimit-Remaining": str(max(0, remaining)),
                 "RateLimit-Reset": str(wait),
             },

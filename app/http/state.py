@@ -12,6 +12,7 @@ from app.billing.budgets import SpendControl
 from app.core.stages import StageProbe
 from app.http.auth.authenticator import Authenticator
 from app.http.limits import RequestLimits
+from app.jobs.service import Jobs
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
 from app.replies.redis_log import ReplyStreams
@@ -42,6 +43,7 @@ class AppState:
     signals: Signals  # stop requests and agent changes to and from the other processes
     streams: ReplyStreams | None = None  # live replies through Redis (REDIS_URL)
     stages: StageProbe | None = None  # STAGE_PROBE: where first tokens spend their time
+    jobs: Jobs | None = None  # the host app's calls to /v1, with service keys (app/jobs/)
 
 
 def app_state(request: Request) -> AppState:

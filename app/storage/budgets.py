@@ -354,9 +354,18 @@ class Budgets:
     async def sweep(self, *, idle_since: datetime) -> int:
         """End the reservations of replies a dead process left (or never saved), then settle
         what can be; the number ended. A reservation older than `idle_since` whose reply is
-        not streaming (swept up as interrupted, or never written) has no run left."""
-        streaming = sa.exists().where(
-            messages.c.id == _r.c.id, messages.c.status == MessageStatus.STREAMING
+        not streaming (swept up as interrupted, or never written) has no run left; a job's,
+        once its generation row is no longer streaming."""
+        streaming = sa.or_(
+            sa.exists().where(
+                messages.c.id == _r.c.id, messages.c.status == MessageStatus.STREAMING
+            ),
+            # A job (app/jobs/) has no message: its generation row says it is live, until
+            # its own sweep finds its heartbeat stopped.
+            sa.exists().where(
+                generations.c.message_id == _r.c.id,
+                generations.c.status == GenerationStatus.STREAMING,
+            ),
         )
         stamp = now()
         ended, _ = await self._writer.write(

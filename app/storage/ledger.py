@@ -197,12 +197,17 @@ class Ledger:
         conversation_id: str,
         agent: str,
         user_id: str | None,
+        key_id: str | None = None,
+        job: str | None = None,
+        touched_at: datetime | None = None,
     ) -> list[Step]:
         """The steps that save `records` as they stand, for a write of their reply's.
 
         `user_id` is whose spend they are (the reply's, a title's, None for no user's): kept on
         each row, so the spend stays theirs after the conversation is deleted. It is set when a
-        row is first saved and never changed after (it is not in GENERATION_PROGRESS)."""
+        row is first saved and never changed after (it is not in GENERATION_PROGRESS), as are
+        a job's service key and job tag (app/jobs/); `touched_at`, a job's first heartbeat, is
+        changed only by the heartbeats after it."""
         return [
             (
                 self._upsert_generation,
@@ -212,6 +217,9 @@ class Ledger:
                     "conversation_id": conversation_id,
                     "agent": agent,
                     "user_id": user_id,
+                    "key_id": key_id,
+                    "job": job,
+                    "touched_at": touched_at,
                     "attempt": record.attempt,
                     "requested_model": record.requested_model,
                     "started_at": record.started_at,

@@ -489,6 +489,52 @@ def _generations_by_user(dialect: sa.engine.Dialect) -> list[str]:
     return [f"CREATE INDEX ix_generations_user_started ON {columns}"]
 
 
+def _service_keys(dialect: sa.engine.Dialect) -> list[str]:
+    """The host app's service keys and its jobs in the ledger (issue 32, docs/jobs.md).
+
+    A job's generation row names its key and job tag (`group_by=key,job` in cost reports), and
+    carries `touched_at`, the heartbeat of the process running it: the sweep reads the live
+    jobs through a partial index of their own, so it never scans the ledger. A key is kept as
+    its SHA-256 only, looked up by it on every request (`ix_service_keys_hash`, unique)."""
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "service_keys",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("label", sa.String(100), nullable=False),
+        sa.Column("key_hash", sa.String(64), nullable=False),
+        sa.Column("hint", sa.String(16), nullable=False),
+        sa.Column("models", sa.Text, nullable=False),
+        sa.Column("daily_picousd", sa.BigInteger, nullable=True),
+        sa.Column("monthly_picousd", sa.BigInteger, nullable=True),
+        sa.Column("rpm", sa.Integer, nullable=True),
+        sa.Column("concurrency", sa.Integer, nullable=True),
+        sa.Column("store_content", sa.Boolean, nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("revoked_at", ts, nullable=True),
+        sa.Index("ix_service_keys_hash", "key_hash", unique=True),
+    )
+    sa.Table(
+        "job_contents",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("request", sa.Text, nullable=False),
+        sa.Column("response", sa.Text, nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+    )
+    column = sa.DateTime(timezone=True).compile(dialect=dialect)
+    return [
+        *_ddl(md, dialect),
+        "ALTER TABLE generations ADD COLUMN key_id VARCHAR(32)",
+        "ALTER TABLE generations ADD COLUMN job VARCHAR(100)",
+        f"ALTER TABLE generations ADD COLUMN touched_at {column}",
+        "CREATE INDEX ix_generations_live_jobs ON generations (touched_at)"
+        " WHERE key_id IS NOT NULL AND status = 'streaming'",
+    ]
+
+
 def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
     """The model each conversation last used, so its next turn uses it again (a user's choice
     is per conversation), the models an agent's run-time override lets users choose, and what
@@ -553,6 +599,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
+    Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
     Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),
 ]

@@ -117,6 +117,11 @@ generations = sa.Table(
     # Whose spend it is, written with the row (migration 11): the ledger outlives a deleted
     # conversation, and so does its user. None: spent for no user (`python -m app check`).
     sa.Column("user_id", sa.String(64)),
+    # A job's (migration 16): the service key that called `/v1/chat/completions` and the job
+    # tag it sent; when the process running it last said it is alive (a crash is told by it).
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("job", sa.String(100)),
+    sa.Column("touched_at", UTCDateTime),
     # What prompt caching saved (migration 18), pico-dollars, negative when cache writes cost
     # more than reads saved: from the usage's cached and cache-write tokens and the answering
     # model's catalog prices when the row was written (app/core/caching.py), else the
@@ -200,6 +205,36 @@ budget_overrides = sa.Table(
     sa.Column("monthly_overridden", sa.Boolean, nullable=False),
     sa.Column("monthly_picousd", sa.BigInteger),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+# The host app's service keys (migration 16, app/jobs/keys.py): only a hash of each is kept.
+service_keys = sa.Table(
+    "service_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("label", sa.String(100), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),  # SHA-256 of the key, hex
+    sa.Column("hint", sa.String(16), nullable=False),  # the key's first characters, to tell it
+    sa.Column("models", sa.Text, nullable=False),  # JSON: a list of model ids, or "*"
+    sa.Column("daily_picousd", sa.BigInteger),
+    sa.Column("monthly_picousd", sa.BigInteger),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("concurrency", sa.Integer),
+    sa.Column("store_content", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+# What a job sent and got, kept only for a key with `store_content` (migration 16).
+job_contents = sa.Table(
+    "job_contents",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the job's (its generation row's message)
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),  # the request body, JSON
+    sa.Column("response", sa.Text, nullable=False),  # the answer: JSON, or a stream's data lines
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 

@@ -625,6 +625,41 @@ class OpenRouterClient:
                         "OpenRouter closed the stream before the reply finished"
                     )
 
+    async def stream_data(
+        self, body: dict[str, Any], *, on_sent: Callable[[], None] | None = None
+    ) -> AsyncIterator[Opened | str]:
+        """One streaming completion as it came, for a relay that passes chunks on unchanged
+        (app/jobs/): `Opened` at HTTP 200 (the X-Generation-Id header's id, if any), then each
+        `data:` payload, undecoded, until [DONE] (not yielded) or the stream's end. A non-200
+        raises before anything is yielded; the response is closed on every exit."""
+        extensions = {} if on_sent is None else {"trace": _when_sent(on_sent)}
+        with _TRANSPORT_ERRORS:
+            async with aconnect_sse(
+                self._http,
+                "POST",
+                f"{self.base_url}/chat/completions",
+                json={**body, "stream": True},
+                headers=self._headers,
+                extensions=extensions,
+            ) as source:
+                response = source.response
+                if response.status_code != 200:
+                    raise await _status_error(response)
+                yield Opened(response.headers.get("x-generation-id"))
+                events = source.aiter_sse()
+                async for sse in events:
+                    if sse.data == "[DONE]":
+                        await _read_to_the_end(events)
+                        return
+                    if sse.data:
+                        yield sse.data
+
+    async def complete_payload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streaming completion's body as OpenRouter sent it (errors raised as ever)."""
+        payload = await self._json("POST", "/chat/completions", json={**body, "stream": False})
+        assert payload is not None
+        return payload
+
     async def _json(
         self, method: str, path: str, *, none_if_404: bool = False, **kwargs: Any
     ) -> dict[str, Any] | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hmac
 
-from app.http.auth.errors import Unauthorized
+from app.http.auth.errors import Unauthorized, invalid_token
 from app.http.auth.jwks import JwksCache
 from app.http.auth.jwt_tokens import Caller, JwtVerifier, hmac_keys
 from app.http.auth.stream_tokens import StreamTokens, derive_key
+from app.jobs.keys import is_service_key
 from app.settings import Settings
 from app.upstream.pool import ClientPool
 
@@ -31,6 +32,9 @@ class Authenticator:
         )
 
     async def caller(self, token: str | None) -> Caller:
+        if token is not None and is_service_key(token):
+            # A service key is for /v1 alone (app/jobs/), in every AUTH_MODE, dev included.
+            raise invalid_token("a service key opens no user route; send a user's token")
         if self.dev_caller is not None:
             return self.dev_caller
         if token is None:

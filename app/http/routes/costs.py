@@ -2,7 +2,9 @@
 (the caller's own), and the admins' cost page at `/admin/costs`.
 
     ?from=YYYY-MM-DD&to=YYYY-MM-DD   days in UTC, both included (default: the last 30 days)
-    &group_by=day,model,agent,user   any of these, comma-separated, in that nesting (default: day);
+    &group_by=day,model,agent,user,key,job
+                                     any of these, comma-separated, in that nesting (default: day;
+                                     key and job: the host app's jobs, app/jobs/);
                                      or `generation`: one row per generation (CSV only)
     &format=json|csv                 CSV: RFC 4180, a header row, streamed, a dated file name
 
