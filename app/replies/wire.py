@@ -145,7 +145,7 @@ def final_event(
     cost: Decimal | None,
     error_code: str | None,
     error_message: str | None,
-    cache_saved: int | None = None,
+    cache_saved: int | None,
 ) -> tuple[Event, dict[str, Any]]:
     """(event name, payload) of a reply's last event; live runs and replays both use it."""
     if FINAL_STATUSES[status] == Event.DONE:
