@@ -19,25 +19,29 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from app.admission.limits import RequestLimits
+from app.admission.service import Admission
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import Clock, SpendControl, utc_now
 from app.core.outage import quiet_pool_reconnections
 from app.core.redact import install_access_log_redaction
+from app.core.refusals import Refusal
 from app.core.stages import StageProbe, StartMarks
 from app.dev.simulator import Behaviour, FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.errors import EXCEPTION_HANDLERS
 from app.http.auth.authenticator import Authenticator
-from app.http.limits import RequestLimits
 from app.http.middleware import http_middleware
 from app.http.openapi import routes as openapi_routes
+from app.http.refusals import refusal_response
 from app.http.routes import (
     agent_models,
     budgets,
     catalog,
     conversations,
     costs,
+    feedback,
     health,
     jobs,
     me,
@@ -45,6 +49,7 @@ from app.http.routes import (
     pages,
     replies,
     service_keys,
+    shares,
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
@@ -184,7 +189,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 outbox=streams.outbox if streams else None,
             )
             stack.push_async_callback(runs.shutdown)
-            limits = RequestLimits(settings=settings, runs=runs)
+            limits = RequestLimits(settings=settings, live=lambda: len(runs.live))
             job_service = Jobs(
                 store=store,
                 database=database,
@@ -220,7 +225,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                     models=model_catalog,
                     auth=Authenticator(settings, http),  # JWKS fetched on first use, not here
                     spend=spend,
-                    limits=limits,
+                    admission=Admission(store=store, spend=spend, limits=limits),
                     metrics=metrics,
                     key_check=KeyCheck(client, warn_below=settings.credits_warning_usd),
                     signals=signals,
@@ -234,6 +239,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
         routes=[
             *replies.routes,
             *conversations.routes,
+            *feedback.routes,
+            *shares.routes,
             *catalog.routes,
             *costs.routes,
             *models.routes,
@@ -248,7 +255,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *openapi_routes,
         ],
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, Refusal: refusal_response},
         # The request log outermost: its line and X-Request-ID cover every answer, a 413 too.
         middleware=[
             *([Middleware(StartMarks)] if stages is not None else []),

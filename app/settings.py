@@ -142,6 +142,9 @@ class Settings(DatabaseSettings):
     max_body_bytes: int | None = Field(None, ge=1)
     # Origins whose pages may call the API (the coach widget embedded elsewhere); comma-separated.
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Who may show the chat page and the costs page in a frame: their CSP `frame-ancestors`
+    # (`'self'`, `'none'`, or origins separated by spaces: a host app embedding the page).
+    csp_frame_ancestors: str = "'self'"
     ping_interval: float = Field(15.0, gt=0, le=15.0)
     # A `"stream": false` answer not ready by then commits a 200 and keeps the connection alive
     # with whitespace every PING_INTERVAL: Heroku's router gives up on a first byte after 30 s.
@@ -247,6 +250,20 @@ class Settings(DatabaseSettings):
             if not isinstance(origin, str) or not ORIGIN.match(origin):
                 raise ValueError(f"{origin!r} is not an origin like https://example.com[:port]")
         return value
+
+    @field_validator("csp_frame_ancestors")
+    @classmethod
+    def _frame_ancestors(cls, value: str) -> str:
+        # Each source alone, so a value cannot end the directive and start another (`;`).
+        sources = value.split()
+        for source in sources:
+            if source not in ("'self'", "'none'") and not ORIGIN.match(source.rstrip("/")):
+                raise ValueError(
+                    f"{source!r} is not 'self', 'none' or an origin like https://a.example"
+                )
+        if not sources:
+            raise ValueError("give 'self', 'none' or the origins that may frame the page")
+        return " ".join(sources)
 
     @field_validator("openrouter_api_key", "admin_token", "metrics_token")
     @classmethod

@@ -30,6 +30,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("upstream", ["app.upstream"]),
     ("services", ["app.ops", "app.agents"]),
     ("billing", ["app.billing"]),
+    ("admission", ["app.admission"]),
     ("replies", ["app.replies", "app.jobs"]),
     ("http", ["app.http"]),
     ("the app", ["app.main"]),

@@ -34,8 +34,8 @@ from decimal import Decimal
 from typing import Any
 
 from app.core.money import PICOS, from_picos, to_picos, usd
+from app.core.refusals import OverBudget, PriceUnknown, RateLimited, Refusal
 from app.core.run_request import RunRequest
-from app.errors import ApiError
 from app.settings import Settings
 from app.storage.budgets import Limits, Usage
 from app.storage.store import Store
@@ -184,7 +184,7 @@ class SpendControl:
 
     async def plan(self, request: RunRequest) -> Reservation:
         """The turn's reservation of its worst case (its message id is the reservation's), or
-        409 price_unknown when a budget applies and a model's price is not known (no budget:
+        `PriceUnknown` when a budget applies and a model's price is not known (no budget:
         0 is reserved, and the real cost still counts once known)."""
         await self._models.get()  # the catalog's first load (memory, else the database)
         # With server budgets the statement reads the override; else it is read here.
@@ -200,9 +200,7 @@ class SpendControl:
                     for m in (request.model, *request.fallback_models)
                     if self._models.known_pricing(m) is None
                 )
-                raise ApiError(
-                    409,
-                    "price_unknown",
+                raise PriceUnknown(
                     f"the price of {model} is not known, and a budget applies: "
                     "the turn cannot be priced in advance",
                     details={"model": model},
@@ -228,22 +226,22 @@ class SpendControl:
 
     async def reserve(self, request: RunRequest) -> None:
         """Reserve a call's worst case in a write of its own (a title: no turn rows to ride
-        in), or raise the refusal: 402 budget_exceeded, 409 price_unknown, 429 rate_limited."""
+        in), or raise the refusal: `OverBudget`, `PriceUnknown`, `RateLimited`."""
         reservation = await self.plan(request)
         try:
             await self._store.budgets.reserve(reservation.steps)
         except WriteRefused:
             raise await self.refusal(reservation) from None
 
-    async def refusal(self, reservation: Reservation) -> ApiError:
-        """Why a reservation did not fit: 402 budget_exceeded or 429 rate_limited."""
+    async def refusal(self, reservation: Reservation) -> Refusal:
+        """Why a reservation did not fit: `OverBudget` or `RateLimited` (live replies)."""
         user_id = reservation.user_id
         limits = await self.limits_for(user_id)
         return await self.refusal_for(user_id, limits, reservation.periods, reservation.amount)
 
     async def refusal_for(
         self, user_id: str, limits: Limits, periods: Periods, amount: int
-    ) -> ApiError:
+    ) -> Refusal:
         """Why a reservation of `user_id`'s (a user's, or a service key's subject: app/jobs/)
         did not fit, read after the fact: the limit with the least room (another turn may have
         ended meanwhile; the figures are those of now)."""
@@ -255,17 +253,12 @@ class SpendControl:
         if limits.concurrent is not None and (
             usage.live >= limits.concurrent or not limits.budgeted
         ):
-            return ApiError(
-                429,
-                "rate_limited",
+            return RateLimited(
                 f"you have {limits.concurrent} replies streaming, the most allowed at once; "
                 "wait for one to finish",
-                headers={
-                    "Retry-After": str(LIVE_RETRY_AFTER),
-                    "RateLimit-Limit": str(limits.concurrent),
-                    "RateLimit-Remaining": "0",
-                    "RateLimit-Reset": str(LIVE_RETRY_AFTER),
-                },
+                limit=limits.concurrent,
+                remaining=0,
+                retry_after=LIVE_RETRY_AFTER,
                 details={"limit": "concurrent_replies"},
             )
         candidates = []
@@ -294,9 +287,7 @@ class SpendControl:
             "monthly": "your monthly budget",
             "global": "the service's daily budget",
         }[scope]
-        return ApiError(
-            402,
-            "budget_exceeded",
+        return OverBudget(
             f"this message could cost up to ${from_picos(amount):.4f}, more than what is left "
             f"of {what} of ${from_picos(limit):.2f}; it resets at {resets_at.isoformat()}",
             details={

@@ -23,7 +23,12 @@ What a row says:
 - how many generations are `exact`, `not_billed`, `unknown` (`none`) and still `pending`: a
   cost that is not exact is not hidden in the total, it is counted beside it;
 - `cost_per_complete_reply_usd`: `cost_usd` over `complete_replies`, to the pico-dollar
-  (half-even), empty when there is none.
+  (half-even), empty when there is none;
+- beside it, what people thought of those replies: `rated_replies` (complete replies with a
+  thumbs up or down, `feedback`) and `positive_share` (the share of them rated up, three
+  places, empty when none is rated), so which model gives the best answers per dollar shows.
+  Read by a second, small query (the rated replies of the range, joined to their generation)
+  merged by group in Python: the report's own query stays on `generations` alone.
 
 The user of a generation is the ledger's own `generations.user_id`, written with the row by the
 run that spent it (the reply's or the title's user; migration 11 gave the rows before it their
@@ -51,7 +56,7 @@ from databases import Database
 
 from app.core.money import PICOS
 from app.core.states import CostSource, GenerationStatus
-from app.storage.tables import generations
+from app.storage.tables import feedback, generations
 
 GROUPS = ("day", "model", "agent", "user", "key", "job")  # key, job: jobs' (app/jobs/)
 LINE_ITEMS = "generation"  # group_by=generation: one row per generation, CSV only
@@ -72,6 +77,8 @@ MEASURES = (
     "cache_saved_usd",
     "exact_cost_usd",
     "cost_per_complete_reply_usd",
+    "rated_replies",
+    "positive_share",
     "exact_generations",
     "not_billed_generations",
     "unknown_generations",
@@ -236,12 +243,46 @@ def report_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
     return query
 
 
-def _report_row(record: Any, group_by: Sequence[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name in group_by:
-        value = record[name]
-        # A day is `date` on PostgreSQL and ISO text on SQLite: ISO text either way.
-        row[name] = value.isoformat() if isinstance(value, date) else value
+def ratings_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
+    """The rated complete replies of the range and how many were rated up, in the report's
+    groups: from `feedback` (small: only rated replies) to each one's completed generation."""
+    keys = _keys(dialect)
+    grouped = [keys[name].label(name) for name in range_.group_by]
+    query = (
+        sa.select(
+            *grouped,
+            sa.func.count().label("rated"),
+            _count_if(feedback.c.rating > 0).label("positive"),
+        )
+        .select_from(feedback.join(generations, generations.c.message_id == feedback.c.message_id))
+        .where(*_filters(range_), generations.c.status == GenerationStatus.COMPLETE)
+    )
+    if grouped:
+        query = query.group_by(*(keys[name] for name in range_.group_by))
+    return query
+
+
+Ratings = dict[tuple[Any, ...], tuple[int, int]]
+
+
+def _group_key(record: Any, group_by: Sequence[str]) -> tuple[Any, ...]:
+    # A day is `date` on PostgreSQL and ISO text on SQLite: ISO text either way.
+    values = (record[name] for name in group_by)
+    return tuple(value.isoformat() if isinstance(value, date) else value for value in values)
+
+
+async def _ratings(database: Database, range_: ReportRange) -> Ratings:
+    query = ratings_query(range_, dialect=database.url.dialect)
+    return {
+        _group_key(record, range_.group_by): (int(record["rated"]), int(record["positive"]))
+        for record in await database.fetch_all(query)
+    }
+
+
+def _report_row(
+    record: Any, group_by: Sequence[str], rated: tuple[int, int] = (0, 0)
+) -> dict[str, Any]:
+    row: dict[str, Any] = dict(zip(group_by, _group_key(record, group_by), strict=True))
     cost = int(record["cost_picousd"] or 0)
     complete = int(record["complete_replies"])
     per_reply = None
@@ -256,6 +297,8 @@ def _report_row(record: Any, group_by: Sequence[str]) -> dict[str, Any]:
         cache_saved_usd=usd_text(int(record["cache_saved_picousd"] or 0)),
         exact_cost_usd=usd_text(int(record["exact_picousd"] or 0)),
         cost_per_complete_reply_usd=usd_text(per_reply),
+        rated_replies=rated[0],
+        positive_share=f"{Decimal(rated[1]) / rated[0]:.3f}" if rated[0] else None,
         exact_generations=int(record["exact_generations"]),
         not_billed_generations=int(record["not_billed_generations"]),
         unknown_generations=int(record["unknown_generations"]),
@@ -267,9 +310,11 @@ def _report_row(record: Any, group_by: Sequence[str]) -> dict[str, Any]:
 async def report(database: Database, range_: ReportRange) -> AsyncIterator[dict[str, Any]]:
     """The grouped rows, in group order, read through a cursor (one group at a time): the CSV,
     in bounded memory however many groups there are."""
+    ratings = await _ratings(database, range_)
     query = report_query(range_, dialect=database.url.dialect)
     async for record in database.iterate(query):
-        yield _report_row(record, range_.group_by)
+        key = _group_key(record, range_.group_by)
+        yield _report_row(record, range_.group_by, ratings.get(key, (0, 0)))
 
 
 async def report_with_totals(
@@ -285,11 +330,19 @@ async def report_with_totals(
     counts first attempts), so the sum is exact.
     """
     records = await database.fetch_all(report_query(range_, dialect=database.url.dialect))
+    ratings = await _ratings(database, range_)
     sums = dict.fromkeys(SUMMED, 0)
     for record in records:
         for name in SUMMED:
             sums[name] += int(record[name] or 0)
-    return [_report_row(record, range_.group_by) for record in records], _report_row(sums, ())
+    rated = (sum(r for r, _ in ratings.values()), sum(p for _, p in ratings.values()))
+    rows = [
+        _report_row(
+            record, range_.group_by, ratings.get(_group_key(record, range_.group_by), (0, 0))
+        )
+        for record in records
+    ]
+    return rows, _report_row(sums, (), rated)
 
 
 async def line_items(

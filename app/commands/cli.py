@@ -1,4 +1,5 @@
-"""`python -m app [serve|migrate|check]`: run the server, apply the migrations, or check the set-up.
+"""`python -m app [serve|migrate|check|token]`: run the server, apply the migrations, check the
+set-up, or make a user token for trying the page under AUTH_MODE=jwt.
 
 The one way to start the server, in development (`scripts/serve`) and in production (the
 Procfile): it owns what uvicorn's command line would otherwise hold (host, port, workers,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from app.commands.migrate import migrate_database
 from app.commands.serve import serve
@@ -21,7 +23,14 @@ from app.settings import ConfigError, DatabaseSettings, load_settings, refuse_to
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate", "check"]
+        "command", nargs="?", default="serve", choices=["serve", "migrate", "check", "token"]
+    )
+    parser.add_argument("--user", help="token: the user id the token is for")
+    parser.add_argument(
+        "--ttl", type=float, default=3600.0, help="token: seconds it lasts (default 3600)"
+    )
+    parser.add_argument(
+        "--admin", action="store_true", help="token: with the admin claim (AUTH_ADMIN_CLAIM)"
     )
     parser.add_argument(
         "--ping",
@@ -37,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         # After the settings, which say the format (LOG_FORMAT); a refusal prints its one line.
         configure_logging(json_lines=settings.logs_as_json)
+        if args.command == "token":
+            from app.commands.token import mint_token
+
+            if not args.user:
+                raise ConfigError("`token` needs --user <user id>")
+            print(mint_token(settings, user=args.user, ttl=args.ttl, admin=args.admin))
+            if settings.auth == "dev":
+                print("note: AUTH_MODE is dev here: this server takes no token", file=sys.stderr)
+            return 0
         if args.command == "check":
             from app.commands.check import run_checks
 

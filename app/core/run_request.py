@@ -25,7 +25,7 @@ class RunRequest:
     messages: list[dict[str, Any]]
     stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
     reasoning: dict[str, Any] | None = None  # OpenRouter's `reasoning` object, as the agent says
-    wants_title: bool = False  # the first reply of a chat: the titler names it once it is over
+    wants_title: bool = False  # a chat not titled yet: the titler names it once this is complete
     # {"sent", "left_out"} when history was left out to fit the model's window (for `meta`).
     history: dict[str, int] | None = None
     # The cache prices of the model and its fallbacks, by id: each generation's cache saving

@@ -418,9 +418,32 @@ def tool_result_reply(messages: list[dict[str, Any]]) -> list[str] | None:
     return [parts[0], *(" " + part for part in parts[1:])]
 
 
+TITLE_WORDS = 5
+
+
+def asks_for_a_title(messages: list[dict[str, Any]]) -> bool:
+    """The titler's request (`app/replies/titles.py`): a system prompt about a title, and the
+    exchange to name as one user message, "User: …\n\nAssistant: …"."""
+    system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
+    return "title" in system.lower() and len(users) == 1 and users[0].startswith("User: ")
+
+
+def title_reply(messages: list[dict[str, Any]]) -> list[str]:
+    """What a titler model answers, in spirit: a few words, here the question's first ones
+    (without a `[[sim …]]` directive), not a simulated reply of the question's length."""
+    exchange = next(str(m.get("content", "")) for m in messages if m.get("role") == "user")
+    question = exchange.removeprefix("User: ").split("\n\nAssistant:", 1)[0]
+    words = _words(DIRECTIVE.sub(" ", question))[:TITLE_WORDS] or ["Untitled", "chat"]
+    words[0] = words[0][:1].upper() + words[0][1:]
+    return [words[0], *(" " + word for word in words[1:])]
+
+
 def directed(behaviour: Behaviour, messages: list[dict[str, Any]]) -> Behaviour:
     """The behaviour a `[[sim tokens=N delay=S]]` directive asks for: N chunks, S s apart."""
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    if behaviour.tokens is None and asks_for_a_title(messages):
+        return replace(behaviour, tokens=title_reply(messages))
     found = DIRECTIVE.search(text_of(last_user.get("content", "")))
     if behaviour.tokens is not None or found is None:
         return behaviour

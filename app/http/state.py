@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from databases import Database
 from starlette.requests import Request
 
+from app.admission.service import Admission
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
 from app.core.stages import StageProbe
 from app.http.auth.authenticator import Authenticator
-from app.http.limits import RequestLimits
 from app.jobs.service import Jobs
 from app.ops.metrics import Metrics
 from app.ops.readiness import KeyCheck
@@ -37,7 +37,7 @@ class AppState:
     models: ModelCatalog
     auth: Authenticator  # who is calling: JWTs, the JWKS cache, stream tokens
     spend: SpendControl  # budgets and live replies per user: reserved in the database
-    limits: RequestLimits  # request rate per user, live replies per process
+    admission: Admission  # limits, budgets, idempotency: a ticket or a refusal per turn
     metrics: Metrics | None  # None when METRICS_TOKEN is unset: nothing is counted
     key_check: KeyCheck  # /readyz's OpenRouter key check, cached
     signals: Signals  # stop requests and agent changes to and from the other processes

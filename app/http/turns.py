@@ -1,4 +1,5 @@
-"""Turning a caller's input into a run: validation, the conversation, the upstream prompt.
+"""Turning a caller's input into a run: validation, the conversation, the upstream prompt;
+then admission (`app/admission/`) and the run.
 
 Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and two-step
 (`POST /api/chat/messages`) forms, so every entry point validates the same way.
@@ -6,16 +7,17 @@ Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+from app.admission.service import Key, KeyUsed
+from app.admission.turn_write import TurnWrite
 from app.agents.models import ModelChoice, choose, requested_effort, requested_model
-from app.billing.budgets import Reservation
 from app.core.outage import is_unavailable
+from app.core.refusals import NotSaved
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
 from app.errors import ApiError, database_away
@@ -26,7 +28,6 @@ from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
 from app.storage.replies import TurnIds
-from app.storage.writer import WriteRefused
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class Turn:
     # regenerated reply, the user message it answers again (`user_content` is then its text).
     parent_id: str | None = None
     answers: str | None = None
+    # A chat whose title is still the question's first words: its reply, if complete, gets it
+    # one (see `app/replies/titles.py`). A coach call's conversation is never listed, so
+    # titling it would be money for nothing.
+    wants_title: bool = False
 
     def compose(self, kept: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The upstream messages, given the history `kept`."""
@@ -125,6 +130,7 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         history=history,
         stream=stream,
         parent_id=leaf,
+        wants_title=conversation_id is None or not conversation["titled"],
     )
 
 
@@ -172,6 +178,7 @@ async def _branch_turn(
         history=history,
         parent_id=parent_id,
         answers=answers,
+        wants_title=conversation["agent"] == "chat" and not conversation["titled"],
     )
 
 
@@ -307,9 +314,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,
         user_message_id=ids.user_message_id,
-        # A chat's first reply gets it a title (see `app/replies/titles.py`); a coach call's
-        # conversation is never listed, so titling it would be money for nothing.
-        wants_title=ids.new_conversation and turn.agent == "chat",
+        wants_title=turn.wants_title,
         history=rows["history"],
         cache_prices=choice.cache_prices,
     )
@@ -334,114 +339,26 @@ def _request(turn: Turn, temperature: float, choice: ModelChoice) -> RunRequest:
     )
 
 
-async def _admit(state: AppState, request: RunRequest) -> Reservation:
-    """The caller's turn passes their request rate (429), and is priced (409 price_unknown):
-    its reservation, to ride in its write. Called within `state.limits.process_slot()` (503
-    server_busy)."""
-    await state.limits.count_turn(request.user_id)
-    return await state.spend.plan(request)
-
-
-async def _save(
-    state: AppState, reservation: Reservation, rows: dict[str, Any], **claim: Any
-) -> None:
-    """Write a turn's rows with its reservation (and its key's `claim`), before its upstream
-    call; 402 budget_exceeded or 429 rate_limited, with nothing saved, when it does not fit."""
-    try:
-        await state.store.replies.start_turn(**rows, reservation=reservation.steps, **claim)
-    except WriteRefused:
-        raise await state.spend.refusal(reservation) from None
-
-
-async def start_run(state: AppState, turn: Turn) -> Run:
-    """Admit the turn (limits, then the caller's budget reservation: 503, 429, 402 or 409 with
-    nothing saved or sent), then start its run.
-
-    When a limit applies, the turn's rows and its reservation are one write, awaited before
-    the upstream call: the check gates the call. Else they are saved while the upstream call
-    starts, so a turn nothing gates waits for no database before its first token."""
+async def start(state: AppState, turn: Turn, *, key: Key | None = None) -> Run | KeyUsed:
+    """Admit the turn (`state.admission`: a refusal raised, with nothing saved or sent), then
+    start its run; or, if `key` named a turn already, that turn's ids."""
     request, rows = _prepare(state, turn)
-    with state.limits.process_slot():
-        reservation = await _admit(state, request)
-        mark(Stage.ADMITTED)
-        if reservation.gated:
-            await _save(state, reservation, rows)
-            mark(Stage.SAVED)
-            save = None
-        else:
-            save = state.store.replies.start_turn(**rows, reservation=reservation.steps)
-        run = state.runs.start(request, save_turn=save)
-        mark(Stage.STARTED)
-    await _saved(run)
+    admitted = await state.admission.admit(request, rows, key=key)
+    if isinstance(admitted, KeyUsed):
+        return admitted
+    # No await since `admit` returned: the run is counted live before the next turn's check.
+    run = state.runs.start(admitted.request, turn=admitted.write)
+    mark(Stage.STARTED)
+    await _saved(admitted.write)
     return run
 
 
-async def _saved(run: Run) -> None:
-    """Once the run's turn is written (its `meta` event waits for that anyway): a turn the
+async def _saved(write: TurnWrite) -> None:
+    """Once the turn is written (its run's `meta` event waits for that anyway): a turn the
     database could not take is the caller's 503 (database_unavailable, with Retry-After, while
     the database is away), not a stream that ends in `storage_error`."""
-    if await run.turn_saved():
+    if await write.written():
         return
-    failure = run.saving.exception() if run.saving and not run.saving.cancelled() else None
-    if failure is not None and is_unavailable(failure):
+    if (failure := write.failure) is not None and is_unavailable(failure):
         raise database_away()
-    raise ApiError(503, "storage_error", "the conversation could not be saved")
-
-
-async def claim_run(
-    state: AppState, turn: Turn, *, key: str, fingerprint: str
-) -> Run | dict[str, Any]:
-    """Start the run of a turn sent with an `Idempotency-Key`, unless the key was used already:
-    then the key's row (its turn's ids, and the `fingerprint` of the request that used it).
-
-    Unlike `start_run`, the turn's rows are saved before the upstream call starts, in one
-    transaction with the key's and the reservation's (see `app/storage/idempotency.py`): a
-    request that loses the race for the key must not have called upstream, nor reserved. One
-    write's wait, for keyed turns only.
-
-    A retry finds the key's row first and reserves nothing, nor counts as a turn. A turn that
-    does not fit leaves the key unused.
-    """
-    used = await state.store.idempotency.get(user_id=turn.user_id, key=key)
-    if used is not None:
-        return used
-    request, rows = _prepare(state, turn)
-    ids = rows["ids"]
-    with state.limits.process_slot():
-        reservation = await _admit(state, request)
-        mark(Stage.ADMITTED)
-        claim = state.store.idempotency.claim(
-            user_id=turn.user_id,
-            key=key,
-            fingerprint=fingerprint,
-            conversation_id=ids.conversation_id,
-            user_message_id=ids.user_message_id,
-            message_id=ids.message_id,
-        )
-        try:
-            await _save(state, reservation, rows, claim=claim)
-        except ApiError:
-            # Refused, perhaps for the live reply of a simultaneous try with this key: then
-            # that try's turn is the answer.
-            with contextlib.suppress(Exception):
-                used = await state.store.idempotency.get(user_id=turn.user_id, key=key)
-            if used is not None:
-                return used
-            raise
-        except Exception as failed:
-            # The key's primary key refused it (the backends say so in different exceptions),
-            # or the database failed: the key's row tells which.
-            try:
-                claimed = await state.store.idempotency.get(user_id=turn.user_id, key=key)
-            except Exception:
-                claimed = None
-            if claimed is None:
-                log.error("could not save a keyed turn", exc_info=failed)
-                raise ApiError(
-                    503, "storage_error", "the conversation could not be saved"
-                ) from None
-            return claimed
-        mark(Stage.SAVED)
-        run = state.runs.start(request, save_turn=None)
-        mark(Stage.STARTED)
-        return run
+    raise NotSaved("the conversation could not be saved")

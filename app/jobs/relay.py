@@ -29,12 +29,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import Any, Protocol
 
+from app.core.refusals import Refusal
 from app.core.states import CostSource, GenerationStatus
 from app.errors import ApiError
 from app.jobs.errors import openai_error, upstream_refusal
 from app.jobs.keys import ServiceKey
 from app.jobs.request import JobRequest
-from app.replies.runs import record_usage
+from app.replies.draft import record_usage
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
 from app.storage.tables import job_contents, new_id, now
@@ -94,7 +95,7 @@ class Job:
         request: JobRequest,
         reservation: list[Step],
         gated: bool,
-        refusal: Callable[[], Awaitable[ApiError]],
+        refusal: Callable[[], Awaitable[Refusal]],
     ) -> None:
         self.id = job_id  # its reservation's, and its generation row's `message_id`
         self._jobs = jobs

@@ -34,6 +34,7 @@ from databases import Database
 
 from app.billing.budgets import Periods, SpendControl, prompt_token_bound, worst_case
 from app.core.money import to_picos
+from app.core.outage import Outage
 from app.core.states import GenerationStatus
 from app.errors import ApiError
 from app.jobs.keys import ServiceKey, ServiceKeys
@@ -86,6 +87,7 @@ class Jobs:
         self._global_daily = to_picos(settings.budget_global_daily_usd)
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
+        self._outage = Outage("the heartbeat of live jobs")
 
     # -- admission --------------------------------------------------------------------------------
 
@@ -180,9 +182,13 @@ class Jobs:
         interval = self._settings.heartbeat_interval
         while True:
             try:
-                await self.tend()
-            except Exception:  # a database hiccup must not end the heartbeat
-                log.exception("tending jobs failed")
+                # A task a beat, as `Recovery._tend`: a connection the database cut stays
+                # unusable to the task that held it.
+                await asyncio.create_task(self.tend())
+                self._outage.ok()
+            except Exception as exc:  # a database hiccup must not end the heartbeat
+                if not self._outage.failed(exc):
+                    log.exception("tending jobs failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_tending.wait(), interval)
                 return

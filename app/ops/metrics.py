@@ -21,6 +21,9 @@ codes are our own (`upstream_429`, ...). No user id, conversation or message id 
                                                      | cache_write
     streamchat_cost_usd_total{model,agent}           costs, when the reply ended or learnt later
     streamchat_generations_cost_unknown{source}      none | pending, read from the ledger per scrape
+    streamchat_rated_replies{model,agent}            complete replies with a thumbs up or down,
+    streamchat_rated_replies_positive_share{model,agent}   and the share rated up: beside
+                                                     the cost per reply, read per scrape
     streamchat_database_write_seconds
     streamchat_openrouter_limit_remaining_usd        from /readyz's key check
 """
@@ -37,7 +40,7 @@ from databases import Database
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app.core.states import CostSource, GenerationStatus
-from app.storage.tables import generations, now
+from app.storage.tables import feedback, generations, now
 from app.storage.writer import Writer
 
 if TYPE_CHECKING:
@@ -121,6 +124,18 @@ class Metrics:
             ["source"],
             registry=registry,
         )
+        self.rated = Gauge(
+            "streamchat_rated_replies",
+            "Complete replies their user rated (thumbs up or down), by the model that answered",
+            ["model", "agent"],
+            registry=registry,
+        )
+        self.positive_share = Gauge(
+            "streamchat_rated_replies_positive_share",
+            "The share of rated replies rated up (0 to 1), by the model that answered",
+            ["model", "agent"],
+            registry=registry,
+        )
         self.database_writes = Histogram(
             "streamchat_database_write_seconds",
             "One write (a transaction of steps), as its caller waits for it",
@@ -199,4 +214,33 @@ class Metrics:
         counts = {row[0]: row[1] for row in await database.fetch_all(query)}
         for source in UNKNOWN_SOURCES:
             self.costs_unknown.labels(str(source)).set(counts.get(source, 0))
+        await self._ratings(database)
         return generate_latest(self.registry)
+
+    async def _ratings(self, database: Database) -> None:
+        # From `feedback` (rated replies only) to each one's completed generation.
+        model = sa.func.coalesce(generations.c.model, generations.c.requested_model)
+        one, zero = sa.literal_column("1"), sa.literal_column("0")
+        query = (
+            sa.select(
+                model.label("model"),
+                generations.c.agent,
+                sa.func.count().label("rated"),
+                sa.func.sum(sa.case((feedback.c.rating > 0, one), else_=zero)).label("positive"),
+            )
+            .select_from(
+                feedback.join(generations, generations.c.message_id == feedback.c.message_id)
+            )
+            .where(generations.c.status == GenerationStatus.COMPLETE)
+            .group_by(model, generations.c.agent)
+        )
+        totals: dict[tuple[str, str], list[int]] = {}
+        self.rated.clear()  # a group whose ratings were all removed is gone, not stale
+        self.positive_share.clear()
+        for row in await database.fetch_all(query):
+            counts = totals.setdefault((self.model_label(row["model"]), row["agent"]), [0, 0])
+            counts[0] += int(row["rated"])
+            counts[1] += int(row["positive"] or 0)
+        for (name, agent), (rated, positive) in totals.items():
+            self.rated.labels(name, agent).set(rated)
+            self.positive_share.labels(name, agent).set(positive / rated)

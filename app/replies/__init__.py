@@ -1,1 +1,2 @@
-"""A reply's life: turns (input to run), the Run, its events, replay from the database."""
+"""A reply's life: the Run and its parts (attempts, draft, writer), the wire (its events),
+the live log, followers, replay from the database, the Redis mirror, recovery, titles."""

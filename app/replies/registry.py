@@ -7,6 +7,7 @@ import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
+from app.admission.turn_write import TurnWrite
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
 from app.core.outage import Outage
@@ -14,7 +15,7 @@ from app.core.run_request import RunRequest
 from app.core.states import MessageStatus
 from app.replies.recovery import Recovery
 from app.replies.redis_log import Outbox
-from app.replies.runs import Run
+from app.replies.runs import Run, RunConfig
 from app.replies.titles import AGENT as TITLER
 from app.replies.titles import Titler
 from app.settings import Settings
@@ -52,6 +53,7 @@ class Runs:
         self.store = store
         self.client = client
         self.settings = settings
+        self._run_config = RunConfig.of(settings)
         self.observers = observers
         self.outbox = outbox  # where live replies are published for other processes (Redis)
         self.live: dict[str, Run] = {}
@@ -83,14 +85,14 @@ class Runs:
             else None
         )
 
-    def start(self, request: RunRequest, *, save_turn: Coroutine[Any, Any, None] | None) -> Run:
-        """Start generating; `save_turn` writes the turn's rows meanwhile, never in the way
-        (None: they are written already)."""
+    def start(self, request: RunRequest, *, turn: TurnWrite) -> Run:
+        """Start generating; the run begins the turn's write, unless admission wrote it."""
         run = Run(
             request,
+            turn=turn,
             store=self.store,
             client=self.client,
-            settings=self.settings,
+            config=self._run_config,
             spawn=self.spawn,
             reconcile=self.recovery.reconcile,
             on_deserted=self._on_deserted,
@@ -99,7 +101,7 @@ class Runs:
             outage=self.writes,
         )
         self.live[run.message_id] = run
-        run.start(save_turn)
+        run.start()
         self._tell("reply_started", run)
         return run
 

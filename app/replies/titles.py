@@ -1,12 +1,14 @@
-"""Titles: a chat's first reply gets its conversation a title from a small, cheap model.
+"""Titles: a chat's first complete reply gets it a title from a small, cheap model.
 
 The `titler` agent of the agents file (its own model, temperature, max_tokens and prompt) is
-asked once per chat conversation, after the first reply is over: its `done` is out already,
-so a title never delays a reply. One non-streaming upstream call, recorded in the ledger like
-any other generation: agent `titler`, a cost row of its own (its `message_id` is the row's own
-id, as a title is no message), counted in the conversation's total. If the call fails or
-answers nothing usable, the question's first words, which the turn saved, stay the title; a
-title the user gave meanwhile (`PATCH /api/conversations/{id}`) is never overwritten.
+asked after a chat's first complete reply, whenever it comes (a first reply stopped or failed
+does not count: the next complete one is asked about), until the conversation is titled: its
+`done` is out already, so a title never delays a reply. One non-streaming upstream call,
+recorded in the ledger like any other generation: agent `titler`, a cost row of its own (its
+`message_id` is the row's own id, as a title is no message), counted in the conversation's
+total. If the call fails or answers nothing usable, the question's first words, which the
+turn saved, stay the title (until the next complete reply); a title the user gave
+(`PATCH /api/conversations/{id}`) settles it: never overwritten, never asked for again.
 
 It runs as the registry's background work (`Runs.spawn`); shutdown cancels it, and its row
 then says so. The page learns the title by reading the conversation list again
@@ -24,10 +26,10 @@ from typing import Any
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.refusals import Refusal
 from app.core.run_request import RunRequest
 from app.core.states import CostSource, GenerationStatus
-from app.errors import ApiError
-from app.replies.runs import record_usage
+from app.replies.draft import record_usage
 from app.settings import Settings
 from app.storage.ledger import GenerationRecord
 from app.storage.store import Store
@@ -124,16 +126,16 @@ class Titler:
                     reasoning=body.get("reasoning"),
                 )
             )
-        except ApiError as refused:
-            log.info("no title for %s: %s", request.conversation_id, refused.code)
+        except Refusal as refused:
+            log.info("no title for %s: %s", request.conversation_id, type(refused).__name__)
             return
         try:
-            await self._ask(request, body, record, question)
+            await self._ask(request, body, record)
         finally:
             await asyncio.shield(self._store.budgets.end(message_id=record.id))
 
     async def _ask(
-        self, request: RunRequest, body: dict[str, Any], record: GenerationRecord, question: str
+        self, request: RunRequest, body: dict[str, Any], record: GenerationRecord
     ) -> None:
         title = None
         try:
@@ -145,7 +147,7 @@ class Titler:
                 record.cost, record.cost_source = Decimal(0), CostSource.NOT_BILLED
         except asyncio.CancelledError:  # shutdown: the call may have been billed all the same
             record.status = GenerationStatus.CANCELLED
-            await self._save(request, record, title=None, question=question)
+            await self._save(request, record, title=None)
             raise
         else:
             parts = []
@@ -159,19 +161,18 @@ class Titler:
                     record.generation_id = record.generation_id or event.generation_id
             record.status = GenerationStatus.COMPLETE
             title = clean("".join(parts))
-        await self._save(request, record, title=title, question=question)
+        await self._save(request, record, title=title)
         if record.cost_source == CostSource.PENDING:
             self._reconcile(record_id=record.id, generation_id=record.generation_id)
 
     async def _save(
-        self, request: RunRequest, record: GenerationRecord, *, title: str | None, question: str
+        self, request: RunRequest, record: GenerationRecord, *, title: str | None
     ) -> None:
         record.ended_at = now()
         if record.cost_source == CostSource.PENDING and record.generation_id is None:
             record.cost_source = CostSource.NONE  # nothing upstream to ask about it
         await self._store.conversations.save_title(
             conversation_id=request.conversation_id,
-            old=first_words(question),
             new=title,
             generation=self._store.ledger.generation_steps(
                 records=[record],

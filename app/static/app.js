@@ -2,7 +2,8 @@
 // Chat page: conversation list, message view and streamed replies (SSE).
 // Sign-in (docs/auth.md): the host app's token from `data-token` on this script tag, or from
 // `window.streamchatGetToken()`; none in development. coach.js (loaded first) holds the
-// session, shared with the coach panel.
+// session, shared with the coach panel; stream.js is the stream client both use, markdown.js
+// the renderer of replies and advice.
 
 const auth = window.Coach.session({ token: document.currentScript?.dataset.token });
 
@@ -26,6 +27,15 @@ const els = {
   exportLinks: $('[data-testid="export"]'),
   exportMarkdown: $('[data-testid="export-markdown"]'),
   exportJson: $('[data-testid="export-json"]'),
+  rename: $('[data-testid="rename"]'),
+  share: $('[data-testid="share"]'),
+  shareBox: $('[data-testid="share-box"]'),
+  shareUrl: $('[data-testid="share-url"]'),
+  shareCopy: $('[data-testid="share-copy"]'),
+  shareRevoke: $('[data-testid="share-revoke"]'),
+  jump: $('[data-testid="jump-latest"]'),
+  undo: $('[data-testid="undo-bar"]'),
+  signIn: $('[data-testid="sign-in-needed"]'),
 };
 
 const state = {
@@ -42,9 +52,14 @@ const state = {
   navSeq: 0,
   searchSeq: 0, // likewise for searches: only the latest one's results are shown
   searchTimer: 0,
-  // A new conversation whose first reply is streaming: its title comes after it (refreshTitle).
-  titlePending: null,
+  // Following the reply: the message list stays at its end while it grows, until the reader
+  // scrolls up (then "Jump to latest" brings them back and follows again).
+  follow: true,
+  // Deletions waiting out their few seconds of undo: conversation id -> {timer, send}.
+  deleting: new Map(),
+  signedOut: false, // the server refused the page's sign-in: the composer is off
 };
+let coach = null; // the coach panel beside the conversation (mounted at the end)
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
 const STATUS_LABELS = { streaming: 'streaming…', reconnecting: 'reconnecting…' };
@@ -56,17 +71,9 @@ const FINISH_NOTES = {
 
 // ---------- helpers ----------
 
-// Replies are Markdown. markdown-it with `html: false` escapes any HTML in the text instead of
-// passing it on, and its link check refuses `javascript:`, `vbscript:`, `file:` and `data:`
-// URLs; DOMPurify then cleans what it made anyway, so one library's bug is not enough to run a
-// model's (or a prompt injector's) markup on the page. User messages stay plain text.
-const markdown = window.markdownit({ html: false, linkify: true, breaks: true });
-DOMPurify.addHook('afterSanitizeAttributes', (node) => {
-  if (node.tagName === 'A') {
-    node.setAttribute('target', '_blank');
-    node.setAttribute('rel', 'noopener noreferrer');
-  }
-});
+// Replies are Markdown (markdown.js: escaped HTML, checked links, images as links, DOMPurify
+// after); user messages stay plain text.
+const markdown = window.StreamchatMarkdown;
 
 // Strings become text nodes (Element.append), so model output is never parsed as HTML.
 function h(tag, attrs = {}, ...children) {
@@ -85,6 +92,17 @@ function formatUsd(v) {
   return '$' + Number(v).toFixed(6);
 }
 
+// An amount a person reads at a glance: cents when it is dollars, and as many decimals as a
+// small amount needs to show its first three digits ($0.000049, $0.0123, $0.50, $12.35).
+function formatSpend(v) {
+  const n = Number(v);
+  if (!Number.isFinite(n)) return '—';
+  if (n === 0) return '$0.00';
+  const decimals = Math.min(10, Math.max(2, 2 - Math.floor(Math.log10(Math.abs(n)))));
+  const [whole, part] = n.toFixed(decimals).split('.');
+  return `$${whole}.${part.replace(/0+$/, '').padEnd(2, '0')}`;
+}
+
 async function api(method, url, body) {
   let res;
   try {
@@ -98,7 +116,10 @@ async function api(method, url, body) {
   }
   if (res.status === 204) return null;
   const data = await res.json().catch(() => null);
-  if (res.status === 401) throw new Error(window.Coach.signInMessage(data));
+  if (res.status === 401) {
+    signedOut(data);
+    throw new Error(window.Coach.signInMessage(data, { tokenGiven: await auth.hasToken() }));
+  }
   if (!res.ok) throw new Error(refusal(res, data?.error) || data?.error?.message || `Request failed (HTTP ${res.status}).`);
   return data;
 }
@@ -109,7 +130,8 @@ function refusal(res, error) {
   const wait = res.headers.get('Retry-After');
   if (error.code === 'budget_exceeded') {
     const which = { daily: 'your daily budget', monthly: 'your monthly budget', global: "the service's daily budget" }[error.scope];
-    return `Not sent: this message could cost more than what is left of ${which} (${formatUsd(error.spent_usd + error.reserved_usd)} of ${formatUsd(error.limit_usd)} used). It resets at ${new Date(error.resets_at).toLocaleString()}.`;
+    const held = error.reserved_usd > 0 ? `, ${formatSpend(error.reserved_usd)} held for replies still streaming` : '';
+    return `Not sent: this message could cost more than what is left of ${which} (${formatSpend(error.spent_usd)} spent of ${formatSpend(error.limit_usd)}${held}). It resets at ${new Date(error.resets_at).toLocaleString()}.`;
   }
   if (error.code === 'rate_limited') {
     return error.limit === 'concurrent_replies'
@@ -117,22 +139,44 @@ function refusal(res, error) {
       : `Not sent: too many messages in a minute. Try again in ${wait || 'a few'} seconds.`;
   }
   if (error.code === 'server_busy') return `Not sent: the server is busy. Try again in ${wait || 'a few'} seconds.`;
-  if (error.code === 'price_unknown') return `Not sent: ${error.message}.`;
+  if (error.code === 'price_unknown') {
+    return `Not sent: the price of ${error.model || 'this model'} is not known, and your spending has a limit, so this message cannot be priced in advance. Try again later, or ask the operator to choose another model.`;
+  }
   return null;
 }
 
-// "$0.0123 of $1.00 today" (or without a limit, "$0.0123 today").
+// "$0.0123 of $0.02 spent today" (without a limit, "$0.0123 spent today"), and the month's
+// when it has a limit. What was spent, not what is held for replies still streaming: that
+// settles to their real cost, so counting it would make the figure go down as replies end.
 async function loadUsage() {
   const usage = await api('GET', '/api/me/usage').catch(() => null);
   if (!usage) return;
-  const day = usage.day;
-  const used = '$' + (day.spent_usd + day.reserved_usd).toFixed(4);
-  els.usage.textContent = day.limit_usd == null ? `${used} today` : `${used} of $${day.limit_usd.toFixed(2)} today`;
+  const line = (p, when) => (p.limit_usd == null
+    ? `${formatSpend(p.spent_usd)} spent ${when}`
+    : `${formatSpend(p.spent_usd)} of ${formatSpend(p.limit_usd)} spent ${when}`);
+  const parts = [line(usage.day, 'today')];
+  if (usage.month.limit_usd != null) parts.push(line(usage.month, 'this month'));
+  els.usage.textContent = parts.join(' · ');
+  els.usage.title = 'What your replies cost, not counting replies still streaming';
   els.usage.hidden = false;
 }
 
+// The server refused the page's sign-in: say what is missing where the composer was, and turn
+// the composer off (it could only fail).
+function signedOut(data) {
+  if (state.signedOut) return;
+  state.signedOut = true;
+  auth.hasToken().then((given) => {
+    els.signIn.textContent = window.Coach.signInMessage(data, { tokenGiven: given });
+    els.signIn.hidden = false;
+  });
+  updateComposer();
+}
+
 function showError(err) {
-  els.error.textContent = err instanceof Error ? err.message : String(err);
+  const message = err instanceof Error ? err.message : String(err);
+  if (state.signedOut && message.startsWith('Sign-in needed')) return; // said once, in its place
+  els.error.textContent = message;
   els.error.hidden = false;
 }
 function clearError() {
@@ -152,6 +196,7 @@ function setHash(id) {
 // The open conversation's export links (plain links: the browser downloads the attachment).
 function showExport(id) {
   els.exportLinks.hidden = !id;
+  els.shareBox.hidden = true;
   if (!id) return;
   const url = `/api/conversations/${encodeURIComponent(id)}/export`;
   els.exportMarkdown.href = `${url}?format=markdown`;
@@ -166,61 +211,46 @@ function formatTime(iso) {
 function setHeader(title, total) {
   els.title.textContent = title || 'New conversation';
   els.total.textContent = formatUsd(total);
+  els.rename.hidden = !state.openId;
 }
 
-function nearBottom() {
+// How far the end of the messages is from view, in pixels: inside the message list where it
+// scrolls (desktop), plus how far below the composer it is where the page scrolls as a whole
+// (phones).
+function distanceToEnd() {
   const m = els.messages;
-  return m.scrollHeight - m.scrollTop - m.clientHeight < 48;
+  const inner = m.scrollHeight - m.scrollTop - m.clientHeight;
+  const page = m.getBoundingClientRect().bottom - els.form.getBoundingClientRect().top;
+  return Math.max(0, inner) + Math.max(0, page);
 }
+function nearBottom() {
+  return distanceToEnd() < 48;
+}
+// Brings the end of the messages into view, just above the composer, and follows from then on.
 function scrollToEnd() {
-  els.messages.scrollTop = els.messages.scrollHeight;
+  const m = els.messages;
+  m.scrollTop = m.scrollHeight;
+  const below = m.getBoundingClientRect().bottom - els.form.getBoundingClientRect().top;
+  if (below > 0) window.scrollBy(0, below);
+  state.follow = true;
+  els.jump.hidden = true;
 }
-
-// ---------- SSE ----------
-
-// Wraps EventSource: lets the browser reconnect (server resumes after Last-Event-ID),
-// and closes for good on `done`/`error` so it does not reconnect forever.
-function openStream(url, on) {
-  const es = new EventSource(url);
-  let ended = false;
-  let seen = 0;
-  const parse = (e) => {
-    try { return JSON.parse(e.data); } catch { return {}; }
-  };
-  const end = () => { ended = true; es.close(); };
-
-  // Guard against an event replayed after a reconnect: appending it twice would corrupt the text.
-  const fresh = (e) => {
-    const id = Number(e.lastEventId);
-    if (id && id <= seen) return false;
-    if (id) seen = id;
-    return true;
-  };
-
-  es.onopen = () => on.open?.();
-  es.addEventListener('meta', (e) => on.meta?.(parse(e)));
-  es.addEventListener('reasoning', (e) => {
-    if (!fresh(e)) return;
-    const d = parse(e);
-    if (typeof d.content === 'string') on.reasoning(d.content);
-  });
-  es.addEventListener('delta', (e) => {
-    if (!fresh(e)) return;
-    const d = parse(e);
-    if (typeof d.content === 'string') on.delta(d.content);
-  });
-  es.addEventListener('annotation', (e) => {
-    if (fresh(e)) on.annotation(parse(e));
-  });
-  es.addEventListener('done', (e) => { end(); on.done(parse(e)); });
-  es.addEventListener('error', (e) => {
-    if (ended) return;
-    // A server `error` event carries data; a connection error is a bare Event.
-    if (typeof e.data === 'string') { end(); on.failed(parse(e)); return; }
-    if (es.readyState === EventSource.CLOSED) { ended = true; on.closed(); } // 204 or HTTP error: browser gave up
-    else on.reconnecting?.();
-  });
-  return { close: end };
+// After the messages grew: keep following, or offer the way back to the end.
+function followEnd() {
+  if (state.follow) scrollToEnd();
+  else els.jump.hidden = !state.views.size || nearBottom();
+}
+// The reader scrolled: up, and the reply no longer pulls them; back at the end, it does again.
+// Only a move up counts: the page's own scrolling only ever goes down, and a scroll event
+// arrives a frame late, when the reply may have grown past "near the end" already.
+let scrolledTo = 0;
+function onScroll() {
+  const at = window.scrollY + els.messages.scrollTop;
+  const up = at < scrolledTo - 2;
+  scrolledTo = at;
+  if (nearBottom()) state.follow = true;
+  else if (up) state.follow = false;
+  els.jump.hidden = state.follow || !state.views.size;
 }
 
 // ---------- messages ----------
@@ -298,9 +328,7 @@ function updateView(v, m) {
 function renderContent(v) {
   cancelAnimationFrame(v.frame);
   v.frame = 0;
-  const html = DOMPurify.sanitize(markdown.render(v.raw), { RETURN_DOM_FRAGMENT: true });
-  for (const pre of html.querySelectorAll('pre')) addCopyButton(pre);
-  v.content.replaceChildren(html);
+  v.content.replaceChildren(markdown.render(v.raw));
 }
 
 // Deltas come many per frame: parse at most once per animation frame, not once per token, so a
@@ -308,26 +336,9 @@ function renderContent(v) {
 function scheduleRender(v) {
   if (v.frame) return;
   v.frame = requestAnimationFrame(() => {
-    const stick = nearBottom();
     renderContent(v);
-    if (stick) scrollToEnd();
+    followEnd();
   });
-}
-
-function addCopyButton(pre) {
-  const code = pre.textContent;
-  const button = h('button', { type: 'button', class: 'code-copy', 'data-testid': 'copy-code' }, 'Copy');
-  button.addEventListener('click', async () => {
-    try {
-      await navigator.clipboard.writeText(code);
-      button.textContent = 'Copied';
-    } catch {
-      button.textContent = 'Copy failed'; // no clipboard (an http page other than localhost)
-    }
-  });
-  const block = h('div', { class: 'code-block' });
-  pre.replaceWith(block);
-  block.append(button, pre);
 }
 
 // Citations become links under the answer; only http(s) URLs are made clickable.
@@ -390,15 +401,95 @@ function addMessageTools(v, m) {
       }, '›')));
   }
   if (m.role === 'assistant') {
-    tools.append(h('button', {
+    const copy = h('button', {
+      type: 'button', class: 'btn-link', 'data-testid': 'copy-reply', 'aria-label': 'Copy this reply',
+    }, 'Copy');
+    copy.addEventListener('click', () => markdown.copyText(v.raw, copy));
+    tools.append(copy, h('button', {
       type: 'button', class: 'btn-link', 'data-testid': 'regenerate', onclick: () => regenerate(m.id),
     }, 'Regenerate'));
+    addFeedback(v, tools);
   } else if (m.role === 'user') {
     tools.append(h('button', {
       type: 'button', class: 'btn-link', 'data-testid': 'edit', onclick: () => startEdit(v),
     }, 'Edit'));
   }
+  v.tools = tools;
   v.el.append(tools);
+}
+
+// ---------- feedback ----------
+
+// Thumbs up or down under a reply, and then an optional comment; pressing the chosen thumb
+// again takes the rating back. Stored per reply and user (PUT/DELETE /api/messages/{id}/feedback).
+function addFeedback(v, tools) {
+  const thumb = (rating, label, mark) => h('button', {
+    type: 'button', class: 'btn-icon thumb', 'data-testid': `rate-${rating}`, 'aria-label': label,
+    'aria-pressed': 'false', onclick: () => rate(v, rating),
+  }, mark);
+  v.thumbs = { up: thumb('up', 'Good reply', '👍'), down: thumb('down', 'Bad reply', '👎') };
+  const input = h('input', {
+    type: 'text', class: 'feedback-input', 'data-testid': 'feedback-comment-input', maxlength: 2000,
+    'aria-label': 'What made this reply good or bad? (optional)', placeholder: 'Add a comment (optional)',
+  });
+  v.commentForm = h('form', { class: 'feedback-comment', 'data-testid': 'feedback-comment', hidden: true },
+    input, h('button', { type: 'submit', class: 'btn', 'data-testid': 'feedback-save' }, 'Save'));
+  v.commentInput = input;
+  v.commentForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    saveRating(v, v.rating, input.value.trim() || null).then(() => { v.commentForm.hidden = true; });
+  });
+  v.feedbackNote = h('span', { class: 'feedback-note', 'data-testid': 'feedback-note', role: 'status' });
+  tools.append(h('span', { class: 'feedback', role: 'group', 'aria-label': 'Rate this reply' },
+    v.thumbs.up, v.thumbs.down), v.feedbackNote, v.commentForm);
+}
+
+function showRating(v, rating, comment) {
+  v.rating = rating;
+  v.comment = comment;
+  for (const [name, button] of Object.entries(v.thumbs)) button.setAttribute('aria-pressed', String(name === rating));
+  v.commentInput.value = comment || '';
+}
+
+async function saveRating(v, rating, comment) {
+  try {
+    await api('PUT', `/api/messages/${encodeURIComponent(v.id)}/feedback`, { rating, comment });
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  showRating(v, rating, comment);
+  v.feedbackNote.textContent = 'Thanks for the feedback.';
+}
+
+async function rate(v, rating) {
+  if (v.rating === rating) {
+    try {
+      await api('DELETE', `/api/messages/${encodeURIComponent(v.id)}/feedback`);
+    } catch (err) {
+      showError(err);
+      return;
+    }
+    showRating(v, null, null);
+    v.commentForm.hidden = true;
+    v.feedbackNote.textContent = 'Rating removed.';
+    return;
+  }
+  await saveRating(v, rating, v.comment || null);
+  if (v.rating === rating) {
+    v.commentForm.hidden = false;
+    v.commentInput.focus();
+  }
+}
+
+// The caller's ratings of the open conversation's replies, every branch's.
+async function loadFeedback(conversationId, seq) {
+  const data = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}/feedback`).catch(() => null);
+  if (!data || seq !== state.navSeq) return;
+  for (const [id, f] of Object.entries(data.feedback || {})) {
+    const v = state.views.get(id);
+    if (v?.thumbs) showRating(v, f.rating, f.comment);
+  }
 }
 
 function busy() {
@@ -430,9 +521,17 @@ function regenerate(messageId) {
 
 function startEdit(v) {
   if (busy() || v.editor) return;
-  const input = h('textarea', { class: 'msg-edit-input', 'data-testid': 'edit-input', rows: 3, 'aria-label': 'Edit message' });
+  // Edited at the composer's width (the bubble widens while its editor is open), its tools
+  // hidden meanwhile: Save and Cancel are the only ways out.
+  const input = h('textarea', { class: 'msg-edit-input', 'data-testid': 'edit-input', rows: 4, 'aria-label': 'Edit message' });
   input.value = v.raw;
-  const close = () => { v.editor.remove(); v.editor = null; v.content.hidden = false; };
+  const close = () => {
+    v.editor.remove();
+    v.editor = null;
+    v.content.hidden = false;
+    v.tools.hidden = false;
+    v.el.classList.remove('msg-editing');
+  };
   const save = () => {
     const text = input.value.trim();
     if (!text) return;
@@ -448,6 +547,8 @@ function startEdit(v) {
       h('button', { type: 'button', class: 'btn btn-primary', 'data-testid': 'edit-save', onclick: save }, 'Save'),
       h('button', { type: 'button', class: 'btn', 'data-testid': 'edit-cancel', onclick: close }, 'Cancel')));
   v.content.hidden = true;
+  v.tools.hidden = true;
+  v.el.classList.add('msg-editing');
   v.content.after(v.editor);
   input.focus();
 }
@@ -466,21 +567,20 @@ async function activateMessage(messageId) {
   if (seq === state.navSeq) await showConversation(conv, { seq });
 }
 
-// The titler names a new conversation after its first reply, off the reply's path: read the
-// list again a few times until the title is no longer the question's first words.
-async function refreshTitle({ id, title }, delays = [300, 1000, 2500, 5000]) {
+// The titler names a conversation after its first complete reply (a stopped or failed one
+// does not count), off the reply's path: read the list again a few times until it is titled.
+async function refreshTitle(id, delays = [300, 1000, 2500, 5000]) {
   for (const ms of delays) {
     await new Promise((resolve) => setTimeout(resolve, ms));
     await loadConversations();
-    const now = state.conversations.find((c) => c.id === id)?.title;
-    if (now && now !== title) return;
+    if (state.conversations.find((c) => c.id === id)?.titled !== false) return;
   }
 }
 
 // ---------- streaming a reply ----------
 
 function updateComposer() {
-  const busy = state.sending || state.streamingId != null;
+  const busy = state.sending || state.streamingId != null || state.signedOut;
   els.input.disabled = busy;
   els.send.disabled = busy;
   els.stop.hidden = state.streamingId == null;
@@ -500,28 +600,26 @@ function startStream(url, v, { focusStop = false } = {}) {
   els.stop.disabled = false;
   if (focusStop) els.stop.focus();
 
-  const finish = () => {
+  const conversationId = state.openId;
+  const finish = (status) => {
     const refocus = document.activeElement === els.stop || document.activeElement === document.body;
     state.stream = null;
     state.streamingId = null;
     updateComposer();
-    if (refocus) els.input.focus();
+    if (refocus) els.input.focus({ preventScroll: true });
     loadConversations();
     loadUsage();
-    if (state.titlePending) {
-      refreshTitle(state.titlePending);
-      state.titlePending = null;
-    }
+    const listed = state.conversations.find((c) => c.id === conversationId);
+    if (status === 'complete' && conversationId && listed?.titled !== true) refreshTitle(conversationId);
   };
 
-  state.stream = openStream(url, {
+  state.stream = window.StreamchatStream.open(url, {
     open: () => { if (v.el.dataset.status === 'streaming') updateView(v, { status: 'streaming' }); },
     reconnecting: () => { v.badge.textContent = STATUS_LABELS.reconnecting; },
     meta: (d) => updateView(v, { model: d.model }),
     reasoning: (text) => {
-      const stick = nearBottom();
       appendThought(v, text);
-      if (stick) scrollToEnd();
+      followEnd();
     },
     delta: (text) => {
       v.raw += text;
@@ -531,24 +629,27 @@ function startStream(url, v, { focusStop = false } = {}) {
     done: (d) => {
       renderContent(v); // whole now, even where frames are not drawn (a background tab)
       const costKnown = d.cost_usd != null;
+      const status = d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete');
       updateView(v, {
-        status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
+        status,
         finish_reason: d.finish_reason,
         // Without a cost the run saw no usage chunk either, so its token counts are not real.
         model: d.model, usage: costKnown ? d.usage ?? null : null, cost_usd: d.cost_usd ?? null,
       });
-      finish();
+      followEnd();
+      finish(status);
       if (!costKnown) refreshCost(v, state.openId);
     },
     failed: (d) => {
       renderContent(v);
       updateView(v, { status: d.status || 'error', error: { code: d.code, message: d.message } });
-      finish();
+      followEnd();
+      finish(d.status || 'error');
     },
     // Ended without a terminal event (e.g. 204: already finished); the server has the final state.
     closed: async () => {
       const id = state.openId;
-      finish();
+      finish(null);
       if (!id) return;
       const conv = await openConversation(id, { resume: false });
       if (conv?.messages?.find((m) => m.id === v.id)?.status === 'streaming') {
@@ -622,8 +723,6 @@ async function send() {
     setHash(state.openId);
     clearMessages();
     setHeader(null, 0);
-    // The server's first-words title, until the titler's replaces it.
-    state.titlePending = { id: res.conversation_id, title: text.split(/\s+/).join(' ').slice(0, 80) };
   }
   appendMessage({ id: res.user_message_id, role: 'user', content: text, status: 'complete' });
   const v = appendMessage({
@@ -646,21 +745,30 @@ const listEndWatcher = new IntersectionObserver((entries) => {
 }, { root: els.list, rootMargin: '0px 0px 200px 0px' });
 
 function renderList() {
-  const items = state.conversations.map((c) => {
+  // Not under a title being typed in the list: the list is drawn again once it is saved.
+  if (els.list.querySelector('.title-input')) return;
+  const items = state.conversations.filter((c) => !state.deleting.has(c.id)).map((c) => {
     const title = c.title || 'New conversation';
     const active = c.id === state.openId;
-    return h('li', { class: active ? 'conv active' : 'conv', 'data-testid': 'conversation-item', 'data-conversation-id': c.id },
+    const item = h('li', { class: active ? 'conv active' : 'conv', 'data-testid': 'conversation-item', 'data-conversation-id': c.id });
+    const open = h('button', {
+      type: 'button', class: 'conv-open', 'aria-current': active ? 'true' : null,
+      onclick: () => openConversation(c.id),
+    },
+    h('span', { class: 'conv-title', 'data-testid': 'conversation-title' }, title),
+    h('span', { class: 'conv-cost', 'data-testid': 'conversation-cost' }, formatUsd(c.total_cost_usd)));
+    item.append(open,
       h('button', {
-        type: 'button', class: 'conv-open', 'aria-current': active ? 'true' : null,
-        onclick: () => openConversation(c.id),
-      },
-      h('span', { class: 'conv-title', 'data-testid': 'conversation-title' }, title),
-      h('span', { class: 'conv-cost', 'data-testid': 'conversation-cost' }, formatUsd(c.total_cost_usd))),
+        type: 'button', class: 'conv-action', 'data-testid': 'rename-conversation',
+        'aria-label': `Rename conversation “${title}”`, title: 'Rename',
+        onclick: () => editTitle(open, c.id, title),
+      }, '✎'),
       h('button', {
-        type: 'button', class: 'conv-delete', 'data-testid': 'delete-conversation',
+        type: 'button', class: 'conv-action conv-delete', 'data-testid': 'delete-conversation',
         'aria-label': `Delete conversation “${title}”`, title: 'Delete conversation',
-        onclick: () => deleteConversation(c.id),
+        onclick: () => deleteConversation(c.id, title),
       }, '×'));
+    return item;
   });
   if (!items.length && state.loaded) items.push(h('li', { class: 'conv-empty' }, 'No conversations yet.'));
   if (state.next) items.push(listEnd);
@@ -699,7 +807,7 @@ async function loadConversations() {
     state.loaded = true;
     renderList();
     const open = state.conversations.find((c) => c.id === state.openId);
-    if (open) setHeader(open.title, open.total_cost_usd);
+    if (open && !els.title.hidden) setHeader(open.title, open.total_cost_usd);
   } catch (err) {
     showError(err);
   }
@@ -708,6 +816,7 @@ async function loadConversations() {
 async function openConversation(id, { resume = true } = {}) {
   closeStream();
   clearError();
+  if (id !== state.openId) coach?.reset();
   const seq = ++state.navSeq;
   state.openId = id;
   setHash(id);
@@ -735,7 +844,8 @@ async function showConversation(conv, { resume = true, seq = state.navSeq } = {}
   setHeader(conv.title, conv.total_cost_usd);
   const messages = conv.messages || [];
   for (const m of messages) appendMessage(m);
-  scrollToEnd();
+  scrollToEnd(); // a conversation opens at its latest message
+  loadFeedback(conv.id, seq);
 
   // After a reload mid-reply: replay the reply from the start into a cleared message.
   const last = [...messages].reverse().find((m) => m.role === 'assistant');
@@ -752,6 +862,7 @@ async function showConversation(conv, { resume = true, seq = state.navSeq } = {}
 function newChat({ focus = true } = {}) {
   closeStream();
   clearError();
+  coach?.reset();
   state.navSeq++;
   state.openId = null;
   setHash(null);
@@ -761,19 +872,77 @@ function newChat({ focus = true } = {}) {
   if (focus) els.input.focus();
 }
 
-async function deleteConversation(id) {
+// A deletion waits a few seconds, the conversation gone from the list meanwhile, with Undo;
+// then the server deletes it. Leaving the page sends the ones still waiting.
+const UNDO_MS = 6000;
+function deleteConversation(id, title) {
   clearError();
-  try {
-    await api('DELETE', `/api/conversations/${encodeURIComponent(id)}`);
-  } catch (err) {
-    showError(err);
-    return;
-  }
   if (id === state.openId) newChat({ focus: false });
-  state.conversations = state.conversations.filter((c) => c.id !== id);
+  const send = () => {
+    clearTimeout(pending.timer);
+    state.deleting.delete(id);
+    if (!state.deleting.size) els.undo.hidden = true;
+    return api('DELETE', `/api/conversations/${encodeURIComponent(id)}`).then(loadConversations, showError);
+  };
+  const pending = { send, timer: setTimeout(send, UNDO_MS), title };
+  state.deleting.set(id, pending);
+  showUndo(id, title);
   renderList();
-  els.newChat.focus(); // the focused delete button is gone
-  loadConversations();
+  els.newChat.focus({ preventScroll: true }); // the focused delete button is gone
+}
+
+function showUndo(id, title) {
+  const undo = h('button', { type: 'button', class: 'btn-link', 'data-testid': 'undo-delete' }, 'Undo');
+  undo.addEventListener('click', () => {
+    const pending = state.deleting.get(id);
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    state.deleting.delete(id);
+    els.undo.hidden = true;
+    renderList();
+    openConversation(id);
+  });
+  els.undo.replaceChildren(h('span', {}, `Deleted “${title}”.`), ' ', undo);
+  els.undo.hidden = false;
+}
+
+// The conversation's title as a text box in place (the header's, or a list item's): Enter or
+// leaving it saves, Escape keeps the old one. A title the user gives is never replaced by
+// the titler's.
+function editTitle(shown, id, title) {
+  const input = h('input', {
+    type: 'text', class: 'title-input', 'data-testid': 'title-input', maxlength: 200,
+    'aria-label': 'Conversation title',
+  });
+  input.value = title;
+  let done = false;
+  const close = async (save) => {
+    if (done) return;
+    done = true;
+    const text = input.value.trim();
+    input.replaceWith(shown);
+    shown.hidden = false;
+    if (!save || !text || text === title) {
+      renderList();
+      return;
+    }
+    try {
+      await api('PATCH', `/api/conversations/${encodeURIComponent(id)}`, { title: text });
+    } catch (err) {
+      showError(err);
+    }
+    if (id === state.openId) els.title.textContent = text;
+    await loadConversations();
+  };
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') { e.preventDefault(); close(true); }
+    if (e.key === 'Escape') { e.preventDefault(); e.stopPropagation(); close(false); }
+  });
+  input.addEventListener('blur', () => close(true));
+  shown.hidden = true;
+  shown.after(input);
+  input.focus();
+  input.select();
 }
 
 // ---------- search ----------
@@ -834,6 +1003,59 @@ els.input.addEventListener('keydown', (e) => {
   }
 });
 els.stop.addEventListener('click', stopReply);
+// Esc stops the reply streaming (not while a box that uses Esc itself has the focus).
+document.addEventListener('keydown', (e) => {
+  if (e.key !== 'Escape' || !state.streamingId) return;
+  if (e.target.closest?.('.msg-edit, .search, .title-input, .coach-panel')) return;
+  e.preventDefault();
+  stopReply();
+});
+els.messages.addEventListener('scroll', onScroll, { passive: true });
+// The layout moves under a reader who follows (the list above the chat loads on a phone, Stop
+// takes room in the composer): keep the end in view.
+const keepEnd = new ResizeObserver(() => { if (state.follow && state.views.size) scrollToEnd(); });
+for (const el of [document.body, els.messages, els.list, els.form]) keepEnd.observe(el);
+window.addEventListener('scroll', onScroll, { passive: true });
+els.jump.addEventListener('click', () => { scrollToEnd(); els.input.focus({ preventScroll: true }); });
+// A read-only link to the branch shown now (a new one takes the place of the one before).
+els.share.addEventListener('click', async () => {
+  if (!state.openId) return;
+  let made;
+  try {
+    made = await api('POST', `/api/conversations/${encodeURIComponent(state.openId)}/share`);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  els.shareUrl.value = new URL(made.url, location.href).href;
+  els.shareBox.hidden = false;
+  els.shareUrl.focus();
+  els.shareUrl.select();
+});
+els.shareCopy.addEventListener('click', () => markdown.copyText(els.shareUrl.value, els.shareCopy));
+els.shareRevoke.addEventListener('click', async () => {
+  if (!state.openId) return;
+  try {
+    await api('DELETE', `/api/conversations/${encodeURIComponent(state.openId)}/share`);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  els.shareBox.hidden = true;
+  els.share.focus();
+});
+els.rename.addEventListener('click', () => {
+  if (state.openId) editTitle(els.title, state.openId, els.title.textContent);
+});
+// Leaving the page: the deletions still waiting out their undo go now (keepalive outlives it).
+window.addEventListener('pagehide', () => {
+  const t = auth.peek();
+  for (const [id] of state.deleting) {
+    fetch(`/api/conversations/${encodeURIComponent(id)}`, {
+      method: 'DELETE', keepalive: true, headers: t ? { Authorization: `Bearer ${t}` } : {},
+    });
+  }
+});
 els.searchForm.addEventListener('submit', (e) => { e.preventDefault(); runSearch(); });
 // While typing, search once the typing pauses rather than for every key.
 els.searchInput.addEventListener('input', () => {
@@ -852,7 +1074,7 @@ window.addEventListener('hashchange', () => {
   if (id && id !== state.openId) openConversation(id);
 });
 
-window.Coach.mount(document.getElementById('coach'), { getConversationId: () => state.openId, session: auth });
+coach = window.Coach.mount(document.getElementById('coach'), { getConversationId: () => state.openId, session: auth });
 
 loadConversations();
 loadUsage();

@@ -14,38 +14,29 @@
   const script = document.currentScript;
   let count = 0;
 
-  const CSS = `
-.coach-panel{box-sizing:border-box;display:flex;flex-direction:column;gap:8px;max-width:100%;padding:12px;
-  border:1px solid rgba(127,127,127,.35);border-radius:10px;background:var(--coach-bg,transparent);color:inherit;font:inherit}
-.coach-panel *{box-sizing:border-box}
-.coach-panel [hidden]{display:none!important}
-.coach-title{margin:0;font-size:1rem;font-weight:600}
-.coach-form{display:flex;flex-direction:column;gap:6px;margin:0}
-.coach-label{font-size:.85rem;opacity:.8}
-.coach-input{width:100%;padding:6px 8px;border:1px solid rgba(127,127,127,.5);border-radius:6px;background:transparent;color:inherit;font:inherit}
-.coach-actions{display:flex;flex-wrap:wrap;gap:6px}
-.coach-btn{padding:6px 12px;border:1px solid var(--coach-accent,#2557d6);border-radius:6px;
-  background:var(--coach-accent,#2557d6);color:#fff;font:inherit;cursor:pointer}
-.coach-btn:disabled{opacity:.55;cursor:not-allowed}
-.coach-btn-secondary{background:transparent;color:inherit;border-color:rgba(127,127,127,.6)}
-.coach-btn:focus-visible,.coach-input:focus-visible{outline:2px solid var(--coach-accent,#2557d6);outline-offset:2px}
-.coach-output{white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.45}
-.coach-output:empty{display:none}
-.coach-meta{display:flex;flex-wrap:wrap;gap:4px 10px;margin:0;font-size:.8rem;opacity:.8;font-variant-numeric:tabular-nums}
-.coach-badge{padding:0 6px;border:1px solid currentColor;border-radius:999px;font-size:.75rem}
-.coach-error{margin:0;color:var(--coach-error,#c62828);font-size:.9rem}
-.coach-thinking{font-size:.85rem;opacity:.8}
-.coach-thinking summary{cursor:pointer}
-.coach-thinking-text{white-space:pre-wrap;overflow-wrap:anywhere;padding-left:8px;border-left:2px solid currentColor}
-.coach-citations{margin:0;padding-left:1.3rem;font-size:.85rem}
-`;
-
+  // Beside this script: its styles (a stylesheet, not an inline <style>, so a page whose CSP
+  // allows only its own origin's styles shows the panel as designed) and the stream client it
+  // shares with the chat page (stream.js). Loaded once, whichever widget is mounted first.
+  const base = new URL('.', script?.src || location.href);
   function injectStyle() {
     if (document.getElementById('coach-style')) return;
-    const style = document.createElement('style');
-    style.id = 'coach-style';
-    style.textContent = CSS;
-    document.head.append(style);
+    const link = document.createElement('link');
+    link.id = 'coach-style';
+    link.rel = 'stylesheet';
+    link.href = new URL('coach.css', base).href;
+    document.head.append(link);
+  }
+  let streamClient = null;
+  function loadStream() {
+    if (window.StreamchatStream) return Promise.resolve(window.StreamchatStream);
+    streamClient ||= new Promise((resolve, reject) => {
+      const tag = document.createElement('script');
+      tag.src = new URL('stream.js', base).href;
+      tag.onload = () => resolve(window.StreamchatStream);
+      tag.onerror = () => { streamClient = null; reject(new Error(`Could not load ${tag.src}`)); };
+      document.head.append(tag);
+    });
+    return streamClient;
   }
 
   // Strings become text nodes, so advice text is never parsed as HTML.
@@ -83,6 +74,11 @@
     });
     return {
       async token() { return current ?? ask(); },
+      // Whether the host gave this page a token, or a way to get one (none: development, or a
+      // host that forgot to: the sign-in message then says what is missing).
+      async hasToken() { return Boolean(current || provider()); },
+      // The token held now, without asking the host (for a request sent as the page goes away).
+      peek() { return current; },
       // fetch, with the token; on 401 token_expired, once more with a fresh one.
       // A request that sent a token another one has already replaced (several were under
       // way when it expired) retries with the new one, without asking the host again.
@@ -111,10 +107,18 @@
     token_expired: 'your sign-in has expired',
     invalid_token: 'your sign-in was not accepted',
   };
-  function signInMessage(data) {
+  // A page that was handed no token at all cannot be fixed by its user signing in again: it
+  // says what is missing (the host app hands the token; docs/browser.md, "Signing in").
+  function signInMessage(data, { tokenGiven = true } = {}) {
     const code = data?.error?.code;
+    const tag = code ? ` (${code})` : '';
+    if (!tokenGiven && (!code || code === 'unauthorized')) {
+      return 'Sign-in needed: you are not signed in, and this page was given no sign-in token. '
+        + 'Open it from the app you use it with, which signs you in (its developers: see '
+        + `"Signing in" in docs/browser.md).${tag}`;
+    }
     const problem = SIGN_IN_PROBLEMS[code] || 'you are not signed in';
-    return `Sign-in needed: ${problem}. Sign in again, then reload this page.${code ? ` (${code})` : ''}`;
+    return `Sign-in needed: ${problem}. Sign in again, then reload this page.${tag}`;
   }
 
   async function request(auth, method, url, body) {
@@ -131,7 +135,7 @@
     }
     if (res.status === 204) return null;
     const data = await res.json().catch(() => null);
-    if (res.status === 401) throw new Error(signInMessage(data));
+    if (res.status === 401) throw new Error(signInMessage(data, { tokenGiven: await auth.hasToken() }));
     if (!res.ok) {
       // Status and code say what failed; the server's message says why.
       const code = data?.error?.code ? ` ${data.error.code}` : '';
@@ -147,43 +151,6 @@
     if (!el) return '';
     const text = el.matches('input, textarea, select') ? el.value : el.innerText ?? el.textContent;
     return (text || '').trim();
-  }
-
-  // The browser reconnects dropped streams by itself (server resumes after Last-Event-ID);
-  // we close on `done`/`error` so it does not reconnect forever.
-  function openStream(url, on) {
-    const es = new EventSource(url);
-    let ended = false;
-    let seen = 0;
-    const parse = (e) => {
-      try { return JSON.parse(e.data); } catch { return {}; }
-    };
-    const end = () => { ended = true; es.close(); };
-    const fresh = (e) => { // a replayed event would duplicate text
-      const id = Number(e.lastEventId);
-      if (id && id <= seen) return false;
-      if (id) seen = id;
-      return true;
-    };
-    es.addEventListener('meta', (e) => on.meta(parse(e)));
-    es.addEventListener('reasoning', (e) => {
-      if (!fresh(e)) return;
-      const d = parse(e);
-      if (typeof d.content === 'string') on.reasoning(d.content);
-    });
-    es.addEventListener('delta', (e) => {
-      if (!fresh(e)) return;
-      const d = parse(e);
-      if (typeof d.content === 'string') on.delta(d.content);
-    });
-    es.addEventListener('annotation', (e) => { if (fresh(e)) on.annotation(parse(e)); });
-    es.addEventListener('done', (e) => { end(); on.done(parse(e)); });
-    es.addEventListener('error', (e) => {
-      if (ended) return;
-      if (typeof e.data === 'string') { end(); on.failed(parse(e)); return; } // server `error` event
-      if (es.readyState === EventSource.CLOSED) { ended = true; on.closed(); } // 204 or HTTP error
-    });
-    return { close: end };
   }
 
   function mount(target, opts = {}) {
@@ -210,10 +177,26 @@
       input,
       h('div', { class: 'coach-actions' }, ask, stop));
     const error = h('p', { class: 'coach-error', role: 'alert', 'data-testid': 'coach-error', hidden: true });
-    const text = document.createTextNode('');
+    // The advice as Markdown, like the chat page's replies, where the page has loaded the
+    // renderer (markdown.js); as plain text elsewhere. Rendered at most once a frame.
+    const markdown = window.StreamchatMarkdown || null;
     const output = h('div', {
-      class: 'coach-output', 'data-testid': 'coach-output', 'aria-live': 'polite', 'aria-busy': 'false',
-    }, text);
+      class: markdown ? 'coach-output coach-markdown' : 'coach-output',
+      'data-testid': 'coach-output', 'aria-live': 'polite', 'aria-busy': 'false',
+    });
+    let advice = '';
+    let frame = 0;
+    const render = () => {
+      cancelAnimationFrame(frame);
+      frame = 0;
+      if (markdown) output.replaceChildren(markdown.render(advice));
+      else output.textContent = advice;
+    };
+    const setAdvice = (value) => { advice = value; render(); };
+    const addAdvice = (chunk) => {
+      advice += chunk;
+      frame ||= requestAnimationFrame(render);
+    };
     // The coach's thinking, collapsed until opened; its citations as links under the advice.
     const thoughts = document.createTextNode('');
     const thinkingLabel = h('summary', {}, 'Thinking…');
@@ -235,6 +218,20 @@
     let stream = null;
     let messageId = null;
     let conversationId = null;
+
+    // Back to an empty panel: no advice, thinking, citations or figures from before.
+    function clear() {
+      setAdvice('');
+      thoughts.data = '';
+      thinking.hidden = true;
+      citations.replaceChildren();
+      citations.hidden = true;
+      model.textContent = '';
+      tokens.hidden = true;
+      cost.textContent = formatUsd(null);
+      meta.hidden = true;
+      setError('');
+    }
 
     const setError = (msg) => {
       error.textContent = msg || '';
@@ -261,6 +258,7 @@
     };
     const finish = (d) => {
       stream = null;
+      render(); // whole now, even where frames are not drawn (a background tab)
       const u = d.usage;
       if (d.model) model.textContent = d.model;
       tokens.hidden = !u;
@@ -298,25 +296,26 @@
         if (hadFocus) input.focus();
         return;
       }
+      let client;
+      try {
+        client = await loadStream();
+      } catch (err) {
+        setStatus('idle');
+        setError(err.message);
+        return;
+      }
+      clear();
       messageId = res.message_id;
       conversationId = res.conversation_id;
-      text.data = '';
-      thoughts.data = '';
-      thinking.hidden = true;
-      citations.replaceChildren();
-      citations.hidden = true;
-      model.textContent = '';
-      tokens.hidden = true;
-      cost.textContent = formatUsd(null);
       meta.hidden = false;
       setStatus('streaming');
       if (hadFocus) stop.focus();
 
       // The stream_url carries a stream token of its own: no user token in it.
-      stream = openStream(new URL(res.stream_url, endpoint), {
+      stream = client.open(new URL(res.stream_url, endpoint), {
         meta: (d) => { if (d.model) model.textContent = d.model; },
         reasoning: (chunk) => { thinking.hidden = false; thoughts.appendData(chunk); },
-        delta: (chunk) => text.appendData(chunk),
+        delta: addAdvice,
         annotation: cite,
         done: (d) => finish({
           ...d, status: d.status || (d.finish_reason === 'stopped' ? 'stopped' : 'complete'),
@@ -331,7 +330,7 @@
             const conv = await request(auth, 'GET', new URL(`/api/conversations/${encodeURIComponent(conversationId)}`, endpoint));
             m = conv?.messages?.find((x) => x.id === messageId) || null;
           } catch { /* fall through: state unknown */ }
-          if (m?.content && m.content.length > text.data.length) text.data = m.content;
+          if (m?.content && m.content.length > advice.length) setAdvice(m.content);
           // A reply the server still calls "streaming" but will not stream to us is effectively interrupted.
           const status = !m || m.status === 'streaming' ? 'interrupted' : m.status;
           finish({ ...m, status, message: m?.error?.message });
@@ -358,6 +357,16 @@
       element: panel,
       ask: run,
       stop: stopReply,
+      // A new subject (the chat page's New chat, another conversation opened): the advice on
+      // the last one goes; one still streaming is left to finish on the server, unshown.
+      reset() {
+        stream?.close();
+        stream = null;
+        messageId = null;
+        clear();
+        input.value = '';
+        setStatus('idle');
+      },
       destroy() {
         stream?.close();
         panel.remove();

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from app.storage.ledger import conversation_cost
-from app.storage.tables import conversations, messages
+from app.storage.tables import conversations, feedback, messages, shares
 from app.storage.writer import Step, Writer, binds
 
 NEW_CONVERSATION = conversations.insert().values(
@@ -137,24 +137,25 @@ class Conversations:
             [
                 conversations.update()
                 .where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-                .values(title=title)
+                .values(title=title, titled=True)
                 .returning(conversations.c.id)
             ]
         )
         return bool(renamed)
 
     async def save_title(
-        self, *, conversation_id: str, old: str, new: str | None, generation: list[Step]
+        self, *, conversation_id: str, new: str | None, generation: list[Step]
     ) -> None:
         """The titler's outcome, in one transaction: its generation's row (`generation`, the
-        ledger's steps) and its title `new`, unless that is None (it failed) or the title
-        changed since the turn gave it `old` (the user renamed it meanwhile: theirs stays)."""
+        ledger's steps) and its title `new`, unless that is None (it failed: the next complete
+        reply asks again) or the title is settled already (the user renamed it meanwhile, or
+        another reply's title came first: that one stays)."""
         steps = list(generation)
         if new is not None:
             steps.append(
                 conversations.update()
-                .where(conversations.c.id == conversation_id, conversations.c.title == old)
-                .values(title=new)
+                .where(conversations.c.id == conversation_id, conversations.c.titled.is_(False))
+                .values(title=new, titled=True)
             )
         await self._writer.write(steps)
 
@@ -170,8 +171,20 @@ class Conversations:
         """Delete the user's conversation and its messages; its generations stay in the ledger
         (what was spent stays spent). False if there was no such conversation of theirs."""
         owned = sa.and_(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-        _, deleted = await self._writer.write(
+        _, _, _, deleted = await self._writer.write(
             [
+                shares.delete().where(
+                    shares.c.conversation_id.in_(sa.select(conversations.c.id).where(owned))
+                ),
+                feedback.delete().where(
+                    feedback.c.message_id.in_(
+                        sa.select(messages.c.id).where(
+                            messages.c.conversation_id.in_(
+                                sa.select(conversations.c.id).where(owned)
+                            )
+                        )
+                    )
+                ),
                 messages.delete().where(
                     messages.c.conversation_id.in_(sa.select(conversations.c.id).where(owned))
                 ),

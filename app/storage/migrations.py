@@ -469,6 +469,50 @@ _REPORT_INCLUDE_14 = (
 )
 
 
+def _titled_conversations(dialect: sa.engine.Dialect) -> list[str]:
+    """Whether a conversation's title is settled (the titler's, or its user's): the titler ran
+    only after a complete first reply, so a conversation whose first reply was stopped or
+    failed kept the question's first words for good; now the first complete reply, whenever
+    it comes, gets it a title, and a rename settles it. The conversations already there with a
+    complete reply had their one chance (or are renamed): settled; the others get a title with
+    their next complete reply."""
+    column = sa.Boolean().compile(dialect=dialect)
+    # Feedback on replies (thumbs and a comment), per reply and user: its primary key is how
+    # it is read, by reply (a conversation's, a report's).
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    feedback = sa.Table(
+        "feedback",
+        md,
+        sa.Column("message_id", sa.String(36), primary_key=True),
+        sa.Column("user_id", sa.String(64), primary_key=True),
+        sa.Column("rating", sa.SmallInteger, nullable=False),
+        sa.Column("comment", sa.Text),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("updated_at", ts, nullable=False),
+    )
+    # Read-only links to a branch as it was: read by token, revoked by conversation.
+    shares = sa.Table(
+        "shares",
+        md,
+        sa.Column("token", sa.String(64), primary_key=True),
+        sa.Column("conversation_id", sa.String(36), nullable=False, index=True),
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("leaf_id", sa.String(36), nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("revoked_at", ts),
+    )
+    return [
+        f"ALTER TABLE conversations ADD COLUMN titled {column} NOT NULL DEFAULT false",
+        "UPDATE conversations SET titled = true WHERE EXISTS (SELECT 1 FROM messages"
+        " WHERE messages.conversation_id = conversations.id"
+        " AND messages.role = 'assistant' AND messages.status = 'complete')",
+        str(CreateTable(feedback).compile(dialect=dialect)),
+        str(CreateTable(shares).compile(dialect=dialect)),
+        *(str(CreateIndex(index).compile(dialect=dialect)) for index in shares.indexes),
+    ]
+
+
 def _generations_by_user(dialect: sa.engine.Dialect) -> list[str]:
     """A user's generations by start time: what `/api/me/costs` reads (app/billing/reports.py
     filters the ledger's `user_id` within a range of `started_at`).
@@ -599,6 +643,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "statistics of cost reports' groups", _report_group_statistics),
     Migration(13, "running totals of budget reservations", _budget_totals),
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
+    Migration(15, "titled conversations, feedback on replies, shared links", _titled_conversations),
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
     Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),

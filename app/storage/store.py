@@ -7,6 +7,8 @@
     store.idempotency     app/storage/idempotency.py     the keys of idempotent turns
     store.search          app/storage/search.py          full-text search of a user's messages
     store.budgets         app/storage/budgets.py         spend reservations, budget overrides
+    store.feedback        app/storage/feedback.py        users' thumbs and comments on replies
+    store.shares          app/storage/shares.py          read-only links to a conversation
 
 Routes hold no SQL: they, the Run and recovery call the aggregates themselves
 (`store.replies.finish(...)`); the store only picks the writer and builds the aggregates on it. The
@@ -21,11 +23,13 @@ from app.storage.budgets import Budgets
 from app.storage.config import Config
 from app.storage.conversations import Conversations
 from app.storage.database import sqlite_path
+from app.storage.feedback import Feedback
 from app.storage.idempotency import IdempotencyKeys
 from app.storage.ledger import Ledger
 from app.storage.postgres_writer import PostgresWriter
 from app.storage.replies import Replies
 from app.storage.search import Search
+from app.storage.shares import Shares
 from app.storage.sqlite_writer import SQLiteWriter
 from app.storage.writer import Writer
 
@@ -47,3 +51,5 @@ class Store:
         self.idempotency = IdempotencyKeys(database=database, writer=self.writer)
         self.search = Search(database=database, sqlite_db=sqlite_db)
         self.budgets = Budgets(database=database, writer=self.writer, postgres=not sqlite_db)
+        self.feedback = Feedback(database=database, writer=self.writer)
+        self.shares = Shares(database=database, writer=self.writer)

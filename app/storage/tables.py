@@ -46,8 +46,37 @@ conversations = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The last message of the branch the conversation shows (see `app/storage/replies.py`).
     sa.Column("active_leaf_id", sa.String(36)),
+    # Its title is no longer the question's first words: the titler named it, or its user did
+    # (then the titler never will). Until then each complete chat reply asks for a title.
+    sa.Column("titled", sa.Boolean, nullable=False, server_default=sa.false()),
     # The model of its last turn: the next turn's, unless that one names another.
     sa.Column("model", sa.String(200)),
+)
+
+# A user's thumbs up (1) or down (-1) on a reply, with an optional comment: one per reply and
+# user, changed in place, removed on request or with the reply's conversation.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("message_id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("rating", sa.SmallInteger, nullable=False),
+    sa.Column("comment", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# A read-only link to a conversation's branch as it was when the link was made (`leaf_id`);
+# revoked links stay, with the time they were revoked, and answer as if they never were.
+shares = sa.Table(
+    "shares",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(36), nullable=False, index=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("leaf_id", sa.String(36), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
 )
 
 messages = sa.Table(

@@ -517,15 +517,19 @@ def parse_completion(payload: dict[str, Any]) -> list[Event]:
 # --- the client ---------------------------------------------------------------------------------
 
 
-def _when_sent(callback: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
-    """An httpcore trace hook that calls `callback` when the request's body is sent. Called,
-    it lets go of `callback`: the request outlives the call in the connection pool, and a run's
-    bound method held there would keep the run for the cyclic collector to find."""
-    pending = [callback]
+def _when_sent(
+    sent: asyncio.Future[None],
+) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore trace hook that resolves `sent` when the request's body is sent. Then it
+    lets go of it: the request outlives the call in the connection pool, and what waits on
+    `sent` should not be kept there for the cyclic collector to find."""
+    pending = [sent]
 
     async def trace(event: str, info: dict[str, Any]) -> None:
         if pending and event.endswith("send_request_body.complete"):
-            pending.pop()()
+            future = pending.pop()
+            if not future.done():
+                future.set_result(None)
 
     return trace
 
@@ -570,13 +574,14 @@ class OpenRouterClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
     async def stream_chat(
-        self, body: dict[str, Any], *, on_sent: Callable[[], None] | None = None
+        self, body: dict[str, Any], *, sent: asyncio.Future[None] | None = None
     ) -> AsyncIterator[Event]:
         """Yield the events of one streaming completion; the response is closed on every exit.
-        `on_sent` is called once the request is on the wire (httpcore's trace), before its
-        answer: what the caller does meanwhile is then never in the request's way."""
+        `sent` is resolved once the request is on the wire (httpcore's trace), before its
+        answer: what the caller does then is never in the request's way. A signal, not a
+        callback: what happens on it is the caller's to decide, not run by the client."""
         finished = False
-        extensions = {} if on_sent is None else {"trace": _when_sent(on_sent)}
+        extensions = {} if sent is None else {"trace": _when_sent(sent)}
         with _TRANSPORT_ERRORS:
             async with aconnect_sse(
                 self._http,

@@ -169,6 +169,9 @@ def _expected(rows: list[dict], group_by: tuple[str, ...], user=None) -> list:
                 "cache_saved_usd": _picos(sum(r["cache_saved_picousd"] or 0 for r in members)),
                 "exact_cost_usd": _picos(exact),
                 "cost_per_complete_reply_usd": per_reply,
+                # No feedback in this ledger (test_feedback.py rates replies).
+                "rated_replies": 0,
+                "positive_share": None,
                 "exact_generations": sum(
                     r["cost_source"] in ("usage", "generation") for r in members
                 ),

@@ -1,5 +1,5 @@
 """Request limits on a real server: a user's messages per minute (the moving window of
-app/http/rate_window.py, its clock moved by the test) and a process's live replies."""
+app/admission/rate_window.py, its clock moved by the test) and a process's live replies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import httpx
 
-import app.http.rate_window
+import app.admission.rate_window
 from app.dev.simulator import Behaviour
 
 
@@ -17,7 +17,7 @@ def test_requests_per_minute_refuse_with_the_window_headers_until_it_moves(
 ):
     now = [time.time()]
     # The in-memory window reads `time.time()` from its module's `time`: the window's clock.
-    monkeypatch.setattr(app.http.rate_window, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(app.admission.rate_window, "time", SimpleNamespace(time=lambda: now[0]))
     server = start_server(limit_user_rpm=2)
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for _ in range(2):

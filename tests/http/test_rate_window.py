@@ -1,4 +1,4 @@
-"""The in-memory moving window (app/http/rate_window.py) under `limits`' own rate limiter: exact
+"""The in-memory moving window (app/admission/rate_window.py) under `limits`' rate limiter: exact
 "N in any 60 s", window stats for the 429 headers, idle users forgotten, and no wait."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pytest
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import MovingWindowRateLimiter
 
-import app.http.rate_window
-from app.http.rate_window import LocalMovingWindow
+import app.admission.rate_window
+from app.admission.rate_window import LocalMovingWindow
 
 
 @pytest.fixture
 def clock(monkeypatch):
     now = [1_000_000.0]
-    monkeypatch.setattr(app.http.rate_window, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(app.admission.rate_window, "time", SimpleNamespace(time=lambda: now[0]))
     return now
 
 

@@ -22,6 +22,7 @@ import pytest
 from databases import Database
 from httpx_sse import EventSource
 
+from app.admission.turn_write import TurnWrite
 from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl, utc_now
@@ -171,7 +172,7 @@ def start_chat_run(runs: Runs) -> Run:
         max_tokens=100,
         messages=[{"role": "user", "content": "q"}],
     )
-    return runs.start(request, save_turn=turn_rows(runs.store, ids))
+    return runs.start(request, turn=TurnWrite(lambda: turn_rows(runs.store, ids)))
 
 
 def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(

@@ -123,3 +123,75 @@ def test_shutdown_cancels_a_title_being_made(titled, fake, database):
         assert conversation == {"title": "Hello there"}
     finally:
         gate.set()  # the fake's handler thread stops waiting
+
+
+def listed(client) -> dict:
+    [conversation] = client.get("/api/conversations").json()["conversations"]
+    return conversation
+
+
+def test_a_first_reply_that_failed_gets_no_title_and_the_first_complete_one_does(
+    titled, fake, database
+):
+    fake.enqueue(
+        Behaviour(status=400),
+        Behaviour(tokens=["One, two, three."]),
+        Behaviour(tokens=["Counting to three"]),
+    )
+    with httpx.Client(base_url=titled.url, timeout=10) as client:
+        events = read_sse(client, "POST", "/api/chat", json={"message": "Please count for me"})
+        assert events[-1].event == "error"
+        conversation_id = events[0].data["conversation_id"]
+        assert (listed(client)["title"], listed(client)["titled"]) == (
+            "Please count for me",
+            False,
+        )
+
+        events = read_sse(
+            client,
+            "POST",
+            "/api/chat",
+            json={"message": "Try again", "conversation_id": conversation_id},
+        )
+        assert events[-1].event == "done"
+        wait_for(lambda: listed(client)["titled"], what="the titler's title")
+        assert listed(client)["title"] == "Counting to three"
+        # The titler was asked once, after the complete reply, about that exchange.
+        [asked] = [r["body"] for r in fake.requests if r["body"]["model"] == "openai/gpt-4o-mini"]
+        assert "Try again" in asked["messages"][-1]["content"]
+        assert len(fake.requests) == 3
+
+
+def test_a_conversation_renamed_before_its_first_complete_reply_is_never_titled(
+    titled, fake, database
+):
+    fake.enqueue(Behaviour(status=400), Behaviour(tokens=["Done."]))
+    with httpx.Client(base_url=titled.url, timeout=10) as client:
+        events = read_sse(client, "POST", "/api/chat", json={"message": "Hello there"})
+        conversation_id = events[0].data["conversation_id"]
+        renamed = client.patch(f"/api/conversations/{conversation_id}", json={"title": "Mine"})
+        assert renamed.json()["titled"] is True
+        events = read_sse(
+            client,
+            "POST",
+            "/api/chat",
+            json={"message": "Again", "conversation_id": conversation_id},
+        )
+        assert events[-1].event == "done"
+    titled.stop()  # a title spawned would be cancelled by now, and its row saved as such
+    assert title_rows(database) == []
+    assert len(fake.requests) == 2
+    [conversation] = database.query(
+        "SELECT title FROM conversations WHERE id = :id", id=conversation_id
+    )
+    assert conversation == {"title": "Mine"}
+
+
+def test_the_simulator_answers_the_titler_with_a_few_words(titled, fake, database):
+    # No behaviour queued: the simulator's own answers, as in development.
+    with httpx.Client(base_url=titled.url, timeout=10) as client:
+        read_sse(
+            client, "POST", "/api/chat", json={"message": "please count for me [[sim tokens=50]]"}
+        )
+        wait_for(lambda: listed(client)["titled"], what="the titler's title")
+        assert listed(client)["title"] == "Please count for me"

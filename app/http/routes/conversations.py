@@ -44,6 +44,9 @@ def _conversation(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "title": row["title"],
+        # False while the title is the question's first words (the titler's or the user's
+        # comes later): a page reads the list again after a complete reply until it is true.
+        "titled": bool(row["titled"]),
         "agent": row["agent"],
         # Its last turn's model: the next turn's unless that one names another (null: the
         # agent's default).

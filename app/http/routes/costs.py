@@ -36,6 +36,7 @@ from app.billing.reports import (
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.auth.identity import identify
+from app.http.page_headers import page_headers
 from app.http.routes.pages import STATIC_DIR
 from app.http.state import app_state
 
@@ -202,7 +203,8 @@ async def costs_page(request: Request) -> Response:
     """
     # The page itself is public and holds no data: it asks for the admin token and sends it
     # with each API call, as a script would.
-    return FileResponse(STATIC_DIR / "costs.html", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", **page_headers(app_state(request).settings)}
+    return FileResponse(STATIC_DIR / "costs.html", headers=headers)
 
 
 routes = [

@@ -10,9 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.core.refusals import Refusal
 from app.errors import ApiError
 from app.http.auth.identity import bearer_token
 from app.http.input import json_body
+from app.http.refusals import refused
 from app.http.state import app_state
 from app.jobs.errors import openai_error
 from app.jobs.keys import ServiceKey
@@ -28,6 +30,8 @@ def _openai_errors(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as error:
             return openai_error(error)
+        except Refusal as refusal:  # admission's limits and budgets, as chat's status and code
+            return openai_error(refused(refusal))
 
     return wrapped
 

@@ -9,6 +9,9 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from app.http.page_headers import WithPageHeaders, page_headers
+from app.http.state import app_state
+
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
 
@@ -20,10 +23,11 @@ async def index(request: Request) -> Response:
         description: the chat page
         content: {text/html: {schema: {type: string}}}
     """
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", **page_headers(app_state(request).settings)}
+    return FileResponse(STATIC_DIR / "index.html", headers=headers)
 
 
 routes = [
     Route("/", index, methods=["GET"]),
-    Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    Mount("/static", app=WithPageHeaders(StaticFiles(directory=STATIC_DIR)), name="static"),
 ]

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.admission.service import Key, KeyUsed
 from app.core.stages import Stage, mark
 from app.core.states import MessageStatus
 from app.errors import ApiError
@@ -21,15 +22,7 @@ from app.http.auth.identity import Caller, identify, identify_from_query, identi
 from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
 from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
 from app.http.state import AppState, app_state
-from app.http.turns import (
-    Turn,
-    chat_turn,
-    claim_run,
-    coach_turn,
-    edit_turn,
-    regenerate_turn,
-    start_run,
-)
+from app.http.turns import Turn, chat_turn, coach_turn, edit_turn, regenerate_turn, start
 from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
 from app.replies.wire import LogEvent, final_body, succeeded
@@ -140,26 +133,16 @@ def _resumed(
 
 async def _posted_turn(
     request: Request, state: AppState, build: TurnBuilder, user_id: str, *, bodiless: bool = False
-) -> tuple[Turn, Run | dict[str, Any]]:
+) -> tuple[Turn, Run | KeyUsed]:
     """The turn a POST asks for, and its new run; or, if its `Idempotency-Key` named a turn
-    already, that key's row (see `claim_run`), once sure it came with the same request.
-    `bodiless`: the POST may come without a body."""
+    already (with the same request), that turn's ids. `bodiless`: the POST may come without a
+    body."""
     body = await json_body(request, optional=bodiless)
     key = idempotency_key(request)
     turn = await build(state, body, user_id=user_id)
     mark(Stage.VALIDATED)
-    if key is None:
-        return turn, await start_run(state, turn)
-    sent = fingerprint(request, body)
-    run = await claim_run(state, turn, key=key, fingerprint=sent)
-    if not isinstance(run, Run) and run["fingerprint"] != sent:
-        # A key used again must come with the same request: another one is a client's bug.
-        raise ApiError(
-            409,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with another request: use a new key for a new turn",
-        )
-    return turn, run
+    sent = None if key is None else Key(key=key, fingerprint=fingerprint(request, body))
+    return turn, await start(state, turn, key=sent)
 
 
 def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awaitable[Response]]:
@@ -213,7 +196,7 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
         if isinstance(run, Run):
             return _resumed(state, run, 0) if turn.stream else await _final_json(state, run)
         source = await _own_reply(
-            state, message_id=run["message_id"], user_id=caller.user_id, agent=agent
+            state, message_id=run.message_id, user_id=caller.user_id, agent=agent
         )
         if turn.stream:
             return _resumed(state, source, last_event_id(request))
@@ -272,7 +255,8 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
         mark(Stage.IDENTIFIED)
         turn = await build(state, query_body(request), user_id=caller.user_id)
         mark(Stage.VALIDATED)
-        run = await start_run(state, turn)
+        run = await start(state, turn)
+        assert isinstance(run, Run)  # no key: always a new turn
         return _resumed(state, run, 0, reply_ids=run.message_id)
 
     return endpoint
@@ -329,26 +313,18 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
     caller = await identify(request)
     mark(Stage.IDENTIFIED)
     _, run = await _posted_turn(request, state, build, caller.user_id, bodiless=bodiless)
-    if not isinstance(run, Run):
-        return _accepted(
-            state,
-            caller,
-            conversation_id=run["conversation_id"],
-            user_message_id=run["user_message_id"],
-            message_id=run["message_id"],
-        )
-    # The ids given out are there to find: `start_run` answered 503 unless the turn was saved.
-    if state.streams is not None:
-        # And in its Redis Stream (a round trip, alongside the save), so the stream_url
-        # is served live by whichever process the client reaches, not from checkpoints.
+    if isinstance(run, Run) and state.streams is not None:
+        # The ids given out are there to find (`start` answered 503 unless the turn was saved),
+        # and in its Redis Stream (a round trip, alongside the save), so the stream_url is
+        # served live by whichever process the client reaches, not from checkpoints.
         await state.streams.outbox.flushed()
-    meta = run.log.events[0].payload
+    ids = run.request if isinstance(run, Run) else run
     return _accepted(
         state,
         caller,
-        conversation_id=meta["conversation_id"],
-        user_message_id=meta["user_message_id"],
-        message_id=run.message_id,
+        conversation_id=ids.conversation_id,
+        user_message_id=ids.user_message_id,
+        message_id=ids.message_id,
     )
 
 

@@ -1,9 +1,9 @@
 """Request limits a turn passes before anything is saved or sent upstream.
 
-    LIMIT_PROCESS_CONCURRENT   live replies in this process          503 server_busy
-    LIMIT_USER_RPM             a user's turns per minute (moving     429 rate_limited
+    LIMIT_PROCESS_CONCURRENT   live replies in this process          Busy (503 server_busy)
+    LIMIT_USER_RPM             a user's turns per minute (moving     RateLimited (429)
                                window, in LIMITS_STORAGE_URI)
-    LIMIT_USER_CONCURRENT      a user's live replies, every process  429 rate_limited
+    LIMIT_USER_CONCURRENT      a user's live replies, every process  RateLimited (429)
                                (checked with the budgets, in the database: app/billing/budgets.py)
 
 The rate windows use the `limits` library: its moving window gives an exact "N in any 60 s"
@@ -14,7 +14,7 @@ window. They live in LIMITS_STORAGE_URI, by default REDIS_URL's Redis when it is
 is away, each process counts in a window of its own, and turns are never refused for it. Only
 turns count: reconnecting to a stream and reading one's own data do not.
 
-In memory, the window is ours (app/http/rate_window.py): the same exact window as `limits`'
+In memory, the window is ours (app/admission/rate_window.py): the same exact window as `limits`'
 memory storage, without the expiry task that made a counted turn wait behind a thread hop.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from limits import RateLimitItemPerMinute
@@ -32,10 +32,9 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-from app.errors import ApiError
-from app.http.rate_window import LocalMovingWindow
+from app.admission.rate_window import LocalMovingWindow
+from app.core.refusals import Busy, RateLimited
 from app.ops.redis import REDIS_FAULTS, client_options
-from app.replies.registry import Runs
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,8 @@ def window_storage(settings: Settings) -> Storage:
 
 
 class RequestLimits:
-    def __init__(self, *, settings: Settings, runs: Runs) -> None:
-        self._runs = runs
+    def __init__(self, *, settings: Settings, live: Callable[[], int]) -> None:
+        self._live = live  # how many replies this process generates now
         self._process_max = settings.limit_process_concurrent
         self._admitting = 0  # turns past the process check, not yet live runs
         self._rpm = (
@@ -80,15 +79,13 @@ class RequestLimits:
     @contextmanager
     def process_slot(self) -> Iterator[None]:
         """Hold one of this process's reply slots while a turn is admitted (its run, once
-        started, is counted among the live ones); 503 server_busy when none is free. The
+        started, is counted among the live ones); `Busy` when none is free. The
         check and the count are one synchronous step: no await between them."""
-        busy = len(self._runs.live) + self._admitting
+        busy = self._live() + self._admitting
         if self._process_max is not None and busy >= self._process_max:
-            raise ApiError(
-                503,
-                "server_busy",
+            raise Busy(
                 "this server is answering as many messages as it can; try again shortly",
-                headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+                retry_after=BUSY_RETRY_AFTER,
             )
         self._admitting += 1
         try:
@@ -98,7 +95,7 @@ class RequestLimits:
 
     async def count_turn(self, user_id: str, *, per_minute: int | None = None) -> None:
         """Count one turn of `user_id` against LIMIT_USER_RPM (or `per_minute`: a service
-        key's own rate, app/jobs/); 429 rate_limited past it."""
+        key's own rate, app/jobs/); `RateLimited` past it."""
         rpm = self._rpm if per_minute is None else RateLimitItemPerMinute(per_minute)
         if rpm is None:
             return
@@ -118,15 +115,10 @@ class RequestLimits:
             return
         reset_at, remaining = await limiter.get_window_stats(rpm, user_id)
         wait = max(1, math.ceil(reset_at - time.time()))
-        raise ApiError(
-            429,
-            "rate_limited",
+        raise RateLimited(
             f"more than {rpm.amount} messages in a minute; try again in {wait} s",
-            headers={
-                "Retry-After": str(wait),
-                "RateLimit-Limit": str(rpm.amount),
-                "RateLimit-Remaining": str(max(0, remaining)),
-                "RateLimit-Reset": str(wait),
-            },
+            limit=rpm.amount,
+            remaining=max(0, remaining),
+            retry_after=wait,
             details={"limit": "requests_per_minute"},
         )
