@@ -6,6 +6,7 @@ from a test), so every test can run the app against its own database and fake up
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from decimal import Decimal
@@ -18,9 +19,11 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.model_id import ModelId
+from app.core.money import MAX_BUDGET_USD
 
 ORIGIN = re.compile(r"^https?://[^/\s]+$")
 DEFAULT_AGENTS_FILE = Path(__file__).parent / "agents" / "agents.toml"
+DEFAULT_DATABASE_URL = "sqlite:///./data/streamchat.db"
 # The model the development simulator pretends to be when none is configured.
 DEV_FALLBACK_MODEL = "openai/gpt-4o-mini"
 # The algorithms AUTH_JWT_ALGORITHMS may name: HMAC ones verify with AUTH_JWT_SECRET only, the
@@ -78,6 +81,17 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listening address (HOST) or a URL's host is reachable from this machine only."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class DatabaseSettings(BaseSettings):
     """What `python -m app migrate` reads: the release phase needs no OpenRouter key or model."""
 
@@ -91,7 +105,8 @@ class DatabaseSettings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    database_url: str = "sqlite:///./data/streamchat.db"
+    app_env: Literal["development", "production", "test"] = "development"
+    database_url: str = DEFAULT_DATABASE_URL
     # PostgreSQL only. Per process: Heroku's Essential plans allow 20 connections in all, and a
     # deploy briefly runs old and new web dynos plus the release phase side by side.
     database_pool_min: int = Field(1, ge=1)
@@ -114,9 +129,19 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("DATABASE_POOL_MIN must not exceed DATABASE_POOL_MAX")
         return self
 
+    def require_database_for_release(self) -> None:
+        """`python -m app migrate` in production with DATABASE_URL unset would migrate the
+        default SQLite file, on a disk the platform discards, and exit 0: a release phase that
+        looks like success. `serve` warns as loudly (app/main.py); this one refuses."""
+        if self.app_env == "production" and "database_url" not in self.model_fields_set:
+            raise ConfigError(
+                "invalid configuration: DATABASE_URL must be set when APP_ENV=production "
+                "(migrate would migrate ./data/streamchat.db, a file the "
+                "platform discards)"
+            )
+
 
 class Settings(DatabaseSettings):
-    app_env: Literal["development", "production", "test"] = "development"
     openrouter_api_key: SecretStr | None = None
     openrouter_model: ModelId | None = None
     openrouter_base_url: AnyHttpUrl = AnyHttpUrl("https://openrouter.ai/api/v1")
@@ -211,6 +236,16 @@ class Settings(DatabaseSettings):
     def _blank_model(cls, value: object) -> object:
         # OPENROUTER_MODEL= (blank, as .env.example leaves it) means unset, not a bad id.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("budget_user_daily_usd", "budget_user_monthly_usd", "budget_global_daily_usd")
+    @classmethod
+    def _budget(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value > MAX_BUDGET_USD:
+            raise ValueError(
+                f"must be at most {MAX_BUDGET_USD:,} USD (amounts are counted in 64-bit "
+                "pico-dollars)"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -351,7 +386,7 @@ class Settings(DatabaseSettings):
     auth_user_claim: str = Field("sub", min_length=1)
     auth_admin_claim: str | None = None
     auth_admin_value: str | None = None
-    # Bounds one JWKS fetch (connect, read, all): a slow JWKS must not hold requests long.
+    # Bounds one JWKS fetch, start to end (not per read): a slow JWKS must not hold requests long.
     auth_jwks_timeout: float = Field(5.0, gt=0, le=30)
     # Signs the stream_url's stream tokens; see `stream_token_root` for what happens when unset.
     stream_token_secret: SecretStr | None = None
@@ -383,6 +418,19 @@ class Settings(DatabaseSettings):
         # Each message names settings only: never a value (two of them are secrets).
         if self.app_env == "production" and self.auth == "dev":
             raise ValueError("AUTH_MODE=dev is not allowed when APP_ENV=production (use jwt)")
+        if self.auth_mode is None and self.auth == "dev":
+            # Dev mode lets anyone spend the key and read every conversation: chosen, never
+            # fallen into by leaving APP_ENV unset on a machine others can reach.
+            if not is_loopback(self.host):
+                raise ValueError(
+                    "AUTH_MODE must be set (jwt, or dev: every caller is DEV_USER_ID) when HOST "
+                    "is not a loopback address"
+                )
+            if self.app_env == "development" and self.openrouter_api_key is not None:
+                raise ValueError(
+                    "AUTH_MODE must be set (jwt, or dev: every caller is DEV_USER_ID) when "
+                    "OPENROUTER_API_KEY is set in development"
+                )
         for name, secret in (
             ("AUTH_JWT_SECRET", self.auth_jwt_secret),
             ("STREAM_TOKEN_SECRET", self.stream_token_secret),
@@ -390,6 +438,25 @@ class Settings(DatabaseSettings):
             # RFC 7518 3.2: an HMAC key at least as long as the hash (32 bytes for SHA-256).
             if secret is not None and len(secret.get_secret_value().encode()) < 32:
                 raise ValueError(f"{name} must be at least 32 bytes long")
+        if self.app_env == "production":
+            # A public service's operator tokens: guessable ones hand out the admin routes
+            # and the metrics. `openssl rand -hex 32` makes one.
+            for name, token in (
+                ("ADMIN_TOKEN", self.admin_token),
+                ("METRICS_TOKEN", self.metrics_token),
+            ):
+                if token is not None and len(token.get_secret_value().encode()) < 32:
+                    raise ValueError(
+                        f"{name} must be at least 32 bytes long when APP_ENV=production "
+                        "(random: `openssl rand -hex 32`)"
+                    )
+            jwks = self.auth_jwks_url
+            if jwks is not None and jwks.scheme != "https" and not is_loopback(jwks.host or ""):
+                # Whoever can change the keys on the wire can sign any user's token.
+                raise ValueError(
+                    "AUTH_JWKS_URL must be https:// when APP_ENV=production (http:// only on "
+                    "a loopback address)"
+                )
         if (self.auth_admin_claim is None) != (self.auth_admin_value is None):
             raise ValueError("set both AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE, or neither")
         if self.auth == "dev":

@@ -697,7 +697,7 @@ def ops_settings(args: argparse.Namespace) -> dict[str, str]:
     """Metrics and JSON logs on (`--ops`) or off: production's log default is JSON, so off
     names text explicitly, and the two runs differ in exactly these two settings."""
     if args.ops:
-        return {"METRICS_TOKEN": "bench-metrics-token", "LOG_FORMAT": "json"}
+        return {"METRICS_TOKEN": "bench-metrics-token-0123456789abcdef", "LOG_FORMAT": "json"}
     return {"LOG_FORMAT": "text"}
 
 

@@ -1,15 +1,17 @@
 """Shared fixtures: a fake OpenRouter and our app, each under a real uvicorn server in a thread.
 
 Streaming, pings, disconnects and resumption only behave as in production over a real socket,
-so nothing here uses an in-process transport. Every test gets its own database: a SQLite file
-by default, or a fresh PostgreSQL database when TEST_POSTGRES_URL is set (see `support.py`).
-"""
+so nothing here uses an in-process transport. Every test gets a database of its own, migrated:
+a copy of a SQLite file by default, or, when TEST_POSTGRES_URL is set, its test process's
+PostgreSQL database, emptied after the test before it (see `support.MigratedDatabases`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,7 +21,14 @@ from app.dev.simulator import FakeOpenRouter
 from app.dev.threaded_server import ThreadedServer
 from app.main import create_app
 from app.settings import Settings, normalize_database_url
-from tests.support import AppServer, DatabaseHandle, make_database
+from tests.support import (
+    AppServer,
+    DatabaseHandle,
+    MigratedDatabases,
+    ServerProcess,
+    make_database,
+    serve_process,
+)
 
 REDIS_HOW_TO = (
     "run scripts/test (it starts a throwaway redis-server: apt-get install redis-server) "
@@ -33,23 +42,54 @@ def pytest_report_header(config) -> list[str]:
     redis_line = f"redis: {redis}" if redis else f"redis: none, its tests skip ({REDIS_HOW_TO})"
     if not admin_url:
         return [
-            "database: SQLite (a file per test; set TEST_POSTGRES_URL to run on PostgreSQL)",
+            "database: SQLite (a copy of a migrated file per test; set TEST_POSTGRES_URL to run"
+            " on PostgreSQL)",
             redis_line,
         ]
     url = DatabaseURL(normalize_database_url(admin_url)).obscure_password
-    return [f"database: PostgreSQL (a new database per test, created through {url})", redis_line]
+    where = f"a migrated database per test process, emptied between tests, created through {url}"
+    return [f"database: PostgreSQL ({where})", redis_line]
+
+
+# A test that uses one of these opens the test database, so it runs on both (marked `db`).
+DATABASE_FIXTURES = frozenset({"database", "empty_database"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `db` every test whose fixtures include the test database, unless it is marked
+    `any_database`: scripts/test runs only the `db` tests again on PostgreSQL. Mark `slow`
+    every test that starts server processes, and run the `slow` ones first: pytest-xdist
+    hands tests out in this order, so a long one started last cannot hold up a whole run."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if DATABASE_FIXTURES & fixtures and not item.get_closest_marker("any_database"):
+            item.add_marker(pytest.mark.db)
+        if "start_process" in fixtures:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
 
 
 @pytest.fixture
 def redis_url() -> str:
-    """TEST_REDIS_URL (scripts/test starts a throwaway redis-server); without it the test
-    skips, except in CI, where it fails: CI installs redis-server for it."""
+    """TEST_REDIS_URL (scripts/test starts a throwaway redis-server) with a database number of
+    this test process's own, so parallel workers' keys never meet; without it the test skips,
+    except in CI, where it fails: CI installs redis-server for it."""
     url = os.environ.get("TEST_REDIS_URL")
     if not url:
         if os.environ.get("CI") == "true":
             pytest.fail(f"TEST_REDIS_URL is unset in CI ({REDIS_HOW_TO})")
         pytest.skip(f"no TEST_REDIS_URL: {REDIS_HOW_TO}")
-    return url
+    return _url_for_worker(url)
+
+
+def _url_for_worker(url: str) -> str:
+    """`url` with database number 1 + the xdist worker's index (gw0 → 1); as is outside xdist.
+    Redis has 16 by default: enough for 15 workers."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return url
+    return urlsplit(url)._replace(path=f"/{1 + int(worker.removeprefix('gw'))}").geturl()
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +111,24 @@ def fake_url(fake_server) -> str:
     return f"{fake_server[1].url}/api/v1"
 
 
+@pytest.fixture(scope="session")
+def migrated_databases(tmp_path_factory) -> Iterator[MigratedDatabases]:
+    """What `database` draws from: migrated once per test process (tests/support.py)."""
+    databases = MigratedDatabases(tmp_path_factory.mktemp("migrated"))
+    yield databases
+    databases.close()
+
+
 @pytest.fixture
-def database(tmp_path) -> Iterator[DatabaseHandle]:
+def database(tmp_path, migrated_databases) -> Iterator[DatabaseHandle]:
+    """The test's own database, every migration applied and no rows."""
+    with migrated_databases.database(tmp_path) as handle:
+        yield handle
+
+
+@pytest.fixture
+def empty_database(tmp_path) -> Iterator[DatabaseHandle]:
+    """The test's own database with nothing in it, for tests of migrating itself."""
     with make_database(tmp_path) as handle:
         yield handle
 
@@ -128,3 +184,20 @@ def server(start_server) -> AppServer:
 def client(server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10) as http:
         yield http
+
+
+@pytest.fixture
+def start_process(database, fake_url, tmp_path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start `python -m app serve` in a process of its own on the test's database and the fake
+    OpenRouter, settings as environment variables (`start_process(REDIS_URL=…)`); every one
+    still running is stopped (SIGTERM) after the test."""
+    with ExitStack() as started:
+
+        def start(**settings: str) -> ServerProcess:
+            return started.enter_context(
+                serve_process(
+                    tmp_path=tmp_path, database_url=database.url, fake_url=fake_url, **settings
+                )
+            )
+
+        yield start

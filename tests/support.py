@@ -8,6 +8,8 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import httpx
 from databases import Database, DatabaseURL
 from httpx_sse import connect_sse
 
-from app.dev.threaded_server import ThreadedServer
+from app.dev.threaded_server import ThreadedServer, free_port
 from app.settings import Settings, normalize_database_url
 from app.storage.database import is_sqlite, open_database
 from app.storage.ledger import GenerationRecord
@@ -87,22 +89,146 @@ async def _on_own_connection(url: str, work: Callable[[Database], Awaitable[T]])
 
 @contextmanager
 def make_database(tmp_path: Path) -> Iterator[DatabaseHandle]:
-    """A fresh database: a SQLite file, or a new PostgreSQL one when TEST_POSTGRES_URL is set."""
-    admin_url = os.environ.get("TEST_POSTGRES_URL")
-    if not admin_url:
+    """An empty database of the caller's own: a SQLite file, or a new PostgreSQL one when
+    TEST_POSTGRES_URL is set."""
+    if not os.environ.get("TEST_POSTGRES_URL"):
         yield DatabaseHandle(normalize_database_url(f"sqlite:///{tmp_path / 'test.db'}"))
         return
-    admin_url = normalize_database_url(admin_url)
-    name = f"test_{uuid.uuid4().hex[:12]}"
-
-    def admin(statement: str) -> Coroutine[Any, Any, Any]:
-        return _on_own_connection(admin_url, lambda db: db.execute(statement))
-
-    run_async(admin(f'CREATE DATABASE "{name}"'))
+    name = _create_postgres_database()
     try:
-        yield DatabaseHandle(str(DatabaseURL(admin_url).replace(database=name)))
+        yield _postgres_database(name)
     finally:
-        run_async(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_postgres_database(name)
+
+
+def _postgres_admin(statement: str) -> None:
+    """One statement on TEST_POSTGRES_URL's server (CREATE and DROP DATABASE)."""
+    admin_url = normalize_database_url(os.environ["TEST_POSTGRES_URL"])
+    run_async(_on_own_connection(admin_url, lambda db: db.execute(statement)))
+
+
+def _create_postgres_database() -> str:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    _postgres_admin(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _drop_postgres_database(name: str) -> None:
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _postgres_database(name: str) -> DatabaseHandle:
+    admin_url = normalize_database_url(os.environ["TEST_POSTGRES_URL"])
+    return DatabaseHandle(str(DatabaseURL(admin_url).replace(database=name)))
+
+
+async def _migrate(url: str) -> None:
+    database = await open_database(url, max_size=1)
+    try:
+        await migrate(database, url=url)
+    finally:
+        await database.disconnect()
+
+
+# The shape of a PostgreSQL database, as far as a test could change it: tables and columns,
+# indexes, constraints, triggers, functions, and the migrations recorded as applied.
+_SHAPE = """
+SELECT md5(string_agg(line, ';' ORDER BY line)) FROM (
+    SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable,
+                  column_default) AS line
+      FROM information_schema.columns WHERE table_schema = current_schema()
+    UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = current_schema()
+    UNION ALL SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid))
+      FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+    UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+    UNION ALL SELECT 'function ' || proname FROM pg_proc
+      WHERE pronamespace = current_schema()::regnamespace
+    UNION ALL SELECT format('migration %s %s', version, name) FROM schema_migrations
+) AS shape
+"""
+
+
+class MigratedDatabases:
+    """Databases with every migration applied, for one test process's tests in turn (each
+    xdist worker has its own): the `database` fixture's.
+
+    On SQLite each test gets a copy of a file migrated once. On PostgreSQL, where a CREATE
+    DATABASE costs about a second of the server's time and migrating half as much again, one
+    database is migrated once and handed from test to test, emptied in between (one TRUNCATE);
+    after a test that changed its shape (DDL, a row of `schema_migrations`) it is dropped, and
+    the next test gets a new one."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._tmp_path = tmp_path
+        self._postgres = bool(os.environ.get("TEST_POSTGRES_URL"))
+        self._sqlite_template: Path | None = None
+        self._reused: DatabaseHandle | None = None
+        self._shape: str | None = None  # the migrated shape, read once
+
+    @contextmanager
+    def database(self, tmp_path: Path) -> Iterator[DatabaseHandle]:
+        if not self._postgres:
+            path = tmp_path / "test.db"
+            shutil.copyfile(self._sqlite_file(), path)
+            yield DatabaseHandle(normalize_database_url(f"sqlite:///{path}"))
+            return
+        if self._reused is None:
+            handle = _postgres_database(_create_postgres_database())
+            run_async(_migrate(handle.url))
+            self._reused = handle
+            self._shape = self._shape or run_async(self._shape_of(handle.url))
+        try:
+            yield self._reused
+        finally:
+            if not run_async(self._emptied(self._reused.url)):
+                self._drop()
+
+    def close(self) -> None:
+        if self._reused is not None:
+            self._drop()
+
+    def _sqlite_file(self) -> Path:
+        if self._sqlite_template is None:
+            path = self._tmp_path / "migrated.db"
+            run_async(_migrate(normalize_database_url(f"sqlite:///{path}")))
+            # The last connection's close folds the write-ahead log into the file: one file.
+            assert not path.with_name(f"{path.name}-wal").exists()
+            self._sqlite_template = path
+        return self._sqlite_template
+
+    def _drop(self) -> None:
+        assert self._reused is not None
+        _drop_postgres_database(DatabaseURL(self._reused.url).database)
+        self._reused = None
+
+    @staticmethod
+    async def _shape_of(url: str) -> str:
+        return await _on_own_connection(url, lambda db: db.fetch_val(_SHAPE))
+
+    async def _emptied(self, url: str) -> bool:
+        """Empty every table but `schema_migrations`, if the shape is still the migrated one
+        (False if not: the database must go). Whatever the test left connected is cut off
+        first, so nothing holds a lock the TRUNCATE would wait on."""
+
+        async def empty(db: Database) -> bool:
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            try:
+                if await db.fetch_val(_SHAPE) != self._shape:
+                    return False
+            except Exception:  # a table the query reads was dropped or renamed
+                return False
+            tables = await db.fetch_all(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                " AND tablename <> 'schema_migrations'"
+            )
+            names = ", ".join(f'"{row[0]}"' for row in tables)
+            await db.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+            return True
+
+        return await _on_own_connection(url, empty)
 
 
 @asynccontextmanager
@@ -281,3 +407,66 @@ def wait_until_serving(
                 return False
 
         wait_for(healthy, timeout=timeout, what="the server process to answer")
+
+
+@dataclass
+class ServerProcess:
+    """`python -m app serve` in a process (group) of its own; its stderr, where it logs, goes
+    to a file (a pipe nobody reads would fill and stall the server)."""
+
+    url: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def output(self) -> str:
+        """What it has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, signal_number: int) -> None:
+        """Send a signal (SIGTERM: a graceful shutdown; SIGKILL: a crash) to its process group,
+        any worker processes included, unless it has exited."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal_number)
+
+    def stop(self, signal_number: int = signal.SIGTERM, *, timeout: float = 30) -> str:
+        """Signal it, wait for its exit (a kill after `timeout`), and return its log."""
+        self.send(signal_number)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            self.popen.wait()
+        return self.output()
+
+
+@contextmanager
+def serve_process(
+    *, tmp_path: Path, database_url: str, fake_url: str, **settings: str
+) -> Iterator[ServerProcess]:
+    """`python -m app serve` on `database_url` and the fake OpenRouter with `settings` (as in
+    `serve_env`), answering /healthz when entered; stopped (SIGTERM) on exit if still running.
+    The one way the tests start a server process: tests/conftest.py's `start_process` is this
+    as a fixture."""
+    port = free_port()
+    env = serve_env(
+        tmp_path=tmp_path, port=port, database_url=database_url, fake_url=fake_url, **settings
+    )
+    log_path = tmp_path / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=tmp_path,  # no .env there: the process sees exactly these settings
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    process = ServerProcess(f"http://127.0.0.1:{port}", popen, log_path)
+    try:
+        wait_until_serving(popen, process.url, output=process.output)
+        yield process
+    finally:
+        process.stop()

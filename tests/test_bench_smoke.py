@@ -17,6 +17,11 @@ import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
+# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), one
+# at a time on one worker (they measure CPU per reply, and each starts several servers that
+# must come up within the benchmark's own time limit).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("benchmarks")]
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
 # The load options of bench.client, bench.http2 and bench.collector, at their smallest.
@@ -182,6 +187,7 @@ def test_the_scale_out_benchmark_measures_both_configurations():
     assert any("owner's cpu per reply with Redis" in line for line in lines)
 
 
+@pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_reports_benchmark_builds_a_ledger_and_times_both_variants():
     """On the suite's PostgreSQL (a database of its own there, dropped at exit)."""
     admin_url = os.environ.get("TEST_POSTGRES_URL")
@@ -195,6 +201,7 @@ def test_the_reports_benchmark_builds_a_ledger_and_times_both_variants():
     assert out.count("  before: ") == out.count("  now: ") == 4, out
 
 
+@pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_production_profile_runs_every_target_on_both_databases():
     """On the suite's PostgreSQL (databases of its own there, dropped at exit) and a
     throwaway redis-server: the production-shape servers answer every stream, signed in."""
@@ -264,6 +271,7 @@ GROWTH_PLANS = [
 ]
 
 
+@pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_growth_benchmark_measures_every_case_on_each_database():
     """Tiny sizes: every case measured and given a verdict, /api/me/costs before and after
     migration 14, a plan for every query; on PostgreSQL too when the suite has one."""

@@ -22,7 +22,11 @@ import pytest
 
 from app.dev.threaded_server import free_port
 from app.ops.logging import configure_logging
+from app.settings import Settings
 from tests.support import wait_for
+
+# Real processes, as Heroku starts them: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-or-v1-very-secret-0123456789abcdef"
@@ -73,11 +77,11 @@ def _run(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_procfile_release_then_web_on_the_suites_database(database, tmp_path):
+def test_procfile_release_then_web_on_the_suites_database(empty_database, tmp_path):
     commands = _procfile()
     assert set(commands) == {"release", "web"}
     port = free_port()
-    env = _env(database.url, port)
+    env = _env(empty_database.url, port)
 
     refused = subprocess.run(
         ["bash", "-c", commands["web"]],
@@ -161,10 +165,24 @@ def test_a_configuration_error_is_one_line_naming_the_setting_without_the_key(co
     assert KEY[-8:] not in output
 
 
-def test_the_release_phase_needs_no_openrouter_settings(database, tmp_path):
-    result = _run(_procfile()["release"], tmp_path, APP_ENV="production", DATABASE_URL=database.url)
+def test_the_release_phase_needs_no_openrouter_settings(empty_database, tmp_path):
+    url = empty_database.url
+    result = _run(_procfile()["release"], tmp_path, APP_ENV="production", DATABASE_URL=url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("migrations applied: [1")
+
+
+def test_the_release_phase_without_a_database_url_refuses_instead_of_migrating_a_file(tmp_path):
+    # It used to migrate ./data/streamchat.db, on a disk the platform discards, and exit 0: a
+    # release that looked like success. The Procfile's release runs as production (as its web).
+    result = _run(_procfile()["release"], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert [line for line in output.splitlines() if line.strip()] == [
+        "error: invalid configuration: DATABASE_URL must be set when APP_ENV=production "
+        "(migrate would migrate ./data/streamchat.db, a file the platform discards)"
+    ]
+    assert not (tmp_path / "data").exists()
 
 
 def test_production_on_sqlite_because_database_url_is_unset_warns_loudly(tmp_path):
@@ -221,3 +239,57 @@ def test_logging_set_up_leaves_a_hosts_configuration_alone():
     configure_logging()
     configure_logging()
     assert (list(root.handlers), root.level, httpx_logger.level) == before
+
+
+# --- app.json, the step-by-step guide and the README agree ---------------------------------------
+
+# What an operator types for each config var app.json asks for: the key, and a host app's secret.
+ASKED = {"OPENROUTER_API_KEY": KEY, "AUTH_JWT_SECRET": JWT_SECRET}
+
+
+def _app_json() -> dict:
+    return json.loads((ROOT / "app.json").read_text())
+
+
+def _guide_steps() -> str:
+    """The shell block of docs/deploy.md's step-by-step section."""
+    section = (ROOT / "docs" / "deploy.md").read_text().split("### Step by step", 1)[1]
+    return section.split("```sh", 1)[1].split("```", 1)[0]
+
+
+def test_app_json_alone_configures_a_production_server_that_starts():
+    # A Heroku set-up from app.json: its values, its generated secrets, what it asks for (and
+    # refuses to go on without), and what its add-ons set. A dyno that refuses to run is not
+    # a deploy.
+    env: dict[str, str] = {"DATABASE_URL": "postgres://u:p@db.example:5432/d"}
+    for name, var in _app_json()["env"].items():
+        if "value" in var:
+            env[name] = var["value"]
+        elif var.get("generator") == "secret":
+            env[name] = "0123456789abcdef" * 4  # Heroku's: 64 hexadecimal characters
+        elif var.get("required", True):
+            assert name in ASKED, f"app.json asks for {name}: give the test a value for it"
+            env[name] = ASKED[name]
+    settings = Settings(_env_file=None, **{name.lower(): value for name, value in env.items()})
+    assert settings.app_env == "production" and settings.auth == "jwt"
+
+
+def test_app_json_and_the_guide_create_the_same_add_ons_and_ask_for_the_same_settings():
+    steps = _guide_steps()
+    created = set(re.findall(r"heroku addons:create (\S+)", steps))
+    assert {addon["plan"] for addon in _app_json()["addons"]} == created
+    required = {
+        name
+        for name, var in _app_json()["env"].items()
+        if var.get("required", True) and "value" not in var and "generator" not in var
+    }
+    config_set = steps.split("heroku config:set", 1)[1].split("git push", 1)[0]
+    assert required <= set(re.findall(r"([A-Z_]+)=", config_set))
+
+
+def test_a_deploy_button_is_mentioned_only_where_there_is_one():
+    readme = (ROOT / "README.md").read_text()
+    has_button = "https://heroku.com/deploy" in readme
+    for path in ("README.md", "docs/deploy.md"):
+        text = (ROOT / path).read_text()
+        assert has_button or not re.search(r"deploy.{0,20}button", text, re.I | re.S), path

@@ -9,17 +9,16 @@ through Redis: the database would not have it for a minute.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,70 +34,22 @@ from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
 from tests.support import (
     SHARED_STREAM_SECRET,
     SSE,
+    ServerProcess,
     content_of,
     read_some,
     read_sse,
     reply_row,
-    serve_env,
     wait_for,
-    wait_until_serving,
 )
 
 ADMIN = "scale-out-admin-token-0123456789"
 TOKENS = [f"t{i} " for i in range(8)]
 
 
-@dataclass
-class Process:
-    url: str
-    popen: subprocess.Popen
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
-
-    def stop(self, sig: int = signal.SIGTERM) -> str:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-        try:
-            _, err = self.popen.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            _, err = self.popen.communicate()
-        return err
-
-
 @pytest.fixture
-def start_process(database, fake_url, tmp_path) -> Iterator[Callable[..., Process]]:
-    """`python -m app serve` on the test's database and the fake OpenRouter; stopped after."""
-    started: list[Process] = []
-
-    def start(**settings: str) -> Process:
-        port = free_port()
-        env = serve_env(
-            tmp_path=tmp_path,
-            port=port,
-            database_url=database.url,
-            fake_url=fake_url,
-            ADMIN_TOKEN=ADMIN,
-            SHUTDOWN_GRACE="10",
-            **settings,
-        )
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        process = Process(f"http://127.0.0.1:{port}", popen)
-        started.append(process)
-        wait_until_serving(popen, process.url, output=popen.stderr.read)
-        return process
-
-    yield start
-    for process in reversed(started):
-        process.stop()
+def start_process(start_process) -> Callable[..., ServerProcess]:
+    """The suite's `start_process`, with an admin token and 10 s to drain on SIGTERM."""
+    return functools.partial(start_process, ADMIN_TOKEN=ADMIN, SHUTDOWN_GRACE="10")
 
 
 @contextmanager
@@ -135,7 +86,7 @@ def _pong(redis: Redis) -> bool:
 
 
 def start_paused_reply(
-    fake, owner: Process, *, pause_after: int = 3
+    fake, owner: ServerProcess, *, pause_after: int = 3
 ) -> tuple[str, threading.Event]:
     """A chat turn on `owner` whose upstream pauses after `pause_after` tokens until the
     returned gate is set; its message id."""
@@ -235,9 +186,6 @@ def test_sigterm_of_the_owner_while_another_process_follows(
     a = start_process(REDIS_URL=redis_url, CHECKPOINT_INTERVAL="60")
     b = start_process(REDIS_URL=redis_url, CHECKPOINT_INTERVAL="60")
     message_id, gate = start_paused_reply(fake, a)
-    log: list[str] = []
-    reading = threading.Thread(target=lambda: log.extend(a.popen.stderr), daemon=True)
-    reading.start()
     got: list[SSE] = []
     with b.client() as on_b, connect_sse(on_b, "GET", stream_url(message_id)) as source:
         for sse in source.iter_sse():
@@ -245,7 +193,7 @@ def test_sigterm_of_the_owner_while_another_process_follows(
             if len(got) == 4:  # paused: the owner is told to stop, and resumes once draining
                 a.popen.send_signal(signal.SIGTERM)
                 wait_for(
-                    lambda: any("waiting up to 10s for 1 live replies" in line for line in log),
+                    lambda: "waiting up to 10s for 1 live replies" in a.output(),
                     timeout=30,
                     what="the owner to drain its live reply",
                 )
@@ -340,7 +288,7 @@ def test_an_agent_change_reaches_the_other_process_through_the_database(start_pr
     _agent_change_seen(a, b)
 
 
-def _stop_from_b(fake, a: Process, b: Process) -> None:
+def _stop_from_b(fake, a: ServerProcess, b: ServerProcess) -> None:
     fake.enqueue(Behaviour(tokens=TOKENS, stall_after=3))
     with a.client() as on_a, b.client() as on_b:
         message_id = on_a.post("/api/chat/messages", json={"message": "hi"}).json()["message_id"]
@@ -354,7 +302,7 @@ def _stop_from_b(fake, a: Process, b: Process) -> None:
     assert content_of(events) == "".join(TOKENS[:3])
 
 
-def _agent_change_seen(a: Process, b: Process) -> None:
+def _agent_change_seen(a: ServerProcess, b: ServerProcess) -> None:
     def temperature(http: httpx.Client) -> float:
         return http.get("/api/catalog").json()["agents"]["chat"]["temperature"]
 

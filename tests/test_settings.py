@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.dev.simulator import Behaviour
+from app.dev.threaded_server import free_port
 from app.main import create_app
 from app.settings import ConfigError, Settings, load_settings
 from tests.support import read_sse
@@ -32,6 +33,8 @@ SETTINGS_ENV = (
     "DATABASE_URL",
     "AGENTS_FILE",
     "AUTH_JWT_SECRET",
+    "AUTH_MODE",
+    "HOST",
 )
 
 
@@ -43,10 +46,11 @@ def clean_env(monkeypatch, tmp_path) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`python -m app serve` with only `env` set, in a directory without a `.env` file."""
+def serve(tmp_path: Path, command: str = "serve", **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app serve` (or `command`) with only `env` set, in a directory without a
+    `.env` file."""
     return subprocess.run(
-        [sys.executable, "-m", "app", "serve"],
+        [sys.executable, "-m", "app", command],
         cwd=tmp_path,
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env},
         capture_output=True,
@@ -95,6 +99,21 @@ def test_the_start_up_message_names_only_what_is_wrong(
     assert "\n" not in message
 
 
+def test_a_key_without_app_env_will_not_start_an_open_proxy(tmp_path):
+    # APP_ENV unset is development, whose default AUTH_MODE=dev lets anyone spend the key.
+    line = assert_one_clear_line(serve(tmp_path, OPENROUTER_API_KEY=KEY))
+    assert "AUTH_MODE must be set" in line and "OPENROUTER_API_KEY" in line
+
+
+@pytest.mark.parametrize(
+    "name", ["BUDGET_USER_DAILY_USD", "BUDGET_USER_MONTHLY_USD", "BUDGET_GLOBAL_DAILY_USD"]
+)
+def test_a_budget_past_the_databases_integers_will_not_start(tmp_path, name):
+    # $10,000,000 is 10^19 pico-dollars, past a 64-bit integer: every turn was a 500.
+    line = assert_one_clear_line(serve(tmp_path, **{name: "10000000"}))
+    assert line.startswith(f"error: invalid configuration: {name}: must be at most"), line
+
+
 def test_production_with_a_bad_agents_file_names_agent_and_field(tmp_path):
     agents = tmp_path / "agents.toml"
     agents.write_text(VALID_AGENTS.replace("temperature = 0.3", "temperature = 3"))
@@ -121,6 +140,24 @@ def test_the_key_never_shows_in_the_settings(clean_env):
     assert settings.openrouter_api_key.get_secret_value() == KEY
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert KEY not in text
+
+
+# --- the database cannot be reached ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_an_unreachable_database_ends_migrate_and_serve_in_one_line(tmp_path, command, backend):
+    # Nobody listens on the port; the SQLite file's directory cannot be made (under a file).
+    (tmp_path / "a-file").write_text("")
+    url = {
+        "postgresql": f"postgresql://app:db-password-0123456789@127.0.0.1:{free_port()}/app",
+        "sqlite": f"sqlite:///{tmp_path}/a-file/streamchat.db",
+    }[backend]
+    result = serve(tmp_path, command, DATABASE_URL=url, DATABASE_CONNECT_TIMEOUT="3")
+    line = assert_one_clear_line(result)
+    assert line.startswith("error: cannot connect to the database"), line
+    assert "db-password" not in line
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -167,7 +204,7 @@ def test_an_unsupported_database_url_is_rejected(clean_env):
     ("env", "simulator"),
     [
         ({}, True),  # development is the default
-        ({"APP_ENV": "development", "OPENROUTER_API_KEY": KEY}, False),
+        ({"APP_ENV": "development", "OPENROUTER_API_KEY": KEY, "AUTH_MODE": "dev"}, False),
         ({"APP_ENV": "development", "OPENROUTER_API_KEY": "  "}, True),
         ({"APP_ENV": "test"}, False),
         (

@@ -1,4 +1,5 @@
-"""Request limits a turn passes before anything is saved or sent upstream.
+"""Request limits a turn passes before anything is saved or sent upstream, the caller's own
+rate first: a turn refused for it never holds one of the process's slots.
 
     LIMIT_PROCESS_CONCURRENT   live replies in this process          Busy (503 server_busy)
     LIMIT_USER_RPM             a user's turns per minute (moving     RateLimited (429)

@@ -6,7 +6,7 @@ One path for every turn, in this order:
 
     1. its key's row, if the key was used: that turn is the answer (nothing counted or reserved;
        another request under the same key is `KeyReused`)
-    2. a slot of this process (`Busy`), the user's request rate (`RateLimited`)
+    2. the user's request rate (`RateLimited`), then a slot of this process (`Busy`)
     3. its budget reservation, priced at its worst case (`PriceUnknown`)
     4. its write (`TurnWrite`: rows, reservation, key claim in one transaction), awaited here
        when a limit or a key gates the upstream call (`OverBudget`, `RateLimited` for live
@@ -75,8 +75,11 @@ class Admission:
         its rows (all but its reservation and claim)."""
         if key is not None and (used := await self._used(request.user_id, key)) is not None:
             return used
+        # The caller's own rate first, outside the process's slots: a flood of one user's refused
+        # turns, each awaiting its count (a Redis round trip), must not hold the slots other
+        # users' turns need (503 server_busy).
+        await self._limits.count_turn(request.user_id)
         with self._limits.process_slot():
-            await self._limits.count_turn(request.user_id)
             reservation = await self._spend.plan(request)
             mark(Stage.ADMITTED)
             claim = None if key is None else self._claim(request, key)

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from app.core.money import PICOS, from_picos, to_picos, usd
+from app.core.money import MAX_BUDGET_PICOS, PICOS, from_picos, to_picos, usd
 from app.core.refusals import OverBudget, PriceUnknown, RateLimited, Refusal
 from app.core.run_request import RunRequest
 from app.settings import Settings
@@ -83,14 +83,16 @@ def _nfkc_bytes(text: str) -> int:
 
 
 def worst_case(*, prompt_tokens: int, max_tokens: int, pricing: Pricing) -> int:
-    """The most a request priced at `pricing` can cost, in pico-dollars, rounded up."""
+    """The most a request priced at `pricing` can cost, in pico-dollars, rounded up; past any
+    budget (a model at an absurd price), one more than the largest: refused by every limit,
+    and never a number the database cannot store."""
     assert pricing.input is not None and pricing.output is not None
     amount = (
         prompt_tokens * pricing.input / MILLION
         + max_tokens * pricing.output / MILLION
         + (pricing.request or Decimal(0))
     )
-    return math.ceil(amount * PICOS)
+    return min(math.ceil(amount * PICOS), MAX_BUDGET_PICOS + 1)
 
 
 @dataclass(frozen=True)

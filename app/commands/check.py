@@ -1,10 +1,14 @@
-"""`python -m app check [--ping]`: is this deployment's OpenRouter set-up sound? A table, and a
-non-zero exit when anything fails (for a release phase, a cron, or a person after a change).
+"""`python -m app check [--ping]`: is this deployment's set-up sound? A table, and a non-zero
+exit when anything fails (for a release phase, a cron, or a person after a change).
 
-    key        OpenRouter accepts OPENROUTER_API_KEY (`GET /key`)
+    key        OpenRouter accepts OPENROUTER_API_KEY (`GET /key`); unset: a failure, and the
+               checks below that need no OpenRouter still run
+    upstream   instead of the key, when the local simulator answers (development without a key)
     credits    credit left on the key: a warning below CREDITS_WARNING_USD, a failure at 0
+    database   it answers (DATABASE_URL) and has every migration
+    catalog    the model list answers (OpenRouter's, or the simulator's)
     <agent>    each agent's model and fallbacks (after run-time overrides, read from the
-               database) are in OpenRouter's catalog, with a price for prompt and completion
+               database) are in the catalog, with a price for prompt and completion
     ping       with --ping: one completion of one token per model; each is a generation of
                agent `check` in the ledger, with its cost, so checking is never spend unseen
 
@@ -15,6 +19,7 @@ conversation row has: the ledger keeps costs without them (as it does for a dele
 from __future__ import annotations
 
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TextIO
@@ -25,9 +30,11 @@ from app.agents.config import load_agents
 from app.agents.overrides import Agents
 from app.billing.costs import find_cost
 from app.core.states import CostSource, GenerationStatus
+from app.dev.simulator import Behaviour, FakeOpenRouter
+from app.dev.threaded_server import ThreadedServer
 from app.ops.readiness import check_key
-from app.settings import Settings
-from app.storage.database import connect_database, is_sqlite
+from app.settings import ConfigError, Settings
+from app.storage.database import DatabaseUnreachable, connect_database, is_sqlite
 from app.storage.ledger import GenerationRecord
 from app.storage.migrations import MigrationsPending, require_migrated
 from app.storage.store import Store
@@ -47,47 +54,89 @@ class Row:
 
 
 async def run_checks(settings: Settings, *, ping: bool, out: TextIO = sys.stdout) -> int:
-    """Run every check, print the table to `out`; 0 when nothing failed, else 1."""
+    """Run every check, print the table to `out`; 0 when nothing failed, else 1. A failed
+    check skips only what depends on it: without a key the database and the agents are still
+    checked."""
     rows: list[Row] = []
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(settings.upstream_read_timeout, connect=10))
+        )
+        client = await _upstream(settings, http, stack, rows)
+        store = await _store(settings, stack, rows)
+        if store is None:
+            return _print(rows, out)
+        try:
+            agents = Agents(load_agents(settings.agents_file))
+        except ConfigError as exc:
+            rows.append(Row("agents", FAIL, str(exc)))
+            return _print(rows, out)
+        await agents.load(store)
+        catalog = None if client is None else await _catalog(client, rows)
+        models = _agent_rows(agents, settings, catalog, rows)
+        if ping and client is not None:
+            for model in models:
+                rows.append(await _ping(client, store, model, settings))
+    return _print(rows, out)
+
+
+async def _upstream(
+    settings: Settings, http: httpx.AsyncClient, stack: AsyncExitStack, rows: list[Row]
+) -> OpenRouterClient | None:
+    """The client the catalog and pings go through: OpenRouter's once its key is accepted, or
+    the local simulator (started here, as the server would) when the settings choose it;
+    None when there is nothing to ask."""
+    if settings.use_simulator:
+        simulator = FakeOpenRouter(default=Behaviour())
+        server = stack.enter_context(ThreadedServer(simulator.app, log_level="warning"))
+        rows.append(Row("upstream", OK, "the local OpenRouter simulator (no key is used)"))
+        return _client(settings, http, base_url=f"{server.url}/api/v1", api_key="simulator")
     if settings.openrouter_api_key is None:
         rows.append(Row("key", FAIL, "OPENROUTER_API_KEY is not set"))
-        return _print(rows, out)
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_read_timeout, connect=10)
-    ) as http:
-        client = OpenRouterClient(
-            http,
-            base_url=settings.base_url,
-            api_key=settings.openrouter_api_key.get_secret_value(),
-            app_url=settings.app_url,
-            app_title=settings.app_title,
-        )
-        key = await check_key(client)
-        rows.append(Row("key", OK if key.ok else FAIL, key.message))
-        if not key.ok:
-            return _print(rows, out)
-        rows.append(_credits(key.limit_remaining, settings.credits_warning_usd))
+        return None
+    client = _client(
+        settings,
+        http,
+        base_url=settings.base_url,
+        api_key=settings.openrouter_api_key.get_secret_value(),
+    )
+    key = await check_key(client)
+    rows.append(Row("key", OK if key.ok else FAIL, key.message))
+    if not key.ok:
+        return None
+    rows.append(_credits(key.limit_remaining, settings.credits_warning_usd))
+    return client
+
+
+def _client(
+    settings: Settings, http: httpx.AsyncClient, *, base_url: str, api_key: str
+) -> OpenRouterClient:
+    return OpenRouterClient(
+        http,
+        base_url=base_url,
+        api_key=api_key,
+        app_url=settings.app_url,
+        app_title=settings.app_title,
+    )
+
+
+async def _store(settings: Settings, stack: AsyncExitStack, rows: list[Row]) -> Store | None:
+    """The database, connected and migrated (a row either way); None when it is not."""
+    try:
         database = await connect_database(settings)
-        try:
-            try:
-                await require_migrated(database, url=settings.database_url)
-            except MigrationsPending as exc:
-                rows.append(Row("database", FAIL, str(exc)))
-                return _print(rows, out)
-            store = Store(database, sqlite_db=is_sqlite(settings.database_url))
-            try:
-                agents = Agents(load_agents(settings.agents_file))
-                await agents.load(store)
-                catalog = await _catalog(client, rows)
-                models = _agent_rows(agents, settings, catalog, rows)
-                if ping:
-                    for model in models:
-                        rows.append(await _ping(client, store, model, settings))
-            finally:
-                await store.writer.close()
-        finally:
-            await database.disconnect()
-    return _print(rows, out)
+    except DatabaseUnreachable as exc:
+        rows.append(Row("database", FAIL, str(exc)))
+        return None
+    stack.push_async_callback(database.disconnect)
+    try:
+        await require_migrated(database, url=settings.database_url)
+    except MigrationsPending as exc:
+        rows.append(Row("database", FAIL, str(exc)))
+        return None
+    rows.append(Row("database", OK, "answers, every migration applied"))
+    store = Store(database, sqlite_db=is_sqlite(settings.database_url))
+    stack.push_async_callback(store.writer.close)
+    return store
 
 
 def _credits(remaining: Decimal | None, warn_below: Decimal) -> Row:
@@ -112,24 +161,30 @@ async def _catalog(client: OpenRouterClient, rows: list[Row]) -> dict[str, Model
 
 
 def _agent_rows(
-    agents: Agents, settings: Settings, catalog: dict[str, ModelInfo], rows: list[Row]
+    agents: Agents, settings: Settings, catalog: dict[str, ModelInfo] | None, rows: list[Row]
 ) -> list[str]:
-    """A row per agent; the distinct models of all of them, in order (what --ping calls)."""
+    """A row per agent; the distinct models of all of them, in order (what --ping calls).
+    Without a catalog (no upstream to ask), the models are listed unchecked."""
     every: list[str] = []
     for name in agents.names():
         config = agents.effective(name)
         models = [config.effective_model(settings.default_model), *config.fallback_models]
         problems = []
         for model in models:
-            info = catalog.get(model)
-            if info is None:
+            info = None if catalog is None else catalog.get(model)
+            if catalog is not None and info is None:
                 problems.append(f"{model} is not in the catalog")
-            elif not info.pricing.known:
+            elif info is not None and not info.pricing.known:
                 problems.append(f"{model} has no price")
             if model not in every:
                 every.append(model)
+        unchecked = " (not checked against a catalog)" if catalog is None else ""
         rows.append(
-            Row(f"agent {name}", FAIL if problems else OK, "; ".join(problems) or ", ".join(models))
+            Row(
+                f"agent {name}",
+                FAIL if problems else OK,
+                "; ".join(problems) or ", ".join(models) + unchecked,
+            )
         )
     return every
 

@@ -5,7 +5,8 @@ The one way to start the server, in development (`scripts/serve`) and in product
 Procfile): it owns what uvicorn's command line would otherwise hold (host, port, workers,
 the graceful-shutdown timeout), all read from the settings. Configuration errors end the
 process with one clear line naming the setting, never a traceback and never a setting's value
-(one of them is the API key).
+(one of them is the API key); so does a database that cannot be reached (where and why, never
+its password).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from app.commands.migrate import migrate_database
 from app.commands.serve import serve
 from app.ops.logging import configure_logging
 from app.settings import ConfigError, DatabaseSettings, load_settings, refuse_to_start
+from app.storage.database import DatabaseUnreachable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             configure_logging()
-            asyncio.run(migrate_database(load_settings(DatabaseSettings)))
+            database_settings = load_settings(DatabaseSettings)
+            database_settings.require_database_for_release()
+            asyncio.run(migrate_database(database_settings))
             return 0
         settings = load_settings()
         # After the settings, which say the format (LOG_FORMAT); a refusal prints its one line.
@@ -62,4 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings)  # a bad agents file is a ConfigError too
     except ConfigError as exc:
         refuse_to_start(exc)
+    except DatabaseUnreachable as exc:
+        # One line, as for a configuration error: the release phase or the dyno's log says
+        # what is wrong, and a platform sees the nonzero exit.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

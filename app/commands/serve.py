@@ -3,7 +3,20 @@ workers each building their own app)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from app.settings import Settings
+
+
+async def _reachable(settings: Settings) -> None:
+    """Connect once before serving: an unreachable database is then one line (DatabaseUnreachable)
+    instead of uvicorn's report of a failed start-up, a traceback."""
+    from app.storage.database import open_database
+
+    database = await open_database(
+        settings.database_url, max_size=1, connect_timeout=settings.database_connect_timeout
+    )
+    await database.disconnect()
 
 
 def serve(settings: Settings) -> None:
@@ -19,6 +32,7 @@ def serve(settings: Settings) -> None:
         app = "app.main:create_app"
     else:
         app = create_app(settings)  # a bad agents file fails here, with its message
+    asyncio.run(_reachable(settings))
     uvicorn.run(
         app,
         factory=isinstance(app, str),

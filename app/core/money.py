@@ -12,6 +12,13 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 PICOS = Decimal(10**12)
+# The largest budget (a setting or an admin's override): 10^18 pico-dollars. The database's
+# 64-bit integers hold 9.2 * 10^18, so a day's total under such a budget plus one turn's worst
+# case (at most one pico-dollar more than this: `app/billing/budgets.py:worst_case`) is always
+# storable and comparable, on SQLite (which would turn an overflowing sum into a float, or
+# refuse the value) as on PostgreSQL (which would fail the statement).
+MAX_BUDGET_USD = Decimal(1_000_000)
+MAX_BUDGET_PICOS = int(MAX_BUDGET_USD * PICOS)
 
 
 def parse_amount(value: Any) -> Decimal | None:

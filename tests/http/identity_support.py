@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.dev.threaded_server import ThreadedServer
@@ -72,6 +73,11 @@ class JwksServer:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.up = True
+        # Whitespace (valid JSON padding) sent before the keys: how many bytes, in chunks of
+        # `drip_chunk` bytes `drip_every` seconds apart (0: all at once).
+        self.padding = 0
+        self.drip_chunk = 40
+        self.drip_every = 0.0
         self.requests = 0
         self.url = ""
         self.app = Starlette(routes=[Route("/jwks.json", self._jwks)])
@@ -80,7 +86,19 @@ class JwksServer:
         self.requests += 1
         if not self.up:
             return JSONResponse({"error": "down for maintenance"}, status_code=503)
-        return JSONResponse({"keys": self.keys})
+        if not self.padding:
+            return JSONResponse({"keys": self.keys})
+        return StreamingResponse(self._padded(), media_type="application/json")
+
+    async def _padded(self) -> AsyncIterator[bytes]:
+        left = self.padding
+        while left > 0:
+            chunk = min(left, self.drip_chunk)
+            yield b" " * chunk
+            left -= chunk
+            if self.drip_every:
+                await asyncio.sleep(self.drip_every)
+        yield json.dumps({"keys": self.keys}).encode()
 
 
 @contextmanager

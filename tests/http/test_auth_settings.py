@@ -55,6 +55,18 @@ def test_settings_that_refuse_to_start_name_the_setting_and_never_a_secret():
         ),
         ({"auth_admin_claim": "role"}, "AUTH_ADMIN_CLAIM and AUTH_ADMIN_VALUE"),
         ({**PRODUCTION, "auth_jwks_url": jwks_url}, "STREAM_TOKEN_SECRET"),
+        (
+            {**PRODUCTION, "auth_jwt_secret": secret, "admin_token": "must-not-leak-1"},
+            "ADMIN_TOKEN must be at least 32 bytes",
+        ),
+        (
+            {**PRODUCTION, "auth_jwt_secret": secret, "metrics_token": "x"},
+            "METRICS_TOKEN must be at least 32 bytes",
+        ),
+        (
+            {**PRODUCTION, "auth_jwt_secret": secret, "auth_jwks_url": "http://idp.example/jwks"},
+            "AUTH_JWKS_URL must be https",
+        ),
     ]
     for values, reason in cases:
         message = refusal(**values)
@@ -62,3 +74,42 @@ def test_settings_that_refuse_to_start_name_the_setting_and_never_a_secret():
         assert "must-not-leak" not in message and "0123456789" not in message, message
     production_jwks = settings(**PRODUCTION, auth_jwks_url=jwks_url, stream_token_secret=secret)
     assert production_jwks.stream_token_root == secret.encode()
+
+
+def test_production_takes_long_operator_tokens_and_a_jwks_over_https_or_loopback():
+    long_token = "0123456789abcdef0123456789abcdef"  # 32 bytes: `openssl rand -hex 16` and up
+    for jwks_url in ("https://idp.example/jwks", "http://127.0.0.1:9000/jwks"):
+        production = settings(
+            **PRODUCTION,
+            auth_jwks_url=jwks_url,
+            stream_token_secret=SECRET,
+            admin_token=long_token,
+            metrics_token=long_token,
+        )
+        assert production.auth == "jwt"
+    # Outside production, short tokens and an http JWKS stay possible (tests, a laptop).
+    assert settings(
+        auth_mode="jwt", auth_jwks_url="http://idp.example/j", admin_token="a"
+    ).admin_token
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"app_env": "development", "openrouter_api_key": "sk-or-v1-real"}, "OPENROUTER_API_KEY"),
+        ({"app_env": "development", "host": "0.0.0.0"}, "HOST"),
+        ({"app_env": "test", "host": "192.168.1.20"}, "HOST"),
+    ],
+    ids=["real-key", "all-interfaces", "lan-address"],
+)
+def test_dev_mode_with_a_real_key_or_a_reachable_host_must_be_chosen(values, named):
+    # Fallen into, dev mode is an open proxy: anyone spends the key and reads every chat.
+    message = refusal(**values)
+    assert "AUTH_MODE must be set" in message and named in message
+    assert "sk-or-v1-real" not in message
+    assert settings(**values, auth_mode="dev").auth == "dev"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_dev_mode_without_a_key_on_loopback_is_still_the_default(host):
+    assert settings(app_env="development", host=host).auth == "dev"

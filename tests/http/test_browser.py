@@ -27,6 +27,9 @@ from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
 from tests.proxy import CuttingProxy
 from tests.support import save_conversations
 
+# The page over the HTTP API: the database behind it is the HTTP tests' to cover on both.
+pytestmark = pytest.mark.any_database
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",

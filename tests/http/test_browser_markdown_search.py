@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from app.dev.simulator import Behaviour
@@ -19,6 +20,9 @@ from tests.http.test_browser import (
     screenshot,
     send,
 )
+
+# As test_browser.py: the page, not the database behind it.
+pytestmark = pytest.mark.any_database
 
 # The browser, its page and the app's server: the fixtures of `test_browser.py`, by name.
 browser, page, app_url = test_browser.browser, test_browser.page, test_browser.app_url

@@ -118,6 +118,7 @@ def _b64(raw: bytes) -> str:
         "cursor=" + _b64(b'["yesterday", "c1"]'),
         "cursor=" + _b64(b'["2026-01-01T00:00:00+00:00", 7]'),
         "cursor=" + _b64(b"\xff\xfe"),
+        "cursor=" + _b64(b"[" * 3000),  # deeper than the JSON decoder's stack
     ],
 )
 def test_a_bad_limit_or_cursor_is_422_invalid_query(http, query):

@@ -19,6 +19,9 @@ from app.main import create_app
 from app.settings import Settings
 from tests.support import DatabaseHandle, make_database, read_sse
 
+# One database for the module (`shared`), not the `database` fixture's: marked by hand.
+pytestmark = pytest.mark.db
+
 LIMIT = 50  # max_message_chars of the server under test: small, so a query string can exceed it
 TOO_LONG = "x" * (LIMIT + 1)
 UNKNOWN_ID = "0" * 32  # the form of our ids (uuid4 hex), naming nothing

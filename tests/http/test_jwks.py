@@ -13,7 +13,7 @@ import pytest
 
 from app.dev.threaded_server import free_port
 from app.http.auth.errors import AuthUnavailable, Unauthorized
-from app.http.auth.jwks import RETRY_WHEN_EMPTY, JwksCache
+from app.http.auth.jwks import MAX_JWKS_BYTES, RETRY_WHEN_EMPTY, JwksCache
 from app.upstream.pool import ClientPool
 from tests.http.identity_support import (
     EC_KEY,
@@ -42,11 +42,12 @@ def jwks() -> Iterator[JwksServer]:
         yield server
 
 
-def with_cache(url: str, clock: Clock, scenario) -> None:
+def with_cache(url: str, clock: Clock, scenario, *, timeout: float = 2) -> None:
     async def run() -> None:
         pool = ClientPool(size=1, timeout=5)
         try:
-            await scenario(JwksCache(pool, url, algorithms=ASYMMETRIC, timeout=2, clock=clock))
+            cache = JwksCache(pool, url, algorithms=ASYMMETRIC, timeout=timeout, clock=clock)
+            await scenario(cache)
         finally:
             await pool.aclose()
 
@@ -160,3 +161,32 @@ def test_a_jwks_never_supplies_hmac_secrets_nor_non_signing_keys(jwks):
         assert (await cache.key(None)).algorithm_name == "RS256"
 
     with_cache(jwks.url, Clock(), scenario)
+
+
+def test_a_jwks_that_drips_its_document_is_given_up_at_the_total_deadline(jwks):
+    # 40 bytes every 0.1 s: each read comes well within the timeout, the whole document (3 s
+    # of dripping) does not. A per-read timeout waited it out; the deadline is for the whole
+    # fetch, and a request waiting on it gets 503 instead of hanging with it.
+    jwks.keys = [public_jwk(RSA_KEY, "RS256", "k1")]
+    jwks.padding, jwks.drip_chunk, jwks.drip_every = 1200, 40, 0.1
+
+    async def scenario(cache: JwksCache) -> None:
+        with pytest.raises(AuthUnavailable):
+            await cache.key("k1")
+
+    with_cache(jwks.url, Clock(), scenario, timeout=1)
+
+
+def test_a_jwks_document_past_the_size_cap_is_not_read_whole(jwks):
+    jwks.keys = [public_jwk(RSA_KEY, "RS256", "k1")]
+    jwks.padding, jwks.drip_chunk = MAX_JWKS_BYTES + 1, 64 * 1024
+
+    async def scenario(cache: JwksCache) -> None:
+        with pytest.raises(AuthUnavailable):
+            await cache.key("k1")
+        jwks.padding = 0  # the same keys, in a document of a usual size
+        cache_clock.now += RETRY_WHEN_EMPTY
+        assert (await cache.key("k1")).algorithm_name == "RS256"
+
+    cache_clock = Clock()
+    with_cache(jwks.url, cache_clock, scenario)

@@ -57,3 +57,23 @@ def test_a_full_process_is_503_before_anything_is_saved(start_server, fake, data
         again = http.post("/api/chat/messages", json={"message": "hi"})
         assert again.status_code == 202
         http.post(f"/api/messages/{again.json()['message_id']}/stop")
+
+
+def test_a_user_over_their_own_rate_is_refused_before_taking_a_process_slot(
+    start_server, fake, database
+):
+    # A refused turn must not hold one of the process's slots while it is counted: a flood of
+    # them would make other users' turns 503 server_busy. Its own limit answers first.
+    fake.default = Behaviour(tokens=["a", "b"], stall_after=1)  # live until stopped
+    server = start_server(limit_process_concurrent=1, limit_user_rpm=1)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        live = http.post("/api/chat/messages", json={"message": "hi"})
+        assert live.status_code == 202
+        saved = database.query("SELECT count(*) AS n FROM messages")
+
+        refused = http.post("/api/chat", json={"message": "hi"})
+
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert database.query("SELECT count(*) AS n FROM messages") == saved
+        http.post(f"/api/messages/{live.json()['message_id']}/stop")

@@ -94,12 +94,13 @@ def test_a_burst_of_concurrent_requests_makes_one_upstream_call(server, fake):
 
 
 def test_ttl_expiry_serves_the_stale_copy_while_one_refresh_runs(start_server, fake):
-    server = start_server(models_cache_ttl=0.3)
+    # Long enough that the refreshed copy is still fresh when read back on a loaded machine.
+    server = start_server(models_cache_ttl=1.0)
     first = get_models(server)
     gate = fake.models_gate = threading.Event()  # the refresh stays in flight until opened
 
     stale = wait_for(lambda: (a := get_models(server))["stale"] and a, what="the copy to age")
-    assert stale["source"] == "cache" and stale["age_seconds"] > 0.3
+    assert stale["source"] == "cache" and stale["age_seconds"] >= 1.0  # rounded to the ms
     assert stale["fetched_at"] == first["fetched_at"]
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         burst = list(pool.map(lambda _: get_models(server), range(20)))
@@ -119,7 +120,8 @@ def test_ttl_expiry_serves_the_stale_copy_while_one_refresh_runs(start_server, f
 
 
 def test_upstream_down_with_a_warm_cache_keeps_serving_it(start_server, fake):
-    server = start_server(models_cache_ttl=0.2)
+    # Long enough that the refreshed copy is still fresh when read back on a loaded machine.
+    server = start_server(models_cache_ttl=1.0)
     first = get_models(server)
     fake.models_status = 503
 

@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from app.dev.threaded_server import free_port
 from tests.support import migrated_store
+
+# A `python -m app check` process each: started first in a parallel run (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 KEY = "sk-or-v1-check-secret-0123456789"
 
@@ -79,3 +85,51 @@ def test_check_fails_on_a_model_missing_from_the_catalog(fake, fake_url, databas
     result = _check(fake_url, database.url, tmp_path, AGENTS_FILE=str(agents))
     assert result.returncode == 1
     assert "nobody/no-such-model is not in the catalog" in result.stdout
+
+
+def _rows(result) -> dict[str, tuple[str, str]]:
+    """The table: check name -> (result, detail)."""
+    rows = {}
+    for line in result.stdout.splitlines()[:-1]:
+        name, rest = line.split("  ", 1)
+        outcome, _, detail = rest.strip().partition("  ")
+        rows[name.strip()] = (outcome, detail.strip())
+    return rows
+
+
+def test_check_without_a_key_still_checks_the_database_and_the_agents(
+    fake, fake_url, database, tmp_path
+):
+    asyncio.run(_migrate(database.url))
+    result = _check(fake_url, database.url, tmp_path, OPENROUTER_API_KEY="")
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = _rows(result)
+    assert rows["key"] == ("FAIL", "OPENROUTER_API_KEY is not set")
+    assert rows["database"][0] == "ok"
+    assert rows["agent chat"][0] == rows["agent coach"][0] == "ok"
+    assert fake.requests == []
+
+
+def test_check_without_a_key_in_development_checks_against_the_simulator(
+    fake, fake_url, database, tmp_path
+):
+    asyncio.run(_migrate(database.url))
+    result = _check(
+        fake_url, database.url, tmp_path, "--ping", APP_ENV="development", OPENROUTER_API_KEY=""
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(result)
+    assert rows["upstream"][0] == "ok" and "simulator" in rows["upstream"][1]
+    assert rows["database"][0] == rows["catalog"][0] == rows["agent chat"][0] == "ok"
+    assert rows["ping openai/gpt-4o"][0] == "ok"
+    assert fake.requests == []  # the configured upstream is never called
+
+
+def test_check_reports_an_unmigrated_or_unreachable_database_in_its_table(
+    fake, fake_url, database, tmp_path
+):
+    unreachable = _check(fake_url, f"postgresql://u:secret-pw@127.0.0.1:{free_port()}/db", tmp_path)
+    assert unreachable.returncode == 1
+    outcome, detail = _rows(unreachable)["database"]
+    assert outcome == "FAIL" and "cannot connect" in detail and "secret-pw" not in detail
+    assert _rows(unreachable)["key"][0] == "ok"

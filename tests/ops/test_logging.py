@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from decimal import Decimal
 
 import httpx
@@ -15,50 +13,43 @@ import pytest
 
 from app.core.redact import redact
 from app.dev.simulator import Behaviour
-from app.dev.threaded_server import free_port
 from app.ops.logging import valid_request_id
-from tests.support import read_sse, serve_env, wait_until_serving
+from tests.support import read_sse
 
 KEY = "sk-or-v1-log-test-secret-0123456789"
 ACCESS_TOKEN = "user-token-that-must-not-be-logged"
 
 
 @pytest.fixture
-def json_server(fake_url, database, tmp_path):
-    port = free_port()
-    env = serve_env(
-        tmp_path=tmp_path,
-        port=port,
-        database_url=database.url,
-        fake_url=fake_url,
+def json_server(start_process):
+    yield from _log_server(start_process, "json")
+
+
+@pytest.fixture
+def text_server(start_process):
+    yield from _log_server(start_process, "text")
+
+
+def _log_server(start_process, log_format: str):
+    server = start_process(
         OPENROUTER_API_KEY=KEY,
-        LOG_FORMAT="json",
+        LOG_FORMAT=log_format,
         # As in every test app (tests/conftest.py): a title's upstream call would take the
         # fake's queued answers, meant for the turns below.
         AUTO_TITLES="false",
         GENERATION_LOOKUP_TIMEOUT="3",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    wait_until_serving(process, f"http://127.0.0.1:{port}", output=process.stderr.read)
+    http = httpx.Client(base_url=server.url, timeout=10)
 
-    def stop() -> list[dict]:
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+    def stop() -> list:
+        err = server.stop(signal.SIGINT)
         assert KEY not in err and ACCESS_TOKEN not in err and "stream_token=ey" not in err
+        if log_format == "text":
+            return err.splitlines()
         return [json.loads(line) for line in err.splitlines()]  # every line is JSON
 
     yield http, stop
     http.close()
-    if process.poll() is None:
-        process.kill()
 
 
 def test_json_logs_one_line_per_request_and_per_reply_and_no_secrets(json_server, fake):
@@ -110,6 +101,25 @@ def test_json_logs_one_line_per_request_and_per_reply_and_no_secrets(json_server
     failed = replies[started["message_id"]]
     assert failed["status"] == "error" and failed["cost_source"] == "not_billed"
     assert {r["level"] for r in records} <= {"INFO", "WARNING", "ERROR"}
+    # uvicorn's own lines (its start-up, its shutdown) were logged: without their terminal
+    # colours, which it passes in a `color_message` field of ANSI escapes.
+    assert any(r["logger"].startswith("uvicorn") for r in records)
+    assert not [r for r in records if "color_message" in r or "\\u001b" in json.dumps(r)]
+
+
+def test_text_logs_escape_control_characters_so_no_request_forges_a_line(text_server):
+    http, stop = text_server
+    forged = "2026-01-01 00:00:00,000 INFO app.access: GET /api/admin/costs 200 1.0ms"
+    assert http.get("/nowhere%0a" + forged.replace(" ", "%20")).status_code == 404
+    assert http.get("/nowhere%0d%1b[2J%c2%85" + "x").status_code == 404
+    lines = stop()
+
+    assert not [line for line in lines if line.startswith(forged[:24])]
+    assert not [line for line in lines if "\x1b" in line or "\r" in line or "\x85" in line]
+    access = [line for line in lines if " app.access: GET /nowhere" in line]
+    assert len(access) == 2, lines
+    assert "/nowhere\\n2026-01-01 00:00:00,000 INFO app.access" in access[0]
+    assert "/nowhere\\r\\x1b[2J\\x85x" in access[1]
 
 
 def test_request_ids_pass_through_when_printable_and_short(client):

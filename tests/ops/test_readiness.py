@@ -18,7 +18,7 @@ def test_ready_when_the_database_and_the_key_answer_and_the_key_is_asked_once_a_
     start_server, fake
 ):
     server = start_server(metrics_token="m")
-    first = httpx.get(f"{server.url}/readyz")
+    first = httpx.get(f"{server.url}/readyz", headers={"Authorization": "Bearer m"})
     assert first.status_code == 200
     body = first.json()
     assert body["status"] == "ready" and body["migrations"] == "ok"
@@ -73,3 +73,30 @@ def test_not_ready_on_a_database_lacking_a_migration(start_server, database):
     response = httpx.get(f"{server.url}/readyz")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "migrations_pending"
+
+
+METRICS = "readiness-metrics-token"
+ADMIN = "readiness-admin-token"
+
+
+def test_readiness_tells_the_public_ready_or_the_reasons_code_and_operators_the_details(
+    start_server, fake
+):
+    # The key's label, its usage and its remaining credit are the operator's business: a
+    # probe needs ready or not, and why in a code.
+    server = start_server(metrics_token=METRICS, admin_token=ADMIN)
+    public = httpx.get(f"{server.url}/readyz")
+    assert (public.status_code, public.json()) == (200, {"status": "ready"})
+    for token in (METRICS, ADMIN):
+        detailed = httpx.get(f"{server.url}/readyz", headers={"Authorization": f"Bearer {token}"})
+        assert detailed.json()["openrouter"]["limit_remaining_usd"] == "87.5"
+    wrong = httpx.get(f"{server.url}/readyz", headers={"Authorization": "Bearer guess"})
+    assert wrong.json() == {"status": "ready"}
+
+    fake.key_status = 401
+    refused = start_server(metrics_token=METRICS)
+    public = httpx.get(f"{refused.url}/readyz")
+    assert public.status_code == 503
+    assert public.json()["error"]["code"] == "upstream_key_invalid"
+    assert set(public.json()["error"]) == {"code", "message"}
+    assert "401" not in public.text and "OpenRouter" not in public.text

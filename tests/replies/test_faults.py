@@ -9,7 +9,6 @@ Retries before the first token are tested with the runs code; here only "4xx is 
 from __future__ import annotations
 
 import itertools
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -139,13 +138,12 @@ def test_a_stall_past_the_read_timeout_is_a_timeout_error(start_server, fake, da
     fake.generation_404s = 1
 
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        started = time.monotonic()
         events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
-        elapsed = time.monotonic() - started
 
+    # The fake's stall never ends on its own: the reply ended because our read timed out
+    # (the code says so) and only then did our side hang up on it (`cancelled`, below).
     error = assert_ends_in_one_error(events, TOKENS[:2])
     assert (error["code"], error["retryable"]) == ("upstream_timeout", True)
-    assert 0.5 <= elapsed < 3
     message_id = events[0].data["message_id"]
     reply = reply_row(database, message_id)
     assert (reply["status"], reply["content"], reply["error_code"]) == (

@@ -4,18 +4,16 @@ SIGKILL loses at most a checkpoint interval, and the next start-up recovers the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,7 +26,6 @@ from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl, utc_now
 from app.core.run_request import RunRequest
 from app.dev.simulator import Behaviour, Generation
-from app.dev.threaded_server import free_port
 from app.replies.registry import Runs
 from app.replies.replay import StoredReply
 from app.replies.runs import Run
@@ -42,6 +39,7 @@ from app.upstream.openrouter import OpenRouterClient
 from tests.support import (
     SHARED_STREAM_SECRET,
     SSE,
+    ServerProcess,
     content_of,
     generation_rows,
     migrated_store,
@@ -55,63 +53,16 @@ from tests.support import (
 TOKENS = [f" w{i}" for i in range(400)]
 
 
-class ServerProcess:
-    def __init__(self, *, fake_url: str, database_url: str, cwd: Path, **settings: str) -> None:
-        self.port = free_port()
-        env = {
-            "PATH": os.environ["PATH"],
-            "APP_ENV": "test",
-            "OPENROUTER_API_KEY": "sk-or-test-secret-key",
-            "OPENROUTER_MODEL": "openai/gpt-4o",
-            "OPENROUTER_BASE_URL": fake_url,
-            "DATABASE_URL": database_url,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "CHECKPOINT_INTERVAL": "0.2",
-            "GENERATION_LOOKUP_TIMEOUT": "3",
-            "STREAM_TOKEN_SECRET": SHARED_STREAM_SECRET,
-            **settings,
-        }
-        # cwd has no .env: the process sees exactly these settings.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._ready, timeout=20, what="the server process to start")
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
-def server_process(fake_url, database, tmp_path) -> Iterator:
-    started: list[ServerProcess] = []
-
-    def start(**settings: str) -> ServerProcess:
-        server = ServerProcess(
-            fake_url=fake_url, database_url=database.url, cwd=tmp_path, **settings
-        )
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+def server_process(start_process) -> Callable[..., ServerProcess]:
+    """The suite's `start_process`, checkpointing often, signing stream tokens as the
+    `start_server(stream_token_secret=SHARED_STREAM_SECRET)` apps here do."""
+    return functools.partial(
+        start_process,
+        CHECKPOINT_INTERVAL="0.2",
+        GENERATION_LOOKUP_TIMEOUT="3",
+        STREAM_TOKEN_SECRET=SHARED_STREAM_SECRET,
+    )
 
 
 class Reader(threading.Thread):
@@ -188,17 +139,17 @@ def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
     long.start()
     wait_for(lambda: long.deltas() >= 2, what="the long reply to start")
 
-    server.process.send_signal(signal.SIGTERM)
+    server.popen.send_signal(signal.SIGTERM)
     # uvicorn exits by re-raising the signal once its graceful shutdown is complete
     try:
-        exit_code = server.process.wait(timeout=20)
+        exit_code = server.popen.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        server.process.kill()  # and show what it was doing instead of exiting
+        # and show what it was doing instead of exiting
         raise AssertionError(
-            "no exit 20 s after SIGTERM:\n" + server.process.stdout.read()
+            "no exit 20 s after SIGTERM:\n" + server.stop(signal.SIGKILL)
         ) from None
     assert exit_code == -signal.SIGTERM
-    log = server.process.stdout.read()
+    log = server.output()
     assert "Application shutdown complete" in log, log
     short.join(5)
     long.join(5)
@@ -235,8 +186,7 @@ def test_a_crash_before_the_first_checkpoint_still_recovers_the_cost(
     # The generation's id is saved as soon as OpenRouter answers, not at the first checkpoint.
     wait_for(lambda: generation_rows(database, message_id), what="the generation row")
 
-    server.process.kill()
-    server.process.wait()
+    server.stop(signal.SIGKILL)
     assert reply_row(database, message_id)["content"] == ""
 
     start_server(stale_reply_after=0.5)
@@ -257,8 +207,7 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     wait_for(lambda: len(reply_row(database, message_id)["content"]) > 10, what="a checkpoint")
     wait_for(lambda: generation_rows(database, message_id), what="the generation row")
 
-    server.process.kill()
-    server.process.wait()
+    server.stop(signal.SIGKILL)
     checkpointed = reply_row(database, message_id)
     assert checkpointed["status"] == "streaming"
 

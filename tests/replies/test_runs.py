@@ -285,7 +285,11 @@ def test_a_reader_that_falls_behind_still_gets_every_event_and_the_final_one(
         received = EventSource(response).iter_sse()
         meta = next(received)
         message_id = json.loads(meta.data)["message_id"]
-        wait_for(lambda: reply_row(database, message_id)["status"] != "streaming", what="the end")
+        wait_for(
+            lambda: reply_row(database, message_id)["status"] != "streaming",
+            timeout=60,  # 8 MB through the server: seconds of CPU, more on a loaded machine
+            what="the end",
+        )
         events = [SSE(sse.id, sse.event, json.loads(sse.data)) for sse in received]
     assert events[-1].event == "done" and events[-1].data["status"] == "complete"
     assert [e.id for e in events] == [str(i) for i in range(2, len(tokens) + 3)]

@@ -12,7 +12,12 @@ from databases import DatabaseURL
 from pydantic import ValidationError
 
 from app.settings import Settings, normalize_database_url
-from app.storage.database import connect_database, is_sqlite, open_database
+from app.storage.database import (
+    DatabaseUnreachable,
+    connect_database,
+    is_sqlite,
+    open_database,
+)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +110,7 @@ def test_sslmode_from_the_url_reaches_the_connection(database):
     if server_ssl:
         assert asyncio.run(encrypted()) is True
     else:
-        with pytest.raises(ConnectionError, match="SSL"):
+        with pytest.raises(DatabaseUnreachable, match="SSL"):
             asyncio.run(encrypted())
 
 

@@ -29,7 +29,13 @@ from app.storage.migrations import (
 )
 from app.storage.search import FTS_TABLE
 from app.storage.tables import metadata
-from tests.support import make_database, migrated_store, run_async
+from tests.support import DatabaseHandle, make_database, migrated_store, run_async
+
+
+@pytest.fixture
+def database(empty_database) -> DatabaseHandle:
+    """Every test here migrates for itself, from nothing."""
+    return empty_database
 
 
 async def _opened(url: str) -> Database:

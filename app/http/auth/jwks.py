@@ -20,6 +20,7 @@ must never be a source of shared secrets) are skipped, as are keys not meant for
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 REFETCH_INTERVAL = 60.0
 RETRY_WHEN_EMPTY = 5.0
+# A JWKS is a few keys, a few KB (Supabase's, Auth0's, Google's: under 10 KB); a document
+# past this is not one, and is not read further into memory.
+MAX_JWKS_BYTES = 1024 * 1024
 
 
 class JwksCache:
@@ -50,7 +54,11 @@ class JwksCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http, self.url, self._algorithms = http, url, frozenset(algorithms)
+        # httpx's timeout bounds each connect and each read; `_deadline` the whole fetch, so a
+        # server dripping its document a few bytes at a time cannot hold it (and every token
+        # waiting on it, behind `_lock`) for longer.
         self._timeout = httpx.Timeout(timeout)
+        self._deadline = timeout
         self._refetch_interval, self._clock = refetch_interval, clock
         self._keys: dict[str | None, PyJWK] = {}
         self._last_attempt: float | None = None
@@ -87,12 +95,10 @@ class JwksCache:
     async def _fetch(self) -> None:
         self._last_attempt = self._clock()
         try:
-            response = await self._http.request(
-                "GET", self.url, timeout=self._timeout, headers={"Accept": "application/json"}
-            )
-            response.raise_for_status()
-            keys = self._usable_keys(response.json())
-        except (httpx.HTTPError, ValueError) as exc:
+            async with asyncio.timeout(self._deadline):
+                document = await self._download()
+            keys = self._usable_keys(json.loads(document))
+        except (httpx.HTTPError, ValueError, TimeoutError, RecursionError) as exc:
             log.warning(
                 "JWKS fetch from %s failed (%s); keeping the %d key(s) held",
                 self.url,
@@ -102,6 +108,22 @@ class JwksCache:
             return
         self._keys = keys
         log.info("JWKS fetched from %s: %d usable key(s)", self.url, len(keys))
+
+    async def _download(self) -> bytes:
+        """The JWKS document's bytes, refused past MAX_JWKS_BYTES before more are read."""
+        async with self._http.stream(
+            "GET", self.url, timeout=self._timeout, headers={"Accept": "application/json"}
+        ) as response:
+            response.raise_for_status()
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
+                raise ValueError("the JWKS document is too large")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError("the JWKS document is too large")
+            return bytes(body)
 
     def _usable_keys(self, document: Any) -> dict[str | None, PyJWK]:
         entries = document.get("keys") if isinstance(document, dict) else None

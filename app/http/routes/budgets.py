@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.core.money import from_picos, parse_amount, to_picos, usd
+from app.core.money import MAX_BUDGET_USD, from_picos, parse_amount, to_picos, usd
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.auth.identity import identify
@@ -50,9 +49,11 @@ def _limit(body: dict[str, Any], field: str) -> tuple[bool, int | None]:
     if value is None:
         return True, None
     amount = parse_amount(value) if isinstance(value, int | float) else None
-    if amount is None or amount > Decimal(10**6):
+    if amount is None or amount > MAX_BUDGET_USD:
         raise ApiError(
-            422, "invalid_field", f"`{field}` must be null or a USD amount from 0 to 1,000,000"
+            422,
+            "invalid_field",
+            f"`{field}` must be null or a USD amount from 0 to {MAX_BUDGET_USD:,}",
         )
     return True, to_picos(amount)
 

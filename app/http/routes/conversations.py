@@ -122,7 +122,8 @@ def _position(cursor: str) -> Position:
         position = Position(datetime.fromisoformat(updated_at), conversation_id)
         if position.updated_at.tzinfo is None or not isinstance(position.id, str):
             raise ValueError(cursor)
-    except (ValueError, TypeError, binascii.Error):  # JSONDecodeError is a ValueError
+    # JSONDecodeError is a ValueError; RecursionError: nesting deeper than the decoder's stack.
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise ApiError(
             422, "invalid_query", "`cursor` is not one this server gave (use a page's `next`)"
         ) from None

@@ -41,6 +41,10 @@ from app.http.routes.pages import STATIC_DIR
 from app.http.state import app_state
 
 DEFAULT_DAYS = 30
+# The days a range may name: the report reads up to the end of `to` (the next day's midnight)
+# and defaults `from` to 30 days before `to`, neither of which may leave Python's dates.
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date.max - timedelta(days=1)
 FORMATS = ("json", "csv")
 
 
@@ -56,9 +60,12 @@ def _date_param(params: Any, name: str) -> date | None:
         # Exactly YYYY-MM-DD: fromisoformat would also take 20260101 and week dates.
         if len(value) != 10:
             raise ValueError
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise _invalid(f"`{name}` must be a date as YYYY-MM-DD") from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise _invalid(f"`{name}` must be a day from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def _group_by(value: str | None) -> tuple[str, ...]:
@@ -79,7 +86,7 @@ def _group_by(value: str | None) -> tuple[str, ...]:
 def parse_range(request: Request, *, user_id: str | None) -> tuple[ReportRange, str]:
     params = request.query_params
     end = _date_param(params, "to") or datetime.now(UTC).date()
-    start = _date_param(params, "from") or end - timedelta(days=DEFAULT_DAYS - 1)
+    start = _date_param(params, "from") or max(FIRST_DAY, end - timedelta(days=DEFAULT_DAYS - 1))
     if start > end:
         raise _invalid("`from` must not be after `to`")
     fmt = (params.get("format") or "json").strip()
@@ -116,8 +123,19 @@ async def _csv_body(request: Request, range_: ReportRange) -> AsyncIterator[str]
         yield _csv_text(batch)
 
 
+# A spreadsheet evaluates a cell starting with these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
-    return "" if value is None else value
+    """A CSV cell. Text from users and from upstream (a `sub`, a model id, an error code) that
+    a spreadsheet would run as a formula is prefixed with a single quote, as OWASP advises: it
+    shows as text. Numbers are written as they are (amounts and counts are never negative)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _filename(range_: ReportRange, *, mine: bool) -> str:

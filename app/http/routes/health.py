@@ -12,12 +12,16 @@ from starlette.routing import Route
 
 from app.core.outage import RETRY_AFTER_SECONDS, is_unavailable
 from app.errors import ApiError, error_response
+from app.http.admin import require_admin
 from app.http.auth.errors import Unauthorized
 from app.http.auth.identity import bearer_token
 from app.http.state import app_state
 from app.storage.migrations import pending_migrations
 
 log = logging.getLogger(__name__)
+# What /readyz says of a failure to a caller without METRICS_TOKEN or an admin's token: the
+# code says which check failed; the rest is the operator's.
+NOT_READY = "not ready: send METRICS_TOKEN or an admin's token for the details"
 
 
 async def healthz(request: Request) -> Response:
@@ -51,9 +55,30 @@ async def healthz(request: Request) -> Response:
     )
 
 
+async def _is_operator(request: Request) -> bool:
+    """Whether the caller sent METRICS_TOKEN or is an admin (ADMIN_TOKEN, the admin claim)."""
+    sent = bearer_token(request)
+    if sent is None:
+        return False
+    token = app_state(request).settings.metrics_token
+    if token is not None and secrets.compare_digest(
+        sent.encode(), token.get_secret_value().encode()
+    ):
+        return True
+    try:
+        await require_admin(request)
+    except ApiError:
+        return False
+    return True
+
+
 async def readyz(request: Request) -> Response:
     """Ready: the database answers and is migrated, and OpenRouter accepts our key (503 with
     the reason's code otherwise; app/ops/readiness.py).
+
+    Public (probes): ready, or the reason's code. The details (the key's label, usage and
+    remaining credit, what failed) only for METRICS_TOKEN or an admin.
+
     ---
     responses:
       200:
@@ -62,6 +87,11 @@ async def readyz(request: Request) -> Response:
       503: database_unavailable migrations_pending upstream_key_invalid upstream_unavailable
     """
     state = app_state(request)
+    detailed = await _is_operator(request)
+
+    def detail(message: str) -> str:
+        return message if detailed else NOT_READY
+
     try:
         pending = await pending_migrations(state.database, url=state.settings.database_url)
     except Exception as exc:
@@ -70,22 +100,24 @@ async def readyz(request: Request) -> Response:
         return error_response(
             503,
             "database_unavailable",
-            "the database does not answer",
+            detail("the database does not answer"),
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     if pending:
         return error_response(
             503,
             "migrations_pending",
-            f"the database lacks {len(pending)} migration(s): run `python -m app migrate`",
+            detail(f"the database lacks {len(pending)} migration(s): run `python -m app migrate`"),
         )
     key = await state.key_check.status()
     if state.metrics is not None and key.limit_remaining is not None:
         state.metrics.limit_remaining.set(float(key.limit_remaining))
     if key.code == "upstream_key_invalid":
-        return error_response(503, "upstream_key_invalid", key.message)
+        return error_response(503, "upstream_key_invalid", detail(key.message))
     if key.code == "upstream_unavailable":
-        return error_response(503, "upstream_unavailable", key.message)
+        return error_response(503, "upstream_unavailable", detail(key.message))
+    if not detailed:
+        return JSONResponse({"status": "ready"})
     return JSONResponse(
         {"status": "ready", "database": "ok", "migrations": "ok", "openrouter": key.to_json()}
     )
