@@ -26,6 +26,7 @@ TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
+OTHER_TYPE = "server_error"  # any other status: 5xx
 
 
 def invalid(message: str, *, param: str | None) -> ApiError:
@@ -54,7 +55,7 @@ def openai_error(error: ApiError) -> JSONResponse:
         {
             "error": {
                 "message": error.message,
-                "type": TYPES.get(error.status, "server_error"),
+                "type": TYPES.get(error.status, OTHER_TYPE),
                 "code": error.code,
                 "param": param,
             }

@@ -142,7 +142,6 @@ def test_a_retried_regenerate_with_its_idempotency_key_starts_one_reply(client, 
     again = client.post(url, headers=headers)
 
     assert again.status_code == 202
-    # The same turn; its stream token is issued anew (a second apart, another expiry).
     assert without_token(again.json()) == without_token(accepted.json())
     finished(client, accepted)
     assert len(fake.requests) == 2

@@ -38,7 +38,10 @@ def test_every_route_of_the_app_is_in_the_document(make_settings) -> None:
             assert route.path == "/static", route.path  # the page's files, not an API
             continue
         assert isinstance(route, Route), route
-        served |= {(route.path, method.lower()) for method in route.methods if method != "HEAD"}
+        # The document names a path parameter without its converter: `{model_id:path}` is
+        # `{model_id}` there (OpenAPI has no converters).
+        path = re.sub(r"{(\w+):\w+}", r"{\1}", route.path)
+        served |= {(path, method.lower()) for method in route.methods if method != "HEAD"}
     paths = document(app.routes)["paths"]
     described = {(path, method) for path, operations in paths.items() for method in operations}
     assert served == described
@@ -60,6 +63,36 @@ def test_the_document_has_every_error_code_of_the_readme_with_its_status(make_se
     assert set(listed) == set(readme) - UNDOCUMENTED
     for code, statuses in listed.items():
         assert statuses <= readme[code], code
+
+
+def _shapes(response: dict) -> set[str]:
+    """The error shapes (`components` names) a response's schema allows."""
+    schema = response["content"]["application/json"]["schema"]
+    options = schema.get("anyOf", [schema])
+    return {(o["allOf"][0] if "allOf" in o else o)["$ref"].rsplit("/", 1)[1] for o in options}
+
+
+def test_openai_s_api_answers_its_errors_in_openai_s_shape(make_settings) -> None:
+    built = document(create_app(make_settings()).routes)
+    openai_error = built["components"]["schemas"]["OpenAIError"]["properties"]["error"]
+    assert set(openai_error["required"]) == {"message", "type", "code", "param"}
+    completions = built["paths"]["/v1/chat/completions"]["post"]["responses"]
+    # A service key's refusal, not a user's: a JWT or the admin token is refused so.
+    assert completions["401"]["x-error-codes"] == ["invalid_api_key"]
+    assert _shapes(completions["401"]) == _shapes(completions["400"]) == {"OpenAIError"}
+    # Raised around the handler (the middleware, the router, the database's handler): ours.
+    assert _shapes(completions["413"]) == {"Error", "OpenAIError"}
+    assert _shapes(completions["405"]) == {"Error"}
+    assert _shapes(completions["503"]) == {"Error", "OpenAIError"}
+    # OpenRouter's refusals keep its code: any string, at any 5xx.
+    assert completions["5XX"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OpenAIError"
+    }
+    model = built["paths"]["/v1/models/{model_id}"]["get"]
+    assert model["parameters"][0]["name"] == "model_id"
+    assert "pattern" not in model["parameters"][0]["schema"]  # `openai/gpt-4o`, not a hex id
+    assert model["responses"]["404"]["x-error-codes"] == ["model_not_found"]
+    assert _shapes(built["paths"]["/api/admin/keys"]["post"]["responses"]["401"]) == {"Error"}
 
 
 def test_the_served_document_is_openapi_3_1(client) -> None:

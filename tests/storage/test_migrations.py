@@ -501,6 +501,43 @@ def test_a_users_costs_read_their_own_rows_once_migration_14_applies(database, m
     ]
 
 
+def test_conversations_with_a_complete_reply_are_titled_once_migration_15_applies(
+    database, monkeypatch
+):
+    """Migration 15 over conversations the old code wrote: those with a complete reply had
+    their one title (or were renamed) and are settled; one whose replies all stopped or failed
+    gets a title with its next complete reply."""
+    titled = next(m for m in MIGRATIONS if m.statements is migrations._titled_conversations)
+    stamp = "'2026-01-01 00:00:00'"
+    replies = {"c1": "complete", "c2": "stopped", "c3": None}
+    rows = []
+    for conversation_id, status in replies.items():
+        rows.append(
+            "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
+            f" VALUES ('{conversation_id}', 'dev', 'chat', 't', {stamp}, {stamp})"
+        )
+        rows.append(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
+            f" created_at, updated_at) VALUES ('{conversation_id}-q', '{conversation_id}', 1,"
+            f" 'user', 'q', 'complete', 'chat', {stamp}, {stamp})"
+        )
+        if status:
+            rows.append(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
+                f" created_at, updated_at) VALUES ('{conversation_id}-a', '{conversation_id}',"
+                f" 2, 'assistant', 'a', '{status}', 'chat', {stamp}, {stamp})"
+            )
+
+    _migrate_database_over_rows(database.url, monkeypatch=monkeypatch, migration=titled, rows=rows)
+
+    found = database.query("SELECT id, titled FROM conversations ORDER BY id")
+    assert [(row["id"], bool(row["titled"])) for row in found] == [
+        ("c1", True),
+        ("c2", False),
+        ("c3", False),
+    ]
+
+
 def test_conversations_keep_their_last_reply_s_model_once_migration_17_applies(
     database, monkeypatch
 ):
@@ -597,40 +634,3 @@ def test_generations_written_before_migration_18_have_no_saving_and_reports_stil
         )
         assert len(definitions) == 2
         assert all("cache_saved_picousd" in d["indexdef"] for d in definitions), definitions
-
-
-def test_conversations_with_a_complete_reply_are_titled_once_migration_15_applies(
-    database, monkeypatch
-):
-    """Migration 15 over conversations the old code wrote: those with a complete reply had
-    their one title (or were renamed) and are settled; one whose replies all stopped or failed
-    gets a title with its next complete reply."""
-    titled = next(m for m in MIGRATIONS if m.statements is migrations._titled_conversations)
-    stamp = "'2026-01-01 00:00:00'"
-    replies = {"c1": "complete", "c2": "stopped", "c3": None}
-    rows = []
-    for conversation_id, status in replies.items():
-        rows.append(
-            "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at)"
-            f" VALUES ('{conversation_id}', 'dev', 'chat', 't', {stamp}, {stamp})"
-        )
-        rows.append(
-            "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
-            f" created_at, updated_at) VALUES ('{conversation_id}-q', '{conversation_id}', 1,"
-            f" 'user', 'q', 'complete', 'chat', {stamp}, {stamp})"
-        )
-        if status:
-            rows.append(
-                "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
-                f" created_at, updated_at) VALUES ('{conversation_id}-a', '{conversation_id}',"
-                f" 2, 'assistant', 'a', '{status}', 'chat', {stamp}, {stamp})"
-            )
-
-    _migrate_database_over_rows(database.url, monkeypatch=monkeypatch, migration=titled, rows=rows)
-
-    found = database.query("SELECT id, titled FROM conversations ORDER BY id")
-    assert [(row["id"], bool(row["titled"])) for row in found] == [
-        ("c1", True),
-        ("c2", False),
-        ("c3", False),
-    ]

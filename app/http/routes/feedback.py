@@ -57,6 +57,33 @@ def _rating(body: dict[str, Any]) -> tuple[int, str | None]:
 
 
 async def rate_reply(request: Request) -> Response:
+    """The caller's rating of their reply, set or changed.
+    ---
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [rating]
+            properties:
+              rating: {enum: [up, down]}
+              comment: {type: [string, "null"], maxLength: 2000}
+    responses:
+      200:
+        description: the rating
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [message_id, rating, comment]
+              properties:
+                message_id: {type: string}
+                rating: {enum: [up, down]}
+                comment: {type: [string, "null"]}
+      404: message_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     message_id = path_id(request, "message_id")
@@ -70,6 +97,13 @@ async def rate_reply(request: Request) -> Response:
 
 
 async def remove_rating(request: Request) -> Response:
+    """The caller's rating of their reply taken back (also when there was none).
+    ---
+    responses:
+      204: the rating is gone
+      404: message_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     message_id = path_id(request, "message_id")
@@ -79,6 +113,28 @@ async def remove_rating(request: Request) -> Response:
 
 
 async def conversation_feedback(request: Request) -> Response:
+    """The caller's ratings of the conversation's replies, every branch's.
+    ---
+    responses:
+      200:
+        description: message id -> its rating
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [feedback]
+              properties:
+                feedback:
+                  type: object
+                  additionalProperties:
+                    type: object
+                    required: [rating, comment]
+                    properties:
+                      rating: {enum: [up, down]}
+                      comment: {type: [string, "null"]}
+      404: conversation_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     caller = await identify(request)
     conversation_id = path_id(request, "conversation_id")

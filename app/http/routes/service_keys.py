@@ -89,6 +89,59 @@ def key_json(key: ServiceKey) -> dict[str, Any]:
 
 
 async def create_key(request: Request) -> Response:
+    """A service key for `/v1` (docs/jobs.md): shown this once, only its hash kept.
+    ---
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [label, models]
+            additionalProperties: false
+            properties:
+              label: {type: string, minLength: 1, maxLength: 100}
+              models:
+                description: '"*" (any model) or OpenRouter model ids'
+                oneOf:
+                  - {const: "*"}
+                  - {type: array, minItems: 1, maxItems: 100, items: {type: string}}
+              daily_usd: {type: [number, "null"], minimum: 0, maximum: 1000000}
+              monthly_usd: {type: [number, "null"], minimum: 0, maximum: 1000000}
+              rpm: {type: [integer, "null"], minimum: 1, maximum: 1000000}
+              concurrency: {type: [integer, "null"], minimum: 1, maximum: 1000000}
+              store_content: {type: boolean, default: false}
+    responses:
+      201:
+        description: the key, with `key` (`sc-…`) this once
+        headers:
+          Cache-Control: {schema: {const: no-store}}
+        content:
+          application/json:
+            schema:
+              allOf:
+                - {$ref: "#/components/schemas/ServiceKey"}
+                - {required: [key], properties: {key: {type: string, pattern: "^sc-"}}}
+      403: forbidden admin_disabled
+      422: invalid_field
+    x-schemas:
+      ServiceKey:
+        type: object
+        required: [id, label, hint, models, daily_usd, monthly_usd, rpm, concurrency,
+                   store_content, created_at, revoked_at]
+        properties:
+          id: {type: string, pattern: "^[0-9a-f]{32}$"}
+          label: {type: string}
+          hint: {type: string, description: the key's first characters}
+          models: {oneOf: [{const: "*"}, {type: array, items: {type: string}}]}
+          daily_usd: {type: [number, "null"]}
+          monthly_usd: {type: [number, "null"]}
+          rpm: {type: [integer, "null"]}
+          concurrency: {type: [integer, "null"]}
+          store_content: {type: boolean}
+          created_at: {type: string, description: ISO 8601}
+          revoked_at: {type: [string, "null"], description: ISO 8601}
+    """
     await require_admin(request)
     body = await json_body(request)
     unknown = sorted(set(body) - set(FIELDS))
@@ -115,6 +168,20 @@ async def create_key(request: Request) -> Response:
 
 
 async def list_keys(request: Request) -> Response:
+    """Every service key, revoked ones too; never a key itself.
+    ---
+    responses:
+      200:
+        description: the keys, oldest first
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [keys]
+              properties:
+                keys: {type: array, items: {$ref: "#/components/schemas/ServiceKey"}}
+      403: forbidden admin_disabled
+    """
     await require_admin(request)
     jobs = app_state(request).jobs
     assert jobs is not None
@@ -122,6 +189,19 @@ async def list_keys(request: Request) -> Response:
 
 
 async def revoke_key(request: Request) -> Response:
+    """Revoke a service key: refused at once by every process (a second revoke keeps the first
+    time).
+    ---
+    responses:
+      200:
+        description: the key, revoked
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/ServiceKey"}
+      403: forbidden admin_disabled
+      404: key_not_found
+      422: invalid_field
+    """
     await require_admin(request)
     key_id = request.path_params["key_id"]
     valid_id(key_id, "key_id")

@@ -45,6 +45,24 @@ async def _owned(state: AppState, request: Request) -> dict:
 
 
 async def share(request: Request) -> Response:
+    """A link to the branch the conversation shows now; a new link revokes the one before.
+    ---
+    responses:
+      201:
+        description: the link
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [token, url, created_at]
+              properties:
+                token: {type: string}
+                url: {type: string}
+                created_at: {type: string}
+      404: conversation_not_found
+      409: nothing_to_share
+      422: invalid_field
+    """
     state = app_state(request)
     conversation = await _owned(state, request)
     if conversation["active_leaf_id"] is None:
@@ -64,6 +82,13 @@ async def share(request: Request) -> Response:
 
 
 async def unshare(request: Request) -> Response:
+    """The conversation's live link revoked.
+    ---
+    responses:
+      204: revoked (also when there was none)
+      404: conversation_not_found
+      422: invalid_field
+    """
     state = app_state(request)
     conversation = await _owned(state, request)
     await state.store.shares.revoke(
@@ -83,6 +108,32 @@ def _token(request: Request) -> str:
 
 
 async def shared(request: Request) -> Response:
+    """A shared branch, for anyone holding the link: no sign-in, no costs, ids or other
+    branches.
+    ---
+    responses:
+      200:
+        description: the branch as it was when the link was made
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [title, shared_at, messages]
+              properties:
+                title: {type: string}
+                shared_at: {type: string}
+                messages:
+                  type: array
+                  items:
+                    type: object
+                    required: [role, content, status, created_at]
+                    properties:
+                      role: {type: string}
+                      content: {type: string}
+                      status: {type: string}
+                      created_at: {type: string}
+      404: share_not_found
+    """
     state = app_state(request)
     link = await state.store.shares.live(token=_token(request))
     conversation = link and await state.store.conversations.get(
@@ -113,6 +164,13 @@ async def shared(request: Request) -> Response:
 
 
 async def shared_page(request: Request) -> Response:
+    """The read-only page of a shared branch (it reads `GET /api/shared/{token}`).
+    ---
+    responses:
+      200:
+        description: the page
+        content: {text/html: {}}
+    """
     headers = {"Cache-Control": "no-cache", **page_headers(app_state(request).settings)}
     return FileResponse(STATIC_DIR / "shared.html", headers=headers)
 
