@@ -17,10 +17,11 @@ import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
-# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), one
-# at a time on one worker (they measure CPU per reply, and each starts several servers that
-# must come up within the benchmark's own time limit).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("benchmarks")]
+# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), and
+# spread over the workers like any test. Nothing here asserts a speed, and a benchmark waits
+# up to a minute for each of its servers to listen (bench/run.py's START_LIMIT), so running
+# beside other tests slows them without failing them.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
