@@ -328,6 +328,7 @@ function updateView(v, m) {
     v.note.textContent = note || '';
   }
   if (v.model && 'model' in m && (m.model || !v.model.textContent)) {
+    v.modelId = m.model;
     v.model.textContent = m.model || 'model —';
     v.model.title = m.model ? `Answered by ${modelName(m.model)}` : '';
   }
@@ -441,7 +442,7 @@ function addMessageTools(v, m) {
     again.addEventListener('click', () => {
       if (busy()) return;
       picker.open({
-        anchor: again, heading: 'Regenerate with', models: state.models, selected: m.model, placement: 'down',
+        anchor: again, heading: 'Regenerate with', models: state.models, selected: v.modelId, placement: 'auto',
         onPick: (id) => regenerate(m.id, id),
       });
     });

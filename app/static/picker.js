@@ -20,11 +20,12 @@
     return el;
   }
 
-  // $0.15, $15, $0.065: a price per million tokens as people quote it.
+  // $3, $0.15, $0.40, $0.065: a price per million tokens as people quote it.
   function price(v) {
     const n = Number(v);
     if (v == null || !Number.isFinite(n)) return '?';
-    return '$' + (n >= 1 || n === 0 ? String(Number(n.toFixed(2))) : String(Number(n.toPrecision(2))));
+    if (Number.isInteger(n)) return `$${n}`;
+    return Number(n.toFixed(2)) === n ? `$${n.toFixed(2)}` : `$${Number(n.toPrecision(3))}`;
   }
 
   // 4k, 128k, 1M tokens.
@@ -112,6 +113,7 @@
       onPick(id);
     }
 
+    // `placement`: 'up' (above the anchor), 'down', or 'auto': where there is more room.
     function open({ anchor, heading, models, selected, onPick, placement = 'up' }) {
       if (current?.anchor === anchor) { close(); return; }
       if (current) close({ refocus: false });
@@ -119,11 +121,16 @@
       title.textContent = heading;
       search.value = '';
       render();
-      panel.className = `picker picker-${placement}`;
+      const { top, bottom } = anchor.getBoundingClientRect();
+      const side = placement === 'auto' ? (top > window.innerHeight - bottom ? 'up' : 'down') : placement;
+      panel.className = `picker picker-${side}`;
       anchor.after(panel);
       panel.hidden = false;
       anchor.setAttribute('aria-expanded', 'true');
-      search.focus();
+      // Whole in view (a reply's panel may start out under the composer), the current model too.
+      panel.scrollIntoView({ block: 'nearest' });
+      list.querySelector('[aria-pressed="true"]')?.scrollIntoView({ block: 'nearest' });
+      search.focus({ preventScroll: true });
     }
 
     function close({ refocus = true } = {}) {
