@@ -20,6 +20,7 @@ from app.dev.simulator import Behaviour
 from app.settings import DEFAULT_AGENTS_FILE
 from tests.http import test_browser
 from tests.http.test_browser import (
+    EMBEDDING_PAGE,
     STREAM_TIMEOUT,
     assistant,
     conversation,
@@ -42,9 +43,11 @@ ALLOWED = [MINI, R1, MYTHOMAX, CLAUDE]
 def app_url(start_server, tmp_path: Path) -> str:
     shipped = DEFAULT_AGENTS_FILE.read_text(encoding="utf-8")
     allowed = "allowed_models = [" + ", ".join(f'"{m}"' for m in ALLOWED) + "]\n"
-    # The chat agent's table, with the allowlist as its first key.
+    # The chat agent's table and the coach's, each with the allowlist as its first key.
     agents = tmp_path / "agents.toml"
-    agents.write_text(shipped.replace("[chat]\n", "[chat]\n" + allowed, 1), encoding="utf-8")
+    for table in ("[chat]\n", "[coach]\n"):
+        shipped = shipped.replace(table, table + allowed, 1)
+    agents.write_text(shipped, encoding="utf-8")
     return start_server(
         agents_file=str(agents),
         openrouter_model=MINI,
@@ -224,3 +227,28 @@ def test_the_history_note_and_a_message_too_long_for_the_model(page, app_url, fa
     expect(error).to_contain_text("4,096 tokens")
     expect(page.get_by_test_id("message")).to_have_count(6)
     assert len(fake.requests) == 3
+
+
+def embed(page: Page, url: str, model: str) -> None:
+    """The coach widget alone on another page of the origin, its script tag naming `model`."""
+    tag = f'data-target="#coach" data-model="{model}"'
+    html = EMBEDDING_PAGE.replace('data-target="#coach"', tag)
+    page.route(url, lambda route: route.fulfill(body=html, content_type="text/html"))
+    page.goto(url)
+
+
+def test_the_coach_widget_sends_its_data_model(page, app_url, fake, tmp_path):
+    fake.enqueue(Behaviour(tokens=["Say which Monday."]))
+    embed(page, f"{app_url}/embedded", MYTHOMAX)
+    panel = page.get_by_test_id("coach-panel")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
+    expect(panel.get_by_test_id("coach-model")).to_have_text(MYTHOMAX)
+    assert upstream_models(fake) == [MYTHOMAX]
+
+    # One the coach does not allow: refused, and the widget says so; nothing goes upstream.
+    embed(page, f"{app_url}/other", "openai/gpt-4o")
+    panel.get_by_test_id("coach-ask").click()
+    expect(panel.get_by_test_id("coach-error")).to_contain_text("model_not_allowed")
+    assert len(fake.requests) == 1
+    page.screenshot(path=tmp_path / "coach-model-not-allowed.png")
