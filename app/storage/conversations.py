@@ -120,6 +120,17 @@ class Conversations:
             sa.select(conversation_cost(sa.literal(conversation_id, sa.String)))
         )
 
+    async def cache_saved(self, *, conversation_id: str) -> int | None:
+        """What prompt caching saved on the conversation, in pico-dollars, over the same
+        generations as `total_cost`; None while no saving of it is known."""
+        return await self._database.fetch_val(
+            sa.select(
+                conversation_cost(
+                    sa.literal(conversation_id, sa.String), measure="cache_saved_picousd"
+                )
+            )
+        )
+
     async def rename(self, *, conversation_id: str, user_id: str, title: str) -> bool:
         """Give the user's conversation a title; False if there is no such conversation."""
         [renamed] = await self._writer.write(

@@ -598,6 +598,36 @@ def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+# The report's covering indexes as of migration 18: what caching saved is summed beside the cost.
+_CACHE_SAVED = "cache_saved_picousd"
+
+
+def _prompt_caching(dialect: sa.engine.Dialect) -> list[str]:
+    """What prompt caching saved, per generation, and the switch that turns it off per agent.
+
+    `cache_saved_picousd` is written with each generation's usage from now on (rows already
+    there keep null, "not known": their saving was never computed, and the prices of then are
+    not kept); `cache_discount_picousd` is OpenRouter's own figure when the generation record is
+    read. Cost reports sum the saving beside the cost: on PostgreSQL both covering indexes are
+    built again with it (an index-only scan stays one), in the migration's transaction."""
+    statements = [
+        "ALTER TABLE generations ADD COLUMN cache_saved_picousd BIGINT",
+        "ALTER TABLE generations ADD COLUMN cache_discount_picousd BIGINT",
+        "ALTER TABLE agent_overrides ADD COLUMN prompt_caching BOOLEAN",
+    ]
+    if dialect.name != "postgresql":
+        return statements
+    return [
+        *statements,
+        "DROP INDEX ix_generations_started_at",
+        "CREATE INDEX ix_generations_started_at ON generations (started_at, id)"
+        f" INCLUDE ({_REPORT_INCLUDE_11}, {_CACHE_SAVED})",
+        "DROP INDEX ix_generations_user_started",
+        "CREATE INDEX ix_generations_user_started ON generations (user_id, started_at, id)"
+        f" INCLUDE ({_REPORT_INCLUDE_14}, {_CACHE_SAVED})",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -616,6 +646,7 @@ MIGRATIONS: list[Migration] = [
     Migration(15, "titled conversations, feedback on replies, shared links", _titled_conversations),
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
+    Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),
 ]
 
 _schema_migrations = sa.Table(
