@@ -78,6 +78,11 @@ const FINISH_NOTES = {
   content_filter: 'Stopped by the provider\'s content filter.',
 };
 
+// A reply's error said as what to do, where the code alone tells it.
+const ERROR_NOTES = {
+  context_length_exceeded: "This conversation is too long for this model's context. Choose a model with a larger context, or start a new chat.",
+};
+
 // ---------- helpers ----------
 
 // Replies are Markdown (markdown.js: escaped HTML, checked links, images as links, DOMPurify
@@ -347,7 +352,7 @@ function updateView(v, m) {
   }
   if (v.cost && 'cost_usd' in m) v.cost.textContent = formatUsd(m.cost_usd);
   if ('error' in m) {
-    const msg = m.error && (m.error.message || m.error.code);
+    const msg = m.error && (ERROR_NOTES[m.error.code] || m.error.message || m.error.code);
     v.error.hidden = !msg;
     v.error.textContent = msg || '';
   }
@@ -685,10 +690,7 @@ function startStream(url, v, { focusStop = false } = {}) {
     },
     failed: (d) => {
       renderContent(v);
-      const message = d.code === 'context_length_exceeded'
-        ? "This conversation is too long for this model's context. Choose a model with a larger context, or start a new chat."
-        : d.message;
-      updateView(v, { status: d.status || 'error', error: { code: d.code, message } });
+      updateView(v, { status: d.status || 'error', error: { code: d.code, message: d.message } });
       followEnd();
       finish(d.status || 'error');
     },

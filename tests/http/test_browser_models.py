@@ -252,3 +252,23 @@ def test_the_coach_widget_sends_its_data_model(page, app_url, fake, tmp_path):
     expect(panel.get_by_test_id("coach-error")).to_contain_text("model_not_allowed")
     assert len(fake.requests) == 1
     page.screenshot(path=tmp_path / "coach-model-not-allowed.png")
+
+
+def test_a_reply_over_the_providers_count_of_the_context_says_what_to_do(page, app_url, fake):
+    # The server fits every request to the window; a provider that counts otherwise answers 400.
+    over = "This endpoint's maximum context length is 4096 tokens; you requested 5000 tokens."
+    fake.enqueue(Behaviour(status=400, error_body={"error": {"code": 400, "message": over}}))
+    page.goto(app_url)
+    choose(page, MYTHOMAX)
+    send(page, "Hello")
+    reply = assistant(page)
+    expect(reply).to_have_attribute("data-status", "error", timeout=STREAM_TIMEOUT)
+    expect(reply.get_by_test_id("message-error")).to_have_text(
+        "This conversation is too long for this model's context. Choose a model with a larger"
+        " context, or start a new chat."
+    )
+    page.reload()  # said the same when the conversation is opened again
+    expect(assistant(page).get_by_test_id("message-error")).to_have_text(
+        "This conversation is too long for this model's context. Choose a model with a larger"
+        " context, or start a new chat."
+    )
