@@ -36,6 +36,7 @@ from app.http.middleware import http_middleware
 from app.http.openapi import routes as openapi_routes
 from app.http.refusals import refusal_response
 from app.http.routes import (
+    agent_models,
     budgets,
     catalog,
     conversations,
@@ -243,6 +244,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *catalog.routes,
             *costs.routes,
             *models.routes,
+            *agent_models.routes,
             *health.routes,
             *me.routes,
             *budgets.routes,

@@ -52,11 +52,20 @@ class ReasoningConfig(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+# What an agent lets its callers choose (`allowed_models`): a list of model ids, or every model
+# of the catalog with a known price. None (absent): the agent's model alone.
+EVERY_PRICED_MODEL = "*"
+AllowedModels = tuple[ModelId, ...] | Literal["*"]
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = ""
     fallback_models: tuple[ModelId, ...] = ()
+    # The models a turn may name besides `model` (always allowed, and the default); see
+    # app/agents/models.py.
+    allowed_models: AllowedModels | None = None
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1024, ge=1)
     history_messages: int = Field(20, ge=0)

@@ -1,8 +1,9 @@
 """Agents re-pointed at run time: the agents file is the default, the database holds overrides.
 
-Overrides (model, fallback models, temperature, max_tokens, reasoning) are kept in memory, loaded
-at start-up and updated on every change, so resolving an agent costs no database read per message;
-changes made by other processes are re-read (`refresh`, see app/replies/signals.py).
+Overrides (model, fallback models, temperature, max_tokens, reasoning, allowed models) are kept
+in memory, loaded at start-up and updated on every change, so resolving an agent costs no database
+read per message; changes made by other processes are re-read (`refresh`, see
+app/replies/signals.py).
 A run copies its agent's effective config when it starts, so a change applies to the next reply
 and never to one in flight.
 """
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from app.agents.config import AgentConfig, ReasoningConfig
+from app.agents.config import AgentConfig, AllowedModels, ReasoningConfig
 from app.core.model_id import ModelId
 from app.errors import ApiError
 from app.storage.store import Store
@@ -32,6 +33,7 @@ class AgentOverride:
     temperature: float | None = None
     max_tokens: int | None = None
     reasoning: ReasoningConfig | None = None
+    allowed_models: AllowedModels | None = None
     updated_at: datetime | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -44,8 +46,18 @@ class AgentOverride:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "reasoning": None if self.reasoning is None else self.reasoning.upstream(),
+            "allowed_models": allowed_json(self.allowed_models),
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
         }
+
+
+def allowed_json(allowed: AllowedModels | None) -> list[str] | str | None:
+    """`allowed_models` as JSON has it (and the database keeps it): "*", a list, or null."""
+    return allowed if allowed is None or isinstance(allowed, str) else list(allowed)
+
+
+def _allowed(value: Any) -> AllowedModels | None:
+    return value if value is None or isinstance(value, str) else tuple(value)
 
 
 class Agents:
@@ -95,6 +107,7 @@ class Agents:
                 temperature=row["temperature"],
                 max_tokens=row["max_tokens"],
                 reasoning=None if reasoning is None else ReasoningConfig.model_validate(reasoning),
+                allowed_models=_allowed(row["allowed_models"]),
                 updated_at=row["updated_at"],
             )
         return overrides
@@ -110,6 +123,7 @@ class Agents:
                 temperature=override.temperature,
                 max_tokens=override.max_tokens,
                 reasoning=None if override.reasoning is None else override.reasoning.upstream(),
+                allowed_models=allowed_json(override.allowed_models),
             )
             saved = replace(override, updated_at=updated_at)
             self._overrides[name] = saved
@@ -136,6 +150,7 @@ class OverrideChange(BaseModel):
     temperature: Annotated[float, Strict(), Field(ge=0, le=2, allow_inf_nan=False)] | None = None
     max_tokens: Annotated[int, Strict(), Field(ge=1)] | None = None
     reasoning: ReasoningConfig | None = None
+    allowed_models: AllowedModels | None = None
 
 
 FIELDS = tuple(OverrideChange.model_fields)
@@ -148,6 +163,10 @@ _FAULTS = {
     "max_tokens": "`max_tokens` must be a whole number of at least 1",
     "reasoning": "`reasoning` must be an object with `effort` or `max_tokens` (not both), "
     "and `exclude`",
+    "allowed_models": '`allowed_models` must be "*" (every model with a known price) or a list '
+    "of model ids",
+    "allowed_models[]": '`allowed_models` must be "*" (every model with a known price) or a '
+    "list of OpenRouter model ids like openai/gpt-4o",
     "reasoning[]": "`reasoning` takes `effort` (none, minimal, low, medium, high or xhigh) or "
     "`max_tokens` (a whole number of at least 1), not both, and `exclude` (true or false)",
 }
@@ -188,12 +207,16 @@ def check_against_catalog(
     merged = default.model_copy(update=override.changes())
     model = merged.effective_model(default_model)
     named = [model, *merged.fallback_models]
+    # The list a change sets must name models that exist; one that leaves the catalog later
+    # is only refused for the turns that choose it (app/agents/models.py).
+    listed = [] if isinstance(override.allowed_models, str) else override.allowed_models or []
+    checked = [*named, *(m for m in listed if m not in named)]
     if not catalog.available:
         return [
             f"the model catalog is unavailable ({catalog.refresh_error or 'not loaded'}): "
-            f"could not check that {', '.join(named)} exist(s) or the max_tokens limit"
+            f"could not check that {', '.join(checked)} exist(s) or the max_tokens limit"
         ]
-    missing = [model_id for model_id in named if catalog.find(model_id) is None]
+    missing = [model_id for model_id in checked if catalog.find(model_id) is None]
     if missing:
         raise ApiError(
             422,

@@ -61,6 +61,20 @@ def prompt_token_bound(body: dict[str, Any]) -> int:
     return size + PER_MESSAGE_TOKENS * len(body.get("messages", ())) + PER_REQUEST_TOKENS
 
 
+def message_token_bound(message: dict[str, Any]) -> int:
+    """What one message adds to `prompt_token_bound` of a body it joins: its JSON (the larger
+    size, plain or NFKC), the comma before it, its per-message allowance.
+
+    So the bound of a body is at most the bound of the body without some of its messages plus
+    theirs: the larger of two sums is at most the sum of each part's larger (NFKC cannot join
+    across the `},{` between messages, which compose with nothing). History is fitted to a
+    context window with it one message at a time (app/replies/fitting.py), never re-measuring
+    the whole request."""
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    size = max(len(text.encode("utf-8", "surrogatepass")), _nfkc_bytes(text))
+    return size + 1 + PER_MESSAGE_TOKENS
+
+
 def _nfkc_bytes(text: str) -> int:
     # Only non-ASCII text can expand (ASCII is NFKC-stable): skip the normalization otherwise.
     if text.isascii():
@@ -286,6 +300,28 @@ class SpendControl:
                 "resets_at": resets_at.isoformat(),
             },
         )
+
+    async def headroom(self, user_id: str) -> list[tuple[str, int, int]]:
+        """What is left of each budget that applies to the user now: (scope, limit, left) in
+        pico-dollars, scope `daily`, `monthly` or `global`; [] when none applies. What the
+        model list's `affordable` is read against (reading, not reserving: a turn is still
+        checked and reserved on its own)."""
+        limits = await self.limits_for(user_id)
+        if not limits.budgeted:
+            return []
+        periods = Periods.at(self.clock())
+        usage = await self._store.budgets.usage(
+            user_id=user_id, day=periods.day, month=periods.month
+        )
+        left = []
+        if limits.daily is not None:
+            left.append(("daily", limits.daily, usage.day_spent + usage.day_reserved))
+        if limits.monthly is not None:
+            left.append(("monthly", limits.monthly, usage.month_spent + usage.month_reserved))
+        if limits.global_daily is not None:
+            spent, reserved = await self._store.budgets.global_usage(day=periods.day)
+            left.append(("global", limits.global_daily, spent + reserved))
+        return [(scope, limit, limit - counted) for scope, limit, counted in left]
 
     async def usage(self, user_id: str) -> dict[str, Any]:
         """`GET /api/me/usage`: today's and this month's spend, reservations, limits, resets."""

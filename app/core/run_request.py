@@ -24,6 +24,8 @@ class RunRequest:
     stream: bool = True  # False: one non-streaming upstream call (for `"stream": false` callers)
     reasoning: dict[str, Any] | None = None  # OpenRouter's `reasoning` object, as the agent says
     wants_title: bool = False  # a chat not titled yet: the titler names it once this is complete
+    # {"sent", "left_out"} when history was left out to fit the model's window (for `meta`).
+    history: dict[str, int] | None = None
 
     def upstream_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -32,6 +34,9 @@ class RunRequest:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "user": self.user_id,
+            # No middle-out: the history is fitted here (app/replies/fitting.py), so what is
+            # sent is what `meta` says was sent.
+            "transforms": [],
         }
         if self.fallback_models:
             body["models"] = [self.model, *self.fallback_models]

@@ -40,9 +40,15 @@ DIRECTIVE = re.compile(
     r"(?:\s+think=(?P<think>\d{1,4}))?\s*\]\]"
 )
 
-# Per-token prices the simulator bills at (USD), so costs look like real ones.
+# Per-token prices the simulator bills at (USD) for a model its catalog does not price (each
+# model it lists is billed at its own prices), so costs look like real ones.
 PROMPT_PRICE = Decimal("0.00000015")
 COMPLETION_PRICE = Decimal("0.0000006")
+# What the simulator counts as one token when it checks a context window: a word or a single
+# other character, as a BPE tokenizer would at least. Never more than a byte each, so a request
+# the server fitted with its byte bound (app/billing/budgets.py) always fits here.
+TOKEN = re.compile(r"\w+|[^\w\s]")
+TOKENS_PER_MESSAGE = 4
 
 
 # What `GET /key` answers, in OpenRouter's shape (USD; `limit` null would mean no limit).
@@ -154,11 +160,34 @@ def error_behaviour(kind: str) -> Behaviour:
     return Behaviour(status=status, error_body={"error": error}, retry_after=retry_after)
 
 
+def context_error(window: int, requested: int, text: int, output: int) -> Behaviour:
+    """OpenRouter's 400 for a request over the model's context window, word for word."""
+    message = (
+        f"This endpoint's maximum context length is {window} tokens. However, you requested "
+        f"about {requested} tokens ({text} of text input, {output} in the output). Please "
+        'reduce the length of either one, or use the "middle-out" transform to compress your '
+        "prompt automatically."
+    )
+    error = {"code": 400, "message": message, "metadata": {"provider_name": "Simulator"}}
+    return Behaviour(status=400, error_body={"error": error})
+
+
+def prompt_tokens_of(messages: list[dict[str, Any]]) -> int:
+    """The simulator's token count of a request's messages (see TOKEN)."""
+    return sum(
+        len(TOKEN.findall(json.dumps(m.get("content", ""), ensure_ascii=False)))
+        + TOKENS_PER_MESSAGE
+        for m in messages
+        if isinstance(m, dict)
+    )
+
+
 @dataclass
 class Generation:
     id: str
     model: str
     prompt_tokens: int
+    prices: tuple[Decimal, Decimal] = (PROMPT_PRICE, COMPLETION_PRICE)  # USD per token
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
     finish_reason: str | None = None
@@ -167,6 +196,19 @@ class Generation:
     # Like OpenRouter's, the record is only served (else 404) once the generation is over: a
     # lookup never sees a cost still growing.
     ended: bool = False
+
+
+def _prices(listed: dict[str, Any]) -> tuple[Decimal, Decimal]:
+    """A listed model's (prompt, completion) prices per token; the simulator's own for one
+    it does not list or price (free, unknown, the router's "-1")."""
+    pricing = listed.get("pricing") or {}
+    try:
+        prompt, completion = Decimal(pricing["prompt"]), Decimal(pricing["completion"])
+    except (KeyError, TypeError, ArithmeticError):
+        return PROMPT_PRICE, COMPLETION_PRICE
+    if prompt < 0 or completion < 0 or not (prompt.is_finite() and completion.is_finite()):
+        return PROMPT_PRICE, COMPLETION_PRICE
+    return prompt, completion
 
 
 def _reasoning_tokens(behaviour: Behaviour) -> int:
@@ -417,6 +459,10 @@ class FakeOpenRouter:
             or body.get("model")
             or "simulator/echo"
         )
+        listed = self._listed(model)
+        too_long = self._over_window(listed, body, messages)
+        if too_long is not None:
+            return too_long
         number = next(self._ids)
         call = None
         if behaviour.tokens is not None:
@@ -433,7 +479,9 @@ class FakeOpenRouter:
             if call is not None:
                 behaviour = replace(behaviour, finish_reason="tool_calls")
         prompt_tokens = sum(len(_words(str(m.get("content", "")))) for m in messages)
-        generation = Generation(id=f"gen-sim-{number}", model=model, prompt_tokens=prompt_tokens)
+        generation = Generation(
+            id=f"gen-sim-{number}", model=model, prompt_tokens=prompt_tokens, prices=_prices(listed)
+        )
         with self._lock:
             self.generations[generation.id] = generation
 
@@ -448,13 +496,32 @@ class FakeOpenRouter:
             headers=headers,
         )
 
+    def _listed(self, model: str) -> dict[str, Any]:
+        """The model's entry in the simulator's catalog ({} when it lists no such model)."""
+        entries = self.models_payload.get("data") if isinstance(self.models_payload, dict) else []
+        return next((e for e in entries or [] if isinstance(e, dict) and e.get("id") == model), {})
+
+    def _over_window(
+        self, listed: dict[str, Any], body: dict[str, Any], messages: list[dict[str, Any]]
+    ) -> Response | None:
+        """OpenRouter's 400 for a request over the model's context window, if it is; as there,
+        `max_tokens` counts in what is requested (without it, the model's whole output)."""
+        window = listed.get("context_length")
+        if not isinstance(window, int):
+            return None
+        text = prompt_tokens_of(messages)
+        top = listed.get("top_provider") or {}
+        output = body.get("max_tokens") or top.get("max_completion_tokens") or window
+        if text + output <= window:
+            return None
+        behaviour = context_error(window, text + output, text, output)
+        return JSONResponse(behaviour.error_body, status_code=400)
+
     def _price(self, generation: Generation, behaviour: Behaviour) -> Decimal:
         if behaviour.cost is not None:
             return behaviour.cost
-        return (
-            generation.prompt_tokens * PROMPT_PRICE
-            + generation.completion_tokens * COMPLETION_PRICE
-        )
+        prompt, completion = generation.prices
+        return generation.prompt_tokens * prompt + generation.completion_tokens * completion
 
     def _usage(self, generation: Generation, behaviour: Behaviour) -> dict[str, Any]:
         return {

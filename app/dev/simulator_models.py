@@ -1,9 +1,10 @@
 """The simulator's `GET /models` payload: OpenRouter's exact shape, with real oddities.
 
 A dozen entries: the default recommended models, the development fallback model, a reasoning
-model, a multimodal one, one billed per request, a free one, the `openrouter/auto` router (whose
-prices are "-1"), and entries with missing pricing, a price that is not a number, no
-`top_provider`, and no `id` at all. Prices are USD per token, as strings, as OpenRouter sends them.
+model, a multimodal one, one billed per request, a free one, one with a small (4k) context
+window, the `openrouter/auto` router (whose prices are "-1"), and entries with missing pricing, a
+price that is not a number, no `top_provider`, and no `id` at all. Prices are USD per token, as
+strings, as OpenRouter sends them; the simulator bills each model at its own.
 """
 
 from __future__ import annotations
@@ -184,6 +185,15 @@ def simulated_models() -> dict[str, Any]:
                 prompt="0",
                 completion="0",
                 tokenizer="Llama3",
+            ),
+            _model(
+                "gryphe/mythomax-l2-13b",
+                "MythoMax 13B",
+                context=4096,
+                max_completion=4096,
+                prompt="0.000000065",
+                completion="0.000000065",
+                tokenizer="Llama2",
             ),
             _model(
                 "openrouter/auto",

@@ -8,11 +8,14 @@ Shared by the chat and coach routes and by their one-step (`POST /api/chat`) and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from app.admission.service import Key, KeyUsed
 from app.admission.turn_write import TurnWrite
+from app.agents.models import ModelChoice, choose, requested_effort, requested_model
 from app.core.outage import is_unavailable
 from app.core.refusals import NotSaved
 from app.core.run_request import RunRequest
@@ -20,6 +23,7 @@ from app.core.stages import Stage, mark
 from app.errors import ApiError, database_away
 from app.http.input import optional_text, stream_flag, valid_id
 from app.http.state import AppState
+from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
 from app.storage.replies import TurnIds
@@ -33,7 +37,14 @@ class Turn:
     agent: str
     user_content: str
     conversation_id: str | None
-    prompt: list[dict[str, Any]]  # what precedes the user message: system prompt, history
+    prompt: list[dict[str, Any]]  # what precedes the history: the system prompt
+    choice: ModelChoice  # the model it goes to, and what that model takes
+    # The most recent messages the turn may send before the user message, oldest first: as
+    # many whole turns of them as fit the model's window go (app/replies/fitting.py).
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # The user message made of the history kept, when the history goes inside it (the coach's
+    # transcript) rather than before it.
+    render: Callable[[Sequence[dict[str, Any]]], str] | None = None
     subject_conversation_id: str | None = None
     stream: bool = True
     # Where the turn goes in the conversation's tree (see `app/storage/replies.py`): the
@@ -45,6 +56,30 @@ class Turn:
     # one (see `app/replies/titles.py`). A coach call's conversation is never listed, so
     # titling it would be money for nothing.
     wants_title: bool = False
+
+    def compose(self, kept: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The upstream messages, given the history `kept`."""
+        if self.render is not None:
+            return [*self.prompt, {"role": "user", "content": self.render(kept)}]
+        return [*self.prompt, *kept, {"role": "user", "content": self.user_content}]
+
+
+async def _choice(
+    state: AppState, agent: str, body: dict[str, Any], *, remembered: str | None = None
+) -> ModelChoice:
+    """The model a turn of `agent` goes to: the body's `model` and `reasoning`, else the
+    conversation's model (`remembered`), else the agent's; refused (422 model_not_allowed,
+    unknown_model, reasoning_not_supported) before anything is read or written."""
+    requested = requested_model(body.get("model"))
+    effort = requested_effort(body.get("reasoning"))
+    return choose(
+        state.agents.effective(agent),
+        default_model=state.settings.default_model,
+        catalog=await state.models.get(),
+        requested=requested,
+        remembered=remembered,
+        effort=effort,
+    )
 
 
 async def _existing_conversation(
@@ -69,7 +104,8 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
     if message is None:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
     agent = state.agents.effective("chat")
-    conversation_id = leaf = None
+    stream = stream_flag(body)
+    conversation_id = leaf = remembered = None
     history: list[dict[str, Any]] = []
     if body.get("conversation_id") is not None:
         conversation = await _existing_conversation(
@@ -77,14 +113,21 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         )
         # The turn continues the branch the conversation shows, from its last message.
         conversation_id, leaf = conversation["id"], conversation["active_leaf_id"]
-        history = await state.store.replies.history(leaf_id=leaf, limit=agent.history_messages)
+        remembered = conversation["model"]
+    choice = await _choice(state, "chat", body, remembered=remembered)
+    if leaf is not None:
+        history = await state.store.replies.history(
+            leaf_id=leaf, limit=agent.history_messages, max_chars=choice.context_length
+        )
     return Turn(
         user_id=user_id,
         agent="chat",
         user_content=message,
         conversation_id=conversation_id,
-        prompt=[{"role": "system", "content": agent.system_prompt}, *history],
-        stream=stream_flag(body),
+        prompt=[{"role": "system", "content": agent.system_prompt}],
+        choice=choice,
+        history=history,
+        stream=stream,
         parent_id=leaf,
         wants_title=conversation_id is None or not conversation["titled"],
     )
@@ -114,26 +157,35 @@ async def _branch_turn(
     *,
     parent_id: str | None,
     user_content: str,
+    body: dict[str, Any],
     answers: str | None = None,
 ) -> Turn:
     """A turn on a new branch of `conversation`, after `parent_id`: the history is that
     message's path, whichever branch the conversation shows."""
     agent = state.agents.effective(conversation["agent"])
-    history = await state.store.replies.history(leaf_id=parent_id, limit=agent.history_messages)
+    choice = await _choice(state, conversation["agent"], body, remembered=conversation["model"])
+    history = await state.store.replies.history(
+        leaf_id=parent_id, limit=agent.history_messages, max_chars=choice.context_length
+    )
     return Turn(
         user_id=conversation["user_id"],
         agent=conversation["agent"],
         user_content=user_content,
         conversation_id=conversation["id"],
-        prompt=[{"role": "system", "content": agent.system_prompt}, *history],
+        prompt=[{"role": "system", "content": agent.system_prompt}],
+        choice=choice,
+        history=history,
         parent_id=parent_id,
         answers=answers,
         wants_title=conversation["agent"] == "chat" and not conversation["titled"],
     )
 
 
-async def regenerate_turn(state: AppState, message_id: str, *, user_id: str) -> Turn:
-    """Another reply to the user message that reply `message_id` answered, beside it."""
+async def regenerate_turn(
+    state: AppState, message_id: str, body: dict[str, Any], *, user_id: str
+) -> Turn:
+    """Another reply to the user message that reply `message_id` answered, beside it (with
+    the body's `model`, if it names one: "regenerate with another model")."""
     reply, conversation = await _own_message(state, message_id, role="assistant", user_id=user_id)
     asked = await state.store.replies.message(message_id=reply["parent_id"])
     assert asked is not None  # a reply always follows its user message
@@ -142,6 +194,7 @@ async def regenerate_turn(state: AppState, message_id: str, *, user_id: str) -> 
         conversation,
         parent_id=asked["parent_id"],
         user_content=asked["content"],
+        body=body,
         answers=asked["id"],
     )
 
@@ -155,7 +208,7 @@ async def edit_turn(
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
     edited, conversation = await _own_message(state, message_id, role="user", user_id=user_id)
     return await _branch_turn(
-        state, conversation, parent_id=edited["parent_id"], user_content=message
+        state, conversation, parent_id=edited["parent_id"], user_content=message, body=body
     )
 
 
@@ -163,16 +216,20 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
     limit = state.settings.max_message_chars
     context = optional_text(body, "context", limit=limit)
     question = optional_text(body, "question", limit=limit)
+    stream = stream_flag(body)
     subject: Any = None
     transcript: list[dict[str, Any]] = []
     agent = state.agents.effective("coach")
+    choice = await _choice(state, "coach", body)
     if body.get("conversation_id") is not None:
         subject = await _existing_conversation(
             state, body["conversation_id"], agent="chat", user_id=user_id
         )
         # What the conversation shows: the branch the person is looking at.
         transcript = await state.store.replies.history(
-            leaf_id=subject["active_leaf_id"], limit=agent.history_messages
+            leaf_id=subject["active_leaf_id"],
+            limit=agent.history_messages,
+            max_chars=choice.context_length,
         )
         subject = subject["id"]
     if context is None and question is None and subject is None:
@@ -181,6 +238,26 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
             "coach_input_required",
             "give at least one of `context`, `question`, `conversation_id`",
         )
+    render = partial(_coach_message, context=context, question=question)
+    return Turn(
+        user_id=user_id,
+        agent="coach",
+        user_content=render(transcript),
+        conversation_id=None,  # each coach call is its own conversation
+        prompt=[{"role": "system", "content": agent.system_prompt}],
+        choice=choice,
+        history=transcript,
+        render=render,
+        subject_conversation_id=subject,
+        stream=stream,
+    )
+
+
+def _coach_message(
+    transcript: Sequence[dict[str, Any]], *, context: str | None, question: str | None
+) -> str:
+    """The coach's user message: the part of the reviewed conversation that fits, the context,
+    the question."""
     sections = []
     if transcript:
         lines = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in transcript)
@@ -188,22 +265,21 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
     if context:
         sections.append(f"Context:\n{context}")
     sections.append(f"Question:\n{question}" if question else "What advice do you have?")
-    return Turn(
-        user_id=user_id,
-        agent="coach",
-        user_content="\n\n".join(sections),
-        conversation_id=None,  # each coach call is its own conversation
-        prompt=[{"role": "system", "content": agent.system_prompt}],
-        subject_conversation_id=subject,
-        stream=stream_flag(body),
-    )
+    return "\n\n".join(sections)
 
 
 def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     """The run's request and the arguments of `Replies.start_turn` for its rows."""
     # Resolved once here and copied into the run: a later change never reaches a reply in flight.
     agent = state.agents.effective(turn.agent)
-    model = agent.effective_model(state.settings.default_model)
+    choice = turn.choice
+    request, note = fit(
+        _request(turn, agent.temperature, choice),
+        turn.history,
+        window=choice.context_length,
+        compose=turn.compose,
+    )
+    sent = request.messages[-1]["content"]  # the coach's: with the transcript that fitted
     ids = TurnIds.allocate(
         turn.conversation_id, parent_id=turn.parent_id, user_message_id=turn.answers
     )
@@ -211,28 +287,40 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         "ids": ids,
         "user_id": turn.user_id,
         "agent": turn.agent,
-        "title": first_words(turn.user_content),
-        "user_content": None if turn.answers else turn.user_content,
-        "requested_model": model,
+        "title": first_words(sent),
+        "user_content": None if turn.answers else sent,
+        "requested_model": choice.model,
         "temperature": agent.temperature,
         "subject_conversation_id": turn.subject_conversation_id,
+        "history": None if note is None else note.to_json(),
     }
-    request = RunRequest(
+    request = replace(
+        request,
         message_id=ids.message_id,
         conversation_id=ids.conversation_id,
         user_message_id=ids.user_message_id,
-        user_id=turn.user_id,
-        agent=turn.agent,
-        model=model,
-        fallback_models=agent.fallback_models,
-        temperature=agent.temperature,
-        max_tokens=agent.max_tokens,
-        messages=[*turn.prompt, {"role": "user", "content": turn.user_content}],
-        stream=turn.stream,
-        reasoning=None if agent.reasoning is None else agent.reasoning.upstream(),
         wants_title=turn.wants_title,
+        history=rows["history"],
     )
     return request, rows
+
+
+def _request(turn: Turn, temperature: float, choice: ModelChoice) -> RunRequest:
+    """The turn's upstream request without history (its ids are given once it fits)."""
+    return RunRequest(
+        message_id="",
+        conversation_id="",
+        user_message_id="",
+        user_id=turn.user_id,
+        agent=turn.agent,
+        model=choice.model,
+        fallback_models=choice.fallback_models,
+        temperature=temperature,
+        max_tokens=choice.max_tokens,
+        messages=turn.compose([]),
+        stream=turn.stream,
+        reasoning=choice.reasoning,
+    )
 
 
 async def start(state: AppState, turn: Turn, *, key: Key | None = None) -> Run | KeyUsed:

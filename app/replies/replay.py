@@ -33,6 +33,7 @@ async def replay_log(
             user_message_id=row["user_message_id"],
             agent=row["agent"],
             model=row["requested_model"],
+            history=None if row["history"] is None else json.loads(row["history"]),
         ),
         content=row["content"],
         reasoning=row["reasoning"],

@@ -149,6 +149,7 @@ class Run:
                 user_message_id=request.user_message_id,
                 agent=request.agent,
                 model=request.model,
+                history=request.history,
             ),
         )
         self.task: asyncio.Task[None] | None = None

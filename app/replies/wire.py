@@ -41,7 +41,9 @@ from app.core.states import MessageStatus
 
 
 class Event(StrEnum):
-    META = "meta"  # the turn is saved: its ids, the agent and the model asked for
+    # The turn is saved: its ids, the agent, the model asked for, and what history was left
+    # out to fit that model's window, if any.
+    META = "meta"
     REASONING = "reasoning"  # `{"content"}`: the model's thinking, one per upstream delta
     DELTA = "delta"  # `{"content"}`: the answer, one per upstream content delta
     ANNOTATION = "annotation"  # a citation (`url_citation`): `Citation.to_json`
@@ -109,15 +111,26 @@ class LogEvent:
 
 
 def meta_payload(
-    *, conversation_id: str, message_id: str, user_message_id: str, agent: str, model: str
+    *,
+    conversation_id: str,
+    message_id: str,
+    user_message_id: str,
+    agent: str,
+    model: str,
+    history: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """`history` ({"sent", "left_out"}): earlier messages were left out to fit the model's
+    context window (app/replies/fitting.py)."""
+    payload = {
         "conversation_id": conversation_id,
         "message_id": message_id,
         "user_message_id": user_message_id,
         "agent": agent,
         "model": model,
     }
+    if history is not None:
+        payload["history"] = history
+    return payload
 
 
 def final_event(

@@ -45,8 +45,8 @@ class Config:
         )
 
     async def agent_overrides(self) -> list[dict[str, Any]]:
-        """Every agent's override row, `fallback_models` and `reasoning` decoded (None: as in
-        the agents file)."""
+        """Every agent's override row, `fallback_models`, `reasoning` and `allowed_models`
+        decoded (None: as in the agents file)."""
         rows = await self._database.fetch_all(agent_overrides.select())
         return [
             {
@@ -55,6 +55,9 @@ class Config:
                 if row.fallback_models is None
                 else json.loads(row.fallback_models),
                 "reasoning": None if row.reasoning is None else json.loads(row.reasoning),
+                "allowed_models": None
+                if row.allowed_models is None
+                else json.loads(row.allowed_models),
             }
             for row in rows
         ]
@@ -68,6 +71,7 @@ class Config:
         temperature: float | None,
         max_tokens: int | None,
         reasoning: dict[str, Any] | None = None,
+        allowed_models: list[str] | str | None = None,
     ) -> datetime:
         """Replace the agent's override (None fields follow the agents file); return its time."""
         stamp = now()
@@ -77,6 +81,7 @@ class Config:
             "temperature": temperature,
             "max_tokens": max_tokens,
             "reasoning": None if reasoning is None else json.dumps(reasoning),
+            "allowed_models": None if allowed_models is None else json.dumps(allowed_models),
             "updated_at": stamp,
         }
         await self._writer.write(

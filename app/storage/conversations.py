@@ -33,6 +33,7 @@ NEW_CONVERSATION = conversations.insert().values(
         "created_at",
         "updated_at",
         "active_leaf_id",
+        "model",
     )
 )
 TOUCH_CONVERSATION = (
@@ -40,11 +41,12 @@ TOUCH_CONVERSATION = (
     .where(conversations.c.id == sa.bindparam("conversation_id"))
     .values(binds("updated_at"))
 )
-# A turn in a conversation: it moves to the front, and shows the branch the turn ends.
+# A turn in a conversation: it moves to the front, shows the branch the turn ends, and keeps
+# the turn's model for the next one.
 TURN_IN_CONVERSATION = (
     conversations.update()
     .where(conversations.c.id == sa.bindparam("conversation_id"))
-    .values(binds("updated_at", "active_leaf_id"))
+    .values(binds("updated_at", "active_leaf_id", "model"))
 )
 
 

@@ -579,6 +579,25 @@ def _service_keys(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
+    """The model each conversation last used, so its next turn uses it again (a user's choice
+    is per conversation), the models an agent's run-time override lets users choose, and what
+    a reply's history left out to fit its model.
+
+    Conversations already there get the model their latest reply asked for (the agent's model
+    then): plain SQL that SQLite and PostgreSQL read alike. One with no reply keeps null, which
+    means the agent's default."""
+    return [
+        "ALTER TABLE conversations ADD COLUMN model VARCHAR(200)",
+        "ALTER TABLE agent_overrides ADD COLUMN allowed_models TEXT",
+        # A reply whose history was cut to fit its model's window says so, on replay too.
+        "ALTER TABLE messages ADD COLUMN history TEXT",
+        "UPDATE conversations SET model = (SELECT m.requested_model FROM messages m"
+        " WHERE m.conversation_id = conversations.id AND m.role = 'assistant'"
+        " AND m.requested_model IS NOT NULL ORDER BY m.seq DESC LIMIT 1)",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -596,6 +615,7 @@ MIGRATIONS: list[Migration] = [
     Migration(14, "generations by user and start time, for a user's costs", _generations_by_user),
     Migration(15, "titled conversations, feedback on replies, shared links", _titled_conversations),
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
+    Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
 ]
 
 _schema_migrations = sa.Table(

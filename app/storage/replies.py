@@ -62,6 +62,7 @@ NEW_MESSAGE = messages.insert().values(
         "created_at",
         "updated_at",
         "parent_id",
+        "history",
     ),
 )
 CHECKPOINT_MESSAGE = (
@@ -108,7 +109,7 @@ def path_to(leaf_id: str, *columns: str) -> sa.CTE:
     )
 
 
-def history_query(leaf_id: str, limit: int) -> sa.Select[Any]:
+def history_query(leaf_id: str, limit: int, max_chars: int | None = None) -> sa.Select[Any]:
     """The last `limit` messages with content of the branch ending at `leaf_id`, latest first,
     read off the walk itself (joined back to `messages`, PostgreSQL read all of it).
 
@@ -117,13 +118,23 @@ def history_query(leaf_id: str, limit: int) -> sa.Select[Any]:
     it read the whole branch: on PostgreSQL, where the planner takes each step through a small
     table as a scan of it, 24 ms for a branch of 400 messages against 1.2 ms for 20, and the
     200th turn's first token 2.3 times as late as the 10th's (`python -m bench.growth`,
-    docs/benchmarks.md, "Growth")."""
+    docs/benchmarks.md, "Growth").
+
+    With `max_chars` (the model's context window), it also stops once the messages walked hold
+    that many characters: each character is at least a token of the fitting's bound
+    (app/replies/fitting.py), so no message further up could be sent, and a long conversation
+    of long messages is read as far as its window, not `limit` messages of it."""
     has_content = sa.case(
         (messages.c.content != "", sa.literal_column("1")), else_=sa.literal_column("0")
     )
     columns = ("parent_id", "seq", "role", "content", "reasoning_details")
     path = (
-        sa.select(messages.c.id, *(messages.c[c] for c in columns), has_content.label("kept"))
+        sa.select(
+            messages.c.id,
+            *(messages.c[c] for c in columns),
+            has_content.label("kept"),
+            sa.func.length(messages.c.content).label("chars"),
+        )
         .where(messages.c.id == leaf_id)
         .cte("path", recursive=True)
     )
@@ -131,10 +142,16 @@ def history_query(leaf_id: str, limit: int) -> sa.Select[Any]:
     parent_has_content = sa.case(
         (parent.c.content != "", sa.literal_column("1")), else_=sa.literal_column("0")
     )
+    walk = [parent.c.id == path.c.parent_id, path.c.kept < limit]
+    if max_chars is not None:
+        walk.append(path.c.chars < max_chars)
     path = path.union_all(
         sa.select(
-            parent.c.id, *(parent.c[c] for c in columns), path.c.kept + parent_has_content
-        ).where(parent.c.id == path.c.parent_id, path.c.kept < limit)
+            parent.c.id,
+            *(parent.c[c] for c in columns),
+            path.c.kept + parent_has_content,
+            path.c.chars + sa.func.length(parent.c.content),
+        ).where(*walk)
     )
     return (
         sa.select(path.c.role, path.c.content, path.c.reasoning_details)
@@ -259,13 +276,16 @@ class Replies:
             {**row._mapping, "sibling_ids": children[row._mapping["parent_id"]]} for row in rows
         ]
 
-    async def history(self, *, leaf_id: str | None, limit: int) -> list[dict[str, Any]]:
+    async def history(
+        self, *, leaf_id: str | None, limit: int, max_chars: int | None = None
+    ) -> list[dict[str, Any]]:
         """The last `limit` messages with content of the branch ending at `leaf_id`, oldest
         first, in OpenRouter's message shape: an assistant turn with the `reasoning_details`
-        it was given, as OpenRouter asks, so the model continues from its own reasoning."""
+        it was given, as OpenRouter asks, so the model continues from its own reasoning.
+        `max_chars`: read no further up than that many characters (see `history_query`)."""
         if limit <= 0 or leaf_id is None:
             return []
-        rows = await self._database.fetch_all(history_query(leaf_id, limit))
+        rows = await self._database.fetch_all(history_query(leaf_id, limit, max_chars))
         turns: list[dict[str, Any]] = []
         for row in reversed(rows):
             turn: dict[str, Any] = {"role": row[0], "content": row[1]}
@@ -329,6 +349,7 @@ class Replies:
         requested_model: str,
         temperature: float,
         subject_conversation_id: str | None = None,
+        history: dict[str, int] | None = None,
         claim: Step | None = None,
         reservation: Sequence[Step] = (),
     ) -> None:
@@ -337,7 +358,9 @@ class Replies:
         (an idempotency key's, see `idempotency`) goes first, then `reservation` (the turn's
         budget reservation, see `budgets`), so if either fails or is refused, nothing of the
         turn is written. `user_content` None: a regenerated reply, under the user message
-        `ids.user_message_id` already there."""
+        `ids.user_message_id` already there. The conversation keeps `requested_model` as its
+        model (the next turn's, unless that one names another). `history`: what the reply's
+        history left out to fit its model's window, kept with the reply."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -352,6 +375,7 @@ class Replies:
                     "created_at": stamp,
                     "updated_at": stamp,
                     "active_leaf_id": ids.message_id,
+                    "model": requested_model,
                 },
             )
         else:
@@ -361,6 +385,7 @@ class Replies:
                     "conversation_id": conversation_id,
                     "updated_at": stamp,
                     "active_leaf_id": ids.message_id,
+                    "model": requested_model,
                 },
             )
         common = {
@@ -385,6 +410,7 @@ class Replies:
                         "requested_model": None,
                         "temperature": None,
                         "event_lengths": None,
+                        "history": None,
                     },
                 )
             )
@@ -406,6 +432,7 @@ class Replies:
                         "requested_model": requested_model,
                         "temperature": temperature,
                         "event_lengths": "[]",
+                        "history": None if history is None else json.dumps(history),
                     },
                 ),
             ]

@@ -49,6 +49,8 @@ conversations = sa.Table(
     # Its title is no longer the question's first words: the titler named it, or its user did
     # (then the titler never will). Until then each complete chat reply asks for a title.
     sa.Column("titled", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The model of its last turn: the next turn's, unless that one names another.
+    sa.Column("model", sa.String(200)),
 )
 
 # A user's thumbs up (1) or down (-1) on a reply, with an optional comment: one per reply and
@@ -103,6 +105,8 @@ messages = sa.Table(
     # never shown), and the citations (`annotation` events' payloads).
     sa.Column("reasoning_details", sa.Text),
     sa.Column("annotations", sa.Text),
+    # JSON {"sent", "left_out"}: a reply whose history was cut to fit its model's window.
+    sa.Column("history", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The message this one follows in the conversation's tree; None for a first message.
@@ -167,6 +171,7 @@ agent_overrides = sa.Table(
     sa.Column("max_tokens", sa.Integer),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("reasoning", sa.Text),  # JSON: the agent's `reasoning` settings
+    sa.Column("allowed_models", sa.Text),  # JSON: "*" or a list of model ids
 )
 
 

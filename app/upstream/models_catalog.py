@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal
 
 from app.core.money import parse_amount
@@ -230,8 +231,13 @@ class Snapshot:
     origin: Literal["live", "database", "bootstrap"]
     fetched_at: datetime | None
 
+    @cached_property
+    def _by_id(self) -> dict[str, ModelInfo]:
+        # Built on first use, once per copy: every turn looks its models up here.
+        return {model.id: model for model in reversed(self.models)}
+
     def find(self, model_id: str) -> ModelInfo | None:
-        return next((model for model in self.models if model.id == model_id), None)
+        return self._by_id.get(model_id)
 
 
 @dataclass(frozen=True)

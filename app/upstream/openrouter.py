@@ -14,7 +14,8 @@ Failures are raised, never yielded, so no caller can mistake one for a short ans
     UpstreamError                  code, message, retryable, retry_after
     ├── UpstreamStatusError        HTTP error before the stream (status: 400, 401, 402, 429, 5xx…;
     │                              code `insufficient_credits` for a 402 that is not the in-flight
-    │                              budget, `moderation` for a 403 with reasons)
+    │                              budget, `moderation` for a 403 with reasons,
+    │                              `context_length_exceeded` for a 400 over the context window)
     ├── UpstreamStreamError        an `error` chunk inside a 200 stream, any time (.usage if it had)
     ├── UpstreamProtocolError      a data line that is not a chunk we can read
     ├── UpstreamTimeout            no connection, or no bytes, within the timeout
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -42,6 +44,10 @@ from app.upstream.pool import ClientPool
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# How OpenRouter's 400 says a request is over the model's context window ("This endpoint's
+# maximum context length is N tokens. However, you requested about M tokens …"; providers'
+# own wordings passed on say "context length" or "context window" too).
+CONTEXT_LENGTH = re.compile(r"context[ _-](length|window)", re.IGNORECASE)
 # Seconds a stream may take to end after [DONE] before its connection is given up instead.
 AFTER_DONE_GRACE = 1.0
 
@@ -263,6 +269,17 @@ async def _status_error(response: httpx.Response) -> UpstreamStatusError:
             status,
             f"the input was flagged by moderation ({', '.join(reasons)})",
             code="moderation",
+            retryable=False,
+        )
+    if status == 400 and CONTEXT_LENGTH.search(message):
+        # The request is over the model's context window. The server fits every request to it
+        # (app/replies/fitting.py), so this is a provider counting otherwise: said as what it
+        # is, not as any upstream error; asking again the same way cannot work.
+        return UpstreamStatusError(
+            status,
+            "the conversation is longer than the model's context window as its provider "
+            "counts it; send a shorter message, or choose a model with a larger window",
+            code="context_length_exceeded",
             retryable=False,
         )
     if status in (502, 503):

@@ -327,3 +327,49 @@ def test_a_bad_reasoning_effort_in_the_agents_file_stops_the_start(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"agent 'chat', field 'reasoning\.effort'"):
         load_agents(agents)
+
+
+def test_allowed_models_are_set_at_run_time_and_checked_against_the_catalog(admin, fake):
+    def put(body):
+        return admin.put("/api/catalog/agents/chat", json=body, headers=ADMIN)
+
+    unknown = put({"allowed_models": ["openai/gpt-4o-mini", "acme/nope"]})
+    assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_model"
+    assert "acme/nope" in unknown.json()["error"]["message"]
+    for bad in ("everything", ["gpt-4o"], 3):
+        refused = put({"allowed_models": bad})
+        assert refused.status_code == 422, bad
+        assert refused.json()["error"]["code"] == "invalid_field"
+        assert "allowed_models" in refused.json()["error"]["message"]
+
+    def chosen(model):
+        return admin.post("/api/chat/messages", json={"message": "hi", "model": model})
+
+    assert chosen(CLAUDE).json()["error"]["code"] == "model_not_allowed"
+    saved = put({"allowed_models": "*"})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["allowed_models"] == "*"
+    assert admin.get("/api/catalog").json()["agents"]["chat"]["allowed_models"] == "*"
+    accepted = chosen(CLAUDE)
+    assert accepted.status_code == 202, accepted.text
+    read_sse(admin, "GET", accepted.json()["stream_url"])
+    assert fake.requests[-1]["body"]["model"] == CLAUDE
+    listed = [m["id"] for m in admin.get("/api/agents/chat/models").json()["models"]]
+    assert CLAUDE in listed and "openrouter/auto" not in listed  # priced models only
+    put({"allowed_models": [CLAUDE]})
+    assert admin.get("/api/catalog").json()["agents"]["chat"]["allowed_models"] == [CLAUDE]
+    admin.delete("/api/catalog/agents/chat", headers=ADMIN)
+    assert chosen(CLAUDE).json()["error"]["code"] == "model_not_allowed"
+
+
+def test_allowed_models_in_the_agents_file(tmp_path):
+    agents = tmp_path / "agents.toml"
+    base = '[coach]\nsystem_prompt = "c"\n[chat]\nsystem_prompt = "s"\n'
+    agents.write_text(base + 'allowed_models = "*"\n', encoding="utf-8")
+    assert load_agents(agents)["chat"].allowed_models == "*"
+    agents.write_text(base + f'allowed_models = ["{CLAUDE}"]\n', encoding="utf-8")
+    assert load_agents(agents)["chat"].allowed_models == (CLAUDE,)
+    assert load_agents(agents)["coach"].allowed_models is None
+    agents.write_text(base + 'allowed_models = ["claude"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="allowed_models"):
+        load_agents(agents)

@@ -47,6 +47,9 @@ NOT_ABOUT_IDS = {
     ("GET", "/api/catalog"),
     ("PUT", "/api/catalog/agents/{agent}"),
     ("DELETE", "/api/catalog/agents/{agent}"),
+    # The caller's own choices, no ids: tests/billing/test_budget_models.py (its budgets).
+    ("GET", "/api/agents/{agent}/models"),
+    ("GET", "/openapi.json"),  # the API's description: no ids, no user's data
     ("GET", "/api/conversations"),  # test_the_list_is_the_callers_and_admins_may_list_anyones
     ("GET", "/api/me/usage"),  # the caller's own: tests/billing/test_budget_turns.py
     # Admins only, about user ids: tests/billing/test_budget_turns.py (403 for anyone else)

@@ -25,7 +25,7 @@ def test_catalog_is_fetched_once_then_served_from_the_cache(server, fake):
 
     first = get_models(server)
     assert (first["source"], first["stale"], first["refresh_error"]) == ("live", False, None)
-    assert first["count"] == len(first["models"]) == 13
+    assert first["count"] == len(first["models"]) == 14
     assert [m["id"] for m in first["models"][:4]] == list(DEFAULT_RECOMMENDED_MODELS)
     assert all(m["recommended"] for m in first["models"][:4])
     assert not any(m["recommended"] for m in first["models"][4:])
@@ -60,6 +60,7 @@ def test_query_filters_and_sorting_over_http(server, fake):
         "mistralai/mixtral-8x7b-instruct",
         "meta-llama/llama-3.1-70b-instruct",
         "meta-llama/llama-3.2-3b-instruct:free",
+        "gryphe/mythomax-l2-13b",
     ]
     contexts = [m["context_length"] for m in get_models(server, sort="context")["models"][4:]]
     known = [c for c in contexts if c is not None]

@@ -536,3 +536,52 @@ def test_conversations_with_a_complete_reply_are_titled_once_migration_15_applie
         ("c2", False),
         ("c3", False),
     ]
+
+
+def test_conversations_keep_their_last_reply_s_model_once_migration_17_applies(
+    database, monkeypatch
+):
+    """Migration 17 over conversations the old schema wrote, on both databases: each gets the
+    model its latest reply asked for (its next turn's, as before); one without a reply keeps
+    null (the agent's default), and agent overrides allow nothing more than before."""
+    chosen = next(m for m in MIGRATIONS if m.statements is migrations._chosen_models)
+    conversation = (
+        "INSERT INTO conversations (id, user_id, agent, title, created_at, updated_at,"
+        " active_leaf_id) VALUES ('{id}', 'ann', 'chat', 't', '2026-03-01 10:00:00',"
+        " '2026-03-01 10:00:00', '{leaf}')"
+    )
+    message = (
+        "INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,"
+        " requested_model, created_at, updated_at, parent_id) VALUES ('{id}', '{c}', {seq},"
+        " '{role}', 'x', 'complete', 'chat', {model}, '2026-03-01 10:00:00',"
+        " '2026-03-01 10:00:00', {parent})"
+    )
+    rows = [
+        conversation.format(id="c1", leaf="m4"),
+        message.format(id="m1", c="c1", seq=1, role="user", model="NULL", parent="NULL"),
+        message.format(
+            id="m2", c="c1", seq=2, role="assistant", model="'openai/gpt-4o'", parent="'m1'"
+        ),
+        message.format(id="m3", c="c1", seq=3, role="user", model="NULL", parent="'m2'"),
+        message.format(
+            id="m4",
+            c="c1",
+            seq=4,
+            role="assistant",
+            model="'anthropic/claude-3.5-sonnet'",
+            parent="'m3'",
+        ),
+        conversation.format(id="c2", leaf="m5"),
+        message.format(id="m5", c="c2", seq=1, role="user", model="NULL", parent="NULL"),
+        "INSERT INTO agent_overrides (agent, model, updated_at)"
+        " VALUES ('chat', 'openai/gpt-4o-mini', '2026-03-01 10:00:00')",
+    ]
+    _migrate_database_over_rows(database.url, monkeypatch=monkeypatch, migration=chosen, rows=rows)
+    found = database.query("SELECT id, model FROM conversations ORDER BY id")
+    assert found == [
+        {"id": "c1", "model": "anthropic/claude-3.5-sonnet"},
+        {"id": "c2", "model": None},
+    ]
+    assert database.query("SELECT allowed_models FROM agent_overrides") == [
+        {"allowed_models": None}
+    ]

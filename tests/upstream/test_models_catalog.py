@@ -75,7 +75,7 @@ def test_realistic_entries_parse_to_exact_per_million_prices_and_capabilities():
 
 def test_odd_entries_show_unknown_prices_and_missing_fields_as_null():
     models = parsed()
-    assert len(models) == 13  # the entry without an id is skipped
+    assert len(models) == 14  # the entry without an id is skipped
     auto = models["openrouter/auto"].to_json()["pricing"]
     assert auto == {"input_per_million": None, "output_per_million": None, "known": False}
     rocinante = models["thedrummer/rocinante-12b"].pricing
@@ -141,6 +141,7 @@ def test_search_capability_and_price_filters():
         "mistralai/mixtral-8x7b-instruct",
         "google/gemini-2.0-flash-001",
         "meta-llama/llama-3.2-3b-instruct:free",
+        "gryphe/mythomax-l2-13b",
     }
 
 

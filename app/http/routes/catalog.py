@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.agents.config import AgentConfig
-from app.agents.overrides import check_against_catalog, parse_override
+from app.agents.models import allowed_models
+from app.agents.overrides import allowed_json, check_against_catalog, parse_override
 from app.errors import ApiError
 from app.http.admin import require_admin
 from app.http.input import json_body
@@ -25,6 +26,7 @@ def _config(agent: AgentConfig, default_model: str) -> dict[str, Any]:
         "temperature": agent.temperature,
         "max_tokens": agent.max_tokens,
         "reasoning": None if agent.reasoning is None else agent.reasoning.upstream(),
+        "allowed_models": allowed_json(agent.allowed_models),
     }
 
 
@@ -42,6 +44,12 @@ def _agent(state: AppState, name: str, view: CatalogView) -> dict[str, Any]:
             f"{model_id} is not in OpenRouter's model catalog"
             for model_id in [config["model"], *config["fallback_models"]]
             if view.find(model_id) is None
+        ]
+        listed = allowed_models(agent, model=config["model"], catalog=view)
+        warnings += [
+            warning
+            for entry in listed
+            if not entry.default and (warning := entry.warning(view)) is not None
         ]
     thinks = agent.reasoning is not None and agent.reasoning.thinks
     if thinks and info is not None and "reasoning" not in info.capabilities:

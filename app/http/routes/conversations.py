@@ -48,6 +48,9 @@ def _conversation(row: dict[str, Any]) -> dict[str, Any]:
         # comes later): a page reads the list again after a complete reply until it is true.
         "titled": bool(row["titled"]),
         "agent": row["agent"],
+        # Its last turn's model: the next turn's unless that one names another (null: the
+        # agent's default).
+        "model": row["model"],
         "subject_conversation_id": row["subject_conversation_id"],
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
@@ -78,6 +81,8 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
         "requested_model": row["requested_model"],
         "temperature": row["temperature"],
         "finish_reason": row["finish_reason"],
+        # {"sent", "left_out"}: earlier messages were left out to fit the model's window.
+        "history": None if row["history"] is None else json.loads(row["history"]),
         "usage": {
             "prompt_tokens": prompt,
             "completion_tokens": completion,

@@ -165,6 +165,8 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
                   question: {type: string, description: "coach: the question"}
                   conversation_id: {type: [string, "null"]}
                   stream: {type: boolean, default: true, description: "false: one JSON answer"}
+                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+                  reasoning: {type: object, properties: {effort: {type: string}}}
         parameters:
           - {name: Idempotency-Key, in: header, schema: {type: string}}
         responses:
@@ -180,7 +182,9 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
           404: conversation_not_found
           409: price_unknown idempotency_key_reused
           413: message_too_long context_too_long question_too_long
-          422: message_required coach_input_required invalid_field
+          422: >-
+            message_required coach_input_required invalid_field model_not_allowed unknown_model
+            reasoning_not_supported message_too_long_for_model
           429: rate_limited
           503: server_busy storage_error
           400: invalid_last_event_id
@@ -218,6 +222,8 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
           - {name: context, in: query, schema: {type: string}}
           - {name: question, in: query, schema: {type: string}}
           - {name: conversation_id, in: query, schema: {type: string}}
+          - {name: model, in: query, schema: {type: string}}
+          - {name: reasoning, in: query, schema: {type: string}, description: an effort}
           - {name: access_token, in: query, schema: {type: string}}
           - {name: Last-Event-ID, in: header, schema: {type: string}}
         responses:
@@ -231,7 +237,9 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
           404: conversation_not_found
           409: price_unknown idempotency_key_reused
           413: message_too_long context_too_long question_too_long
-          422: message_required coach_input_required invalid_field
+          422: >-
+            message_required coach_input_required invalid_field model_not_allowed unknown_model
+            reasoning_not_supported message_too_long_for_model
           429: rate_limited
           503: server_busy storage_error
         """
@@ -273,6 +281,8 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
                   question: {type: string, description: "coach: the question"}
                   conversation_id: {type: [string, "null"]}
                   stream: {type: boolean, default: true, description: "false: one JSON answer"}
+                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+                  reasoning: {type: object, properties: {effort: {type: string}}}
         parameters:
           - {name: Idempotency-Key, in: header, schema: {type: string}}
         responses:
@@ -287,7 +297,9 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
           404: conversation_not_found
           409: price_unknown idempotency_key_reused
           413: message_too_long context_too_long question_too_long
-          422: message_required coach_input_required invalid_field
+          422: >-
+            message_required coach_input_required invalid_field model_not_allowed unknown_model
+            reasoning_not_supported message_too_long_for_model
           429: rate_limited
           503: server_busy storage_error
         """
@@ -317,13 +329,19 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
 
 
 async def regenerate(request: Request) -> Response:
-    """`POST /api/messages/{id}/regenerate`: another reply to the user message reply `id`
-    answered, beside it (two-step, as `POST /api/chat/messages`); the branch shown is the new
-    reply's.
+    """`POST /api/messages/{id}/regenerate` [`{"model", "reasoning"}`]: another reply to the
+    user message reply `id` answered, beside it (two-step, as `POST /api/chat/messages`), with
+    another model if the body names one; the branch shown is the new reply's.
     ---
     requestBody:
       required: false
-      content: {application/json: {schema: {type: object}}}
+      content:
+        application/json:
+          schema:
+            type: object
+            properties:
+              model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+              reasoning: {type: object, properties: {effort: {type: string}}}
     parameters:
       - {name: Idempotency-Key, in: header, schema: {type: string}}
     responses:
@@ -331,7 +349,9 @@ async def regenerate(request: Request) -> Response:
         description: the new reply's ids and its `stream_url`
         content: {application/json: {schema: {type: object}}}
       404: message_not_found
-      422: invalid_field
+      422: >-
+        invalid_field model_not_allowed unknown_model reasoning_not_supported
+        message_too_long_for_model
       402: budget_exceeded
       409: price_unknown idempotency_key_reused
       429: rate_limited
@@ -341,7 +361,7 @@ async def regenerate(request: Request) -> Response:
     async def build(state: AppState, body: dict[str, Any], *, user_id: str) -> Turn:
         # Read after the caller is identified: a bad token answers 401 whatever the id.
         message_id = path_id(request, "message_id")
-        return await regenerate_turn(state, message_id, user_id=user_id)
+        return await regenerate_turn(state, message_id, body, user_id=user_id)
 
     return await _accept(request, build, bodiless=True)
 
@@ -355,7 +375,13 @@ async def edit(request: Request) -> Response:
       required: true
       content:
         application/json:
-          schema: {type: object, required: [message], properties: {message: {type: string}}}
+          schema:
+            type: object
+            required: [message]
+            properties:
+              message: {type: string}
+              model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+              reasoning: {type: object, properties: {effort: {type: string}}}
     parameters:
       - {name: Idempotency-Key, in: header, schema: {type: string}}
     responses:
@@ -364,7 +390,9 @@ async def edit(request: Request) -> Response:
         content: {application/json: {schema: {type: object}}}
       404: message_not_found
       413: message_too_long
-      422: message_required invalid_field
+      422: >-
+        message_required invalid_field model_not_allowed unknown_model reasoning_not_supported
+        message_too_long_for_model
       402: budget_exceeded
       409: price_unknown idempotency_key_reused
       429: rate_limited
