@@ -75,7 +75,6 @@ NOT_ABOUT_IDS = {
     ("POST", "/v1/chat/completions"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id:path}"),
-    ("GET", "/openapi.json"),  # the API's description: no user's data
     # A shared link: no sign-in, the unguessable token is the key (tests/http/test_shares.py).
     ("GET", "/api/shared/{token}"),
     ("GET", "/shared/{token}"),
