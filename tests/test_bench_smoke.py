@@ -295,3 +295,10 @@ def test_the_growth_benchmark_measures_every_case_on_each_database():
         plans = [line for line in lines if line.startswith(f"{database:<10} ")]
         assert [line[11:40].strip() for line in plans] == GROWTH_PLANS
         assert f"{database}: history sent upstream: after 2 turns 4 messages" in finished.stdout
+
+
+def test_caching_measures_a_conversation_with_and_without():
+    """bench.caching at 3 turns: both conversations run, and the saving the server reports
+    equals the difference the prices make (the script asserts it)."""
+    finished = run_bench("bench.caching", "--turns", "3", timeout=300)
+    assert '"prompt_cost_ratio"' in finished.stdout

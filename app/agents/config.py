@@ -71,6 +71,9 @@ class AgentConfig(BaseModel):
     history_messages: int = Field(20, ge=0)
     system_prompt: str = Field(min_length=1)
     reasoning: ReasoningConfig | None = None  # None: the model's default
+    # Mark `cache_control` breakpoints for models that need them (app/replies/breakpoints.py):
+    # on unless turned off here or by the agent's override.
+    prompt_caching: Annotated[bool, Strict()] = True
 
     @field_validator("model")
     @classmethod

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.agents.config import EVERY_PRICED_MODEL, AgentConfig, ReasoningConfig
+from app.core.caching import CachePrices, needs_breakpoints
 from app.core.model_id import check_model_id
 from app.errors import ApiError
 from app.upstream.models_catalog import CatalogView, ModelInfo
@@ -65,6 +66,12 @@ class ModelChoice:
     # The smallest context window of the model and its fallbacks (what is sent must fit each
     # one it may end on); None: none of them is known.
     context_length: int | None
+    # The cache prices of the model and its fallbacks that have them (by model id): what a
+    # generation's cache saving is computed with, whichever of them answers.
+    cache_prices: tuple[tuple[str, CachePrices], ...] = ()
+    # Whether the turn marks `cache_control` breakpoints (app/core/caching.py's rule, for the
+    # model asked, and the agent's `prompt_caching`).
+    breakpoints: bool = False
 
 
 def requested_model(value: Any) -> str | None:
@@ -160,10 +167,17 @@ def choose(
         if found is not None and found.context_length is not None
     ]
     limit = info.output_limit if info is not None else None
+    prices = {
+        model_id: found.pricing.cache_prices()
+        for model_id in (entry.id, *fallbacks)
+        if (found := catalog.find(model_id)) is not None
+    }
     return ModelChoice(
         model=entry.id,
         fallback_models=fallbacks,
         max_tokens=min(agent.max_tokens, limit) if limit else agent.max_tokens,
         reasoning=None if reasoning is None else reasoning.upstream(),
         context_length=min(windows) if windows else None,
+        cache_prices=tuple((m, p) for m, p in prices.items() if p is not None),
+        breakpoints=agent.prompt_caching and needs_breakpoints(entry.id, prices.get(entry.id)),
     )

@@ -1,6 +1,7 @@
 """Agents re-pointed at run time: the agents file is the default, the database holds overrides.
 
-Overrides (model, fallback models, temperature, max_tokens, reasoning, allowed models) are kept
+Overrides (model, fallback models, temperature, max_tokens, reasoning, allowed models, prompt
+caching) are kept
 in memory, loaded at start-up and updated on every change, so resolving an agent costs no database
 read per message; changes made by other processes are re-read (`refresh`, see
 app/replies/signals.py).
@@ -34,6 +35,7 @@ class AgentOverride:
     max_tokens: int | None = None
     reasoning: ReasoningConfig | None = None
     allowed_models: AllowedModels | None = None
+    prompt_caching: bool | None = None
     updated_at: datetime | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -47,6 +49,7 @@ class AgentOverride:
             "max_tokens": self.max_tokens,
             "reasoning": None if self.reasoning is None else self.reasoning.upstream(),
             "allowed_models": allowed_json(self.allowed_models),
+            "prompt_caching": self.prompt_caching,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
         }
 
@@ -108,6 +111,7 @@ class Agents:
                 max_tokens=row["max_tokens"],
                 reasoning=None if reasoning is None else ReasoningConfig.model_validate(reasoning),
                 allowed_models=_allowed(row["allowed_models"]),
+                prompt_caching=row["prompt_caching"],
                 updated_at=row["updated_at"],
             )
         return overrides
@@ -124,6 +128,7 @@ class Agents:
                 max_tokens=override.max_tokens,
                 reasoning=None if override.reasoning is None else override.reasoning.upstream(),
                 allowed_models=allowed_json(override.allowed_models),
+                prompt_caching=override.prompt_caching,
             )
             saved = replace(override, updated_at=updated_at)
             self._overrides[name] = saved
@@ -151,6 +156,7 @@ class OverrideChange(BaseModel):
     max_tokens: Annotated[int, Strict(), Field(ge=1)] | None = None
     reasoning: ReasoningConfig | None = None
     allowed_models: AllowedModels | None = None
+    prompt_caching: Annotated[bool, Strict()] | None = None
 
 
 FIELDS = tuple(OverrideChange.model_fields)
@@ -167,6 +173,7 @@ _FAULTS = {
     "of model ids",
     "allowed_models[]": '`allowed_models` must be "*" (every model with a known price) or a '
     "list of OpenRouter model ids like openai/gpt-4o",
+    "prompt_caching": "`prompt_caching` must be true or false",
     "reasoning[]": "`reasoning` takes `effort` (none, minimal, low, medium, high or xhigh) or "
     "`max_tokens` (a whole number of at least 1), not both, and `exclude` (true or false)",
 }

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from app.core.money import parse_amount
+from app.core.money import parse_amount, parse_signed_amount
 from app.core.states import CostSource
 from app.upstream.openrouter import OpenRouterClient, UpstreamError, token_count
 
@@ -49,6 +49,8 @@ async def find_cost(
                 "prompt_tokens": token_count(record.get("tokens_prompt")),
                 "completion_tokens": token_count(record.get("tokens_completion")),
                 "model": record.get("model") if isinstance(record.get("model"), str) else None,
+                # What caching saved, as OpenRouter counts it (negative on cache writes).
+                "cache_discount": parse_signed_amount(record.get("cache_discount")),
             }
         if time.monotonic() + delay > deadline:
             log.warning("no cost found for generation %s within %.0fs", generation_id, timeout)

@@ -15,8 +15,11 @@ What a row says:
   ledger alone, so a deleted conversation's spend still counts;
 - the tokens of each kind: prompt, completion, reasoning (of the completion), cached and
   cache-write (of the prompt), from the ledger's columns;
-- `cost_usd`: every known cost; `exact_cost_usd`: the part from the stream's usage or the
-  generation record (today the same amount: `not_billed` is 0 and `none`/`pending` have none);
+- `cost_usd`: every known cost; `cache_saved_usd`: what prompt caching saved on the same
+  generations (app/core/caching.py; negative when cache writes cost more than reads saved; a
+  generation whose saving is not known counts 0); `exact_cost_usd`: the part of the cost from
+  the stream's usage or the generation record (today the same amount: `not_billed` is 0 and
+  `none`/`pending` have none);
 - how many generations are `exact`, `not_billed`, `unknown` (`none`) and still `pending`: a
   cost that is not exact is not hidden in the total, it is counted beside it;
 - `cost_per_complete_reply_usd`: `cost_usd` over `complete_replies`, to the pico-dollar
@@ -71,6 +74,7 @@ MEASURES = (
     "cached_tokens",
     "cache_write_tokens",
     "cost_usd",
+    "cache_saved_usd",
     "exact_cost_usd",
     "cost_per_complete_reply_usd",
     "rated_replies",
@@ -102,6 +106,7 @@ LINE_ITEM_COLUMNS = (
     "cached_tokens",
     "cache_write_tokens",
     "cost_usd",
+    "cache_saved_usd",
     "cost_source",
 )
 # The ledger's token counts (as `Run._apply_usage` records them from the usage chunk):
@@ -123,6 +128,7 @@ SUMMED = (
     "complete_replies",
     *TOKEN_KINDS,
     "cost_picousd",
+    "cache_saved_picousd",
     "exact_picousd",
     "exact_generations",
     "not_billed_generations",
@@ -223,6 +229,7 @@ def report_query(range_: ReportRange, *, dialect: str) -> sa.Select[Any]:
             for name in TOKEN_KINDS
         ),
         sa.func.sum(cost).label("cost_picousd"),
+        sa.func.sum(generations.c.cache_saved_picousd).label("cache_saved_picousd"),
         sa.func.sum(sa.case((source.in_(EXACT_SOURCES), cost))).label("exact_picousd"),
         _count_if(source.in_(EXACT_SOURCES)).label("exact_generations"),
         _count_if(source == CostSource.NOT_BILLED).label("not_billed_generations"),
@@ -287,6 +294,7 @@ def _report_row(
         complete_replies=complete,
         **{name: int(record[name]) for name in TOKEN_KINDS},
         cost_usd=usd_text(cost),
+        cache_saved_usd=usd_text(int(record["cache_saved_picousd"] or 0)),
         exact_cost_usd=usd_text(int(record["exact_picousd"] or 0)),
         cost_per_complete_reply_usd=usd_text(per_reply),
         rated_replies=rated[0],
@@ -368,6 +376,7 @@ async def line_items(
         generations.c.cached_tokens,
         generations.c.cache_write_tokens,
         generations.c.cost_picousd,
+        generations.c.cache_saved_picousd,
         generations.c.cost_source,
     ]
     base = sa.select(*columns).order_by(generations.c.started_at, generations.c.id).limit(PAGE)
@@ -392,6 +401,7 @@ async def line_items(
             if isinstance(item["day"], date):
                 item["day"] = item["day"].isoformat()
             item["cost_usd"] = usd_text(item.pop("cost_picousd"))
+            item["cache_saved_usd"] = usd_text(item.pop("cache_saved_picousd"))
             page.append(item)
         yield page
         if len(records) < PAGE:

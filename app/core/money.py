@@ -36,6 +36,15 @@ def parse_amount(value: Any) -> Decimal | None:
     return amount if amount.is_finite() and amount >= 0 else None
 
 
+def parse_signed_amount(value: Any) -> Decimal | None:
+    """A USD amount that may be negative (a generation record's `cache_discount`, negative on
+    cache writes), read as `parse_amount` reads one; None for anything that is not a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        amount = parse_amount(-value)
+        return None if amount is None else -amount
+    return parse_amount(value)
+
+
 def to_picos(amount: Decimal | None) -> int | None:
     if amount is None:
         return None

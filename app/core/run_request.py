@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.caching import CachePrices
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -26,6 +28,9 @@ class RunRequest:
     wants_title: bool = False  # a chat not titled yet: the titler names it once this is complete
     # {"sent", "left_out"} when history was left out to fit the model's window (for `meta`).
     history: dict[str, int] | None = None
+    # The cache prices of the model and its fallbacks, by id: each generation's cache saving
+    # is computed with its answering model's (app/core/caching.py).
+    cache_prices: tuple[tuple[str, CachePrices], ...] = ()
 
     def upstream_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {

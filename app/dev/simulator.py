@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import json
 import re
@@ -172,14 +173,84 @@ def context_error(window: int, requested: int, text: int, output: int) -> Behavi
     return Behaviour(status=400, error_body={"error": error})
 
 
+def text_of(content: Any) -> str:
+    """A message's text: its content, or its text parts' joined (a part's `cache_control` is
+    no token of the prompt)."""
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
 def prompt_tokens_of(messages: list[dict[str, Any]]) -> int:
     """The simulator's token count of a request's messages (see TOKEN)."""
     return sum(
-        len(TOKEN.findall(json.dumps(m.get("content", ""), ensure_ascii=False)))
+        len(TOKEN.findall(json.dumps(text_of(m.get("content")), ensure_ascii=False)))
         + TOKENS_PER_MESSAGE
         for m in messages
         if isinstance(m, dict)
     )
+
+
+def _marked(message: Any) -> bool:
+    """Whether a message carries a `cache_control` breakpoint on one of its content parts."""
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("cache_control") for part in content
+    )
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """What a request read from and wrote to the prompt cache, in billed prompt tokens."""
+
+    read: int = 0
+    written: int = 0
+
+
+class PromptCache:
+    """Anthropic's prompt caching as the wire doc describes it, for models with a cache-read
+    price: a request's prefix up to each of its `cache_control` breakpoints (at most
+    MAX_BREAKPOINTS) is cached once it has at least `min_tokens` tokens, for `ttl` seconds
+    (refreshed when read); the longest cached one is read, and the rest up to the last
+    breakpoint written. No breakpoint, no caching (the 20-block lookback is not modelled)."""
+
+    MAX_BREAKPOINTS = 4
+
+    def __init__(self, *, min_tokens: int = 1024, ttl: float = 300.0) -> None:
+        self.min_tokens = min_tokens
+        self.ttl = ttl
+        self._entries: dict[tuple[str, str], float] = {}  # (model, prefix digest) -> expiry
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def use(self, model: str, messages: list[dict[str, Any]]) -> CacheUse:
+        digest = hashlib.sha256()
+        used = 0
+        prefixes: list[tuple[str, int]] = []  # (digest, tokens) at each breakpoint
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            text = text_of(message.get("content"))
+            digest.update(json.dumps([message.get("role"), text]).encode())
+            used += len(_words(text))
+            if _marked(message):
+                prefixes.append((digest.hexdigest(), used))
+        now = time.monotonic()
+        with self._lock:
+            read = 0
+            for key, tokens in prefixes:
+                expiry = self._entries.get((model, key))
+                if expiry is not None and expiry > now:
+                    read = max(read, tokens)
+            for key, tokens in prefixes:
+                if tokens >= self.min_tokens:
+                    self._entries[(model, key)] = now + self.ttl
+        last = prefixes[-1][1] if prefixes else 0
+        written = last - read if last >= self.min_tokens else 0
+        return CacheUse(read=read, written=max(0, written))
 
 
 @dataclass
@@ -188,6 +259,11 @@ class Generation:
     model: str
     prompt_tokens: int
     prices: tuple[Decimal, Decimal] = (PROMPT_PRICE, COMPLETION_PRICE)  # USD per token
+    # USD per token read from and written to the prompt cache (the prompt price when the
+    # catalog has none), and what this generation read and wrote.
+    cache_prices: tuple[Decimal, Decimal] | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
     finish_reason: str | None = None
@@ -196,6 +272,13 @@ class Generation:
     # Like OpenRouter's, the record is only served (else 404) once the generation is over: a
     # lookup never sees a cost still growing.
     ended: bool = False
+
+    @property
+    def cache_discount(self) -> Decimal:
+        """OpenRouter's `cache_discount`: what the cache saved, negative on writes."""
+        prompt = self.prices[0]
+        read, write = self.cache_prices or (prompt, prompt)
+        return self.cached_tokens * (prompt - read) - self.cache_write_tokens * (write - prompt)
 
 
 def _prices(listed: dict[str, Any]) -> tuple[Decimal, Decimal]:
@@ -209,6 +292,18 @@ def _prices(listed: dict[str, Any]) -> tuple[Decimal, Decimal]:
     if prompt < 0 or completion < 0 or not (prompt.is_finite() and completion.is_finite()):
         return PROMPT_PRICE, COMPLETION_PRICE
     return prompt, completion
+
+
+def _cache_prices(listed: dict[str, Any]) -> tuple[Decimal, Decimal] | None:
+    """A listed model's (cache read, cache write) prices per token, None when it has no cache
+    read price; a missing write price is the prompt price."""
+    pricing = listed.get("pricing") or {}
+    try:
+        read = Decimal(pricing["input_cache_read"])
+        write = Decimal(pricing.get("input_cache_write") or pricing["prompt"])
+    except (KeyError, TypeError, ArithmeticError):
+        return None
+    return (read, write) if read >= 0 and write >= 0 else None
 
 
 def _reasoning_tokens(behaviour: Behaviour) -> int:
@@ -237,7 +332,7 @@ def default_reply(messages: list[dict[str, Any]]) -> list[str]:
     last_user = next(
         (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
     )
-    said = " ".join(_words(str(last_user))[:40]) or "nothing"
+    said = " ".join(_words(text_of(last_user))[:40]) or "nothing"
     text = (
         "[simulated reply] This answer comes from the local OpenRouter simulator, not a model. "
         f"You said: {said}"
@@ -349,7 +444,7 @@ def directed(behaviour: Behaviour, messages: list[dict[str, Any]]) -> Behaviour:
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     if behaviour.tokens is None and asks_for_a_title(messages):
         return replace(behaviour, tokens=title_reply(messages))
-    found = DIRECTIVE.search(str(last_user.get("content", "")))
+    found = DIRECTIVE.search(text_of(last_user.get("content", "")))
     if behaviour.tokens is not None or found is None:
         return behaviour
     count = int(found["tokens"] or 100)
@@ -378,6 +473,7 @@ class FakeOpenRouter:
         self.requests: list[dict[str, Any]] = []
         self.generations: dict[str, Generation] = {}
         self.generation_lookups: collections.Counter[str] = collections.Counter()
+        self.prompt_cache = PromptCache()
         self._queue: collections.deque[Behaviour] = collections.deque()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -402,6 +498,7 @@ class FakeOpenRouter:
             self.requests.clear()
             self.generations.clear()
             self.generation_lookups.clear()
+            self.prompt_cache.clear()
             self.models_calls = 0
             self.key_calls = 0
         self.default = Behaviour()
@@ -463,6 +560,9 @@ class FakeOpenRouter:
         too_long = self._over_window(listed, body, messages)
         if too_long is not None:
             return too_long
+        if sum(1 for m in messages if _marked(m)) > PromptCache.MAX_BREAKPOINTS:
+            message = f"A maximum of {PromptCache.MAX_BREAKPOINTS} blocks with cache_control"
+            return JSONResponse({"error": {"code": 400, "message": message}}, status_code=400)
         number = next(self._ids)
         call = None
         if behaviour.tokens is not None:
@@ -478,9 +578,23 @@ class FakeOpenRouter:
             )
             if call is not None:
                 behaviour = replace(behaviour, finish_reason="tool_calls")
-        prompt_tokens = sum(len(_words(str(m.get("content", "")))) for m in messages)
+        prompt_tokens = sum(
+            len(_words(text_of(m.get("content")))) for m in messages if isinstance(m, dict)
+        )
+        cache_prices = _cache_prices(listed)
+        cache = CacheUse()
+        if behaviour.cached_tokens or behaviour.cache_write_tokens:
+            cache = CacheUse(behaviour.cached_tokens, behaviour.cache_write_tokens)
+        elif cache_prices is not None:
+            cache = self.prompt_cache.use(model, messages)
         generation = Generation(
-            id=f"gen-sim-{number}", model=model, prompt_tokens=prompt_tokens, prices=_prices(listed)
+            id=f"gen-sim-{number}",
+            model=model,
+            prompt_tokens=prompt_tokens,
+            prices=_prices(listed),
+            cache_prices=cache_prices,
+            cached_tokens=cache.read,
+            cache_write_tokens=cache.written,
         )
         with self._lock:
             self.generations[generation.id] = generation
@@ -521,7 +635,10 @@ class FakeOpenRouter:
         if behaviour.cost is not None:
             return behaviour.cost
         prompt, completion = generation.prices
-        return generation.prompt_tokens * prompt + generation.completion_tokens * completion
+        # Cache reads and writes at their prices, the rest of the prompt at the input price:
+        # the full price less what the cache saved.
+        full = generation.prompt_tokens * prompt + generation.completion_tokens * completion
+        return full - generation.cache_discount
 
     def _usage(self, generation: Generation, behaviour: Behaviour) -> dict[str, Any]:
         return {
@@ -531,8 +648,8 @@ class FakeOpenRouter:
             "cost": float(generation.cost),
             "is_byok": behaviour.is_byok,
             "prompt_tokens_details": {
-                "cached_tokens": behaviour.cached_tokens,
-                "cache_write_tokens": behaviour.cache_write_tokens,
+                "cached_tokens": generation.cached_tokens,
+                "cache_write_tokens": generation.cache_write_tokens,
             },
             "completion_tokens_details": {"reasoning_tokens": _reasoning_tokens(behaviour)},
             "cost_details": {
@@ -747,7 +864,8 @@ class FakeOpenRouter:
                     "native_tokens_prompt": generation.prompt_tokens,
                     "native_tokens_completion": generation.completion_tokens,
                     "native_tokens_reasoning": 0,
-                    "native_tokens_cached": 0,
+                    "native_tokens_cached": generation.cached_tokens,
+                    "cache_discount": float(generation.cache_discount),
                     "cancelled": generation.cancelled,
                     "finish_reason": generation.finish_reason,
                 }

@@ -1,10 +1,12 @@
 """The simulator's `GET /models` payload: OpenRouter's exact shape, with real oddities.
 
 A dozen entries: the default recommended models, the development fallback model, a reasoning
-model, a multimodal one, one billed per request, a free one, one with a small (4k) context
-window, the `openrouter/auto` router (whose prices are "-1"), and entries with missing pricing, a
-price that is not a number, no `top_provider`, and no `id` at all. Prices are USD per token, as
-strings, as OpenRouter sends them; the simulator bills each model at its own.
+model, a multimodal one, one that caches prompts where a request marks breakpoints (cache read
+and write prices) and one that caches by itself (a read price), one billed per request, a free
+one, one with a small (4k) context window, the `openrouter/auto` router (whose prices are
+"-1"), and entries with missing pricing, a price that is not a number, no `top_provider`, and no
+`id` at all. Prices are USD per token, as strings, as OpenRouter sends them; the simulator bills
+each model at its own.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ def _model(
     image: str = "0",
     default_parameters: dict[str, Any] | None = None,
     tokenizer: str = "Other",
+    cache_read: str | None = None,
+    cache_write: str | None = None,
 ) -> dict[str, Any]:
     modality = "+".join(inputs) + "->text"
+    cache = {"input_cache_read": cache_read} if cache_read is not None else {}
+    if cache_write is not None:
+        cache["input_cache_write"] = cache_write
     return {
         "id": model_id,
         "canonical_slug": model_id.split(":", 1)[0],
@@ -53,6 +60,7 @@ def _model(
             "image": image,
             "web_search": "0",
             "internal_reasoning": "0",
+            **cache,
         },
         "top_provider": {
             "context_length": context,
@@ -100,6 +108,23 @@ def simulated_models() -> dict[str, Any]:
                 parameters=(*_TOOLS, "top_k"),
                 tokenizer="Claude",
             ),
+            # Caches only where a request marks `cache_control` (the simulator does as
+            # Anthropic does: app/dev/simulator.py), reads at 0.1x the input price, writes
+            # at 1.25x: Claude Sonnet 4's prices.
+            _model(
+                "anthropic/claude-sonnet-4",
+                "Anthropic: Claude Sonnet 4",
+                context=200000,
+                max_completion=64000,
+                prompt="0.000003",
+                completion="0.000015",
+                cache_read="0.0000003",
+                cache_write="0.00000375",
+                image="0.0048",
+                inputs=("text", "image", "file"),
+                parameters=(*_TOOLS, "top_k"),
+                tokenizer="Claude",
+            ),
             _model(
                 "openai/gpt-4o",
                 "OpenAI: GPT-4o",
@@ -107,6 +132,7 @@ def simulated_models() -> dict[str, Any]:
                 max_completion=16384,
                 prompt="0.0000025",
                 completion="0.00001",
+                cache_read="0.00000125",  # cached by itself: no breakpoints
                 image="0.003613",
                 inputs=("text", "image", "file"),
                 parameters=(*_TOOLS, "response_format", "structured_outputs", "logprobs"),

@@ -23,6 +23,7 @@ from app.core.stages import Stage, mark
 from app.errors import ApiError, database_away
 from app.http.input import optional_text, stream_flag, valid_id
 from app.http.state import AppState
+from app.replies.breakpoints import with_breakpoints
 from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
@@ -280,6 +281,20 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         compose=turn.compose,
     )
     sent = request.messages[-1]["content"]  # the coach's: with the transcript that fitted
+    if choice.breakpoints:
+        # On what is sent, once. The history is whole when it starts at the conversation's
+        # first message: nothing left out to fit, fewer messages than the agent reads (at
+        # exactly as many, some may be left before them). A coach call is never sent again.
+        read = len(turn.history)
+        whole = turn.render is None and note is None and read < agent.history_messages
+        request = replace(
+            request,
+            messages=with_breakpoints(
+                request.messages,
+                reads=whole,
+                writes=whole and read + 2 < agent.history_messages,
+            ),
+        )
     ids = TurnIds.allocate(
         turn.conversation_id, parent_id=turn.parent_id, user_message_id=turn.answers
     )
@@ -301,6 +316,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         user_message_id=ids.user_message_id,
         wants_title=turn.wants_title,
         history=rows["history"],
+        cache_prices=choice.cache_prices,
     )
     return request, rows
 

@@ -5,16 +5,21 @@ and the run's final event; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from app.core.caching import CachePrices, cache_saved
 from app.core.states import CostSource
 from app.replies.wire import LogEvent, event_lengths
 from app.storage.ledger import GenerationRecord
 from app.upstream.openrouter import Citation, Finish, Opened, Usage
 
 
-def record_usage(record: GenerationRecord, usage: Usage) -> None:
-    """A generation's usage chunk, into its cost row (the cost too, when it carries one)."""
+def record_usage(
+    record: GenerationRecord, usage: Usage, *, prices: Mapping[str, CachePrices] | None = None
+) -> None:
+    """A generation's usage chunk, into its cost row (the cost too, when it carries one), and
+    what caching saved on it, at the answering model's cache `prices` (by model id)."""
     record.prompt_tokens = usage.prompt_tokens
     record.completion_tokens = usage.completion_tokens
     record.reasoning_tokens = usage.reasoning_tokens
@@ -24,6 +29,11 @@ def record_usage(record: GenerationRecord, usage: Usage) -> None:
     record.upstream_cost = usage.upstream_cost
     record.model = usage.model or record.model
     record.generation_id = record.generation_id or usage.generation_id
+    record.cache_saved = cache_saved(
+        (prices or {}).get(record.model or record.requested_model),
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
     if usage.cost is not None:
         record.cost, record.cost_source = usage.cost, CostSource.USAGE
 
@@ -31,6 +41,7 @@ def record_usage(record: GenerationRecord, usage: Usage) -> None:
 class Draft:
     __slots__ = (
         "answering_model",
+        "cache_prices",
         "citations",
         "details",
         "finish_reason",
@@ -39,7 +50,9 @@ class Draft:
         "thoughts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, cache_prices: Mapping[str, CachePrices] | None = None) -> None:
+        # The run's models' cache prices, by id: a generation's saving is its answering model's.
+        self.cache_prices = cache_prices or {}
         self.parts: list[str] = []  # each `delta` event's content
         self.thoughts: list[str] = []  # each `reasoning` event's content
         self.details: list[dict[str, Any]] = []  # reasoning_details fragments, as streamed
@@ -89,5 +102,5 @@ class Draft:
         record.generation_id = record.generation_id or finish.generation_id
 
     def used(self, record: GenerationRecord, usage: Usage) -> None:
-        record_usage(record, usage)
+        record_usage(record, usage, prices=self.cache_prices)
         self.answering_model = usage.model or self.answering_model

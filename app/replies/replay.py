@@ -53,6 +53,7 @@ async def replay_log(
         cost=from_picos(row["cost_picousd"]),
         error_code=row["error_code"],
         error_message=row["error_message"],
+        cache_saved=row["cache_saved_picousd"],
     )
     events.append(LogEvent.make(len(events) + 1, name, payload))
     return events, True

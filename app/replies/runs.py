@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -45,6 +45,12 @@ from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient, UpstreamError
 
 log = logging.getLogger(__name__)
+
+
+def _known_sum(values: Iterable[int | None]) -> int | None:
+    """The sum of the known values (None: none is known)."""
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class Run:
         self.log = ReplyLog(ping_interval=config.ping_interval)
         if outbox is not None:  # REDIS_URL: other processes follow it live, from its stream
             self.log.feed = outbox.feed(request.message_id, self.log.events)
-        self.draft = Draft()
+        self.draft = Draft(cache_prices=dict(request.cache_prices))
         self.writer = ReplyWriter(
             request,
             turn=turn,
@@ -269,6 +275,7 @@ class Run:
             cost=sum(known, Decimal(0)) if known else None,
             error_code=error.code if error else None,
             error_message=error.message if error else None,
+            cache_saved=_known_sum(r.cache_saved for r in records),
         )
         self.status = status
         if self._abandoned is not None:  # its handle refers to this run: no cycle left behind

@@ -22,7 +22,7 @@ and later. Everything that spells an event or a frame is here:
                           rebuilt from it (`replay`)
     final_body            a `"stream": false` answer, built from the events
 
-The browser's side of the same format is app/static (app.js, coach.js); the README's event
+The browser's side of the same format is app/static (app.js, coach.js); docs/api.md's event
 table says what each event's data holds.
 """
 
@@ -36,7 +36,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from app.core.money import usd
+from app.core.money import from_picos, usd
 from app.core.states import MessageStatus
 
 
@@ -145,6 +145,7 @@ def final_event(
     cost: Decimal | None,
     error_code: str | None,
     error_message: str | None,
+    cache_saved: int | None,
 ) -> tuple[Event, dict[str, Any]]:
     """(event name, payload) of a reply's last event; live runs and replays both use it."""
     if FINAL_STATUSES[status] == Event.DONE:
@@ -160,6 +161,10 @@ def final_event(
                 "reasoning_tokens": reasoning_tokens,  # counted in completion_tokens too
             },
             "cost_usd": usd(cost),
+            # What prompt caching saved on this reply (negative: a first write cost more
+            # than the reads saved); null when a cache was used at prices not known
+            # (docs/caching.md).
+            "cache_saved_usd": usd(from_picos(cache_saved)),
         }
     return Event.ERROR, {
         "message_id": message_id,

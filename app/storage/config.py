@@ -72,6 +72,7 @@ class Config:
         max_tokens: int | None,
         reasoning: dict[str, Any] | None = None,
         allowed_models: list[str] | str | None = None,
+        prompt_caching: bool | None = None,
     ) -> datetime:
         """Replace the agent's override (None fields follow the agents file); return its time."""
         stamp = now()
@@ -82,6 +83,7 @@ class Config:
             "max_tokens": max_tokens,
             "reasoning": None if reasoning is None else json.dumps(reasoning),
             "allowed_models": None if allowed_models is None else json.dumps(allowed_models),
+            "prompt_caching": prompt_caching,
             "updated_at": stamp,
         }
         await self._writer.write(

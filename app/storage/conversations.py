@@ -68,7 +68,8 @@ def conversations_page(
     subquery on that conversation's own index range. Joining grouped counts of all `messages`
     and costs of all `generations` to the page instead took 221 ms p50 on SQLite (1,355 ms on
     PostgreSQL) with 50k conversations, 1M messages and 500k generations, whatever the page
-    size; now 4-5 ms on either, a first page or one 25,000 conversations in. With `agent`, the
+    size; now 4-5 ms on either, a first page or one 25,000 conversations in (timed by hand;
+    `python -m bench.growth` measures the list on 1,000,000 messages). With `agent`, the
     rows of the user's other agents in between are read and skipped (no index per agent: one
     more to update on every turn, for a filter only the page's sidebar uses).
     """
@@ -118,6 +119,17 @@ class Conversations:
         while no cost of it is known."""
         return await self._database.fetch_val(
             sa.select(conversation_cost(sa.literal(conversation_id, sa.String)))
+        )
+
+    async def cache_saved(self, *, conversation_id: str) -> int | None:
+        """What prompt caching saved on the conversation, in pico-dollars, over the same
+        generations as `total_cost`; None while no saving of it is known."""
+        return await self._database.fetch_val(
+            sa.select(
+                conversation_cost(
+                    sa.literal(conversation_id, sa.String), measure="cache_saved_picousd"
+                )
+            )
         )
 
     async def rename(self, *, conversation_id: str, user_id: str, title: str) -> bool:

@@ -50,6 +50,8 @@ class GenerationRecord:
     cost: Decimal | None = None
     upstream_cost: Decimal | None = None  # a BYOK generation's provider charge; not billed
     cost_source: CostSource = CostSource.PENDING
+    # What prompt caching saved, pico-dollars (app/core/caching.py); None: not known.
+    cache_saved: int | None = None
     first_token_at: datetime | None = None
     first_reasoning_at: datetime | None = None
     ended_at: datetime | None = None
@@ -70,6 +72,7 @@ GENERATION_PROGRESS = (
     "cost_picousd",
     "upstream_cost_picousd",
     "cost_source",
+    "cache_saved_picousd",
     "first_token_at",
     "first_reasoning_at",
     "ended_at",
@@ -95,7 +98,8 @@ def usage_by_message(
     The filter is inside the GROUP BY on purpose: neither SQLite nor PostgreSQL carries a join's
     condition into a grouped subquery, so an unfiltered one summed the whole table before the
     join kept one conversation's rows. With 50k conversations, 1M messages and 500k generations,
-    reading a conversation of 20 messages took 621 ms (p50, SQLite; 1,166 ms on PostgreSQL)
+    reading a conversation of 20 messages took 621 ms (p50, SQLite; 1,166 ms on PostgreSQL;
+    timed by hand, and `python -m bench.growth` measures the same read on 1,000,000 messages)
     that way; filtered here, it reads that conversation's generations through
     `ix_generations_conversation` and nothing else: 4-5 ms (2 ms on PostgreSQL), as on a small
     database (`tests/storage/test_query_plans.py` fails on a plan that reads a whole table).
@@ -114,6 +118,7 @@ def usage_by_message(
             sa.func.sum(generations.c.completion_tokens).label("completion_tokens"),
             sa.func.sum(generations.c.reasoning_tokens).label("reasoning_tokens"),
             sa.func.sum(generations.c.cost_picousd).label("cost_picousd"),
+            sa.func.sum(generations.c.cache_saved_picousd).label("cache_saved_picousd"),
             sa.func.count().label("generation_count"),
         )
         .where(where)
@@ -122,7 +127,9 @@ def usage_by_message(
     )
 
 
-def conversation_cost(conversation_id: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
+def conversation_cost(
+    conversation_id: sa.ColumnElement[str], *, measure: str = "cost_picousd"
+) -> sa.ColumnElement[Any]:
     """The cost of one conversation: its generations (every branch's, its title's) and those
     of the coach calls that reviewed it (`subject_conversation_id`), whose cost is spent on it.
 
@@ -133,10 +140,11 @@ def conversation_cost(conversation_id: sa.ColumnElement[str]) -> sa.ColumnElemen
     `app/storage/conversations.py` for figures). One subquery with `conversation_id IN (the
     reviews)` OR'd in read all of `generations` on PostgreSQL. A coach call's cost is in its own
     conversation's total too: totals are per conversation, never to be added up across
-    conversations (sum `generations` for that).
+    conversations (sum `generations` for that). `measure` is the column summed:
+    `cache_saved_picousd` says what caching saved on the same generations.
     """
     own = (
-        sa.select(sa.func.sum(generations.c.cost_picousd))
+        sa.select(sa.func.sum(generations.c[measure]))
         .where(generations.c.conversation_id == conversation_id)
         .scalar_subquery()
     )
@@ -144,7 +152,7 @@ def conversation_cost(conversation_id: sa.ColumnElement[str]) -> sa.ColumnElemen
     reviewer = conversations.alias("reviewer")
     reviewed = generations.alias("reviewed")
     reviews = (
-        sa.select(sa.func.sum(reviewed.c.cost_picousd))
+        sa.select(sa.func.sum(reviewed.c[measure]))
         .select_from(reviewer.join(reviewed, reviewed.c.conversation_id == reviewer.c.id))
         .where(reviewer.c.subject_conversation_id == conversation_id)
         .scalar_subquery()
@@ -229,6 +237,8 @@ class Ledger:
                     "cost_picousd": to_picos(record.cost),
                     "upstream_cost_picousd": to_picos(record.upstream_cost),
                     "cost_source": record.cost_source,
+                    "cache_saved_picousd": record.cache_saved,
+                    "cache_discount_picousd": None,
                     "first_token_at": record.first_token_at,
                     "first_reasoning_at": record.first_reasoning_at,
                     "ended_at": record.ended_at,
@@ -258,10 +268,16 @@ class Ledger:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         model: str | None = None,
+        cache_discount: Decimal | None = None,
     ) -> LateCost | None:
         """Set a pending generation's cost once; a settled one is never overwritten. What was
-        settled (None: the generation was not pending)."""
+        settled (None: the generation was not pending). The record's `cache_discount` is kept,
+        and is the generation's cache saving: the usage that would have said it never came."""
         values: dict[str, Any] = {"cost_picousd": to_picos(cost), "cost_source": source}
+        if cache_discount is not None:
+            values["cache_discount_picousd"] = values["cache_saved_picousd"] = to_picos(
+                cache_discount
+            )
         if prompt_tokens is not None:
             values["prompt_tokens"] = prompt_tokens
         if completion_tokens is not None:

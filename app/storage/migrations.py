@@ -267,7 +267,8 @@ def _generations_by_start(dialect: sa.engine.Dialect) -> list[str]:
     """Cost reports (app/billing/reports.py) read a range of `started_at`, and the line-item
     export pages through it in (started_at, id) order. On PostgreSQL the index also carries
     every column a grouped report reads (INCLUDE), so a report is an index-only scan of its
-    range instead of a read of the whole table: measured in docs/operations.md."""
+    range instead of a read of the whole table: measured by `python -m bench.reports`
+    (docs/operations.md, "Measured")."""
     if dialect.name == "postgresql":
         return [
             "CREATE INDEX ix_generations_started_at ON generations (started_at, id) INCLUDE "
@@ -314,8 +315,9 @@ def _budget_totals(dialect: sa.engine.Dialect) -> list[str]:
     delete, in the same transaction (app/storage/budgets.py).
 
     Why: a turn's check summed every reservation of the period, so its cost grew with the
-    user's turns that day and, under a global cap, with everyone's (measured in bench/: +24% CPU
-    per reply with budgets on at 50 streams, after a few thousand turns of one user). Reading
+    user's turns that day and, under a global cap, with everyone's (`python -m bench --variants
+    budgets`: +24% CPU per reply with budgets on at 50 streams, after a few thousand turns of one
+    user; docs/benchmarks.md, seventh round). Reading
     three rows by primary key costs the same on the millionth turn as on the first.
 
     The global row is locked first on PostgreSQL (the rows of one trigger in the order listed,
@@ -409,7 +411,8 @@ def _generation_users(dialect: sa.engine.Dialect) -> list[str]:
     none is ever deleted). Rows with neither keep none: `python -m app check` pings, and those
     of conversations deleted before reservations existed (migration 7). Every row is rewritten
     once, in the migration's transaction (on PostgreSQL the covering index is dropped first and
-    built again after, with `user_id` in it): measured in docs/operations.md.
+    built again after, with `user_id` in it): measured by `python -m bench.reports`
+    (docs/operations.md, "Measured").
     """
     statements = ["ALTER TABLE generations ADD COLUMN user_id VARCHAR(64)"]
     if dialect.name == "postgresql":
@@ -438,15 +441,15 @@ def _report_group_statistics(dialect: sa.engine.Dialect) -> list[str]:
     """What PostgreSQL's planner needs to know to aggregate a report by hashing: how many
     groups its keys make (app/billing/reports.py groups by these very expressions).
 
-    Without it, the planner takes a report's day, `date(timezone('UTC', started_at))`, to have
-    as many values as `started_at` (one per row), so a year of 1M generations looks like 1M
-    groups: too many to hash in `work_mem`, it sorted all 1M rows instead, on disk. With
-    statistics on the keys (ndistinct of each and of their combinations), it knows a year has
-    365 days and ~2,000 (day, model) pairs and hashes them in a few MB: measured in
-    docs/operations.md, "Measured". Expression statistics need PostgreSQL 14; on an older
-    server this does nothing (and reports sort, as before). ANALYZE fills them now rather
-    than whenever autovacuum next analyzes a big table (a sample of its rows: under a second
-    for 1M). SQLite has no such planner choice: nothing to do.
+    Without it, the planner takes a report's day, `date(timezone('UTC', started_at))`, to have as
+    many values as `started_at` (one per row), so a year of 1M generations looks like 1M groups: too
+    many to hash in `work_mem`, it sorted all 1M rows instead, on disk. With statistics on the keys
+    (ndistinct of each and of their combinations), it knows a year has 365 days and ~2,000 (day,
+    model) pairs and hashes them in a few MB: measured by `python -m bench.reports`
+    (docs/operations.md, "Measured"). Expression statistics need PostgreSQL 14; on an older server
+    this does nothing (and reports sort, as before). ANALYZE fills them now rather than whenever
+    autovacuum next analyzes a big table (a sample of its rows: under a second for 1M). SQLite has
+    no such planner choice: nothing to do.
     """
     if dialect.name != "postgresql":
         return []
@@ -598,6 +601,36 @@ def _chosen_models(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+# The report's covering indexes as of migration 18: what caching saved is summed beside the cost.
+_CACHE_SAVED = "cache_saved_picousd"
+
+
+def _prompt_caching(dialect: sa.engine.Dialect) -> list[str]:
+    """What prompt caching saved, per generation, and the switch that turns it off per agent.
+
+    `cache_saved_picousd` is written with each generation's usage from now on (rows already
+    there keep null, "not known": their saving was never computed, and the prices of then are
+    not kept); `cache_discount_picousd` is OpenRouter's own figure when the generation record is
+    read. Cost reports sum the saving beside the cost: on PostgreSQL both covering indexes are
+    built again with it (an index-only scan stays one), in the migration's transaction."""
+    statements = [
+        "ALTER TABLE generations ADD COLUMN cache_saved_picousd BIGINT",
+        "ALTER TABLE generations ADD COLUMN cache_discount_picousd BIGINT",
+        "ALTER TABLE agent_overrides ADD COLUMN prompt_caching BOOLEAN",
+    ]
+    if dialect.name != "postgresql":
+        return statements
+    return [
+        *statements,
+        "DROP INDEX ix_generations_started_at",
+        "CREATE INDEX ix_generations_started_at ON generations (started_at, id)"
+        f" INCLUDE ({_REPORT_INCLUDE_11}, {_CACHE_SAVED})",
+        "DROP INDEX ix_generations_user_started",
+        "CREATE INDEX ix_generations_user_started ON generations (user_id, started_at, id)"
+        f" INCLUDE ({_REPORT_INCLUDE_14}, {_CACHE_SAVED})",
+    ]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -616,6 +649,7 @@ MIGRATIONS: list[Migration] = [
     Migration(15, "titled conversations, feedback on replies, shared links", _titled_conversations),
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
+    Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),
 ]
 
 _schema_migrations = sa.Table(

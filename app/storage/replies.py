@@ -174,6 +174,7 @@ def messages_with_usage(conversation_id: str, leaf_id: str) -> sa.Select[Any]:
             usage.c.completion_tokens,
             usage.c.reasoning_tokens,
             usage.c.cost_picousd,
+            usage.c.cache_saved_picousd,
             usage.c.generation_count,
         )
         .select_from(
@@ -202,6 +203,7 @@ def reply_with_usage(message_id: str, user_id: str) -> sa.Select[Any]:
             usage.c.completion_tokens,
             usage.c.reasoning_tokens,
             usage.c.cost_picousd,
+            usage.c.cache_saved_picousd,
         )
         .select_from(
             messages.join(conversations, conversations.c.id == messages.c.conversation_id)

@@ -151,6 +151,14 @@ generations = sa.Table(
     sa.Column("key_id", sa.String(32)),
     sa.Column("job", sa.String(100)),
     sa.Column("touched_at", UTCDateTime),
+    # What prompt caching saved (migration 18), pico-dollars, negative when cache writes cost
+    # more than reads saved: from the usage's cached and cache-write tokens and the answering
+    # model's catalog prices when the row was written (app/core/caching.py), else the
+    # generation record's `cache_discount`; None: not known (a cache was used, no price known).
+    sa.Column("cache_saved_picousd", sa.BigInteger),
+    # OpenRouter's own `cache_discount`, when the generation record was read (a stream without
+    # its usage chunk); kept as it came, beside ours.
+    sa.Column("cache_discount_picousd", sa.BigInteger),
 )
 
 model_catalog = sa.Table(
@@ -172,6 +180,7 @@ agent_overrides = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("reasoning", sa.Text),  # JSON: the agent's `reasoning` settings
     sa.Column("allowed_models", sa.Text),  # JSON: "*" or a list of model ids
+    sa.Column("prompt_caching", sa.Boolean),  # None: as in the agents file (migration 18)
 )
 
 

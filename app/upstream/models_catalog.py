@@ -23,6 +23,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, Literal
 
+from app.core.caching import CachePrices
 from app.core.money import parse_amount
 from app.storage.store import Store
 from app.upstream.openrouter import OpenRouterClient, UpstreamError
@@ -68,10 +69,25 @@ class Pricing:
     output: Decimal | None  # USD per 1M completion tokens; None: unknown
     request: Decimal | None  # USD per request
     image: Decimal | None  # USD per input image
+    # USD per 1M prompt tokens read from / written to the provider's prompt cache
+    # (`input_cache_read`, `input_cache_write`); None: the model has no such price.
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
 
     @property
     def known(self) -> bool:
         return self.input is not None and self.output is not None
+
+    def cache_prices(self) -> CachePrices | None:
+        """The prices a cache saving is computed with (per token), or None when the catalog
+        gives no cache-read price (or no input price)."""
+        if self.input is None or self.cache_read is None:
+            return None
+        return CachePrices(
+            input=self.input / MILLION,
+            read=self.cache_read / MILLION,
+            write=None if self.cache_write is None else self.cache_write / MILLION,
+        )
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -83,6 +99,10 @@ class Pricing:
             body["per_request"] = _number(self.request)
         if self.image:
             body["per_image"] = _number(self.image)
+        if self.cache_read is not None:
+            body["cache_read_per_million"] = _number(self.cache_read)
+        if self.cache_write is not None:
+            body["cache_write_per_million"] = _number(self.cache_write)
         return body
 
 
@@ -166,6 +186,8 @@ def parse_model(raw: Any, *, recommended: frozenset[str] = frozenset()) -> Model
             output=_per_million(pricing.get("completion")),
             request=parse_amount(pricing.get("request")),
             image=parse_amount(pricing.get("image")),
+            cache_read=_per_million(pricing.get("input_cache_read")),
+            cache_write=_per_million(pricing.get("input_cache_write")),
         ),
         capabilities=frozenset(capabilities),
         recommended=model_id in recommended,

@@ -99,6 +99,10 @@ def _ledger(seed: int = 21, count: int = 2000) -> tuple[list[dict], list[dict]]:
                 "cached_tokens": rng.randint(0, 1000),
                 "cache_write_tokens": rng.randint(0, 500),
                 "cost_picousd": cost,
+                # What caching saved: negative after a write, unknown (None) now and then.
+                "cache_saved_picousd": None
+                if rng.random() < 0.2
+                else rng.randint(-2_000_000_000, 9_000_000_000),
                 "cost_source": source,
                 "started_at": started,
                 "first_token_at": None,
@@ -162,6 +166,7 @@ def _expected(rows: list[dict], group_by: tuple[str, ...], user=None) -> list:
                     for kind in ("prompt", "completion", "reasoning", "cached", "cache_write")
                 },
                 "cost_usd": _picos(cost),
+                "cache_saved_usd": _picos(sum(r["cache_saved_picousd"] or 0 for r in members)),
                 "exact_cost_usd": _picos(exact),
                 "cost_per_complete_reply_usd": per_reply,
                 # No feedback in this ledger (test_feedback.py rates replies).
@@ -255,6 +260,9 @@ def test_line_items_export_every_generation_of_the_range(start_server, seeded):
         assert datetime.fromisoformat(item["started_at"]) == row["started_at"]
         assert item["cost_usd"] == (
             "" if row["cost_picousd"] is None else _picos(row["cost_picousd"])
+        )
+        assert item["cache_saved_usd"] == (
+            "" if row["cache_saved_picousd"] is None else _picos(row["cache_saved_picousd"])
         )
         assert item["user"] == (row["user_id"] or "")
         assert item["cost_source"] == row["cost_source"]

@@ -40,6 +40,7 @@ def test_chat_turn_streams_events_in_order_and_persists_everything(client, fake,
             "reasoning_tokens": 0,
         },
         "cost_usd": 0.00046,
+        "cache_saved_usd": 0.0,  # nothing read from or written to a prompt cache
     }
 
     sent = fake.requests[0]

@@ -25,7 +25,7 @@ def test_catalog_is_fetched_once_then_served_from_the_cache(server, fake):
 
     first = get_models(server)
     assert (first["source"], first["stale"], first["refresh_error"]) == ("live", False, None)
-    assert first["count"] == len(first["models"]) == 14
+    assert first["count"] == len(first["models"]) == 15
     assert [m["id"] for m in first["models"][:4]] == list(DEFAULT_RECOMMENDED_MODELS)
     assert all(m["recommended"] for m in first["models"][:4])
     assert not any(m["recommended"] for m in first["models"][4:])
@@ -35,6 +35,7 @@ def test_catalog_is_fetched_once_then_served_from_the_cache(server, fake):
         "output_per_million": 10.0,
         "known": True,
         "per_image": 0.003613,
+        "cache_read_per_million": 1.25,  # it caches prompts by itself
     }
     assert gpt4o["capabilities"]["tools"] and gpt4o["capabilities"]["structured_outputs"]
     assert (gpt4o["context_length"], gpt4o["max_completion_tokens"]) == (128000, 16384)

@@ -125,6 +125,7 @@ async def _finish(
             cost=record.cost,
             error_code=error[0] if error else None,
             error_message=error[1] if error else None,
+            cache_saved=record.cache_saved,
         )
     )
 

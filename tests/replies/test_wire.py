@@ -57,6 +57,7 @@ def _final(status: MessageStatus, **overrides: Any) -> tuple[Event, dict[str, An
         "cost": Decimal("0.000123"),
         "error_code": None,
         "error_message": None,
+        "cache_saved": 2_400_000_000,  # pico-dollars
     }
     return final_event(**{**values, **overrides})
 
@@ -283,6 +284,7 @@ def test_the_final_events_data():
             "reasoning_tokens": 2,
         },
         "cost_usd": 0.000123,
+        "cache_saved_usd": 0.0024,
     }
     _, interrupted = _final(MessageStatus.INTERRUPTED)
     assert interrupted == {

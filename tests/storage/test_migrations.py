@@ -585,3 +585,52 @@ def test_conversations_keep_their_last_reply_s_model_once_migration_17_applies(
     assert database.query("SELECT allowed_models FROM agent_overrides") == [
         {"allowed_models": None}
     ]
+
+
+def test_generations_written_before_migration_18_have_no_saving_and_reports_still_sum(
+    database, monkeypatch
+):
+    """Migration 18 over a ledger and an override the old schema wrote, on both databases: an
+    old generation's saving is unknown (null: its prices then are not kept), a report counts it
+    as nothing saved and sums what it summed before, and the override follows the agents file
+    on prompt caching. On PostgreSQL the report's covering index carries the new column."""
+    caching = next(m for m in MIGRATIONS if m.statements is migrations._prompt_caching)
+    rows = [
+        "INSERT INTO generations (id, message_id, conversation_id, agent, attempt,"
+        " requested_model, status, prompt_tokens, completion_tokens, reasoning_tokens,"
+        " cached_tokens, cost_picousd, cost_source, started_at, user_id)"
+        f" VALUES ('g{i}', 'm{i}', 'c1', 'chat', 1, 'anthropic/claude-sonnet-4', 'complete',"
+        f" 10, 5, 0, 4, {1000 * (i + 1)}, 'usage', '2026-03-01 10:00:00', 'ann')"
+        for i in range(3)
+    ]
+    rows.append(
+        "INSERT INTO agent_overrides (agent, model, updated_at)"
+        " VALUES ('chat', 'openai/gpt-4o-mini', '2026-03-01 10:00:00')"
+    )
+    march = ReportRange(date(2026, 3, 1), date(2026, 3, 31), ("day",))
+
+    async def run() -> list[dict]:
+        db = await _opened(database.url)
+        try:
+            await _migrate_over_rows(
+                db, url=database.url, monkeypatch=monkeypatch, migration=caching, rows=rows
+            )
+            return [row async for row in report(db, march)]
+        finally:
+            await db.disconnect()
+
+    [found] = asyncio.run(run())
+    assert (found["cached_tokens"], Decimal(found["cost_usd"])) == (12, Decimal("6E-9"))
+    assert Decimal(found["cache_saved_usd"]) == 0
+    saved = database.query("SELECT cache_saved_picousd, cache_discount_picousd FROM generations")
+    assert saved == [{"cache_saved_picousd": None, "cache_discount_picousd": None}] * 3
+    assert database.query("SELECT prompt_caching FROM agent_overrides") == [
+        {"prompt_caching": None}
+    ]
+    if not is_sqlite(database.url):
+        definitions = database.query(
+            "SELECT indexdef FROM pg_indexes WHERE indexname IN"
+            " ('ix_generations_started_at', 'ix_generations_user_started')"
+        )
+        assert len(definitions) == 2
+        assert all("cache_saved_picousd" in d["indexdef"] for d in definitions), definitions

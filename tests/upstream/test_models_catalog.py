@@ -73,9 +73,31 @@ def test_realistic_entries_parse_to_exact_per_million_prices_and_capabilities():
     assert {"audio_input", "video_input", "file_input"} <= gemini
 
 
+def test_cache_prices_parse_per_million_and_per_token():
+    models = parsed()
+    sonnet = models["anthropic/claude-sonnet-4"].pricing
+    assert (sonnet.cache_read, sonnet.cache_write) == (Decimal("0.3"), Decimal("3.75"))
+    assert sonnet.to_json()["cache_read_per_million"] == 0.3
+    assert sonnet.to_json()["cache_write_per_million"] == 3.75
+    prices = sonnet.cache_prices()
+    assert prices is not None
+    assert (prices.input, prices.read, prices.write) == (
+        Decimal("0.000003"),
+        Decimal("0.0000003"),
+        Decimal("0.00000375"),
+    )
+    # A read price without a write price (a model that caches by itself): writes cost the input.
+    gpt4o = models["openai/gpt-4o"].pricing.cache_prices()
+    assert gpt4o is not None and gpt4o.write is None
+    # No cache price: no cache prices, and nothing about them in the JSON.
+    older = models["anthropic/claude-3.5-sonnet"]
+    assert older.pricing.cache_prices() is None
+    assert "cache_read_per_million" not in older.to_json()["pricing"]
+
+
 def test_odd_entries_show_unknown_prices_and_missing_fields_as_null():
     models = parsed()
-    assert len(models) == 14  # the entry without an id is skipped
+    assert len(models) == 15  # the entry without an id is skipped
     auto = models["openrouter/auto"].to_json()["pricing"]
     assert auto == {"input_per_million": None, "output_per_million": None, "known": False}
     rocinante = models["thedrummer/rocinante-12b"].pricing
@@ -127,7 +149,8 @@ def test_recommended_models_come_first_in_their_configured_order():
 def test_search_capability_and_price_filters():
     assert select(q="LLAMA 70b") == ["meta-llama/llama-3.1-70b-instruct"]
     assert set(select(q="gpt")) == {"openai/gpt-4o", "openai/gpt-4o-mini"}
-    assert select(q="Claude") == ["anthropic/claude-3.5-sonnet"]  # matches the name, too
+    # Matches the name, too; the recommended one first.
+    assert select(q="Claude") == ["anthropic/claude-3.5-sonnet", "anthropic/claude-sonnet-4"]
     assert select(capabilities=["tools", "reasoning"]) == ["deepseek/deepseek-r1"]
     assert set(select(capabilities=["structured_outputs"])) == {
         "openai/gpt-4o",

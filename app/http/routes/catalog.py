@@ -27,6 +27,7 @@ def _config(agent: AgentConfig, default_model: str) -> dict[str, Any]:
         "max_tokens": agent.max_tokens,
         "reasoning": None if agent.reasoning is None else agent.reasoning.upstream(),
         "allowed_models": allowed_json(agent.allowed_models),
+        "prompt_caching": agent.prompt_caching,
     }
 
 

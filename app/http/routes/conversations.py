@@ -92,6 +92,7 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
         if assistant
         else None,
         "cost_usd": usd(from_picos(row["cost_picousd"])),
+        "cache_saved_usd": usd(from_picos(row["cache_saved_picousd"])) if assistant else None,
         "error": {"code": row["error_code"], "message": row["error_message"]}
         if row["error_code"]
         else None,
@@ -242,9 +243,12 @@ async def _with_messages(state: AppState, row: dict[str, Any]) -> dict[str, Any]
         conversation_id=row["id"], leaf_id=row["active_leaf_id"]
     )
     total = await state.store.conversations.total_cost(conversation_id=row["id"])
+    saved = await state.store.conversations.cache_saved(conversation_id=row["id"])
     return {
         **_conversation(row),
         "total_cost_usd": usd(from_picos(total)),
+        # What prompt caching saved on the same generations (docs/caching.md).
+        "total_cache_saved_usd": usd(from_picos(saved)),
         "messages": [_message(m) for m in messages],
     }
 

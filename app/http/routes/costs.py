@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -125,15 +126,23 @@ async def _csv_body(request: Request, range_: ReportRange) -> AsyncIterator[str]
 
 # A spreadsheet evaluates a cell starting with these as a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A plain decimal number, read as a number by every spreadsheet, never as a formula: what a
+# negative amount is (`cache_saved_usd` after a cache write).
+PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 
 
 def _cell(value: Any) -> Any:
     """A CSV cell. Text from users and from upstream (a `sub`, a model id, an error code) that
     a spreadsheet would run as a formula is prefixed with a single quote, as OWASP advises: it
-    shows as text. Numbers are written as they are (amounts and counts are never negative)."""
+    shows as text. Numbers are written as they are, a negative amount's decimal string too (what
+    caching saved is negative after a cache write)."""
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if (
+        isinstance(value, str)
+        and value.startswith(FORMULA_STARTS)
+        and not PLAIN_NUMBER.match(value)
+    ):
         return "'" + value
     return value
 
