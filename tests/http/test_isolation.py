@@ -2,10 +2,11 @@
 
 User B calls every route that takes a conversation or message id with user A's ids (reading,
 exporting, renaming, streaming, resuming with Last-Event-ID, stopping, regenerating, editing,
-switching branches, deleting, the coach reviewing, a stream token of B's for A's reply) and
-gets exactly what the same call with an id that does not exist gets. Afterwards every table is
-as it was, and A's live reply went on to its end. The routes come from the app itself: a new
-route fails here until it is put in the corpus or said to hold no user's ids.
+switching branches, deleting, the coach reviewing, a stream token of B's for A's reply, rating
+and unrating, reading ratings, sharing and unsharing) and gets exactly what the same call with
+an id that does not exist gets. Afterwards every table is as it was, and A's live reply went on
+to its end. The routes come from the app itself: a new route fails here until it is put in the
+corpus or said to hold no user's ids.
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ NOT_ABOUT_IDS = {
     # The stage probe's timings: no ids, no user's data, admins only (tests/ops/test_stages.py).
     ("GET", "/api/admin/stages"),
     ("DELETE", "/api/admin/stages"),
+    # Service keys are no user's: admins only (a user's token: 403, checked below).
+    ("POST", "/api/admin/keys"),
+    ("GET", "/api/admin/keys"),
+    ("DELETE", "/api/admin/keys/{key_id}"),
+    # OpenAI's API for jobs: a service key's only (a user's token: 401, checked below).
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model_id:path}"),
+    # A shared link: no sign-in, the unguessable token is the key (tests/http/test_shares.py).
+    ("GET", "/api/shared/{token}"),
+    ("GET", "/shared/{token}"),
 }
 
 
@@ -159,6 +171,17 @@ def corpus(b_stream_token: Callable[[], str]) -> list[Probe]:
                   f"/api/messages/{mid}/edit", headers=as_b, json={"message": "B says"})),
         probe("POST", "/api/messages/{message_id}/activate", "activate", "message",
               lambda http, mid: http.post(f"/api/messages/{mid}/activate", headers=as_b)),
+        probe("PUT", "/api/messages/{message_id}/feedback", "rate", "message",
+              lambda http, mid: http.put(
+                  f"/api/messages/{mid}/feedback", headers=as_b, json={"rating": "down"})),
+        probe("DELETE", "/api/messages/{message_id}/feedback", "unrate", "message",
+              lambda http, mid: http.delete(f"/api/messages/{mid}/feedback", headers=as_b)),
+        probe("GET", "/api/conversations/{conversation_id}/feedback", "ratings", "conversation",
+              lambda http, cid: http.get(f"/api/conversations/{cid}/feedback", headers=as_b)),
+        probe("POST", "/api/conversations/{conversation_id}/share", "share", "conversation",
+              lambda http, cid: http.post(f"/api/conversations/{cid}/share", headers=as_b)),
+        probe("DELETE", "/api/conversations/{conversation_id}/share", "unshare", "conversation",
+              lambda http, cid: http.delete(f"/api/conversations/{cid}/share", headers=as_b)),
     ]  # fmt: skip
 
 
@@ -240,13 +263,20 @@ def test_another_users_ids_answer_as_ids_that_do_not_exist(jwt_server, http, fak
     }
     # A user message's id is no assistant message for anyone: it answers the same way too.
     ids["message"].append(second["user_message_id"])
+    # A's rating and live link: B's unrate and unshare would have something to take away.
+    rated = http.put(
+        f"/api/messages/{first['message_id']}/feedback", headers=bearer(A), json={"rating": "up"}
+    )
+    assert rated.status_code == 200, rated.text
+    shared = http.post(f"/api/conversations/{first['conversation_id']}/share", headers=bearer(A))
+    assert shared.status_code == 201, shared.text
 
     before = snapshot(database)
     calls = sum(
         same_as_a_random_id(probe, http, own_id) for probe in probes for own_id in ids[probe.kind]
     )
     assert snapshot(database) == before, "a call of B's changed a row"
-    assert calls == 2 * 12 + 4 * 10  # every probe, with each of A's ids of its kind
+    assert calls == 2 * 15 + 4 * 12  # every probe, with each of A's ids of its kind
 
     # A live reply of A's: B's stop, delete, stream and resume change nothing of it.
     fake.enqueue(Behaviour(tokens=LIVE_TOKENS, delay=0.06))
@@ -260,6 +290,32 @@ def test_another_users_ids_answer_as_ids_that_do_not_exist(jwt_server, http, fak
     assert content_of(events) == "".join(LIVE_TOKENS)
     assert reply_row(database, live["message_id"])["status"] == "complete"
     assert http.get(f"/api/conversations/{live['conversation_id']}", headers=bearer(A)).is_success
+    assert http.get(f"/api/shared/{shared.json()['token']}").is_success, "A's link still lives"
+
+
+def test_a_users_token_opens_no_service_key_route_and_no_job(http, fake, database):
+    """Service keys and /v1 hold no user's ids: a user's JWT is refused by both, writes nothing
+    and goes nowhere (a service key on the user routes: tests/jobs/test_keys.py)."""
+    as_b = bearer(B)
+    for method, path in (
+        ("POST", "/api/admin/keys"),
+        ("GET", "/api/admin/keys"),
+        ("DELETE", f"/api/admin/keys/{new_id()}"),
+    ):
+        body = {"label": "B's", "models": "*"} if method == "POST" else None
+        response = http.request(method, path, headers=as_b, json=body)
+        assert (response.status_code, response.json()["error"]["code"]) == (403, "forbidden")
+    for method, path in (
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/openai/gpt-4o"),
+    ):
+        body = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        response = http.request(method, path, headers=as_b, json=body if method == "POST" else None)
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"]["type"] == "authentication_error", path
+    assert database.query("SELECT * FROM service_keys") == []
+    assert fake.requests == []
 
 
 def test_the_list_is_the_callers_and_admins_may_list_anyones(http, fake):

@@ -3,8 +3,10 @@
 The routes are listed from the app itself, so a new route is fuzzed without anyone adding it
 here. Each case is one valid base request (probed per route: the first base the route accepts)
 with one input poisoned: a body field, a body key, the whole body, a query parameter, a path
-parameter or a header. Every answer must be below 500; a 4xx must be the JSON error shape and
-must have changed nothing: the database is compared row by row, table by table, and the fake
+parameter or a header. Path parameters are real: the seeded conversation and reply, a live
+shared link's token, a live service key's id (and the key itself as /v1's bearer). Every answer
+must be below 500; a 4xx must be the JSON error shape (OpenAI's on /v1) and must have changed
+nothing: the database is compared row by row, table by table, and the fake
 OpenRouter must have received nothing. An accepted request (the poison sat somewhere the route
 does not read) is read to its end and must not end in an `event: error`.
 
@@ -33,10 +35,16 @@ from tests.support import run_async
 SEED = int(os.environ.get("CORPUS_SEED", "16"))
 SIZE = 600
 # The corpus in this many tests, each with a server and database of its own, so that parallel
-# test processes share it out (one case in SHARDS each, the whole corpus between them).
-SHARDS = 4
+# test processes share it out (one case in SHARDS each, the whole corpus between them). Six:
+# about 480 cases each, what four shards had before /v1, keys, shares and feedback came.
+SHARDS = 6
 LIMIT = 200  # max_message_chars of the server under test
 ADMIN = "corpus-admin-token"
+MODEL = "openai/gpt-4o"  # in the fake OpenRouter's catalog
+OPENAI_ERROR = {"message", "type", "code", "param"}  # /v1's error shape
+# What the app answers around a /v1 handler, in its own shape there too (app/http/openapi.py):
+# the body limit's 413 for a declared Content-Length, before any route is reached.
+AROUND_V1 = {"body_too_large", "method_not_allowed", "database_unavailable"}
 
 # Every name the app reads from a JSON body or a query string. A new field belongs here; the
 # routes themselves come from the app.
@@ -50,6 +58,13 @@ BODY_FIELDS = [
     "fallback_models",
     "temperature",
     "max_tokens",
+    "rating",  # feedback
+    "comment",
+    "label",  # service keys
+    "models",
+    "store_content",
+    "messages",  # /v1/chat/completions
+    "metadata",
     "unknown_field",
 ]
 QUERY_NAMES = [
@@ -65,7 +80,7 @@ QUERY_NAMES = [
     "q",
     "last_event_id",
 ]
-HEADERS = ["last-event-id", "authorization", "idempotency-key", "content-type"]
+HEADERS = ["last-event-id", "authorization", "idempotency-key", "content-type", "x-job"]
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,11 @@ def endpoints(app) -> list[Endpoint]:
     return found
 
 
+def openai_shaped(endpoint: Endpoint) -> bool:
+    """/v1 is OpenAI's API: called with a service key, refusing in OpenAI's error shape."""
+    return endpoint.path.startswith("/v1/")
+
+
 def slots(endpoint: Endpoint) -> list[Slot]:
     found = [Slot("path", name) for name in endpoint.params]
     found += [Slot("query", name) for name in QUERY_NAMES]
@@ -208,6 +228,9 @@ BODY_BASES: list[dict[str, Any]] = [
     {"message": "hi"},
     {"question": "hi"},
     {"temperature": 0.5},
+    {"rating": "up"},
+    {"label": "corpus", "models": "*"},
+    {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
     {},
 ]
 QUERY_BASES: list[dict[str, str]] = [{"message": "hi"}, {"question": "hi"}, {}]
@@ -217,25 +240,63 @@ class Runner:
     def __init__(self, http: httpx.AsyncClient, database, fake) -> None:
         self.http, self.database, self.fake = http, database, fake
         self.ids: dict[str, str] = {}
+        self.service_key = ""  # `sc-…`: /v1's bearer
         self.bases: dict[Endpoint, tuple[dict[str, Any], dict[str, str]]] = {}
         self.digest: str | None = None  # PostgreSQL: one query digesting every table
 
     async def seed(self) -> None:
-        """A finished chat turn whose ids are the path parameters' valid values."""
+        """A finished chat turn, a live link to it and a live service key: their ids are the
+        path parameters' valid values, so a poison is tried on a route that would answer."""
         response = await self.http.post("/api/chat", json={"message": "seed", "stream": False})
         assert response.status_code == 200, response.text
         seeded = response.json()
         self.ids = {
+            **self.ids,
             "conversation_id": seeded["conversation_id"],
             "message_id": seeded["message_id"],
             "agent": "chat",
             "user_id": "dev",
             "path": "style.css",
+            "model_id": MODEL,
         }
+        await self.share()
+        if "key_id" not in self.ids:
+            await self.make_key()
 
-    async def seeded_is_there(self) -> bool:
-        response = await self.http.get(f"/api/conversations/{self.ids['conversation_id']}")
-        return response.status_code == 200
+    async def share(self) -> None:
+        path = f"/api/conversations/{self.ids['conversation_id']}/share"
+        response = await self.http.post(path, headers=self.as_admin)
+        assert response.status_code == 201, response.text
+        self.ids["token"] = response.json()["token"]
+
+    async def make_key(self) -> None:
+        body = {"label": "corpus", "models": "*"}
+        response = await self.http.post("/api/admin/keys", json=body, headers=self.as_admin)
+        assert response.status_code == 201, response.text
+        self.ids["key_id"], self.service_key = response.json()["id"], response.json()["key"]
+
+    async def restore(self) -> None:
+        """Put back what an accepted request took away: the seeded conversation (a DELETE
+        whose poison sat where it is not read), its link (revoked, or replaced by a new one),
+        the service key (revoked)."""
+        conversation = await self.http.get(
+            f"/api/conversations/{self.ids['conversation_id']}", headers=self.as_admin
+        )
+        if conversation.status_code != 200:
+            await self.seed()
+        elif (await self.http.get(f"/api/shared/{self.ids['token']}")).status_code != 200:
+            await self.share()
+        key = await self.http.get("/v1/models", headers=self.as_service)
+        if key.status_code != 200:
+            await self.make_key()
+
+    @property
+    def as_admin(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {ADMIN}"}
+
+    @property
+    def as_service(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.service_key}"}
 
     def path(self, endpoint: Endpoint, poisoned: tuple[str, str] | None = None) -> str:
         path = endpoint.path
@@ -254,8 +315,9 @@ class Runner:
         headers: dict[str, str],
     ) -> httpx.Response:
         url = path + (f"?{query}" if query else "")
+        bearer = self.service_key if openai_shaped(endpoint) else ADMIN
         # As bytes: httpx would refuse a non-ASCII str, and HTTP carries Latin-1 anyway.
-        all_headers = {"authorization": f"Bearer {ADMIN}".encode()} | {
+        all_headers = {"authorization": f"Bearer {bearer}".encode()} | {
             name: value.encode("latin-1") for name, value in headers.items()
         }
         if body is not None:
@@ -290,8 +352,9 @@ class Runner:
                 text = (await self.http.get(response.json()["stream_url"])).text
             if "event: error" in text:
                 problem = f"accepted, then ended with an error event: {text[-300:]!r}"
-            if response.request.method == "DELETE" and not await self.seeded_is_there():
-                await self.seed()
+            request = response.request
+            if request.method == "DELETE" or request.url.path.endswith("/share"):
+                await self.restore()
         return problem
 
     def request_parts(self, case: Case) -> dict[str, Any]:
@@ -361,7 +424,10 @@ class Runner:
         elif response.status_code >= 400:
             try:
                 error = response.json()["error"]
-                assert set(error) == {"code", "message"}, error
+                ours = {"code", "message"}
+                if openai_shaped(case.endpoint) and error["code"] not in AROUND_V1:
+                    ours = OPENAI_ERROR
+                assert set(error) == ours, error
             except Exception:
                 problems.append(f"not a JSON error: {response.status_code} {response.text[:200]!r}")
         failed_after_start = await self.settle(response)
