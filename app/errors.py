@@ -59,7 +59,7 @@ async def api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    # Codes spelled out where they are raised, so the README's table can be checked against
+    # Codes spelled out where they are raised, so docs/api.md's table can be checked against
     # them (tests/http/test_error_codes.py). The headers carry what the status needs, e.g.
     # `Allow` for a 405.
     if exc.status_code == 404:

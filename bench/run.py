@@ -116,7 +116,12 @@ class Group:
         return sum(server.memory_kb(key) for server in self.servers)
 
 
-def _wait_for_port(server: Server, timeout: float = 20.0) -> None:
+# A bound on waiting for a server to listen, not a speed: a loaded machine (the test suite runs
+# these beside other tests) can take tens of seconds to start a Python process.
+START_LIMIT = 60.0
+
+
+def _wait_for_port(server: Server, timeout: float = START_LIMIT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

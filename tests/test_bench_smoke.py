@@ -17,10 +17,11 @@ import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
 
-# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), one
-# at a time on one worker (they measure CPU per reply, and each starts several servers that
-# must come up within the benchmark's own time limit).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("benchmarks")]
+# Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), and
+# spread over the workers like any test. Nothing here asserts a speed, and a benchmark waits
+# up to a minute for each of its servers to listen (bench/run.py's START_LIMIT), so running
+# beside other tests slows them without failing them.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["upstream", "passthrough", "passthrough-1", "ours"]
@@ -176,7 +177,10 @@ def test_the_scale_out_benchmark_measures_both_configurations():
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is missing in CI")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    args = ["--levels", "2", "--tokens", "3", "--delay", "0.005", "--duration", "0.2"]
+    # A reply of 1 s: B's follower times the tokens that reach it after it attached (those
+    # before come at once), so a reply must outlast its attaching, which on a loaded machine
+    # took longer than 3 tokens 5 ms apart ("(0 tokens)").
+    args = ["--levels", "2", "--tokens", "10", "--delay", "0.1", "--duration", "0.2"]
     finished = run_bench("bench", "--processes", "2", "--redis", *args, timeout=180)
     lines = finished.stdout.splitlines()
     for label in ("database", "redis"):

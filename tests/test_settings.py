@@ -253,7 +253,7 @@ def test_development_without_a_key_answers_from_the_simulator(start_server, fake
 
 
 def test_the_development_simulator_makes_a_long_reply_on_request(start_server):
-    # The directive the README gives for trying stop and resume by hand.
+    # The directive docs/api.md gives for trying stop and resume by hand.
     server = start_server(app_env="development", openrouter_api_key=None)
     with httpx.Client(base_url=server.url, timeout=10) as http:
         events = read_sse(

@@ -1,11 +1,11 @@
 """An exact in-memory moving window for `limits`' MovingWindowRateLimiter that never waits.
 
-`limits`' own async memory storage keeps the same window, but every hit schedules its expiry
-task, which takes each key's lock and then hops to a thread (`asyncio.to_thread`) to bisect
-that key's hits. A turn counted meanwhile waits on the lock for the hop: under the bench's 50
-streams of one user, the stage probe's `admitted` stage took 39 ms p50 (89aae90). Its sliding
-window counter has no such wait, but it is approximate: it let a second turn through at a
-minute's edge under a limit of 1.
+`limits`' own async memory storage keeps the same window, but every hit schedules its expiry task,
+which takes each key's lock and then hops to a thread (`asyncio.to_thread`) to bisect that key's
+hits. A turn counted meanwhile waits on the lock for the hop: under the bench's 50 streams of one
+user, the stage probe's `admitted` stage took 39 ms p50 (89aae90; `python -m bench --profile
+production --stages`). Its sliding window counter has no such wait, but it is approximate: it let a
+second turn through at a minute's edge under a limit of 1.
 
 Here each key keeps the times of its hits inside the window, newest first, and a hit trims the
 expired ones at the old end before it counts: the same exact "at most N in any window" with

@@ -17,6 +17,7 @@ import sys
 
 from app.commands.migrate import migrate_database
 from app.commands.serve import serve
+from app.core.version import VERSION
 from app.ops.logging import configure_logging
 from app.settings import ConfigError, DatabaseSettings, load_settings, refuse_to_start
 from app.storage.database import DatabaseUnreachable
@@ -24,6 +25,7 @@ from app.storage.database import DatabaseUnreachable
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"streamchat {VERSION}")
     parser.add_argument(
         "command", nargs="?", default="serve", choices=["serve", "migrate", "check", "token"]
     )

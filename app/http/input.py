@@ -25,7 +25,7 @@ _UNSENDABLE = re.compile("[\x00\ud800-\udfff]")
 # Printable ASCII, space included: what every HTTP client can send in a header as it is.
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
 # The code for each text field over MAX_MESSAGE_CHARS: spelled out, not built from the field's
-# name, so the README's table of codes can be checked against the source.
+# name, so docs/api.md's table of codes can be checked against the source.
 TOO_LONG = {
     "message": "message_too_long",
     "context": "context_too_long",

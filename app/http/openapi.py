@@ -7,7 +7,7 @@ OpenAPI's own form, filled in here so each route says only what is its own:
 
     responses:
       200: the conversation            # a description
-      404: conversation_not_found      # an error: the codes it may carry (README's table)
+      404: conversation_not_found      # an error: the codes it may carry (docs/api.md's table)
       422: invalid_field invalid_query
 
 - an error response (4xx, 5xx) written as codes becomes `{"error": {"code", "message"}}`
@@ -51,7 +51,7 @@ INFO = {
     "version": "1",
     "description": "A streaming chat and coach server: replies over Server-Sent Events, "
     "conversations, costs and budgets. Errors before a stream starts are "
-    '`{"error": {"code", "message"}}` (README: Error codes).',
+    '`{"error": {"code", "message"}}` (docs/api.md: Error codes).',
 }
 
 # Routes that answer without the database.
@@ -59,7 +59,7 @@ NO_DATABASE = {
     *("/", "/openapi.json", "/admin/costs", "/metrics", "/shared/{token}"),
     *("/api/me", "/api/catalog", "/api/models", "/api/admin/stages"),
 }
-# `/api/` routes anyone may call under AUTH_MODE=jwt (README: Endpoints).
+# `/api/` routes anyone may call under AUTH_MODE=jwt (docs/api.md: Endpoints).
 PUBLIC_API = {"/api/catalog", "/api/models", "/api/shared/{token}"}
 IDENTITY = {
     "401": "unauthorized invalid_token token_expired",

@@ -6,7 +6,8 @@ task sse-starlette cancels at a stream's end keeps its `CancelledError`, whose t
 the frames it passed through. So the cyclic collector runs all the time under load, and every
 few seconds it makes a full pass, which also walks the ~80,000 objects that start-up left
 alive (modules, tables, catalogs) and that will live as long as the process. Nothing runs
-while it does: the longest pause measured was 79-85 ms at 50 streams, 120 ms at 200.
+while it does: the longest pause measured was 79-85 ms at 50 streams, 120 ms at 200
+(`python -m bench.collector`, which measures with and without the freeze).
 
 `gc.freeze()` once start-up is done takes those objects out of every later collection: the
 longest pause fell to 14-26 ms at 50 streams and 62 ms at 200. The server's CPU per reply did
@@ -32,7 +33,8 @@ def start_up_frozen() -> Iterator[None]:
     global _serving
     if _serving == 0:
         # No gc.collect() first, as is usual before freezing: at the end of our start-up it
-        # found nothing to free, and took ~45 ms (every test's app start would pay it).
+        # found nothing to free, and took ~45 ms (every test's app start would pay it; timed
+        # once by hand, no benchmark reruns it).
         gc.freeze()
     _serving += 1
     try:

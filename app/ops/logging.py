@@ -124,7 +124,8 @@ def configure_logging(*, json_lines: bool = False) -> None:
     root.setLevel(logging.INFO)
     # httpx logs every request it makes at INFO: a second line per reply beside the access
     # log, saying only that OpenRouter answered (our own lines say when it did not), and ~2%
-    # of the server's CPU under load (py-spy, bench/).
+    # of the server's CPU under load (py-spy on `python -m bench --levels 50`'s server,
+    # docs/benchmarks.md step 10).
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

@@ -33,7 +33,7 @@ KEY_CHECK_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class KeyStatus:
-    code: str | None  # None: the key works; else why not (an error code of the README's table)
+    code: str | None  # None: the key works; else why not (an error code of docs/api.md's table)
     message: str
     limit_remaining: Decimal | None = None  # USD; None: the key has no limit (or unknown)
     usage: Decimal | None = None

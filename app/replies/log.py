@@ -35,7 +35,8 @@ class ReplyLog:
         self.feed: Feed | None = None
         self._ping_interval = ping_interval
         # Followers and `wait` callers asleep until the log grows: a future each while they
-        # wait, rather than a new Event per event appended (an Event's deque is ~0.7 KB).
+        # wait, rather than a new Event per event appended (an Event's deque is ~0.7 KB:
+        # python -m bench --idle 1000, docs/benchmarks.md step 8).
         self._waiters: list[asyncio.Future[None]] = []
 
     def append(self, event: Event, payload: dict[str, Any]) -> None:
@@ -137,7 +138,8 @@ class _Pings:
 
     An object and a bound method, not a closure over `follow`'s frame: a closure that re-arms
     itself refers to itself, so each finished run waited for the cyclic garbage collector
-    (measured: ~300 dead runs held at 50 streams, +8 MB of peak memory).
+    (measured: ~300 dead runs held at 50 streams, +8 MB of peak memory: `python -m bench
+    --levels 50`'s peak MB, docs/benchmarks.md step 9).
     """
 
     __slots__ = ("_interval", "_timer", "due", "waiter")

@@ -115,7 +115,8 @@ class Outbox:
                 if ended or feed.sent == 0:
                     # In between, `_keep_alive` renews the live TTL: one command per event
                     # less. (At 1 stream, where every event is a pipeline of its own, Redis
-                    # costs ~+46% CPU per reply with or without it: bench --processes 2.)
+                    # costs ~+46% CPU per reply with or without it: python -m bench
+                    # --processes 2 --redis --levels 1.)
                     pipe.pexpire(feed.key, self._ended_ms if ended else self._live_ms)
                 feed.sent += len(events)
                 batch.append(feed)

@@ -22,7 +22,7 @@ and later. Everything that spells an event or a frame is here:
                           rebuilt from it (`replay`)
     final_body            a `"stream": false` answer, built from the events
 
-The browser's side of the same format is app/static (app.js, coach.js); the README's event
+The browser's side of the same format is app/static (app.js, coach.js); docs/api.md's event
 table says what each event's data holds.
 """
 

@@ -36,6 +36,8 @@ const els = {
   jump: $('[data-testid="jump-latest"]'),
   undo: $('[data-testid="undo-bar"]'),
   signIn: $('[data-testid="sign-in-needed"]'),
+  modelButton: $('[data-testid="model-button"]'),
+  modelName: $('[data-testid="model-button-name"]'),
 };
 
 const state = {
@@ -58,8 +60,15 @@ const state = {
   // Deletions waiting out their few seconds of undo: conversation id -> {timer, send}.
   deleting: new Map(),
   signedOut: false, // the server refused the page's sign-in: the composer is off
+  // The models the chat agent offers (GET /api/agents/chat/models) and its default; `model` is
+  // the open conversation's (sticky on the server), or the one picked for the next message;
+  // null: the default, and then no model is sent.
+  models: [],
+  defaultModel: null,
+  model: null,
 };
 let coach = null; // the coach panel beside the conversation (mounted at the end)
+const picker = window.StreamchatPicker.create();
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
 const STATUS_LABELS = { streaming: 'streaming…', reconnecting: 'reconnecting…' };
@@ -67,6 +76,11 @@ const STATUS_LABELS = { streaming: 'streaming…', reconnecting: 'reconnecting�
 const FINISH_NOTES = {
   length: 'Cut off at the token limit.',
   content_filter: 'Stopped by the provider\'s content filter.',
+};
+
+// A reply's error said as what to do, where the code alone tells it.
+const ERROR_NOTES = {
+  context_length_exceeded: "This conversation is too long for this model's context. Choose a model with a larger context, or start a new chat.",
 };
 
 // ---------- helpers ----------
@@ -139,6 +153,14 @@ function refusal(res, error) {
       : `Not sent: too many messages in a minute. Try again in ${wait || 'a few'} seconds.`;
   }
   if (error.code === 'server_busy') return `Not sent: the server is busy. Try again in ${wait || 'a few'} seconds.`;
+  const model = error.model || 'this model';
+  if (error.code === 'model_not_allowed') return `Not sent: ${model} is not one of the models you can choose here. Choose another one.`;
+  if (error.code === 'unknown_model') return `Not sent: ${model} is no longer offered. Choose another model.`;
+  if (error.code === 'reasoning_not_supported') return `Not sent: ${model} cannot reason step by step as asked. Choose a model marked Reasoning.`;
+  if (error.code === 'message_too_long_for_model') {
+    const window = error.context_length ? `, whose context holds ${Number(error.context_length).toLocaleString()} tokens` : '';
+    return `Not sent: this message is too long for ${model}${window}. Shorten it, or choose a model with a larger context.`;
+  }
   if (error.code === 'price_unknown') {
     return `Not sent: the price of ${error.model || 'this model'} is not known, and your spending has a limit, so this message cannot be priced in advance. Try again later, or ask the operator to choose another model.`;
   }
@@ -269,11 +291,12 @@ function createView(m) {
     v.thinkingLabel, h('div', { class: 'msg-thinking-text', 'data-testid': 'thinking-text' }, v.thoughts));
   v.citations = h('ol', { class: 'msg-citations', 'data-testid': 'citations', hidden: true });
   v.note = h('p', { class: 'msg-note', 'data-testid': 'finish-note', hidden: true });
+  v.history = h('p', { class: 'msg-note msg-history', 'data-testid': 'history-note', hidden: true });
   v.el = h('article', {
     class: `msg msg-${m.role}`, 'data-testid': 'message', 'data-role': m.role, 'data-message-id': m.id,
   },
   h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.time, v.badge),
-  v.thinking, v.content, v.note, v.citations, v.error);
+  v.thinking, v.content, v.note, v.history, v.citations, v.error);
   addMessageTools(v, m);
   for (const a of m.annotations || []) addCitation(v, a);
 
@@ -309,7 +332,19 @@ function updateView(v, m) {
     v.note.hidden = !note;
     v.note.textContent = note || '';
   }
-  if (v.model && 'model' in m && (m.model || !v.model.textContent)) v.model.textContent = m.model || 'model —';
+  if (v.model && 'model' in m && (m.model || !v.model.textContent)) {
+    v.modelId = m.model;
+    v.model.textContent = m.model || 'model —';
+    v.model.title = m.model ? `Answered by ${modelName(m.model)}` : '';
+  }
+  // Earlier messages the model's context could not take (whole turns, oldest first).
+  if ('history' in m) {
+    const left = m.history?.left_out || 0;
+    v.history.hidden = !left;
+    v.history.textContent = left === 1
+      ? "1 earlier message was not sent: it does not fit this model's context."
+      : `${left} earlier messages were not sent: they do not fit this model's context.`;
+  }
   if (v.tokens && 'usage' in m) {
     const u = m.usage;
     v.tokens.hidden = !u;
@@ -317,7 +352,7 @@ function updateView(v, m) {
   }
   if (v.cost && 'cost_usd' in m) v.cost.textContent = formatUsd(m.cost_usd);
   if ('error' in m) {
-    const msg = m.error && (m.error.message || m.error.code);
+    const msg = m.error && (ERROR_NOTES[m.error.code] || m.error.message || m.error.code);
     v.error.hidden = !msg;
     v.error.textContent = msg || '';
   }
@@ -405,9 +440,20 @@ function addMessageTools(v, m) {
       type: 'button', class: 'btn-link', 'data-testid': 'copy-reply', 'aria-label': 'Copy this reply',
     }, 'Copy');
     copy.addEventListener('click', () => markdown.copyText(v.raw, copy));
+    const again = h('button', {
+      type: 'button', class: 'btn-link', 'data-testid': 'regenerate-with', 'aria-haspopup': 'dialog',
+      'aria-expanded': 'false', hidden: !state.models.length,
+    }, 'Regenerate with…');
+    again.addEventListener('click', () => {
+      if (busy()) return;
+      picker.open({
+        anchor: again, heading: 'Regenerate with', models: state.models, selected: v.modelId, placement: 'auto',
+        onPick: (id) => regenerate(m.id, id),
+      });
+    });
     tools.append(copy, h('button', {
       type: 'button', class: 'btn-link', 'data-testid': 'regenerate', onclick: () => regenerate(m.id),
-    }, 'Regenerate'));
+    }, 'Regenerate'), h('span', { class: 'model-choice' }, again));
     addFeedback(v, tools);
   } else if (m.role === 'user') {
     tools.append(h('button', {
@@ -515,8 +561,9 @@ async function branchOff(url, body) {
   await openConversation(state.openId);
 }
 
-function regenerate(messageId) {
-  return branchOff(`/api/messages/${encodeURIComponent(messageId)}/regenerate`);
+// `model`: "Regenerate with…" a model of the list; without it, the conversation's.
+function regenerate(messageId, model) {
+  return branchOff(`/api/messages/${encodeURIComponent(messageId)}/regenerate`, model ? { model } : undefined);
 }
 
 function startEdit(v) {
@@ -536,7 +583,7 @@ function startEdit(v) {
     const text = input.value.trim();
     if (!text) return;
     close();
-    branchOff(`/api/messages/${encodeURIComponent(v.id)}/edit`, { message: text });
+    branchOff(`/api/messages/${encodeURIComponent(v.id)}/edit`, state.model ? { message: text, model: state.model } : { message: text });
   };
   input.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); save(); }
@@ -609,6 +656,7 @@ function startStream(url, v, { focusStop = false } = {}) {
     if (refocus) els.input.focus({ preventScroll: true });
     loadConversations();
     loadUsage();
+    loadModels();
     const listed = state.conversations.find((c) => c.id === conversationId);
     if (status === 'complete' && conversationId && listed?.titled !== true) refreshTitle(conversationId);
   };
@@ -616,7 +664,7 @@ function startStream(url, v, { focusStop = false } = {}) {
   state.stream = window.StreamchatStream.open(url, {
     open: () => { if (v.el.dataset.status === 'streaming') updateView(v, { status: 'streaming' }); },
     reconnecting: () => { v.badge.textContent = STATUS_LABELS.reconnecting; },
-    meta: (d) => updateView(v, { model: d.model }),
+    meta: (d) => updateView(v, { model: d.model, history: d.history ?? null }),
     reasoning: (text) => {
       appendThought(v, text);
       followEnd();
@@ -700,6 +748,7 @@ async function send() {
   const seq = state.navSeq;
   const body = { message: text };
   if (state.openId) body.conversation_id = state.openId;
+  if (state.model) body.model = state.model;
 
   let res;
   try {
@@ -710,6 +759,7 @@ async function send() {
     showError(err);
     els.input.focus();
     loadUsage();
+    loadModels();
     return;
   }
   state.sending = false;
@@ -733,6 +783,43 @@ async function send() {
   startStream(res.stream_url, v, { focusStop: hadFocus });
   loadConversations();
 }
+
+// ---------- the model ----------
+
+function modelName(id) {
+  return state.models.find((m) => m.id === id)?.name || id;
+}
+
+// The model the next message goes to: the conversation's (null: the agent's default).
+function showModel(id) {
+  state.model = id;
+  const shown = id || state.defaultModel;
+  els.modelName.textContent = shown ? modelName(shown) : '';
+  els.modelButton.title = shown ? `Replies come from ${shown}${id ? '' : ' (the default)'}. Change the model` : '';
+}
+
+// The list, again after each reply: what the budgets leave changes which models can be afforded.
+async function loadModels() {
+  const data = await api('GET', '/api/agents/chat/models').catch(() => null);
+  if (!data) return;
+  state.models = data.models || [];
+  state.defaultModel = data.default_model;
+  els.modelButton.hidden = !state.models.length;
+  for (const b of els.messages.querySelectorAll('[data-testid="regenerate-with"]')) b.hidden = !state.models.length;
+  showModel(state.model);
+}
+
+els.modelButton.addEventListener('click', () => picker.open({
+  anchor: els.modelButton,
+  heading: 'Model for this conversation',
+  models: state.models,
+  selected: state.model || state.defaultModel,
+  onPick: (id) => {
+    // The default is sent as no model: the conversation then follows the agent's default.
+    showModel(id === state.defaultModel && !state.openId ? null : id);
+    els.input.focus();
+  },
+}));
 
 // ---------- conversations ----------
 
@@ -842,6 +929,7 @@ async function showConversation(conv, { resume = true, seq = state.navSeq } = {}
   closeStream();
   clearMessages();
   setHeader(conv.title, conv.total_cost_usd);
+  showModel(conv.model ?? null);
   const messages = conv.messages || [];
   for (const m of messages) appendMessage(m);
   scrollToEnd(); // a conversation opens at its latest message
@@ -868,6 +956,7 @@ function newChat({ focus = true } = {}) {
   setHash(null);
   clearMessages();
   setHeader(null, null);
+  showModel(null); // a new chat starts on the agent's default
   renderList();
   if (focus) els.input.focus();
 }
@@ -1078,5 +1167,6 @@ coach = window.Coach.mount(document.getElementById('coach'), { getConversationId
 
 loadConversations();
 loadUsage();
+loadModels();
 const initial = hashId();
 if (initial) openConversation(initial);

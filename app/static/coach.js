@@ -1,8 +1,9 @@
 // Embeddable coach widget.
 //   <div id="coach"></div>
 //   <script src="/static/coach.js" data-target="#coach" data-context-selector="#article"
-//           data-token="<the host app's JWT for this user>"></script>
-// or: Coach.mount(element, { contextSelector, getConversationId, endpoint, token, getToken })
+//           data-token="<the host app's JWT for this user>" data-model="openai/gpt-4o-mini"></script>
+// (data-model is optional: the model the coach answers with; without it, the coach's own)
+// or: Coach.mount(element, { contextSelector, getConversationId, endpoint, token, getToken, model })
 // Sign-in (docs/auth.md): a token from `data-token` / `token`, or from `getToken()` (the option,
 // else `window.streamchatGetToken`), sent as `Authorization: Bearer`. Without one (development)
 // nothing is sent.
@@ -284,6 +285,8 @@
         input.focus();
         return;
       }
+      // The host page's choice of model (`data-model`, or `model` to mount); none: the coach's own.
+      if (opts.model) body.model = opts.model;
 
       const hadFocus = form.contains(document.activeElement);
       setStatus('sending');
@@ -383,6 +386,7 @@
       if (el) {
         mount(el, {
           contextSelector: script.dataset.contextSelector, endpoint: script.dataset.endpoint, token: script.dataset.token,
+          model: script.dataset.model,
         });
       }
     };

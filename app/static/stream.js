@@ -2,7 +2,7 @@
 // (coach.js): an EventSource that the browser reconnects by itself (the server resumes after
 // Last-Event-ID), that drops an event replayed after a reconnect (appending it twice would
 // corrupt the text), and that closes for good on `done` or `error`, so it does not reconnect to
-// a finished reply forever. The event names are the wire's (README: "The stream").
+// a finished reply forever. The event names are the wire's (docs/api.md: "The streaming contract").
 (() => {
   'use strict';
   if (window.StreamchatStream) return; // loaded twice (the page and an embedded widget)

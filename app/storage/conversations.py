@@ -68,7 +68,8 @@ def conversations_page(
     subquery on that conversation's own index range. Joining grouped counts of all `messages`
     and costs of all `generations` to the page instead took 221 ms p50 on SQLite (1,355 ms on
     PostgreSQL) with 50k conversations, 1M messages and 500k generations, whatever the page
-    size; now 4-5 ms on either, a first page or one 25,000 conversations in. With `agent`, the
+    size; now 4-5 ms on either, a first page or one 25,000 conversations in (timed by hand;
+    `python -m bench.growth` measures the list on 1,000,000 messages). With `agent`, the
     rows of the user's other agents in between are read and skipped (no index per agent: one
     more to update on every turn, for a filter only the page's sidebar uses).
     """

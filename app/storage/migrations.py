@@ -267,7 +267,8 @@ def _generations_by_start(dialect: sa.engine.Dialect) -> list[str]:
     """Cost reports (app/billing/reports.py) read a range of `started_at`, and the line-item
     export pages through it in (started_at, id) order. On PostgreSQL the index also carries
     every column a grouped report reads (INCLUDE), so a report is an index-only scan of its
-    range instead of a read of the whole table: measured in docs/operations.md."""
+    range instead of a read of the whole table: measured by `python -m bench.reports`
+    (docs/operations.md, "Measured")."""
     if dialect.name == "postgresql":
         return [
             "CREATE INDEX ix_generations_started_at ON generations (started_at, id) INCLUDE "
@@ -314,8 +315,9 @@ def _budget_totals(dialect: sa.engine.Dialect) -> list[str]:
     delete, in the same transaction (app/storage/budgets.py).
 
     Why: a turn's check summed every reservation of the period, so its cost grew with the
-    user's turns that day and, under a global cap, with everyone's (measured in bench/: +24% CPU
-    per reply with budgets on at 50 streams, after a few thousand turns of one user). Reading
+    user's turns that day and, under a global cap, with everyone's (`python -m bench --variants
+    budgets`: +24% CPU per reply with budgets on at 50 streams, after a few thousand turns of one
+    user; docs/benchmarks.md, seventh round). Reading
     three rows by primary key costs the same on the millionth turn as on the first.
 
     The global row is locked first on PostgreSQL (the rows of one trigger in the order listed,
@@ -409,7 +411,8 @@ def _generation_users(dialect: sa.engine.Dialect) -> list[str]:
     none is ever deleted). Rows with neither keep none: `python -m app check` pings, and those
     of conversations deleted before reservations existed (migration 7). Every row is rewritten
     once, in the migration's transaction (on PostgreSQL the covering index is dropped first and
-    built again after, with `user_id` in it): measured in docs/operations.md.
+    built again after, with `user_id` in it): measured by `python -m bench.reports`
+    (docs/operations.md, "Measured").
     """
     statements = ["ALTER TABLE generations ADD COLUMN user_id VARCHAR(64)"]
     if dialect.name == "postgresql":
@@ -438,15 +441,15 @@ def _report_group_statistics(dialect: sa.engine.Dialect) -> list[str]:
     """What PostgreSQL's planner needs to know to aggregate a report by hashing: how many
     groups its keys make (app/billing/reports.py groups by these very expressions).
 
-    Without it, the planner takes a report's day, `date(timezone('UTC', started_at))`, to have
-    as many values as `started_at` (one per row), so a year of 1M generations looks like 1M
-    groups: too many to hash in `work_mem`, it sorted all 1M rows instead, on disk. With
-    statistics on the keys (ndistinct of each and of their combinations), it knows a year has
-    365 days and ~2,000 (day, model) pairs and hashes them in a few MB: measured in
-    docs/operations.md, "Measured". Expression statistics need PostgreSQL 14; on an older
-    server this does nothing (and reports sort, as before). ANALYZE fills them now rather
-    than whenever autovacuum next analyzes a big table (a sample of its rows: under a second
-    for 1M). SQLite has no such planner choice: nothing to do.
+    Without it, the planner takes a report's day, `date(timezone('UTC', started_at))`, to have as
+    many values as `started_at` (one per row), so a year of 1M generations looks like 1M groups: too
+    many to hash in `work_mem`, it sorted all 1M rows instead, on disk. With statistics on the keys
+    (ndistinct of each and of their combinations), it knows a year has 365 days and ~2,000 (day,
+    model) pairs and hashes them in a few MB: measured by `python -m bench.reports`
+    (docs/operations.md, "Measured"). Expression statistics need PostgreSQL 14; on an older server
+    this does nothing (and reports sort, as before). ANALYZE fills them now rather than whenever
+    autovacuum next analyzes a big table (a sample of its rows: under a second for 1M). SQLite has
+    no such planner choice: nothing to do.
     """
     if dialect.name != "postgresql":
         return []

@@ -1,12 +1,13 @@
 """PostgreSQL's writer: each write one transaction on a connection of the `databases` pool.
 
-PostgreSQL takes concurrent writers itself (row locks, MVCC), so there is nothing to serialize
-or group here, unlike SQLite (`app/storage/sqlite_writer.py`). What is shared with it: a
-statement is compiled once (`app/storage/plans.py`) and run straight on asyncpg, which
-prepares each SQL text once per connection. Through `databases`, every statement was compiled
-by SQLAlchemy anew, and a `(statement, values)` step was first copied to carry its values:
-py-spy on the production profile's PostgreSQL target at 20 streams found 59% of the server's
-busy time in this writer, 18% in that copy alone.
+PostgreSQL takes concurrent writers itself (row locks, MVCC), so there is nothing to serialize or
+group here, unlike SQLite (`app/storage/sqlite_writer.py`). What is shared with it: a statement is
+compiled once (`app/storage/plans.py`) and run straight on asyncpg, which prepares each SQL text
+once per connection. Through `databases`, every statement was compiled by SQLAlchemy anew, and a
+`(statement, values)` step was first copied to carry its values: py-spy on the production profile's
+PostgreSQL target at 20 streams (`python -m bench --profile production --levels 20`,
+docs/benchmarks.md, "What this round cut") found 59% of the server's busy time in this writer, 18%
+in that copy alone.
 
 A write still takes its connection from `databases` (the task's own, if it holds one), so it
 shares the pool, and a write made inside a `databases` transaction is a savepoint of it.

@@ -1,11 +1,11 @@
 """SQLite's one writer: one connection, the writes committed in groups, right on the event loop.
 
-SQLite runs one write transaction at a time. Through `databases`' aiosqlite backend, each
-statement, BEGIN and COMMIT of a write was a round trip between the event loop and a
-connection thread, and each statement was compiled by SQLAlchemy anew. Measured in `bench/`,
-that was over a third of the server's CPU per reply, and moving the whole transaction to a
-thread did not help: the thread waits for the GIL (up to the 5 ms switch interval) each time
-SQLite hands control back, so a three-statement write took 30 ms under load. So here:
+SQLite runs one write transaction at a time. Through `databases`' aiosqlite backend, each statement,
+BEGIN and COMMIT of a write was a round trip between the event loop and a connection thread, and
+each statement was compiled by SQLAlchemy anew. Measured with `python -m bench` (docs/benchmarks.md
+step 1), that was over a third of the server's CPU per reply, and moving the whole transaction to a
+thread did not help: the thread waits for the GIL (up to the 5 ms switch interval) each time SQLite
+hands control back, so a three-statement write took 30 ms under load. So here:
 
 - a write is a list of statements (each with its values, or none), applied in one
   transaction, with no reads in between (what a write needs to know, like the next `seq`, is
@@ -18,7 +18,8 @@ SQLite hands control back, so a three-statement write took 30 ms under load. So 
   reply makes) is compiled once to SQL and its parameters' converters, then executed straight
   on the sqlite3 connection, without SQLAlchemy's execution machinery around it (its
   context, parameter dict, result object): a reply's three writes cost 0.36 ms of CPU one
-  transaction each, against 0.57 through SQLAlchemy;
+  transaction each, against 0.57 through SQLAlchemy (500 replies timed through the store by
+  hand, docs/benchmarks.md step 10; `python -m bench` measures the CPU per reply around it);
 - the loop never waits on another process's lock: BEGIN IMMEDIATE is tried with no busy
   timeout, and while another writer holds the lock the group waits in `asyncio.sleep`, up to
   the busy timeout, instead of in SQLite's busy handler;
@@ -160,8 +161,8 @@ class SQLiteWriter:
         connection = sqlite3.connect(self._path, timeout=0, isolation_level=None)
         # In WAL mode, NORMAL syncs at checkpoints rather than at every commit: a commit
         # survives the process being killed, though not a power cut. A commit's fsync would
-        # otherwise block the event loop each time (measured: 175 us at best, 16 ms at p95
-        # with the disk busy).
+        # otherwise block the event loop each time (measured by hand: 175 us at best, 16 ms
+        # at p95 with the disk busy; docs/benchmarks.md step 1).
         connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 

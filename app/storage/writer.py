@@ -55,9 +55,10 @@ class Writer(Protocol):
     async def read_row(self, statement: sa.Select[Any], values: dict[str, Any]) -> Any | None:
         """The first row of a SELECT built once with bind parameters (None: no row). For a
         primary-key read on the hot path: on SQLite it runs on the writer's own connection, on
-        the event loop, rather than through a pool thread (measured in bench/: the override
-        read of every turn cost ~1 ms of CPU per reply through `databases`, 9% of the server's
-        busy time at 50 streams)."""
+        the event loop, rather than through a pool thread (the override read of every turn cost
+        ~1 ms of CPU per reply through `databases`, 9% of the server's busy time at 50
+        streams: py-spy on `python -m bench --levels 50`'s server, docs/benchmarks.md,
+        seventh round)."""
         ...
 
     async def close(self) -> None:
@@ -68,7 +69,8 @@ class Writer(Protocol):
 # The statements of the writes every reply makes are built once, with bind parameters, and
 # executed with a dict of values: SQLAlchemy then finds each one's compiled form in its cache
 # at once, where building a statement with `.values(...)` per call cost about five times its
-# execution (bench/, SQLite: 75-105 us against 13-19 us a statement).
+# execution (timed by hand on SQLite, docs/benchmarks.md step 1: 75-105 us against 13-19 us a
+# statement; `python -m bench` measures the CPU per reply around it).
 def binds(*names: str) -> dict[str, sa.BindParameter[Any]]:
     """A bind parameter for each column name, for a statement built once (a `(statement,
     values)` step)."""

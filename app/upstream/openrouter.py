@@ -409,7 +409,8 @@ def merge_reasoning_details(details: list[dict[str, Any]]) -> list[dict[str, Any
 
 def _decode_chunk(data: str) -> list[Event]:
     # Decoded here, not in stream_chat: its frame stays suspended between chunks, and a
-    # decoded chunk held there is ~1.5 KB of every idle stream.
+    # decoded chunk held there is ~1.5 KB of every idle stream (python -m bench --idle 1000,
+    # docs/benchmarks.md step 8).
     try:
         chunk = json.loads(data)
     except json.JSONDecodeError as exc:

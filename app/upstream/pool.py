@@ -1,10 +1,10 @@
 """The HTTP clients that call OpenRouter: a few `httpx.AsyncClient`s used in turn, not one.
 
-Why not one: httpcore's connection pool walks every pooled connection each time a request
-starts or ends (encode/httpcore#1035), so one client holding hundreds of open streams spends
-most of its CPU on that bookkeeping (measured in `bench/`: at 200 concurrent streams a raw
-pass-through on one client fell from about 200 to under 40 replies/s). Spreading the requests
-over several clients keeps each pool, and each walk, short.
+Why not one: httpcore's connection pool walks every pooled connection each time a request starts or
+ends (encode/httpcore#1035), so one client holding hundreds of open streams spends most of its CPU
+on that bookkeeping (`python -m bench`'s `passthrough-1` target against `passthrough`: at 200
+concurrent streams a raw pass-through on one client fell from about 200 to under 40 replies/s).
+Spreading the requests over several clients keeps each pool, and each walk, short.
 
 Each request goes to the client with the fewest requests in flight, the first one on a tie: at
 a few requests at a time they all use the first client and reuse its open connections, where

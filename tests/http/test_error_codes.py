@@ -1,4 +1,4 @@
-"""The README's table of error codes is the list the code raises, both ways, statuses included.
+"""docs/api.md's table of error codes is the list the code raises, both ways, statuses included.
 
 Read from the source, not from a run: every `ApiError(status, code, …)` and
 `error_response(status, code, …)` call in `app/`. A code must be spelled out there: a string,
@@ -88,25 +88,25 @@ def codes_in_source() -> dict[str, set[int | None]]:
     return codes
 
 
-def codes_in_readme() -> dict[str, str]:
-    """code -> its status cell, from the table under the README's "Error codes" heading."""
-    text = (ROOT / "README.md").read_text()
+def documented_codes() -> dict[str, str]:
+    """code -> its status cell, from the table under docs/api.md's "Error codes" heading."""
+    text = (ROOT / "docs" / "api.md").read_text()
     section = text.split("### Error codes", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `([a-z_]+)` \| ([^|]*) \|", section, flags=re.MULTILINE)
-    assert rows, "no table of error codes in the README"
+    assert rows, "no table of error codes in docs/api.md"
     return {code: status.strip() for code, status in rows}
 
 
-def test_every_code_raised_is_in_the_readme_and_every_code_listed_is_raised():
-    source, readme = codes_in_source(), codes_in_readme()
-    assert sorted(set(source) - set(readme)) == [], "raised, missing from the README's table"
-    assert sorted(set(readme) - set(source)) == [], "in the README's table, raised nowhere"
+def test_every_code_raised_is_in_the_docs_and_every_code_listed_is_raised():
+    source, documented = codes_in_source(), documented_codes()
+    assert sorted(set(source) - set(documented)) == [], "raised, missing from docs/api.md's table"
+    assert sorted(set(documented) - set(source)) == [], "in docs/api.md's table, raised nowhere"
 
 
-def test_the_readme_gives_each_code_the_statuses_it_is_raised_with():
-    source, readme = codes_in_source(), codes_in_readme()
+def test_the_docs_give_each_code_the_statuses_it_is_raised_with():
+    source, documented = codes_in_source(), documented_codes()
     for code, statuses in source.items():
-        listed = {int(s) for s in re.findall(r"\b[1-5]\d\d\b", readme[code])}
-        assert listed == {s for s in statuses if s is not None}, (code, readme[code])
+        listed = {int(s) for s in re.findall(r"\b[1-5]\d\d\b", documented[code])}
+        assert listed == {s for s in statuses if s is not None}, (code, documented[code])
         if None in statuses:  # a status decided at run time: the cell says so in words
-            assert re.search(r"[a-z]", readme[code]), (code, readme[code])
+            assert re.search(r"[a-z]", documented[code]), (code, documented[code])

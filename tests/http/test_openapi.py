@@ -1,4 +1,4 @@
-"""`GET /openapi.json` (app/http/openapi.py): every route is in it, with the README's error codes,
+"""`GET /openapi.json` (app/http/openapi.py): every route is in it, with docs/api.md's error codes,
 and a property-based tester (schemathesis) that reads it finds no 5xx and no answer the document
 does not describe, against a real server, on both databases."""
 
@@ -20,10 +20,10 @@ ADMIN_TOKEN = "an-admin-token-for-the-tester-" + "x" * 16
 UNDOCUMENTED = {"http_error", "internal_error"}
 
 
-def readme_codes() -> dict[str, set[int]]:
-    """The README's error table: code -> its statuses."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("### Error codes", 1)[1]
+def documented_codes() -> dict[str, set[int]]:
+    """docs/api.md's error table: code -> its statuses."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    table = text.split("### Error codes", 1)[1].split("\n#", 1)[0]
     codes: dict[str, set[int]] = {}
     for code, status in re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", table, re.MULTILINE):
         codes[code] = {int(s) for s in re.findall(r"\d{3}", status)}
@@ -51,7 +51,7 @@ def test_every_route_of_the_app_is_in_the_document(make_settings) -> None:
             assert any(s.startswith("2") for s in operation["responses"]), (method, path)
 
 
-def test_the_document_has_every_error_code_of_the_readme_with_its_status(make_settings) -> None:
+def test_the_document_has_every_error_code_of_the_docs_with_its_status(make_settings) -> None:
     paths = document(create_app(make_settings()).routes)["paths"]
     listed: dict[str, set[int]] = {}
     for operations in paths.values():
@@ -59,10 +59,10 @@ def test_the_document_has_every_error_code_of_the_readme_with_its_status(make_se
             for status, response in operation["responses"].items():
                 for code in response.get("x-error-codes", []):
                     listed.setdefault(code, set()).add(int(status))
-    readme = readme_codes()
-    assert set(listed) == set(readme) - UNDOCUMENTED
+    documented = documented_codes()
+    assert set(listed) == set(documented) - UNDOCUMENTED
     for code, statuses in listed.items():
-        assert statuses <= readme[code], code
+        assert statuses <= documented[code], code
 
 
 def _shapes(response: dict) -> set[str]:

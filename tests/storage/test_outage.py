@@ -1,4 +1,4 @@
-"""The database goes away while replies stream, and comes back (README: "When the database goes
+"""The database goes away while replies stream, and comes back (docs/api.md: "When the database goes
 away"): on PostgreSQL a server of this test's own stopped `-m immediate` (every connection cut)
 and started again; on SQLite its file made unavailable (its directory moved away, so no
 connection can open it) while another process holds its write lock.

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.core.outage import RETRY_AFTER_SECONDS, is_unavailable
+from app.core.version import VERSION
 from app.errors import ApiError, error_response
 from app.http.admin import require_admin
 from app.http.auth.errors import Unauthorized
@@ -48,6 +49,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(
         {
             "status": "ok",
+            "version": VERSION,
             "database": "ok",
             "live_replies": len(state.runs.live),
             "upstream": "simulator" if state.settings.use_simulator else "openrouter",
