@@ -27,6 +27,7 @@ from app.replies.breakpoints import with_breakpoints
 from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
+from app.replies.window import Window, windowed
 from app.storage.replies import TurnIds
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class Turn:
     # The most recent messages the turn may send before the user message, oldest first: as
     # many whole turns of them as fit the model's window go (app/replies/fitting.py).
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Whether last turn's history, and the next turn's, start where this one's does (the
+    # window moves in steps: app/replies/window.py): where its prefix can be read and written.
+    same_start_as_last: bool = False
+    same_start_as_next: bool = False
     # The user message made of the history kept, when the history goes inside it (the coach's
     # transcript) rather than before it.
     render: Callable[[Sequence[dict[str, Any]]], str] | None = None
@@ -107,7 +112,6 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
     agent = state.agents.effective("chat")
     stream = stream_flag(body)
     conversation_id = leaf = remembered = None
-    history: list[dict[str, Any]] = []
     if body.get("conversation_id") is not None:
         conversation = await _existing_conversation(
             state, body["conversation_id"], agent="chat", user_id=user_id
@@ -116,10 +120,7 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         conversation_id, leaf = conversation["id"], conversation["active_leaf_id"]
         remembered = conversation["model"]
     choice = await _choice(state, "chat", body, remembered=remembered)
-    if leaf is not None:
-        history = await state.store.replies.history(
-            leaf_id=leaf, limit=agent.history_messages, max_chars=choice.context_length
-        )
+    window = await _window(state, leaf, limit=agent.history_messages, choice=choice)
     return Turn(
         user_id=user_id,
         agent="chat",
@@ -127,11 +128,24 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         conversation_id=conversation_id,
         prompt=[{"role": "system", "content": agent.system_prompt}],
         choice=choice,
-        history=history,
+        history=window.messages,
+        same_start_as_last=window.same_as_last,
+        same_start_as_next=window.same_as_next,
         stream=stream,
         parent_id=leaf,
         wants_title=conversation_id is None or not conversation["titled"],
     )
+
+
+async def _window(
+    state: AppState, leaf_id: str | None, *, limit: int, choice: ModelChoice
+) -> Window:
+    """The history a chat turn after `leaf_id` sends: its agent's last `limit` messages at
+    most, read no further up than the model's window, left out in steps (app/replies/window.py)."""
+    rows = await state.store.replies.history_with_seqs(
+        leaf_id=leaf_id, limit=limit, max_chars=choice.context_length
+    )
+    return windowed(rows, limit=limit)
 
 
 async def _own_message(
@@ -165,9 +179,7 @@ async def _branch_turn(
     message's path, whichever branch the conversation shows."""
     agent = state.agents.effective(conversation["agent"])
     choice = await _choice(state, conversation["agent"], body, remembered=conversation["model"])
-    history = await state.store.replies.history(
-        leaf_id=parent_id, limit=agent.history_messages, max_chars=choice.context_length
-    )
+    window = await _window(state, parent_id, limit=agent.history_messages, choice=choice)
     return Turn(
         user_id=conversation["user_id"],
         agent=conversation["agent"],
@@ -175,7 +187,9 @@ async def _branch_turn(
         conversation_id=conversation["id"],
         prompt=[{"role": "system", "content": agent.system_prompt}],
         choice=choice,
-        history=history,
+        history=window.messages,
+        same_start_as_last=window.same_as_last,
+        same_start_as_next=window.same_as_next,
         parent_id=parent_id,
         answers=answers,
         wants_title=conversation["agent"] == "chat" and not conversation["titled"],
@@ -282,17 +296,16 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
     )
     sent = request.messages[-1]["content"]  # the coach's: with the transcript that fitted
     if choice.breakpoints:
-        # On what is sent, once. The history is whole when it starts at the conversation's
-        # first message: nothing left out to fit, fewer messages than the agent reads (at
-        # exactly as many, some may be left before them). A coach call is never sent again.
-        read = len(turn.history)
-        whole = turn.render is None and note is None and read < agent.history_messages
+        # On what is sent, once. The prefix is read where last turn sent the same history
+        # start, and written where the next turn will: nothing left out to fit the model's
+        # window (that start moves every turn). A coach call is never sent again.
+        stable = turn.render is None and note is None
         request = replace(
             request,
             messages=with_breakpoints(
                 request.messages,
-                reads=whole,
-                writes=whole and read + 2 < agent.history_messages,
+                reads=stable and turn.same_start_as_last,
+                writes=stable and turn.same_start_as_next,
             ),
         )
     ids = TurnIds.allocate(

@@ -8,16 +8,16 @@ at a tenth of the input price. A conversation's prefix is stable where it ends a
 1. the system prompt (every turn of the agent starts with it);
 2. the last message sent last turn: the user message the history's last reply answered. Last
    turn marked it as (3), so this turn reads everything up to it from the cache: marked when
-   the history sent is whole (`reads`: it starts at the conversation's first message, as last
-   turn's did);
+   the history sent starts where last turn's did (`reads`: the history window moves in steps,
+   app/replies/window.py, so most turns share their start with the turn before);
 3. the new user message, when the next turn will send this same prefix and read it as (2)
-   (`writes`: a chat whose history is whole and still will be with one more turn; not the
-   coach, whose one user message holds the transcript it reviews, and is never sent again).
+   (`writes`: the next turn's history will start at the same message; not the coach, whose one
+   user message holds the transcript it reviews, and is never sent again).
 
 A breakpoint is a write as much as a read: one on a prefix nobody sends again costs 1.25x the
-input price on its tokens for nothing. So once a conversation's oldest turns start being left
-out (its `history_messages`, or its model's window), its prefix changes every turn, and only
-the system prompt is marked (docs/caching.md: what that costs, and the way out).
+input price on its tokens for nothing. So the turn whose history start moves reads only the
+system prompt, and a turn whose history was cut to fit its model's window (that cut moves every
+turn) marks only the system prompt (docs/caching.md has what each costs).
 
 So each turn reads the whole history but its last reply, and writes that reply and the new
 message (a write costs 1.25x the input price on Anthropic: a one-turn conversation pays a

@@ -154,7 +154,7 @@ def history_query(leaf_id: str, limit: int, max_chars: int | None = None) -> sa.
         ).where(*walk)
     )
     return (
-        sa.select(path.c.role, path.c.content, path.c.reasoning_details)
+        sa.select(path.c.role, path.c.content, path.c.reasoning_details, path.c.seq)
         .where(path.c.content != "")
         .order_by(path.c.seq.desc())
         .limit(limit)
@@ -285,15 +285,23 @@ class Replies:
         first, in OpenRouter's message shape: an assistant turn with the `reasoning_details`
         it was given, as OpenRouter asks, so the model continues from its own reasoning.
         `max_chars`: read no further up than that many characters (see `history_query`)."""
+        rows = await self.history_with_seqs(leaf_id=leaf_id, limit=limit, max_chars=max_chars)
+        return [message for _, message in rows]
+
+    async def history_with_seqs(
+        self, *, leaf_id: str | None, limit: int, max_chars: int | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """`history`, each message with its `seq`: where it sits in the conversation, which
+        the history window's steps are counted in (app/replies/window.py)."""
         if limit <= 0 or leaf_id is None:
             return []
         rows = await self._database.fetch_all(history_query(leaf_id, limit, max_chars))
-        turns: list[dict[str, Any]] = []
+        turns: list[tuple[int, dict[str, Any]]] = []
         for row in reversed(rows):
             turn: dict[str, Any] = {"role": row[0], "content": row[1]}
             if row[2]:
                 turn["reasoning_details"] = json.loads(row[2])
-            turns.append(turn)
+            turns.append((row[3], turn))
         return turns
 
     async def message(self, *, message_id: str) -> dict[str, Any] | None:

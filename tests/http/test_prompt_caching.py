@@ -117,6 +117,12 @@ def marked(body: dict) -> list[int]:
     return found
 
 
+def text(message: dict) -> str:
+    """A message's text, marked (a list of parts) or not."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p["text"] for p in content)
+
+
 def saved(cached: int, written: int) -> int:
     amount = cached * (INPUT - READ) - written * (WRITE - INPUT)
     assert amount * PICOS == int(amount * PICOS)  # exact: no rounding hides a difference
@@ -199,28 +205,40 @@ def test_thirty_turns_send_breakpoints_record_reads_and_writes_and_what_they_sav
     assert [r["cache_saved_usd"] for r in table if r["model"] == SONNET] == [exact]
 
 
-def test_once_the_oldest_turns_are_left_out_only_the_system_prompt_is_marked(
+def test_once_the_oldest_turns_are_left_out_they_go_in_steps_and_the_prefix_is_still_read(
     start_server, fake, database, tmp_path
 ):
-    """With `history_messages = 6`, turn 4 leaves turn 1 out: from then on the prefix past the
-    system prompt changes every turn, so nothing past it is marked (a breakpoint there would
-    be a write nobody reads); turn 3 reads what turn 2 wrote but writes nothing."""
+    """With `history_messages = 6`, the history's start moves two turns at once (turns 5 and
+    7: app/replies/window.py), never one turn per turn. The turn that moves it reads only the
+    system prompt and writes its whole prompt; the turn after reads that (a breakpoint is
+    written only where the next turn sends the same prefix, read only where the last one did)."""
     server = start_server(agents_file=agents_file(tmp_path, history=6))
     with httpx.Client(base_url=server.url, timeout=30) as http:
-        _, replies = converse(http, 6)
+        _, replies = converse(http, 8)
+    sent = [[m["role"] for m in r["body"]["messages"]] for r in fake.requests]
+    assert [len(roles) - 2 for roles in sent] == [0, 2, 4, 6, 4, 6, 4, 6]  # history: <= 6
+    assert all(roles[1] == "user" for roles in sent)  # whole turns
+    firsts = [text(r["body"]["messages"][1]) for r in fake.requests]
+    assert firsts[4] == firsts[5] == text(fake.requests[2]["body"]["messages"][-1])  # turn 3's
+    assert firsts[6] == firsts[7] == text(fake.requests[4]["body"]["messages"][-1])  # turn 5's
     assert [marked(r["body"]) for r in fake.requests] == [
-        [0, 1],
-        [0, 1, 3],
-        [0, 3],
-        [0],
-        [0],
-        [0],
+        [0, 1],  # writes the system prompt and its message
+        [0, 1, 3],  # reads turn 1's, writes its own
+        [0, 3, 5],
+        [0, 5],  # reads turn 3's; the next turn's start moves: nothing written
+        [0, 5],  # the start moved: reads the system prompt, writes its own
+        [0, 5],  # reads turn 5's
+        [0, 5],
+        [0, 5],
     ]
     generations = sorted(fake.generations.values(), key=lambda g: int(g.id.rsplit("-", 1)[1]))
     system = generations[0].cache_write_tokens - len(user_message(1).split())
-    assert [g.cache_write_tokens for g in generations[2:]] == [0, 0, 0, 0]
-    assert generations[2].cached_tokens == generations[1].prompt_tokens
-    assert [g.cached_tokens for g in generations[3:]] == [system, system, system]
+    for before, after in ((2, 3), (4, 5), (6, 7)):
+        assert generations[after].cached_tokens == generations[before].prompt_tokens
+        assert generations[after].cache_write_tokens == 0
+    for moved in (4, 6):
+        assert generations[moved].cached_tokens == system
+        assert generations[moved].cache_write_tokens == generations[moved].prompt_tokens - system
     for events, generation in zip(replies, generations, strict=True):
         [row] = settled_generations(database, events[0].data["message_id"])
         assert row["cache_saved_picousd"] == saved(
@@ -296,3 +314,13 @@ def test_turned_off_by_the_agents_override_no_breakpoints_are_sent(start_server,
 def test_the_agents_file_takes_true_or_false_only(tmp_path, extra):
     with pytest.raises(ConfigError, match="prompt_caching"):
         load_agents(Path(agents_file(tmp_path, extra=extra)))
+
+
+def test_a_model_that_caches_by_itself_gets_the_steps_too(start_server, fake, tmp_path):
+    """No breakpoints, but the same stable history start: a provider that caches prefixes by
+    itself reads it as well."""
+    server = start_server(agents_file=agents_file(tmp_path, model=GPT4O, history=6))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        converse(http, 8)
+    assert [len(r["body"]["messages"]) - 2 for r in fake.requests] == [0, 2, 4, 6, 4, 6, 4, 6]
+    assert [marked(request["body"]) for request in fake.requests] == [[]] * 8
