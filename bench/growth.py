@@ -439,8 +439,11 @@ async def fill(database: Database, url: str, *, prefix: str, conversations: int,
         f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {conversations})"
     )
     at = _stamp(url, f"i * {step!r}")
-    # Not LIKE '<prefix>%': `databases` may format SQLite's SQL with `%`.
-    mine = f"substr(c.id, 1, 2) = '{prefix}c'"
+    # Not LIKE '<prefix>%': `databases` may format SQLite's SQL with `%`. Nor the prefix alone:
+    # a conversation the app made earlier in this database (a random hex id) starts with these
+    # two characters once in 256, and its messages' seqs would then collide with the fill's.
+    # Ours are the prefix and 30 decimal digits, which a random hex id almost never is.
+    mine = f"c.id BETWEEN '{prefix}c{'0' * 30}' AND '{prefix}c{'9' * 30}'"
 
     def message(j: str) -> str:  # the j-th message of conversation `c`
         return f"'{prefix}e' || substr(c.id, 5) || {_pad(url, j, 2)}"
