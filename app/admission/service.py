@@ -30,6 +30,7 @@ from app.core.outage import is_unavailable
 from app.core.refusals import KeyReused, NotSaved, Refusal
 from app.core.run_request import RunRequest
 from app.core.stages import Stage, mark
+from app.storage.idempotency import Claim
 from app.storage.store import Store
 from app.storage.writer import WriteRefused
 
@@ -85,7 +86,7 @@ class Admission:
             claim = None if key is None else self._claim(request, key)
             write = TurnWrite(
                 lambda: self._store.replies.start_turn(
-                    **rows, reservation=reservation.steps, claim=claim
+                    **rows, reservation=reservation.terms, claim=claim
                 )
             )
             if key is not None:
@@ -115,7 +116,7 @@ class Admission:
             message_id=row["message_id"],
         )
 
-    def _claim(self, request: RunRequest, key: Key) -> Any:
+    def _claim(self, request: RunRequest, key: Key) -> Claim:
         return self._store.idempotency.claim(
             user_id=request.user_id,
             key=key.key,

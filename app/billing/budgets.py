@@ -37,9 +37,9 @@ from app.core.money import MAX_BUDGET_PICOS, PICOS, from_picos, to_picos, usd
 from app.core.refusals import OverBudget, PriceUnknown, RateLimited, Refusal
 from app.core.run_request import RunRequest
 from app.settings import Settings
-from app.storage.budgets import Limits, Usage
+from app.storage.budgets import Limits, Terms, Usage
 from app.storage.store import Store
-from app.storage.writer import Step, WriteRefused
+from app.storage.writer import WriteRefused
 from app.upstream.models_catalog import MILLION, ModelCatalog, Pricing
 
 PER_MESSAGE_TOKENS = 16
@@ -126,7 +126,7 @@ def _usd(picos: int | None) -> float | None:
 class Reservation:
     """A turn's reservation, to ride in its write (`Replies.start_turn`)."""
 
-    steps: list[Step]
+    terms: Terms
     # A limit applies: the write is awaited before the upstream call, and `WriteRefused`
     # means the turn does not fit (`SpendControl.refusal`). Else it runs beside the call.
     gated: bool
@@ -209,7 +209,7 @@ class SpendControl:
                 )
             amount = 0
         periods = Periods.at(self.clock())
-        steps = self._store.budgets.reservation(
+        terms = Terms(
             message_id=request.message_id,
             user_id=request.user_id,
             day=periods.day,
@@ -219,7 +219,7 @@ class SpendControl:
             overrides=folded,
         )
         return Reservation(
-            steps=steps,
+            terms=terms,
             gated=limits.gated,
             user_id=request.user_id,
             amount=amount,
@@ -231,7 +231,7 @@ class SpendControl:
         in), or raise the refusal: `OverBudget`, `PriceUnknown`, `RateLimited`."""
         reservation = await self.plan(request)
         try:
-            await self._store.budgets.reserve(reservation.steps)
+            await self._store.budgets.reserve(reservation.terms)
         except WriteRefused:
             raise await self.refusal(reservation) from None
 

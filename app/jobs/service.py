@@ -41,7 +41,7 @@ from app.jobs.keys import ServiceKey, ServiceKeys
 from app.jobs.relay import Job
 from app.jobs.request import JobRequest
 from app.settings import Settings
-from app.storage.budgets import Limits
+from app.storage.budgets import Limits, Terms
 from app.storage.store import Store
 from app.storage.tables import generations, new_id, now
 from app.upstream.models_catalog import ModelCatalog
@@ -149,13 +149,15 @@ class Jobs:
             key=key,
             request=request,
             reservation=self.store.budgets.reservation(
-                message_id=job_id,
-                user_id=key.subject,
-                day=periods.day,
-                month=periods.month,
-                amount=amount,
-                limits=limits,
-                overrides=False,
+                Terms(
+                    message_id=job_id,
+                    user_id=key.subject,
+                    day=periods.day,
+                    month=periods.month,
+                    amount=amount,
+                    limits=limits,
+                    overrides=False,
+                )
             ),
             gated=limits.gated,
             refusal=lambda: self._spend.refusal_for(key.subject, limits, periods, amount),

@@ -18,7 +18,10 @@ check sees every process's rows:
   the platform's, always in that order (no deadlock). The INSERT's snapshot is taken after the
   locks are granted, so it sees the reservation of whoever held them before. Advisory locks
   rather than `SELECT … FOR UPDATE` on a counter row: no row has to exist (or be upserted) first,
-  and PostgreSQL releases them at commit or rollback, crash included.
+  and PostgreSQL releases them at commit or rollback, crash included. A turn's write does the
+  same in one server-side call, `start_turn()` (migration 20, app/storage/turn_call.py): the
+  locks, the check, the reservation and the turn's rows in one round trip, not seven; a job's
+  and a title's reservation still go as the steps here.
 
 With no limit at all, the reservation is a plain insert in the turn's write, which runs beside
 the upstream call: the spend is still counted (for `/api/me/usage`, and for a budget set later
@@ -261,73 +264,85 @@ def _conditional_reservation(shape: _Shape) -> tuple[sa.Insert, tuple[tuple[str,
     return (insert.returning(_r.c.id) if shape.returning else insert), tuple(params)
 
 
+@dataclass(frozen=True)
+class Terms:
+    """One reservation: what it reserves, for whom, in which periods, and the limits it must
+    fit (`overrides`: each user budget is the user's override where they have one, read by
+    the statement itself, else `limits`')."""
+
+    message_id: str
+    user_id: str
+    day: str
+    month: str
+    amount: int
+    limits: Limits
+    overrides: bool
+
+
+def reservation_steps(terms: Terms, *, postgres: bool) -> list[Step]:
+    """The steps that reserve `terms.amount`, to ride in a write: when a limit applies, a
+    `Guard` that inserts nothing, refusing the whole write, unless it fits every limit (on
+    PostgreSQL after the advisory locks, as steps of their own); with no limit at all, a plain
+    insert: the reservation still counts the spend. A turn's write on PostgreSQL does all this
+    in one call instead (app/storage/turn_call.py)."""
+    limits = terms.limits
+    if not limits.gated:
+        return [
+            (
+                OPEN_RESERVATION,
+                {
+                    "id": terms.message_id,
+                    "user_id": terms.user_id,
+                    "day": terms.day,
+                    "month": terms.month,
+                    "reserved_picousd": terms.amount,
+                    "amount_picousd": terms.amount,
+                    "state": HELD,
+                    "created_at": now(),
+                },
+            )
+        ]
+    overrides = terms.overrides
+    shape = _Shape(
+        daily=overrides or limits.daily is not None,
+        monthly=overrides or limits.monthly is not None,
+        global_daily=limits.global_daily is not None,
+        concurrent=limits.concurrent is not None,
+        overrides=overrides,
+        returning=postgres,
+    )
+    given: dict[str, Any] = {
+        "id": terms.message_id,
+        "user_id": terms.user_id,
+        "day": terms.day,
+        "month": terms.month,
+        "amount": terms.amount,
+        "state": HELD,
+        "created_at": now(),
+        "daily_limit": limits.daily,
+        "monthly_limit": limits.monthly,
+        "global_limit": limits.global_daily,
+        "concurrent_limit": limits.concurrent,
+    }
+    statement, params = _conditional_reservation(shape)
+    values = {name: given[key] for name, key in params}
+    steps: list[Step] = []
+    if postgres:
+        steps.append((USER_LOCK, {"user_id": terms.user_id}))
+        if limits.global_daily is not None:
+            steps.append((GLOBAL_LOCK, {}))
+    return [*steps, Guard((statement, values))]
+
+
 class Budgets:
     def __init__(self, *, database: Database, writer: Writer, postgres: bool) -> None:
         self._database = database
         self._writer = writer
         self._postgres = postgres
 
-    def reservation(
-        self,
-        *,
-        message_id: str,
-        user_id: str,
-        day: str,
-        month: str,
-        amount: int,
-        limits: Limits,
-        overrides: bool,
-    ) -> list[Step]:
-        """The steps that reserve `amount` for the turn, to ride in its write: when a limit
-        applies, a `Guard` that inserts nothing, refusing the whole write, unless the turn fits
-        every limit. With `overrides`, each user budget is the user's override where they have
-        one, read by the statement itself, else `limits`'. With no limit at all, a plain
-        insert: the reservation still counts the spend."""
-        if not limits.gated:
-            return [
-                (
-                    OPEN_RESERVATION,
-                    {
-                        "id": message_id,
-                        "user_id": user_id,
-                        "day": day,
-                        "month": month,
-                        "reserved_picousd": amount,
-                        "amount_picousd": amount,
-                        "state": HELD,
-                        "created_at": now(),
-                    },
-                )
-            ]
-        shape = _Shape(
-            daily=overrides or limits.daily is not None,
-            monthly=overrides or limits.monthly is not None,
-            global_daily=limits.global_daily is not None,
-            concurrent=limits.concurrent is not None,
-            overrides=overrides,
-            returning=self._postgres,
-        )
-        given: dict[str, Any] = {
-            "id": message_id,
-            "user_id": user_id,
-            "day": day,
-            "month": month,
-            "amount": amount,
-            "state": HELD,
-            "created_at": now(),
-            "daily_limit": limits.daily,
-            "monthly_limit": limits.monthly,
-            "global_limit": limits.global_daily,
-            "concurrent_limit": limits.concurrent,
-        }
-        statement, params = _conditional_reservation(shape)
-        values = {name: given[key] for name, key in params}
-        steps: list[Step] = []
-        if self._postgres:
-            steps.append((USER_LOCK, {"user_id": user_id}))
-            if limits.global_daily is not None:
-                steps.append((GLOBAL_LOCK, {}))
-        return [*steps, Guard((statement, values))]
+    def reservation(self, terms: Terms) -> list[Step]:
+        """`terms`' steps on this database (`reservation_steps`), to ride in a write."""
+        return reservation_steps(terms, postgres=self._postgres)
 
     def end_steps(self, *, message_id: str) -> list[Step]:
         """The steps that end the reservation with its reply (however it ended): no longer
@@ -338,10 +353,9 @@ class Budgets:
             (SETTLE_ONE, {"message_id": message_id, "settled_at": stamp}),
         ]
 
-    async def reserve(self, steps: list[Step]) -> None:
-        """A `reservation`'s steps in a write of their own; raises `WriteRefused` when the
-        reservation does not fit."""
-        await self._writer.write(steps)
+    async def reserve(self, terms: Terms) -> None:
+        """A reservation in a write of its own; raises `WriteRefused` when it does not fit."""
+        await self._writer.write(self.reservation(terms))
 
     async def end(self, *, message_id: str) -> None:
         """`end_steps` in a write of their own (a title's reservation: no reply row to ride in)."""

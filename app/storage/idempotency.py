@@ -1,11 +1,11 @@
 """Idempotency keys: a client's name for one turn (`Idempotency-Key`), so a retried POST gets
 the reply its first try started instead of a second billed turn.
 
-Insert-first: the key's row is the first step of the turn's own transaction (see
-`Replies.start_turn`). Its primary key (user_id, key) lets exactly one of any number of
-simultaneous requests through, on SQLite and PostgreSQL alike; the others' transactions fail
-whole, turn rows included, and they read the winner's row instead. A key row therefore always
-names rows that were written.
+Insert-first: the key's row is written in the turn's own transaction, before its rows (see
+`Replies.start_turn`; on PostgreSQL after the budget check, in the turn's one call). Its
+primary key (user_id, key) lets exactly one of any number of simultaneous requests through, on
+SQLite and PostgreSQL alike; the others' transactions fail whole, turn rows included, and they
+read the winner's row instead. A key row therefore always names rows that were written.
 
 Keys are kept `KEPT_FOR` and then deleted by the recovery sweep (`Recovery._tend`); until the
 sweep gets to it, an older key still answers as it did.
@@ -13,6 +13,7 @@ sweep gets to it, an older key still answers as it did.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,34 @@ CLAIM_KEY = idempotency_keys.insert().values(
 )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A key claimed for a turn's ids: a step of the turn's write (on PostgreSQL, arguments of
+    its one call: app/storage/turn_call.py)."""
+
+    user_id: str
+    key: str
+    fingerprint: str
+    conversation_id: str
+    user_message_id: str
+    message_id: str
+    created_at: datetime = field(default_factory=now)
+
+    def step(self) -> Step:
+        return (
+            CLAIM_KEY,
+            {
+                "user_id": self.user_id,
+                "key": self.key,
+                "fingerprint": self.fingerprint,
+                "conversation_id": self.conversation_id,
+                "user_message_id": self.user_message_id,
+                "message_id": self.message_id,
+                "created_at": self.created_at,
+            },
+        )
+
+
 class IdempotencyKeys:
     def __init__(self, *, database: Database, writer: Writer) -> None:
         self._database = database
@@ -50,20 +79,16 @@ class IdempotencyKeys:
         conversation_id: str,
         user_message_id: str,
         message_id: str,
-    ) -> Step:
-        """The step that claims `key` for a turn's ids: it fails (and with it the transaction
-        it is in) if the user already used the key."""
-        return (
-            CLAIM_KEY,
-            {
-                "user_id": user_id,
-                "key": key,
-                "fingerprint": fingerprint,
-                "conversation_id": conversation_id,
-                "user_message_id": user_message_id,
-                "message_id": message_id,
-                "created_at": now(),
-            },
+    ) -> Claim:
+        """The claim of `key` for a turn's ids: its step fails (and with it the transaction it
+        is in) if the user already used the key."""
+        return Claim(
+            user_id=user_id,
+            key=key,
+            fingerprint=fingerprint,
+            conversation_id=conversation_id,
+            user_message_id=user_message_id,
+            message_id=message_id,
         )
 
     async def get(self, *, user_id: str, key: str) -> dict[str, Any] | None:

@@ -631,6 +631,117 @@ def _prompt_caching(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+# What app/storage/budgets.py's advisory locks are keyed by (USER_LOCK_CLASS, GLOBAL_LOCK_CLASS),
+# frozen here: a job's reservation takes them from Python, a turn's in `start_turn()`, and both
+# must wait for each other (tests/storage/test_turn_call.py checks they are the same).
+_USER_LOCK_CLASS_20 = 0x5C0B1
+_GLOBAL_LOCK_CLASS_20 = 0x5C0B2
+
+_START_TURN = f"""
+CREATE FUNCTION start_turn(
+    p_user_id text, p_agent text, p_stamp timestamptz,
+    p_conversation_id text, p_new_conversation boolean, p_title text,
+    p_subject_conversation_id text, p_model text,
+    p_user_message_id text, p_parent_id text, p_user_content text,
+    p_message_id text, p_temperature double precision, p_history text,
+    p_key text, p_fingerprint text,
+    p_reserve boolean, p_gated boolean, p_day text, p_month text, p_amount bigint,
+    p_overrides boolean, p_daily bigint, p_monthly bigint, p_global bigint, p_concurrent bigint
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_daily bigint := p_daily;
+    v_monthly bigint := p_monthly;
+    v_override record;
+BEGIN
+    IF p_reserve AND p_gated THEN
+        -- First, before any statement reads what they protect: each statement after them
+        -- takes its snapshot once they are held (READ COMMITTED, a VOLATILE function), so it
+        -- sees the reservations of whoever held them before.
+        PERFORM pg_advisory_xact_lock({_USER_LOCK_CLASS_20}, hashtext(p_user_id));
+        IF p_global IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock({_GLOBAL_LOCK_CLASS_20}, 0);
+        END IF;
+        IF p_overrides THEN
+            SELECT daily_overridden, daily_picousd, monthly_overridden, monthly_picousd
+                INTO v_override FROM budget_overrides WHERE user_id = p_user_id;
+            IF FOUND THEN
+                IF v_override.daily_overridden THEN v_daily := v_override.daily_picousd; END IF;
+                IF v_override.monthly_overridden THEN
+                    v_monthly := v_override.monthly_picousd;
+                END IF;
+            END IF;
+        END IF;
+        IF (p_concurrent IS NOT NULL AND (SELECT count(*) FROM budget_reservations
+                WHERE user_id = p_user_id AND ended_at IS NULL) >= p_concurrent)
+            OR (v_daily IS NOT NULL AND coalesce((SELECT amount_picousd FROM budget_totals
+                WHERE scope = 'user_day' AND subject = p_user_id AND period = p_day), 0)
+                + p_amount > v_daily)
+            OR (v_monthly IS NOT NULL AND coalesce((SELECT amount_picousd FROM budget_totals
+                WHERE scope = 'user_month' AND subject = p_user_id AND period = p_month), 0)
+                + p_amount > v_monthly)
+            OR (p_global IS NOT NULL AND coalesce((SELECT amount_picousd FROM budget_totals
+                WHERE scope = 'global_day' AND subject = '' AND period = p_day), 0)
+                + p_amount > p_global)
+        THEN
+            RETURN false;  -- refused, nothing written
+        END IF;
+    END IF;
+    IF p_reserve THEN
+        INSERT INTO budget_reservations
+            (id, user_id, day, month, reserved_picousd, amount_picousd, state, created_at)
+            VALUES (p_message_id, p_user_id, p_day, p_month, p_amount, p_amount, 'held', p_stamp);
+    END IF;
+    IF p_key IS NOT NULL THEN
+        -- The key's primary key lets one turn through; a second fails here, all of it undone.
+        INSERT INTO idempotency_keys
+            (user_id, key, fingerprint, conversation_id, user_message_id, message_id, created_at)
+            VALUES (p_user_id, p_key, p_fingerprint, p_conversation_id, p_user_message_id,
+                    p_message_id, p_stamp);
+    END IF;
+    IF p_new_conversation THEN
+        INSERT INTO conversations (id, user_id, agent, title, subject_conversation_id,
+                created_at, updated_at, active_leaf_id, model)
+            VALUES (p_conversation_id, p_user_id, p_agent, p_title, p_subject_conversation_id,
+                    p_stamp, p_stamp, p_message_id, p_model);
+    ELSE
+        UPDATE conversations SET updated_at = p_stamp, active_leaf_id = p_message_id,
+                model = p_model
+            WHERE id = p_conversation_id;
+    END IF;
+    IF p_user_content IS NOT NULL THEN
+        INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,
+                created_at, updated_at, parent_id)
+            VALUES (p_user_message_id, p_conversation_id,
+                    (SELECT coalesce(max(seq), 0) + 1 FROM messages
+                        WHERE conversation_id = p_conversation_id),
+                    'user', p_user_content, 'complete', p_agent, p_stamp, p_stamp, p_parent_id);
+    END IF;
+    INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,
+            requested_model, temperature, event_lengths, created_at, updated_at, parent_id,
+            history)
+        VALUES (p_message_id, p_conversation_id,
+                (SELECT coalesce(max(seq), 0) + 1 FROM messages
+                    WHERE conversation_id = p_conversation_id),
+                'assistant', '', 'streaming', p_agent, p_model, p_temperature, '[]', p_stamp,
+                p_stamp, p_user_message_id, p_history);
+    RETURN true;
+END $$
+"""
+
+
+def _turn_call(dialect: sa.engine.Dialect) -> list[str]:
+    """PostgreSQL: a turn's write as one call of `start_turn()`, one round trip where its
+    statements, each awaited on its own between BEGIN and COMMIT, were seven
+    (app/storage/turn_call.py). It takes the budget locks first, checks and reserves, claims the
+    Idempotency-Key, and writes the conversation and the turn's two messages; `false`, having
+    written nothing, when the turn does not fit a limit. SQLite keeps its grouped writes on the
+    event loop, where a statement is no round trip: nothing to do there.
+
+    Numbered 20 with 19 taken on another branch: the runner applies whichever versions a
+    database lacks, in the list's order, so a gap (or 19 arriving after 20) is fine."""
+    return [_START_TURN] if dialect.name == "postgresql" else []
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -650,6 +761,7 @@ MIGRATIONS: list[Migration] = [
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
     Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),
+    Migration(20, "a turn's write as one call on PostgreSQL", _turn_call),
 ]
 
 _schema_migrations = sa.Table(

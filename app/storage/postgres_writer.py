@@ -41,6 +41,11 @@ class PostgresWriter:
     async def write(self, steps: Write) -> Outcome:
         async with self._database.connection() as connection:
             driver: asyncpg.Connection = connection.raw_connection
+            if len(steps) == 1 and not driver.is_in_transaction():
+                # One statement is a transaction of its own: BEGIN and COMMIT around it would
+                # be two more round trips (a turn's write is one: app/storage/turn_call.py).
+                # A Guard's statement that writes no row has nothing to roll back.
+                return [await self._run(connection, driver, steps[0])]
             async with driver.transaction():  # WriteRefused, as any error, rolls it back
                 return [await self._run(connection, driver, step) for step in steps]
 

@@ -33,13 +33,16 @@ import sqlalchemy as sa
 from databases import Database
 
 from app.core.states import MessageStatus
+from app.storage.budgets import Terms, reservation_steps
 from app.storage.conversations import (
     NEW_CONVERSATION,
     TOUCH_CONVERSATION,
     TURN_IN_CONVERSATION,
 )
+from app.storage.idempotency import Claim
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
 from app.storage.tables import conversations, messages, new_id, now
+from app.storage.turn_call import turn_call
 from app.storage.writer import Step, Writer, binds
 
 # A message takes the next `seq` of its conversation, computed by the insert itself.
@@ -252,10 +255,13 @@ class TurnIds:
 
 
 class Replies:
-    def __init__(self, *, database: Database, writer: Writer, ledger: Ledger) -> None:
+    def __init__(
+        self, *, database: Database, writer: Writer, ledger: Ledger, postgres: bool
+    ) -> None:
         self._database = database
         self._writer = writer
         self._ledger = ledger
+        self._postgres = postgres  # a turn's write is one call (app/storage/turn_call.py)
 
     async def in_conversation(
         self, *, conversation_id: str, leaf_id: str | None
@@ -360,8 +366,8 @@ class Replies:
         temperature: float,
         subject_conversation_id: str | None = None,
         history: dict[str, int] | None = None,
-        claim: Step | None = None,
-        reservation: Sequence[Step] = (),
+        claim: Claim | None = None,
+        reservation: Terms | None = None,
     ) -> None:
         """Save the user message and a `streaming` assistant row (and a new conversation's
         row) in one transaction, the reply becoming the leaf the conversation shows. `claim`
@@ -370,9 +376,37 @@ class Replies:
         turn is written. `user_content` None: a regenerated reply, under the user message
         `ids.user_message_id` already there. The conversation keeps `requested_model` as its
         model (the next turn's, unless that one names another). `history`: what the reply's
-        history left out to fit its model's window, kept with the reply."""
+        history left out to fit its model's window, kept with the reply.
+
+        On PostgreSQL all of it is one call of a server-side function, one round trip
+        (app/storage/turn_call.py); on SQLite, the steps below."""
         stamp = now()
         conversation_id = ids.conversation_id
+        history_json = None if history is None else json.dumps(history)
+        if self._postgres:
+            await self._writer.write(
+                [
+                    turn_call(
+                        user_id=user_id,
+                        agent=agent,
+                        stamp=stamp,
+                        conversation_id=conversation_id,
+                        new_conversation=ids.new_conversation,
+                        title=title,
+                        subject_conversation_id=subject_conversation_id,
+                        model=requested_model,
+                        user_message_id=ids.user_message_id,
+                        parent_id=ids.parent_id,
+                        user_content=user_content,
+                        message_id=ids.message_id,
+                        temperature=temperature,
+                        history=history_json,
+                        claim=claim,
+                        reservation=reservation,
+                    )
+                ]
+            )
+            return
         if ids.new_conversation:
             opening: Step = (
                 NEW_CONVERSATION,
@@ -426,8 +460,8 @@ class Replies:
             )
         await self._writer.write(
             [
-                *([claim] if claim is not None else []),
-                *reservation,
+                *([claim.step()] if claim is not None else []),
+                *([] if reservation is None else reservation_steps(reservation, postgres=False)),
                 opening,
                 *asked,
                 (
@@ -442,7 +476,7 @@ class Replies:
                         "requested_model": requested_model,
                         "temperature": temperature,
                         "event_lengths": "[]",
-                        "history": None if history is None else json.dumps(history),
+                        "history": history_json,
                     },
                 ),
             ]

@@ -46,7 +46,9 @@ class Store:
         )
         self.conversations = Conversations(database=database, writer=self.writer)
         self.ledger = Ledger(database=database, writer=self.writer)
-        self.replies = Replies(database=database, writer=self.writer, ledger=self.ledger)
+        self.replies = Replies(
+            database=database, writer=self.writer, ledger=self.ledger, postgres=not sqlite_db
+        )
         self.config = Config(database=database, writer=self.writer)
         self.idempotency = IdempotencyKeys(database=database, writer=self.writer)
         self.search = Search(database=database, sqlite_db=sqlite_db)
