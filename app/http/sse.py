@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
+from starlette.types import Message, Receive, Scope, Send
 
 from app.core.stages import StageProbe
 from app.errors import ApiError
@@ -79,6 +80,30 @@ async def drain_on_shutdown(runs: Runs) -> None:
     """
     await EventSourceResponse._listen_for_exit_signal()
     runs.begin_drain()
+
+
+class SavedFirst:
+    """A new turn's stream, its status line held until the turn is written: the 503 a turn the
+    database could not take calls for (`saved` raises it) must be the answer, not a 200 whose
+    stream ends in an error. Only `http.response.start` waits: the route's return, the
+    response and its task group are made beside the write and the upstream request, so once
+    the write lands the status, the `meta` event (which waits for the write anyway) and what
+    follows go in the same step. Awaiting the write before returning the response put all of
+    that after it, on the first token's path (issue #33; docs/benchmarks.md). Raised before
+    anything was sent, the refusal is answered by Starlette's exception handling as any
+    route's is."""
+
+    def __init__(self, response: EventSourceResponse, saved: Callable[[], Awaitable[None]]):
+        self._response = response
+        self._saved = saved
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_once_saved(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self._saved()
+            await send(message)
+
+        await self._response(scope, receive, send_once_saved)
 
 
 def sse_response(

@@ -354,7 +354,13 @@ def _request(turn: Turn, temperature: float, choice: ModelChoice) -> RunRequest:
 
 async def start(state: AppState, turn: Turn, *, key: Key | None = None) -> Run | KeyUsed:
     """Admit the turn (`state.admission`: a refusal raised, with nothing saved or sent), then
-    start its run; or, if `key` named a turn already, that turn's ids."""
+    start its run; or, if `key` named a turn already, that turn's ids.
+
+    The run's turn may still be being written (a turn no limit gates is written beside its
+    upstream request): whatever answers the caller first awaits `saved` for it, so a turn the
+    database could not take is a 503, never a stream of a reply nobody can find. A stream
+    awaits it only for its status line (`SavedFirst`, app/http/sse.py), the rest of the
+    response made meanwhile."""
     request, rows = _prepare(state, turn)
     admitted = await state.admission.admit(request, rows, key=key)
     if isinstance(admitted, KeyUsed):
@@ -362,14 +368,13 @@ async def start(state: AppState, turn: Turn, *, key: Key | None = None) -> Run |
     # No await since `admit` returned: the run is counted live before the next turn's check.
     run = state.runs.start(admitted.request, turn=admitted.write)
     mark(Stage.STARTED)
-    await _saved(admitted.write)
     return run
 
 
-async def _saved(write: TurnWrite) -> None:
+async def saved(write: TurnWrite) -> None:
     """Once the turn is written (its run's `meta` event waits for that anyway): a turn the
     database could not take is the caller's 503 (database_unavailable, with Retry-After, while
-    the database is away), not a stream that ends in `storage_error`."""
+    the database is away; else storage_error), not a stream that ends in `storage_error`."""
     if await write.written():
         return
     if (failure := write.failure) is not None and is_unavailable(failure):

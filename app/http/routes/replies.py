@@ -20,9 +20,23 @@ from app.core.states import MessageStatus
 from app.errors import ApiError
 from app.http.auth.identity import Caller, identify, identify_from_query, identify_stream
 from app.http.input import fingerprint, idempotency_key, json_body, path_id, query_body
-from app.http.sse import STREAM_HEADERS, last_event_id, reply_event_id, sse_response
+from app.http.sse import (
+    STREAM_HEADERS,
+    SavedFirst,
+    last_event_id,
+    reply_event_id,
+    sse_response,
+)
 from app.http.state import AppState, app_state
-from app.http.turns import Turn, chat_turn, coach_turn, edit_turn, regenerate_turn, start
+from app.http.turns import (
+    Turn,
+    chat_turn,
+    coach_turn,
+    edit_turn,
+    regenerate_turn,
+    saved,
+    start,
+)
 from app.replies.follow import ReplySource, find_reply, live_run
 from app.replies.runs import Run
 from app.replies.wire import LogEvent, final_body, succeeded
@@ -131,6 +145,12 @@ def _resumed(
     return sse_response(source.follow(after), state=state, reply_ids=reply_ids)
 
 
+def _new_stream(state: AppState, run: Run, *, reply_ids: str | None = None) -> SavedFirst:
+    """A new turn's stream: its status once its turn is written (a 503 if it could not be)."""
+    response = sse_response(run.follow(0), state=state, reply_ids=reply_ids)
+    return SavedFirst(response, lambda: saved(run.turn))
+
+
 async def _posted_turn(
     request: Request, state: AppState, build: TurnBuilder, user_id: str, *, bodiless: bool = False
 ) -> tuple[Turn, Run | KeyUsed]:
@@ -194,7 +214,10 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
         mark(Stage.IDENTIFIED)
         turn, run = await _posted_turn(request, state, build, caller.user_id)
         if isinstance(run, Run):
-            return _resumed(state, run, 0) if turn.stream else await _final_json(state, run)
+            if turn.stream:
+                return _new_stream(state, run)
+            await saved(run.turn)
+            return await _final_json(state, run)
         source = await _own_reply(
             state, message_id=run.message_id, user_id=caller.user_id, agent=agent
         )
@@ -257,7 +280,7 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
         mark(Stage.VALIDATED)
         run = await start(state, turn)
         assert isinstance(run, Run)  # no key: always a new turn
-        return _resumed(state, run, 0, reply_ids=run.message_id)
+        return _new_stream(state, run, reply_ids=run.message_id)
 
     return endpoint
 
@@ -313,11 +336,13 @@ async def _accept(request: Request, build: TurnBuilder, *, bodiless: bool = Fals
     caller = await identify(request)
     mark(Stage.IDENTIFIED)
     _, run = await _posted_turn(request, state, build, caller.user_id, bodiless=bodiless)
-    if isinstance(run, Run) and state.streams is not None:
-        # The ids given out are there to find (`start` answered 503 unless the turn was saved),
-        # and in its Redis Stream (a round trip, alongside the save), so the stream_url is
-        # served live by whichever process the client reaches, not from checkpoints.
-        await state.streams.outbox.flushed()
+    if isinstance(run, Run):
+        # The ids given out are there to find (a 503 unless the turn is saved).
+        await saved(run.turn)
+        if state.streams is not None:
+            # And in its Redis Stream (a round trip, alongside the save), so the stream_url
+            # is served live by whichever process the client reaches, not from checkpoints.
+            await state.streams.outbox.flushed()
     ids = run.request if isinstance(run, Run) else run
     return _accepted(
         state,
