@@ -122,6 +122,39 @@ def test_a_new_migration_applies_alone_on_a_migrated_database(database, monkeypa
     ]
 
 
+def test_a_migration_numbered_below_one_applied_already_is_applied_when_it_lands(
+    database, monkeypatch
+):
+    """Two branches take the next numbers (19, 20); if 20 is deployed first, 19 comes later, to
+    a database that has 20: the runner applies what a database lacks, whatever is above it."""
+    below = Migration(
+        MIGRATIONS[-1].version + 1,
+        "conversations.pinned",
+        lambda dialect: ["ALTER TABLE conversations ADD COLUMN pinned BOOLEAN"],
+    )
+    above = Migration(
+        below.version + 1,
+        "conversations.archived",
+        lambda dialect: ["ALTER TABLE conversations ADD COLUMN archived BOOLEAN"],
+    )
+
+    async def run() -> None:
+        db = await _opened(database.url)
+        try:
+            monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, above])
+            assert above.version in await migrate(db, url=database.url)
+            monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, below, above])
+            assert await pending_migrations(db, url=database.url) == [below]
+            assert await migrate(db, url=database.url) == [below.version]
+            await require_migrated(db, url=database.url)
+        finally:
+            await db.disconnect()
+
+    asyncio.run(run())
+
+    assert database.query("SELECT COUNT(pinned) AS n FROM conversations") == [{"n": 0}]
+
+
 def test_an_empty_database_lacks_every_migration(database):
     async def run() -> list[Migration]:
         db = await _opened(database.url)
