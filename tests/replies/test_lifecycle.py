@@ -358,7 +358,10 @@ def test_a_retrys_generation_id_is_saved_even_while_the_first_one_is_being_writt
         def __init__(self, database: Database, **options) -> None:
             super().__init__(database, **options)
             self.replies = RepliesWithSlowFirstCheckpoint(
-                database=database, writer=self.writer, ledger=self.ledger
+                database=database,
+                writer=self.writer,
+                ledger=self.ledger,
+                postgres=not options["sqlite_db"],
             )
 
     async def scenario() -> tuple[list[str | None], list[dict]]:
