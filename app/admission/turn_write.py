@@ -6,6 +6,11 @@ the reservation are the write; an Idempotency-Key: the key's row is its first st
 the run begins it once its upstream request is on the wire, so a turn nothing gates waits for
 no database before its first token; its followers wait for it (`written`) before the first
 event says the conversation exists.
+
+Whoever waits is woken by the write's own last step, in the loop's next iteration: waiting on
+its task (`asyncio.wait`) took two, the task's callback and then the waiter's, and for a turn
+nothing gates that wait is on the first token's path (its stream's status line and `meta`:
+issue #33, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ class TurnWrite:
         self._write = write
         self._task: asyncio.Future[None] | None = None
         self._begun = asyncio.get_running_loop().create_future()
+        self._landed = asyncio.Event()  # the write ended, however
+        self._written = False
+        self._failure: BaseException | None = None
 
     @property
     def begun(self) -> bool:
@@ -32,21 +40,27 @@ class TurnWrite:
         when it was begun already."""
         if self._task is not None:
             return None
-        self._task = spawn(self._write())
+        self._task = spawn(self._write_and_tell())
         self._begun.set_result(None)
         return self._task
+
+    async def _write_and_tell(self) -> None:
+        try:
+            await self._write()
+            self._written = True
+        except Exception as failure:
+            self._failure = failure
+            raise
+        finally:
+            self._landed.set()  # each waiter's own future: woken next iteration
 
     @property
     def failure(self) -> BaseException | None:
         """Why the write failed, once it has (None while it runs, or when it succeeded)."""
-        if self._task is None or not self._task.done() or self._task.cancelled():
-            return None
-        return self._task.exception()
+        return self._failure
 
     async def written(self) -> bool:
         """Whether the rows are written, once they are (or could not be)."""
         await asyncio.shield(self._begun)
-        assert self._task is not None
-        if not self._task.done():
-            await asyncio.wait([self._task])
-        return not self._task.cancelled() and self._task.exception() is None
+        await self._landed.wait()
+        return self._written

@@ -39,3 +39,29 @@ def test_a_failed_write_says_so_to_every_waiter() -> None:
         return [await turn.written(), await turn.written()]
 
     assert asyncio.run(scenario()) == [False, False]
+
+
+def test_a_waiter_is_woken_in_the_loop_iteration_after_the_write_ends() -> None:
+    """For a turn nothing gates, its stream's status line and `meta` wait for the write: each
+    loop iteration between is one more wait behind every other stream's work (issue #33)."""
+
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        order: list[str] = []
+
+        async def write() -> None:
+            await asyncio.sleep(0)
+            # The write's last step: a marker two iterations on.
+            loop.call_soon(loop.call_soon, order.append, "two iterations on")
+
+        turn = TurnWrite(write)
+        turn.begin()
+
+        async def follower() -> None:
+            assert await turn.written()
+            order.append("woken")
+
+        await asyncio.gather(follower(), asyncio.sleep(0.01))
+        return order
+
+    assert asyncio.run(scenario()) == ["woken", "two iterations on"]
