@@ -157,16 +157,7 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
           required: true
           content:
             application/json:
-              schema:
-                type: object
-                properties:
-                  message: {type: string, description: "chat: the user's message"}
-                  context: {type: string, description: "coach: what to coach on"}
-                  question: {type: string, description: "coach: the question"}
-                  conversation_id: {type: [string, "null"]}
-                  stream: {type: boolean, default: true, description: "false: one JSON answer"}
-                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
-                  reasoning: {type: object, properties: {effort: {type: string}}}
+              schema: {$ref: "#/components/schemas/TurnBody"}
         parameters:
           - {name: Idempotency-Key, in: header, schema: {type: string}}
         responses:
@@ -188,6 +179,17 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
           429: rate_limited
           503: server_busy storage_error
           400: invalid_last_event_id
+        x-schemas:
+          TurnBody:
+            type: object
+            properties:
+              message: {type: string, description: "chat: the user's message"}
+              context: {type: string, description: "coach: what to coach on"}
+              question: {type: string, description: "coach: the question"}
+              conversation_id: {type: [string, "null"]}
+              stream: {type: boolean, default: true, description: "false: one JSON answer"}
+              model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+              reasoning: {type: object, properties: {effort: {type: string}}}
         """
         state = app_state(request)
         caller = await identify(request)
@@ -273,16 +275,7 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
           required: true
           content:
             application/json:
-              schema:
-                type: object
-                properties:
-                  message: {type: string, description: "chat: the user's message"}
-                  context: {type: string, description: "coach: what to coach on"}
-                  question: {type: string, description: "coach: the question"}
-                  conversation_id: {type: [string, "null"]}
-                  stream: {type: boolean, default: true, description: "false: one JSON answer"}
-                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
-                  reasoning: {type: object, properties: {effort: {type: string}}}
+              schema: {$ref: "#/components/schemas/TurnBody"}
         parameters:
           - {name: Idempotency-Key, in: header, schema: {type: string}}
         responses:
