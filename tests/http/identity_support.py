@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -53,6 +54,24 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 def token(key: Any, alg: str, kid: str | None = None, **changes: Any) -> str:
     return jwt.encode(claims(**changes), key, algorithm=alg, headers={"kid": kid} if kid else None)
+
+
+# A server that signs users in with the host app's HS256 tokens (AUTH_MODE=jwt): the settings
+# to start it with, and a user's Authorization header and client for it.
+JWT_SETTINGS: dict[str, Any] = {
+    "auth_mode": "jwt",
+    "auth_jwt_secret": SECRET,
+    "auth_jwt_audience": AUDIENCE,
+    "auth_jwt_issuer": ISSUER,
+}
+
+
+def bearer(user: str, **changes: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(SECRET, 'HS256', sub=user, **changes)}"}
+
+
+def signed_in(url: str, user: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=10, headers=bearer(user))
 
 
 def _b64(data: bytes) -> str:
