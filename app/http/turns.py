@@ -27,7 +27,7 @@ from app.replies.breakpoints import with_breakpoints
 from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
-from app.replies.window import Window, windowed
+from app.replies.window import windowed
 from app.storage.replies import TurnIds
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,6 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
     message = optional_text(body, "message", limit=limit)
     if message is None:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
-    agent = state.agents.effective("chat")
     stream = stream_flag(body)
     conversation_id = leaf = remembered = None
     if body.get("conversation_id") is not None:
@@ -119,33 +118,61 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         # The turn continues the branch the conversation shows, from its last message.
         conversation_id, leaf = conversation["id"], conversation["active_leaf_id"]
         remembered = conversation["model"]
-    choice = await _choice(state, "chat", body, remembered=remembered)
-    window = await _window(state, leaf, limit=agent.history_messages, choice=choice)
-    return Turn(
+    return await _turn_after(
+        state,
+        "chat",
+        leaf,
+        body=body,
+        remembered=remembered,
         user_id=user_id,
-        agent="chat",
         user_content=message,
         conversation_id=conversation_id,
-        prompt=[{"role": "system", "content": agent.system_prompt}],
+        stream=stream,
+        wants_title=conversation_id is None or not conversation["titled"],
+    )
+
+
+async def _turn_after(
+    state: AppState,
+    agent: str,
+    parent_id: str | None,
+    *,
+    body: dict[str, Any],
+    remembered: str | None,
+    user_id: str,
+    user_content: str,
+    conversation_id: str | None,
+    stream: bool = True,
+    answers: str | None = None,
+    wants_title: bool,
+) -> Turn:
+    """A turn of `agent` whose user message follows `parent_id` (None: a new conversation's
+    first): the agent's system prompt, the model `body` chooses (else `remembered`, else the
+    agent's), and the history that ends at `parent_id`: the agent's last `history_messages`
+    at most, read no further up than the model's window, left out in steps
+    (app/replies/window.py)."""
+    effective = state.agents.effective(agent)
+    choice = await _choice(state, agent, body, remembered=remembered)
+    limit = effective.history_messages
+    rows = await state.store.replies.history_with_seqs(
+        leaf_id=parent_id, limit=limit, max_chars=choice.context_length
+    )
+    window = windowed(rows, limit=limit)
+    return Turn(
+        user_id=user_id,
+        agent=agent,
+        user_content=user_content,
+        conversation_id=conversation_id,
+        prompt=[{"role": "system", "content": effective.system_prompt}],
         choice=choice,
         history=window.messages,
         same_start_as_last=window.same_as_last,
         same_start_as_next=window.same_as_next,
         stream=stream,
-        parent_id=leaf,
-        wants_title=conversation_id is None or not conversation["titled"],
+        parent_id=parent_id,
+        answers=answers,
+        wants_title=wants_title,
     )
-
-
-async def _window(
-    state: AppState, leaf_id: str | None, *, limit: int, choice: ModelChoice
-) -> Window:
-    """The history a chat turn after `leaf_id` sends: its agent's last `limit` messages at
-    most, read no further up than the model's window, left out in steps (app/replies/window.py)."""
-    rows = await state.store.replies.history_with_seqs(
-        leaf_id=leaf_id, limit=limit, max_chars=choice.context_length
-    )
-    return windowed(rows, limit=limit)
 
 
 async def _own_message(
@@ -177,20 +204,15 @@ async def _branch_turn(
 ) -> Turn:
     """A turn on a new branch of `conversation`, after `parent_id`: the history is that
     message's path, whichever branch the conversation shows."""
-    agent = state.agents.effective(conversation["agent"])
-    choice = await _choice(state, conversation["agent"], body, remembered=conversation["model"])
-    window = await _window(state, parent_id, limit=agent.history_messages, choice=choice)
-    return Turn(
+    return await _turn_after(
+        state,
+        conversation["agent"],
+        parent_id,
+        body=body,
+        remembered=conversation["model"],
         user_id=conversation["user_id"],
-        agent=conversation["agent"],
         user_content=user_content,
         conversation_id=conversation["id"],
-        prompt=[{"role": "system", "content": agent.system_prompt}],
-        choice=choice,
-        history=window.messages,
-        same_start_as_last=window.same_as_last,
-        same_start_as_next=window.same_as_next,
-        parent_id=parent_id,
         answers=answers,
         wants_title=conversation["agent"] == "chat" and not conversation["titled"],
     )
