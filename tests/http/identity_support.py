@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.dev.threaded_server import ThreadedServer
+from tests.support import local_client
 
 SECRET = "host-app-shared-secret-0123456789abcdef"
 AUDIENCE = "authenticated"
@@ -71,7 +72,7 @@ def bearer(user: str, **changes: Any) -> dict[str, str]:
 
 
 def signed_in(url: str, user: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=10, headers=bearer(user))
+    return local_client(url, headers=bearer(user))
 
 
 def _b64(data: bytes) -> str:
