@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -18,6 +17,7 @@ from tests.http.test_browser import SCREENSHOTS, STREAM_TIMEOUT, assistant, open
 from tests.http.test_browser_daily_use import DESKTOP, accessible
 from tests.http.test_browser_models import choose
 from tests.http.test_prompt_caching import GPT4O, SONNET, agents_file, saved, usd, user_message
+from tests.support import local_client
 
 pytestmark = pytest.mark.any_database
 
@@ -42,6 +42,11 @@ def both_sizes(page: Page, name: str) -> None:
         page.screenshot(path=SCREENSHOTS / f"{name}-{label}.png", full_page=size is NARROW)
         accessible(page, f"{name} ({label})")
     page.set_viewport_size(before)
+
+
+def read_conversation(url: str, conversation_id: str) -> dict:
+    with local_client(url) as http:
+        return http.get(f"/api/conversations/{conversation_id}").json()
 
 
 def converse(page: Page, turns: int) -> None:
@@ -85,8 +90,7 @@ def app_url(start_server, tmp_path: Path) -> str:
 def test_the_page_shows_what_caching_saved_beside_each_cost_and_in_the_header(page, app_url, fake):
     page.goto(app_url)
     converse(page, 3)
-    conversation_id = open_conversation_id(page)
-    conversation = httpx.get(f"{app_url}/api/conversations/{conversation_id}", timeout=5).json()
+    conversation = read_conversation(app_url, open_conversation_id(page))
 
     # What the API reports is what the simulator's prices say: turn 1 writes the cache (a
     # negative saving), turns 2 and 3 read it.
@@ -113,7 +117,7 @@ def test_the_page_shows_what_caching_saved_beside_each_cost_and_in_the_header(pa
     expect(page.get_by_test_id("total-cache-saved")).to_be_hidden()
     choose(page, GPT4O)
     converse(page, 2)
-    other = httpx.get(f"{app_url}/api/conversations/{open_conversation_id(page)}", timeout=5).json()
+    other = read_conversation(app_url, open_conversation_id(page))
     assert [m["cache_saved_usd"] for m in other["messages"] if m["role"] == "assistant"] == [0, 0]
     expect(assistant(page).get_by_test_id("message-model")).to_have_text(GPT4O)
     expect(page.get_by_test_id("message-cache-saved")).to_have_count(2)
@@ -130,7 +134,7 @@ def test_the_page_shows_what_caching_saved_beside_each_cost_and_in_the_header(pa
 
 
 def test_the_costs_page_shows_what_caching_saved_beside_the_cost(page, app_url):
-    with httpx.Client(base_url=app_url, timeout=30) as http:
+    with local_client(app_url, timeout=30) as http:
         conversation_id = None
         for turn in (1, 2):
             sent = {"message": user_message(turn), "conversation_id": conversation_id}
@@ -143,16 +147,16 @@ def test_the_costs_page_shows_what_caching_saved_beside_the_cost(page, app_url):
     page.get_by_test_id("costs-load").click()
     row = page.get_by_test_id("costs-row")
     expect(row).to_have_count(1)
-    report = httpx.get(
-        f"{app_url}/api/admin/costs",
-        params={
-            "from": page.get_by_test_id("costs-from").input_value(),
-            "to": page.get_by_test_id("costs-to").input_value(),
-            "group_by": "day,model",
-        },
-        headers={"Authorization": f"Bearer {ADMIN}"},
-        timeout=5,
-    ).json()
+    with local_client(app_url) as http:
+        report = http.get(
+            "/api/admin/costs",
+            params={
+                "from": page.get_by_test_id("costs-from").input_value(),
+                "to": page.get_by_test_id("costs-to").input_value(),
+                "group_by": "day,model",
+            },
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ).json()
     [figures] = report["rows"]
     assert figures["model"] == SONNET and float(figures["cache_saved_usd"]) > 0
     headers = page.locator('[data-testid="costs-table"] th').all_inner_texts()
