@@ -6,6 +6,7 @@ Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
