@@ -511,3 +511,19 @@ def test_uploads_go_with_their_conversation_and_unused_ones_after_a_day(a, share
     )
     assert a.get(f"/api/uploads/{carried}").status_code == 200
     assert a.get(f"/api/uploads/{fresh}").status_code == 200
+
+
+def test_without_a_parser_a_pdf_needs_a_model_that_reads_files(start_server, fake, tmp_path):
+    """PDF_ENGINE=off: no file-parser plugin, so a model without file input refuses a PDF
+    before anything is written; one with file input takes it."""
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS.read_text().replace("[chat]\n", '[chat]\nallowed_models = "*"\n', 1))
+    server = start_server(pdf_engine="off", agents_file=str(agents))
+    with httpx.Client(base_url=server.url, timeout=20) as http:
+        pdf = upload(http, PDF_2, "brief.pdf").json()["id"]
+        body = {"message": "read", "attachments": [pdf], "stream": False}
+        refused = http.post("/api/chat", json={**body, "model": NO_FILES})
+        assert assert_error(refused, 422, "model_cannot_read_files")["error"]["model"] == NO_FILES
+        assert fake.requests == [] and http.get("/api/conversations").json()["conversations"] == []
+        assert http.post("/api/chat", json=body).status_code == 200  # gpt-4o reads files
+        assert "plugins" not in fake.requests[0]["body"]
