@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -264,6 +265,8 @@ GROWTH_CASES = {
     "db: list, heavy user",
     "db: /api/admin/costs",
     "db: /api/me/costs, heavy user",
+    "small context: time to first delta",
+    "small context: server CPU per turn",
 }
 GROWTH_PLANS = [
     "list, first page",
@@ -300,6 +303,28 @@ def test_the_growth_benchmark_measures_every_case_on_each_database():
         plans = [line for line in lines if line.startswith(f"{database:<10} ")]
         assert [line[11:40].strip() for line in plans] == GROWTH_PLANS
         assert f"{database}: history sent upstream: after 2 turns 4 messages" in finished.stdout
+        # The small-context model's last turn was cut to fit its window: the case measures it.
+        assert re.search(
+            rf"{database}: small context \(gryphe/mythomax-l2-13b, 4,096 tokens\): turn 2 .*; "
+            r"turn 4 sent \d+ messages, [\d,]+ bytes \(history: \d+ sent, [1-9]\d* left out\)",
+            finished.stdout,
+        ), finished.stdout
+
+
+def test_the_growth_benchmark_runs_only_the_cases_asked_for():
+    """`--cases small-context`: that case alone (issue 29's turn 200 against turn 10 on a
+    small-context model), at 4 turns: its two rows, no other, and no database fill."""
+    args = ["--cases", "small-context", "--databases", "sqlite", "--turns", "4", "--window", "2"]
+    finished = run_bench("bench.growth", *args, timeout=120)
+    lines = finished.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case"))
+    rows = lines[header + 2 : lines.index("", header)]
+    assert [row[:44].strip() for row in rows] == [
+        "small context: time to first delta",
+        "small context: server CPU per turn",
+    ]
+    assert all(row.endswith(("flat", "grows")) for row in rows), rows
+    assert "filled" not in finished.stdout and "plans" not in finished.stdout
 
 
 def test_caching_measures_a_conversation_with_and_without():

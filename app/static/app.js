@@ -13,6 +13,7 @@ const els = {
   newChat: $('[data-testid="new-chat"]'),
   title: $('[data-testid="chat-title"]'),
   total: $('[data-testid="total-cost"]'),
+  saved: $('[data-testid="total-cache-saved"]'),
   usage: $('[data-testid="usage"]'),
   empty: $('[data-testid="empty-state"]'),
   messages: $('[data-testid="message-list"]'),
@@ -115,6 +116,19 @@ function formatSpend(v) {
   const decimals = Math.min(10, Math.max(2, 2 - Math.floor(Math.log10(Math.abs(n)))));
   const [whole, part] = n.toFixed(decimals).split('.');
   return `$${whole}.${part.replace(/0+$/, '').padEnd(2, '0')}`;
+}
+
+// What prompt caching saved (docs/caching.md), said quietly beside a cost, where it saved
+// something: nothing when it is 0 or not known, nor when it is negative (a first turn's cache
+// write, which is part of the cost and needs no words). The title has the exact amount.
+function showCacheSaved(el, amount, what) {
+  const n = Number(amount);
+  const shown = amount != null && Number.isFinite(n) && n > 0;
+  el.hidden = !shown;
+  el.textContent = shown ? `saved ${formatUsd(n)} by caching` : '';
+  el.title = shown
+    ? `Prompt caching: part of ${what} was read from the provider's cache, billed at a fraction of the input price. It cost $${n.toFixed(12).replace(/0+$/, '')} less than without caching.`
+    : '';
 }
 
 async function api(method, url, body) {
@@ -306,7 +320,8 @@ function createView(m) {
     v.model = h('span', { 'data-testid': 'message-model' });
     v.tokens = h('span', { 'data-testid': 'message-tokens', title: 'prompt + completion tokens' });
     v.cost = h('span', { 'data-testid': 'message-cost' });
-    v.el.append(h('footer', { class: 'msg-meta', 'data-testid': 'message-meta' }, v.model, v.tokens, v.cost));
+    v.saved = h('span', { class: 'msg-saved', 'data-testid': 'message-cache-saved', hidden: true });
+    v.el.append(h('footer', { class: 'msg-meta', 'data-testid': 'message-meta' }, v.model, v.tokens, v.cost, v.saved));
   } else {
     v.content.append(v.raw);
   }
@@ -351,6 +366,7 @@ function updateView(v, m) {
     if (u) v.tokens.textContent = `${u.prompt_tokens ?? '?'} prompt + ${u.completion_tokens ?? '?'} completion tokens`;
   }
   if (v.cost && 'cost_usd' in m) v.cost.textContent = formatUsd(m.cost_usd);
+  if (v.saved && 'cache_saved_usd' in m) showCacheSaved(v.saved, m.cache_saved_usd, "this reply's prompt");
   if ('error' in m) {
     const msg = m.error && (ERROR_NOTES[m.error.code] || m.error.message || m.error.code);
     v.error.hidden = !msg;
@@ -683,10 +699,12 @@ function startStream(url, v, { focusStop = false } = {}) {
         finish_reason: d.finish_reason,
         // Without a cost the run saw no usage chunk either, so its token counts are not real.
         model: d.model, usage: costKnown ? d.usage ?? null : null, cost_usd: d.cost_usd ?? null,
+        cache_saved_usd: d.cache_saved_usd ?? null,
       });
       followEnd();
       finish(status);
       if (!costKnown) refreshCost(v, state.openId);
+      else if (d.cache_saved_usd) refreshSaved(conversationId);
     },
     failed: (d) => {
       renderContent(v);
@@ -716,12 +734,25 @@ async function refreshCost(v, conversationId, delays = [300, 1500, 5000]) {
     const conv = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}`).catch(() => null);
     const m = conv?.messages?.find((x) => x.id === v.id);
     if (m?.cost_usd != null) {
-      updateView(v, { model: m.model, usage: m.usage, cost_usd: m.cost_usd });
+      updateView(v, { model: m.model, usage: m.usage, cost_usd: m.cost_usd, cache_saved_usd: m.cache_saved_usd });
       setHeader(conv.title, conv.total_cost_usd);
+      showConversationSaved(conv);
       loadConversations();
       return;
     }
   }
+}
+
+// The header's "saved by caching": the conversation's total (`total_cache_saved_usd`, over the
+// same generations as its total cost), from its read only (the list has no such column).
+function showConversationSaved(conv) {
+  showCacheSaved(els.saved, conv?.total_cache_saved_usd, "this conversation's prompts");
+}
+
+// A reply's `done` said caching changed what it cost: the conversation's total changed too.
+async function refreshSaved(conversationId) {
+  const conv = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}`).catch(() => null);
+  if (conv && state.openId === conversationId) showConversationSaved(conv);
 }
 
 async function stopReply() {
@@ -773,6 +804,7 @@ async function send() {
     setHash(state.openId);
     clearMessages();
     setHeader(null, 0);
+    showConversationSaved(null);
   }
   appendMessage({ id: res.user_message_id, role: 'user', content: text, status: 'complete' });
   const v = appendMessage({
@@ -929,6 +961,7 @@ async function showConversation(conv, { resume = true, seq = state.navSeq } = {}
   closeStream();
   clearMessages();
   setHeader(conv.title, conv.total_cost_usd);
+  showConversationSaved(conv);
   showModel(conv.model ?? null);
   const messages = conv.messages || [];
   for (const m of messages) appendMessage(m);
@@ -956,6 +989,7 @@ function newChat({ focus = true } = {}) {
   setHash(null);
   clearMessages();
   setHeader(null, null);
+  showConversationSaved(null);
   showModel(null); // a new chat starts on the agent's default
   renderList();
   if (focus) els.input.focus();
