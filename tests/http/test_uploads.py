@@ -35,6 +35,7 @@ from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
 from tests.support import (
     DatabaseHandle,
     _on_own_connection,
+    local_client,
     make_database,
     run_async,
     wait_for,
@@ -81,7 +82,7 @@ def shared(fake_server, tmp_path_factory) -> Iterator[tuple[str, DatabaseHandle]
 
 def client(shared, user: str) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token(SECRET, 'HS256', sub=user)}"}
-    return httpx.Client(base_url=shared[0], headers=headers, timeout=20)
+    return local_client(shared[0], headers=headers, timeout=20)
 
 
 @pytest.fixture
@@ -519,7 +520,7 @@ def test_without_a_parser_a_pdf_needs_a_model_that_reads_files(start_server, fak
     agents = tmp_path / "agents.toml"
     agents.write_text(AGENTS.read_text().replace("[chat]\n", '[chat]\nallowed_models = "*"\n', 1))
     server = start_server(pdf_engine="off", agents_file=str(agents))
-    with httpx.Client(base_url=server.url, timeout=20) as http:
+    with local_client(server.url, timeout=20) as http:
         pdf = upload(http, PDF_2, "brief.pdf").json()["id"]
         body = {"message": "read", "attachments": [pdf], "stream": False}
         refused = http.post("/api/chat", json={**body, "model": NO_FILES})
