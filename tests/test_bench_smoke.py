@@ -282,13 +282,14 @@ GROWTH_PLANS = [
 @pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_growth_benchmark_measures_every_case_on_each_database():
     """Tiny sizes: every case measured and given a verdict, /api/me/costs before and after
-    migration 14, a plan for every query; on PostgreSQL too when the suite has one."""
-    databases = ["sqlite"]
+    migration 14, a plan for every query; on the pass's database (scripts/test's PostgreSQL
+    pass sets TEST_POSTGRES_URL, its SQLite pass does not)."""
     args = ["--turns", "4", "--window", "2", "--tokens", "60", "--messages", "6000"]
     args += ["--requests", "2", "--deep", "2"]  # the heavy user: 60 conversations, 2 pages
+    databases = ["sqlite"]
     admin_url = os.environ.get("TEST_POSTGRES_URL")
     if admin_url:
-        databases.append("postgresql")
+        databases = ["postgresql"]
         args += ["--postgres-url", admin_url]
     finished = run_bench("bench.growth", *args, "--databases", ",".join(databases), timeout=120)
     lines = finished.stdout.splitlines()
