@@ -960,7 +960,9 @@ async function removeAttachment(a) {
   const focusNext = els.attachments.contains(document.activeElement);
   renderAttachments();
   showAttachError('');
-  if (focusNext) (els.attachments.querySelector('.att-remove') || els.input).focus();
+  // The focus goes to the chip that took its place (or the one before it), else the box.
+  const buttons = els.attachments.querySelectorAll('.att-remove');
+  if (focusNext) (buttons[Math.min(at, buttons.length - 1)] || els.input).focus();
   if (a.status === 'uploading') {
     a.controller.abort();
     return;
