@@ -172,6 +172,9 @@ function refusal(res, error) {
   if (error.code === 'model_cannot_read_files') {
     return `Not sent: ${model} cannot read PDF files. Choose a model marked PDF, or remove the file.`;
   }
+  if (error.code === 'upload_not_found') {
+    return 'Not sent: an attached file is no longer kept (files not sent within a day are removed). Remove its chip and attach it again.';
+  }
   if (error.code === 'reasoning_not_supported') return `Not sent: ${model} cannot reason step by step as asked. Choose a model marked Reasoning.`;
   if (error.code === 'message_too_long_for_model') {
     const window = error.context_length ? `, whose context holds ${Number(error.context_length).toLocaleString()} tokens` : '';

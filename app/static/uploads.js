@@ -39,7 +39,8 @@
       return `${file}: it is not a file the assistant can read. Attach ${KINDS}.`;
     }
     if (code === 'upload_quota_exceeded') {
-      return `${file}: your space for attachments is full. Delete conversations with files you no longer need, then try again.`;
+      const used = error.quota_bytes ? ` (${formatSize(error.used_bytes)} of your ${formatSize(error.quota_bytes)} used)` : '';
+      return `${file}: it does not fit in your space for attachments${used}. Delete conversations with files you no longer need, then try again.`;
     }
     if (status === 413 || code === 'upload_too_large') {
       const limit = error?.limit_bytes ? ` (${formatSize(error.limit_bytes)})` : '';

@@ -30,6 +30,9 @@ pytestmark = pytest.mark.any_database
 browser, page = test_browser.browser, test_browser.page
 PHONE = {"width": 375, "height": 812}
 MYTHOMAX = "gryphe/mythomax-l2-13b"  # reads text only
+# The refusals' test: files up to 40 kB, 50 kB of them kept per user (the defaults: 10 MB, 100 MB).
+LIMIT = 40_000
+QUOTA = 50_000
 
 
 # -- files, made here: real PNG and PDF bytes, no image or PDF library needed ------------------
@@ -59,8 +62,9 @@ def png(width: int = 320, height: int = 200) -> bytes:
     )
 
 
-def pdf(pages: int = 2, text: str = "Draft") -> bytes:
-    """A valid PDF of `pages` pages, a line of text on each, its cross-reference table exact."""
+def pdf(pages: int = 2, text: str = "Draft", *, comment: int = 0) -> bytes:
+    """A valid PDF of `pages` pages, a line of text on each, its cross-reference table exact;
+    `comment`: that many bytes of comment after the header."""
     font = 3 + 2 * pages
     kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(pages))
     objects = [
@@ -75,7 +79,7 @@ def pdf(pages: int = 2, text: str = "Draft") -> bytes:
         )
         objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
     objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = bytearray(b"%PDF-1.4\n")
+    out = bytearray(b"%PDF-1.4\n" + (b"%" + b"x" * comment + b"\n" if comment else b""))
     offsets = []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
@@ -85,6 +89,12 @@ def pdf(pages: int = 2, text: str = "Draft") -> bytes:
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
     trailer = f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"
     return bytes(out + trailer.encode())
+
+
+def padded(pages: int, size: int) -> bytes:
+    """A valid PDF of about `size` bytes: a comment after its header, which readers skip."""
+    small = pdf(pages)
+    return pdf(pages, comment=max(size - len(small) - 2, 0))
 
 
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="9"/></svg>'
@@ -267,7 +277,9 @@ def text_model_allowed(tmp_path: Path) -> str:
 def test_what_cannot_be_read_is_refused_in_plain_words(
     page, start_server, fake, tmp_path, text_model_allowed
 ):
-    server = start_server(agents_file=text_model_allowed)
+    server = start_server(
+        agents_file=text_model_allowed, max_upload_bytes=LIMIT, upload_quota_bytes=QUOTA
+    )
     page.goto(server.url)
 
     # An SVG (an image, but one that can carry script): refused, no chip, the reason beside
@@ -279,6 +291,25 @@ def test_what_cannot_be_read_is_refused_in_plain_words(
         "Attach PNG, JPEG, WebP or GIF images, or PDF files."
     )
     expect(chips(page)).to_have_count(0)
+
+    # Too large: refused before the server reads it whole, and said so.
+    choose(page, "attach", ("scan.pdf", "application/pdf", padded(1, 3 * LIMIT)))
+    expect(error).to_have_text(re.compile(r"^“scan\.pdf” was not attached: it is larger than"))
+    expect(chips(page)).to_have_count(0)
+
+    # Over the user's space for attachments: two PDFs fit, the third does not; removing one
+    # makes room again.
+    for name in ("a.pdf", "b.pdf"):
+        choose(page, "attach", (name, "application/pdf", padded(1, QUOTA // 2 - 500)))
+    uploaded(page, 2)
+    expect(error).to_be_hidden()
+    choose(page, "attach", ("c.pdf", "application/pdf", padded(1, QUOTA // 2 - 500)))
+    expect(error).to_contain_text("“c.pdf” was not attached: it does not fit in your space")
+    uploaded(page, 2)
+    sizes(page, tmp_path, "refused-for-the-quota")
+    for name in ("a.pdf", "b.pdf"):
+        page.get_by_role("button", name=f"Remove {name}").click()
+    uploaded(page, 0)
 
     # The picker says which models read images and PDFs.
     page.get_by_test_id("model-button").click()
@@ -292,7 +323,7 @@ def test_what_cannot_be_read_is_refused_in_plain_words(
 
     # An image for that model: a warning before sending, then the server's refusal, and
     # nothing written.
-    choose(page, "attach", ("screen.png", "image/png", png()))
+    choose(page, "attach", ("screen.png", "image/png", png(120, 90)))
     uploaded(page, 1)
     expect(error).to_be_hidden()
     warning = page.get_by_test_id("attach-warning")
