@@ -114,6 +114,10 @@ class Recovery:
         if ended:
             log.warning("ended %d budget reservations of dead replies", ended)
         await self._store.idempotency.expire(at=now())
+        # Uploads no message carries, a day after they were made (and unfinished ones).
+        swept = await self._store.uploads.expire(at=now())
+        if swept:
+            log.info("deleted %d uploads no message carries", swept)
 
     async def stop(self) -> None:
         """Stop tending; unfinished cost lookups are cancelled and wait for the next start-up

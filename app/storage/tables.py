@@ -267,6 +267,42 @@ job_contents = sa.Table(
 )
 
 
+# Attachments (migration 19, app/storage/uploads.py): a user's uploaded image or PDF, its bytes
+# in `upload_chunks` (a row per 256 KiB, so none is read or written whole), and the messages
+# that carry it, in order.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),  # its media type, from its bytes
+    sa.Column("name", sa.String(255), nullable=False),  # the client's file name, cleaned
+    sa.Column("size", sa.BigInteger, nullable=False),  # bytes stored
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("pages", sa.Integer),
+    sa.Column("digest", sa.String(80), nullable=False),  # sha256:<hex> of the bytes stored
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("stored_at", UTCDateTime),  # null while its chunks are being written
+)
+
+upload_chunks = sa.Table(
+    "upload_chunks",
+    metadata,
+    sa.Column("upload_id", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+message_attachments = sa.Table(
+    "message_attachments",
+    metadata,
+    sa.Column("message_id", sa.String(36), primary_key=True),
+    sa.Column("position", sa.SmallInteger, primary_key=True),
+    sa.Column("upload_id", sa.String(32), nullable=False),
+)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
