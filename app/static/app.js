@@ -167,10 +167,10 @@ function refusal(res, error) {
   if (error.code === 'model_not_allowed') return `Not sent: ${model} is not one of the models you can choose here. Choose another one.`;
   if (error.code === 'unknown_model') return `Not sent: ${model} is no longer offered. Choose another model.`;
   if (error.code === 'model_cannot_read_images') {
-    return `Not sent: ${model} cannot read images. Choose a model marked Images, or remove the image.`;
+    return `Not sent: ${modelName(model)} cannot read images. Choose a model marked Images, or remove the image.`;
   }
   if (error.code === 'model_cannot_read_files') {
-    return `Not sent: ${model} cannot read PDF files. Choose a model marked PDF, or remove the file.`;
+    return `Not sent: ${modelName(model)} cannot read PDF files. Choose a model marked PDF, or remove the file.`;
   }
   if (error.code === 'upload_not_found') {
     return 'Not sent: an attached file is no longer kept (files not sent within a day are removed). Remove its chip and attach it again.';
@@ -852,6 +852,7 @@ els.modelButton.addEventListener('click', () => picker.open({
   onPick: (id) => {
     // The default is sent as no model: the conversation then follows the agent's default.
     showModel(id === state.defaultModel && !state.openId ? null : id);
+    clearError(); // a refusal for the model before is answered by the choice
     els.input.focus();
   },
 }));
