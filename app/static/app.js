@@ -763,7 +763,12 @@ async function stopReply() {
 
 async function send() {
   const text = els.input.value.trim();
-  if (!text || state.sending || state.streamingId) return;
+  if (state.sending || state.streamingId) return;
+  if (!text) {
+    // A message is words: files alone are not sent (a pasted screenshot, then Enter).
+    if (state.attachments.length) showAttachError('Add a few words to go with the files, then send.');
+    return;
+  }
   clearError();
   if (state.attachments.some((a) => a.status === 'uploading')) {
     showAttachError('Not sent yet: wait until the files have finished uploading.');

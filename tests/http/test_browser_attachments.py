@@ -2,7 +2,9 @@
 against a real server: attach with the button, paste an image, drop a file, see the chips,
 remove one before sending (the upload is deleted), send and see the thumbnail and the PDF's
 chip on the message, again after a reload; an SVG refused in a sentence; an image for a model
-that cannot read images warned about and refused; the coach reading a PDF. axe-core on each
+that cannot read images warned about and refused; a file too large, the space for attachments
+full; signed in through a host app, the coach reading a PDF and a thumbnail fetched with the
+token. axe-core on each
 state; screenshots of the composer with chips and of a message with attachments, at desktop
 size and at 375 px, in the test's tmp dir.
 """
@@ -22,7 +24,15 @@ from playwright.sync_api import Page, expect
 from app.dev.simulator import Behaviour
 from app.settings import DEFAULT_AGENTS_FILE
 from tests.http import test_browser
-from tests.http.test_browser import STREAM_TIMEOUT, assistant, conversation, open_conversation_id
+from tests.http.identity_support import SECRET, token
+from tests.http.test_browser import (
+    JWT_SETTINGS,
+    STREAM_TIMEOUT,
+    assistant,
+    conversation,
+    host_gives_tokens,
+    open_conversation_id,
+)
 from tests.http.test_browser_daily_use import DESKTOP, accessible
 
 pytestmark = pytest.mark.any_database
@@ -350,8 +360,11 @@ def test_what_cannot_be_read_is_refused_in_plain_words(
 # -- 3. the coach reads a PDF -----------------------------------------------------------------
 
 
-def test_the_coach_widget_takes_a_pdf_as_its_document(page, start_server, fake, tmp_path):
-    server = start_server()
+def test_signed_in_the_coach_reads_a_pdf_and_thumbnails_come_with_the_token(
+    page, start_server, fake, tmp_path
+):
+    server = start_server(**JWT_SETTINGS)
+    host_gives_tokens(page, token(SECRET, "HS256", sub="ann"))
     fake.enqueue(Behaviour(tokens=["Page two repeats page one."]))
     page.goto(server.url)
     panel = page.get_by_test_id("coach-panel")
@@ -374,3 +387,16 @@ def test_the_coach_widget_takes_a_pdf_as_its_document(page, start_server, fake, 
     document.get_by_role("button", name="Remove essay.pdf").click()
     expect(document).to_be_hidden()
     expect(panel.get_by_test_id("coach-attach")).to_be_focused()
+
+    # An <img> cannot send the token: the page fetches the image with it and shows it as a
+    # data: URL (the token never goes in a URL). Words are needed to send the files.
+    paste(page, "image.png", "image/png", png(120, 90))
+    uploaded(page, 1)
+    thumbnails_shown(page.get_by_test_id("composer-attachments"))
+    thumb = page.get_by_test_id("attachment-thumbnail")
+    assert thumb.get_attribute("src").startswith("data:image/png;base64,")
+    page.get_by_test_id("composer-input").press("Enter")
+    expect(page.get_by_test_id("attach-error")).to_have_text(
+        "Add a few words to go with the files, then send."
+    )
+    expect(page.get_by_test_id("message")).to_have_count(0)
