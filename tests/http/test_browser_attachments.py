@@ -4,9 +4,8 @@ remove one before sending (the upload is deleted), send and see the thumbnail an
 chip on the message, again after a reload; an SVG refused in a sentence; an image for a model
 that cannot read images warned about and refused; a file too large, the space for attachments
 full; signed in through a host app, the coach reading a PDF and a thumbnail fetched with the
-token. axe-core on each
-state; screenshots of the composer with chips and of a message with attachments, at desktop
-size and at 375 px, in the test's tmp dir.
+token. axe-core on each state; screenshots of the composer with chips and of a message with
+attachments, at desktop size and at 375 px, in the test's tmp dir.
 """
 
 from __future__ import annotations
