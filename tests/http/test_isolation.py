@@ -41,6 +41,13 @@ LIVE_TOKENS = [f" live{i}" for i in range(100)]  # 6 s at 0.06 s each: live thro
 # Routes that hold no user's conversation or message ids (or, for the list, are checked below).
 NOT_ABOUT_IDS = {
     ("GET", "/"),
+    # Uploads hold no conversation or message ids; another user's upload id answers as one
+    # that does not exist on each of them and in every turn form:
+    # tests/http/test_uploads.py::test_another_users_upload_is_not_found_anywhere.
+    ("POST", "/api/uploads"),
+    ("GET", "/api/uploads/{upload_id}"),
+    ("GET", "/api/uploads/{upload_id}/content"),
+    ("DELETE", "/api/uploads/{upload_id}"),
     ("GET", "/healthz"),
     ("GET", "/api/me"),
     ("GET", "/api/models"),
