@@ -112,10 +112,14 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect wid
 # -- the ways a file reaches the composer -------------------------------------------------------
 
 
-def choose(page: Page, button: str, *files: tuple[str, str, bytes]) -> None:
-    """Press an attach button (as a person does) and pick files in the chooser it opens."""
+def choose(page: Page, button: str, *files: tuple[str, str, bytes], keyboard: bool = False) -> None:
+    """Press an attach button (a click, or Enter on it) and pick files in the chooser it opens."""
     with page.expect_file_chooser() as chooser:
-        page.get_by_test_id(button).click()
+        if keyboard:
+            page.get_by_test_id(button).focus()
+            page.keyboard.press("Enter")
+        else:
+            page.get_by_test_id(button).click()
     chooser.value.set_files(
         [{"name": name, "mimeType": kind, "buffer": data} for name, kind, data in files]
     )
@@ -207,7 +211,11 @@ def test_files_attached_every_way_go_with_the_message_and_come_back_with_it(
     button = page.get_by_role("button", name="Attach images or PDFs")
     expect(button).to_be_visible()
     choose(
-        page, "attach", ("chart.png", "image/png", png()), ("draft.pdf", "application/pdf", pdf(2))
+        page,
+        "attach",
+        ("chart.png", "image/png", png()),
+        ("draft.pdf", "application/pdf", pdf(2)),
+        keyboard=True,
     )
     uploaded(page, 2)
     paste(page, "image.png", "image/png", png(120, 90))  # as Chromium names a pasted image
