@@ -871,11 +871,16 @@ function attachmentItem(a, { onRemove = null, uploading = false } = {}) {
   const name = a.name || 'file';
   let mark;
   if (image && a.id) {
-    mark = h('img', {
+    const img = h('img', {
       class: 'att-thumb', alt: name, 'data-testid': 'attachment-thumbnail', decoding: 'async',
       width: a.width || null, height: a.height || null,
     });
-    uploads.imageSource(auth, a.id).then((src) => { mark.src = src; }, () => mark.classList.add('att-thumb-missing'));
+    uploads.imageSource(auth, a.id).then((src) => { img.src = src; }, () => img.classList.add('att-thumb-missing'));
+    // On a message, the thumbnail opens the image at the size of the screen.
+    mark = onRemove ? img : h('button', {
+      type: 'button', class: 'att-view', 'data-testid': 'attachment-view', 'aria-label': `View ${name}`,
+      onclick: () => viewImage(img, name),
+    }, img);
   } else {
     mark = h('span', { class: image ? 'att-icon att-icon-image' : 'att-icon', 'aria-hidden': 'true' }, image ? 'IMG' : 'PDF');
   }
@@ -896,6 +901,28 @@ function attachmentItem(a, { onRemove = null, uploading = false } = {}) {
     }, '×'));
   }
   return item;
+}
+
+// One image, as large as the screen allows, in a modal dialog: Escape, Close or a click
+// beside it closes it, and the focus goes back to the thumbnail.
+let viewer = null;
+function viewImage(thumb, name) {
+  if (!viewer) {
+    const img = h('img', { class: 'viewer-image', 'data-testid': 'image-viewer-image', alt: '' });
+    const caption = h('p', { class: 'viewer-caption', id: 'image-viewer-caption' });
+    const close = h('button', { type: 'button', class: 'btn viewer-close', 'data-testid': 'image-viewer-close' }, 'Close');
+    const dialog = h('dialog', { class: 'viewer', 'data-testid': 'image-viewer', 'aria-labelledby': 'image-viewer-caption' },
+      h('div', { class: 'viewer-bar' }, caption, close), img);
+    close.addEventListener('click', () => dialog.close());
+    dialog.addEventListener('click', (e) => { if (e.target === dialog) dialog.close(); });
+    document.body.append(dialog);
+    viewer = { dialog, img, caption, close };
+  }
+  viewer.img.src = thumb.currentSrc || thumb.src;
+  viewer.img.alt = name;
+  viewer.caption.textContent = name;
+  viewer.dialog.showModal();
+  viewer.close.focus();
 }
 
 function showAttachError(message) {
@@ -1291,7 +1318,7 @@ els.stop.addEventListener('click', stopReply);
 // Esc stops the reply streaming (not while a box that uses Esc itself has the focus).
 document.addEventListener('keydown', (e) => {
   if (e.key !== 'Escape' || !state.streamingId) return;
-  if (e.target.closest?.('.msg-edit, .search, .title-input, .coach-panel')) return;
+  if (e.target.closest?.('.msg-edit, .search, .title-input, .coach-panel, .viewer')) return;
   e.preventDefault();
   stopReply();
 });

@@ -275,6 +275,20 @@ def test_files_attached_every_way_go_with_the_message_and_come_back_with_it(
     shown_on_the_message()
     sizes(page, tmp_path, "message-with-attachments-reloaded")
 
+    # A thumbnail opens its image at the size of the screen; Escape closes it.
+    view = page.get_by_role("button", name="View chart.png")
+    view.click()
+    viewer = page.get_by_test_id("image-viewer")
+    expect(viewer).to_be_visible()
+    expect(page.get_by_test_id("image-viewer-close")).to_be_focused()
+    shown = page.get_by_test_id("image-viewer-image")
+    assert shown.evaluate("(img) => img.naturalWidth") == 320
+    accessible(page, "an image opened")
+    page.screenshot(path=tmp_path / "image-opened-desktop.png")
+    page.keyboard.press("Escape")
+    expect(viewer).to_be_hidden()
+    expect(view).to_be_focused()
+
 
 # -- 2. refusals: a type, a model that cannot read images ---------------------------------------
 
