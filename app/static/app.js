@@ -73,7 +73,7 @@ const state = {
   defaultModel: null,
   model: null,
   // The files on the composer for the next message, in order: each uploaded at once
-  // ({file, status: 'uploading' | 'ready', data: the server's description, el, controller}).
+  // ({file, status: 'uploading' | 'ready', data: the server's description, controller}).
   attachments: [],
 };
 let coach = null; // the coach panel beside the conversation (mounted at the end)
@@ -934,8 +934,7 @@ function showAttachError(message) {
 function renderAttachments() {
   const items = state.attachments.map((a) => {
     const shown = a.data || { name: a.file.name, type: a.file.type, size: a.file.size };
-    a.el = attachmentItem(shown, { onRemove: () => removeAttachment(a), uploading: a.status === 'uploading' });
-    return a.el;
+    return attachmentItem(shown, { onRemove: () => removeAttachment(a), uploading: a.status === 'uploading' });
   });
   els.attachments.replaceChildren(...items);
   els.attachments.hidden = !items.length;
@@ -943,7 +942,8 @@ function renderAttachments() {
 }
 
 // Before sending: an image for a model that cannot read images (the server would refuse it).
-// PDFs go to any model: OpenRouter's parser reads them for the models that cannot.
+// Not PDFs: the server has OpenRouter's parser read them for such models, unless its operator
+// turned that off (PDF_ENGINE), and then its refusal says so.
 function warnAttachments() {
   const id = state.model || state.defaultModel;
   const model = state.models.find((m) => m.id === id);
