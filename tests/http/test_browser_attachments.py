@@ -309,7 +309,10 @@ def test_what_cannot_be_read_is_refused_in_plain_words(
     page, start_server, fake, tmp_path, text_model_allowed
 ):
     server = start_server(
-        agents_file=text_model_allowed, max_upload_bytes=LIMIT, upload_quota_bytes=QUOTA
+        agents_file=text_model_allowed,
+        max_upload_bytes=LIMIT,
+        upload_quota_bytes=QUOTA,
+        pdf_engine="off",
     )
     page.goto(server.url)
 
@@ -369,8 +372,22 @@ def test_what_cannot_be_read_is_refused_in_plain_words(
     expect(page.get_by_test_id("message")).to_have_count(0)
     assert httpx.get(f"{server.url}/api/conversations", timeout=5).json()["conversations"] == []
     assert fake.requests == []
-    # The chip stays, for another model; choosing one that reads images ends the warning.
+    # The chip stays, for another model.
     uploaded(page, 1)
+
+    # A PDF, where the operator turned OpenRouter's parser off: refused for that model too.
+    page.get_by_role("button", name="Remove screen.png").click()
+    expect(warning).to_be_hidden()
+    choose(page, "attach", ("brief.pdf", "application/pdf", pdf(1)))
+    uploaded(page, 1)
+    page.get_by_test_id("composer-input").press("Enter")
+    expect(page.get_by_test_id("app-error")).to_have_text(
+        "Not sent: MythoMax 13B cannot read PDF files. "
+        "Choose a model marked PDF, or remove the file."
+    )
+    expect(page.get_by_test_id("message")).to_have_count(0)
+    assert fake.requests == []
+    # Choosing a model that reads them answers the refusal.
     page.get_by_test_id("model-button").click()
     page.locator('[data-testid="model-option"][data-model-id="openai/gpt-4o"]').click()
     expect(warning).to_be_hidden()
