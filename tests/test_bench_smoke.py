@@ -6,6 +6,7 @@ Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -306,3 +307,15 @@ def test_caching_measures_a_conversation_with_and_without():
     equals the difference the prices make (the script asserts it)."""
     finished = run_bench("bench.caching", "--turns", "3", timeout=300)
     assert '"prompt_cost_ratio"' in finished.stdout
+
+
+def test_attachments_measures_an_upload_and_its_turn():
+    """bench.attachments with a small PDF: every step runs (each asserts its answer) and is
+    measured."""
+    finished = run_bench("bench.attachments", "--pdf-mb", "0.3", timeout=120)
+    steps = json.loads(finished.stdout.strip().splitlines()[-1])["steps"]
+    assert [s["step"] for s in steps][:3] == [
+        "turn without attachments",
+        "upload of the PDF",
+        "turn with the PDF",
+    ]

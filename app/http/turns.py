@@ -19,6 +19,7 @@ from app.agents.models import ModelChoice, choose, requested_effort, requested_m
 from app.core.attachments import (
     MAX_ATTACHMENTS,
     Attachment,
+    attachments_of,
     in_messages,
     readable,
     text_of,
@@ -388,12 +389,19 @@ def _coach_message(
     the question."""
     sections = []
     if transcript:
-        lines = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in transcript)
+        # The reviewed conversation's text; its attachments by name (they are its, not the
+        # coach call's: the coach reads the words).
+        lines = "\n".join(f"{m['role'].capitalize()}: {_line(m)}" for m in transcript)
         sections.append(f"Conversation to review:\n{lines}")
     if context:
         sections.append(f"Context:\n{context}")
     sections.append(f"Question:\n{question}" if question else "What advice do you have?")
     return "\n\n".join(sections)
+
+
+def _line(message: dict[str, Any]) -> str:
+    names = [f"[attached: {a.name}]" for a in attachments_of(message)]
+    return " ".join([text_of(message["content"]), *names])
 
 
 def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:

@@ -21,6 +21,8 @@ from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
+# The sweep of unused uploads runs on one heartbeat in this many (90 s at the default 3 s).
+UPLOAD_SWEEP_BEATS = 30
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
 
@@ -48,6 +50,7 @@ class Recovery:
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
         self._outage = Outage("the heartbeat of live replies and the sweep of orphans")
+        self._beats = 0
 
     def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
         """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
@@ -114,10 +117,13 @@ class Recovery:
         if ended:
             log.warning("ended %d budget reservations of dead replies", ended)
         await self._store.idempotency.expire(at=now())
-        # Uploads no message carries, a day after they were made (and unfinished ones).
-        swept = await self._store.uploads.expire(at=now())
-        if swept:
-            log.info("deleted %d uploads no message carries", swept)
+        # Uploads no message carries, a day after they were made (and unfinished ones): a
+        # day's deadline needs no heartbeat's precision, every UPLOAD_SWEEP_BEATS-th will do.
+        if self._beats % UPLOAD_SWEEP_BEATS == 0:
+            swept = await self._store.uploads.expire(at=now())
+            if swept:
+                log.info("deleted %d uploads no message carries", swept)
+        self._beats += 1
 
     async def stop(self) -> None:
         """Stop tending; unfinished cost lookups are cancelled and wait for the next start-up

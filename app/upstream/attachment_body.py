@@ -61,7 +61,10 @@ def encode(body: dict[str, Any], read: ReadAttachment) -> tuple[int, AsyncIterat
         for part in content:
             if isinstance(part, dict) and part.get("type") == PLACEHOLDER:
                 attachment = Attachment.from_json(part[PLACEHOLDER])
-                parts.append(_wire_part(attachment, f"@@{nonce}:{len(files)}@@"))
+                wired = _wire_part(attachment, f"@@{nonce}:{len(files)}@@")
+                if "cache_control" in part:  # a prompt-cache breakpoint stays where it was
+                    wired["cache_control"] = part["cache_control"]
+                parts.append(wired)
                 files.append(attachment)
             else:
                 parts.append(part)

@@ -506,6 +506,8 @@ def test_uploads_go_with_their_conversation_and_unused_ones_after_a_day(a, share
         )
 
     run_async(_on_own_connection(database.url, age))
-    wait_for(lambda: a.get(f"/api/uploads/{unused}").status_code == 404, what="the sweep")
+    wait_for(
+        lambda: a.get(f"/api/uploads/{unused}").status_code == 404, timeout=30, what="the sweep"
+    )
     assert a.get(f"/api/uploads/{carried}").status_code == 200
     assert a.get(f"/api/uploads/{fresh}").status_code == 200
