@@ -91,6 +91,7 @@ const FINISH_NOTES = {
 // A reply's error said as what to do, where the code alone tells it.
 const ERROR_NOTES = {
   context_length_exceeded: "This conversation is too long for this model's context. Choose a model with a larger context, or start a new chat.",
+  attachment_missing: 'A file attached to this message was deleted while it was being sent. Attach it again and send the message anew.',
 };
 
 // ---------- helpers ----------
