@@ -166,12 +166,16 @@ def uploaded(page: Page, count: int) -> None:
 
 
 def thumbnails_shown(scope) -> None:
-    """Every thumbnail in `scope` has loaded its image (a broken one has no natural width)."""
+    """Every thumbnail in `scope` has loaded its image (a broken one has no natural width; one
+    whose source is still being fetched has none yet, and is waited for)."""
     thumbs = scope.get_by_test_id("attachment-thumbnail")
     assert thumbs.count() > 0
     for i in range(thumbs.count()):
-        expect(thumbs.nth(i)).to_have_js_property("complete", True)
-        assert thumbs.nth(i).evaluate("(img) => img.naturalWidth") > 0
+        thumbs.nth(i).page.wait_for_function(
+            "(img) => img.currentSrc && img.complete && img.naturalWidth > 0",
+            arg=thumbs.nth(i).element_handle(),
+            timeout=5_000,
+        )
 
 
 def sizes(page: Page, tmp_path: Path, name: str) -> None:
