@@ -671,7 +671,9 @@ def _uploads(dialect: sa.engine.Dialect) -> list[str]:
         sa.Column("upload_id", sa.String(32), nullable=False),
         sa.Index("ix_message_attachments_upload", "upload_id"),
     )
-    return _ddl(md, dialect)
+    # A count on the message itself: the history's read (a walk of the branch) learns which
+    # messages carry any without a probe of `message_attachments` per message.
+    return [*_ddl(md, dialect), "ALTER TABLE messages ADD COLUMN attachment_count SMALLINT"]
 
 
 MIGRATIONS: list[Migration] = [

@@ -40,7 +40,7 @@ from app.storage.conversations import (
     TURN_IN_CONVERSATION,
 )
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
-from app.storage.tables import conversations, message_attachments, messages, new_id, now
+from app.storage.tables import conversations, messages, new_id, now
 from app.storage.uploads import attachment_steps, carried
 from app.storage.writer import Step, Writer, binds
 
@@ -65,6 +65,7 @@ NEW_MESSAGE = messages.insert().values(
         "updated_at",
         "parent_id",
         "history",
+        "attachment_count",
     ),
 )
 CHECKPOINT_MESSAGE = (
@@ -129,7 +130,7 @@ def history_query(leaf_id: str, limit: int, max_chars: int | None = None) -> sa.
     has_content = sa.case(
         (messages.c.content != "", sa.literal_column("1")), else_=sa.literal_column("0")
     )
-    columns = ("parent_id", "seq", "role", "content", "reasoning_details")
+    columns = ("parent_id", "seq", "role", "content", "reasoning_details", "attachment_count")
     path = (
         sa.select(
             messages.c.id,
@@ -162,8 +163,7 @@ def history_query(leaf_id: str, limit: int, max_chars: int | None = None) -> sa.
             path.c.reasoning_details,
             path.c.seq,
             path.c.id,
-            # Whether it carries attachments (a primary-key probe): only then are they read.
-            sa.exists().where(message_attachments.c.message_id == path.c.id).label("attached"),
+            path.c.attachment_count,  # only messages that carry any have theirs read
         )
         .where(path.c.content != "")
         .order_by(path.c.seq.desc())
@@ -444,6 +444,7 @@ class Replies:
                         "temperature": None,
                         "event_lengths": None,
                         "history": None,
+                        "attachment_count": len(attachments) or None,
                     },
                 )
             )
@@ -467,6 +468,7 @@ class Replies:
                         "temperature": temperature,
                         "event_lengths": "[]",
                         "history": None if history is None else json.dumps(history),
+                        "attachment_count": None,
                     },
                 ),
             ]

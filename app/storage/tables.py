@@ -107,6 +107,9 @@ messages = sa.Table(
     sa.Column("annotations", sa.Text),
     # JSON {"sent", "left_out"}: a reply whose history was cut to fit its model's window.
     sa.Column("history", sa.Text),
+    # How many uploads a user message carries (`message_attachments`; migration 19): null for
+    # none, so the history's read knows which messages to look their attachments up for.
+    sa.Column("attachment_count", sa.SmallInteger),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The message this one follows in the conversation's tree; None for a first message.
