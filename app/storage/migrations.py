@@ -631,6 +631,51 @@ def _prompt_caching(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _uploads(dialect: sa.engine.Dialect) -> list[str]:
+    """Attachments (issue 35, app/storage/uploads.py): uploads, their bytes in 256 KiB rows
+    (BLOB on SQLite, BYTEA on PostgreSQL: streamed in and out a row at a time), and the
+    messages that carry them. Indexed for what reads them: a user's stored bytes (the quota),
+    the sweep of old unused uploads (by age), and an upload's messages (is it used; deleting a
+    conversation deletes its uploads)."""
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "uploads",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("width", sa.Integer, nullable=True),
+        sa.Column("height", sa.Integer, nullable=True),
+        sa.Column("pages", sa.Integer, nullable=True),
+        sa.Column("digest", sa.String(80), nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("stored_at", ts, nullable=True),
+        sa.Index("ix_uploads_user", "user_id"),
+        sa.Index("ix_uploads_created", "created_at"),
+    )
+    sa.Table(
+        "upload_chunks",
+        md,
+        sa.Column("upload_id", sa.String(32), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    sa.Table(
+        "message_attachments",
+        md,
+        sa.Column("message_id", sa.String(36), primary_key=True),
+        sa.Column("position", sa.SmallInteger, primary_key=True),
+        sa.Column("upload_id", sa.String(32), nullable=False),
+        sa.Index("ix_message_attachments_upload", "upload_id"),
+    )
+    # A count on the message itself: the history's read (a walk of the branch) learns which
+    # messages carry any without a probe of `message_attachments` per message.
+    return [*_ddl(md, dialect), "ALTER TABLE messages ADD COLUMN attachment_count SMALLINT"]
+
+
 # What app/storage/budgets.py's advisory locks are keyed by (USER_LOCK_CLASS, GLOBAL_LOCK_CLASS),
 # frozen here: a job's reservation takes them from Python, a turn's in `start_turn()`, and both
 # must wait for each other (tests/storage/test_turn_call.py checks they are the same).
@@ -644,7 +689,7 @@ CREATE FUNCTION start_turn(
     p_subject_conversation_id text, p_model text,
     p_user_message_id text, p_parent_id text, p_user_content text,
     p_message_id text, p_temperature double precision, p_history text,
-    p_key text, p_fingerprint text,
+    p_attachments text[], p_key text, p_fingerprint text,
     p_reserve boolean, p_gated boolean, p_day text, p_month text, p_amount bigint,
     p_overrides boolean, p_daily bigint, p_monthly bigint, p_global bigint, p_concurrent bigint
 ) RETURNS boolean LANGUAGE plpgsql AS $$
@@ -710,11 +755,16 @@ BEGIN
     END IF;
     IF p_user_content IS NOT NULL THEN
         INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,
-                created_at, updated_at, parent_id)
+                created_at, updated_at, parent_id, attachment_count)
             VALUES (p_user_message_id, p_conversation_id,
                     (SELECT coalesce(max(seq), 0) + 1 FROM messages
                         WHERE conversation_id = p_conversation_id),
-                    'user', p_user_content, 'complete', p_agent, p_stamp, p_stamp, p_parent_id);
+                    'user', p_user_content, 'complete', p_agent, p_stamp, p_stamp, p_parent_id,
+                    nullif(cardinality(p_attachments), 0));
+        -- The uploads it carries, in order (migration 19), from 0.
+        INSERT INTO message_attachments (message_id, position, upload_id)
+            SELECT p_user_message_id, n - 1, upload_id
+            FROM unnest(p_attachments) WITH ORDINALITY AS carried (upload_id, n);
     END IF;
     INSERT INTO messages (id, conversation_id, seq, role, content, status, agent,
             requested_model, temperature, event_lengths, created_at, updated_at, parent_id,
@@ -733,12 +783,10 @@ def _turn_call(dialect: sa.engine.Dialect) -> list[str]:
     """PostgreSQL: a turn's write as one call of `start_turn()`, one round trip where its
     statements, each awaited on its own between BEGIN and COMMIT, were seven
     (app/storage/turn_call.py). It takes the budget locks first, checks and reserves, claims the
-    Idempotency-Key, and writes the conversation and the turn's two messages; `false`, having
-    written nothing, when the turn does not fit a limit. SQLite keeps its grouped writes on the
-    event loop, where a statement is no round trip: nothing to do there.
-
-    Numbered 20 with 19 taken on another branch: the runner applies whichever versions a
-    database lacks, in the list's order, so a gap (or 19 arriving after 20) is fine."""
+    Idempotency-Key, and writes the conversation, the turn's two messages and the attachments
+    its user message carries; `false`, having written nothing, when the turn does not fit a
+    limit. SQLite keeps its grouped writes on the event loop, where a statement is no round
+    trip: nothing to do there."""
     return [_START_TURN] if dialect.name == "postgresql" else []
 
 
@@ -761,6 +809,7 @@ MIGRATIONS: list[Migration] = [
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
     Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),
+    Migration(19, "uploads, their chunks, and the messages that carry them", _uploads),
     Migration(20, "a turn's write as one call on PostgreSQL", _turn_call),
 ]
 

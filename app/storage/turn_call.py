@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from app.storage.budgets import Terms
 from app.storage.idempotency import Claim
@@ -45,6 +46,7 @@ _PARAMETERS: tuple[tuple[str, Any], ...] = (
     ("message_id", sa.String),
     ("temperature", sa.Float),
     ("history", sa.String),
+    ("attachments", postgresql.ARRAY(sa.String)),
     ("key", sa.String),
     ("fingerprint", sa.String),
     ("reserve", sa.Boolean),
@@ -87,10 +89,12 @@ def turn_call(
     message_id: str,
     temperature: float,
     history: str | None,
+    attachments: list[str],
     claim: Claim | None,
     reservation: Terms | None,
 ) -> Guard:
-    """The turn's write as one statement: refused (`WriteRefused`) when it does not fit."""
+    """The turn's write as one statement: refused (`WriteRefused`) when it does not fit.
+    `attachments`: the upload ids the new user message carries, in order."""
     limits = None if reservation is None else reservation.limits
     return Guard(
         (
@@ -110,6 +114,7 @@ def turn_call(
                 "message_id": message_id,
                 "temperature": temperature,
                 "history": history,
+                "attachments": attachments,
                 "key": None if claim is None else claim.key,
                 "fingerprint": None if claim is None else claim.fingerprint,
                 "reserve": reservation is not None,
