@@ -180,7 +180,11 @@ def test_sigterm_lets_short_replies_finish_and_saves_long_ones_as_interrupted(
 def test_a_crash_before_the_first_checkpoint_still_recovers_the_cost(
     server_process, start_server, fake, database
 ):
-    fake.enqueue(Behaviour(tokens=TOKENS, delay=0.05))
+    # No content before the crash, whatever the machine's load: the stream holds its first
+    # token until the server is gone (with a 50 ms gap, a slow save of the generation's id
+    # could carry it).
+    first_token = threading.Event()
+    fake.enqueue(Behaviour(tokens=TOKENS, delay=0.05, pause_after=0, resume=first_token))
     server = server_process(CHECKPOINT_INTERVAL="60")  # no content checkpoint during this test
     started = httpx.post(f"{server.url}/api/chat/messages", json={"message": "long"}).json()
     message_id = started["message_id"]
@@ -188,6 +192,7 @@ def test_a_crash_before_the_first_checkpoint_still_recovers_the_cost(
     wait_for(lambda: generation_rows(database, message_id), what="the generation row")
 
     server.stop(signal.SIGKILL)
+    first_token.set()  # to a connection the crash closed
     assert reply_row(database, message_id)["content"] == ""
 
     start_server(stale_reply_after=0.5)
