@@ -128,6 +128,7 @@ def test_openrouters_refusals_reach_the_sdk_as_their_class(
     rows = wait_for(
         lambda: (
             (r := database.query("SELECT status, cost_source, cost_picousd FROM generations"))
+            and len(r) == 2
             and all(row["status"] != "streaming" for row in r)
             and r
         ),
