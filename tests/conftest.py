@@ -26,6 +26,7 @@ from tests.support import (
     DatabaseHandle,
     MigratedDatabases,
     ServerProcess,
+    local_client,
     make_database,
     serve_process,
 )
@@ -182,7 +183,7 @@ def server(start_server) -> AppServer:
 
 @pytest.fixture
 def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         yield http
 
 

@@ -23,7 +23,7 @@ import pytest
 from app.dev.threaded_server import free_port
 from app.ops.logging import configure_logging
 from app.settings import Settings
-from tests.support import wait_for
+from tests.support import local_client, wait_for
 
 # Real processes, as Heroku starts them: started first in a parallel run (tests/conftest.py).
 pytestmark = pytest.mark.slow
@@ -217,7 +217,7 @@ def test_serve_in_development_logs_where_it_listens_and_each_request(tmp_path):
         text=True,
     )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        with local_client(f"http://127.0.0.1:{port}", timeout=5) as http:
             health = wait_for(lambda: _health(serve, http), timeout=30, what="serve to answer")
         assert health.status_code == 200
     finally:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 from pydantic import ValidationError
@@ -19,7 +18,7 @@ from app.dev.simulator import Behaviour
 from app.dev.threaded_server import free_port
 from app.main import create_app
 from app.settings import ConfigError, Settings, load_settings
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 KEY = "sk-or-v1-very-secret-0123456789"
 # Production also needs a way to verify users' tokens (docs/auth.md).
@@ -242,7 +241,7 @@ def test_production_without_a_key_is_an_error_not_the_simulator(clean_env, monke
 
 def test_development_without_a_key_answers_from_the_simulator(start_server, fake):
     server = start_server(app_env="development", openrouter_api_key=None)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         assert http.get("/healthz").json()["upstream"] == "simulator"
         events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
     assert events[-1].event == "done"
@@ -255,7 +254,7 @@ def test_development_without_a_key_answers_from_the_simulator(start_server, fake
 def test_the_development_simulator_makes_a_long_reply_on_request(start_server):
     # The directive docs/api.md gives for trying stop and resume by hand.
     server = start_server(app_env="development", openrouter_api_key=None)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = read_sse(
             http, "POST", "/api/chat", json={"message": "go [[sim tokens=40 delay=0.01]]"}
         )
@@ -269,7 +268,7 @@ def test_production_with_a_key_calls_the_configured_upstream(start_server, fake)
     fake.enqueue(Behaviour(tokens=["real"]))
     user = jwt.encode({"sub": "user-1", "exp": int(time.time()) + 300}, JWT_SECRET, "HS256")
     signed_in = {"Authorization": f"Bearer {user}"}
-    with httpx.Client(base_url=server.url, timeout=10, headers=signed_in) as http:
+    with local_client(server.url, headers=signed_in) as http:
         assert http.get("/healthz").json()["upstream"] == "openrouter"
         # Production signs its users in: the turn routes ask who is calling.
         signed_in = jwt.encode({"sub": "u1", "exp": time.time() + 60}, JWT_SECRET, "HS256")
@@ -343,7 +342,7 @@ def test_the_key_is_in_no_log_line_and_no_response(start_server, fake, caplog):
     server = start_server(openrouter_api_key=KEY)
     fake.enqueue(Behaviour(tokens=["Hi"]), Behaviour(status=401), Behaviour(drop_after=1))
     bodies: list[str] = []
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         meta = read_sse(http, "POST", "/api/chat", json={"message": "hi"})[0].data
         for _ in range(2):  # refused by the upstream, then cut mid-stream
             with http.stream("POST", "/api/chat", json={"message": "again"}) as response:

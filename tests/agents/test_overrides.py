@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import httpx
 import pytest
 
 from app.agents.config import load_agents
@@ -13,7 +12,7 @@ from app.agents.overrides import AgentOverride, parse_override
 from app.dev.simulator import Behaviour
 from app.errors import ApiError
 from app.settings import ConfigError
-from tests.support import read_sse, wait_for
+from tests.support import local_client, read_sse, wait_for
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -27,7 +26,7 @@ def admin_server(start_server):
 
 @pytest.fixture
 def admin(admin_server):
-    with httpx.Client(base_url=admin_server.url, timeout=10) as http:
+    with local_client(admin_server.url) as http:
         yield http
 
 
@@ -108,7 +107,7 @@ def test_change_is_used_by_the_next_reply_survives_a_restart_and_resets(
     start_server, fake, database
 ):
     first = start_server(admin_token=TOKEN)
-    with httpx.Client(base_url=first.url, timeout=10) as http:
+    with local_client(first.url) as http:
         change = {
             "model": CLAUDE,
             "fallback_models": ["openai/gpt-4o-mini"],
@@ -135,7 +134,7 @@ def test_change_is_used_by_the_next_reply_survives_a_restart_and_resets(
     first.stop()
 
     second = start_server(admin_token=TOKEN)
-    with httpx.Client(base_url=second.url, timeout=10) as http:
+    with local_client(second.url) as http:
         chat = http.get("/api/catalog").json()["agents"]["chat"]
         assert (chat["source"], chat["model"], chat["temperature"]) == ("override", CLAUDE, 0.2)
         read_sse(http, "POST", "/api/chat", json={"message": "after the restart"})
@@ -222,7 +221,7 @@ def test_catalog_shows_each_agents_model_prices_and_capabilities(client):
 
 def test_catalog_warns_when_an_agents_model_is_not_in_the_catalog(start_server):
     server = start_server(openrouter_model="acme/not-listed")
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         chat = http.get("/api/catalog").json()["agents"]["chat"]
     assert chat["model"] == "acme/not-listed" and chat["model_info"] is None
     assert chat["warnings"] == ["acme/not-listed is not in OpenRouter's model catalog"]
@@ -314,7 +313,7 @@ def test_catalog_warns_when_the_files_reasoning_meets_a_model_without_it(start_s
         "[coach]\nsystem_prompt = 'y'\n"
     )
     server = start_server(agents_file=str(agents))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         chat = http.get("/api/catalog").json()["agents"]["chat"]
     assert chat["reasoning"] == {"max_tokens": 2000}
     assert "openai/gpt-4o does not take `reasoning`: the setting is not applied" in chat["warnings"]

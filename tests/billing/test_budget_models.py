@@ -6,14 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import httpx
-
 from app.billing.budgets import prompt_token_bound, worst_case
 from app.dev.simulator_models import simulated_models
 from app.upstream.models_catalog import parse_model
 from tests.billing.budget_support import Clock, reservation, set_budget, turn
 from tests.http.test_model_choice import CLAUDE, GPT4O, MINI, UNPRICED, write_agents
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 DAY = datetime(2026, 3, 10, 9, tzinfo=UTC)
 PRICES = {m.id: m.pricing for m in map(parse_model, simulated_models()["data"]) if m}
@@ -32,7 +30,7 @@ def test_the_reservation_prices_the_chosen_model_and_its_fallbacks(
     start_app, tmp_path, fake, database
 ):
     server = started(start_app, tmp_path, budget_user_daily_usd=Decimal(5))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         for model in (MINI, CLAUDE, None):
             response = turn(http, "price me", **({"model": model} if model else {}))
             assert response.status_code == 202, response.text
@@ -56,7 +54,7 @@ def test_the_reservation_prices_the_chosen_model_and_its_fallbacks(
 
 def test_a_budget_refuses_a_dear_model_and_admits_a_cheap_one(start_app, tmp_path, fake, database):
     server = started(start_app, tmp_path, budget_user_daily_usd=Decimal("0.005"))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         refused = turn(http, "hello", model=CLAUDE)
         assert refused.status_code == 402, refused.text
         assert refused.json()["error"]["code"] == "budget_exceeded"
@@ -71,7 +69,7 @@ def test_a_budget_refuses_a_dear_model_and_admits_a_cheap_one(start_app, tmp_pat
 
 def test_the_model_list_says_which_models_the_budget_covers(start_app, tmp_path, fake):
     server = started(start_app, tmp_path, budget_user_daily_usd=Decimal("0.05"))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         body = http.get("/api/agents/chat/models").json()
         assert body["budgeted"] is True
         models = {m["id"]: m for m in body["models"]}

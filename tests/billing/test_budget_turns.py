@@ -9,12 +9,10 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import httpx
-
 from app.dev.simulator import Behaviour
 from tests.billing.budget_support import ADMIN, Clock, probe, settled, usd
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import accepted, read_sse, wait_for
+from tests.support import accepted, local_client, read_sse, wait_for
 
 DAY = datetime(2026, 3, 10, 9, tzinfo=UTC)
 JWT = {
@@ -44,7 +42,7 @@ def counts(database) -> dict:
 
 def test_each_turn_is_charged_to_its_caller(start_app, fake, database):
     server = start_app(Clock(DAY), **JWT, budget_user_daily_usd=Decimal(1))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         ids = {}
         for user in ("ann", "bob"):
             response = http.post(
@@ -88,7 +86,7 @@ def test_each_turn_is_charged_to_its_caller(start_app, fake, database):
 
 def test_one_users_spent_budget_refuses_only_them(start_app, database):
     server = start_app(Clock(DAY), **JWT)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         put = http.put("/api/admin/users/ann/budget", json={"daily_usd": 0}, headers=ADMIN)
         assert put.status_code == 200, put.text
         refused = http.post("/api/chat/messages", json={"message": "hi"}, headers=signed_in("ann"))
@@ -114,7 +112,7 @@ def test_a_keyed_turn_reserves_before_its_rows_and_a_retry_reserves_nothing(
 ):
     clock = Clock(DAY)
     server = start_app(clock, limit_user_rpm=2)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         worst, cost = probe(http, clock, database)  # the RPM window's first turn
         # Room for one turn's worst case and no more: once it has cost something, a second
         # turn does not fit.
@@ -146,7 +144,7 @@ def test_a_keyed_turn_reserves_before_its_rows_and_a_retry_reserves_nothing(
 
 def test_a_keyed_turn_over_budget_leaves_its_key_unused(start_app, fake, database):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal("0.000001"))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         keyed = {"Idempotency-Key": "k-402"}
         refused = http.post("/api/chat/messages", json={"message": "hi"}, headers=keyed)
         assert refused.status_code == 402, refused.text
@@ -165,7 +163,7 @@ def test_an_eventsource_resume_reserves_nothing_and_is_no_turn(start_app, fake, 
     fake.enqueue(Behaviour(tokens=[f"t{i} " for i in range(10)], delay=0.05))
     server = start_app(Clock(DAY), limit_user_rpm=1, limit_user_concurrent=1)
     params = {"message": "hi"}
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         with http.stream("GET", "/api/chat/stream", params=params) as response:
             lines = response.iter_lines()
             first_id = next(line for line in lines if line.startswith("id: "))[4:]
@@ -191,7 +189,7 @@ def test_simultaneous_tries_with_one_key_leave_one_reservation(start_app, fake, 
     barrier = threading.Barrier(tries)
 
     def post(_: int) -> dict:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with local_client(server.url, timeout=30) as http:
             barrier.wait()
             response = http.post(
                 "/api/chat/messages", json={"message": "hi"}, headers={"Idempotency-Key": "one"}

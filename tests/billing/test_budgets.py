@@ -7,8 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import httpx
-
 from app.billing.budgets import prompt_token_bound, worst_case
 from app.dev.simulator import Behaviour
 from app.upstream.models_catalog import parse_model
@@ -23,7 +21,7 @@ from tests.billing.budget_support import (
     turn,
     usd,
 )
-from tests.support import generation_rows, read_sse, settled_generations, wait_for
+from tests.support import generation_rows, local_client, read_sse, settled_generations, wait_for
 
 DAY = datetime(2026, 3, 10, 9, tzinfo=UTC)
 
@@ -41,7 +39,7 @@ def test_a_turn_reserves_its_worst_case_first_and_settles_at_its_real_cost(
     start_app, fake, database
 ):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         message_id = finished_turn(http)
         row = settled(database, message_id)
         body = _run_body(fake)
@@ -69,7 +67,7 @@ def test_a_turn_reserves_its_worst_case_first_and_settles_at_its_real_cost(
 def test_over_budget_is_402_with_the_figures_and_nothing_saved_or_sent(start_app, fake, database):
     clock = Clock(DAY)
     server = start_app(clock)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         worst, cost = probe(http, clock, database)
         limit = worst + cost // 2  # one turn fits, and a second one's worst case does not
         set_budget(http, daily_usd=usd(limit))
@@ -93,7 +91,7 @@ def test_over_budget_is_402_with_the_figures_and_nothing_saved_or_sent(start_app
 def test_day_and_month_roll_over_with_the_clock(start_app, database):
     clock = Clock(DAY)
     server = start_app(clock)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         worst, cost = probe(http, clock, database)
         # A day fits one turn, the month two.
         set_budget(http, daily_usd=usd(worst + cost // 2), monthly_usd=usd(worst + cost * 3 // 2))
@@ -115,7 +113,7 @@ def test_day_and_month_roll_over_with_the_clock(start_app, database):
 def test_an_admin_override_replaces_the_default_and_null_means_none(start_app, database):
     clock = Clock(DAY)
     server = start_app(clock, budget_user_daily_usd=Decimal("0.000001"))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         assert turn(http).status_code == 402  # a millionth of a dollar fits no turn
         assert http.put("/api/admin/users/dev/budget", json={}).status_code == 401
         assert http.get("/api/admin/users/dev/budget").status_code == 401
@@ -135,11 +133,11 @@ def test_an_admin_override_replaces_the_default_and_null_means_none(start_app, d
 def test_the_global_cap_refuses_once_the_platform_day_is_spent(start_app, database):
     clock = Clock(DAY)
     first = start_app(clock)
-    with httpx.Client(base_url=first.url, timeout=10) as http:
+    with local_client(first.url) as http:
         worst, cost = probe(http, clock, database)
     first.stop()
     server = start_app(clock, budget_global_daily_usd=Decimal(worst + cost // 2) / 10**12)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         settled(database, finished_turn(http))
         refused = turn(http)
         assert refused.status_code == 402
@@ -149,7 +147,7 @@ def test_the_global_cap_refuses_once_the_platform_day_is_spent(start_app, databa
 
 def test_fallbacks_are_reserved_at_the_dearest_model(start_app, fake, database):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(10))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         changed = http.put(
             "/api/catalog/agents/chat",
             json={"fallback_models": ["anthropic/claude-3.5-sonnet"]},
@@ -177,7 +175,7 @@ def test_fallbacks_are_reserved_at_the_dearest_model(start_app, fake, database):
 
 def test_a_model_without_a_known_price_cannot_be_used_under_a_budget(start_app, fake):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         http.put(
             "/api/catalog/agents/chat",
             json={"model": "cognitivecomputations/dolphin-mixtral-8x22b"},
@@ -200,7 +198,7 @@ def test_with_no_server_limit_a_turn_still_counts_and_a_users_override_alone_gat
     call, and still counts the spend; an unpriced model may be used. A user's override is the
     one limit then, and it gates their turns (and makes prices needed) at once."""
     server = start_app(Clock(DAY))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         first = settled(database, finished_turn(http))
         assert first["state"] == "settled" and first["amount_picousd"] > 0
         usage = http.get("/api/me/usage").json()
@@ -228,7 +226,7 @@ def test_with_no_server_limit_a_turn_still_counts_and_a_users_override_alone_gat
 
 def test_a_catalog_refresh_that_loses_a_price_keeps_the_last_known_one(start_app, fake):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1), models_cache_ttl=0)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         assert turn(http).status_code == 202  # priced from the first copy
         for model in fake.models_payload["data"]:
             if model.get("id") == "openai/gpt-4o":
@@ -244,7 +242,7 @@ def test_a_catalog_refresh_that_loses_a_price_keeps_the_last_known_one(start_app
 
 def test_an_upstream_refusal_releases_the_reservation(start_app, fake, database):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(status=400))
         message_id = finished_turn(http)
         row = settled(database, message_id)
@@ -254,7 +252,7 @@ def test_an_upstream_refusal_releases_the_reservation(start_app, fake, database)
 
 def test_a_retried_turn_settles_at_the_sum_of_its_attempts(start_app, fake, database):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(status=503))
         message_id = finished_turn(http)
         row = settled(database, message_id)
@@ -265,7 +263,7 @@ def test_a_retried_turn_settles_at_the_sum_of_its_attempts(start_app, fake, data
 
 def test_a_stopped_reply_settles_from_its_generation_record(start_app, fake, database):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(tokens=["a", "b", "c"], stall_after=1))
         response = turn(http)
         message_id = response.json()["message_id"]
@@ -281,7 +279,7 @@ def test_a_stopped_reply_settles_from_its_generation_record(start_app, fake, dat
 
 def test_a_reply_whose_cost_stays_unknown_keeps_its_reservation_as_spent(start_app, fake, database):
     server = start_app(Clock(DAY), budget_user_daily_usd=Decimal(1), generation_lookup_timeout=0.2)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(tokens=["a", "b", "c"], stall_after=1))
         fake.generation_404s = 1000  # the generation record never answers
         message_id = turn(http).json()["message_id"]
@@ -301,7 +299,7 @@ def test_a_client_that_leaves_under_cancel_settles_its_interrupted_reply(start_a
         disconnect_policy="cancel",
         disconnect_cancel_delay=0,
     )
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(tokens=["a", "b", "c"], stall_after=1))
         with http.stream("POST", "/api/chat", json={"message": "hi"}) as response:
             assert response.status_code == 200
@@ -320,7 +318,7 @@ def test_a_client_that_leaves_under_cancel_settles_its_interrupted_reply(start_a
 
 def test_streams_and_reads_are_not_turns(start_app, database):
     server = start_app(Clock(DAY), limit_user_rpm=1)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         response = turn(http)
         message_id = response.json()["message_id"]
         for _ in range(3):
@@ -344,7 +342,7 @@ def test_budgets_at_their_largest_never_overflow_the_databases_integers(start_ap
         budget_user_monthly_usd=largest,
         budget_global_daily_usd=largest,
     )
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         refused = turn(http)
         assert refused.status_code == 402, refused.text
         assert refused.json()["error"]["code"] == "budget_exceeded"

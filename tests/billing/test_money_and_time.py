@@ -12,7 +12,7 @@ import httpx
 from app.storage.database import is_sqlite
 from app.storage.ledger import GenerationRecord
 from app.storage.tables import new_id, now
-from tests.support import migrated_store, read_sse, save_reply
+from tests.support import local_client, migrated_store, read_sse, save_reply
 
 COST = Decimal("0.0000001234")  # a few tokens of a cheap model: a fraction of a nano-dollar matters
 TURNS, GENERATIONS_PER_TURN = 4, 500
@@ -48,7 +48,7 @@ def test_thousands_of_small_costs_sum_exactly(database, start_server):
     conversation_id = asyncio.run(record_costs())
     server = start_server()
 
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         conversation = _decimal_json(http.get(f"/api/conversations/{conversation_id}"))
         listed = _decimal_json(http.get("/api/conversations"))["conversations"]
 
@@ -74,7 +74,7 @@ def test_timestamps_are_stored_in_utc_and_returned_with_an_offset(database, star
         database.query(f"ALTER DATABASE \"{name}\" SET timezone TO 'Pacific/Chatham'")
     server = start_server()
     before = datetime.now(UTC)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = read_sse(http, "POST", "/api/chat", json={"message": "what time is it?"})
         conversation_id = events[0].data["conversation_id"]
         conversation = http.get(f"/api/conversations/{conversation_id}").json()

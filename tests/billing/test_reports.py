@@ -28,7 +28,7 @@ from app.core.money import PICOS
 from app.dev.simulator import Behaviour
 from app.storage.database import is_sqlite, open_database
 from app.storage.tables import conversations, generations
-from tests.support import migrated_store, read_sse, wait_for
+from tests.support import local_client, migrated_store, read_sse, wait_for
 
 ADMIN = "admin-token-for-cost-reports"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -198,7 +198,7 @@ def seeded(database):
 def test_reports_match_a_hand_computed_ledger_exactly_in_json_and_csv(start_server, seeded):
     _, rows = seeded
     server = start_server(admin_token=ADMIN)
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         for group_by in [
             ("day",),
             ("model",),
@@ -278,7 +278,7 @@ def test_a_deleted_conversations_spend_stays_its_users(start_server, fake, datab
         Behaviour(tokens=["Gone"], cost=Decimal("0.000003")),
     )
     server = start_server(admin_token=ADMIN, auto_titles=True)
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         chats = []
         for titles, message in enumerate(("keep this", "delete this"), 1):
             events = read_sse(http, "POST", "/api/chat", json={"message": message})
@@ -417,7 +417,7 @@ def test_a_100k_generation_export_streams_in_bounded_memory(start_process, datab
     server = start_process(ADMIN_TOKEN=ADMIN)
     pid = server.popen.pid
     params = {"from": "2026-01-01", "to": "2026-12-31", "group_by": "generation", "format": "csv"}
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as http:
+    with local_client(server.url, headers=AUTH, timeout=120) as http:
         # A one-day export first: the code, the connection and the first page's buffers are
         # the server's before the peak is read, so what follows is the big export's own.
         day = http.get("/api/admin/costs", params={**params, "to": "2026-01-01"})

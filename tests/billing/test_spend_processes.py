@@ -14,7 +14,7 @@ import pytest
 
 from app.dev.simulator import Behaviour
 from tests.billing.budget_support import ADMIN, ADMIN_TOKEN, reservation, settled, turn, usd
-from tests.support import ServerProcess, read_sse, serve_process, wait_for
+from tests.support import ServerProcess, local_client, read_sse, serve_process, wait_for
 
 # Real server processes: started first in a parallel run (tests/conftest.py).
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def test_concurrent_turns_on_two_processes_never_overshoot_the_budget(
     with (
         server_process(database, fake_url, tmp_path) as first,
         server_process(database, fake_url, tmp_path) as second,
-        httpx.Client(base_url=first.url, timeout=10) as http,
+        local_client(first.url) as http,
     ):
         probe = turn(http)
         read_sse(http, "GET", probe.json()["stream_url"])
@@ -93,8 +93,8 @@ def test_live_replies_are_counted_across_processes(database, fake, fake_url, tmp
     with (
         server_process(database, fake_url, tmp_path, **limits) as first,
         server_process(database, fake_url, tmp_path, **limits) as second,
-        httpx.Client(base_url=first.url, timeout=10) as a,
-        httpx.Client(base_url=second.url, timeout=10) as b,
+        local_client(first.url) as a,
+        local_client(second.url) as b,
     ):
         one, two = turn(a), turn(b)
         assert (one.status_code, two.status_code) == (202, 202)
@@ -119,7 +119,7 @@ def test_live_replies_are_counted_across_processes(database, fake, fake_url, tmp
 def _live_turn(server: ServerProcess, database) -> str:
     """A turn whose reply streams until stopped, once its generation id is saved (what its
     cost is looked up by after the process is gone)."""
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         message_id = turn(http).json()["message_id"]
     wait_for(
         lambda: database.query(

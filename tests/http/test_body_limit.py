@@ -11,9 +11,7 @@ import contextlib
 import json
 import socket
 
-import httpx
-
-from tests.support import AppServer
+from tests.support import AppServer, local_client
 
 LIMIT = 100_000
 FIFTY_MB = 50 * 1024 * 1024
@@ -22,7 +20,7 @@ CHUNK = 16 * 1024
 
 def _connect(server: AppServer) -> socket.socket:
     host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
+    return socket.create_connection((host, int(port)))
 
 
 def _head(path: str, *headers: str) -> bytes:
@@ -95,7 +93,7 @@ def test_a_body_at_the_limit_is_read(start_server, fake):
     server = start_server(max_body_bytes=LIMIT)
     prefix = b'{"message": "hi", "stream": false}'
     at_limit = prefix + b" " * (LIMIT - len(prefix))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         assert http.post("/api/chat", content=at_limit).status_code == 200
         over = http.post("/api/chat", content=at_limit + b" ")
     assert over.status_code == 413 and over.json()["error"]["code"] == "body_too_large"
@@ -111,6 +109,6 @@ def test_the_default_limit_admits_the_largest_valid_request(start_server, fake):
     # the longest a valid request gets (12 bytes a character).
     body = json.dumps({"context": "😀" * chars, "question": "😀" * chars}).encode()
     assert len(body) > 2 * chars * 12 > 4 * chars
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         response = http.post("/api/coach/messages", content=body)
     assert response.status_code == 202, response.text

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -20,6 +19,7 @@ from tests.http.test_browser import (
     screenshot,
     send,
 )
+from tests.support import local_client
 
 # As test_browser.py: the page, not the database behind it.
 pytestmark = pytest.mark.any_database
@@ -164,7 +164,7 @@ def test_search_lists_snippets_with_marks_and_opens_the_conversation(page, app_u
         Behaviour(tokens=["A <b>walrus</b> is big; the walrus naps."]),
         Behaviour(tokens=["Nothing here."]),
     )
-    with httpx.Client(base_url=app_url, timeout=10) as client:
+    with local_client(app_url) as client:
         for message in ("About seals", "Tell me of the walrus", "Unrelated"):
             response = client.post("/api/chat", json={"message": message, "stream": False})
             assert response.status_code == 200, response.text

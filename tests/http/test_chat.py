@@ -8,11 +8,10 @@ import json
 import threading
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from app.dev.simulator import Behaviour
-from tests.support import content_of, read_sse
+from tests.support import content_of, local_client, read_sse
 
 TOKENS = ["Hel", "lo", ",", " world", "!"]
 
@@ -204,7 +203,7 @@ def test_many_streams_ending_at_the_same_moment_lose_no_row(server, fake, databa
     fake.default = Behaviour(tokens=["a", "b", "c"], delay=0.05)
 
     def one(i: int) -> str:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with local_client(server.url, timeout=30) as http:
             events = read_sse(http, "POST", "/api/chat", json={"message": f"stream {i}"})
         assert events[-1].event == "done", events[-1]
         return events[0].data["message_id"]
@@ -231,7 +230,7 @@ def test_meta_goes_out_before_the_upstream_answers(start_server, fake, path):
     seen: list[str] = []
     body = {"message": "hi"} if path == "/api/chat" else {"question": "hi"}
     with (
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        local_client(server.url) as http,
         http.stream("POST", path, json=body) as response,
     ):
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -254,7 +253,7 @@ def test_a_slow_stream_false_answer_is_kept_alive_and_still_parses_as_json(
     upstream_answers = threading.Event()
     fake.enqueue(Behaviour(tokens=["Hello"], gate=upstream_answers, status=400 if failing else 200))
     with (
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        local_client(server.url) as http,
         http.stream("POST", "/api/chat", json={"message": "hi", "stream": False}) as response,
     ):
         # Committed while the upstream has not answered: the router sees a first byte.

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import DatabaseHandle, read_sse, save_conversations
+from tests.support import DatabaseHandle, local_client, read_sse, save_conversations
 
 
 def saved_conversations(database: DatabaseHandle, count: int) -> None:
@@ -41,13 +41,13 @@ def walk(http: httpx.Client, url: str, between_pages=lambda: None) -> Iterator[l
 
 @pytest.fixture
 def http(start_server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=start_server().url, timeout=10) as client:
+    with local_client(start_server().url) as client:
         yield client
 
 
 def test_pages_follow_next_to_the_end_without_a_duplicate_or_a_gap(database, start_server):
     saved_conversations(database, 23)
-    with httpx.Client(base_url=start_server().url, timeout=10) as http:
+    with local_client(start_server().url) as http:
         pages = list(walk(http, "/api/conversations?limit=5"))
 
     assert [len(page) for page in pages] == [5, 5, 5, 5, 3]
@@ -57,7 +57,7 @@ def test_pages_follow_next_to_the_end_without_a_duplicate_or_a_gap(database, sta
 
 def test_a_page_is_50_unless_limit_says_otherwise_and_at_most_100(database, start_server):
     saved_conversations(database, 105)
-    with httpx.Client(base_url=start_server().url, timeout=10) as http:
+    with local_client(start_server().url) as http:
         first = http.get("/api/conversations").json()
         assert len(first["conversations"]) == 50 and first["next"].startswith("/api/conversations?")
         assert "limit" not in first["next"]  # the default goes on being the default
@@ -75,7 +75,7 @@ def test_conversations_created_while_paging_do_not_shift_the_older_ones(
 ):
     saved_conversations(database, 12)
     before = newest_first(database)
-    with httpx.Client(base_url=start_server().url, timeout=10) as http:
+    with local_client(start_server().url) as http:
 
         def a_new_conversation() -> None:
             read_sse(http, "POST", "/api/chat", json={"message": "new while paging"})
@@ -92,7 +92,7 @@ def test_conversations_created_while_paging_do_not_shift_the_older_ones(
 
 def test_next_keeps_the_agent_filter(database, start_server):
     saved_conversations(database, 3)  # chat conversations
-    with httpx.Client(base_url=start_server().url, timeout=10) as http:
+    with local_client(start_server().url) as http:
         pages = list(walk(http, "/api/conversations?agent=chat&limit=2"))
         coach = http.get("/api/conversations?agent=coach").json()
     assert [len(page) for page in pages] == [2, 1]

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from tests.support import local_client
 
 ALLOWED = "https://host.example"
 WIDGET_HEADERS = "authorization, content-type, last-event-id, idempotency-key, accept"
@@ -26,7 +27,7 @@ def preflight(http: httpx.Client, origin: str, method: str = "POST") -> httpx.Re
 @pytest.fixture
 def http(start_server):
     server = start_server(cors_origins=f"{ALLOWED}, http://localhost:3000")
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with local_client(server.url) as client:
         yield client
 
 
@@ -71,7 +72,7 @@ def test_another_origin_is_refused(http):
 
 def test_no_origin_is_allowed_by_default(start_server):
     server = start_server()
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         response = preflight(http, ALLOWED)
         assert response.status_code == 405  # no CORS at all: OPTIONS is just a method not served
         assert "access-control-allow-origin" not in response.headers

@@ -4,12 +4,11 @@ message in it, and `Last-Event-ID`. A reconnect resumes the reply it started, ne
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from app.dev.simulator import Behaviour
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 PATHS = {
     "chat": ("/api/chat/stream", {"message": "hi"}),
@@ -30,7 +29,7 @@ def test_a_reconnect_resumes_the_reply_even_after_a_restart(start_server, fake, 
     path, params = PATHS[agent]
     fake.enqueue(Behaviour(tokens=["a", "b", "c", "d"]))
     first = start_server()
-    with httpx.Client(base_url=first.url, timeout=10) as http:
+    with local_client(first.url) as http:
         events = read_sse(http, "GET", path, params=params)
     message_id = events[0].data["message_id"]
     assert [e.id for e in events] == [f"{message_id}:{n}" for n in range(1, 7)]
@@ -38,7 +37,7 @@ def test_a_reconnect_resumes_the_reply_even_after_a_restart(start_server, fake, 
     first.stop()
 
     second = start_server()
-    with httpx.Client(base_url=second.url, timeout=10) as http:
+    with local_client(second.url) as http:
         # What the EventSource does when the finished reply's connection closes: 204 stops it.
         end = http.get(path, params=params, headers={"Last-Event-ID": events[-1].id})
         assert end.status_code == 204
@@ -53,7 +52,7 @@ def test_a_reconnect_resumes_the_reply_even_after_a_restart(start_server, fake, 
 
 def test_a_reconnect_to_a_live_reply_gets_each_event_once(server, fake):
     fake.enqueue(Behaviour(tokens=[f"t{i} " for i in range(20)], delay=0.02))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         with http.stream("GET", "/api/chat/stream", params={"message": "hi"}) as response:
             lines = response.iter_lines()
             first_id = next(line for line in lines if line.startswith("id: "))[4:]
@@ -80,7 +79,7 @@ def test_only_the_callers_own_reply_of_that_agent_is_resumed(start_server, fake,
         auth_jwt_issuer=ISSUER,
     )
     owner, other = token(SECRET, "HS256"), token(SECRET, "HS256", sub="user-2")
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = read_sse(
             http, "GET", "/api/chat/stream", params={"message": "hi", "access_token": owner}
         )

@@ -13,7 +13,7 @@ import pytest
 from app.dev.simulator import Behaviour
 from app.storage.tables import idempotency_keys, now
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import migrated_store, read_sse, run_async, wait_for
+from tests.support import local_client, migrated_store, read_sse, run_async, wait_for
 
 CHAT = {"message": "hi"}
 COACH = {"question": "hi"}
@@ -45,7 +45,7 @@ def test_a_retried_two_step_post_gets_the_same_202_and_another_body_409(
         auth_mode="jwt", auth_jwt_secret=SECRET, auth_jwt_audience=AUDIENCE, auth_jwt_issuer=ISSUER
     )
     mine = {"Authorization": f"Bearer {token(SECRET, 'HS256')}", "Idempotency-Key": "k-1"}
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         first = http.post(f"{path}/messages", json=body, headers=mine)
         assert first.status_code == 202, first.text
         again = http.post(f"{path}/messages", json=dict(reversed(body.items())), headers=mine)
@@ -107,7 +107,7 @@ def test_simultaneous_requests_with_one_key_start_one_turn(server, fake, databas
 
     def post(i: int) -> object:
         form = ["/api/chat/messages", "/api/chat"][i % 2]
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with local_client(server.url, timeout=30) as http:
             barrier.wait()
             key = {"Idempotency-Key": f"same for {form}"}
             if form == "/api/chat":

@@ -41,6 +41,7 @@ from tests.http.identity_support import (
     serve_jwks,
     token,
 )
+from tests.support import local_client
 
 ADMIN_TOKEN = "script-admin-token"
 
@@ -73,7 +74,7 @@ def jwt_settings(jwks_url: str, **overrides) -> dict:
 @pytest.fixture
 def api(start_server, jwks) -> Iterator[httpx.Client]:
     server = start_server(**jwt_settings(jwks.url))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         yield http
 
 
@@ -149,7 +150,7 @@ def test_every_bad_token_is_401_with_its_code_and_a_bearer_challenge(api):
 def test_no_key_to_verify_with_at_all_is_503(start_server):
     unreachable = f"http://127.0.0.1:{free_port()}/jwks.json"
     server = start_server(**jwt_settings(unreachable))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         response = me(http, token(RSA_KEY, "RS256", "rsa-1"))
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "auth_unavailable"
@@ -159,7 +160,7 @@ def test_no_key_to_verify_with_at_all_is_503(start_server):
 
 def test_an_hs256_token_is_refused_when_only_a_jwks_is_configured(start_server, jwks):
     server = start_server(**jwt_settings(jwks.url, auth_jwt_secret=None, stream_token_secret=None))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         forged = hs256_by_hand(RSA_PUBLIC_PEM, {"alg": "HS256", "kid": "rsa-1"}, claims())
         response = me(http, forged)
         assert response.status_code == 401
@@ -235,7 +236,7 @@ def probe(make_settings, jwks) -> Iterator[httpx.Client]:
     settings = make_settings(**jwt_settings(jwks.url, stream_token_secret=STREAM_SECRET))
     with (
         ThreadedServer(probe_app(settings), log_level="critical") as server,
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        local_client(server.url) as http,
     ):
         yield http
 

@@ -17,7 +17,7 @@ import pytest
 from app.dev.threaded_server import ThreadedServer
 from app.main import create_app
 from app.settings import Settings
-from tests.support import DatabaseHandle, make_database, read_sse
+from tests.support import DatabaseHandle, local_client, make_database, read_sse
 
 # One database for the module (`shared`), not the `database` fixture's: marked by hand.
 pytestmark = pytest.mark.db
@@ -46,7 +46,7 @@ def shared(fake_server, tmp_path_factory) -> Iterator[tuple[httpx.Client, Databa
         )
         with (
             ThreadedServer(create_app(settings)) as server,
-            httpx.Client(base_url=server.url, timeout=10) as http,
+            local_client(server.url) as http,
         ):
             yield http, database
 

@@ -24,7 +24,14 @@ from app.http.auth.stream_tokens import StreamTokens, derive_key
 from app.main import create_app
 from app.storage.tables import metadata, new_id
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import SHARED_STREAM_SECRET, DatabaseHandle, content_of, read_sse, reply_row
+from tests.support import (
+    SHARED_STREAM_SECRET,
+    DatabaseHandle,
+    content_of,
+    local_client,
+    read_sse,
+    reply_row,
+)
 
 A, B, ADMIN = "user-a", "user-b", "user-admin"
 JWT_SETTINGS = {
@@ -222,7 +229,7 @@ def jwt_server(start_server):
 
 @pytest.fixture
 def http(jwt_server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=jwt_server.url, timeout=15) as client:
+    with local_client(jwt_server.url, timeout=15) as client:
         yield client
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import httpx
-
 import app.admission.rate_window
 from app.dev.simulator import Behaviour
+from tests.support import local_client
 
 
 def test_requests_per_minute_refuse_with_the_window_headers_until_it_moves(
@@ -19,7 +18,7 @@ def test_requests_per_minute_refuse_with_the_window_headers_until_it_moves(
     # The in-memory window reads `time.time()` from its module's `time`: the window's clock.
     monkeypatch.setattr(app.admission.rate_window, "time", SimpleNamespace(time=lambda: now[0]))
     server = start_server(limit_user_rpm=2)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         for _ in range(2):
             assert http.post("/api/chat/messages", json={"message": "hi"}).status_code == 202
 
@@ -40,7 +39,7 @@ def test_requests_per_minute_refuse_with_the_window_headers_until_it_moves(
 def test_a_full_process_is_503_before_anything_is_saved(start_server, fake, database):
     fake.default = Behaviour(tokens=["a", "b"], stall_after=1)  # live until stopped
     server = start_server(limit_process_concurrent=1)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         live = http.post("/api/chat/messages", json={"message": "hi"})
         assert live.status_code == 202
         saved = database.query("SELECT count(*) AS n FROM messages")
@@ -66,7 +65,7 @@ def test_a_user_over_their_own_rate_is_refused_before_taking_a_process_slot(
     # them would make other users' turns 503 server_busy. Its own limit answers first.
     fake.default = Behaviour(tokens=["a", "b"], stall_after=1)  # live until stopped
     server = start_server(limit_process_concurrent=1, limit_user_rpm=1)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         live = http.post("/api/chat/messages", json={"message": "hi"})
         assert live.status_code == 202
         saved = database.query("SELECT count(*) AS n FROM messages")

@@ -11,7 +11,7 @@ import pytest
 
 from app.billing.budgets import prompt_token_bound
 from app.dev.simulator import context_error
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 GPT4O = "openai/gpt-4o"
 MINI = "openai/gpt-4o-mini"
@@ -48,7 +48,7 @@ system_prompt = "Coach kindly."
 @pytest.fixture
 def chooser(start_server, tmp_path):
     server = start_server(agents_file=write_agents(tmp_path, str(ALLOWED).replace("'", '"')))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         yield http
 
 
@@ -245,7 +245,7 @@ def test_a_200_turn_conversation_of_long_messages_on_a_4k_model_never_fails(
     agents = write_agents(tmp_path, f'["{SMALL}"]', chat="history_messages = 1000")
     server = start_server(agents_file=agents)
     notes = []
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         conversation = None
         for turn in range(200):
             message = f"turn {turn}: " + " ".join(f"word{turn}x{i}" for i in range(80))

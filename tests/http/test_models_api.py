@@ -6,15 +6,13 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 
-import httpx
-
 from app.settings import DEFAULT_RECOMMENDED_MODELS
 from app.upstream.models_catalog import BOOTSTRAP_MODELS
-from tests.support import wait_for
+from tests.support import local_client, wait_for
 
 
 def get_models(server, **params) -> dict:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         response = http.get("/api/models", params=params)
     assert response.status_code == 200, response.text
     return response.json()

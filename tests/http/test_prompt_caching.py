@@ -22,7 +22,7 @@ from app.core.money import PICOS
 from app.dev.simulator import Behaviour
 from app.settings import ConfigError
 from app.upstream.models_catalog import Pricing
-from tests.support import SSE, read_sse, settled_generations
+from tests.support import SSE, local_client, read_sse, settled_generations
 
 SONNET = "anthropic/claude-sonnet-4"
 GPT4O = "openai/gpt-4o"
@@ -137,7 +137,7 @@ def test_thirty_turns_send_breakpoints_record_reads_and_writes_and_what_they_sav
     start_server, fake, database, tmp_path
 ):
     server = start_server(agents_file=agents_file(tmp_path), admin_token=TOKEN)
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         conversation_id, replies = converse(http, 30)
         conversation = http.get(f"/api/conversations/{conversation_id}").json()
         today = datetime.now(UTC).date().isoformat()
@@ -213,7 +213,7 @@ def test_once_the_oldest_turns_are_left_out_they_go_in_steps_and_the_prefix_is_s
     system prompt and writes its whole prompt; the turn after reads that (a breakpoint is
     written only where the next turn sends the same prefix, read only where the last one did)."""
     server = start_server(agents_file=agents_file(tmp_path, history=6))
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         _, replies = converse(http, 8)
     sent = [[m["role"] for m in r["body"]["messages"]] for r in fake.requests]
     assert [len(roles) - 2 for roles in sent] == [0, 2, 4, 6, 4, 6, 4, 6]  # history: <= 6
@@ -253,7 +253,7 @@ def test_a_reply_stopped_before_its_usage_takes_the_saving_from_the_generation_r
     generation record, and the discount is the saving (a first turn: a write, negative)."""
     server = start_server(agents_file=agents_file(tmp_path))
     fake.enqueue(Behaviour(tokens=["word "] * 300, delay=0.02))
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         reply = http.post("/api/chat/messages", json={"message": user_message(1)}).json()
         with http.stream("GET", reply["stream_url"]) as response:
             for sse in EventSource(response).iter_sse():
@@ -270,7 +270,7 @@ def test_a_reply_stopped_before_its_usage_takes_the_saving_from_the_generation_r
 
 def test_a_model_that_caches_by_itself_gets_no_breakpoints(start_server, fake, database, tmp_path):
     server = start_server(agents_file=agents_file(tmp_path, model=GPT4O))
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         _, replies = converse(http, 3)
     assert [marked(request["body"]) for request in fake.requests] == [[], [], []]
     assert all(isinstance(m["content"], str) for r in fake.requests for m in r["body"]["messages"])
@@ -284,7 +284,7 @@ def test_turned_off_in_the_agents_file_no_breakpoints_are_sent(
     start_server, fake, database, tmp_path
 ):
     server = start_server(agents_file=agents_file(tmp_path, extra="prompt_caching = false"))
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         _, replies = converse(http, 3)
     assert [marked(request["body"]) for request in fake.requests] == [[], [], []]
     for events in replies:
@@ -295,7 +295,7 @@ def test_turned_off_in_the_agents_file_no_breakpoints_are_sent(
 
 def test_turned_off_by_the_agents_override_no_breakpoints_are_sent(start_server, fake, tmp_path):
     server = start_server(agents_file=agents_file(tmp_path), admin_token=TOKEN)
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         converse(http, 2)
         assert [marked(r["body"]) for r in fake.requests] == [[0, 1], [0, 1, 3]]
         refused = http.put("/api/catalog/agents/chat", json={"prompt_caching": "no"}, headers=ADMIN)
@@ -320,7 +320,7 @@ def test_a_model_that_caches_by_itself_gets_the_steps_too(start_server, fake, tm
     """No breakpoints, but the same stable history start: a provider that caches prefixes by
     itself reads it as well."""
     server = start_server(agents_file=agents_file(tmp_path, model=GPT4O, history=6))
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with local_client(server.url, timeout=30) as http:
         converse(http, 8)
     assert [len(r["body"]["messages"]) - 2 for r in fake.requests] == [0, 2, 4, 6, 4, 6, 4, 6]
     assert [marked(request["body"]) for request in fake.requests] == [[]] * 8

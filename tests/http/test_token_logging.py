@@ -9,7 +9,6 @@ import copy
 import io
 import logging
 
-import httpx
 from uvicorn.config import LOGGING_CONFIG
 
 from app.core.redact import redact
@@ -17,7 +16,7 @@ from app.dev.threaded_server import ThreadedServer
 from app.http.auth.stream_tokens import StreamTokens, derive_key
 from app.main import create_app
 from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 
 class Capture(logging.Handler):
@@ -49,7 +48,7 @@ def test_tokens_never_reach_the_logs(make_settings):
     logging.getLogger().addHandler(everything_else)
     try:
         server.start()
-        with httpx.Client(base_url=server.url, timeout=10) as http:
+        with local_client(server.url) as http:
             assert http.get("/api/me", headers={"Authorization": f"Bearer {user_token}"}).is_success
             query = {"access_token": user_token, "stream_token": stream_token, "q": "kept"}
             assert http.get("/api/me", params=query).status_code == 401

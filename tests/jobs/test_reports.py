@@ -6,12 +6,11 @@ from __future__ import annotations
 import csv
 import io
 
-import httpx
-
 from app.billing.reports import usd_text
 from app.core.money import to_picos
 from tests.jobs.conftest import ADMIN, make_key, sdk
 from tests.jobs.test_completions import ledger
+from tests.support import local_client
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -29,7 +28,7 @@ def test_costs_per_key_and_job_in_json_and_csv(server, fake, database):
                 assert cost == to_picos(fake.generations[answer.id].cost)
                 spent[(key["id"], job)] = spent.get((key["id"], job), 0) + cost
 
-    with httpx.Client(base_url=server.url, headers=ADMIN) as http:
+    with local_client(server.url, headers=ADMIN) as http:
         report = http.get("/api/admin/costs", params={"group_by": "day,key,job"}).json()
         rows = {(row["key"], row["job"]): row for row in report["rows"]}
         assert set(rows) == set(spent)

@@ -8,13 +8,12 @@ import json
 import signal
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from app.core.redact import redact
 from app.dev.simulator import Behaviour
 from app.ops.logging import valid_request_id
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 KEY = "sk-or-v1-log-test-secret-0123456789"
 ACCESS_TOKEN = "user-token-that-must-not-be-logged"
@@ -39,7 +38,7 @@ def _log_server(start_process, log_format: str):
         AUTO_TITLES="false",
         GENERATION_LOOKUP_TIMEOUT="3",
     )
-    http = httpx.Client(base_url=server.url, timeout=10)
+    http = local_client(server.url)
 
     def stop() -> list:
         err = server.stop(signal.SIGINT)

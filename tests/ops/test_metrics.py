@@ -12,7 +12,7 @@ from httpx_sse import EventSource
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.dev.simulator import Behaviour
-from tests.support import read_sse, settled_generations, wait_for
+from tests.support import local_client, read_sse, settled_generations, wait_for
 
 TOKEN = "metrics-token-for-tests"
 SCRAPE = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,7 +35,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 def test_metrics_count_replies_tokens_costs_errors_and_streams(start_server, fake, database):
     server = start_server(metrics_token=TOKEN)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         # 1. a complete reply, with a known cost
         fake.enqueue(Behaviour(tokens=["a", "b", "c"], cost=Decimal("0.00025")))
         events = read_sse(http, "POST", "/api/chat", json={"message": "hello there"})
@@ -108,7 +108,7 @@ def test_metrics_count_replies_tokens_costs_errors_and_streams(start_server, fak
 
 def test_a_models_label_is_a_configured_model_or_other(start_server, fake):
     server = start_server(metrics_token=TOKEN)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(tokens=["a"], model="some/unlisted-model", cost=Decimal("0.001")))
         read_sse(http, "POST", "/api/chat", json={"message": "hi"})
         samples = scrape(http)

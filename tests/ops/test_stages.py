@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.dev.simulator import Behaviour
-from tests.support import read_sse
+from tests.support import local_client, read_sse
 
 ADMIN_TOKEN = "stage-probe-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -35,7 +35,7 @@ def stages(http: httpx.Client) -> dict[str, list[float]]:
 
 def test_each_stage_of_a_turn_is_timed_once_and_they_add_up(start_server, fake):
     server = start_server(stage_probe=True, admin_token=ADMIN_TOKEN)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         fake.enqueue(Behaviour(tokens=["a", "b"], delay=0.02))
         read_sse(http, "POST", "/api/chat", json={"message": "hello"})
         timed = stages(http)
@@ -57,7 +57,7 @@ def test_a_gated_turn_is_timed_through_its_write(start_server, fake):
     server = start_server(
         stage_probe=True, admin_token=ADMIN_TOKEN, budget_user_daily_usd=Decimal(5)
     )
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         read_sse(http, "POST", "/api/chat", json={"message": "hello"})
         timed = stages(http)
         assert [name for name, ms in timed.items() if ms] == [
@@ -70,7 +70,7 @@ def test_a_gated_turn_is_timed_through_its_write(start_server, fake):
 @pytest.mark.parametrize("probe", [False, True])
 def test_the_samples_are_for_admins_and_absent_when_the_probe_is_off(start_server, probe):
     server = start_server(stage_probe=probe, admin_token=ADMIN_TOKEN)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         for method in ("GET", "DELETE"):
             anonymous = http.request(method, "/api/admin/stages")
             assert anonymous.status_code == (401 if probe else 404), anonymous.text

@@ -12,12 +12,11 @@ import itertools
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 
 from app.core.money import to_picos
 from app.dev.simulator import Behaviour
-from tests.support import SSE, content_of, read_sse, reply_row, settled_generations
+from tests.support import SSE, content_of, local_client, read_sse, reply_row, settled_generations
 
 TOKENS = ["Hel", "lo", " there", "!"]
 
@@ -137,7 +136,7 @@ def test_a_stall_past_the_read_timeout_is_a_timeout_error(start_server, fake, da
     # is what OpenRouter does too, and lets that land before the record is read.
     fake.generation_404s = 1
 
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
 
     # The fake's stall never ends on its own: the reply ended because our read timed out

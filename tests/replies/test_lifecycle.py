@@ -42,6 +42,7 @@ from tests.support import (
     ServerProcess,
     content_of,
     generation_rows,
+    local_client,
     migrated_store,
     reply_row,
     save_reply,
@@ -220,7 +221,7 @@ def test_a_killed_server_loses_at_most_a_checkpoint_and_recovers_at_start_up(
     assert generation["cost_source"] == "generation" and generation["status"] == "cancelled"
 
     with (
-        httpx.Client(base_url=restarted.url, timeout=10) as http,
+        local_client(restarted.url) as http,
         http.stream("GET", started["stream_url"]) as response,
     ):
         events = [SSE(e.id, e.event, json.loads(e.data)) for e in EventSource(response).iter_sse()]
@@ -241,7 +242,7 @@ def test_another_process_follows_a_live_reply_and_leaves_it_alone(
     started = httpx.post(f"{first.url}/api/chat/messages", json={"message": "hi"}).json()
 
     with (
-        httpx.Client(base_url=second.url, timeout=10) as http,
+        local_client(second.url) as http,
         http.stream("GET", started["stream_url"]) as response,
     ):
         events = [SSE(e.id, e.event, json.loads(e.data)) for e in EventSource(response).iter_sse()]

@@ -18,6 +18,7 @@ from app.dev.simulator import Behaviour, error_behaviour
 from tests.support import (
     SSE,
     content_of,
+    local_client,
     read_sse,
     reply_row,
     settled_generations,
@@ -74,7 +75,7 @@ def test_reasoning_streams_among_the_deltas_is_saved_and_replays_after_a_restart
         )
     )
     first = start_server()
-    with httpx.Client(base_url=first.url, timeout=10) as http:
+    with local_client(first.url) as http:
         live = chat(http, "Why tides?")
     first.stop()
 
@@ -105,7 +106,7 @@ def test_reasoning_streams_among_the_deltas_is_saved_and_replays_after_a_restart
     )
 
     second = start_server()
-    with httpx.Client(base_url=second.url, timeout=10) as http:
+    with local_client(second.url) as http:
         stream_url = f"/api/messages/{message_id}/stream"
         replayed = read_sse(http, "GET", stream_url)
         resumed = read_sse(http, "GET", stream_url, headers={"Last-Event-ID": "4"})
@@ -161,7 +162,7 @@ def test_the_agents_reasoning_settings_go_upstream(start_server, fake, tmp_path)
         "[coach]\nsystem_prompt = 'Coach.'\nreasoning = {max_tokens = 2000}\n"
     )
     server = start_server(agents_file=str(agents))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         chat(http, "hi")
         read_sse(http, "POST", "/api/coach", json={"question": "ok?"})
     assert fake.requests[0]["body"]["reasoning"] == {"effort": "high", "exclude": False}
@@ -276,7 +277,7 @@ def test_processing_comments_longer_than_the_read_timeout_keep_the_upstream_aliv
     # Comments every 0.5 s for 2.5 s against a 1 s read timeout: each one is bytes read.
     fake.enqueue(Behaviour(processing=2.5, processing_interval=0.5, tokens=["Done", "."]))
     server = start_server(upstream_read_timeout=1.0)
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = chat(http, "think long")
     assert [e.event for e in events] == ["meta", "delta", "delta", "done"]
     assert len(fake.requests) == 1  # not a timeout and a retry

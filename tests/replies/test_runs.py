@@ -17,6 +17,7 @@ from tests.support import (
     SSE,
     content_of,
     generation_rows,
+    local_client,
     read_some,
     read_sse,
     reply_row,
@@ -66,13 +67,13 @@ def test_a_finished_reply_replays_from_the_database_after_a_restart(start_server
     shared = {"stream_token_secret": SHARED_STREAM_SECRET}
     fake.enqueue(Behaviour(tokens=TOKENS))
     first = start_server(**shared)
-    with httpx.Client(base_url=first.url, timeout=10) as http:
+    with local_client(first.url) as http:
         reply = start_reply(http)
         live = read_sse(http, "GET", reply["stream_url"])
     first.stop()
 
     second = start_server(**shared)
-    with httpx.Client(base_url=second.url, timeout=10) as http:
+    with local_client(second.url) as http:
         replayed = read_sse(http, "GET", reply["stream_url"])
         middle = read_sse(http, "GET", reply["stream_url"], headers={"Last-Event-ID": "10"})
         end = http.get(reply["stream_url"], headers={"Last-Event-ID": live[-1].id})
@@ -130,7 +131,7 @@ def test_disconnect_policy_cancel_interrupts_and_still_settles_the_cost(
 ):
     server = start_server(disconnect_policy="cancel", disconnect_cancel_delay=0.1)
     fake.enqueue(Behaviour(tokens=TOKENS * 10, delay=0.02))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = read_some(http, "/api/chat", 4, method="POST", json={"message": "hi"})
     message_id = events[0].data["message_id"]
 
@@ -147,7 +148,7 @@ def test_disconnect_policy_cancel_interrupts_and_still_settles_the_cost(
 def test_under_cancel_a_subscriber_that_returns_in_time_keeps_the_run(start_server, fake, database):
     server = start_server(disconnect_policy="cancel", disconnect_cancel_delay=5)
     fake.enqueue(Behaviour(tokens=TOKENS, delay=0.02))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         reply = start_reply(http)
         first = read_some(http, reply["stream_url"], 3)
         rest = read_sse(http, "GET", reply["stream_url"], headers={"Last-Event-ID": first[-1].id})
@@ -233,7 +234,7 @@ def test_fallback_models_go_upstream_and_the_answering_model_is_recorded(
     )
     server = start_server(agents_file=agents)
     fake.enqueue(Behaviour(tokens=["hi"], model="anthropic/claude-3.5-sonnet"))
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with local_client(server.url) as http:
         events = read_sse(http, "POST", "/api/chat", json={"message": "hi"})
     assert fake.requests[0]["body"]["models"] == [
         "openai/gpt-4o",

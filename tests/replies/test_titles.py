@@ -6,11 +6,10 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from app.dev.simulator import Behaviour
-from tests.support import read_sse, wait_for
+from tests.support import local_client, read_sse, wait_for
 
 
 @pytest.fixture
@@ -34,7 +33,7 @@ def test_the_first_reply_gets_a_title_without_waiting_for_it(titled, fake, datab
         Behaviour(tokens=['"Weather in Lisbon."\nmore'], cost=Decimal("0.000002"), gate=gate),
         Behaviour(tokens=["Pack a jacket."], cost=Decimal("0.000100")),
     )
-    with httpx.Client(base_url=titled.url, timeout=10) as client:
+    with local_client(titled.url) as client:
         events = read_sse(
             client, "POST", "/api/chat", json={"message": "  What is   the weather in Lisbon?"}
         )
@@ -81,7 +80,7 @@ def test_the_first_reply_gets_a_title_without_waiting_for_it(titled, fake, datab
 def test_a_failed_titler_leaves_the_first_words_and_a_row_that_says_so(titled, fake, database):
 
     fake.enqueue(Behaviour(tokens=["Hi."]), Behaviour(status=400))
-    with httpx.Client(base_url=titled.url, timeout=10) as client:
+    with local_client(titled.url) as client:
         events = read_sse(client, "POST", "/api/chat", json={"message": "Hello there"})
         conversation_id = events[0].data["conversation_id"]
         [row] = wait_for(lambda: title_rows(database), what="the titler's generation row")
@@ -94,7 +93,7 @@ def test_a_title_the_user_gave_meanwhile_is_kept(titled, fake, database):
 
     gate = threading.Event()
     fake.enqueue(Behaviour(tokens=["Hi."]), Behaviour(tokens=["Greetings"], gate=gate))
-    with httpx.Client(base_url=titled.url, timeout=10) as client:
+    with local_client(titled.url) as client:
         events = read_sse(client, "POST", "/api/chat", json={"message": "Hello there"})
         conversation_id = events[0].data["conversation_id"]
         wait_for(lambda: len(fake.requests) == 2, what="the titler's upstream call")
@@ -110,7 +109,7 @@ def test_shutdown_cancels_a_title_being_made(titled, fake, database):
     gate = threading.Event()
     fake.enqueue(Behaviour(tokens=["Hi."]), Behaviour(tokens=["Greetings"], gate=gate))
     try:
-        with httpx.Client(base_url=titled.url, timeout=10) as client:
+        with local_client(titled.url) as client:
             events = read_sse(client, "POST", "/api/chat", json={"message": "Hello there"})
             conversation_id = events[0].data["conversation_id"]
             wait_for(lambda: len(fake.requests) == 2, what="the titler's upstream call")
@@ -138,7 +137,7 @@ def test_a_first_reply_that_failed_gets_no_title_and_the_first_complete_one_does
         Behaviour(tokens=["One, two, three."]),
         Behaviour(tokens=["Counting to three"]),
     )
-    with httpx.Client(base_url=titled.url, timeout=10) as client:
+    with local_client(titled.url) as client:
         events = read_sse(client, "POST", "/api/chat", json={"message": "Please count for me"})
         assert events[-1].event == "error"
         conversation_id = events[0].data["conversation_id"]
@@ -166,7 +165,7 @@ def test_a_conversation_renamed_before_its_first_complete_reply_is_never_titled(
     titled, fake, database
 ):
     fake.enqueue(Behaviour(status=400), Behaviour(tokens=["Done."]))
-    with httpx.Client(base_url=titled.url, timeout=10) as client:
+    with local_client(titled.url) as client:
         events = read_sse(client, "POST", "/api/chat", json={"message": "Hello there"})
         conversation_id = events[0].data["conversation_id"]
         renamed = client.patch(f"/api/conversations/{conversation_id}", json={"title": "Mine"})
@@ -189,7 +188,7 @@ def test_a_conversation_renamed_before_its_first_complete_reply_is_never_titled(
 
 def test_the_simulator_answers_the_titler_with_a_few_words(titled, fake, database):
     # No behaviour queued: the simulator's own answers, as in development.
-    with httpx.Client(base_url=titled.url, timeout=10) as client:
+    with local_client(titled.url) as client:
         read_sse(
             client, "POST", "/api/chat", json={"message": "please count for me [[sim tokens=50]]"}
         )

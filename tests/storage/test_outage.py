@@ -22,13 +22,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from app.core.money import to_picos
 from app.dev.simulator import Behaviour
 from bench.postgres import postgres_server
-from tests.support import DatabaseHandle, content_of, read_sse, wait_for
+from tests.support import DatabaseHandle, content_of, local_client, read_sse, wait_for
 
 TOKENS = [f"word{i} " for i in range(8)]
 COST = Decimal("0.000123456789")  # to the pico-dollar
@@ -103,7 +102,7 @@ def test_nothing_is_lost_and_callers_get_503(
             *[Behaviour(tokens=TOKENS, pause_after=3, resume=ending, cost=COST)] * REPLIES,
             *[Behaviour(tokens=TOKENS, pause_after=3, resume=across, cost=COST)] * REPLIES,
         )
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with local_client(server.url, timeout=30) as http:
             started = [
                 http.post("/api/chat/messages", json={"message": f"q{i}"}).json()
                 for i in range(2 * REPLIES)
