@@ -50,6 +50,7 @@ from app.http.routes import (
     replies,
     service_keys,
     shares,
+    uploads,
 )
 from app.http.routes import stages as stages_routes
 from app.http.sse import drain_on_shutdown
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
                 else None,
                 app_url=settings.app_url,
                 app_title=settings.app_title,
+                attachments=store.uploads.chunks,
             )
             agents = Agents(defaults)
             await agents.load(store)
@@ -241,6 +243,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> S
             *conversations.routes,
             *feedback.routes,
             *shares.routes,
+            *uploads.routes,
             *catalog.routes,
             *costs.routes,
             *models.routes,

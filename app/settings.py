@@ -165,6 +165,14 @@ class Settings(DatabaseSettings):
     max_message_chars: int = Field(32_000, ge=1)
     # None: `body_limit`, computed from max_message_chars.
     max_body_bytes: int | None = Field(None, ge=1)
+    # Attachments (docs/attachments.md): the largest file one upload may be, and the bytes of
+    # uploads a user may keep at once, in bytes.
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    upload_quota_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    # OpenRouter's file-parser engine for PDFs sent to a model that does not read files itself:
+    # `cloudflare-ai` (free), `mistral-ocr` (scans too; $2 per 1,000 pages); `off`: no parser,
+    # such a model refuses PDFs (422 model_cannot_read_files).
+    pdf_engine: Literal["cloudflare-ai", "mistral-ocr", "off"] = "cloudflare-ai"
     # Origins whose pages may call the API (the coach widget embedded elsewhere); comma-separated.
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # Who may show the chat page and the costs page in a frame: their CSP `frame-ancestors`
@@ -362,6 +370,12 @@ class Settings(DatabaseSettings):
         is one character to Python, and an ASCII-only encoder writes it as `\\ud83d\\ude00`),
         plus 64 KiB for everything else. 833,536 bytes at the default 32,000 characters."""
         return self.max_body_bytes or 2 * self.max_message_chars * 12 + 64 * 1024
+
+    @property
+    def upload_body_limit(self) -> int:
+        """The largest body `POST /api/uploads` reads: MAX_UPLOAD_BYTES of file, and 64 KiB for
+        the multipart framing around it (boundaries, the part's headers)."""
+        return self.max_upload_bytes + 64 * 1024
 
     @property
     def default_model(self) -> str:

@@ -5,6 +5,7 @@ database, each measured small and big against a real server, on SQLite and Postg
     .venv/bin/python -m bench.growth --quick         # 30 turns, 1,000 tokens, 20,000 messages
     .venv/bin/python -m bench.growth --databases sqlite
     .venv/bin/python -m bench.growth --postgres-url postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python -m bench.growth --cases small-context --databases sqlite --turns 200
 
 Every server is its own process, started as `python -m bench` starts ours (bench/run.py's
 `Processes.ours`: migrated with `python -m app migrate`, then `python -m app serve`), with
@@ -21,7 +22,15 @@ database `bench_growth_*` of its own is created and dropped. One server per data
    per token in the reply's first tenth against its last; peak RSS over the reply (VmHWM, reset
    first); its replay (`GET /api/messages/{id}/stream`) and its conversation's `GET` against a
    short reply's.
-3. A database of `--messages` messages, written by the database itself (recursive CTEs, after
+3. A conversation of `--turns` turns on a small-context model (`gryphe/mythomax-l2-13b`, 4,096
+   tokens in the simulator's catalog; the chat agent allows it, the turn names it), each turn a
+   message and a reply long enough that the history fills the model's window within the first
+   turns: from then on every turn's history is cut to fit (app/replies/fitting.py). Time to
+   first delta and the server's CPU per turn, the first `--window` turns against the last: the
+   fitting reads at most `history_messages` and is linear in what is sent, so turn 200 costs
+   what turn 10 does. The history the last request sent upstream, and `meta`'s `history`
+   (`{sent, left_out}`), after the first window and at the end.
+4. A database of `--messages` messages, written by the database itself (recursive CTEs, after
    the real migrations): ten messages a conversation, a generation per reply, all in November
    2026; a tenth of the conversations a heavy user's, the rest over 1,000 users; a light user
    with 3 conversations written before. Measured for the light user on the database before the
@@ -46,6 +55,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -65,6 +75,7 @@ from databases import Database
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.billing.reports import ReportRange, report_query
+from app.settings import DEFAULT_AGENTS_FILE
 from app.storage import migrations
 from app.storage.conversations import Position, conversations_page
 from app.storage.database import is_sqlite, open_database
@@ -74,6 +85,14 @@ from bench.postgres import fresh_database, throwaway_postgres
 from bench.run import ADMIN_TOKEN, AUTH_JWT_SECRET, HOST, Processes, Server, _cpu_model, quantile
 
 DATABASES = ("sqlite", "postgresql")
+CASES = ("conversation", "reply", "small-context", "database")
+# A model of the simulator's catalog with a 4,096-token window (app/dev/simulator_models.py).
+SMALL_CONTEXT_MODEL = "gryphe/mythomax-l2-13b"
+# A small-context turn: a message of ~60 words and a reply of 80 chunks (~400 bytes each), so
+# the history's bound (bytes, app/billing/budgets.py) fills the window left after the reply's
+# max_tokens (4,096 - 1,024) within the first four turns.
+SMALL_CONTEXT_WORDS = 60
+SMALL_CONTEXT_REPLY = 80
 TABLES = set(metadata.tables)
 NOVEMBER = {"from": "2026-11-01", "to": "2026-11-30", "group_by": "day"}
 MESSAGES_PER_CONVERSATION = 10  # 5 turns: a user message and its reply each
@@ -186,6 +205,7 @@ class Turn:
     cpu_ms: float
     delta_times: list[float]  # perf_counter of each delta's arrival
     cpu_marks: list[tuple[int, int]]  # (deltas so far, server CPU ns) at each tenth
+    history: dict[str, int] | None = None  # meta's `history`: {sent, left_out}, when cut
 
 
 async def turn(
@@ -196,15 +216,19 @@ async def turn(
     message: str,
     conversation_id: str | None = None,
     expect_deltas: int = 0,
+    model: str | None = None,
 ) -> Turn:
     """One `POST /api/chat`, read to its `done`; with `expect_deltas`, the server's CPU is read
     at each tenth of them too."""
     body: dict[str, Any] = {"message": message}
     if conversation_id is not None:
         body["conversation_id"] = conversation_id
+    if model is not None:
+        body["model"] = model
     marks = [(0, cpu_ns(server))]
     every = max(1, expect_deltas // 10) if expect_deltas else 0
     ids: dict[str, str] = {}
+    history: dict[str, int] | None = None
     deltas: list[float] = []
     started = time.perf_counter()
     async with http.stream("POST", "/api/chat", json=body, headers=token(user)) as response:
@@ -217,6 +241,8 @@ async def turn(
                     marks.append((len(deltas), cpu_ns(server)))
             elif not ids and line.startswith("data: "):
                 ids = dict(META_IDS.findall(line))
+                if '"history"' in line:  # meta's: only a turn whose history was cut has it
+                    history = json.loads(line[len("data: ") :]).get("history")
             elif line.startswith(("event: done", "event: error")):
                 if line != "event: done":
                     raise RuntimeError("the reply ended in an error")
@@ -231,6 +257,7 @@ async def turn(
         cpu_ms=(marks[-1][1] - marks[0][1]) / 1e6,
         delta_times=deltas,
         cpu_marks=marks,
+        history=history,
     )
 
 
@@ -403,7 +430,63 @@ async def long_reply(
     return found
 
 
-# --- 3. a big database --------------------------------------------------------------------------
+# --- 3. a small-context model ------------------------------------------------------------------
+
+
+def small_context_message(turn: int) -> str:
+    """A turn's message: ~60 words, and the directive for a reply of 80 chunks."""
+    words = " ".join(f"word{turn}-{w}" for w in range(SMALL_CONTEXT_WORDS))
+    return f"turn {turn}: {words} [[sim tokens={SMALL_CONTEXT_REPLY}]]"
+
+
+async def small_context(
+    http: httpx.AsyncClient, server: Server, upstream: Server, args: argparse.Namespace, db: str
+) -> Findings:
+    """`--turns` turns in one conversation on a model whose window the history outgrows."""
+    found = Findings()
+    user, window = "small-context", args.window
+    turns: list[Turn] = []
+    sent: dict[int, dict[str, int]] = {}
+    conversation_id = None
+    for i in range(1, args.turns + 1):
+        done = await turn(
+            http,
+            server,
+            user=user,
+            message=small_context_message(i),
+            conversation_id=conversation_id,
+            model=SMALL_CONTEXT_MODEL,
+        )
+        conversation_id = done.conversation_id
+        turns.append(done)
+        if i in (window, args.turns):
+            sent[i] = await upstream_request_size(upstream)
+    first, last = turns[:window], turns[-window:]
+    small, big = f"turns 1-{window}", f"turns {args.turns - window + 1}-{args.turns}"
+    found.rows += [
+        Row(f"small context: {case}", db, small, big, [of(t) for t in first], [of(t) for t in last])
+        for case, of in (
+            ("time to first delta", lambda turn: turn.first_delta_ms),
+            ("server CPU per turn", lambda turn: turn.cpu_ms),
+        )
+    ]
+    cut = sum(1 for t in turns if t.history)
+
+    def at(i: int) -> str:
+        note = turns[i - 1].history or {"sent": "all", "left_out": 0}
+        return (
+            f"turn {i} sent {sent[i]['messages']} messages, {sent[i]['bytes']:,} bytes "
+            f"(history: {note['sent']} sent, {note['left_out']} left out)"
+        )
+
+    found.notes.append(
+        f"{db}: small context ({SMALL_CONTEXT_MODEL}, 4,096 tokens): {at(window)}; "
+        f"{at(args.turns)}; {cut} of {args.turns} turns cut to fit"
+    )
+    return found
+
+
+# --- 4. a big database --------------------------------------------------------------------------
 
 
 def _stamp(url: str, seconds: str) -> str:
@@ -740,6 +823,15 @@ async def plans(database: Database, url: str, heavy: Sizes, *, db: str) -> list[
 # --- the run ------------------------------------------------------------------------------------
 
 
+def small_context_agents(workdir: Path) -> Path:
+    """The shipped agents file, its chat agent allowing the small-context model too."""
+    shipped = DEFAULT_AGENTS_FILE.read_text(encoding="utf-8")
+    allowed = f'[chat]\nallowed_models = ["{SMALL_CONTEXT_MODEL}"]\n'
+    path = workdir / "agents.toml"
+    path.write_text(shipped.replace("[chat]\n", allowed, 1), encoding="utf-8")
+    return path
+
+
 @contextlib.asynccontextmanager
 async def database_url(kind: str, workdir: Path, admin_url: str | None) -> AsyncIterator[str]:
     if kind == "sqlite":
@@ -759,7 +851,12 @@ async def one_database(kind: str, args: argparse.Namespace, admin_url: str | Non
                 upstream = procs.start(
                     "upstream", ["-m", "bench.fake_upstream", "--port", "{port}", "--directives"]
                 )
-                settings = {"DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_FORMAT": "text"}
+                settings = {
+                    "DATABASE_URL": url,
+                    "ADMIN_TOKEN": ADMIN_TOKEN,
+                    "LOG_FORMAT": "text",
+                    "AGENTS_FILE": str(small_context_agents(Path(workdir))),
+                }
                 server = procs.ours(
                     f"ours-{kind}",
                     upstream,
@@ -769,11 +866,16 @@ async def one_database(kind: str, args: argparse.Namespace, admin_url: str | Non
                 async with httpx.AsyncClient(
                     base_url=f"http://{HOST}:{server.port}", timeout=600
                 ) as http:
-                    for part in (
-                        await long_conversation(http, server, upstream, args, kind),
-                        await long_reply(http, server, args, kind),
-                        await big_database(http, url, args, kind),
-                    ):
+                    cases = {
+                        "conversation": lambda: long_conversation(
+                            http, server, upstream, args, kind
+                        ),
+                        "reply": lambda: long_reply(http, server, args, kind),
+                        "small-context": lambda: small_context(http, server, upstream, args, kind),
+                        "database": lambda: big_database(http, url, args, kind),
+                    }
+                    for case in args.cases:
+                        part = await cases[case]()
                         found.rows += part.rows
                         found.notes += part.notes
                         found.plans += part.plans
@@ -820,6 +922,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--databases", default=",".join(DATABASES), help="sqlite, postgresql or both (both)"
     )
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"which cases, of {', '.join(CASES)} (all)"
+    )
     parser.add_argument("--postgres-url", help="a PostgreSQL server instead of a throwaway one")
     parser.add_argument(
         "--quick", action="store_true", help="30 turns, 1,000 tokens, 20,000 messages, 10 requests"
@@ -829,6 +934,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.databases) - set(DATABASES))
     if unknown:
         parser.error(f"unknown database(s) {', '.join(unknown)}; use {', '.join(DATABASES)}")
+    args.cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown or not args.cases:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; use {', '.join(CASES)}")
     defaults = (30, 10, 1000, 20_000, 10) if args.quick else (200, 10, 4000, 1_000_000, 30)
     for name, value in zip(
         ("turns", "window", "tokens", "messages", "requests"), defaults, strict=True
@@ -844,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     # A plain SIGTERM would skip the `finally` that stops the servers this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
-        f"growth: {args.turns} turns, a reply of {args.tokens} tokens "
+        f"growth: {', '.join(args.cases)}: {args.turns} turns, a reply of {args.tokens} tokens "
         f"{1000 * args.delay:.0f} ms apart, {args.messages:,} messages, {args.requests} requests "
         f"per measurement; {', '.join(args.databases)}; machine: "
         f"{os.cpu_count()} cores, {_cpu_model()}, "
@@ -855,8 +964,9 @@ def main(argv: list[str] | None = None) -> int:
         found = asyncio.run(main_async(args, admin_url))
     print("\n" + table(found.rows))
     print("\n" + "\n".join(found.notes))
-    print("\nplans (indexes read; tables read whole):")
-    print("\n".join(found.plans))
+    if found.plans:  # the database case's
+        print("\nplans (indexes read; tables read whole):")
+        print("\n".join(found.plans))
     return 0
 
 

@@ -59,6 +59,18 @@ def content_of(events: list[SSE]) -> str:
     return "".join(e.data["content"] for e in events if e.event == "delta")
 
 
+def chat_turn(
+    client: httpx.Client, message: str = "Hi", conversation_id: str | None = None
+) -> dict[str, Any]:
+    """A one-step chat turn (`POST /api/chat`) read to its end, in a new conversation of the
+    client's user or in `conversation_id`: its `meta` event's data (`conversation_id`,
+    `user_message_id`, `message_id`, the reply's)."""
+    body = {"message": message, **({"conversation_id": conversation_id} if conversation_id else {})}
+    events = read_sse(client, "POST", "/api/chat", json=body)
+    assert events[-1].event == "done", events[-1]
+    return events[0].data
+
+
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to its end from sync test code, even where a loop is already running
     in this thread (Playwright's sync API keeps one): in a thread of its own."""

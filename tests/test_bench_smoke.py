@@ -6,7 +6,9 @@ Speed is never asserted here; `python -m bench` measures it (see docs/benchmarks
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -282,6 +284,8 @@ GROWTH_CASES = {
     "db: list, heavy user",
     "db: /api/admin/costs",
     "db: /api/me/costs, heavy user",
+    "small context: time to first delta",
+    "small context: server CPU per turn",
 }
 GROWTH_PLANS = [
     "list, first page",
@@ -297,13 +301,14 @@ GROWTH_PLANS = [
 @pytest.mark.db  # TEST_POSTGRES_URL: its PostgreSQL part runs in that pass
 def test_the_growth_benchmark_measures_every_case_on_each_database():
     """Tiny sizes: every case measured and given a verdict, /api/me/costs before and after
-    migration 14, a plan for every query; on PostgreSQL too when the suite has one."""
-    databases = ["sqlite"]
+    migration 14, a plan for every query; on the pass's database (scripts/test's PostgreSQL
+    pass sets TEST_POSTGRES_URL, its SQLite pass does not)."""
     args = ["--turns", "4", "--window", "2", "--tokens", "60", "--messages", "6000"]
     args += ["--requests", "2", "--deep", "2"]  # the heavy user: 60 conversations, 2 pages
+    databases = ["sqlite"]
     admin_url = os.environ.get("TEST_POSTGRES_URL")
     if admin_url:
-        databases.append("postgresql")
+        databases = ["postgresql"]
         args += ["--postgres-url", admin_url]
     finished = run_bench("bench.growth", *args, "--databases", ",".join(databases), timeout=120)
     lines = finished.stdout.splitlines()
@@ -318,6 +323,28 @@ def test_the_growth_benchmark_measures_every_case_on_each_database():
         plans = [line for line in lines if line.startswith(f"{database:<10} ")]
         assert [line[11:40].strip() for line in plans] == GROWTH_PLANS
         assert f"{database}: history sent upstream: after 2 turns 4 messages" in finished.stdout
+        # The small-context model's last turn was cut to fit its window: the case measures it.
+        assert re.search(
+            rf"{database}: small context \(gryphe/mythomax-l2-13b, 4,096 tokens\): turn 2 .*; "
+            r"turn 4 sent \d+ messages, [\d,]+ bytes \(history: \d+ sent, [1-9]\d* left out\)",
+            finished.stdout,
+        ), finished.stdout
+
+
+def test_the_growth_benchmark_runs_only_the_cases_asked_for():
+    """`--cases small-context`: that case alone (issue 29's turn 200 against turn 10 on a
+    small-context model), at 4 turns: its two rows, no other, and no database fill."""
+    args = ["--cases", "small-context", "--databases", "sqlite", "--turns", "4", "--window", "2"]
+    finished = run_bench("bench.growth", *args, timeout=120)
+    lines = finished.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case"))
+    rows = lines[header + 2 : lines.index("", header)]
+    assert [row[:44].strip() for row in rows] == [
+        "small context: time to first delta",
+        "small context: server CPU per turn",
+    ]
+    assert all(row.endswith(("flat", "grows")) for row in rows), rows
+    assert "filled" not in finished.stdout and "plans" not in finished.stdout
 
 
 def test_caching_measures_a_conversation_with_and_without():
@@ -325,3 +352,15 @@ def test_caching_measures_a_conversation_with_and_without():
     equals the difference the prices make (the script asserts it)."""
     finished = run_bench("bench.caching", "--turns", "3", timeout=300)
     assert '"prompt_cost_ratio"' in finished.stdout
+
+
+def test_attachments_measures_an_upload_and_its_turn():
+    """bench.attachments with a small PDF: every step runs (each asserts its answer) and is
+    measured."""
+    finished = run_bench("bench.attachments", "--pdf-mb", "0.3", timeout=120)
+    steps = json.loads(finished.stdout.strip().splitlines()[-1])["steps"]
+    assert [s["step"] for s in steps][:3] == [
+        "turn without attachments",
+        "upload of the PDF",
+        "turn with the PDF",
+    ]

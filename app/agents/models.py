@@ -72,6 +72,9 @@ class ModelChoice:
     # Whether the turn marks `cache_control` breakpoints (app/core/caching.py's rule, for the
     # model asked, and the agent's `prompt_caching`).
     breakpoints: bool = False
+    # What the model and each fallback it may end on all take (`image_input`, `file_input`,
+    # …: app/upstream/models_catalog.py); None: not one of them is in the catalog.
+    capabilities: frozenset[str] | None = None
 
 
 def requested_model(value: Any) -> str | None:
@@ -172,7 +175,9 @@ def choose(
         for model_id in (entry.id, *fallbacks)
         if (found := catalog.find(model_id)) is not None
     }
+    known = [f for f in (info, *(catalog.find(m) for m in fallbacks)) if f is not None]
     return ModelChoice(
+        capabilities=frozenset.intersection(*(f.capabilities for f in known)) if known else None,
         model=entry.id,
         fallback_models=fallbacks,
         max_tokens=min(agent.max_tokens, limit) if limit else agent.max_tokens,

@@ -19,6 +19,11 @@ measuring the normalized text too; the chat template's special tokens (4 to 8 a 
 ChatML, Llama 3, Mistral, Gemma templates) are the per-message allowance. Provider-side prompt
 additions we cannot see are not covered (docs/budgets.md). `max_tokens` bounds the completion,
 reasoning tokens included, as OpenRouter counts them.
+
+Attachments (app/core/attachments.py) are in the request as placeholders: each adds its token
+bound (an image by its pixel size, a PDF by its pages) to the prompt's, an image its model's
+per-image price (`pricing.image`, where the catalog has one), and a PDF sent through a priced
+file-parser engine that engine's price per page.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from app.core.attachments import PARSER_PAGE_PRICES, attachments_of, in_messages
 from app.core.money import MAX_BUDGET_PICOS, PICOS, from_picos, to_picos, usd
 from app.core.refusals import OverBudget, PriceUnknown, RateLimited, Refusal
 from app.core.run_request import RunRequest
@@ -58,7 +64,8 @@ def prompt_token_bound(body: dict[str, Any]) -> int:
     """An upper bound of the prompt tokens of an upstream request `body` (see the module doc)."""
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     size = max(len(text.encode("utf-8", "surrogatepass")), _nfkc_bytes(text))
-    return size + PER_MESSAGE_TOKENS * len(body.get("messages", ())) + PER_REQUEST_TOKENS
+    files = sum(a.token_bound() for a in in_messages(body.get("messages", ())))
+    return size + files + PER_MESSAGE_TOKENS * len(body.get("messages", ())) + PER_REQUEST_TOKENS
 
 
 def message_token_bound(message: dict[str, Any]) -> int:
@@ -72,7 +79,7 @@ def message_token_bound(message: dict[str, Any]) -> int:
     the whole request."""
     text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
     size = max(len(text.encode("utf-8", "surrogatepass")), _nfkc_bytes(text))
-    return size + 1 + PER_MESSAGE_TOKENS
+    return size + sum(a.token_bound() for a in attachments_of(message)) + 1 + PER_MESSAGE_TOKENS
 
 
 def _nfkc_bytes(text: str) -> int:
@@ -82,15 +89,43 @@ def _nfkc_bytes(text: str) -> int:
     return len(unicodedata.normalize("NFKC", text).encode("utf-8", "surrogatepass"))
 
 
-def worst_case(*, prompt_tokens: int, max_tokens: int, pricing: Pricing) -> int:
+def file_charges(body: dict[str, Any]) -> tuple[int, Decimal]:
+    """A request's images, and what its PDFs' parsing costs at most (USD): the pages of its
+    PDFs at its file-parser engine's price (none without the plugin: the model reads them)."""
+    attachments = list(in_messages(body.get("messages", ())))
+    images = sum(1 for a in attachments if a.is_image)
+    engine = next(
+        (
+            plugin.get("pdf", {}).get("engine")
+            for plugin in body.get("plugins", ())
+            if plugin.get("id") == "file-parser"
+        ),
+        None,
+    )
+    price = PARSER_PAGE_PRICES.get(engine, Decimal(0)) if engine else Decimal(0)
+    pages = sum(a.pages or 1 for a in attachments if not a.is_image)
+    return images, pages * price
+
+
+def worst_case(
+    *,
+    prompt_tokens: int,
+    max_tokens: int,
+    pricing: Pricing,
+    images: int = 0,
+    parsing: Decimal = Decimal(0),
+) -> int:
     """The most a request priced at `pricing` can cost, in pico-dollars, rounded up; past any
     budget (a model at an absurd price), one more than the largest: refused by every limit,
-    and never a number the database cannot store."""
+    and never a number the database cannot store. `images` are priced at the model's
+    per-image price where it has one; `parsing` (USD) is its PDFs' parser charge."""
     assert pricing.input is not None and pricing.output is not None
     amount = (
         prompt_tokens * pricing.input / MILLION
         + max_tokens * pricing.output / MILLION
         + (pricing.request or Decimal(0))
+        + images * (pricing.image or Decimal(0))
+        + parsing
     )
     return min(math.ceil(amount * PICOS), MAX_BUDGET_PICOS + 1)
 
@@ -170,7 +205,9 @@ class SpendControl:
 
     def _worst_case(self, request: RunRequest) -> int | None:
         """The turn's worst case, or None when a model's price is unknown."""
-        prompt_tokens = prompt_token_bound(request.upstream_body())
+        body = request.upstream_body()
+        prompt_tokens = prompt_token_bound(body)
+        images, parsing = file_charges(body)
         worst = 0
         for model_id in (request.model, *request.fallback_models):
             pricing = self._models.known_pricing(model_id)
@@ -179,7 +216,11 @@ class SpendControl:
             worst = max(
                 worst,
                 worst_case(
-                    prompt_tokens=prompt_tokens, max_tokens=request.max_tokens, pricing=pricing
+                    prompt_tokens=prompt_tokens,
+                    max_tokens=request.max_tokens,
+                    pricing=pricing,
+                    images=images,
+                    parsing=parsing,
                 ),
             )
         return worst

@@ -1,5 +1,6 @@
-"""When the database is away: what says so (`is_unavailable`), and how a loop tells of it
-(`Outage`): one warning when it goes, one info line when it is back, not a traceback a beat.
+"""When the database is away: what says so (`is_unavailable`), how a loop tells of it
+(`Outage`): one warning when it goes, one info line when it is back, not a traceback a beat;
+and the periodic loop that keeps beating through it (`tend`).
 
 "Away" is the database not answering at all, for a while: PostgreSQL refusing or cutting
 connections (stopped, restarting, failed over, out of connections), SQLite's file locked past
@@ -11,9 +12,13 @@ not an outage and is still logged with its traceback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import sqlite3
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
@@ -100,6 +105,33 @@ class Outage:
         if self.down:
             self.down = False
             log.info("database is back: %s resumes", self.what)
+
+
+async def tend(
+    beat: Callable[[], Coroutine[Any, Any, object]],
+    *,
+    outage: Outage,
+    interval: float,
+    stop: asyncio.Event,
+) -> None:
+    """Run `beat` now, then every `interval` seconds, until `stop` is set. A beat that fails
+    does not end the loop: the database being away is told through `outage` (once as it goes,
+    once as it is back), anything else is logged with its traceback, and the next beat comes
+    on time either way. A background loop's body (the replies' heartbeat and sweep, the jobs')."""
+    while True:
+        try:
+            # A task a beat: `databases` keeps a connection per task, and one the database cut
+            # mid-release stays unusable to its task for good (seen with PostgreSQL stopped:
+            # every later beat failed, "Connection is already acquired").
+            await asyncio.create_task(beat())
+            outage.ok()
+        except Exception as exc:  # a database hiccup must not end the loop
+            if not outage.failed(exc):
+                log.exception("%s failed", outage.what)
+        # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+            return
 
 
 class _OneLine(logging.Filter):

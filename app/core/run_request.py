@@ -31,6 +31,9 @@ class RunRequest:
     # The cache prices of the model and its fallbacks, by id: each generation's cache saving
     # is computed with its answering model's (app/core/caching.py).
     cache_prices: tuple[tuple[str, CachePrices], ...] = ()
+    # OpenRouter's file-parser engine for the PDFs it carries, when its model does not read
+    # files itself (app/core/attachments.py); None: no parser.
+    pdf_engine: str | None = None
 
     def upstream_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -47,4 +50,6 @@ class RunRequest:
             body["models"] = [self.model, *self.fallback_models]
         if self.reasoning:
             body["reasoning"] = self.reasoning
+        if self.pdf_engine:
+            body["plugins"] = [{"id": "file-parser", "pdf": {"engine": self.pdf_engine}}]
         return body

@@ -13,6 +13,7 @@ Its replies say that they come from the simulator, so nobody mistakes it for a m
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import itertools
@@ -23,8 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from io import BytesIO
 from typing import Any
 
+from pypdf import PdfReader
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -50,6 +53,14 @@ COMPLETION_PRICE = Decimal("0.0000006")
 # the server fitted with its byte bound (app/billing/budgets.py) always fits here.
 TOKEN = re.compile(r"\w+|[^\w\s]")
 TOKENS_PER_MESSAGE = 4
+# What an attachment counts in the prompt's tokens here: an image (OpenAI's 512-pixel-tile
+# count for a mid-sized one), a PDF page (its text, parsed or read natively).
+IMAGE_TOKENS = 765
+PDF_PAGE_TOKENS = 500
+# OpenRouter's file-parser engines, USD a page: its default for a model that does not read
+# files (no plugin in the request) is mistral-ocr.
+PARSER_PRICES = {"cloudflare-ai": Decimal(0), "mistral-ocr": Decimal("0.002"), "native": None}
+DEFAULT_PARSER = "mistral-ocr"
 
 
 # What `GET /key` answers, in OpenRouter's shape (USD; `limit` null would mean no limit).
@@ -181,6 +192,81 @@ def text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+@dataclass(frozen=True)
+class Media:
+    """What a request's images and PDFs count: prompt tokens, and USD beside them."""
+
+    tokens: int = 0
+    cost: Decimal = Decimal(0)
+    images: int = 0
+    pages: int = 0
+
+
+def read_media(body: dict[str, Any], listed: dict[str, Any]) -> Media | Response:
+    """The request's `image_url` and `file` parts as OpenRouter bills them: an image in the
+    prompt's tokens and at the model's per-image price; a PDF's pages in the prompt's tokens,
+    and, for a model that does not read files, its parser's price a page (the `file-parser`
+    plugin's engine, else OpenRouter's default). An image for a model without image input is
+    OpenRouter's 404; a part it cannot decode, its 400."""
+    modalities = (listed.get("architecture") or {}).get("input_modalities") or [
+        "text",
+        "image",
+        "file",
+    ]
+    images = pages = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image_url":
+                if "image" not in modalities:
+                    return JSONResponse(
+                        {
+                            "error": {
+                                "code": 404,
+                                "message": "No endpoints found that support image input",
+                            }
+                        },
+                        status_code=404,
+                    )
+                images += 1
+            elif kind == "file":
+                counted = _pdf_pages(part.get("file") or {})
+                if counted is None:
+                    message = "the file part is not a base64 PDF data URL"
+                    return JSONResponse(
+                        {"error": {"code": 400, "message": message}}, status_code=400
+                    )
+                pages += counted
+    engine = next(
+        (
+            (p.get("pdf") or {}).get("engine")
+            for p in body.get("plugins") or []
+            if isinstance(p, dict) and p.get("id") == "file-parser"
+        ),
+        None,
+    )
+    parser_price = None if "file" in modalities else PARSER_PRICES.get(engine or DEFAULT_PARSER)
+    image_price = Decimal(str((listed.get("pricing") or {}).get("image") or 0))
+    return Media(
+        tokens=images * IMAGE_TOKENS + pages * PDF_PAGE_TOKENS,
+        cost=images * image_price + pages * (parser_price or Decimal(0)),
+        images=images,
+        pages=pages,
+    )
+
+
+def _pdf_pages(file: dict[str, Any]) -> int | None:
+    data = file.get("file_data")
+    prefix = "data:application/pdf;base64,"
+    if not isinstance(data, str) or not data.startswith(prefix):
+        return None
+    try:
+        return len(PdfReader(BytesIO(base64.b64decode(data[len(prefix) :], validate=True))).pages)
+    except Exception:  # pypdf raises many kinds on a malformed file; base64 a ValueError
+        return None
+
+
 def prompt_tokens_of(messages: list[dict[str, Any]]) -> int:
     """The simulator's token count of a request's messages (see TOKEN)."""
     return sum(
@@ -265,6 +351,8 @@ class Generation:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     completion_tokens: int = 0
+    # What its images (at the model's per-image price) and its PDFs' parsing cost, USD.
+    media_cost: Decimal = Decimal(0)
     cost: Decimal = Decimal(0)
     finish_reason: str | None = None
     cancelled: bool = False
@@ -563,6 +651,9 @@ class FakeOpenRouter:
         if sum(1 for m in messages if _marked(m)) > PromptCache.MAX_BREAKPOINTS:
             message = f"A maximum of {PromptCache.MAX_BREAKPOINTS} blocks with cache_control"
             return JSONResponse({"error": {"code": 400, "message": message}}, status_code=400)
+        media = read_media(body, listed)
+        if isinstance(media, Response):
+            return media
         number = next(self._ids)
         call = None
         if behaviour.tokens is not None:
@@ -578,7 +669,7 @@ class FakeOpenRouter:
             )
             if call is not None:
                 behaviour = replace(behaviour, finish_reason="tool_calls")
-        prompt_tokens = sum(
+        prompt_tokens = media.tokens + sum(
             len(_words(text_of(m.get("content")))) for m in messages if isinstance(m, dict)
         )
         cache_prices = _cache_prices(listed)
@@ -595,6 +686,7 @@ class FakeOpenRouter:
             cache_prices=cache_prices,
             cached_tokens=cache.read,
             cache_write_tokens=cache.written,
+            media_cost=media.cost,
         )
         with self._lock:
             self.generations[generation.id] = generation
@@ -638,7 +730,7 @@ class FakeOpenRouter:
         # Cache reads and writes at their prices, the rest of the prompt at the input price:
         # the full price less what the cache saved.
         full = generation.prompt_tokens * prompt + generation.completion_tokens * completion
-        return full - generation.cache_discount
+        return full - generation.cache_discount + generation.media_cost
 
     def _usage(self, generation: Generation, behaviour: Behaviour) -> dict[str, Any]:
         return {

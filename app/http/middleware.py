@@ -13,8 +13,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import ApiError, error_response
 from app.settings import Settings
 
+# The one route whose body is a file: its own, larger limit, and its own code.
+UPLOAD_PATH = "/api/uploads"
 
-def _too_large(limit: int) -> ApiError:
+
+def _too_large(limit: int, *, upload: bool = False) -> ApiError:
+    if upload:
+        return ApiError(
+            413, "upload_too_large", f"the upload is larger than MAX_UPLOAD_BYTES ({limit} bytes)"
+        )
     return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
 
 
@@ -24,21 +31,26 @@ class BodyLimit:
     A declared `Content-Length` over the limit is answered at once, the body unread. A body
     without one (chunked) is counted as it arrives: the route that reads it gets the 413 raised
     from `receive` once the count passes the limit, so at most `max_bytes` plus one chunk is
-    ever held.
+    ever held. `POST /api/uploads` has its own limit (`upload_bytes`: MAX_UPLOAD_BYTES and the
+    multipart framing; 413 upload_too_large), the route counts the file itself.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, upload_bytes: int, max_upload: int) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.upload_bytes, self.max_upload = upload_bytes, max_upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"] == UPLOAD_PATH
+        limit = self.upload_bytes if upload else self.max_bytes
+        too_large = _too_large(self.max_upload if upload else limit, upload=upload)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         # The server has already refused a Content-Length that is not a number; a length of
         # more digits than int() will read from text is over any limit.
-        if declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
-            error = _too_large(self.max_bytes)
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            error = too_large
             await error_response(error.status, error.code, error.message)(scope, receive, send)
             return
         received = 0
@@ -48,8 +60,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _too_large(self.max_bytes)
+                if received > limit:
+                    raise too_large
             return message
 
         await self.app(scope, counted, send)
@@ -73,4 +85,12 @@ def http_middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    return [*middleware, Middleware(BodyLimit, max_bytes=settings.body_limit)]
+    return [
+        *middleware,
+        Middleware(
+            BodyLimit,
+            max_bytes=settings.body_limit,
+            upload_bytes=settings.upload_body_limit,
+            max_upload=settings.max_upload_bytes,
+        ),
+    ]

@@ -16,6 +16,15 @@ from typing import Any
 from app.admission.service import Key, KeyUsed
 from app.admission.turn_write import TurnWrite
 from app.agents.models import ModelChoice, choose, requested_effort, requested_model
+from app.core.attachments import (
+    MAX_ATTACHMENTS,
+    Attachment,
+    attachments_of,
+    in_messages,
+    readable,
+    text_of,
+    with_attachments,
+)
 from app.core.outage import is_unavailable
 from app.core.refusals import NotSaved
 from app.core.run_request import RunRequest
@@ -27,7 +36,7 @@ from app.replies.breakpoints import with_breakpoints
 from app.replies.fitting import fit
 from app.replies.runs import Run
 from app.replies.titles import first_words
-from app.replies.window import Window, windowed
+from app.replies.window import windowed
 from app.storage.replies import TurnIds
 
 log = logging.getLogger(__name__)
@@ -62,12 +71,16 @@ class Turn:
     # one (see `app/replies/titles.py`). A coach call's conversation is never listed, so
     # titling it would be money for nothing.
     wants_title: bool = False
+    # The uploads its user message carries (app/core/attachments.py), in order.
+    attachments: tuple[Attachment, ...] = ()
 
     def compose(self, kept: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The upstream messages, given the history `kept`."""
         if self.render is not None:
-            return [*self.prompt, {"role": "user", "content": self.render(kept)}]
-        return [*self.prompt, *kept, {"role": "user", "content": self.user_content}]
+            content = with_attachments(self.render(kept), self.attachments)
+            return [*self.prompt, {"role": "user", "content": content}]
+        content = with_attachments(self.user_content, self.attachments)
+        return [*self.prompt, *kept, {"role": "user", "content": content}]
 
 
 async def _choice(
@@ -86,6 +99,77 @@ async def _choice(
         remembered=remembered,
         effort=effort,
     )
+
+
+def _attachment_ids(body: dict[str, Any]) -> list[str] | None:
+    """The body's `attachments`: a list of upload ids (a query string's: comma-separated);
+    None when it names none."""
+    value = body.get("attachments")
+    if value is None:
+        return None
+    if isinstance(value, str):  # ?attachments=id,id on the EventSource forms
+        value = [part for part in value.split(",") if part]
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"`attachments` must be a list of at most {MAX_ATTACHMENTS} upload ids",
+        )
+    ids = [valid_id(item, "attachments") for item in value]
+    if len(set(ids)) != len(ids):
+        raise ApiError(422, "invalid_field", "`attachments` names an upload twice")
+    return ids
+
+
+async def _attachments(
+    state: AppState, ids: Sequence[str], *, user_id: str, choice: ModelChoice
+) -> tuple[Attachment, ...]:
+    """The caller's uploads `ids`, in order: 404 upload_not_found for one that is not theirs
+    (or not there), 422 when the turn's model cannot read one; before anything is written."""
+    if not ids:
+        return ()
+    found = await state.store.uploads.owned(upload_ids=ids, user_id=user_id)
+    missing = next((i for i in ids if i not in found), None)
+    if missing is not None:
+        raise ApiError(404, "upload_not_found", f"no upload {missing!r}")
+    attachments = tuple(Attachment.from_json(found[i]) for i in ids)
+    reads = choice.capabilities
+    if reads is not None:
+        if "image_input" not in reads and any(a.is_image for a in attachments):
+            raise ApiError(
+                422,
+                "model_cannot_read_images",
+                f"{choice.model} does not read images: choose a model whose capabilities "
+                "list image input (GET /api/agents/{agent}/models), or send the text alone",
+                details={"model": choice.model},
+            )
+        if not _reads_files(state, choice) and any(not a.is_image for a in attachments):
+            raise ApiError(
+                422,
+                "model_cannot_read_files",
+                f"{choice.model} does not read PDFs and no PDF parser is set (PDF_ENGINE): "
+                "choose a model whose capabilities list file input",
+                details={"model": choice.model},
+            )
+    return attachments
+
+
+def _reads_files(state: AppState, choice: ModelChoice) -> bool:
+    """Whether the turn's model gets PDFs read: by itself, or through OpenRouter's parser."""
+    native = choice.capabilities is None or "file_input" in choice.capabilities
+    return native or state.settings.pdf_engine != "off"
+
+
+def _readable(
+    state: AppState, history: list[dict[str, Any]], choice: ModelChoice
+) -> list[dict[str, Any]]:
+    """The history with what the model cannot read of earlier turns' attachments named in
+    text instead (a model chosen later need not read an earlier turn's image)."""
+    images = choice.capabilities is None or "image_input" in choice.capabilities
+    files = _reads_files(state, choice)
+    if images and files:
+        return history
+    return [readable(message, images=images, files=files) for message in history]
 
 
 async def _existing_conversation(
@@ -109,7 +193,6 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
     message = optional_text(body, "message", limit=limit)
     if message is None:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
-    agent = state.agents.effective("chat")
     stream = stream_flag(body)
     conversation_id = leaf = remembered = None
     if body.get("conversation_id") is not None:
@@ -119,33 +202,65 @@ async def chat_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> T
         # The turn continues the branch the conversation shows, from its last message.
         conversation_id, leaf = conversation["id"], conversation["active_leaf_id"]
         remembered = conversation["model"]
-    choice = await _choice(state, "chat", body, remembered=remembered)
-    window = await _window(state, leaf, limit=agent.history_messages, choice=choice)
-    return Turn(
+    return await _turn_after(
+        state,
+        "chat",
+        leaf,
+        body=body,
+        remembered=remembered,
+        attachment_ids=_attachment_ids(body) or [],
         user_id=user_id,
-        agent="chat",
         user_content=message,
         conversation_id=conversation_id,
-        prompt=[{"role": "system", "content": agent.system_prompt}],
-        choice=choice,
-        history=window.messages,
-        same_start_as_last=window.same_as_last,
-        same_start_as_next=window.same_as_next,
         stream=stream,
-        parent_id=leaf,
         wants_title=conversation_id is None or not conversation["titled"],
     )
 
 
-async def _window(
-    state: AppState, leaf_id: str | None, *, limit: int, choice: ModelChoice
-) -> Window:
-    """The history a chat turn after `leaf_id` sends: its agent's last `limit` messages at
-    most, read no further up than the model's window, left out in steps (app/replies/window.py)."""
+async def _turn_after(
+    state: AppState,
+    agent: str,
+    parent_id: str | None,
+    *,
+    body: dict[str, Any],
+    remembered: str | None,
+    attachment_ids: Sequence[str],
+    user_id: str,
+    user_content: str,
+    conversation_id: str | None,
+    stream: bool = True,
+    answers: str | None = None,
+    wants_title: bool,
+) -> Turn:
+    """A turn of `agent` whose user message follows `parent_id` (None: a new conversation's
+    first): the agent's system prompt, the model `body` chooses (else `remembered`, else the
+    agent's), the uploads `attachment_ids` names (the caller's, readable by that model), and
+    the history that ends at `parent_id`: the agent's last `history_messages` at most, read no
+    further up than the model's window, left out in steps (app/replies/window.py)."""
+    effective = state.agents.effective(agent)
+    choice = await _choice(state, agent, body, remembered=remembered)
+    attachments = await _attachments(state, attachment_ids, user_id=user_id, choice=choice)
+    limit = effective.history_messages
     rows = await state.store.replies.history_with_seqs(
-        leaf_id=leaf_id, limit=limit, max_chars=choice.context_length
+        leaf_id=parent_id, limit=limit, max_chars=choice.context_length
     )
-    return windowed(rows, limit=limit)
+    window = windowed(rows, limit=limit)
+    return Turn(
+        user_id=user_id,
+        agent=agent,
+        user_content=user_content,
+        conversation_id=conversation_id,
+        prompt=[{"role": "system", "content": effective.system_prompt}],
+        choice=choice,
+        attachments=attachments,
+        history=_readable(state, window.messages, choice),
+        same_start_as_last=window.same_as_last,
+        same_start_as_next=window.same_as_next,
+        stream=stream,
+        parent_id=parent_id,
+        answers=answers,
+        wants_title=wants_title,
+    )
 
 
 async def _own_message(
@@ -173,24 +288,22 @@ async def _branch_turn(
     parent_id: str | None,
     user_content: str,
     body: dict[str, Any],
+    attachment_ids: Sequence[str],
     answers: str | None = None,
 ) -> Turn:
     """A turn on a new branch of `conversation`, after `parent_id`: the history is that
-    message's path, whichever branch the conversation shows."""
-    agent = state.agents.effective(conversation["agent"])
-    choice = await _choice(state, conversation["agent"], body, remembered=conversation["model"])
-    window = await _window(state, parent_id, limit=agent.history_messages, choice=choice)
-    return Turn(
+    message's path, whichever branch the conversation shows. `attachment_ids`: the uploads its
+    user message carries (the one it answers again, or the edited one's, or the edit's own)."""
+    return await _turn_after(
+        state,
+        conversation["agent"],
+        parent_id,
+        body=body,
+        remembered=conversation["model"],
+        attachment_ids=attachment_ids,
         user_id=conversation["user_id"],
-        agent=conversation["agent"],
         user_content=user_content,
         conversation_id=conversation["id"],
-        prompt=[{"role": "system", "content": agent.system_prompt}],
-        choice=choice,
-        history=window.messages,
-        same_start_as_last=window.same_as_last,
-        same_start_as_next=window.same_as_next,
-        parent_id=parent_id,
         answers=answers,
         wants_title=conversation["agent"] == "chat" and not conversation["titled"],
     )
@@ -210,8 +323,15 @@ async def regenerate_turn(
         parent_id=asked["parent_id"],
         user_content=asked["content"],
         body=body,
+        attachment_ids=await _carried(state, asked["id"]),
         answers=asked["id"],
     )
+
+
+async def _carried(state: AppState, message_id: str) -> list[str]:
+    """The ids of the uploads a user message carries, in order."""
+    found = await state.store.uploads.of_messages(message_ids=[message_id])
+    return [upload["id"] for upload in found.get(message_id, ())]
 
 
 async def edit_turn(
@@ -222,8 +342,15 @@ async def edit_turn(
     if message is None:
         raise ApiError(422, "message_required", "`message` is required and must not be empty")
     edited, conversation = await _own_message(state, message_id, role="user", user_id=user_id)
+    # The edit keeps the message's attachments, unless it names its own (`[]`: none).
+    ids = _attachment_ids(body)
     return await _branch_turn(
-        state, conversation, parent_id=edited["parent_id"], user_content=message, body=body
+        state,
+        conversation,
+        parent_id=edited["parent_id"],
+        user_content=message,
+        body=body,
+        attachment_ids=await _carried(state, edited["id"]) if ids is None else ids,
     )
 
 
@@ -236,6 +363,11 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
     transcript: list[dict[str, Any]] = []
     agent = state.agents.effective("coach")
     choice = await _choice(state, "coach", body)
+    # The document to coach on, as an upload (a PDF; an image too), beside or instead of
+    # `context`'s text.
+    attachments = await _attachments(
+        state, _attachment_ids(body) or [], user_id=user_id, choice=choice
+    )
     if body.get("conversation_id") is not None:
         subject = await _existing_conversation(
             state, body["conversation_id"], agent="chat", user_id=user_id
@@ -247,11 +379,11 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
             max_chars=choice.context_length,
         )
         subject = subject["id"]
-    if context is None and question is None and subject is None:
+    if context is None and question is None and subject is None and not attachments:
         raise ApiError(
             422,
             "coach_input_required",
-            "give at least one of `context`, `question`, `conversation_id`",
+            "give at least one of `context`, `question`, `conversation_id`, `attachments`",
         )
     render = partial(_coach_message, context=context, question=question)
     return Turn(
@@ -265,6 +397,7 @@ async def coach_turn(state: AppState, body: dict[str, Any], *, user_id: str) -> 
         render=render,
         subject_conversation_id=subject,
         stream=stream,
+        attachments=attachments,
     )
 
 
@@ -275,12 +408,19 @@ def _coach_message(
     the question."""
     sections = []
     if transcript:
-        lines = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in transcript)
+        # The reviewed conversation's text; its attachments by name (they are its, not the
+        # coach call's: the coach reads the words).
+        lines = "\n".join(f"{m['role'].capitalize()}: {_line(m)}" for m in transcript)
         sections.append(f"Conversation to review:\n{lines}")
     if context:
         sections.append(f"Context:\n{context}")
     sections.append(f"Question:\n{question}" if question else "What advice do you have?")
     return "\n\n".join(sections)
+
+
+def _line(message: dict[str, Any]) -> str:
+    names = [f"[attached: {a.name}]" for a in attachments_of(message)]
+    return " ".join([text_of(message["content"]), *names])
 
 
 def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
@@ -294,7 +434,16 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         window=choice.context_length,
         compose=turn.compose,
     )
-    sent = request.messages[-1]["content"]  # the coach's: with the transcript that fitted
+    # The coach's: with the transcript that fitted.
+    sent = text_of(request.messages[-1]["content"])
+    if (
+        choice.capabilities is not None
+        and "file_input" not in choice.capabilities
+        and state.settings.pdf_engine != "off"
+        and any(not a.is_image for a in in_messages(request.messages))
+    ):
+        # PDFs for a model that does not read files: OpenRouter's parser reads them for it.
+        request = replace(request, pdf_engine=state.settings.pdf_engine)
     if choice.breakpoints:
         # On what is sent, once. The prefix is read where last turn sent the same history
         # start, and written where the next turn will: nothing left out to fit the model's
@@ -321,6 +470,7 @@ def _prepare(state: AppState, turn: Turn) -> tuple[RunRequest, dict[str, Any]]:
         "temperature": agent.temperature,
         "subject_conversation_id": turn.subject_conversation_id,
         "history": None if note is None else note.to_json(),
+        "attachments": [a.id for a in turn.attachments] if not turn.answers else [],
     }
     request = replace(
         request,

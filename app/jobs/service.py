@@ -23,7 +23,6 @@ cost is known.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -34,7 +33,7 @@ from databases import Database
 
 from app.billing.budgets import Periods, SpendControl, prompt_token_bound, worst_case
 from app.core.money import to_picos
-from app.core.outage import Outage
+from app.core.outage import Outage, tend
 from app.core.states import GenerationStatus
 from app.errors import ApiError
 from app.jobs.keys import ServiceKey, ServiceKeys
@@ -176,24 +175,15 @@ class Jobs:
     # -- heartbeat and sweep ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tending = asyncio.create_task(self._tend(), name="tend-jobs")
+        tending = tend(
+            self._beat,
+            outage=self._outage,
+            interval=self._settings.heartbeat_interval,
+            stop=self._stop_tending,
+        )
+        self._tending = asyncio.create_task(tending, name="tend-jobs")
 
-    async def _tend(self) -> None:
-        interval = self._settings.heartbeat_interval
-        while True:
-            try:
-                # A task a beat, as `Recovery._tend`: a connection the database cut stays
-                # unusable to the task that held it.
-                await asyncio.create_task(self.tend())
-                self._outage.ok()
-            except Exception as exc:  # a database hiccup must not end the heartbeat
-                if not self._outage.failed(exc):
-                    log.exception("tending jobs failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_tending.wait(), interval)
-                return
-
-    async def tend(self) -> None:
+    async def _beat(self) -> None:
         """Our live jobs' heartbeat; the jobs a dead process left, ended and looked up."""
         stamp = now()
         live = [job.record.id for job in self.live.values()]

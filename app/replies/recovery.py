@@ -6,14 +6,13 @@ generations whose usage never came (a stopped stream, a crash)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
 from app.billing.costs import find_cost
-from app.core.outage import Outage
+from app.core.outage import Outage, tend
 from app.settings import Settings
 from app.storage.ledger import LateCost
 from app.storage.store import Store
@@ -21,6 +20,8 @@ from app.storage.tables import now
 from app.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
+# The sweep of unused uploads runs on one heartbeat in this many (90 s at the default 3 s).
+UPLOAD_SWEEP_BEATS = 30
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
 
@@ -48,6 +49,7 @@ class Recovery:
         self._tending: asyncio.Task[None] | None = None
         self._stop_tending = asyncio.Event()
         self._outage = Outage("the heartbeat of live replies and the sweep of orphans")
+        self._beats = 0
 
     def reconcile(self, *, record_id: str, generation_id: str | None) -> None:
         """Look a generation's cost up in the background; shutdown cancels, never waits for it."""
@@ -73,31 +75,20 @@ class Recovery:
         await self._store.budgets.settle_ready()
 
     def start(self) -> None:
-        self._tending = asyncio.create_task(self._tend(), name="tend-runs")
-
-    async def _tend(self) -> None:
         """Heartbeat our live replies, sweep up the orphans of dead processes and delete the
-        expired idempotency keys, forever.
+        expired idempotency keys, every HEARTBEAT until `stop`.
 
         The first sweep runs at start-up: replies a crashed process left `streaming` become
         `interrupted` (once STALE_REPLY_AFTER has passed since it last touched them), and their
         cost is looked up in the generation record.
         """
-        interval = self._settings.heartbeat_interval
-        while True:
-            try:
-                # A task a beat: `databases` keeps a connection per task, and one the database
-                # cut mid-release stays unusable to its task for good (seen with PostgreSQL
-                # stopped: every later beat failed, "Connection is already acquired").
-                await asyncio.create_task(self._beat())
-                self._outage.ok()
-            except Exception as exc:  # a database hiccup must not end the heartbeat
-                if not self._outage.failed(exc):
-                    log.exception("tending live replies failed")
-            # Not cancelled at shutdown but told to stop, so no query is cut off mid-flight.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_tending.wait(), interval)
-                return
+        tending = tend(
+            self._beat,
+            outage=self._outage,
+            interval=self._settings.heartbeat_interval,
+            stop=self._stop_tending,
+        )
+        self._tending = asyncio.create_task(tending, name="tend-runs")
 
     async def _beat(self) -> None:
         live = self._live()
@@ -114,6 +105,13 @@ class Recovery:
         if ended:
             log.warning("ended %d budget reservations of dead replies", ended)
         await self._store.idempotency.expire(at=now())
+        # Uploads no message carries, a day after they were made (and unfinished ones): a
+        # day's deadline needs no heartbeat's precision, every UPLOAD_SWEEP_BEATS-th will do.
+        if self._beats % UPLOAD_SWEEP_BEATS == 0:
+            swept = await self._store.uploads.expire(at=now())
+            if swept:
+                log.info("deleted %d uploads no message carries", swept)
+        self._beats += 1
 
     async def stop(self) -> None:
         """Stop tending; unfinished cost lookups are cancelled and wait for the next start-up

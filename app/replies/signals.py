@@ -118,8 +118,8 @@ class Signals:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.heartbeat_interval)
                 return
-            # A task a read: see `Recovery._tend` (a connection cut by an outage stays broken
-            # for the task that held it).
+            # A task a read: see `tend` (app/core/outage.py): a connection cut by an outage
+            # stays broken for the task that held it.
             await asyncio.create_task(self._refresh_agents())
 
     async def _refresh_agents(self) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from app.agents.overrides import Agents
 from app.billing.budgets import SpendControl
+from app.core.attachments import text_of
 from app.core.refusals import Refusal
 from app.core.run_request import RunRequest
 from app.core.states import CostSource, GenerationStatus
@@ -89,7 +90,8 @@ class Titler:
 
     async def title(self, request: RunRequest, *, answer: str) -> None:
         """Name `request`'s conversation from its question and first `answer`."""
-        question = request.messages[-1]["content"]
+        # Its text: the content may be parts (attachments, a cache breakpoint).
+        question = text_of(request.messages[-1]["content"])
         agent = self._agents.effective(AGENT)
         model = agent.effective_model(self._settings.default_model)
         body = {

@@ -152,7 +152,8 @@ class ReplyWriter:
         while True:
             try:
                 # A task a try: `databases` keeps a connection per task, and one the database
-                # cut mid-release stays unusable to its task for good (see `Recovery._tend`).
+                # cut mid-release stays unusable to its task for good (see `tend` in
+                # app/core/outage.py).
                 await asyncio.create_task(self._save_final(status, error, finish_reason))
                 self._outage.ok()
                 break

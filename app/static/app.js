@@ -13,6 +13,7 @@ const els = {
   newChat: $('[data-testid="new-chat"]'),
   title: $('[data-testid="chat-title"]'),
   total: $('[data-testid="total-cost"]'),
+  saved: $('[data-testid="total-cache-saved"]'),
   usage: $('[data-testid="usage"]'),
   empty: $('[data-testid="empty-state"]'),
   messages: $('[data-testid="message-list"]'),
@@ -38,6 +39,12 @@ const els = {
   signIn: $('[data-testid="sign-in-needed"]'),
   modelButton: $('[data-testid="model-button"]'),
   modelName: $('[data-testid="model-button-name"]'),
+  chat: $('main.chat'),
+  attach: $('[data-testid="attach"]'),
+  attachInput: $('[data-testid="attach-input"]'),
+  attachments: $('[data-testid="composer-attachments"]'),
+  attachError: $('[data-testid="attach-error"]'),
+  attachWarning: $('[data-testid="attach-warning"]'),
 };
 
 const state = {
@@ -66,9 +73,13 @@ const state = {
   models: [],
   defaultModel: null,
   model: null,
+  // The files on the composer for the next message, in order: each uploaded at once
+  // ({file, status: 'uploading' | 'ready', data: the server's description, controller}).
+  attachments: [],
 };
 let coach = null; // the coach panel beside the conversation (mounted at the end)
 const picker = window.StreamchatPicker.create();
+const uploads = window.StreamchatUploads;
 
 const ROLE_LABELS = { user: 'You', assistant: 'Assistant', system: 'System' };
 const STATUS_LABELS = { streaming: 'streaming…', reconnecting: 'reconnecting…' };
@@ -81,6 +92,7 @@ const FINISH_NOTES = {
 // A reply's error said as what to do, where the code alone tells it.
 const ERROR_NOTES = {
   context_length_exceeded: "This conversation is too long for this model's context. Choose a model with a larger context, or start a new chat.",
+  attachment_missing: 'A file attached to this message was deleted while it was being sent. Attach it again and send the message anew.',
 };
 
 // ---------- helpers ----------
@@ -115,6 +127,19 @@ function formatSpend(v) {
   const decimals = Math.min(10, Math.max(2, 2 - Math.floor(Math.log10(Math.abs(n)))));
   const [whole, part] = n.toFixed(decimals).split('.');
   return `$${whole}.${part.replace(/0+$/, '').padEnd(2, '0')}`;
+}
+
+// What prompt caching saved (docs/caching.md), said quietly beside a cost, where it saved
+// something: nothing when it is 0 or not known, nor when it is negative (a first turn's cache
+// write, which is part of the cost and needs no words). The title has the exact amount.
+function showCacheSaved(el, amount, what) {
+  const n = Number(amount);
+  const shown = amount != null && Number.isFinite(n) && n > 0;
+  el.hidden = !shown;
+  el.textContent = shown ? `saved ${formatUsd(n)} by caching` : '';
+  el.title = shown
+    ? `Prompt caching: part of ${what} was read from the provider's cache, billed at a fraction of the input price. It cost $${n.toFixed(12).replace(/0+$/, '')} less than without caching.`
+    : '';
 }
 
 async function api(method, url, body) {
@@ -156,6 +181,15 @@ function refusal(res, error) {
   const model = error.model || 'this model';
   if (error.code === 'model_not_allowed') return `Not sent: ${model} is not one of the models you can choose here. Choose another one.`;
   if (error.code === 'unknown_model') return `Not sent: ${model} is no longer offered. Choose another model.`;
+  if (error.code === 'model_cannot_read_images') {
+    return `Not sent: ${modelName(model)} cannot read images. Choose a model marked Images, or remove the image.`;
+  }
+  if (error.code === 'model_cannot_read_files') {
+    return `Not sent: ${modelName(model)} cannot read PDF files. Choose a model marked PDF, or remove the file.`;
+  }
+  if (error.code === 'upload_not_found') {
+    return 'Not sent: an attached file is no longer kept (files not sent within a day are removed). Remove its chip and attach it again.';
+  }
   if (error.code === 'reasoning_not_supported') return `Not sent: ${model} cannot reason step by step as asked. Choose a model marked Reasoning.`;
   if (error.code === 'message_too_long_for_model') {
     const window = error.context_length ? `, whose context holds ${Number(error.context_length).toLocaleString()} tokens` : '';
@@ -297,6 +331,10 @@ function createView(m) {
   },
   h('header', { class: 'msg-head' }, h('span', { class: 'msg-role' }, ROLE_LABELS[m.role] || m.role), v.time, v.badge),
   v.thinking, v.content, v.note, v.history, v.citations, v.error);
+  if (m.attachments?.length) {
+    v.content.after(h('ul', { class: 'attachments msg-attachments', 'data-testid': 'message-attachments', 'aria-label': 'Attached files' },
+      ...m.attachments.map((a) => attachmentItem(a))));
+  }
   addMessageTools(v, m);
   for (const a of m.annotations || []) addCitation(v, a);
 
@@ -306,7 +344,8 @@ function createView(m) {
     v.model = h('span', { 'data-testid': 'message-model' });
     v.tokens = h('span', { 'data-testid': 'message-tokens', title: 'prompt + completion tokens' });
     v.cost = h('span', { 'data-testid': 'message-cost' });
-    v.el.append(h('footer', { class: 'msg-meta', 'data-testid': 'message-meta' }, v.model, v.tokens, v.cost));
+    v.saved = h('span', { class: 'msg-saved', 'data-testid': 'message-cache-saved', hidden: true });
+    v.el.append(h('footer', { class: 'msg-meta', 'data-testid': 'message-meta' }, v.model, v.tokens, v.cost, v.saved));
   } else {
     v.content.append(v.raw);
   }
@@ -351,6 +390,7 @@ function updateView(v, m) {
     if (u) v.tokens.textContent = `${u.prompt_tokens ?? '?'} prompt + ${u.completion_tokens ?? '?'} completion tokens`;
   }
   if (v.cost && 'cost_usd' in m) v.cost.textContent = formatUsd(m.cost_usd);
+  if (v.saved && 'cache_saved_usd' in m) showCacheSaved(v.saved, m.cache_saved_usd, "this reply's prompt");
   if ('error' in m) {
     const msg = m.error && (ERROR_NOTES[m.error.code] || m.error.message || m.error.code);
     v.error.hidden = !msg;
@@ -630,6 +670,7 @@ function updateComposer() {
   const busy = state.sending || state.streamingId != null || state.signedOut;
   els.input.disabled = busy;
   els.send.disabled = busy;
+  els.attach.disabled = state.signedOut;
   els.stop.hidden = state.streamingId == null;
 }
 
@@ -683,10 +724,12 @@ function startStream(url, v, { focusStop = false } = {}) {
         finish_reason: d.finish_reason,
         // Without a cost the run saw no usage chunk either, so its token counts are not real.
         model: d.model, usage: costKnown ? d.usage ?? null : null, cost_usd: d.cost_usd ?? null,
+        cache_saved_usd: d.cache_saved_usd ?? null,
       });
       followEnd();
       finish(status);
       if (!costKnown) refreshCost(v, state.openId);
+      else if (d.cache_saved_usd) refreshSaved(conversationId);
     },
     failed: (d) => {
       renderContent(v);
@@ -716,12 +759,25 @@ async function refreshCost(v, conversationId, delays = [300, 1500, 5000]) {
     const conv = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}`).catch(() => null);
     const m = conv?.messages?.find((x) => x.id === v.id);
     if (m?.cost_usd != null) {
-      updateView(v, { model: m.model, usage: m.usage, cost_usd: m.cost_usd });
+      updateView(v, { model: m.model, usage: m.usage, cost_usd: m.cost_usd, cache_saved_usd: m.cache_saved_usd });
       setHeader(conv.title, conv.total_cost_usd);
+      showConversationSaved(conv);
       loadConversations();
       return;
     }
   }
+}
+
+// The header's "saved by caching": the conversation's total (`total_cache_saved_usd`, over the
+// same generations as its total cost), from its read only (the list has no such column).
+function showConversationSaved(conv) {
+  showCacheSaved(els.saved, conv?.total_cache_saved_usd, "this conversation's prompts");
+}
+
+// A reply's `done` said caching changed what it cost: the conversation's total changed too.
+async function refreshSaved(conversationId) {
+  const conv = await api('GET', `/api/conversations/${encodeURIComponent(conversationId)}`).catch(() => null);
+  if (conv && state.openId === conversationId) showConversationSaved(conv);
 }
 
 async function stopReply() {
@@ -739,8 +795,18 @@ async function stopReply() {
 
 async function send() {
   const text = els.input.value.trim();
-  if (!text || state.sending || state.streamingId) return;
+  if (state.sending || state.streamingId) return;
+  if (!text) {
+    // A message is words: files alone are not sent (a pasted screenshot, then Enter).
+    if (state.attachments.length) showAttachError('Add a few words to go with the files, then send.');
+    return;
+  }
   clearError();
+  if (state.attachments.some((a) => a.status === 'uploading')) {
+    showAttachError('Not sent yet: wait until the files have finished uploading.');
+    return;
+  }
+  const attached = state.attachments.map((a) => a.data);
   // Read before disabling the textarea, which drops focus to <body>.
   const hadFocus = els.form.contains(document.activeElement);
   state.sending = true;
@@ -749,6 +815,7 @@ async function send() {
   const body = { message: text };
   if (state.openId) body.conversation_id = state.openId;
   if (state.model) body.model = state.model;
+  if (attached.length) body.attachments = attached.map((a) => a.id);
 
   let res;
   try {
@@ -764,6 +831,10 @@ async function send() {
   }
   state.sending = false;
   els.input.value = '';
+  // Sent: the files belong to the message now (not deleted), and leave the composer.
+  state.attachments = state.attachments.filter((a) => !attached.includes(a.data));
+  renderAttachments();
+  showAttachError('');
   updateComposer();
   // The user navigated away while the request was in flight; the reply still lands in its conversation.
   if (seq !== state.navSeq) { loadConversations(); return; }
@@ -773,8 +844,9 @@ async function send() {
     setHash(state.openId);
     clearMessages();
     setHeader(null, 0);
+    showConversationSaved(null);
   }
-  appendMessage({ id: res.user_message_id, role: 'user', content: text, status: 'complete' });
+  appendMessage({ id: res.user_message_id, role: 'user', content: text, status: 'complete', attachments: attached });
   const v = appendMessage({
     id: res.message_id, role: 'assistant', content: '', status: 'streaming',
     model: null, usage: null, cost_usd: null, error: null,
@@ -796,6 +868,7 @@ function showModel(id) {
   const shown = id || state.defaultModel;
   els.modelName.textContent = shown ? modelName(shown) : '';
   els.modelButton.title = shown ? `Replies come from ${shown}${id ? '' : ' (the default)'}. Change the model` : '';
+  warnAttachments();
 }
 
 // The list, again after each reply: what the budgets leave changes which models can be afforded.
@@ -817,9 +890,192 @@ els.modelButton.addEventListener('click', () => picker.open({
   onPick: (id) => {
     // The default is sent as no model: the conversation then follows the agent's default.
     showModel(id === state.defaultModel && !state.openId ? null : id);
+    clearError(); // a refusal for the model before is answered by the choice
     els.input.focus();
   },
 }));
+
+// ---------- attachments ----------
+
+// One attachment as a chip: a thumbnail (an image, from its content URL) or a PDF's mark, its
+// name, size and pages. On the composer it has a remove button and may still be uploading.
+function attachmentItem(a, { onRemove = null, uploading = false } = {}) {
+  const image = uploads.isImage(a.type);
+  const name = a.name || 'file';
+  let mark;
+  if (image && a.id) {
+    const img = h('img', {
+      class: 'att-thumb', alt: name, 'data-testid': 'attachment-thumbnail', decoding: 'async',
+      width: a.width || null, height: a.height || null,
+    });
+    uploads.imageSource(auth, a.id).then((src) => { img.src = src; }, () => img.classList.add('att-thumb-missing'));
+    // On a message, the thumbnail opens the image at the size of the screen.
+    mark = onRemove ? img : h('button', {
+      type: 'button', class: 'att-view', 'data-testid': 'attachment-view', 'aria-label': `View ${name}`,
+      onclick: () => viewImage(img, name),
+    }, img);
+  } else {
+    mark = h('span', { class: image ? 'att-icon att-icon-image' : 'att-icon', 'aria-hidden': 'true' }, image ? 'IMG' : 'PDF');
+  }
+  const facts = uploading ? 'Uploading…' : uploads.facts(a);
+  const item = h('li', {
+    class: `att ${image ? 'att-image' : 'att-file'}${uploading ? ' att-uploading' : ''}`,
+    'data-testid': 'attachment', 'data-type': a.type || null, 'data-attachment-id': a.id || null,
+    'aria-busy': uploading ? 'true' : null,
+  },
+  mark,
+  h('span', { class: 'att-text' },
+    h('span', { class: 'att-name', 'data-testid': 'attachment-name', title: name }, name),
+    h('span', { class: 'att-facts', 'data-testid': 'attachment-facts' }, facts)));
+  if (onRemove) {
+    item.append(h('button', {
+      type: 'button', class: 'btn-icon att-remove', 'data-testid': 'attachment-remove',
+      'aria-label': `Remove ${name}`, title: 'Remove', onclick: onRemove,
+    }, '×'));
+  }
+  return item;
+}
+
+// One image, as large as the screen allows, in a modal dialog: Escape, Close or a click
+// beside it closes it, and the focus goes back to the thumbnail.
+let viewer = null;
+function viewImage(thumb, name) {
+  if (!viewer) {
+    const img = h('img', { class: 'viewer-image', 'data-testid': 'image-viewer-image', alt: '' });
+    const caption = h('p', { class: 'viewer-caption', id: 'image-viewer-caption' });
+    const close = h('button', { type: 'button', class: 'btn viewer-close', 'data-testid': 'image-viewer-close' }, 'Close');
+    const dialog = h('dialog', { class: 'viewer', 'data-testid': 'image-viewer', 'aria-labelledby': 'image-viewer-caption' },
+      h('div', { class: 'viewer-bar' }, caption, close), img);
+    close.addEventListener('click', () => dialog.close());
+    dialog.addEventListener('click', (e) => { if (e.target === dialog) dialog.close(); });
+    document.body.append(dialog);
+    viewer = { dialog, img, caption, close };
+  }
+  viewer.img.src = thumb.currentSrc || thumb.src;
+  viewer.img.alt = name;
+  viewer.caption.textContent = name;
+  viewer.dialog.showModal();
+  viewer.close.focus();
+}
+
+function showAttachError(message) {
+  els.attachError.textContent = message || '';
+  els.attachError.hidden = !message;
+}
+
+// The composer's chips, drawn again from state.attachments.
+function renderAttachments() {
+  const items = state.attachments.map((a) => {
+    const shown = a.data || { name: a.file.name, type: a.file.type, size: a.file.size };
+    return attachmentItem(shown, { onRemove: () => removeAttachment(a), uploading: a.status === 'uploading' });
+  });
+  els.attachments.replaceChildren(...items);
+  els.attachments.hidden = !items.length;
+  warnAttachments();
+}
+
+// Before sending: an image for a model that cannot read images (the server would refuse it).
+// Not PDFs: the server has OpenRouter's parser read them for such models, unless its operator
+// turned that off (PDF_ENGINE), and then its refusal says so.
+function warnAttachments() {
+  const id = state.model || state.defaultModel;
+  const model = state.models.find((m) => m.id === id);
+  const images = state.attachments.some((a) => uploads.isImage(a.data?.type || a.file.type));
+  const blind = images && model && model.capabilities && !model.capabilities.image_input;
+  els.attachWarning.textContent = blind
+    ? `${model.name || model.id} cannot read images: choose a model marked Images before sending, or remove the image.`
+    : '';
+  els.attachWarning.hidden = !blind;
+}
+
+// Each file uploads as soon as it is chosen, dropped or pasted; a refused one leaves no chip,
+// and says why beside the composer.
+function addFiles(files) {
+  if (state.signedOut) return;
+  const list = [...files];
+  if (!list.length) return;
+  showAttachError('');
+  const room = uploads.MAX_FILES - state.attachments.length;
+  if (list.length > room) {
+    showAttachError(`A message takes up to ${uploads.MAX_FILES} files: ${list.length - Math.max(room, 0)} of these were not attached.`);
+  }
+  for (const file of list.slice(0, Math.max(room, 0))) {
+    const a = { file, status: 'uploading', data: null, controller: new AbortController() };
+    state.attachments.push(a);
+    uploads.upload(auth, '/api/uploads', file, { signal: a.controller.signal }).then((data) => {
+      a.status = 'ready';
+      a.data = data;
+      if (state.attachments.includes(a)) renderAttachments();
+    }, (err) => {
+      if (err?.name === 'AbortError') return; // removed while it uploaded
+      const at = state.attachments.indexOf(a);
+      if (at >= 0) state.attachments.splice(at, 1);
+      renderAttachments();
+      if (err?.status === 401) {
+        signedOut(err.data);
+        return;
+      }
+      showAttachError(err.message);
+    });
+  }
+  renderAttachments();
+}
+
+// Removed before sending: the upload is deleted (or its upload cancelled).
+async function removeAttachment(a) {
+  const at = state.attachments.indexOf(a);
+  if (at < 0) return;
+  state.attachments.splice(at, 1);
+  const focusNext = els.attachments.contains(document.activeElement);
+  renderAttachments();
+  showAttachError('');
+  // The focus goes to the chip that took its place (or the one before it), else the box.
+  const buttons = els.attachments.querySelectorAll('.att-remove');
+  if (focusNext) (buttons[Math.min(at, buttons.length - 1)] || els.input).focus();
+  if (a.status === 'uploading') {
+    a.controller.abort();
+    return;
+  }
+  try {
+    await uploads.remove(auth, a.data.id);
+  } catch (err) {
+    showAttachError(err.message);
+  }
+}
+
+els.attach.addEventListener('click', () => els.attachInput.click());
+els.attachInput.accept = uploads.ACCEPT;
+els.attachInput.addEventListener('change', () => {
+  addFiles(els.attachInput.files);
+  els.attachInput.value = ''; // the same file may be chosen again
+});
+// A pasted image (a screenshot) is attached; text pasted with it still goes in the box.
+els.input.addEventListener('paste', (e) => {
+  const files = [...(e.clipboardData?.files || [])];
+  if (!files.length) return;
+  if (!e.clipboardData.types.includes('text/plain')) e.preventDefault();
+  addFiles(files);
+});
+// Files dropped anywhere on the chat go to the composer, which shows where they will land.
+const hasFiles = (e) => [...(e.dataTransfer?.types || [])].includes('Files');
+els.chat.addEventListener('dragover', (e) => {
+  if (!hasFiles(e) || state.signedOut) return;
+  e.preventDefault();
+  e.dataTransfer.dropEffect = 'copy';
+  els.form.classList.add('drop-target');
+});
+els.chat.addEventListener('dragleave', (e) => {
+  if (!els.chat.contains(e.relatedTarget)) els.form.classList.remove('drop-target');
+});
+els.chat.addEventListener('drop', (e) => {
+  if (!hasFiles(e)) return;
+  e.preventDefault();
+  els.form.classList.remove('drop-target');
+  addFiles(e.dataTransfer.files);
+});
+// A file dropped beside the chat must not replace the page with itself.
+window.addEventListener('dragover', (e) => { if (hasFiles(e)) e.preventDefault(); });
+window.addEventListener('drop', (e) => { if (hasFiles(e)) e.preventDefault(); });
 
 // ---------- conversations ----------
 
@@ -929,6 +1185,7 @@ async function showConversation(conv, { resume = true, seq = state.navSeq } = {}
   closeStream();
   clearMessages();
   setHeader(conv.title, conv.total_cost_usd);
+  showConversationSaved(conv);
   showModel(conv.model ?? null);
   const messages = conv.messages || [];
   for (const m of messages) appendMessage(m);
@@ -956,6 +1213,7 @@ function newChat({ focus = true } = {}) {
   setHash(null);
   clearMessages();
   setHeader(null, null);
+  showConversationSaved(null);
   showModel(null); // a new chat starts on the agent's default
   renderList();
   if (focus) els.input.focus();
@@ -1095,7 +1353,7 @@ els.stop.addEventListener('click', stopReply);
 // Esc stops the reply streaming (not while a box that uses Esc itself has the focus).
 document.addEventListener('keydown', (e) => {
   if (e.key !== 'Escape' || !state.streamingId) return;
-  if (e.target.closest?.('.msg-edit, .search, .title-input, .coach-panel')) return;
+  if (e.target.closest?.('.msg-edit, .search, .title-input, .coach-panel, .viewer')) return;
   e.preventDefault();
   stopReply();
 });

@@ -16,8 +16,9 @@
   let count = 0;
 
   // Beside this script: its styles (a stylesheet, not an inline <style>, so a page whose CSP
-  // allows only its own origin's styles shows the panel as designed) and the stream client it
-  // shares with the chat page (stream.js). Loaded once, whichever widget is mounted first.
+  // allows only its own origin's styles shows the panel as designed), the stream client it
+  // shares with the chat page (stream.js) and the uploader (uploads.js, for a document). Each
+  // loaded once, whichever widget is mounted first.
   const base = new URL('.', script?.src || location.href);
   function injectStyle() {
     if (document.getElementById('coach-style')) return;
@@ -27,18 +28,22 @@
     link.href = new URL('coach.css', base).href;
     document.head.append(link);
   }
-  let streamClient = null;
-  function loadStream() {
-    if (window.StreamchatStream) return Promise.resolve(window.StreamchatStream);
-    streamClient ||= new Promise((resolve, reject) => {
-      const tag = document.createElement('script');
-      tag.src = new URL('stream.js', base).href;
-      tag.onload = () => resolve(window.StreamchatStream);
-      tag.onerror = () => { streamClient = null; reject(new Error(`Could not load ${tag.src}`)); };
-      document.head.append(tag);
-    });
-    return streamClient;
+  const loading = new Map();
+  function loadScript(file, global) {
+    if (window[global]) return Promise.resolve(window[global]);
+    if (!loading.has(file)) {
+      loading.set(file, new Promise((resolve, reject) => {
+        const tag = document.createElement('script');
+        tag.src = new URL(file, base).href;
+        tag.onload = () => resolve(window[global]);
+        tag.onerror = () => { loading.delete(file); reject(new Error(`Could not load ${tag.src}`)); };
+        document.head.append(tag);
+      }));
+    }
+    return loading.get(file);
   }
+  const loadStream = () => loadScript('stream.js', 'StreamchatStream');
+  const loadUploads = () => loadScript('uploads.js', 'StreamchatUploads');
 
   // Strings become text nodes, so advice text is never parsed as HTML.
   function h(tag, attrs = {}, ...children) {
@@ -50,6 +55,9 @@
     el.append(...children);
     return el;
   }
+
+  // The coach turn's field naming the document's upload (docs/api.md).
+  const DOCUMENT_FIELD = 'attachments';
 
   const formatUsd = (v) => (v == null || v === '' || !Number.isFinite(Number(v)) ? '—' : '$' + Number(v).toFixed(6));
 
@@ -173,10 +181,29 @@
     const stop = h('button', {
       type: 'button', class: 'coach-btn coach-btn-secondary', 'data-testid': 'coach-stop', hidden: true,
     }, 'Stop');
+    // A document for the coach to read (a PDF), uploaded as soon as it is chosen, sent with
+    // each question until it is removed.
+    const docInput = h('input', {
+      type: 'file', accept: 'application/pdf', hidden: true, tabindex: '-1',
+      'data-testid': 'coach-document-input', 'aria-label': 'Document for the coach (PDF)',
+    });
+    const docButton = h('button', {
+      type: 'button', class: 'coach-btn coach-btn-secondary coach-doc-add', 'data-testid': 'coach-attach',
+    }, 'Add a document (PDF)');
+    const docName = h('span', { class: 'coach-doc-name', 'data-testid': 'coach-document-name' });
+    const docFacts = h('span', { class: 'coach-doc-facts', 'data-testid': 'coach-document-facts' });
+    const docRemove = h('button', {
+      type: 'button', class: 'coach-doc-remove', 'data-testid': 'coach-document-remove', 'aria-label': 'Remove the document',
+      title: 'Remove the document',
+    }, '×');
+    const docChip = h('div', { class: 'coach-doc', 'data-testid': 'coach-document', hidden: true },
+      h('span', { class: 'coach-doc-icon', 'aria-hidden': 'true' }, 'PDF'),
+      h('span', { class: 'coach-doc-text' }, docName, docFacts), docRemove);
     const form = h('form', { class: 'coach-form' },
       h('label', { class: 'coach-label', for: input.id }, 'Question (optional)'),
       input,
-      h('div', { class: 'coach-actions' }, ask, stop));
+      docChip,
+      h('div', { class: 'coach-actions' }, ask, stop, docButton, docInput));
     const error = h('p', { class: 'coach-error', role: 'alert', 'data-testid': 'coach-error', hidden: true });
     // The advice as Markdown, like the chat page's replies, where the page has loaded the
     // renderer (markdown.js); as plain text elsewhere. Rendered at most once a frame.
@@ -219,6 +246,73 @@
     let stream = null;
     let messageId = null;
     let conversationId = null;
+    // The document: {status: 'uploading' | 'ready', data: the server's description, controller}.
+    let doc = null;
+    const uploadsUrl = new URL('/api/uploads', endpoint);
+
+    function showDoc() {
+      docChip.hidden = !doc;
+      docButton.hidden = Boolean(doc);
+      if (!doc) return;
+      docChip.setAttribute('aria-busy', String(doc.status === 'uploading'));
+      docName.textContent = doc.name;
+      docName.title = doc.name;
+      docFacts.textContent = doc.status === 'uploading' ? 'Uploading…' : window.StreamchatUploads.facts(doc.data);
+      docRemove.setAttribute('aria-label', `Remove ${doc.name}`);
+    }
+
+    async function attachDocument(file) {
+      setError('');
+      let uploader;
+      try {
+        uploader = await loadUploads();
+      } catch (err) {
+        setError(err.message);
+        return;
+      }
+      const mine = { status: 'uploading', name: file.name, data: null, controller: new AbortController() };
+      doc = mine;
+      showDoc();
+      try {
+        mine.data = await uploader.upload(auth, uploadsUrl, file, { signal: mine.controller.signal });
+      } catch (err) {
+        if (err?.name === 'AbortError') return;
+        if (doc === mine) doc = null;
+        showDoc();
+        setError(err?.status === 401 ? signInMessage(err.data, { tokenGiven: await auth.hasToken() }) : err.message);
+        return;
+      }
+      if (doc !== mine) return;
+      // The coach reads a PDF: an image would be refused when asked, so say it now.
+      if (mine.data.type !== 'application/pdf') {
+        doc = null;
+        showDoc();
+        uploader.remove(auth, mine.data.id, endpoint).catch(() => {});
+        setError(`“${file.name}” was not attached: the coach takes a PDF as its document.`);
+        return;
+      }
+      mine.status = 'ready';
+      showDoc();
+    }
+
+    async function removeDocument() {
+      const gone = doc;
+      if (!gone) return;
+      doc = null;
+      showDoc();
+      docButton.focus();
+      if (gone.status === 'uploading') {
+        gone.controller.abort();
+        return;
+      }
+      // Sent with a question already, it belongs to that coach call; never sent, it goes now.
+      if (gone.sent) return;
+      try {
+        await window.StreamchatUploads.remove(auth, gone.data.id, endpoint);
+      } catch (err) {
+        setError(err.message);
+      }
+    }
 
     // Back to an empty panel: no advice, thinking, citations or figures from before.
     function clear() {
@@ -280,6 +374,11 @@
       if (context) body.context = context;
       if (question) body.question = question;
       if (cid) body.conversation_id = cid;
+      if (doc?.status === 'uploading') {
+        setError('Wait until the document has finished uploading.');
+        return;
+      }
+      if (doc) body[DOCUMENT_FIELD] = [doc.data.id];
       if (!Object.keys(body).length) {
         setError('Type a question (or open a conversation) for the coach to look at.');
         input.focus();
@@ -308,6 +407,7 @@
         return;
       }
       clear();
+      if (doc) doc.sent = true;
       messageId = res.message_id;
       conversationId = res.conversation_id;
       meta.hidden = false;
@@ -355,6 +455,13 @@
 
     form.addEventListener('submit', (e) => { e.preventDefault(); run(); });
     stop.addEventListener('click', stopReply);
+    docButton.addEventListener('click', () => docInput.click());
+    docInput.addEventListener('change', () => {
+      const [file] = docInput.files;
+      docInput.value = '';
+      if (file) attachDocument(file);
+    });
+    docRemove.addEventListener('click', removeDocument);
 
     return {
       element: panel,

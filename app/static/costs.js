@@ -125,7 +125,7 @@
       tr.dataset.testid = 'costs-row';
       for (const value of [
         r.day, r[by.value], r.replies, r.generations, r.prompt_tokens, r.completion_tokens,
-        `$${r.cost_usd}`, r.cost_per_complete_reply_usd === null ? '—' : `$${r.cost_per_complete_reply_usd}`,
+        `$${r.cost_usd}`, `$${r.cache_saved_usd}`, r.cost_per_complete_reply_usd === null ? '—' : `$${r.cost_per_complete_reply_usd}`,
         `${r.unknown_generations} / ${r.pending_generations}`,
       ]) {
         const td = document.createElement('td');
@@ -146,6 +146,8 @@
       byTestId('costs-total').textContent = `$${t.cost_usd}`;
       byTestId('costs-exactness').textContent =
         `(${t.exact_generations} exact, ${t.unknown_generations} unknown, ${t.pending_generations} pending)`;
+      // What prompt caching saved over the range (docs/caching.md): said only where it saved.
+      byTestId('costs-saved').textContent = Number(t.cache_saved_usd) > 0 ? `· saved $${t.cache_saved_usd} by caching` : '';
       history.replaceState(null, '', `?from=${from.value}&to=${to.value}&by=${by.value}`);
     } catch (error) {
       showError(error);

@@ -1,7 +1,7 @@
 // The model picker: one panel, opened by the composer's model button (the conversation's model)
 // and by a reply's "Regenerate with…" (a model for that one regenerate). It lists what
 // GET /api/agents/{agent}/models answers, recommended first: each model's name, price per
-// million tokens in and out, context, badges (reasoning, vision, recommended, default), and the
+// million tokens in and out, context, badges (reasoning, images, PDF, recommended, default), and the
 // models that cannot be chosen (over the user's budget, not priced, gone from the catalog)
 // shown disabled with the reason. Keyboard: the search box first, ↓/↑ between it and the
 // models, Enter or Space picks, Escape closes and gives the focus back to what opened it.
@@ -85,8 +85,11 @@
           m.default && ['default', 'Default'],
           m.recommended && ['recommended', 'Recommended'],
           m.capabilities?.reasoning && ['reasoning', 'Reasoning'],
-          m.capabilities?.image_input && ['vision', 'Vision'],
-        ].filter(Boolean).map(([kind, label]) => h('span', { class: `tag tag-${kind}`, 'data-testid': `model-badge-${kind}` }, label));
+          m.capabilities?.image_input && ['images', 'Images', 'Reads images'],
+          m.capabilities?.file_input && ['pdf', 'PDF', 'Reads PDF files itself'],
+        ].filter(Boolean).map(([kind, label, title]) => h('span', {
+          class: `tag tag-${kind}`, 'data-testid': `model-badge-${kind}`, title,
+        }, label));
         const known = m.pricing && m.pricing.known !== false;
         const cost = known
           ? `${price(m.pricing.input_per_million)} in · ${price(m.pricing.output_per_million)} out per 1M tokens`

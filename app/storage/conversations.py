@@ -21,6 +21,7 @@ from databases import Database
 
 from app.storage.ledger import conversation_cost
 from app.storage.tables import conversations, feedback, messages, shares
+from app.storage.uploads import conversation_upload_steps
 from app.storage.writer import Step, Writer, binds
 
 NEW_CONVERSATION = conversations.insert().values(
@@ -169,11 +170,13 @@ class Conversations:
         return [dict(row._mapping) for row in await self._database.fetch_all(query)]
 
     async def delete(self, *, conversation_id: str, user_id: str) -> bool:
-        """Delete the user's conversation and its messages; its generations stay in the ledger
-        (what was spent stays spent). False if there was no such conversation of theirs."""
+        """Delete the user's conversation and its messages, and the uploads they carry (those
+        no other conversation's message carries); its generations stay in the ledger (what was
+        spent stays spent). False if there was no such conversation of theirs."""
         owned = sa.and_(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-        _, _, _, deleted = await self._writer.write(
+        *_, deleted = await self._writer.write(
             [
+                *conversation_upload_steps(sa.select(conversations.c.id).where(owned), messages),
                 shares.delete().where(
                     shares.c.conversation_id.in_(sa.select(conversations.c.id).where(owned))
                 ),

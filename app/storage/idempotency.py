@@ -7,7 +7,7 @@ simultaneous requests through, on SQLite and PostgreSQL alike; the others' trans
 whole, turn rows included, and they read the winner's row instead. A key row therefore always
 names rows that were written.
 
-Keys are kept `KEPT_FOR` and then deleted by the recovery sweep (`Recovery._tend`); until the
+Keys are kept `KEPT_FOR` and then deleted by the recovery sweep (`Recovery._beat`); until the
 sweep gets to it, an older key still answers as it did.
 """
 

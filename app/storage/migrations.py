@@ -631,6 +631,51 @@ def _prompt_caching(dialect: sa.engine.Dialect) -> list[str]:
     ]
 
 
+def _uploads(dialect: sa.engine.Dialect) -> list[str]:
+    """Attachments (issue 35, app/storage/uploads.py): uploads, their bytes in 256 KiB rows
+    (BLOB on SQLite, BYTEA on PostgreSQL: streamed in and out a row at a time), and the
+    messages that carry them. Indexed for what reads them: a user's stored bytes (the quota),
+    the sweep of old unused uploads (by age), and an upload's messages (is it used; deleting a
+    conversation deletes its uploads)."""
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "uploads",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("user_id", sa.String(64), nullable=False),
+        sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("width", sa.Integer, nullable=True),
+        sa.Column("height", sa.Integer, nullable=True),
+        sa.Column("pages", sa.Integer, nullable=True),
+        sa.Column("digest", sa.String(80), nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("stored_at", ts, nullable=True),
+        sa.Index("ix_uploads_user", "user_id"),
+        sa.Index("ix_uploads_created", "created_at"),
+    )
+    sa.Table(
+        "upload_chunks",
+        md,
+        sa.Column("upload_id", sa.String(32), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    sa.Table(
+        "message_attachments",
+        md,
+        sa.Column("message_id", sa.String(36), primary_key=True),
+        sa.Column("position", sa.SmallInteger, primary_key=True),
+        sa.Column("upload_id", sa.String(32), nullable=False),
+        sa.Index("ix_message_attachments_upload", "upload_id"),
+    )
+    # A count on the message itself: the history's read (a walk of the branch) learns which
+    # messages carry any without a probe of `message_attachments` per message.
+    return [*_ddl(md, dialect), "ALTER TABLE messages ADD COLUMN attachment_count SMALLINT"]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "conversations, messages and generations", _initial_schema),
     Migration(2, "model catalog copy and agent overrides", _catalog_tables),
@@ -650,6 +695,7 @@ MIGRATIONS: list[Migration] = [
     Migration(16, "service keys, and jobs in the ledger", _service_keys),
     Migration(17, "conversations' models, models agents allow, history notes", _chosen_models),
     Migration(18, "what prompt caching saved, per generation; caching per agent", _prompt_caching),
+    Migration(19, "uploads, their chunks, and the messages that carry them", _uploads),
 ]
 
 _schema_migrations = sa.Table(

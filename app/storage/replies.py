@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from databases import Database
 
+from app.core.attachments import Attachment, with_attachments
 from app.core.states import MessageStatus
 from app.storage.conversations import (
     NEW_CONVERSATION,
@@ -40,6 +41,7 @@ from app.storage.conversations import (
 )
 from app.storage.ledger import GenerationRecord, Ledger, cancel_streaming, usage_by_message
 from app.storage.tables import conversations, messages, new_id, now
+from app.storage.uploads import attachment_steps, carried
 from app.storage.writer import Step, Writer, binds
 
 # A message takes the next `seq` of its conversation, computed by the insert itself.
@@ -63,6 +65,7 @@ NEW_MESSAGE = messages.insert().values(
         "updated_at",
         "parent_id",
         "history",
+        "attachment_count",
     ),
 )
 CHECKPOINT_MESSAGE = (
@@ -127,7 +130,7 @@ def history_query(leaf_id: str, limit: int, max_chars: int | None = None) -> sa.
     has_content = sa.case(
         (messages.c.content != "", sa.literal_column("1")), else_=sa.literal_column("0")
     )
-    columns = ("parent_id", "seq", "role", "content", "reasoning_details")
+    columns = ("parent_id", "seq", "role", "content", "reasoning_details", "attachment_count")
     path = (
         sa.select(
             messages.c.id,
@@ -154,7 +157,14 @@ def history_query(leaf_id: str, limit: int, max_chars: int | None = None) -> sa.
         ).where(*walk)
     )
     return (
-        sa.select(path.c.role, path.c.content, path.c.reasoning_details, path.c.seq)
+        sa.select(
+            path.c.role,
+            path.c.content,
+            path.c.reasoning_details,
+            path.c.seq,
+            path.c.id,
+            path.c.attachment_count,  # only messages that carry any have theirs read
+        )
         .where(path.c.content != "")
         .order_by(path.c.seq.desc())
         .limit(limit)
@@ -274,8 +284,16 @@ class Replies:
         children: dict[str | None, list[str]] = {}
         for node in tree:
             children.setdefault(node[1], []).append(node[0])
+        attached = await carried(
+            self._database, [row._mapping["id"] for row in rows if row._mapping["role"] == "user"]
+        )
         return [
-            {**row._mapping, "sibling_ids": children[row._mapping["parent_id"]]} for row in rows
+            {
+                **row._mapping,
+                "sibling_ids": children[row._mapping["parent_id"]],
+                "attachments": attached.get(row._mapping["id"], []),
+            }
+            for row in rows
         ]
 
     async def history(
@@ -296,9 +314,12 @@ class Replies:
         if limit <= 0 or leaf_id is None:
             return []
         rows = await self._database.fetch_all(history_query(leaf_id, limit, max_chars))
+        # A user message's attachments go with it, as placeholders (app/core/attachments.py).
+        attached = await carried(self._database, [row[4] for row in rows if row[5]])
         turns: list[tuple[int, dict[str, Any]]] = []
         for row in reversed(rows):
-            turn: dict[str, Any] = {"role": row[0], "content": row[1]}
+            files = [Attachment.from_json(a) for a in attached.get(row[4], ())]
+            turn: dict[str, Any] = {"role": row[0], "content": with_attachments(row[1], files)}
             if row[2]:
                 turn["reasoning_details"] = json.loads(row[2])
             turns.append((row[3], turn))
@@ -360,6 +381,7 @@ class Replies:
         temperature: float,
         subject_conversation_id: str | None = None,
         history: dict[str, int] | None = None,
+        attachments: Sequence[str] = (),
         claim: Step | None = None,
         reservation: Sequence[Step] = (),
     ) -> None:
@@ -370,7 +392,8 @@ class Replies:
         turn is written. `user_content` None: a regenerated reply, under the user message
         `ids.user_message_id` already there. The conversation keeps `requested_model` as its
         model (the next turn's, unless that one names another). `history`: what the reply's
-        history left out to fit its model's window, kept with the reply."""
+        history left out to fit its model's window, kept with the reply. `attachments`: the
+        uploads the new user message carries, in order."""
         stamp = now()
         conversation_id = ids.conversation_id
         if ids.new_conversation:
@@ -421,9 +444,11 @@ class Replies:
                         "temperature": None,
                         "event_lengths": None,
                         "history": None,
+                        "attachment_count": len(attachments) or None,
                     },
                 )
             )
+            asked.extend(attachment_steps(ids.user_message_id, attachments))
         await self._writer.write(
             [
                 *([claim] if claim is not None else []),
@@ -443,6 +468,7 @@ class Replies:
                         "temperature": temperature,
                         "event_lengths": "[]",
                         "history": None if history is None else json.dumps(history),
+                        "attachment_count": None,
                     },
                 ),
             ]

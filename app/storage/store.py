@@ -9,6 +9,7 @@
     store.budgets         app/storage/budgets.py         spend reservations, budget overrides
     store.feedback        app/storage/feedback.py        users' thumbs and comments on replies
     store.shares          app/storage/shares.py          read-only links to a conversation
+    store.uploads         app/storage/uploads.py         a user's images and PDFs, in chunks
 
 Routes hold no SQL: they, the Run and recovery call the aggregates themselves
 (`store.replies.finish(...)`); the store only picks the writer and builds the aggregates on it. The
@@ -31,6 +32,7 @@ from app.storage.replies import Replies
 from app.storage.search import Search
 from app.storage.shares import Shares
 from app.storage.sqlite_writer import SQLiteWriter
+from app.storage.uploads import Uploads
 from app.storage.writer import Writer
 
 
@@ -53,3 +55,4 @@ class Store:
         self.budgets = Budgets(database=database, writer=self.writer, postgres=not sqlite_db)
         self.feedback = Feedback(database=database, writer=self.writer)
         self.shares = Shares(database=database, writer=self.writer)
+        self.uploads = Uploads(database=database, writer=self.writer, postgres=not sqlite_db)

@@ -107,6 +107,9 @@ messages = sa.Table(
     sa.Column("annotations", sa.Text),
     # JSON {"sent", "left_out"}: a reply whose history was cut to fit its model's window.
     sa.Column("history", sa.Text),
+    # How many uploads a user message carries (`message_attachments`; migration 19): null for
+    # none, so the history's read knows which messages to look their attachments up for.
+    sa.Column("attachment_count", sa.SmallInteger),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The message this one follows in the conversation's tree; None for a first message.
@@ -264,6 +267,42 @@ job_contents = sa.Table(
     sa.Column("request", sa.Text, nullable=False),  # the request body, JSON
     sa.Column("response", sa.Text, nullable=False),  # the answer: JSON, or a stream's data lines
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+
+# Attachments (migration 19, app/storage/uploads.py): a user's uploaded image or PDF, its bytes
+# in `upload_chunks` (a row per 256 KiB, so none is read or written whole), and the messages
+# that carry it, in order.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),  # its media type, from its bytes
+    sa.Column("name", sa.String(255), nullable=False),  # the client's file name, cleaned
+    sa.Column("size", sa.BigInteger, nullable=False),  # bytes stored
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("pages", sa.Integer),
+    sa.Column("digest", sa.String(80), nullable=False),  # sha256:<hex> of the bytes stored
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("stored_at", UTCDateTime),  # null while its chunks are being written
+)
+
+upload_chunks = sa.Table(
+    "upload_chunks",
+    metadata,
+    sa.Column("upload_id", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+message_attachments = sa.Table(
+    "message_attachments",
+    metadata,
+    sa.Column("message_id", sa.String(36), primary_key=True),
+    sa.Column("position", sa.SmallInteger, primary_key=True),
+    sa.Column("upload_id", sa.String(32), nullable=False),
 )
 
 

@@ -40,6 +40,7 @@ from httpx_sse import SSEError, aconnect_sse
 
 from app.core.money import parse_amount
 from app.core.stages import Stage, mark
+from app.upstream.attachment_body import AttachmentMissing, ReadAttachment, encode, has_attachments
 from app.upstream.pool import ClientPool
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,8 @@ class _TransportErrors:
             raise UpstreamConnectionError(f"could not reach OpenRouter ({name})") from exc
         if isinstance(exc, httpx.TransportError):
             raise UpstreamConnectionError(f"lost the connection to OpenRouter ({name})") from exc
+        if isinstance(exc, AttachmentMissing):  # deleted while its request was being sent
+            raise UpstreamError(str(exc), code="attachment_missing") from exc
 
 
 _TRANSPORT_ERRORS = _TransportErrors()
@@ -568,8 +571,12 @@ class OpenRouterClient:
         api_key: str | None,
         app_url: str,
         app_title: str,
+        attachments: ReadAttachment | None = None,
     ) -> None:
         self._http = http
+        # Reads an attachment's bytes for a request that carries its placeholder (the store's
+        # `uploads.chunks`); None: no request carries any (the titler's check, bench clients).
+        self._attachments = attachments
         self.base_url = base_url.rstrip("/")
         self._headers = {
             "HTTP-Referer": app_url,
@@ -578,6 +585,19 @@ class OpenRouterClient:
         }
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments that send `body`: as JSON, or, with attachments, streamed
+        with their files read in chunks (app/upstream/attachment_body.py)."""
+        if self._attachments is None or not has_attachments(body):
+            return {"json": body, "headers": dict(self._headers)}
+        length, content = encode(body, self._attachments)
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "Content-Length": str(length),
+        }
+        return {"content": content, "headers": headers}
 
     async def stream_chat(
         self, body: dict[str, Any], *, sent: asyncio.Future[None] | None = None
@@ -593,8 +613,7 @@ class OpenRouterClient:
                 self._http,
                 "POST",
                 f"{self.base_url}/chat/completions",
-                json={**body, "stream": True},
-                headers=self._headers,
+                **self._body({**body, "stream": True}),
                 extensions=extensions,
             ) as source:
                 response = source.response
@@ -649,8 +668,7 @@ class OpenRouterClient:
                 self._http,
                 "POST",
                 f"{self.base_url}/chat/completions",
-                json={**body, "stream": True},
-                headers=self._headers,
+                **self._body({**body, "stream": True}),
                 extensions=extensions,
             ) as source:
                 response = source.response
@@ -667,7 +685,9 @@ class OpenRouterClient:
 
     async def complete_payload(self, body: dict[str, Any]) -> dict[str, Any]:
         """A non-streaming completion's body as OpenRouter sent it (errors raised as ever)."""
-        payload = await self._json("POST", "/chat/completions", json={**body, "stream": False})
+        payload = await self._json(
+            "POST", "/chat/completions", **self._body({**body, "stream": False})
+        )
         assert payload is not None
         return payload
 
@@ -676,9 +696,8 @@ class OpenRouterClient:
     ) -> dict[str, Any] | None:
         """One non-streaming call: errors mapped into the tree, the body a JSON object."""
         with _TRANSPORT_ERRORS:
-            response = await self._http.request(
-                method, f"{self.base_url}{path}", headers=self._headers, **kwargs
-            )
+            kwargs.setdefault("headers", self._headers)
+            response = await self._http.request(method, f"{self.base_url}{path}", **kwargs)
         if none_if_404 and response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -693,7 +712,9 @@ class OpenRouterClient:
 
     async def complete(self, body: dict[str, Any]) -> list[Event]:
         """A non-streaming completion, as the events its stream would have carried."""
-        payload = await self._json("POST", "/chat/completions", json={**body, "stream": False})
+        payload = await self._json(
+            "POST", "/chat/completions", **self._body({**body, "stream": False})
+        )
         assert payload is not None
         return parse_completion(payload)
 

@@ -11,20 +11,10 @@ from decimal import Decimal
 
 from app.dev.simulator import Behaviour
 from tests.billing.budget_support import ADMIN, Clock, probe, settled, usd
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.http.identity_support import JWT_SETTINGS, bearer
 from tests.support import accepted, local_client, read_sse, wait_for
 
 DAY = datetime(2026, 3, 10, 9, tzinfo=UTC)
-JWT = {
-    "auth_mode": "jwt",
-    "auth_jwt_secret": SECRET,
-    "auth_jwt_audience": AUDIENCE,
-    "auth_jwt_issuer": ISSUER,
-}
-
-
-def signed_in(user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(SECRET, 'HS256', sub=user)}"}
 
 
 def reservations(database) -> list[dict]:
@@ -41,25 +31,21 @@ def counts(database) -> dict:
 
 
 def test_each_turn_is_charged_to_its_caller(start_app, fake, database):
-    server = start_app(Clock(DAY), **JWT, budget_user_daily_usd=Decimal(1))
+    server = start_app(Clock(DAY), **JWT_SETTINGS, budget_user_daily_usd=Decimal(1))
     with local_client(server.url) as http:
         ids = {}
         for user in ("ann", "bob"):
-            response = http.post(
-                "/api/chat/messages", json={"message": "hi"}, headers=signed_in(user)
-            )
+            response = http.post("/api/chat/messages", json={"message": "hi"}, headers=bearer(user))
             assert response.status_code == 202, response.text
             read_sse(http, "GET", response.json()["stream_url"])
             ids[user] = response.json()["message_id"]
         # One-step and keyed turns too.
-        events = read_sse(
-            http, "POST", "/api/chat", json={"message": "hi"}, headers=signed_in("ann")
-        )
+        events = read_sse(http, "POST", "/api/chat", json={"message": "hi"}, headers=bearer("ann"))
         ids["ann-one-step"] = events[0].data["message_id"]
         keyed = http.post(
             "/api/chat/messages",
             json={"message": "hi"},
-            headers={**signed_in("bob"), "Idempotency-Key": "k-1"},
+            headers={**bearer("bob"), "Idempotency-Key": "k-1"},
         )
         assert keyed.status_code == 202, keyed.text
         read_sse(http, "GET", keyed.json()["stream_url"])
@@ -74,9 +60,9 @@ def test_each_turn_is_charged_to_its_caller(start_app, fake, database):
         }
         for message_id in ids.values():
             settled(database, message_id)
-        ann = http.get("/api/me/usage", headers=signed_in("ann")).json()
+        ann = http.get("/api/me/usage", headers=bearer("ann")).json()
         assert ann["user_id"] == "ann" and ann["day"]["spent_usd"] > 0
-        assert http.get("/api/me/usage", headers=signed_in("carol")).json()["day"] == {
+        assert http.get("/api/me/usage", headers=bearer("carol")).json()["day"] == {
             **ann["day"],
             "spent_usd": 0,
             "reserved_usd": 0,
@@ -85,20 +71,20 @@ def test_each_turn_is_charged_to_its_caller(start_app, fake, database):
 
 
 def test_one_users_spent_budget_refuses_only_them(start_app, database):
-    server = start_app(Clock(DAY), **JWT)
+    server = start_app(Clock(DAY), **JWT_SETTINGS)
     with local_client(server.url) as http:
         put = http.put("/api/admin/users/ann/budget", json={"daily_usd": 0}, headers=ADMIN)
         assert put.status_code == 200, put.text
-        refused = http.post("/api/chat/messages", json={"message": "hi"}, headers=signed_in("ann"))
+        refused = http.post("/api/chat/messages", json={"message": "hi"}, headers=bearer("ann"))
         assert refused.status_code == 402
         assert refused.json()["error"]["code"] == "budget_exceeded"
-        allowed = http.post("/api/chat/messages", json={"message": "hi"}, headers=signed_in("bob"))
+        allowed = http.post("/api/chat/messages", json={"message": "hi"}, headers=bearer("bob"))
         assert allowed.status_code == 202, allowed.text
         # Only admins read or set a budget, their own included.
         for user in ("ann", "bob"):
             for method, body in (("GET", None), ("PUT", {"daily_usd": 5})):
                 response = http.request(
-                    method, f"/api/admin/users/{user}/budget", json=body, headers=signed_in(user)
+                    method, f"/api/admin/users/{user}/budget", json=body, headers=bearer(user)
                 )
                 assert response.status_code == 403, response.text
                 assert response.json()["error"]["code"] == "forbidden"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.dev.threaded_server import ThreadedServer
+from tests.support import local_client
 
 SECRET = "host-app-shared-secret-0123456789abcdef"
 AUDIENCE = "authenticated"
@@ -53,6 +55,24 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 def token(key: Any, alg: str, kid: str | None = None, **changes: Any) -> str:
     return jwt.encode(claims(**changes), key, algorithm=alg, headers={"kid": kid} if kid else None)
+
+
+# A server that signs users in with the host app's HS256 tokens (AUTH_MODE=jwt): the settings
+# to start it with, and a user's Authorization header and client for it.
+JWT_SETTINGS: dict[str, Any] = {
+    "auth_mode": "jwt",
+    "auth_jwt_secret": SECRET,
+    "auth_jwt_audience": AUDIENCE,
+    "auth_jwt_issuer": ISSUER,
+}
+
+
+def bearer(user: str, **changes: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(SECRET, 'HS256', sub=user, **changes)}"}
+
+
+def signed_in(url: str, user: str) -> httpx.Client:
+    return local_client(url, headers=bearer(user))
 
 
 def _b64(data: bytes) -> str:

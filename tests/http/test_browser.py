@@ -23,7 +23,7 @@ from starlette.routing import Route
 from app.dev.simulator import Behaviour
 from app.dev.threaded_server import ThreadedServer
 from app.http.routes.pages import STATIC_DIR
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.http.identity_support import JWT_SETTINGS, SECRET, token
 from tests.proxy import CuttingProxy
 from tests.support import save_conversations
 
@@ -595,14 +595,7 @@ def test_the_coach_shows_its_thinking_then_its_advice(page, app_url, fake):
     screenshot(page, "coach-thinking")
 
 
-# --- Signed in: AUTH_MODE=jwt, the host app's HS256 tokens --------------------------------------
-
-JWT_SETTINGS = {
-    "auth_mode": "jwt",
-    "auth_jwt_secret": SECRET,
-    "auth_jwt_audience": AUDIENCE,
-    "auth_jwt_issuer": ISSUER,
-}
+# --- Signed in: AUTH_MODE=jwt, the host app's HS256 tokens (JWT_SETTINGS) ------------------------
 
 
 def host_gives_tokens(page: Page, *tokens: str) -> None:

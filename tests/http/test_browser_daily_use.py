@@ -36,6 +36,9 @@ from tests.http.test_browser import (
     words,
 )
 
+# The page over the HTTP API: the database behind it is the HTTP tests' to cover on both.
+pytestmark = pytest.mark.any_database
+
 # The browser, its page and the app's server: the fixtures of `test_browser.py`, by name.
 browser, page, app_url = test_browser.browser, test_browser.page, test_browser.app_url
 AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text()

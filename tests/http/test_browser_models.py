@@ -111,7 +111,7 @@ def test_pick_send_switch_and_regenerate_with_another_model(page, app_url, fake,
     )
     expect(option(page, MYTHOMAX).get_by_test_id("model-facts")).to_contain_text("4k context")
     expect(option(page, R1).get_by_test_id("model-badge-reasoning")).to_have_count(1)
-    expect(option(page, CLAUDE).get_by_test_id("model-badge-vision")).to_have_count(1)
+    expect(option(page, CLAUDE).get_by_test_id("model-badge-images")).to_have_count(1)
     # Over the budget: shown, disabled, with the reason.
     expect(option(page, CLAUDE)).to_be_disabled()
     expect(option(page, R1)).to_be_disabled()

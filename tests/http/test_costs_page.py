@@ -9,12 +9,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import expect
 
 from app.storage.ledger import GenerationRecord
 from app.storage.tables import new_id
 from tests.http.test_browser import browser, page, screenshot  # noqa: F401 (fixtures)
 from tests.support import migrated_store, run_async
+
+# The page over the HTTP API: the database behind it is the HTTP tests' to cover on both.
+pytestmark = pytest.mark.any_database
 
 ADMIN = "admin-token-for-the-cost-page"
 SPEND = [  # day, model, agent, USD

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from app.dev.simulator import Behaviour
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.http.identity_support import JWT_SETTINGS, SECRET, token
 from tests.support import local_client, read_sse
 
 PATHS = {
@@ -72,12 +72,7 @@ def test_a_reconnect_to_a_live_reply_gets_each_event_once(server, fake):
 
 
 def test_only_the_callers_own_reply_of_that_agent_is_resumed(start_server, fake, database):
-    server = start_server(
-        auth_mode="jwt",
-        auth_jwt_secret=SECRET,
-        auth_jwt_audience=AUDIENCE,
-        auth_jwt_issuer=ISSUER,
-    )
+    server = start_server(**JWT_SETTINGS)
     owner, other = token(SECRET, "HS256"), token(SECRET, "HS256", sub="user-2")
     with local_client(server.url) as http:
         events = read_sse(

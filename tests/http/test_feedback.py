@@ -13,35 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.dev.simulator import Behaviour
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import read_sse
-
-JWT = {
-    "auth_mode": "jwt",
-    "auth_jwt_secret": SECRET,
-    "auth_jwt_audience": AUDIENCE,
-    "auth_jwt_issuer": ISSUER,
-}
-
-
-def as_user(url: str, sub: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=url,
-        timeout=10,
-        headers={"Authorization": f"Bearer {token(SECRET, 'HS256', sub=sub)}"},
-    )
+from tests.http.identity_support import JWT_SETTINGS, signed_in
+from tests.support import chat_turn
 
 
 @pytest.fixture
 def server(start_server):
-    return start_server(**JWT)
-
-
-def a_reply(client: httpx.Client, message: str = "Hi") -> tuple[str, str, str]:
-    """(conversation id, user message id, reply id) of a finished turn."""
-    events = read_sse(client, "POST", "/api/chat", json={"message": message})
-    meta = events[0].data
-    return meta["conversation_id"], meta["user_message_id"], meta["message_id"]
+    return start_server(**JWT_SETTINGS)
 
 
 def feedback_rows(database) -> list[dict]:
@@ -50,8 +28,9 @@ def feedback_rows(database) -> list[dict]:
 
 def test_a_rating_is_set_changed_read_and_removed(server, fake, database):
     fake.enqueue(Behaviour(tokens=["Hello."]))
-    with as_user(server.url, "ann") as ann:
-        conversation_id, _, reply_id = a_reply(ann)
+    with signed_in(server.url, "ann") as ann:
+        turn = chat_turn(ann)
+        conversation_id, reply_id = turn["conversation_id"], turn["message_id"]
         rated = ann.put(
             f"/api/messages/{reply_id}/feedback", json={"rating": "up", "comment": "  Clear. "}
         )
@@ -72,8 +51,10 @@ def test_a_rating_is_set_changed_read_and_removed(server, fake, database):
 
 def test_another_users_reply_is_404_and_nothing_is_written(server, fake, database):
     fake.enqueue(Behaviour(tokens=["Hello."]))
-    with as_user(server.url, "ann") as ann, as_user(server.url, "bob") as bob:
-        conversation_id, question_id, reply_id = a_reply(ann)
+    with signed_in(server.url, "ann") as ann, signed_in(server.url, "bob") as bob:
+        turn = chat_turn(ann)
+        conversation_id, question_id = turn["conversation_id"], turn["user_message_id"]
+        reply_id = turn["message_id"]
         ann.put(f"/api/messages/{reply_id}/feedback", json={"rating": "up"})
         before = feedback_rows(database)
         for answer in (
@@ -103,8 +84,8 @@ def test_another_users_reply_is_404_and_nothing_is_written(server, fake, databas
 )
 def test_bad_feedback_is_422_and_writes_nothing(server, fake, database, body):
     fake.enqueue(Behaviour(tokens=["Hello."]))
-    with as_user(server.url, "ann") as ann:
-        _, _, reply_id = a_reply(ann)
+    with signed_in(server.url, "ann") as ann:
+        reply_id = chat_turn(ann)["message_id"]
         refused = ann.put(f"/api/messages/{reply_id}/feedback", json=body)
         assert refused.status_code == 422
         assert refused.json()["error"]["code"] == "invalid_field"
@@ -117,8 +98,8 @@ def test_the_cost_report_shows_ratings_beside_cost_per_reply(server, fake, datab
         Behaviour(tokens=["B."], cost=Decimal("0.001"), model="openai/gpt-4o"),
         Behaviour(tokens=["C."], cost=Decimal("0.003"), model="openai/gpt-4o"),
     )
-    with as_user(server.url, "ann") as ann:
-        replies = [a_reply(ann, f"Q{i}")[2] for i in range(3)]
+    with signed_in(server.url, "ann") as ann:
+        replies = [chat_turn(ann, f"Q{i}")["message_id"] for i in range(3)]
         ann.put(f"/api/messages/{replies[0]}/feedback", json={"rating": "up"})
         ann.put(f"/api/messages/{replies[1]}/feedback", json={"rating": "down"})
         ann.put(f"/api/messages/{replies[2]}/feedback", json={"rating": "up"})
@@ -144,10 +125,10 @@ def test_metrics_show_rated_replies_and_their_positive_share_by_model_and_agent(
     start_server, fake, database
 ):
     metrics_token = "metrics-token-for-the-feedback-tests-0123456789"
-    server = start_server(metrics_token=metrics_token, **JWT)
+    server = start_server(metrics_token=metrics_token, **JWT_SETTINGS)
     fake.enqueue(Behaviour(tokens=["A."]), Behaviour(tokens=["B."]))
-    with as_user(server.url, "ann") as ann:
-        first, second = (a_reply(ann, f"Q{i}")[2] for i in range(2))
+    with signed_in(server.url, "ann") as ann:
+        first, second = (chat_turn(ann, f"Q{i}")["message_id"] for i in range(2))
         ann.put(f"/api/messages/{first}/feedback", json={"rating": "up"})
         ann.put(f"/api/messages/{second}/feedback", json={"rating": "down", "comment": "Vague"})
     scraped = httpx.get(

@@ -12,7 +12,7 @@ import pytest
 
 from app.dev.simulator import Behaviour
 from app.storage.tables import idempotency_keys, now
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.http.identity_support import JWT_SETTINGS, SECRET, token
 from tests.support import local_client, migrated_store, read_sse, run_async, wait_for
 
 CHAT = {"message": "hi"}
@@ -41,9 +41,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 def test_a_retried_two_step_post_gets_the_same_202_and_another_body_409(
     start_server, fake, database, path, body
 ):
-    server = start_server(
-        auth_mode="jwt", auth_jwt_secret=SECRET, auth_jwt_audience=AUDIENCE, auth_jwt_issuer=ISSUER
-    )
+    server = start_server(**JWT_SETTINGS)
     mine = {"Authorization": f"Bearer {token(SECRET, 'HS256')}", "Idempotency-Key": "k-1"}
     with local_client(server.url) as http:
         first = http.post(f"{path}/messages", json=body, headers=mine)

@@ -23,7 +23,7 @@ from app.dev.simulator import Behaviour
 from app.http.auth.stream_tokens import StreamTokens, derive_key
 from app.main import create_app
 from app.storage.tables import metadata, new_id
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.http.identity_support import JWT_SETTINGS, SECRET, bearer, token
 from tests.support import (
     SHARED_STREAM_SECRET,
     DatabaseHandle,
@@ -34,11 +34,8 @@ from tests.support import (
 )
 
 A, B, ADMIN = "user-a", "user-b", "user-admin"
-JWT_SETTINGS = {
-    "auth_mode": "jwt",
-    "auth_jwt_secret": SECRET,
-    "auth_jwt_audience": AUDIENCE,
-    "auth_jwt_issuer": ISSUER,
+SETTINGS = {
+    **JWT_SETTINGS,
     "auth_admin_claim": "role",
     "auth_admin_value": "service_role",
     "stream_token_secret": SHARED_STREAM_SECRET,
@@ -48,6 +45,13 @@ LIVE_TOKENS = [f" live{i}" for i in range(100)]  # 6 s at 0.06 s each: live thro
 # Routes that hold no user's conversation or message ids (or, for the list, are checked below).
 NOT_ABOUT_IDS = {
     ("GET", "/"),
+    # Uploads hold no conversation or message ids; another user's upload id answers as one
+    # that does not exist on each of them and in every turn form:
+    # tests/http/test_uploads.py::test_another_users_upload_is_not_found_anywhere.
+    ("POST", "/api/uploads"),
+    ("GET", "/api/uploads/{upload_id}"),
+    ("GET", "/api/uploads/{upload_id}/content"),
+    ("DELETE", "/api/uploads/{upload_id}"),
     ("GET", "/healthz"),
     ("GET", "/api/me"),
     ("GET", "/api/models"),
@@ -90,10 +94,6 @@ NOT_ABOUT_IDS = {
 
 def jwt_of(user: str, **claims: Any) -> str:
     return token(SECRET, "HS256", sub=user, **claims)
-
-
-def bearer(user: str, **claims: Any) -> dict[str, str]:
-    return {"Authorization": f"Bearer {jwt_of(user, **claims)}"}
 
 
 def stream_token(message_id: str, user: str) -> str:
@@ -224,7 +224,7 @@ def same_as_a_random_id(probe: Probe, http: httpx.Client, own_id: str) -> int:
 
 @pytest.fixture
 def jwt_server(start_server):
-    return start_server(**JWT_SETTINGS)
+    return start_server(**SETTINGS)
 
 
 @pytest.fixture

@@ -12,33 +12,13 @@ import httpx
 import pytest
 
 from app.dev.simulator import Behaviour
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import read_sse, settled_generations
+from tests.http.identity_support import JWT_SETTINGS, signed_in
+from tests.support import chat_turn, settled_generations
 
 
 @pytest.fixture
 def server_url(start_server) -> str:
-    return start_server(
-        auth_mode="jwt",
-        auth_jwt_secret=SECRET,
-        auth_jwt_audience=AUDIENCE,
-        auth_jwt_issuer=ISSUER,
-    ).url
-
-
-def user(server_url: str, name: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=server_url,
-        timeout=10,
-        headers={"Authorization": f"Bearer {token(SECRET, 'HS256', sub=name)}"},
-    )
-
-
-def chat(client: httpx.Client, message: str, conversation_id: str | None = None) -> dict:
-    body = {"message": message, **({"conversation_id": conversation_id} if conversation_id else {})}
-    events = read_sse(client, "POST", "/api/chat", json=body)
-    assert events[-1].event == "done", events[-1]
-    return events[0].data  # meta: conversation_id, message_id, user_message_id
+    return start_server(**JWT_SETTINGS).url
 
 
 def test_search_finds_the_callers_messages_best_first_with_marked_snippets(server_url, fake):
@@ -47,10 +27,10 @@ def test_search_finds_the_callers_messages_best_first_with_marked_snippets(serve
         Behaviour(tokens=["A walrus, another walrus, walruses: walrus."]),
         Behaviour(tokens=["Bob's walrus is a secret."]),
     )
-    with user(server_url, "alice") as alice, user(server_url, "bob") as bob:
-        once = chat(alice, "Tell me about seals")
-        often = chat(alice, "And more?")
-        chat(bob, "walrus walrus walrus walrus")
+    with signed_in(server_url, "alice") as alice, signed_in(server_url, "bob") as bob:
+        once = chat_turn(alice, "Tell me about seals")
+        often = chat_turn(alice, "And more?")
+        chat_turn(bob, "walrus walrus walrus walrus")
 
         found = alice.get("/api/conversations", params={"q": "walrus"})
         assert found.status_code == 200, found.text
@@ -77,8 +57,8 @@ def test_search_finds_the_callers_messages_best_first_with_marked_snippets(serve
 @pytest.mark.parametrize("q", ['"', "*", "NEAR(", "-", "-walrus", "a:b", "((", "^"])
 def test_odd_search_input_finds_nothing_and_never_fails(server_url, fake, q):
     fake.enqueue(Behaviour(tokens=["something else"]))
-    with user(server_url, "alice") as alice:
-        chat(alice, "a walrus")
+    with signed_in(server_url, "alice") as alice:
+        chat_turn(alice, "a walrus")
         response = alice.get("/api/conversations", params={"q": q})
         assert response.status_code == 200, response.text
         assert response.json() == {"conversations": [], "next": None}
@@ -98,7 +78,7 @@ def test_odd_search_input_finds_nothing_and_never_fails(server_url, fake, q):
     ],
 )
 def test_a_search_it_cannot_run_is_a_422(server_url, params, code):
-    with user(server_url, "alice") as alice:
+    with signed_in(server_url, "alice") as alice:
         response = alice.get("/api/conversations", params=params)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == code
@@ -116,9 +96,9 @@ def test_export_as_markdown_and_json_carries_models_times_and_exact_costs(
         Behaviour(tokens=["Tides follow ", "the **moon**."], cost=Decimal("0.000123")),
         Behaviour(tokens=["Twice a day."], cost=Decimal("0.0000005")),
     )
-    with user(server_url, "alice") as alice, user(server_url, "bob") as bob:
-        first = chat(alice, "Why tides? Ünïcode / title")
-        second = chat(alice, "How often?", first["conversation_id"])
+    with signed_in(server_url, "alice") as alice, signed_in(server_url, "bob") as bob:
+        first = chat_turn(alice, "Why tides? Ünïcode / title")
+        second = chat_turn(alice, "How often?", first["conversation_id"])
         settled_generations(database, second["message_id"])
         url = f"/api/conversations/{first['conversation_id']}/export"
 

@@ -8,33 +8,13 @@ import httpx
 import pytest
 
 from app.dev.simulator import Behaviour
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
-from tests.support import read_sse
-
-JWT = {
-    "auth_mode": "jwt",
-    "auth_jwt_secret": SECRET,
-    "auth_jwt_audience": AUDIENCE,
-    "auth_jwt_issuer": ISSUER,
-}
-
-
-def as_user(url: str, sub: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=url,
-        timeout=10,
-        headers={"Authorization": f"Bearer {token(SECRET, 'HS256', sub=sub)}"},
-    )
+from tests.http.identity_support import JWT_SETTINGS, signed_in
+from tests.support import chat_turn
 
 
 @pytest.fixture
 def server(start_server):
-    return start_server(**JWT)
-
-
-def turn(client: httpx.Client, message: str, conversation_id: str | None = None) -> dict:
-    body = {"message": message, **({"conversation_id": conversation_id} if conversation_id else {})}
-    return read_sse(client, "POST", "/api/chat", json=body)[0].data
+    return start_server(**JWT_SETTINGS)
 
 
 def share_rows(database) -> list[dict]:
@@ -45,14 +25,14 @@ def test_a_link_shows_the_branch_as_it_was_to_anyone_until_revoked(server, fake,
     fake.enqueue(
         Behaviour(tokens=["**Yes.**"]), Behaviour(tokens=["Later."]), Behaviour(tokens=["Other."])
     )
-    with as_user(server.url, "ann") as ann:
-        conversation_id = turn(ann, "Shall we?")["conversation_id"]
+    with signed_in(server.url, "ann") as ann:
+        conversation_id = chat_turn(ann, "Shall we?")["conversation_id"]
         made = ann.post(f"/api/conversations/{conversation_id}/share")
         assert made.status_code == 201
         link = made.json()
         assert link["url"] == f"/shared/{link['token']}" and len(link["token"]) >= 43
         # What comes after the link was made is not in it: a later turn, another branch.
-        later = turn(ann, "And then?", conversation_id)
+        later = chat_turn(ann, "And then?", conversation_id)
         ann.post(f"/api/messages/{later['message_id']}/regenerate")
 
         anyone = httpx.get(f"{server.url}/api/shared/{link['token']}", timeout=5)
@@ -79,8 +59,8 @@ def test_a_new_link_revokes_the_one_before_and_deleting_the_conversation_ends_bo
     server, fake, database
 ):
     fake.enqueue(Behaviour(tokens=["Yes."]))
-    with as_user(server.url, "ann") as ann:
-        conversation_id = turn(ann, "Shall we?")["conversation_id"]
+    with signed_in(server.url, "ann") as ann:
+        conversation_id = chat_turn(ann, "Shall we?")["conversation_id"]
         first = ann.post(f"/api/conversations/{conversation_id}/share").json()["token"]
         second = ann.post(f"/api/conversations/{conversation_id}/share").json()["token"]
         assert httpx.get(f"{server.url}/api/shared/{first}", timeout=5).status_code == 404
@@ -92,8 +72,8 @@ def test_a_new_link_revokes_the_one_before_and_deleting_the_conversation_ends_bo
 
 def test_another_users_conversation_is_404_and_nothing_is_written(server, fake, database):
     fake.enqueue(Behaviour(tokens=["Yes."]))
-    with as_user(server.url, "ann") as ann, as_user(server.url, "bob") as bob:
-        conversation_id = turn(ann, "Shall we?")["conversation_id"]
+    with signed_in(server.url, "ann") as ann, signed_in(server.url, "bob") as bob:
+        conversation_id = chat_turn(ann, "Shall we?")["conversation_id"]
         ann.post(f"/api/conversations/{conversation_id}/share")
         before = share_rows(database)
         for answer in (

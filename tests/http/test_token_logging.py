@@ -15,7 +15,7 @@ from app.core.redact import redact
 from app.dev.threaded_server import ThreadedServer
 from app.http.auth.stream_tokens import StreamTokens, derive_key
 from app.main import create_app
-from tests.http.identity_support import AUDIENCE, ISSUER, SECRET, token
+from tests.http.identity_support import JWT_SETTINGS, SECRET, token
 from tests.support import local_client, read_sse
 
 
@@ -30,9 +30,7 @@ class Capture(logging.Handler):
 
 
 def test_tokens_never_reach_the_logs(make_settings):
-    settings = make_settings(
-        auth_mode="jwt", auth_jwt_secret=SECRET, auth_jwt_audience=AUDIENCE, auth_jwt_issuer=ISSUER
-    )
+    settings = make_settings(**JWT_SETTINGS)
     user_token = token(SECRET, "HS256")
     bad_token = token("another-secret-of-32-bytes-or-more!!", "HS256")
     stream_token = StreamTokens(derive_key(SECRET.encode()), ttl=60).issue("m1", "user-1")

@@ -57,6 +57,10 @@ def _conversation(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _attachment(upload: dict[str, Any]) -> dict[str, Any]:
+    return {k: upload[k] for k in ("id", "type", "name", "size", "width", "height", "pages")}
+
+
 def _message(row: dict[str, Any]) -> dict[str, Any]:
     prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
     assistant = row["role"] == "assistant"
@@ -71,6 +75,8 @@ def _message(row: dict[str, Any]) -> dict[str, Any]:
         "sibling_ids": siblings,
         "role": row["role"],
         "content": row["content"],
+        # The uploads a user message carries (app/storage/uploads.py): [] when none.
+        "attachments": [_attachment(a) for a in row["attachments"]],
         # The readable thinking and the citations; reasoning_details stay server-side (they
         # may be encrypted, and only OpenRouter reads them).
         "reasoning": row["reasoning"],
@@ -349,6 +355,7 @@ def _export_message(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["id"],
         "role": row["role"],
         "content": row["content"],
+        "attachments": [_attachment(a) for a in row["attachments"]],
         "status": row["status"],
         "model": (row["model"] or row["requested_model"]) if row["role"] == "assistant" else None,
         "created_at": row["created_at"].isoformat(),
@@ -376,6 +383,11 @@ def _export_markdown(export: dict[str, Any]) -> str:
         if message["cost_usd"] is not None:
             heading.append(f"${message['cost_usd']}")
         lines += ["", f"## {' · '.join(heading)}", "", message["content"] or "*(no text)*"]
+        for attached in message["attachments"]:
+            lines += [
+                "",
+                f"*(attached: {attached['name']}, {attached['type']}, {attached['size']} bytes)*",
+            ]
         if message["status"] != MessageStatus.COMPLETE:
             lines += ["", f"*({message['status']})*"]
     return "\n".join(lines) + "\n"

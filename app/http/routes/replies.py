@@ -157,16 +157,7 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
           required: true
           content:
             application/json:
-              schema:
-                type: object
-                properties:
-                  message: {type: string, description: "chat: the user's message"}
-                  context: {type: string, description: "coach: what to coach on"}
-                  question: {type: string, description: "coach: the question"}
-                  conversation_id: {type: [string, "null"]}
-                  stream: {type: boolean, default: true, description: "false: one JSON answer"}
-                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
-                  reasoning: {type: object, properties: {effort: {type: string}}}
+              schema: {$ref: "#/components/schemas/TurnBody"}
         parameters:
           - {name: Idempotency-Key, in: header, schema: {type: string}}
         responses:
@@ -179,15 +170,32 @@ def one_step_post(build: TurnBuilder, *, agent: str) -> Callable[[Request], Awai
             description: '`"stream": false`: the reply failed (its final event''s fields)'
             content: {application/json: {schema: {type: object}}}
           402: budget_exceeded
-          404: conversation_not_found
+          404: conversation_not_found upload_not_found
           409: price_unknown idempotency_key_reused
           413: message_too_long context_too_long question_too_long
           422: >-
             message_required coach_input_required invalid_field model_not_allowed unknown_model
             reasoning_not_supported message_too_long_for_model
+            model_cannot_read_images model_cannot_read_files
           429: rate_limited
           503: server_busy storage_error
           400: invalid_last_event_id
+        x-schemas:
+          TurnBody:
+            type: object
+            properties:
+              message: {type: string, description: "chat: the user's message"}
+              context: {type: string, description: "coach: what to coach on"}
+              question: {type: string, description: "coach: the question"}
+              conversation_id: {type: [string, "null"]}
+              attachments:
+                type: array
+                maxItems: 10
+                items: {type: string}
+                description: "ids of the caller's uploads (POST /api/uploads)"
+              stream: {type: boolean, default: true, description: "false: one JSON answer"}
+              model: {type: string, description: "one of GET /api/agents/{agent}/models"}
+              reasoning: {type: object, properties: {effort: {type: string}}}
         """
         state = app_state(request)
         caller = await identify(request)
@@ -223,6 +231,7 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
           - {name: question, in: query, schema: {type: string}}
           - {name: conversation_id, in: query, schema: {type: string}}
           - {name: model, in: query, schema: {type: string}}
+          - {name: attachments, in: query, schema: {type: string}, description: "upload ids, a,b"}
           - {name: reasoning, in: query, schema: {type: string}, description: an effort}
           - {name: access_token, in: query, schema: {type: string}}
           - {name: Last-Event-ID, in: header, schema: {type: string}}
@@ -234,12 +243,13 @@ def one_step_get(build: TurnBuilder, *, agent: str) -> Callable[[Request], Await
           400: invalid_last_event_id
           404: message_not_found
           402: budget_exceeded
-          404: conversation_not_found
+          404: conversation_not_found upload_not_found
           409: price_unknown idempotency_key_reused
           413: message_too_long context_too_long question_too_long
           422: >-
             message_required coach_input_required invalid_field model_not_allowed unknown_model
             reasoning_not_supported message_too_long_for_model
+            model_cannot_read_images model_cannot_read_files
           429: rate_limited
           503: server_busy storage_error
         """
@@ -273,16 +283,7 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
           required: true
           content:
             application/json:
-              schema:
-                type: object
-                properties:
-                  message: {type: string, description: "chat: the user's message"}
-                  context: {type: string, description: "coach: what to coach on"}
-                  question: {type: string, description: "coach: the question"}
-                  conversation_id: {type: [string, "null"]}
-                  stream: {type: boolean, default: true, description: "false: one JSON answer"}
-                  model: {type: string, description: "one of GET /api/agents/{agent}/models"}
-                  reasoning: {type: object, properties: {effort: {type: string}}}
+              schema: {$ref: "#/components/schemas/TurnBody"}
         parameters:
           - {name: Idempotency-Key, in: header, schema: {type: string}}
         responses:
@@ -294,12 +295,13 @@ def two_step(build: TurnBuilder) -> Callable[[Request], Awaitable[Response]]:
                   type: object
                   required: [conversation_id, user_message_id, message_id, stream_url]
           402: budget_exceeded
-          404: conversation_not_found
+          404: conversation_not_found upload_not_found
           409: price_unknown idempotency_key_reused
           413: message_too_long context_too_long question_too_long
           422: >-
             message_required coach_input_required invalid_field model_not_allowed unknown_model
             reasoning_not_supported message_too_long_for_model
+            model_cannot_read_images model_cannot_read_files
           429: rate_limited
           503: server_busy storage_error
         """
@@ -348,10 +350,10 @@ async def regenerate(request: Request) -> Response:
       202:
         description: the new reply's ids and its `stream_url`
         content: {application/json: {schema: {type: object}}}
-      404: message_not_found
+      404: message_not_found upload_not_found
       422: >-
         invalid_field model_not_allowed unknown_model reasoning_not_supported
-        message_too_long_for_model
+        message_too_long_for_model model_cannot_read_images model_cannot_read_files
       402: budget_exceeded
       409: price_unknown idempotency_key_reused
       429: rate_limited
@@ -380,6 +382,10 @@ async def edit(request: Request) -> Response:
             required: [message]
             properties:
               message: {type: string}
+              attachments:
+                type: array
+                items: {type: string}
+                description: "upload ids; absent: the edited message's"
               model: {type: string, description: "one of GET /api/agents/{agent}/models"}
               reasoning: {type: object, properties: {effort: {type: string}}}
     parameters:
@@ -388,11 +394,11 @@ async def edit(request: Request) -> Response:
       202:
         description: the new reply's ids and its `stream_url`
         content: {application/json: {schema: {type: object}}}
-      404: message_not_found
+      404: message_not_found upload_not_found
       413: message_too_long
       422: >-
         message_required invalid_field model_not_allowed unknown_model reasoning_not_supported
-        message_too_long_for_model
+        message_too_long_for_model model_cannot_read_images model_cannot_read_files
       402: budget_exceeded
       409: price_unknown idempotency_key_reused
       429: rate_limited
