@@ -151,6 +151,25 @@ def test_the_collector_benchmark_probes_both_variants():
     assert all(int(row[1]) > 0 for row in rows)
 
 
+def test_the_per_token_benchmark_times_both_replies():
+    finished = run_bench(
+        "bench.pertoken", "--tokens", "4", "--few", "2", "--replies", "2", "--repeat", "1",
+        timeout=60,
+    )  # fmt: skip
+    lines = finished.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:2]] == [["2", "tokens:"], ["4", "tokens:"]]
+    assert lines[2].startswith("per token:")
+
+
+def test_the_idle_benchmark_measures_both_and_traces_ours():
+    finished = run_bench(
+        "bench.idle", "--streams", "3", "--trace", "--top", "3", "--tracebacks", "1", timeout=240
+    )
+    lines = finished.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:3]] == ["passthrough", "ours", "ours"]
+    assert any(line.startswith("tracemalloc, ours, 3 streams") for line in lines)
+
+
 def test_the_driver_counts_a_stream_cut_short_as_an_error_and_goes_on():
     """A target that closes a stream before its end: one failed sample, not a driver spinning
     on the closed connection (which never waits, so its time limit could never fire)."""

@@ -124,16 +124,19 @@ class Attempts:
         # never between the run's first steps and its request's bytes.
         sent = asyncio.get_running_loop().create_future()
         sent.add_done_callback(lambda done: None if done.cancelled() else writer.begin_turn())
+        unbegun = True  # until the turn's write has begun; then for good: not asked per token
         try:
             async for event in self._client.stream_chat(body, sent=sent):
-                if not writer.turn.begun:  # a transport without httpcore's trace
-                    writer.begin_turn()
+                if unbegun:
+                    unbegun = False
+                    if not writer.turn.begun:  # a transport without httpcore's trace
+                        writer.begin_turn()
                 if type(event) is Delta:  # the hot path: keep it short
                     if not draft.parts:
                         record.first_token_at = now()
                         mark(Stage.FIRST_DELTA)
                     draft.parts.append(event.content)
-                    reply_log.append(Event.DELTA, {"content": event.content})
+                    reply_log.append_content(Event.DELTA, event.content)
                     if time.monotonic() >= writer.next_checkpoint_at:
                         writer.checkpoint_soon()
                 elif type(event) is Reasoning:  # as hot as a delta while a model thinks
@@ -141,7 +144,7 @@ class Attempts:
                         if not draft.thoughts:
                             record.first_reasoning_at = now()
                         draft.thoughts.append(event.text)
-                        reply_log.append(Event.REASONING, {"content": event.text})
+                        reply_log.append_content(Event.REASONING, event.text)
                     if event.details:
                         draft.details.extend(event.details)
                     if time.monotonic() >= writer.next_checkpoint_at:
@@ -180,12 +183,12 @@ class Attempts:
             if isinstance(event, Delta):
                 record.first_token_at = now()
                 draft.parts.append(event.content)
-                self._log.append(Event.DELTA, {"content": event.content})
+                self._log.append_content(Event.DELTA, event.content)
             elif isinstance(event, Reasoning):
                 if event.text:
                     record.first_reasoning_at = now()
                     draft.thoughts.append(event.text)
-                    self._log.append(Event.REASONING, {"content": event.text})
+                    self._log.append_content(Event.REASONING, event.text)
                 draft.details.extend(event.details)
             elif isinstance(event, Citation):
                 self._log.append(Event.ANNOTATION, draft.cite(event))

@@ -42,15 +42,20 @@ class ReplyLog:
     def append(self, event: Event, payload: dict[str, Any]) -> None:
         self.add(LogEvent.make(len(self.events) + 1, event, payload))
 
+    def append_content(self, event: Event, text: str) -> None:
+        """Append a `delta` or `reasoning` (`{"content": text}`): the event of every token."""
+        self.add(LogEvent.content(len(self.events) + 1, event, text))
+
     def add(self, event: LogEvent) -> None:
         """Append an event already made (the next id), waking the followers."""
         self.events.append(event)
         if self.feed is not None:
             self.feed.queue()  # sent with the others of this loop pass, not one by one
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._waiters:  # none while every follower is still sending the last batch
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def lose(self) -> None:
         """Nothing more will come here, final event or not: followers end where they are."""

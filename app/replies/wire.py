@@ -36,6 +36,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from app.core.money import from_picos, usd
 from app.core.states import MessageStatus
 
@@ -74,6 +76,8 @@ RETRYABLE_CODES = frozenset(
 # StrEnum formatted into an f-string costs a Python call per token on 3.11.
 ID_FIELD = b"id: "
 _HEADS = {event: f"\nevent: {event.value}\ndata: " for event in Event}
+_HEADS_BYTES = {event: head.encode() for event, head in _HEADS.items()}
+_CONTENT_FRAME = b'id: %d%b{"content":%b}\n\n'
 _BY_NAME = {event.value: event for event in Event}
 # A browser's EventSource waits ~3 s by default before reconnecting; a dropped reply should
 # resume sooner. It keeps the `retry:` it was given across reconnections: sent before event 1.
@@ -86,11 +90,16 @@ REPLY_EVENT_ID = re.compile(r"([0-9a-f]{32}):([0-9]{1,18})")
 FIELD = b"f"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogEvent:
+    """One numbered event, encoded once for every follower: its SSE frame (`id: N`, `event:
+    NAME`, `data: JSON`, a blank line). Treat it as immutable: every follower shares it.
+
+    Its JSON is not kept beside the frame (`data` reads it back out): per token that is one
+    string less to make and, in a long reply's log, half the memory."""
+
     id: int
     event: Event
-    data: str  # JSON, encoded once for every subscriber
     frame: bytes  # the SSE frame, encoded once for every subscriber
 
     @classmethod
@@ -98,9 +107,23 @@ class LogEvent:
         return cls.of(id, event, json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
 
     @classmethod
+    def content(cls, id: int, event: Event, text: str) -> LogEvent:
+        """A `delta` or `reasoning` event (`{"content": text}`): the event of every token, its
+        JSON by orjson, byte for byte what `make` writes (a string has one JSON spelling
+        without `ensure_ascii`; tests/replies/test_wire.py checks it) at a tenth of the
+        stdlib's cost (`python -m bench.pertoken`, docs/benchmarks.md "Per token")."""
+        return cls(id, event, _CONTENT_FRAME % (id, _HEADS_BYTES[event], orjson.dumps(text)))
+
+    @classmethod
     def of(cls, id: int, event: Event, data: str) -> LogEvent:
         """The event of JSON text already encoded (a decoded frame's)."""
-        return cls(id, event, data, f"id: {id}{_HEADS[event]}{data}\n\n".encode())
+        return cls(id, event, f"id: {id}{_HEADS[event]}{data}\n\n".encode())
+
+    @property
+    def data(self) -> str:
+        """The event's JSON: its frame's one `data:` line (JSON text has no line break)."""
+        frame = self.frame
+        return frame[frame.index(b"\ndata: ") + 7 : -2].decode()
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -192,7 +215,8 @@ def reply_id_prefix(message_id: str) -> bytes:
 def frames(batch: list[LogEvent], id_prefix: bytes | None = None) -> bytes:
     """The SSE bytes of a batch of events; `id_prefix` (`reply_id_prefix`) rewrites each id."""
     if id_prefix is None:
-        return b"".join(event.frame for event in batch)
+        # A batch is mostly one event (a follower that keeps up): its frame as it is.
+        return batch[0].frame if len(batch) == 1 else b"".join([e.frame for e in batch])
     # The shared frame with its id field rewritten for this follower: one slice and one join
     # per event, no encoding.
     cut = len(ID_FIELD)
@@ -274,7 +298,8 @@ def decode_frame(frame: bytes) -> LogEvent:
         and b"\r" not in frame
         and (name := _BY_NAME.get(lines[1][7:].decode())) is not None
     ):
-        return LogEvent(int(lines[0][4:]), name, lines[2][6:].decode(), frame)
+        lines[2].decode()  # UTF-8, or the ValueError of any entry that is not an event
+        return LogEvent(int(lines[0][4:]), name, frame)
     decoder = FrameDecoder()
     events = decoder.feed(frame) + decoder.close()
     if len(events) != 1:
@@ -337,18 +362,16 @@ def stored_events(
     citations = iter(annotations)
     at = thought_at = 0
     for length in lengths:
+        number = len(events) + 1
         if length > 0:
-            name, payload = Event.DELTA, {"content": content[at : at + length]}
+            events.append(LogEvent.content(number, Event.DELTA, content[at : at + length]))
             at += length
         elif length < 0:
-            name, payload = (
-                Event.REASONING,
-                {"content": reasoning[thought_at : thought_at - length]},
-            )
+            thought = reasoning[thought_at : thought_at - length]
+            events.append(LogEvent.content(number, Event.REASONING, thought))
             thought_at -= length
         else:
-            name, payload = Event.ANNOTATION, next(citations)
-        events.append(LogEvent.make(len(events) + 1, name, payload))
+            events.append(LogEvent.make(number, Event.ANNOTATION, next(citations)))
     return events
 
 

@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 from httpx_sse import SSEError, aconnect_sse
 
 from app.core.money import parse_amount
@@ -411,12 +412,16 @@ def merge_reasoning_details(details: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def _decode_chunk(data: str) -> list[Event]:
+    # orjson: the same objects as the stdlib's json for any chunk OpenRouter sends, at a third
+    # of its cost per chunk (`python -m bench.pertoken`, docs/benchmarks.md "Per token"). What
+    # the stdlib let through and no UTF-8 frame can carry (NaN, half a surrogate pair) is a
+    # protocol error here.
     # Decoded here, not in stream_chat: its frame stays suspended between chunks, and a
     # decoded chunk held there is ~1.5 KB of every idle stream (python -m bench --idle 1000,
     # docs/benchmarks.md step 8).
     try:
-        chunk = json.loads(data)
-    except json.JSONDecodeError as exc:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise UpstreamProtocolError("OpenRouter sent a data line that is not JSON") from exc
     return parse_chunk(chunk)
 
@@ -425,8 +430,8 @@ def _decode_first_chunk(data: str, header_id: str | None) -> list[Event]:
     """The first data chunk's events, after an Opened with its generation id and model: a
     reply stopped from now on knows both, header or not."""
     try:
-        chunk = json.loads(data)
-    except json.JSONDecodeError as exc:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise UpstreamProtocolError("OpenRouter sent a data line that is not JSON") from exc
     if not isinstance(chunk, dict):
         raise UpstreamProtocolError("OpenRouter sent a chunk that is not a JSON object")
@@ -442,8 +447,7 @@ def parse_chunk(chunk: Any) -> list[Event]:
     """Turn one decoded `data:` payload into events; raise on an in-band error."""
     if not isinstance(chunk, dict):
         raise UpstreamProtocolError("OpenRouter sent a chunk that is not a JSON object")
-    model, generation_id = chunk.get("model"), chunk.get("id")
-    usage = _chunk_usage(chunk, model=model, generation_id=generation_id)
+    usage = _chunk_usage(chunk)
     if chunk.get("error") is not None:
         # An error is an error whenever it comes, after finish_reason too.
         raise _in_band_error(chunk, "OpenRouter reported an error mid-stream", usage=usage)
@@ -468,26 +472,27 @@ def parse_chunk(chunk: Any) -> list[Event]:
         if reason == "error":
             raise UpstreamStreamError("OpenRouter ended the generation with an error", usage=usage)
         if isinstance(reason, str):
+            model, generation_id = chunk.get("model"), chunk.get("id")
             events.append(Finish(reason, choice.get("native_finish_reason"), model, generation_id))
     if usage is not None:
         events.append(usage)
     return events
 
 
-def _chunk_usage(
-    payload: dict[str, Any], *, model: str | None, generation_id: str | None
-) -> Usage | None:
+def _chunk_usage(payload: dict[str, Any]) -> Usage | None:
+    """A chunk's (or a body's) usage, named by its model and id: read only when it has one,
+    not for every token's chunk."""
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return None
-    return parse_usage(usage, model=model, generation_id=generation_id)
+    return parse_usage(usage, model=payload.get("model"), generation_id=payload.get("id"))
 
 
 def parse_completion(payload: dict[str, Any]) -> list[Event]:
     """A non-streaming completion body as events: Reasoning and Delta (each whole, if any),
     Citations, Finish, and Usage when the body carries it; raise on an error body."""
     model, generation_id = payload.get("model"), payload.get("id")
-    usage = _chunk_usage(payload, model=model, generation_id=generation_id)
+    usage = _chunk_usage(payload)
     if payload.get("error") is not None:
         raise _in_band_error(payload, "OpenRouter reported an error", usage=usage)
     choices = payload.get("choices")
@@ -638,7 +643,7 @@ class OpenRouterClient:
                         mark(Stage.FIRST_CHUNK)  # until the chunk with the first content
                         awaiting_content = not any(type(e) is Delta and e.content for e in decoded)
                     for event in decoded:
-                        if isinstance(event, Finish):
+                        if type(event) is Finish:
                             if finished:
                                 continue  # repeated in the usage chunk: the reply ended once
                             finished = True

@@ -139,6 +139,49 @@ def test_the_bytes_on_the_wire():
     assert {str(name) for name in FINAL_EVENTS} == {"done", "error"}
 
 
+# Every text a token can hold, as the characters JSON treats apart: quotes, backslashes, every
+# control character, DEL, non-ASCII of each UTF-8 length, the line separators JavaScript once
+# refused, emoji (a surrogate pair in UTF-16), and nothing at all.
+TOKEN_TEXTS = [
+    "",
+    " tok0",
+    'héllo 👋 "quoted"\\ \\n',
+    "".join(map(chr, range(0x20))) + "\x7f",
+    "\u2028\u2029 ∑ 中文 😀 \U0010fffd",
+    "</script><!-- -->",
+]
+
+
+@pytest.mark.parametrize("name", [Event.DELTA, Event.REASONING])
+@pytest.mark.parametrize("text", TOKEN_TEXTS)
+def test_a_tokens_event_is_what_the_stdlib_encoder_wrote(name, text):
+    """`LogEvent.content` (orjson, per token) writes the bytes `LogEvent.make` (the stdlib's
+    json, compact and not ASCII-escaped: the encoder every token had before) writes."""
+    event = LogEvent.content(12, name, text)
+    assert event == LogEvent.make(12, name, {"content": text})
+    assert event.payload == {"content": text}
+
+
+def test_every_character_is_encoded_as_the_stdlib_encoded_it():
+    """All of Unicode but the surrogates (which no UTF-8 text holds), in blocks."""
+    characters = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    for start in range(0, len(characters), 8192):
+        text = "".join(characters[start : start + 8192])
+        assert LogEvent.content(1, Event.DELTA, text).frame == (
+            LogEvent.make(1, Event.DELTA, {"content": text}).frame
+        ), hex(ord(characters[start]))
+
+
+def test_a_tokens_bytes_on_the_wire():
+    """Pinned, as `make`'s above: the frame of every token."""
+    assert LogEvent.content(3, Event.DELTA, "hé").frame == (
+        'id: 3\nevent: delta\ndata: {"content":"hé"}\n\n'.encode()
+    )
+    assert LogEvent.content(4, Event.REASONING, 'a "b"\n').frame == (
+        b'id: 4\nevent: reasoning\ndata: {"content":"a \\"b\\"\\n"}\n\n'
+    )
+
+
 def test_another_decoder_reads_the_same_events():
     """httpx-sse (the tests' and many Python clients' decoder) agrees with ours."""
     events = [LogEvent.make(index, name, EXAMPLES[name]) for index, name in enumerate(Event, 1)]

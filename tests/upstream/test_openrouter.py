@@ -307,12 +307,44 @@ def test_finish_reason_error_without_an_error_object_is_an_error(raw, raw_url):
     assert type(exc) is UpstreamStreamError and exc.code == "upstream_stream_error"
 
 
-@pytest.mark.parametrize("line", ["data: {not json", "data: 42", 'data: "text"', "data: [1, 2]"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "data: {not json",
+        "data: 42",
+        'data: "text"',
+        "data: [1, 2]",
+        # Half a surrogate pair is no character: no UTF-8 text, no SSE frame, can hold it.
+        'data: {"id":"gen-1","choices":[{"delta":{"content":"\\ud800"}}]}',
+    ],
+)
 def test_a_malformed_data_line_raises_protocol_error(raw, raw_url, line):
     data = frames(chunk([choice("Hi")]), "", line, "", chunk([choice("", "stop")]), "")
     events, exc = run_raw(raw, raw_url, Script(parts=[data]))
     assert events == [*OPENED, Delta("Hi")]
     assert type(exc) is UpstreamProtocolError and exc.retryable is False
+
+
+def test_text_escaped_or_not_decodes_as_the_stdlib_decodes_it():
+    """The chunks are decoded with orjson: the same text as the stdlib's json gives, whether
+    the upstream escapes it (`\\u00e9`, a surrogate pair for an emoji) or sends it raw."""
+    texts = [
+        "h\\u00e9llo",
+        "\\ud83d\\ude00 raw: 😀 é 中",
+        'tab\\t line\\n \\"q\\" \\\\ \\/',
+        "\\u2028\\u0000\\u001f",
+    ]
+    lines = [
+        f'data: {{"id":"{GEN}","model":"{MODEL}","choices":[{{"delta":{{"content":"{text}"}}}}]}}'
+        for text in texts
+    ]
+    data = frames(*[part for line in lines for part in (line, "")], chunk([choice("", "stop")]), "")
+    events = events_from_parts([data])
+    assert events == [
+        *OPENED,
+        *(Delta(json.loads(f'"{text}"')) for text in texts),
+        Finish("stop", "stop", MODEL, GEN),
+    ]
 
 
 @pytest.mark.parametrize("ending", ["stall", "drop"])
