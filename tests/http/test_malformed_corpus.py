@@ -15,6 +15,7 @@ does not read) is read to its end and must not end in an `event: error`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -26,6 +27,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
+from PIL import Image
 from starlette.routing import Mount, Route
 
 from app.main import create_app
@@ -65,9 +67,11 @@ BODY_FIELDS = [
     "store_content",
     "messages",  # /v1/chat/completions
     "metadata",
+    "attachments",  # upload ids on a turn
     "unknown_field",
 ]
 QUERY_NAMES = [
+    "attachments",
     "message",
     "question",
     "context",
@@ -223,6 +227,14 @@ def corpus(app, rng: random.Random) -> list[Case]:
     return cases
 
 
+def _tiny_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (2, 2), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+TINY_PNG = _tiny_png()  # the seeded upload: `/api/uploads/{upload_id}`'s valid value
+
 # Bases tried in turn; a route's base is the first it accepts, so a poison is what trips it.
 BODY_BASES: list[dict[str, Any]] = [
     {"message": "hi"},
@@ -245,8 +257,9 @@ class Runner:
         self.digest: str | None = None  # PostgreSQL: one query digesting every table
 
     async def seed(self) -> None:
-        """A finished chat turn, a live link to it and a live service key: their ids are the
-        path parameters' valid values, so a poison is tried on a route that would answer."""
+        """A finished chat turn, a live link to it, a live service key and an upload: their ids
+        are the path parameters' valid values, so a poison is tried on a route that would
+        answer."""
         response = await self.http.post("/api/chat", json={"message": "seed", "stream": False})
         assert response.status_code == 200, response.text
         seeded = response.json()
@@ -262,6 +275,8 @@ class Runner:
         await self.share()
         if "key_id" not in self.ids:
             await self.make_key()
+        if "upload_id" not in self.ids:
+            await self.upload()
 
     async def share(self) -> None:
         path = f"/api/conversations/{self.ids['conversation_id']}/share"
@@ -275,10 +290,16 @@ class Runner:
         assert response.status_code == 201, response.text
         self.ids["key_id"], self.service_key = response.json()["id"], response.json()["key"]
 
+    async def upload(self) -> None:
+        files = {"file": ("seed.png", TINY_PNG, "image/png")}
+        response = await self.http.post("/api/uploads", files=files, headers=self.as_admin)
+        assert response.status_code == 201, response.text
+        self.ids["upload_id"] = response.json()["id"]
+
     async def restore(self) -> None:
         """Put back what an accepted request took away: the seeded conversation (a DELETE
         whose poison sat where it is not read), its link (revoked, or replaced by a new one),
-        the service key (revoked)."""
+        the service key (revoked), the upload (deleted)."""
         conversation = await self.http.get(
             f"/api/conversations/{self.ids['conversation_id']}", headers=self.as_admin
         )
@@ -289,6 +310,9 @@ class Runner:
         key = await self.http.get("/v1/models", headers=self.as_service)
         if key.status_code != 200:
             await self.make_key()
+        upload = await self.http.get(f"/api/uploads/{self.ids['upload_id']}", headers=self.as_admin)
+        if upload.status_code != 200:
+            await self.upload()
 
     @property
     def as_admin(self) -> dict[str, str]:
