@@ -159,7 +159,9 @@ def _png_ends_cleanly(source: IO[bytes]) -> bool:
 
 def _image(source: IO[bytes], kind: MediaType) -> Kept:
     if kind is MediaType.PNG and not _png_ends_cleanly(source):
-        raise Unsupported("a PNG with data after its end: another file rides on it")
+        raise Unsupported(
+            "a PNG that is cut short or has data after its end (another file riding on it)"
+        )
     source.seek(0)
     try:
         with warnings.catch_warnings():
