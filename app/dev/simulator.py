@@ -27,7 +27,6 @@ from decimal import Decimal
 from io import BytesIO
 from typing import Any
 
-from pypdf import PdfReader
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -257,6 +256,10 @@ def read_media(body: dict[str, Any], listed: dict[str, Any]) -> Media | Response
 
 
 def _pdf_pages(file: dict[str, Any]) -> int | None:
+    # Imported here: app.main imports the simulator, and pypdf (with the Pillow it imports)
+    # would add to every process's memory at start-up (app/http/media.py says how much).
+    from pypdf import PdfReader
+
     data = file.get("file_data")
     prefix = "data:application/pdf;base64,"
     if not isinstance(data, str) or not data.startswith(prefix):
