@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -322,6 +322,36 @@ def local_client(url: str, *, timeout: float = 10, **kwargs: Any) -> httpx.Clien
     servers speak plain HTTP on loopback): building one per client parses the CA bundle, about
     a third of a small test's CPU."""
     return httpx.Client(base_url=url, timeout=timeout, verify=tls_context(), **kwargs)
+
+
+def run_group(
+    args: list[str], *, timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(args, capture_output=True, text=True)` in a process group of its own,
+    all of which is killed if it outlives `timeout`. A benchmark starts servers of its own:
+    `subprocess.run` would kill only the benchmark, leaving them running to the end of the
+    suite (and holding its output pipe open)."""
+    with subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"{' '.join(args[:4])} ran past {timeout} s: {stderr[-3000:]}"
+            ) from None
+        finally:
+            # Whatever it left behind (a server its finally block never reached) goes too.
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.run import HOST, OURS, Result, Sample, one_stream, pooled
+from tests.support import run_group
 
 # Each runs a benchmark's processes: started first in a parallel run (tests/conftest.py), and
 # spread over the workers like any test. Nothing here asserts a speed, and a benchmark waits
@@ -33,13 +34,7 @@ TINY_LOAD = ["--streams", "2", "--tokens", "3", "--delay", "0.005", "--duration"
 
 def run_bench(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`python -m <module> <args>` from the repository, which must exit 0."""
-    finished = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    finished = run_group([sys.executable, "-m", module, *args], cwd=ROOT, timeout=timeout)
     assert finished.returncode == 0, finished.stderr[-3000:]
     return finished
 
