@@ -176,7 +176,7 @@ def test_simultaneous_tries_with_one_key_leave_one_reservation(start_app, fake, 
 
     def post(_: int) -> dict:
         with local_client(server.url, timeout=30) as http:
-            barrier.wait()
+            barrier.wait(timeout=60)
             response = http.post(
                 "/api/chat/messages", json={"message": "hi"}, headers={"Idempotency-Key": "one"}
             )

@@ -42,6 +42,11 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 # Long enough for a reply that streams for seconds; conditions are awaited, never slept on.
 STREAM_TIMEOUT = 15_000
+# The ceiling of every other `expect`, Playwright's 5 s by default. What it waits for is a
+# condition, so a slow machine only waits longer; 5 s was too short beside the benchmark smoke
+# runs, which the suite starts first: at load 9 here a reloaded page's GET of its conversation
+# took longer than that.
+expect.set_options(timeout=15_000)
 # Keeps every EventSource the page opens, so a test can check none is left to reconnect.
 TRACK_EVENT_SOURCES = """
 window.__eventSources = [];

@@ -174,7 +174,6 @@ def thumbnails_shown(scope) -> None:
         thumbs.nth(i).page.wait_for_function(
             "(img) => img.currentSrc && img.complete && img.naturalWidth > 0",
             arg=thumbs.nth(i).element_handle(),
-            timeout=5_000,
         )
 
 

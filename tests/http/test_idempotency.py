@@ -106,7 +106,7 @@ def test_simultaneous_requests_with_one_key_start_one_turn(server, fake, databas
     def post(i: int) -> object:
         form = ["/api/chat/messages", "/api/chat"][i % 2]
         with local_client(server.url, timeout=30) as http:
-            barrier.wait()
+            barrier.wait(timeout=60)
             key = {"Idempotency-Key": f"same for {form}"}
             if form == "/api/chat":
                 return [
