@@ -40,7 +40,9 @@ from app.upstream.openrouter import (
 
 GEN = "gen-1"
 MODEL = "x/m"
-READ_TIMEOUT = 0.3
+# The read timeout of the tests that stall on purpose; the others wait as long as a loaded
+# machine needs (0.3 s for every test made a 503 from the fake a ReadTimeout at load 20).
+STALL_TIMEOUT = 0.3
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -180,14 +182,16 @@ def client_for(http: httpx.AsyncClient, base_url: str) -> OpenRouterClient:
     )
 
 
-def http_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=READ_TIMEOUT))
+def http_client(read_timeout: float = 10.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=read_timeout))
 
 
-async def stream(base_url: str) -> tuple[list[Event], UpstreamError | None]:
+async def stream(
+    base_url: str, *, read_timeout: float = 10.0
+) -> tuple[list[Event], UpstreamError | None]:
     """The events of one streaming call, and the error that ended it (None: it ended well)."""
     events: list[Event] = []
-    async with http_client() as http:
+    async with http_client(read_timeout) as http:
         try:
             async for event in client_for(http, base_url).stream_chat(BODY):
                 events.append(event)
@@ -198,7 +202,8 @@ async def stream(base_url: str) -> tuple[list[Event], UpstreamError | None]:
 
 def run_raw(raw: RawUpstream, raw_url: str, script: Script):
     raw.script = script
-    return asyncio.run(stream(raw_url))
+    read_timeout = STALL_TIMEOUT if script.ending == "stall" else 10.0
+    return asyncio.run(stream(raw_url, read_timeout=read_timeout))
 
 
 # --- framing ------------------------------------------------------------------------------------
