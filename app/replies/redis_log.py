@@ -36,6 +36,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 BROKEN = -1  # a feed's `sent` once publishing failed: it publishes nothing more
+RETRY_AFTER = 1.0  # seconds between the reader's tries while Redis is away
+STOP_GRACE = RETRY_AFTER + 1.0  # past its BLOCK time, what a stopping reader is given
 
 
 def stream_key(message_id: str) -> bytes:
@@ -195,6 +197,7 @@ class Mirrors:
         # A stream of this process's own that wakes the blocking XREAD when a copy is added.
         self._wake_key = f"streamchat:wake:{uuid.uuid4().hex}".encode()
         self._reading: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def open(self, message_id: str) -> ReplyLog | None:
         """A copy of the reply's stream, following it; None if Redis has no whole stream of
@@ -215,20 +218,33 @@ class Mirrors:
             return None
         if not copy.finished:
             self._copies[key] = copy
-            # The blocking XREAD started before this stream was among its keys: wake it.
-            with contextlib.suppress(*REDIS_FAULTS):
-                await self._redis.xadd(self._wake_key, {b"w": b""}, maxlen=1)
-                await self._redis.pexpire(self._wake_key, int(self._check_interval * 3000))
+            # The blocking XREAD started before this stream was among its keys.
+            await self._wake()
         return copy
+
+    async def _wake(self) -> None:
+        """End the blocking XREAD's wait now: an entry in this process's wake stream."""
+        with contextlib.suppress(*REDIS_FAULTS):
+            await self._redis.xadd(self._wake_key, {b"w": b""}, maxlen=1)
+            await self._redis.pexpire(self._wake_key, int(self._check_interval * 3000))
 
     def start(self) -> None:
         self._reading = asyncio.create_task(self._read_forever(), name="redis-reader")
+        self._reading.add_done_callback(_reader_ended)
 
     async def close(self) -> None:
+        """Stop the reader between two reads, not inside one: a task cancelled in redis-py's
+        blocking XREAD can go on waiting on its socket for ever, the cancel swallowed (seen
+        here at load 20 with a 10 ms BLOCK: tests/replies/test_follow.py hung in `close`; the
+        same family as redis-py #2028 and #2579). Woken, the XREAD returns at once and the
+        loop ends; only a reader still stuck after its BLOCK time and a grace is cancelled."""
         if self._reading is not None:
-            self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
+            self._closing = True
+            await self._wake()
+            grace = self._check_interval + STOP_GRACE
+            if not (await asyncio.wait({self._reading}, timeout=grace))[0]:
+                self._reading.cancel()
+                await asyncio.wait({self._reading}, timeout=STOP_GRACE)
         for copy in self._copies.values():
             copy.lose()
         self._copies.clear()
@@ -238,7 +254,7 @@ class Mirrors:
         woken_at: bytes | str = "0-0"
         checked_at, sizes = loop.time(), dict[bytes, int]()
         healthy = True
-        while True:
+        while not self._closing:
             streams: dict[bytes, bytes | str] = {
                 key: entry_id(len(copy.events)) for key, copy in self._copies.items()
             }
@@ -257,7 +273,7 @@ class Mirrors:
                 healthy = False
                 for key in list(self._copies):
                     self._lose(key)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(RETRY_AFTER)
                 continue
             if not healthy:
                 log.info("Redis is back: following live replies through it again")
@@ -291,6 +307,12 @@ class Mirrors:
         copy = self._copies.pop(key, None)
         if copy is not None:
             copy.lose()
+
+
+def _reader_ended(task: asyncio.Task[None]) -> None:
+    """A reader that ended on an error of its own (not Redis's: those it waits out) says so."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the Redis reader stopped: copies of live replies no longer grow", exc_info=exc)
 
 
 def _extend(copy: ReplyLog, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:

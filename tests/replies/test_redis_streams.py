@@ -82,6 +82,37 @@ def test_the_owner_sends_one_pipeline_per_loop_pass_not_a_round_trip_per_token(r
     asyncio.run(scenario())
 
 
+def test_close_wakes_the_blocking_reader_and_never_cancels_it_mid_read(redis_url):
+    """A task cancelled inside redis-py's blocking XREAD can go on waiting on its socket for
+    ever (at load 20 one `close` in ten hung so). Closing wakes the reader, which ends between
+    two reads on its own: here its BLOCK is a minute, far past what `close` would wait before
+    cancelling, so a reader not woken would end cancelled."""
+
+    async def scenario() -> None:
+        redis, reader = connect_redis(redis_url), connect_redis(redis_url, read_timeout=None)
+        mirrors = Mirrors(redis, reader, ping_interval=15, check_interval=60)
+        mirrors.start()
+        try:
+            owner = ReplyLog(ping_interval=15)
+            outbox = Outbox(redis, maxlen=1000, live_ttl=30, ended_ttl=30)
+            message_id = str(uuid.uuid4())
+            owner.feed = outbox.feed(message_id, owner.events)
+            owner.append(Event.META, {"message_id": message_id})
+            await outbox.flushed()
+            copy = await mirrors.open(message_id)  # a live copy: the reader blocks on it
+            assert copy is not None
+            reading = mirrors._reading
+            await mirrors.close()
+            assert reading is not None and reading.done() and not reading.cancelled()
+            assert copy.lost  # its followers go on from the database
+            await outbox.close()
+        finally:
+            await reader.aclose()
+            await redis.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_rediss_urls_skip_certificate_checks_as_herokus_key_value_store_needs():
     # Its certificate is self-signed: verifying it could only fail.
     assert client_options("rediss://:p@host:6380", read_timeout=5)["ssl_cert_reqs"] == "none"
