@@ -101,17 +101,7 @@ const ERROR_NOTES = {
 // after); user messages stay plain text.
 const markdown = window.StreamchatMarkdown;
 
-// Strings become text nodes (Element.append), so model output is never parsed as HTML.
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v == null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else el.setAttribute(k, v === true ? '' : String(v));
-  }
-  el.append(...children.filter((c) => c != null));
-  return el;
-}
+const { h } = window.StreamchatDom; // static/dom.js
 
 function formatUsd(v) {
   if (v == null || v === '' || !Number.isFinite(Number(v))) return '—';

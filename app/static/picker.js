@@ -9,16 +9,7 @@
   'use strict';
   if (window.StreamchatPicker) return;
 
-  function h(tag, attrs = {}, ...children) {
-    const el = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs)) {
-      if (v == null || v === false) continue;
-      if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-      else el.setAttribute(k, v === true ? '' : String(v));
-    }
-    el.append(...children.filter((c) => c != null));
-    return el;
-  }
+  const { h } = window.StreamchatDom;
 
   // $3, $0.15, $0.40, $0.065: a price per million tokens as people quote it.
   function price(v) {
