@@ -85,14 +85,12 @@ def redis_url() -> str:
 
 
 def _url_for_worker(url: str) -> str:
-    """`url` with database number 1 + TEST_REDIS_DB_OFFSET + the xdist worker's index (gw0 → 1;
-    scripts/test runs PostgreSQL's tests beside SQLite's with offset 8: gw0 → 9); as is outside
-    xdist. Redis has 16 by default."""
+    """`url` with database number 1 + the xdist worker's index (gw0 → 1); as is outside xdist.
+    Redis has 16 by default: enough for 15 workers."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
         return url
-    number = 1 + int(os.environ.get("TEST_REDIS_DB_OFFSET", "0")) + int(worker.removeprefix("gw"))
-    return urlsplit(url)._replace(path=f"/{number}").geturl()
+    return urlsplit(url)._replace(path=f"/{1 + int(worker.removeprefix('gw'))}").geturl()
 
 
 @pytest.fixture(scope="session")
