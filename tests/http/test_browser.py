@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -195,7 +196,10 @@ def test_stop_ends_the_reply_with_the_partial_text(page, app_url, fake):
 
 def test_a_reload_mid_reply_continues_it_without_losing_or_repeating_text(page, app_url, fake):
     tokens = words(40)
-    fake.enqueue(Behaviour(tokens=tokens, delay=0.06))
+    # The reply waits after w5 until the reloaded page has shown it live: a reload slower than
+    # the rest of the reply (at load 19 here) must not find it over.
+    resume = threading.Event()
+    fake.enqueue(Behaviour(tokens=tokens, delay=0.06, pause_after=6, resume=resume))
     page.goto(app_url)
     send(page, "A long one please")
     expect(assistant(page).get_by_test_id("message-content")).to_contain_text("w5 ")
@@ -206,6 +210,7 @@ def test_a_reload_mid_reply_continues_it_without_losing_or_repeating_text(page, 
     expect(reply).to_have_attribute("data-status", "streaming")
     expect(page.get_by_test_id("stop")).to_be_visible()
     screenshot(page, "chat-reloaded-streaming")
+    resume.set()
     expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
     expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
     expect(page.locator('[data-testid="message"]')).to_have_count(2)
@@ -219,7 +224,9 @@ def test_a_dropped_stream_resumes_from_the_last_event_id(page, start_server, fak
     proxy = CuttingProxy(host, int(port))
     try:
         tokens = words(40)
-        fake.enqueue(Behaviour(tokens=tokens, delay=0.1))
+        # Held after w3 until the stream is cut: the cut must come mid-reply, however slow.
+        resume = threading.Event()
+        fake.enqueue(Behaviour(tokens=tokens, delay=0.1, pause_after=4, resume=resume))
         page.goto(proxy.url)
         send(page, "Keep going")
         reply = assistant(page)
@@ -228,6 +235,7 @@ def test_a_dropped_stream_resumes_from_the_last_event_id(page, start_server, fak
         assert proxy.cut_streams() == 1
         expect(reply.get_by_test_id("message-status")).to_have_text("reconnecting…")
         screenshot(page, "chat-reconnecting")
+        resume.set()
 
         expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
         expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
@@ -653,13 +661,15 @@ def test_a_signed_in_page_resumes_a_dropped_stream_with_its_stream_token(page, s
             lambda route: route.fulfill(body=the_page_with(user_token), content_type="text/html"),
         )
         tokens = words(40)
-        fake.enqueue(Behaviour(tokens=tokens, delay=0.1))
+        resume = threading.Event()  # held after w3 until the cut, as above
+        fake.enqueue(Behaviour(tokens=tokens, delay=0.1, pause_after=4, resume=resume))
         page.goto(f"{proxy.url}/host")
         send(page, "Keep going")
         reply = assistant(page)
         expect(reply.get_by_test_id("message-content")).to_contain_text("w3 ")
 
         assert proxy.cut_streams() == 1
+        resume.set()
         expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT)
         expect(reply.get_by_test_id("message-content")).to_have_text("".join(tokens))
         first, resumed = proxy.stream_requests()
