@@ -85,7 +85,12 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # the listener was closed
-            connection = _Connection(client, socket.create_connection(self.target))
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the server is gone (a browser reconnecting after its test)
+                client.close()
+                continue
+            connection = _Connection(client, upstream)
             with self._lock:
                 self._connections.append(connection)
             for source, sink, record in (
