@@ -345,7 +345,7 @@ def test_the_growth_benchmark_runs_only_the_cases_asked_for():
 def test_caching_measures_a_conversation_with_and_without():
     """bench.caching at 3 turns: both conversations run, and the saving the server reports
     equals the difference the prices make (the script asserts it)."""
-    finished = run_bench("bench.caching", "--turns", "3", timeout=300)
+    finished = run_bench("bench.caching", "--turns", "3", timeout=240)
     assert '"prompt_cost_ratio"' in finished.stdout
 
 
