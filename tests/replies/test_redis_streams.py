@@ -85,12 +85,12 @@ def test_the_owner_sends_one_pipeline_per_loop_pass_not_a_round_trip_per_token(r
 def test_close_wakes_the_blocking_reader_and_never_cancels_it_mid_read(redis_url):
     """A task cancelled inside redis-py's blocking XREAD can go on waiting on its socket for
     ever (at load 20 one `close` in ten hung so). Closing wakes the reader, which ends between
-    two reads on its own: here its BLOCK is a minute, far past what `close` would wait before
-    cancelling, so a reader not woken would end cancelled."""
+    two reads on its own, never cancelled. Its BLOCK here is ten minutes: a reader the wake
+    did not reach would hold `close` past pytest-timeout's 300 s and fail the test."""
 
     async def scenario() -> None:
         redis, reader = connect_redis(redis_url), connect_redis(redis_url, read_timeout=None)
-        mirrors = Mirrors(redis, reader, ping_interval=15, check_interval=60)
+        mirrors = Mirrors(redis, reader, ping_interval=15, check_interval=600)
         mirrors.start()
         try:
             owner = ReplyLog(ping_interval=15)

@@ -43,6 +43,7 @@ MODEL = "x/m"
 # The read timeout of the tests that stall on purpose; the others wait as long as a loaded
 # machine needs (0.3 s for every test made a 503 from the fake a ReadTimeout at load 20).
 STALL_TIMEOUT = 0.3
+READ_TIMEOUT = 10.0
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -182,12 +183,12 @@ def client_for(http: httpx.AsyncClient, base_url: str) -> OpenRouterClient:
     )
 
 
-def http_client(read_timeout: float = 10.0) -> httpx.AsyncClient:
+def http_client(read_timeout: float = READ_TIMEOUT) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=read_timeout))
 
 
 async def stream(
-    base_url: str, *, read_timeout: float = 10.0
+    base_url: str, *, read_timeout: float = READ_TIMEOUT
 ) -> tuple[list[Event], UpstreamError | None]:
     """The events of one streaming call, and the error that ended it (None: it ended well)."""
     events: list[Event] = []
@@ -202,7 +203,7 @@ async def stream(
 
 def run_raw(raw: RawUpstream, raw_url: str, script: Script):
     raw.script = script
-    read_timeout = STALL_TIMEOUT if script.ending == "stall" else 10.0
+    read_timeout = STALL_TIMEOUT if script.ending == "stall" else READ_TIMEOUT
     return asyncio.run(stream(raw_url, read_timeout=read_timeout))
 
 
